@@ -1,0 +1,113 @@
+//! The backend boundary. CONTRACT shared by the scheduler/engine (callers) and
+//! the CPU and CUDA backends (implementers).
+//!
+//! The scheduler decides *what* runs in a step and owns KV *block ids*; a
+//! backend owns the KV *memory* and does the math: for each sequence in the
+//! batch it runs `tokens` at positions `start_pos..`, writes their K/V into
+//! the blocks named by `block_table`, attends causally over everything before
+//! them, and samples one token where asked.
+
+pub mod cpu;
+pub mod cuda;
+
+use crate::engine_config::{DeviceKind, EngineConfig};
+use crate::weights::Checkpoint;
+
+/// What to sample after the last token of a chunk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleSpec {
+    pub temperature: f32,
+    pub top_k: u32,
+    pub top_p: f32,
+    /// Per-request seed and the index of the token being sampled: the random
+    /// draw is a pure function of (seed, index), so a request samples the same
+    /// tokens alone or in any batch (see `sampler::uniform`).
+    pub seed: u64,
+    pub index: u32,
+}
+
+/// One sequence's work in a step: a prefill chunk or a single decode token.
+#[derive(Debug, Clone)]
+pub struct SeqStep<'a> {
+    pub seq_id: u64,
+    pub tokens: &'a [u32],
+    /// Position of `tokens[0]`; positions `0..start_pos` are already cached.
+    pub start_pos: usize,
+    /// KV block ids covering positions `0..start_pos + tokens.len()`.
+    pub block_table: &'a [u32],
+    /// `None` for a prefill chunk that does not end the prompt.
+    pub sample: Option<SampleSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BackendInfo {
+    /// "cpu" or "cuda".
+    pub kind: String,
+    /// CPU model or GPU name.
+    pub device_name: String,
+    /// Compute dtype: "f32" (CPU) or "bf16" (CUDA).
+    pub dtype: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("no CUDA driver: {0}")]
+    NoDriver(String),
+    #[error("CUDA: {0}")]
+    Cuda(String),
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
+    #[error(transparent)]
+    Weights(#[from] crate::weights::WeightsError),
+}
+
+pub trait Backend {
+    fn info(&self) -> BackendInfo;
+    /// Bytes one KV block of `block_size` tokens takes over all layers, K and V.
+    fn kv_block_bytes(&self, block_size: usize) -> usize;
+    /// Bytes this backend may spend on the KV cache under `cfg`
+    /// (CPU: `cpu_kv_cache_bytes`; CUDA: from `gpu_memory_utilization`).
+    fn kv_memory_budget(&self, cfg: &EngineConfig) -> Result<u64, BackendError>;
+    /// Allocates the KV pool once. Called before the first `forward`.
+    fn allocate_kv_cache(
+        &mut self,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<(), BackendError>;
+    /// Runs one step; returns one sampled token for each entry whose `sample`
+    /// is `Some`, in batch order.
+    fn forward(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<u32>, BackendError>;
+    /// Like `forward` but returns the f32 logits of *every* token in the batch
+    /// (in batch order, then position order); used by golden tests.
+    fn forward_logits(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>, BackendError>;
+    /// Peak device memory in bytes (CUDA), or None.
+    fn peak_memory_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// Kernel launches in the last decode step, when the backend counts them.
+    fn launches_per_decode_step(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Picks and builds the backend for `device`. `Auto` falls back to the CPU
+/// when no CUDA driver or GPU is present; `Cuda` fails with a clear message.
+pub fn create(
+    device: DeviceKind,
+    checkpoint: &Checkpoint,
+    cfg: &EngineConfig,
+) -> Result<Box<dyn Backend>, BackendError> {
+    match device {
+        DeviceKind::Cpu => Ok(Box::new(cpu::CpuBackend::new(checkpoint, cfg)?)),
+        DeviceKind::Cuda => Ok(Box::new(cuda::CudaBackend::new(checkpoint, cfg)?)),
+        DeviceKind::Auto => {
+            if cuda::is_available() {
+                Ok(Box::new(cuda::CudaBackend::new(checkpoint, cfg)?))
+            } else {
+                Ok(Box::new(cpu::CpuBackend::new(checkpoint, cfg)?))
+            }
+        }
+    }
+}

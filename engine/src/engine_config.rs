@@ -1,0 +1,137 @@
+//! Engine knobs (`engine.toml`). Every field has a default so an empty file
+//! is valid; unknown fields are an error naming the field.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// CUDA when a driver and a GPU are present, else CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    pub device: DeviceKind,
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Most sequences in one batch.
+    pub max_num_seqs: usize,
+    /// Most tokens (prefill + decode) in one step.
+    pub max_num_batched_tokens: usize,
+    /// Split long prompts across steps so decodes are not starved.
+    pub enable_chunked_prefill: bool,
+    /// Context limit; 0 = the model's max_position_embeddings.
+    pub max_model_len: usize,
+    /// CUDA: fraction of free GPU memory the engine may take (weights are
+    /// already resident; the KV pool gets what is left of this share).
+    pub gpu_memory_utilization: f64,
+    /// CPU: bytes for the KV cache.
+    pub cpu_kv_cache_bytes: u64,
+    /// Override the derived KV block count (0 = derive from memory budget).
+    pub num_kv_blocks: usize,
+    /// CUDA: disable CUDA graphs.
+    pub enforce_eager: bool,
+    /// CPU: worker threads (0 = all cores).
+    pub num_threads: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            device: DeviceKind::Auto,
+            block_size: 16,
+            max_num_seqs: 256,
+            max_num_batched_tokens: 8192,
+            enable_chunked_prefill: true,
+            max_model_len: 0,
+            gpu_memory_utilization: 0.9,
+            cpu_kv_cache_bytes: 1 << 30,
+            num_kv_blocks: 0,
+            enforce_eager: false,
+            num_threads: 0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineConfigError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl EngineConfig {
+    pub fn load(path: &std::path::Path) -> Result<EngineConfig, EngineConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| EngineConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let cfg: EngineConfig = toml::from_str(&text).map_err(|e| EngineConfigError::Invalid {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()
+            .map_err(|message| EngineConfigError::Invalid {
+                path: path.display().to_string(),
+                message,
+            })?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.block_size == 0 || !self.block_size.is_power_of_two() {
+            return Err(format!(
+                "block_size: must be a power of two, got {}",
+                self.block_size
+            ));
+        }
+        if self.max_num_seqs == 0 {
+            return Err("max_num_seqs: must be at least 1".into());
+        }
+        if self.max_num_batched_tokens < self.max_num_seqs {
+            return Err(format!(
+                "max_num_batched_tokens: must be >= max_num_seqs ({}), got {}",
+                self.max_num_seqs, self.max_num_batched_tokens
+            ));
+        }
+        if !(self.gpu_memory_utilization > 0.0 && self.gpu_memory_utilization <= 1.0) {
+            return Err(format!(
+                "gpu_memory_utilization: must be in (0, 1], got {}",
+                self.gpu_memory_utilization
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_defaults_and_unknown_field_is_named() {
+        let cfg: EngineConfig = toml::from_str("").unwrap();
+        assert_eq!(cfg, EngineConfig::default());
+        let err = toml::from_str::<EngineConfig>("max_num_seq = 3").unwrap_err();
+        assert!(err.to_string().contains("max_num_seq"), "{err}");
+    }
+
+    #[test]
+    fn validate_rejects_bad_values() {
+        let cfg = EngineConfig {
+            block_size: 12,
+            ..Default::default()
+        };
+        assert!(cfg.validate().unwrap_err().contains("block_size"));
+    }
+}

@@ -1,0 +1,20 @@
+//! dyno's inference engine.
+//!
+//! A request's path: [`engine::Engine::add_request`] → [`scheduler`] picks the
+//! batch for a step (continuous batching, chunked prefill, preemption) using
+//! the [`block_manager`] for KV blocks → the [`backend`] runs the model's
+//! forward pass over the paged KV cache and samples → the engine appends the
+//! token with a monotonic timestamp and finishes sequences. [`bench`] replays a
+//! requests file through that loop and writes records and a step log.
+
+pub mod backend;
+pub mod bench;
+pub mod block_manager;
+pub mod config;
+pub mod engine;
+pub mod engine_config;
+pub mod sampler;
+pub mod scheduler;
+pub mod sequence;
+pub mod synth;
+pub mod weights;

@@ -1,0 +1,1 @@
+//! Seeded request generator: spec + seed → byte-identical requests.jsonl.

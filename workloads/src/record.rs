@@ -1,0 +1,84 @@
+//! What the engine reports per request (`records.jsonl`) and per step
+//! (the step log). All times are seconds on one monotonic clock whose zero is
+//! the start of the measured phase of `engine bench`.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// Reached `max_tokens`.
+    Length,
+    /// Produced the model's EOS token (not with `ignore_eos`).
+    Eos,
+    /// Produced one of `stop_token_ids`.
+    StopToken,
+    /// Never ran: see `RecordStatus::Rejected`.
+    Rejected,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum RecordStatus {
+    Ok,
+    /// The request could not run (for example its prompt is longer than the
+    /// model's context); `reason` says why. Other requests still run.
+    Rejected {
+        reason: String,
+    },
+}
+
+/// One finished (or rejected) request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub id: u64,
+    pub status: RecordStatus,
+    /// When the request was handed to the engine.
+    pub arrival_s: f64,
+    /// When the scheduler first gave it a slot in a batch (None if rejected).
+    pub scheduled_s: Option<f64>,
+    pub first_token_s: Option<f64>,
+    /// Time of every generated token, in order (the first equals
+    /// `first_token_s`).
+    pub token_times_s: Vec<f64>,
+    pub finish_s: Option<f64>,
+    pub finish_reason: FinishReason,
+    pub prompt_len: u32,
+    pub output_len: u32,
+    /// How many times the request was preempted and recomputed.
+    #[serde(default)]
+    pub preemptions: u32,
+    /// blake3 of the output token ids as little-endian u32, hex.
+    pub output_hash: String,
+    /// The output tokens themselves (for checks and golden comparisons).
+    #[serde(default)]
+    pub output_token_ids: Vec<u32>,
+}
+
+/// One engine step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepLogEntry {
+    pub step: u64,
+    /// Start of the step on the bench clock.
+    pub start_s: f64,
+    pub duration_s: f64,
+    /// Sequences in the batch.
+    pub batch_size: u32,
+    pub prefill_tokens: u32,
+    pub decode_tokens: u32,
+    /// Sequences waiting (not scheduled) after this step.
+    pub num_waiting: u32,
+    /// KV blocks in use after this step.
+    pub kv_blocks_used: u32,
+    pub kv_blocks_total: u32,
+    pub preempted: u32,
+}
+
+/// blake3 over the token ids as little-endian u32, hex encoded.
+pub fn hash_tokens(tokens: &[u32]) -> String {
+    let mut h = blake3::Hasher::new();
+    for t in tokens {
+        h.update(&t.to_le_bytes());
+    }
+    h.finalize().to_hex().to_string()
+}

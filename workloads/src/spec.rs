@@ -1,0 +1,1 @@
+//! Workload specs (TOML) and suites. Owned by the workloads work item.

@@ -1,0 +1,4 @@
+mod run_record;
+fn main() {
+    let _ = run_record::metric_catalog();
+}
