@@ -145,11 +145,18 @@ impl Engine {
     /// rejected: its record (with the reason) comes out of the next `step`.
     pub fn add_request(&mut self, request: Request) {
         let now = self.now_s();
+        self.add_request_arrived_at(request, now);
+    }
+
+    /// Queues a request that arrived at `arrival_s` on the engine's clock
+    /// (open-loop replay: the request existed before the engine got to it).
+    pub fn add_request_arrived_at(&mut self, request: Request, arrival_s: f64) {
         if let Err(reason) = self.admissibility(&request) {
-            self.rejected.push(rejected_record(&request, now, reason));
+            self.rejected
+                .push(rejected_record(&request, arrival_s, reason));
             return;
         }
-        let seq = Sequence::new(self.next_seq_id, request, now);
+        let seq = Sequence::new(self.next_seq_id, request, arrival_s);
         self.next_seq_id += 1;
         self.scheduler.add(seq);
     }
