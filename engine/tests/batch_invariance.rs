@@ -11,7 +11,7 @@ use engine::engine_config::{DeviceKind, EngineConfig};
 use engine::weights::Checkpoint;
 use workloads::{RecordStatus, Request, SamplingParams};
 
-const MAX_TOKENS: u32 = 24;
+const MAX_TOKENS: u32 = 16;
 
 fn requests(vocab: usize) -> Vec<Request> {
     (0..32u64)
@@ -102,7 +102,7 @@ fn greedy_output_is_independent_of_batching_chunking_and_preemption() {
         enable_chunked_prefill: false,
         ..batched.clone()
     };
-    // Each request needs up to ceil((124 + 23) / 16) = 10 blocks; 24 blocks
+    // Each request needs up to ceil((124 + 15) / 16) = 9 blocks; 24 blocks
     // hold a few at once, so growing decodes must preempt.
     let tight = EngineConfig {
         num_kv_blocks: 24,
