@@ -150,7 +150,13 @@ impl LengthDist {
             LengthDist::Uniform { .. } => {}
             LengthDist::Normal { mean, std_dev, .. } => {
                 finite_or("normal.mean", *mean, true, "finite", &mut out);
-                finite_or("normal.std_dev", *std_dev, *std_dev >= 0.0, ">= 0", &mut out);
+                finite_or(
+                    "normal.std_dev",
+                    *std_dev,
+                    *std_dev >= 0.0,
+                    ">= 0",
+                    &mut out,
+                );
             }
             LengthDist::Lognormal { mean, sigma, .. } => {
                 finite_or("lognormal.mean", *mean, *mean > 0.0, "> 0", &mut out);
@@ -171,7 +177,10 @@ impl LengthDist {
                 out.push((format!("{kind}.min"), "a length must be at least 1".into()));
             }
             if min > max {
-                out.push((format!("{kind}.max"), format!("must be >= min ({min}), got {max}")));
+                out.push((
+                    format!("{kind}.max"),
+                    format!("must be >= min ({min}), got {max}"),
+                ));
             }
         }
         out
@@ -192,9 +201,7 @@ impl LengthDist {
     pub(crate) fn sample(&self, index: usize, rng: &mut Stream) -> u32 {
         match self {
             LengthDist::Fixed(v) => *v,
-            LengthDist::Uniform { min, max } => {
-                min + rng.below(u64::from(max - min) + 1) as u32
-            }
+            LengthDist::Uniform { min, max } => min + rng.below(u64::from(max - min) + 1) as u32,
             LengthDist::Normal {
                 mean,
                 std_dev,
@@ -287,7 +294,10 @@ mod tests {
     #[test]
     fn lengths_file_errors_name_the_line() {
         let p = Path::new("l.txt");
-        assert_eq!(parse_lengths(p, "# c\n3 4\n5 # x\n").unwrap(), vec![3, 4, 5]);
+        assert_eq!(
+            parse_lengths(p, "# c\n3 4\n5 # x\n").unwrap(),
+            vec![3, 4, 5]
+        );
         let e = parse_lengths(p, "3\n4 zero\n").unwrap_err().to_string();
         assert!(e.contains("l.txt:2:") && e.contains("zero"), "{e}");
         assert!(parse_lengths(p, "0\n").is_err());
@@ -305,7 +315,10 @@ mod tests {
             max: 3,
         };
         let fields: Vec<_> = d.problems().into_iter().map(|p| p.0).collect();
-        assert_eq!(fields, ["lognormal.mean", "lognormal.sigma", "lognormal.min"]);
+        assert_eq!(
+            fields,
+            ["lognormal.mean", "lognormal.sigma", "lognormal.min"]
+        );
         assert!(LengthDist::Fixed(0).problems().len() == 1);
         assert!(LengthDist::Fixed(1).problems().is_empty());
     }
