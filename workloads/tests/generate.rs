@@ -163,6 +163,6 @@ fn sampling_parameters_and_seeds_are_per_request() {
         );
         assert!((2..=9).contains(&r.sampling.max_tokens));
         assert!(!r.sampling.ignore_eos);
-        assert!(r.prompt_token_ids.iter().all(|&t| t >= 3 && t < 1000));
+        assert!(r.prompt_token_ids.iter().all(|t| (3..1000).contains(t)));
     }
 }
