@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::rng::Stream;
 
+/// Longest length a spec may ask for: far beyond any model's context here,
+/// low enough that a typo cannot make the generator exhaust memory.
+pub const MAX_LENGTH: u32 = 1 << 20;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum LengthDist {
@@ -143,8 +147,11 @@ impl LengthDist {
         };
         match self {
             LengthDist::Fixed(v) => {
-                if *v == 0 {
-                    out.push(("fixed".into(), "a length must be at least 1".into()));
+                if *v == 0 || *v > MAX_LENGTH {
+                    out.push((
+                        "fixed".into(),
+                        format!("must be in 1..={MAX_LENGTH}, got {v}"),
+                    ));
                 }
             }
             LengthDist::Uniform { .. } => {}
@@ -165,6 +172,11 @@ impl LengthDist {
             LengthDist::List(list) => {
                 if list.values.is_empty() {
                     out.push(("list".into(), "the lengths file was not read".into()));
+                } else if let Some(v) = list.values.iter().find(|&&v| v > MAX_LENGTH) {
+                    out.push((
+                        "list".into(),
+                        format!("holds {v}, above the limit {MAX_LENGTH}"),
+                    ));
                 }
             }
         }
@@ -180,6 +192,11 @@ impl LengthDist {
                 out.push((
                     format!("{kind}.max"),
                     format!("must be >= min ({min}), got {max}"),
+                ));
+            } else if *max > MAX_LENGTH {
+                out.push((
+                    format!("{kind}.max"),
+                    format!("must be at most {MAX_LENGTH}, got {max}"),
                 ));
             }
         }
@@ -320,6 +337,12 @@ mod tests {
             ["lognormal.mean", "lognormal.sigma", "lognormal.min"]
         );
         assert!(LengthDist::Fixed(0).problems().len() == 1);
+        assert!(LengthDist::Fixed(MAX_LENGTH + 1).problems().len() == 1);
+        let huge = LengthDist::Uniform {
+            min: 1,
+            max: u32::MAX,
+        };
+        assert_eq!(huge.problems()[0].0, "uniform.max");
         assert!(LengthDist::Fixed(1).problems().is_empty());
     }
 }

@@ -166,3 +166,37 @@ fn sampling_parameters_and_seeds_are_per_request() {
         assert!(r.prompt_token_ids.iter().all(|t| (3..1000).contains(t)));
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Any valid spec: generation is repeatable, lengths stay in bounds,
+    /// excluded ids never appear, and arrivals never go back in time.
+    #[test]
+    fn any_spec_generates_within_its_bounds(
+        seed in 0u64..u64::MAX,
+        min in 2u32..64,
+        extra in 0u32..64,
+        prefix in 1u32..2,
+        vocab in 4u32..500,
+        rate in 0.1f64..1000.0,
+    ) {
+        let text = format!(
+            "name = \"golden\"\ndescription = \"p\"\nseed = {seed}\nrequests = 12\nwarmup_requests = 2\n\
+             prompt_len = {{ uniform = {{ min = {min}, max = {} }} }}\noutput_len = {{ normal = {{ mean = 8.0, std_dev = 4.0, min = 1, max = 12 }} }}\n\
+             arrival = {{ gamma = {{ rate = {rate:?}, burstiness = 0.5 }} }}\n[prefix]\ngroups = 3\nlength = {prefix}\n",
+            min + extra
+        );
+        let spec = spec(&text);
+        let space = TokenSpace { vocab_size: vocab, excluded: vec![0, vocab - 1] };
+        let a = spec.generate(&space).unwrap();
+        proptest::prop_assert_eq!(requests_bytes(&a), requests_bytes(&spec.generate(&space).unwrap()));
+        for r in &a {
+            let len = r.prompt_token_ids.len() as u32;
+            proptest::prop_assert!(len >= min && len <= min + extra);
+            proptest::prop_assert!((1..=12).contains(&r.sampling.max_tokens));
+            proptest::prop_assert!(r.prompt_token_ids.iter().all(|&t| t != 0 && t < vocab - 1));
+        }
+        proptest::prop_assert!(a.windows(2).all(|w| w[0].arrival_s <= w[1].arrival_s));
+    }
+}

@@ -118,6 +118,16 @@ fn missing_fields() {
 }
 
 #[test]
+fn ambiguous_kinds() {
+    let two = GOOD.replace(
+        "[arrival.gamma]",
+        "[arrival.poisson]\nrate = 1.0\n[arrival.gamma]",
+    );
+    let e = assert_located(&two, 9, "arrival");
+    assert!(e.contains("exactly 1"), "{e}");
+}
+
+#[test]
 fn bad_values() {
     assert_located(
         &GOOD.replace("rate = 2.0", "rate = 0.0"),
