@@ -1,4 +1,22 @@
-mod run_record;
-fn main() {
-    let _ = run_record::metric_catalog();
+//! `cargo xtask`: a thin entry point; the work lives in the library.
+
+use clap::Parser;
+use xtask::cli::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let root = xtask::repo_root();
+    let result = match cli.command {
+        Command::Bench(_args) => {
+            let _ = root;
+            Ok::<i32, anyhow::Error>(0)
+        }
+    };
+    match result {
+        Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
