@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use workloads::suite::SuiteDevice;
 use workloads::{RequestRecord, StepLogEntry};
 
 use crate::cli::{BenchArgs, DeviceArg};
@@ -58,18 +59,14 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
     let default_suite = if cuda { "pr" } else { "smoke" };
     let selection =
         workload_plan::select(&catalogue, args.suite.as_deref(), &args.workloads, default_suite)?;
-    let model_name = args
-        .model
-        .clone()
-        .or_else(|| selection.default_model())
-        .unwrap_or_else(|| "tiny".into());
-    let model = model::resolve(&model_name, &engine, &root.join(".models"))?;
-    let vocab = model::vocab(&model.dir)?;
-    let planned = selection
-        .specs
-        .iter()
-        .map(|s| workload_plan::plan(s, &vocab))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let sized_for_cuda = selection.suite_device.map(|d| d == SuiteDevice::Cuda);
+    if sized_for_cuda.is_some_and(|c| c != cuda) {
+        eprintln!(
+            "warning: suite {} is sized for {}, and runs on {device} here",
+            selection.suite.as_deref().unwrap_or("?"),
+            if cuda { "cpu" } else { "cuda" }
+        );
+    }
 
     let monitor = if cuda {
         GpuMonitor::open()
@@ -86,77 +83,107 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
             monitor.unavailable_reason().unwrap_or("unknown")
         );
     }
-    let fingerprint = Fingerprint {
-        source: fingerprint::source(root, &engine, &build),
-        host: fingerprint::host(),
-        gpus,
-        device: device.to_string(),
-        model: model.name.clone(),
-        model_hash: fingerprint::hash_dir(&model.dir)
-            .with_context(|| format!("hashing the model {}", model.dir.display()))?,
-    };
-
+    let source = fingerprint::source(root, &engine, &build);
+    let host = fingerprint::host();
     let results = args.results.clone().unwrap_or_else(|| root.join("results"));
     let store = Store::open(&results)?;
-    let created_at = chrono::Utc::now();
-    let runner = TrialRunner {
-        engine,
-        model_dir: model.dir.clone(),
-        device: device.to_string(),
-        trials: args
-            .trials
-            .or(selection.suite_trials)
-            .unwrap_or(if cuda {
-                DEFAULT_TRIALS_GPU
-            } else {
-                DEFAULT_TRIALS_CPU
-            }),
-        timeout: Duration::from_secs_f64(args.timeout_s.max(0.001)),
-        work_dir: work_root(root).join(format!(
-            "{}-{}",
-            created_at.format("%Y%m%dT%H%M%SZ"),
-            std::process::id()
-        )),
-        monitor: &monitor,
-    };
-    let header = RunRecord {
-        schema: RUN_SCHEMA_VERSION,
-        created_at: created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        suite: selection.suite.clone(),
-        fingerprint,
-        workloads: Vec::new(),
-    };
-    let outcome = runner.run_all(header, &planned, &store)?;
-    report::print_summary(&outcome.run, &outcome.run_id);
-    println!(
-        "\nstored run {} in {} (trial logs in {})",
-        outcome.run_id,
-        results.display(),
-        runner.work_dir.display()
-    );
+    let trials = args
+        .trials
+        .or(selection.suite_trials)
+        .unwrap_or(if cuda {
+            DEFAULT_TRIALS_GPU
+        } else {
+            DEFAULT_TRIALS_CPU
+        });
+
+    // One run per model: a run has one fingerprint, and the model is in it.
+    let mut outcomes = Vec::new();
+    let mut code = 0;
+    for (model_name, specs) in selection.by_model(args.model.as_deref()) {
+        let model = model::resolve(&model_name, &engine, &root.join(".models"))?;
+        let vocab = model::vocab(&model.dir)?;
+        let planned = specs
+            .iter()
+            .map(|s| workload_plan::plan(s, &vocab))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let fingerprint = Fingerprint {
+            source: source.clone(),
+            host: host.clone(),
+            gpus: gpus.clone(),
+            device: device.to_string(),
+            model: model.name.clone(),
+            model_hash: fingerprint::hash_dir(&model.dir)
+                .with_context(|| format!("hashing the model {}", model.dir.display()))?,
+        };
+        let created_at = chrono::Utc::now();
+        let runner = TrialRunner {
+            engine: engine.clone(),
+            model_dir: model.dir.clone(),
+            device: device.to_string(),
+            trials,
+            timeout: Duration::from_secs_f64(args.timeout_s.max(0.001)),
+            work_dir: work_root(root).join(format!(
+                "{}-{}-{}",
+                created_at.format("%Y%m%dT%H%M%S%.3fZ"),
+                std::process::id(),
+                file_name_safe(&model_name)
+            )),
+            monitor: &monitor,
+        };
+        let header = RunRecord {
+            schema: RUN_SCHEMA_VERSION,
+            created_at: created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            suite: selection.suite.clone(),
+            fingerprint,
+            workloads: Vec::new(),
+        };
+        let outcome = runner.run_all(header, &planned, &store)?;
+        report::print_summary(&outcome.run, &outcome.run_id);
+        println!(
+            "\nstored run {} in {} (engine logs in {})",
+            outcome.run_id,
+            results.display(),
+            runner.work_dir.display()
+        );
+        code = code.max(exit_code(&outcome.run));
+        // Wiring point (compare, issue 5): the verdict against the committed
+        // baseline of this run's fingerprint class; None when there is none.
+        if let Some(verdict) =
+            crate::compare::against_baseline(&store, &outcome.run_id, &outcome.run, root)?
+        {
+            code = code.max(verdict);
+        }
+        outcomes.push(outcome);
+    }
 
     if let Some(path) = &args.json {
-        report::write_json(path, &outcome.run)?;
+        let runs: Vec<&RunRecord> = outcomes.iter().map(|o| &o.run).collect();
+        match runs.as_slice() {
+            [one] => report::write_json(path, one)?,
+            many => report::write_json(path, &many)?,
+        }
     }
     if let Some(dir) = &args.export_vllm {
-        export_vllm(dir, &outcome)?;
+        for outcome in &outcomes {
+            export_vllm(dir, outcome)?;
+        }
     }
+    Ok(code)
+}
 
-    let all_ok = outcome
-        .run
+/// 0 when every trial succeeded, 1 when any failed or timed out (after
+/// everything was stored and reported).
+fn exit_code(run: &RunRecord) -> i32 {
+    let all_ok = run
         .workloads
         .iter()
         .flat_map(|w| &w.trials)
         .all(|t| t.status == TrialStatus::Ok);
-    let mut code = if all_ok { 0 } else { 1 };
-    // Wiring point (compare, issue 5): the verdict against the committed
-    // baseline of this run's fingerprint class; None when there is none.
-    if let Some(verdict) =
-        crate::compare::against_baseline(&store, &outcome.run_id, &outcome.run, root)?
-    {
-        code = code.max(verdict);
+    if all_ok {
+        0
+    } else {
+        1
     }
-    Ok(code)
 }
 
 fn choose_device(arg: DeviceArg, info: &EngineInfo) -> anyhow::Result<&'static str> {
@@ -167,6 +194,14 @@ fn choose_device(arg: DeviceArg, info: &EngineInfo) -> anyhow::Result<&'static s
         DeviceArg::Cuda if info.has_gpu() => "cuda",
         DeviceArg::Cuda => bail!("--device cuda, but `engine info` reports no GPU: {}", info.raw),
     })
+}
+
+/// `name` with every character that is not alphanumeric, `-` or `.`
+/// replaced by `_` (model names may be paths).
+fn file_name_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .collect()
 }
 
 /// Trial files live beside the build outputs (git-ignored), not in the

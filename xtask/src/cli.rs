@@ -68,7 +68,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR")]
     pub catalogue: Option<PathBuf>,
 
-    /// Write the run record as JSON to this file.
+    /// Write the run record as JSON to this file (a list of run records
+    /// when the workloads span several models: one run per model).
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
 

@@ -7,10 +7,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let root = xtask::repo_root();
     let result = match cli.command {
-        Command::Bench(_args) => {
-            let _ = root;
-            Ok::<i32, anyhow::Error>(0)
-        }
+        Command::Bench(args) => xtask::bench::run(&args, &root),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),

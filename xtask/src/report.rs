@@ -113,11 +113,11 @@ pub fn workload_summary(w: &WorkloadRun) -> (Table, Vec<String>) {
         match &t.status {
             TrialStatus::Ok => {}
             TrialStatus::Failed { reason } => {
-                warnings.push(format!("trial {} failed: {reason}", t.index))
+                warnings.push(format!("trial {} failed: {reason}", t.index + 1))
             }
             TrialStatus::TimedOut { after_s } => warnings.push(format!(
                 "trial {} timed out after {after_s:.1} s and was killed",
-                t.index
+                t.index + 1
             )),
         }
     }
@@ -186,8 +186,9 @@ fn short(commit: &str) -> &str {
     &commit[..commit.len().min(12)]
 }
 
-pub fn write_json(path: &Path, run: &RunRecord) -> anyhow::Result<()> {
-    let bytes = serde_json::to_vec_pretty(run)?;
+/// Writes `value` (a run record, or a list of them) as pretty JSON.
+pub fn write_json<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -> anyhow::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value)?;
     workloads::jsonl::write_bytes_atomic(path, &bytes)
         .with_context(|| format!("writing {}", path.display()))
 }

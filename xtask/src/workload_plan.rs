@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use workloads::catalogue::Catalogue;
+use workloads::suite::SuiteDevice;
 use workloads::generate::{requests_hash, TokenSpace};
 use workloads::spec::WorkloadSpec;
 use workloads::Request;
@@ -19,6 +20,8 @@ pub struct Selection {
     pub suite: Option<String>,
     /// Trials the suite asks for, if it does.
     pub suite_trials: Option<u32>,
+    /// The device the suite is sized for, if it says.
+    pub suite_device: Option<SuiteDevice>,
     pub specs: Vec<WorkloadSpec>,
 }
 
@@ -44,11 +47,12 @@ pub fn select(
         return Ok(Selection {
             suite: None,
             suite_trials: None,
+            suite_device: None,
             specs,
         });
     }
     let name = suite.unwrap_or(default_suite);
-    let trials = catalogue.suite(name)?.trials;
+    let suite_spec = catalogue.suite(name)?;
     let specs = catalogue
         .suite_workloads(name)?
         .into_iter()
@@ -56,19 +60,31 @@ pub fn select(
         .collect();
     Ok(Selection {
         suite: Some(name.to_string()),
-        suite_trials: trials,
+        suite_trials: suite_spec.trials,
+        suite_device: suite_spec.device,
         specs,
     })
 }
 
+/// The model a workload runs on when neither `--model` nor its spec names one.
+pub const DEFAULT_MODEL: &str = "tiny";
+
 impl Selection {
-    /// The model the specs name, when they agree on one.
-    pub fn default_model(&self) -> Option<String> {
-        let first = self.specs.first()?.model.clone()?;
-        self.specs
-            .iter()
-            .all(|s| s.model.as_deref() == Some(first.as_str()))
-            .then_some(first)
+    /// The specs grouped by the model they run on, in order of first
+    /// appearance: `model_override` for all, else each spec's own model.
+    /// A run has one fingerprint and so one model: each group is a run.
+    pub fn by_model(&self, model_override: Option<&str>) -> Vec<(String, Vec<&WorkloadSpec>)> {
+        let mut groups: Vec<(String, Vec<&WorkloadSpec>)> = Vec::new();
+        for spec in &self.specs {
+            let model = model_override
+                .or(spec.model.as_deref())
+                .unwrap_or(DEFAULT_MODEL);
+            match groups.iter_mut().find(|(m, _)| m == model) {
+                Some((_, specs)) => specs.push(spec),
+                None => groups.push((model.to_string(), vec![spec])),
+            }
+        }
+        groups
     }
 }
 
