@@ -57,8 +57,12 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
     let cuda = device == "cuda";
 
     let default_suite = if cuda { "pr" } else { "smoke" };
-    let selection =
-        workload_plan::select(&catalogue, args.suite.as_deref(), &args.workloads, default_suite)?;
+    let selection = workload_plan::select(
+        &catalogue,
+        args.suite.as_deref(),
+        &args.workloads,
+        default_suite,
+    )?;
     let sized_for_cuda = selection.suite_device.map(|d| d == SuiteDevice::Cuda);
     if sized_for_cuda.is_some_and(|c| c != cuda) {
         eprintln!(
@@ -87,14 +91,11 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
     let host = fingerprint::host();
     let results = args.results.clone().unwrap_or_else(|| root.join("results"));
     let store = Store::open(&results)?;
-    let trials = args
-        .trials
-        .or(selection.suite_trials)
-        .unwrap_or(if cuda {
-            DEFAULT_TRIALS_GPU
-        } else {
-            DEFAULT_TRIALS_CPU
-        });
+    let trials = args.trials.or(selection.suite_trials).unwrap_or(if cuda {
+        DEFAULT_TRIALS_GPU
+    } else {
+        DEFAULT_TRIALS_CPU
+    });
 
     // One run per model: a run has one fingerprint, and the model is in it.
     let mut outcomes = Vec::new();
@@ -146,13 +147,14 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
             runner.work_dir.display()
         );
         code = code.max(exit_code(&outcome.run));
-        // Wiring point (compare, issue 5): the verdict against the committed
-        // baseline of this run's fingerprint class; None when there is none.
-        if let Some(verdict) =
-            crate::compare::against_baseline(&store, &outcome.run_id, &outcome.run, root)?
-        {
-            code = code.max(verdict);
-        }
+        // WIRING POINT (compare, issue 5; not on main yet): the verdict
+        // against the committed baseline of this run's fingerprint class,
+        // None when there is none. Uncomment once `crate::compare` lands:
+        // if let Some(verdict) =
+        //     crate::compare::against_baseline(&store, &outcome.run_id, &outcome.run, root)?
+        // {
+        //     code = code.max(verdict);
+        // }
         outcomes.push(outcome);
     }
 
@@ -192,7 +194,10 @@ fn choose_device(arg: DeviceArg, info: &EngineInfo) -> anyhow::Result<&'static s
         DeviceArg::Auto if info.has_gpu() => "cuda",
         DeviceArg::Auto => "cpu",
         DeviceArg::Cuda if info.has_gpu() => "cuda",
-        DeviceArg::Cuda => bail!("--device cuda, but `engine info` reports no GPU: {}", info.raw),
+        DeviceArg::Cuda => bail!(
+            "--device cuda, but `engine info` reports no GPU: {}",
+            info.raw
+        ),
     })
 }
 
@@ -200,7 +205,13 @@ fn choose_device(arg: DeviceArg, info: &EngineInfo) -> anyhow::Result<&'static s
 /// replaced by `_` (model names may be paths).
 fn file_name_safe(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -299,8 +310,11 @@ impl TrialRunner<'_> {
             None
         } else {
             let path = dir.join("engine.toml");
-            workloads::jsonl::write_bytes_atomic(&path, toml::to_string(&engine_config)?.as_bytes())
-                .with_context(|| format!("writing {}", path.display()))?;
+            workloads::jsonl::write_bytes_atomic(
+                &path,
+                toml::to_string(&engine_config)?.as_bytes(),
+            )
+            .with_context(|| format!("writing {}", path.display()))?;
             Some(path)
         };
         engine_config.insert("device".into(), toml::Value::String(self.device.clone()));
@@ -404,7 +418,8 @@ impl TrialRunner<'_> {
 /// The engine's records and step log; a missing or malformed file is the
 /// trial's failure reason.
 fn read_outputs(files: &TrialFiles) -> Result<(Vec<RequestRecord>, Vec<StepLogEntry>), String> {
-    let records = workloads::jsonl::read::<RequestRecord>(&files.records).map_err(|e| e.to_string())?;
+    let records =
+        workloads::jsonl::read::<RequestRecord>(&files.records).map_err(|e| e.to_string())?;
     let steps = if files.step_log.exists() {
         workloads::jsonl::read::<StepLogEntry>(&files.step_log).map_err(|e| e.to_string())?
     } else {
@@ -426,11 +441,16 @@ fn trial_line(workload: &str, t: &TrialSummary, trials: u32) -> String {
     match &t.status {
         TrialStatus::Ok => format!(
             "{workload} trial {n}/{trials}: {:.1} output tok/s, mean TTFT {:.1} ms ({:.1} s)",
-            t.metrics.get("output_throughput").copied().unwrap_or(f64::NAN),
+            t.metrics
+                .get("output_throughput")
+                .copied()
+                .unwrap_or(f64::NAN),
             t.metrics.get("mean_ttft_ms").copied().unwrap_or(f64::NAN),
             t.wall_s
         ),
-        TrialStatus::Failed { reason } => format!("{workload} trial {n}/{trials}: FAILED: {reason}"),
+        TrialStatus::Failed { reason } => {
+            format!("{workload} trial {n}/{trials}: FAILED: {reason}")
+        }
         TrialStatus::TimedOut { after_s } => {
             format!("{workload} trial {n}/{trials}: TIMED OUT after {after_s:.1} s")
         }

@@ -16,6 +16,15 @@ pub enum Command {
     /// Build the engine, run workloads as repeated trials, store the run and
     /// print a summary.
     Bench(BenchArgs),
+    /// Look at, check and move what is in the results store.
+    #[command(subcommand)]
+    Store(crate::store::cli::StoreCmd),
+    // Wiring point (compare/baseline, issue 5), once on main:
+    //   /// Compare two runs metric by metric.
+    //   Compare(crate::compare::CompareArgs),
+    //   /// Manage the committed baselines.
+    //   #[command(subcommand)]
+    //   Baseline(crate::baseline::BaselineCmd),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

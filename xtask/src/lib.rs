@@ -2,7 +2,7 @@
 //! environment's fingerprint, run workloads as repeated trials, compute
 //! metrics, store them content-addressed, compare and report.
 
-// pub mod bench;
+pub mod bench;
 pub mod build;
 pub mod cli;
 pub mod engine_info;
@@ -13,8 +13,9 @@ pub mod model;
 pub mod progress;
 pub mod report;
 pub mod run_record;
+pub mod store;
 pub mod trial;
-// pub mod workload_plan;
+pub mod workload_plan;
 
 use std::path::{Path, PathBuf};
 

@@ -6,9 +6,9 @@ use std::path::Path;
 
 use anyhow::Context;
 use workloads::catalogue::Catalogue;
-use workloads::suite::SuiteDevice;
 use workloads::generate::{requests_hash, TokenSpace};
 use workloads::spec::WorkloadSpec;
+use workloads::suite::SuiteDevice;
 use workloads::Request;
 
 use crate::metrics::Slos;
@@ -28,7 +28,8 @@ pub struct Selection {
 /// The catalogue in `dir` (`specs/*.toml` + `suites.toml`). Invalid specs
 /// are the workloads crate's errors (file, line, field).
 pub fn load(dir: &Path) -> anyhow::Result<Catalogue> {
-    Catalogue::load(dir).with_context(|| format!("loading the workload catalogue {}", dir.display()))
+    Catalogue::load(dir)
+        .with_context(|| format!("loading the workload catalogue {}", dir.display()))
 }
 
 /// `names` when given, else `suite`, else `default_suite`. Unknown names are

@@ -118,6 +118,7 @@ impl Fixture {
         argv.extend(extra.iter().map(|s| s.to_string()));
         match Cli::parse_from(argv).command {
             Command::Bench(args) => args,
+            other => panic!("parsed as {other:?}"),
         }
     }
 
@@ -252,5 +253,8 @@ fn invalid_spec_names_file_line_and_field() {
     .unwrap();
     let err = xtask::bench::run(&fx.args(&["--workload", "fake"]), fx.root()).unwrap_err();
     let text = format!("{err:#}");
-    assert!(text.contains("fake.toml:5") && text.contains("requests"), "{text}");
+    assert!(
+        text.contains("fake.toml:5") && text.contains("requests"),
+        "{text}"
+    );
 }
