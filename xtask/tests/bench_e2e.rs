@@ -14,7 +14,8 @@ use xtask::store::Store;
 
 const FAKE_ENGINE: &str = r#"#!/bin/sh
 # Stand-in for `engine`. Trial k (counted in ./count) does line k of ./plan:
-# ok | crash | hang | garbage.
+# ok | crash | hang | garbage | block (ok, then make the next workload's
+# folder unwritable: a failure of the pipeline itself, not of a trial).
 here=$(dirname "$0")
 case "$1" in
   info) echo '{"backend":"cpu","gpus":[]}'; exit 0 ;;
@@ -36,6 +37,7 @@ case "$mode" in
   crash) echo "fake engine: CUDA error: out of memory" >&2; exit 101 ;;
   hang) exec sleep 60 ;;
   garbage) echo "not json" > "$out"; exit 0 ;;
+  block) run_dir=$(dirname "$(dirname "$(dirname "$out")")"); touch "$run_dir/fake2" ;;
 esac
 # Each trial a little slower than the last, so trials spread.
 awk -v k="$n" '
@@ -69,6 +71,10 @@ ttft_ms = 1000.0
 const SUITES: &str = r#"[quick]
 description = "one fake workload"
 workloads = ["fake"]
+
+[two]
+description = "two fake workloads"
+workloads = ["fake", "fake2"]
 "#;
 
 struct Fixture {
@@ -83,6 +89,11 @@ impl Fixture {
         let p = dir.path();
         std::fs::create_dir_all(p.join("catalogue/specs")).unwrap();
         std::fs::write(p.join("catalogue/specs/fake.toml"), SPEC).unwrap();
+        std::fs::write(
+            p.join("catalogue/specs/fake2.toml"),
+            SPEC.replace("\"fake\"", "\"fake2\""),
+        )
+        .unwrap();
         std::fs::write(p.join("catalogue/suites.toml"), SUITES).unwrap();
         std::fs::create_dir_all(p.join("model")).unwrap();
         std::fs::write(
@@ -257,4 +268,25 @@ fn invalid_spec_names_file_line_and_field() {
         text.contains("fake.toml:5") && text.contains("requests"),
         "{text}"
     );
+}
+
+#[test]
+fn a_pipeline_failure_midway_stores_the_trials_finished_so_far() {
+    let fx = Fixture::new(&["ok", "block"]);
+    let args = fx.args(&["--suite", "two", "--trials", "2"]);
+    let err = xtask::bench::run(&args, fx.root()).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("2 finished trials are stored as run"),
+        "{text}"
+    );
+    let store = Store::open(&fx.path("results")).unwrap();
+    let (_, run) = store.resolve_run("latest").unwrap();
+    // The second workload never started: only the first is in the run.
+    assert_eq!(run.workloads.len(), 1);
+    assert_eq!(run.workloads[0].trials.len(), 2);
+    assert!(run.workloads[0]
+        .trials
+        .iter()
+        .all(|t| t.status == TrialStatus::Ok && t.records_object.is_some()));
 }
