@@ -581,3 +581,27 @@ fn cli_commands_run_against_a_store() {
     )
     .is_err());
 }
+
+#[test]
+fn concurrent_imports_of_one_export_list_the_run_once() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = Store::open(src_dir.path()).unwrap();
+    let (run_id, _) = add_full_run(&src, "2026-01-01T00:00:00Z", 5);
+    let out = src_dir.path().join("export.json");
+    src.export_run("latest", &out).unwrap();
+
+    let dst_dir = tempfile::tempdir().unwrap();
+    std::thread::scope(|scope| {
+        for _ in 0..6 {
+            let (root, out, run_id) = (dst_dir.path(), &out, &run_id);
+            scope.spawn(move || {
+                let store = Store::open(root).unwrap();
+                assert_eq!(&store.import(out).unwrap(), run_id);
+            });
+        }
+    });
+    let dst = Store::open(dst_dir.path()).unwrap();
+    assert_eq!(dst.runs().unwrap().len(), 1);
+    assert!(dst.verify().unwrap().is_clean());
+    assert_eq!(fs::read_dir(dst_dir.path().join("tmp")).unwrap().count(), 0);
+}
