@@ -51,6 +51,9 @@ use crate::arrival::Arrival;
 use crate::distribution::{LengthDist, ListError};
 use crate::location::{InvalidToml, SourceMap};
 
+/// Most measured (and, separately, warmup) requests a spec may ask for.
+pub const MAX_REQUESTS: u32 = 10_000_000;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadSpec {
@@ -208,8 +211,20 @@ impl WorkloadSpec {
                 ),
             );
         }
-        if self.requests == 0 {
-            add("requests", "must be at least 1".into());
+        if !(1..=MAX_REQUESTS).contains(&self.requests) {
+            add(
+                "requests",
+                format!("must be in 1..={MAX_REQUESTS}, got {}", self.requests),
+            );
+        }
+        if self.warmup_requests > MAX_REQUESTS {
+            add(
+                "warmup_requests",
+                format!(
+                    "must be at most {MAX_REQUESTS}, got {}",
+                    self.warmup_requests
+                ),
+            );
         }
         for (field, dist) in [
             ("prompt_len", &self.prompt_len),
