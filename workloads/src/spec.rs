@@ -1,7 +1,7 @@
 //! Workload specs: one TOML file per workload in `workloads/specs/`.
 //!
 //! ```toml
-//! name = "smoke-poisson"              # must equal the file name's stem
+//! name = "example-poisson"            # must equal the file name's stem
 //! description = "Open loop at 6 req/s"
 //! model = "tiny"                      # default model preset (--model overrides)
 //! seed = 3                            # everything random derives from it
