@@ -63,7 +63,6 @@ fn tiny(dir: &Path) -> Checkpoint {
 }
 
 #[test]
-#[ignore = "needs the CPU backend (model work item), not on main yet"]
 fn greedy_output_is_independent_of_batching_chunking_and_preemption() {
     let dir = tempfile::tempdir().unwrap();
     let ckpt = tiny(dir.path());
