@@ -88,7 +88,13 @@ impl KvCache {
     /// Attention output `[tokens, q_heads × head_dim]` for queries `q`
     /// (`[tokens, q_heads × head_dim]`, RoPE applied), each token attending
     /// to positions `0..=position` of its own sequence.
-    pub fn attend(&self, layer: usize, places: &[TokenPlace<'_>], q: &[f32], heads: Heads) -> Vec<f32> {
+    pub fn attend(
+        &self,
+        layer: usize,
+        places: &[TokenPlace<'_>],
+        q: &[f32],
+        heads: Heads,
+    ) -> Vec<f32> {
         let Heads {
             q_heads,
             kv_heads,
@@ -161,7 +167,9 @@ mod tests {
         let d = q.len();
         let s: Vec<f64> = k
             .iter()
-            .map(|k| q.iter().zip(k).map(|(a, b)| (*a * *b) as f64).sum::<f64>() / (d as f64).sqrt())
+            .map(|k| {
+                q.iter().zip(k).map(|(a, b)| (*a * *b) as f64).sum::<f64>() / (d as f64).sqrt()
+            })
             .collect();
         let m = s.iter().cloned().fold(f64::MIN, f64::max);
         let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
@@ -203,7 +211,11 @@ mod tests {
                 let vs: Vec<Vec<f32>> = (0..=t)
                     .map(|p| v[(p * kv_heads + g) * d..(p * kv_heads + g + 1) * d].to_vec())
                     .collect();
-                let want = reference(&q[(t * q_heads + h) * d..(t * q_heads + h + 1) * d], &ks, &vs);
+                let want = reference(
+                    &q[(t * q_heads + h) * d..(t * q_heads + h + 1) * d],
+                    &ks,
+                    &vs,
+                );
                 let got = &out[(t * q_heads + h) * d..(t * q_heads + h + 1) * d];
                 for (a, b) in got.iter().zip(&want) {
                     assert!((a - b).abs() < 1e-5, "t={t} h={h}: {a} vs {b}");

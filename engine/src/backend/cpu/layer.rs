@@ -60,7 +60,10 @@ impl DecoderLayer {
             h,
         );
         let qk_norm = if cfg.qk_norm {
-            Some((get("self_attn.q_norm.weight")?, get("self_attn.k_norm.weight")?))
+            Some((
+                get("self_attn.q_norm.weight")?,
+                get("self_attn.k_norm.weight")?,
+            ))
         } else {
             None
         };
@@ -117,8 +120,10 @@ impl DecoderLayer {
             rms_norm_rows(&mut k, k_norm, self.eps);
         }
         for t in 0..tokens {
-            step.rope.apply(&mut q[t * q_w..(t + 1) * q_w], &step.angles[t]);
-            step.rope.apply(&mut k[t * kv_w..(t + 1) * kv_w], &step.angles[t]);
+            step.rope
+                .apply(&mut q[t * q_w..(t + 1) * q_w], &step.angles[t]);
+            step.rope
+                .apply(&mut k[t * kv_w..(t + 1) * kv_w], &step.angles[t]);
         }
         cache.write(self.index, step.places, &k, &v);
         let attn = cache.attend(self.index, step.places, &q, self.heads);

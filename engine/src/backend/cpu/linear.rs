@@ -23,7 +23,12 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn new(weight: Arc<[f32]>, bias: Option<Vec<f32>>, out_features: usize, in_features: usize) -> Linear {
+    pub fn new(
+        weight: Arc<[f32]>,
+        bias: Option<Vec<f32>>,
+        out_features: usize,
+        in_features: usize,
+    ) -> Linear {
         debug_assert_eq!(weight.len(), out_features * in_features);
         debug_assert!(bias.as_ref().is_none_or(|b| b.len() == out_features));
         Linear {
@@ -50,7 +55,12 @@ impl Linear {
                 }
             }
         }
-        Linear::new(weight.into(), has_bias.then_some(bias), out_features, in_features)
+        Linear::new(
+            weight.into(),
+            has_bias.then_some(bias),
+            out_features,
+            in_features,
+        )
     }
 
     /// `x` is row-major `[rows, in_features]`; returns `[rows, out_features]`.

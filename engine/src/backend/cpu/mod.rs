@@ -43,9 +43,15 @@ impl CpuBackend {
             .num_threads(cfg.num_threads)
             .build()
             .map_err(|e| {
-                BackendError::OutOfMemory(format!("cannot start {} CPU threads: {e}", cfg.num_threads))
+                BackendError::OutOfMemory(format!(
+                    "cannot start {} CPU threads: {e}",
+                    cfg.num_threads
+                ))
             })?;
-        let embed: Arc<[f32]> = checkpoint.tensor("model.embed_tokens.weight")?.to_f32().into();
+        let embed: Arc<[f32]> = checkpoint
+            .tensor("model.embed_tokens.weight")?
+            .to_f32()
+            .into();
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
         let lm_head_weight = if config.tie_word_embeddings {
             embed.clone()
@@ -69,7 +75,11 @@ impl CpuBackend {
 
     /// Logits of the tokens the step asks for: every token when
     /// `all_tokens`, else the last token of each entry that samples.
-    fn run(&mut self, batch: &[SeqStep<'_>], all_tokens: bool) -> Result<Vec<Vec<f32>>, BackendError> {
+    fn run(
+        &mut self,
+        batch: &[SeqStep<'_>],
+        all_tokens: bool,
+    ) -> Result<Vec<Vec<f32>>, BackendError> {
         let cache = self
             .cache
             .as_mut()
@@ -122,12 +132,16 @@ impl CpuBackend {
 /// the KV pool, naming the sequence.
 fn validate(batch: &[SeqStep<'_>], cfg: &ModelConfig, cache: &KvCache) -> Result<(), BackendError> {
     for step in batch {
-        let bad = |msg: String| BackendError::InvalidBatch(format!("sequence {}: {msg}", step.seq_id));
+        let bad =
+            |msg: String| BackendError::InvalidBatch(format!("sequence {}: {msg}", step.seq_id));
         if step.tokens.is_empty() {
             return Err(bad("no tokens".into()));
         }
         if let Some(&t) = step.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-            return Err(bad(format!("token {t} is not below vocab_size {}", cfg.vocab_size)));
+            return Err(bad(format!(
+                "token {t} is not below vocab_size {}",
+                cfg.vocab_size
+            )));
         }
         let end = step.start_pos + step.tokens.len();
         if end > cfg.max_position_embeddings {
@@ -147,7 +161,10 @@ fn validate(batch: &[SeqStep<'_>], cfg: &ModelConfig, cache: &KvCache) -> Result
             .iter()
             .find(|&&b| b as usize >= cache.num_blocks)
         {
-            return Err(bad(format!("block {b} is not below num_blocks {}", cache.num_blocks)));
+            return Err(bad(format!(
+                "block {b} is not below num_blocks {}",
+                cache.num_blocks
+            )));
         }
     }
     Ok(())
@@ -201,7 +218,11 @@ impl Backend for CpuBackend {
         Ok(cfg.cpu_kv_cache_bytes)
     }
 
-    fn allocate_kv_cache(&mut self, num_blocks: usize, block_size: usize) -> Result<(), BackendError> {
+    fn allocate_kv_cache(
+        &mut self,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<(), BackendError> {
         if num_blocks == 0 || block_size == 0 {
             return Err(BackendError::InvalidBatch(format!(
                 "KV cache needs blocks: num_blocks {num_blocks}, block_size {block_size}"
