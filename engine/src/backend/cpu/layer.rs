@@ -80,10 +80,10 @@ impl DecoderLayer {
             input_norm: get("input_layernorm.weight")?,
             qkv,
             qk_norm,
-            o_proj: Linear::new(get("self_attn.o_proj.weight")?.into(), None, h, q_out),
+            o_proj: Linear::new(&get("self_attn.o_proj.weight")?, None, h, q_out),
             post_norm: get("post_attention_layernorm.weight")?,
             gate_up,
-            down: Linear::new(get("mlp.down_proj.weight")?.into(), None, h, i),
+            down: Linear::new(&get("mlp.down_proj.weight")?, None, h, i),
             heads: Heads {
                 q_heads: cfg.num_attention_heads,
                 kv_heads: cfg.num_key_value_heads,

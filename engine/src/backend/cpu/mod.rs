@@ -15,8 +15,6 @@ mod mlp;
 mod rmsnorm;
 mod rope;
 
-use std::sync::Arc;
-
 use super::*;
 use crate::config::ModelConfig;
 use attention::{KvCache, TokenPlace};
@@ -26,8 +24,8 @@ use rope::Rope;
 
 pub struct CpuBackend {
     config: ModelConfig,
-    /// `[vocab, hidden]`; shared with `lm_head` when the embeddings are tied.
-    embed: Arc<[f32]>,
+    /// `[vocab, hidden]`; when tied, `lm_head` keeps its own transposed copy.
+    embed: Vec<f32>,
     layers: Vec<DecoderLayer>,
     final_norm: Vec<f32>,
     lm_head: Linear,
@@ -48,15 +46,17 @@ impl CpuBackend {
                     cfg.num_threads
                 ))
             })?;
-        let embed: Arc<[f32]> = checkpoint
-            .tensor("model.embed_tokens.weight")?
-            .to_f32()
-            .into();
+        let embed = checkpoint.tensor("model.embed_tokens.weight")?.to_f32();
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
-        let lm_head_weight = if config.tie_word_embeddings {
-            embed.clone()
+        let lm_head = if config.tie_word_embeddings {
+            Linear::new(&embed, None, vocab, hidden)
         } else {
-            checkpoint.tensor("lm_head.weight")?.to_f32().into()
+            Linear::new(
+                &checkpoint.tensor("lm_head.weight")?.to_f32(),
+                None,
+                vocab,
+                hidden,
+            )
         };
         let layers = (0..config.num_hidden_layers)
             .map(|l| DecoderLayer::load(checkpoint, l))
@@ -64,7 +64,7 @@ impl CpuBackend {
         Ok(CpuBackend {
             rope: Rope::new(&config),
             final_norm: checkpoint.tensor("model.norm.weight")?.to_f32(),
-            lm_head: Linear::new(lm_head_weight, None, vocab, hidden),
+            lm_head,
             embed,
             layers,
             config,
