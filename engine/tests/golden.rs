@@ -311,3 +311,53 @@ fn bad_batches_are_errors_not_panics() {
         assert!(err.contains(needle) && err.contains("sequence 9"), "{err}");
     }
 }
+
+/// Decoding token by token gives the same logits, bit for bit, as
+/// recomputing the whole sequence in one prefill (what preemption by
+/// recompute does), in other KV blocks.
+#[test]
+fn decode_matches_recompute() {
+    let prompts = load_fixture("tiny-qwen2");
+    let dir = tempfile::tempdir().unwrap();
+    let mut backend = backend("tiny-qwen2", dir.path());
+    let (t0, t1) = (table(0), table(3));
+    let prompt = &prompts[1].tokens;
+    let mut seq = prompt.clone();
+    let mut decoded = vec![backend
+        .forward_logits(&[prefill_step(prompt, 0, &t0)])
+        .unwrap()
+        .pop()
+        .unwrap()];
+    for _ in 0..10 {
+        let last = decoded.last().unwrap();
+        let next = (0..last.len())
+            .max_by(|&a, &b| last[a].total_cmp(&last[b]).then(b.cmp(&a)))
+            .unwrap() as u32;
+        seq.push(next);
+        let input = [next];
+        decoded.push(
+            backend
+                .forward_logits(&[prefill_step(&input, seq.len() - 1, &t0)])
+                .unwrap()
+                .pop()
+                .unwrap(),
+        );
+    }
+    let recomputed = backend
+        .forward_logits(&[prefill_step(&seq, 0, &t1)])
+        .unwrap();
+    for (i, want) in decoded.iter().enumerate() {
+        let pos = prompt.len() - 1 + i;
+        assert!(recomputed[pos] == *want, "position {pos}");
+    }
+}
+
+fn prefill_step<'a>(tokens: &'a [u32], start_pos: usize, block_table: &'a [u32]) -> SeqStep<'a> {
+    SeqStep {
+        seq_id: 0,
+        tokens,
+        start_pos,
+        block_table,
+        sample: None,
+    }
+}

@@ -163,11 +163,11 @@ mod tests {
         // both sides of the small-size threshold.
         for &(n, k) in &[(40, 24), (128, 256), (512, 256), (300, 1100), (2048, 256)] {
             let lin = Linear::new(&pseudo_random(n * k, 7), None, n, k);
-            let x = pseudo_random(97 * k, 9);
-            let alone: Vec<Vec<f32>> = (0..97)
+            let x = pseudo_random(300 * k, 9);
+            let alone: Vec<Vec<f32>> = (0..300)
                 .map(|r| lin.forward(&x[r * k..(r + 1) * k], 1))
                 .collect();
-            for rows in [2, 3, 8, 16, 31, 64, 65, 97] {
+            for rows in [2, 3, 8, 16, 31, 64, 65, 97, 300] {
                 let y = lin.forward(&x[..rows * k], rows);
                 for r in 0..rows {
                     assert!(
