@@ -361,3 +361,34 @@ fn prefill_step<'a>(tokens: &'a [u32], start_pos: usize, block_table: &'a [u32])
         sample: None,
     }
 }
+
+/// `forward` samples through the shared sampler: with temperature, the token
+/// is `sampler::sample` of the same logits `forward_logits` returns.
+#[test]
+fn forward_samples_with_the_shared_sampler() {
+    let prompts = load_fixture("tiny");
+    let dir = tempfile::tempdir().unwrap();
+    let mut backend = backend("tiny", dir.path());
+    let t0 = table(0);
+    let tokens = &prompts[0].tokens;
+    let logits = backend
+        .forward_logits(&[prefill_step(tokens, 0, &t0)])
+        .unwrap();
+    for index in 0..8 {
+        let spec = SampleSpec {
+            temperature: 0.8,
+            top_k: 50,
+            top_p: 0.9,
+            seed: 1234,
+            index,
+        };
+        let got = backend
+            .forward(&[SeqStep {
+                sample: Some(spec.clone()),
+                ..prefill_step(tokens, 0, &t0)
+            }])
+            .unwrap();
+        let want = engine::sampler::sample(logits.last().unwrap(), &spec);
+        assert_eq!(got, vec![want]);
+    }
+}

@@ -170,24 +170,6 @@ fn validate(batch: &[SeqStep<'_>], cfg: &ModelConfig, cache: &KvCache) -> Result
     Ok(())
 }
 
-/// Greedy pick. TODO(lead): replace with `crate::sampler::sample` once the
-/// shared sampler is on main; until then non-greedy sampling is refused
-/// rather than silently done greedily.
-fn pick_token(logits: &[f32], spec: &SampleSpec) -> Result<u32, BackendError> {
-    if spec.temperature > 0.0 {
-        return Err(BackendError::InvalidBatch(
-            "CPU backend: temperature sampling needs crate::sampler::sample (not wired yet)".into(),
-        ));
-    }
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    Ok(best as u32)
-}
-
 fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -242,11 +224,11 @@ impl Backend for CpuBackend {
     fn forward(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<u32>, BackendError> {
         let logits = self.run(batch, false)?;
         let specs = batch.iter().filter_map(|s| s.sample.as_ref());
-        logits
+        Ok(logits
             .iter()
             .zip(specs)
-            .map(|(row, spec)| pick_token(row, spec))
-            .collect()
+            .map(|(row, spec)| crate::sampler::sample(row, spec))
+            .collect())
     }
 
     fn forward_logits(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>, BackendError> {
