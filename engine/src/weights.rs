@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use crate::config::{DType, ModelConfig};
+use crate::config::{ConfigError, DType, ModelConfig};
 
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const SHARD_INDEX: &str = "model.safetensors.index.json";
@@ -139,6 +139,8 @@ struct TensorEntry {
 pub struct Checkpoint {
     pub config: ModelConfig,
     config_path: PathBuf,
+    /// config.json as read at open, for the content hash.
+    config_bytes: Vec<u8>,
     files: Vec<MappedFile>,
     tensors: HashMap<String, TensorEntry>,
 }
@@ -148,7 +150,17 @@ impl Checkpoint {
     /// validates every expected tensor's presence, dtype and shape.
     pub fn open(dir: &Path) -> Result<Checkpoint, WeightsError> {
         let config_path = dir.join("config.json");
-        let config = ModelConfig::load(&config_path)?;
+        let config_bytes = std::fs::read(&config_path).map_err(|source| ConfigError::Io {
+            path: config_path.display().to_string(),
+            source,
+        })?;
+        let config = String::from_utf8(config_bytes.clone())
+            .map_err(|_| "not UTF-8 text".to_string())
+            .and_then(|text| ModelConfig::parse(&text))
+            .map_err(|message| ConfigError::Invalid {
+                path: config_path.display().to_string(),
+                message,
+            })?;
         let file_names = safetensors_files(dir)?;
         let mut files = Vec::with_capacity(file_names.len());
         let mut tensors = HashMap::new();
@@ -174,6 +186,7 @@ impl Checkpoint {
         let checkpoint = Checkpoint {
             config,
             config_path,
+            config_bytes,
             files,
             tensors,
         };
@@ -228,10 +241,7 @@ impl Checkpoint {
     /// blake3 over config.json and the safetensors files, hex.
     pub fn content_hash(&self) -> String {
         let mut hasher = blake3::Hasher::new();
-        // config.json was read successfully in `open`; a read failure now
-        // (file removed since) still yields a hash of what is mapped.
-        let config = std::fs::read(&self.config_path).unwrap_or_default();
-        hash_part(&mut hasher, "config.json", &config);
+        hash_part(&mut hasher, "config.json", &self.config_bytes);
         let mut files: Vec<&MappedFile> = self.files.iter().collect();
         files.sort_by(|a, b| a.path.file_name().cmp(&b.path.file_name()));
         for file in files {
