@@ -83,9 +83,10 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
     }
     if cuda && gpus.is_empty() {
         eprintln!(
-            "warning: the engine sees a GPU but NVML does not ({}); the fingerprint has no GPU properties",
+            "warning: NVML is not available ({}): GPU properties come from the engine, and clocks, temperature and throttling are not recorded",
             monitor.unavailable_reason().unwrap_or("unknown")
         );
+        gpus = info.all_gpus().iter().map(|g| g.fingerprint()).collect();
     }
     let source = fingerprint::source(root, &engine, &build);
     let host = fingerprint::host();
