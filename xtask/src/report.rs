@@ -82,6 +82,7 @@ pub fn workload_summary(w: &WorkloadRun) -> (Table, Vec<String>) {
         .load_preset(UTF8_FULL_CONDENSED)
         .set_header(vec!["metric", "mean", "± stdev", "CV", "unit", "trials"]);
     let mut warnings = Vec::new();
+    let mut noisy_metrics = Vec::new();
     for name in SHOWN {
         let Some(s) = spread(&trial_values(w, name)) else {
             continue;
@@ -89,11 +90,7 @@ pub fn workload_summary(w: &WorkloadRun) -> (Table, Vec<String>) {
         let unit = metric_def(name).map(|d| d.unit).unwrap_or("");
         let noisy = s.n > 1 && s.cv > HIGH_CV;
         if noisy {
-            warnings.push(format!(
-                "{name} varies by {:.1}% across trials (CV > {:.0}%): treat it with care",
-                s.cv * 100.0,
-                HIGH_CV * 100.0
-            ));
+            noisy_metrics.push(format!("{name} {:.1}%", s.cv * 100.0));
         }
         table.add_row(vec![
             Cell::new(name),
@@ -108,6 +105,13 @@ pub fn workload_summary(w: &WorkloadRun) -> (Table, Vec<String>) {
             Cell::new(unit),
             Cell::new(s.n).set_alignment(CellAlignment::Right),
         ]);
+    }
+    if !noisy_metrics.is_empty() {
+        warnings.push(format!(
+            "trial-to-trial spread above {:.0}% (CV): {}; a quieter machine or more trials (--trials) would tighten it",
+            HIGH_CV * 100.0,
+            noisy_metrics.join(", ")
+        ));
     }
     for t in &w.trials {
         match &t.status {
@@ -190,7 +194,11 @@ pub fn print_summary(run: &RunRecord, run_id: &str) {
             w.trials.len()
         );
         let (table, warnings) = workload_summary(w);
-        println!("{table}");
+        if ok > 0 {
+            println!("{table}");
+        } else {
+            println!("no successful trial: nothing was measured");
+        }
         if f.device == "cuda" {
             if let Some(d) = spread(&trial_values(w, "output_throughput")).map(|s| derived(s.mean))
             {
@@ -418,7 +426,7 @@ mod tests {
         let w = workload(vec![trial(0, 100.0, "a"), throttled, failed]);
         let (_, warnings) = workload_summary(&w);
         let all = warnings.join("\n");
-        assert!(all.contains("output_throughput varies by"), "{all}");
+        assert!(all.contains("output_throughput 18.4%"), "{all}");
         assert!(all.contains("trial 3 failed: boom"), "{all}");
         assert!(
             all.contains("hw_thermal_slowdown") && !all.contains("gpu_idle"),
