@@ -1,0 +1,6 @@
+//! xtask as a library, so integration tests can drive its parts directly.
+
+pub mod baseline;
+pub mod compare;
+pub mod run_record;
+pub mod store;
