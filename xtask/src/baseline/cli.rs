@@ -1,6 +1,6 @@
 //! `cargo xtask baseline promote|ls`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
@@ -15,24 +15,30 @@ pub enum BaselineCmd {
         /// Run id, unique id prefix, or "latest".
         #[arg(default_value = "latest")]
         run: String,
+        /// The content-addressed store (default: `results/` in the workspace).
+        #[arg(long, value_name = "DIR")]
+        results: Option<PathBuf>,
     },
     /// List the committed baselines.
     Ls,
 }
 
-/// Runs a baseline command; errors are printed and give exit code 2.
-pub fn run(cmd: BaselineCmd, results_root: &Path, repo_root: &Path) -> i32 {
+/// Runs a baseline command. Errors are printed here and give exit code 2.
+pub fn run_cli(cmd: BaselineCmd, repo_root: &Path) -> anyhow::Result<i32> {
     let result = match cmd {
-        BaselineCmd::Promote { run } => promote_cmd(&run, results_root, repo_root),
+        BaselineCmd::Promote { run, results } => {
+            let results = results.unwrap_or_else(|| repo_root.join("results"));
+            promote_cmd(&run, &results, repo_root)
+        }
         BaselineCmd::Ls => ls(repo_root),
     };
-    match result {
+    Ok(match result {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
             2
         }
-    }
+    })
 }
 
 fn promote_cmd(spec: &str, results_root: &Path, repo_root: &Path) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ pub mod file;
 
 use std::path::{Path, PathBuf};
 
+pub use cli::{run_cli, BaselineCmd};
 use class::{FieldDifference, FingerprintClass};
 use file::{BaselineError, BaselineFile, ClassFile};
 

@@ -31,17 +31,22 @@ pub struct CompareArgs {
     /// Write the report to this file instead of stdout.
     #[arg(long, short)]
     pub out: Option<PathBuf>,
+    /// The content-addressed store (default: `results/` in the workspace).
+    #[arg(long, value_name = "DIR")]
+    pub results: Option<PathBuf>,
 }
 
-/// Runs `cargo xtask compare`; errors are printed and give exit code 2.
-pub fn run(args: CompareArgs, results_root: &Path, repo_root: &Path) -> i32 {
-    match compare(&args, results_root, repo_root) {
+/// Runs `cargo xtask compare`. Errors are printed here and give exit code
+/// 2 (usage or infrastructure), apart from 1 (regression).
+pub fn run_cli(args: CompareArgs, repo_root: &Path) -> anyhow::Result<i32> {
+    let results = args.results.clone().unwrap_or_else(|| repo_root.join("results"));
+    Ok(match compare(&args, &results, repo_root) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             2
         }
-    }
+    })
 }
 
 fn compare(args: &CompareArgs, results_root: &Path, repo_root: &Path) -> anyhow::Result<i32> {

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::baseline::class::FieldDifference;
 use crate::baseline::{self, Lookup};
 use crate::run_record::{RunRecord, WorkloadRun};
-pub use cli::against_baseline;
+pub use cli::{against_baseline, run_cli, CompareArgs};
 use side::{is_greedy, short_id, Side};
 use thresholds::{ThresholdError, Thresholds};
 use verdict::{
