@@ -31,7 +31,7 @@ fn aa_rates(noise: &Noise, trials_per_side: usize, gpu: bool) -> AaRates {
         let mut r = rng(seed);
         let a = simulated_run(&mut r, &fp, noise, trials_per_side, &|_, _| 1.0);
         let b = simulated_run(&mut r, &fp, noise, trials_per_side, &|_, _| 1.0);
-        let c = compare_runs(("a", &a), ("b", &b), &Policy::default()).unwrap();
+        let c = compare_runs(("a", &a), ("b", &b), &[], &Policy::default()).unwrap();
         let s = c.summary();
         assert_eq!(s.no_verdict, 0);
         assert_eq!(s.output_changed, 0);
@@ -99,7 +99,7 @@ fn five_percent_throughput_drop_is_regressed_at_least_95_percent_of_the_time() {
                 1.0
             }
         });
-        let c = compare_runs(("a", &a), ("b", &b), &Policy::default()).unwrap();
+        let c = compare_runs(("a", &a), ("b", &b), &[], &Policy::default()).unwrap();
         for w in &c.workloads {
             for m in &w.metrics {
                 let target = w.name == "chat" && m.metric == "output_throughput";

@@ -48,7 +48,11 @@ fn promote_cmd(spec: &str, results_root: &Path, repo_root: &Path) -> anyhow::Res
     if run.fingerprint.source.git_dirty {
         eprintln!("warning: run {id} was made from a dirty tree; its commit does not describe it");
     }
-    for p in promote(repo_root, &id, &run)? {
+    let report = promote(repo_root, &id, &run)?;
+    for why in &report.skipped {
+        eprintln!("warning: skipped {why}");
+    }
+    for p in &report.promoted {
         println!(
             "{} {} ({} ok trials) -> {}",
             if p.replaced { "replaced" } else { "created " },

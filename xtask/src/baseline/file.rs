@@ -70,6 +70,12 @@ pub struct TrialColumns {
     pub output_hash: Vec<Option<String>>,
 }
 
+/// Seven significant digits: far below any noise we measure, and short
+/// lines in a diff.
+fn round_significant(v: f64) -> f64 {
+    format!("{v:.6e}").parse().unwrap_or(v)
+}
+
 impl BaselineFile {
     pub fn from_side(side: &Side, class_hash: &str, suite: Option<String>) -> Self {
         let names: std::collections::BTreeSet<&String> =
@@ -77,7 +83,11 @@ impl BaselineFile {
         let metrics = names
             .into_iter()
             .map(|name| {
-                let column = side.trials.iter().map(|t| t.metrics.get(name).copied()).collect();
+                let column = side
+                    .trials
+                    .iter()
+                    .map(|t| t.metrics.get(name).map(|v| round_significant(*v)))
+                    .collect();
                 (name.clone(), column)
             })
             .collect();

@@ -119,35 +119,48 @@ pub struct Promoted {
     pub replaced: bool,
 }
 
-/// Writes (or overwrites) the baseline folder of every workload of `run`.
-/// Refuses, before writing anything, if a workload has fewer than 2 ok
-/// trials: such a baseline could never support a verdict.
-pub fn promote(repo_root: &Path, run_id: &str, run: &RunRecord) -> Result<Vec<Promoted>, BaselineError> {
+/// What `promote` did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromoteReport {
+    pub promoted: Vec<Promoted>,
+    /// Workloads left alone, with why (their old baseline, if any, stays).
+    pub skipped: Vec<String>,
+}
+
+/// Writes (or overwrites) the baseline folder of every workload of `run`
+/// that has at least 2 ok trials; a baseline with fewer could never support
+/// a verdict, so those workloads are skipped and listed. Fails when no
+/// workload qualifies.
+pub fn promote(repo_root: &Path, run_id: &str, run: &RunRecord) -> Result<PromoteReport, BaselineError> {
     let sides: Vec<Side> = run
         .workloads
         .iter()
         .map(|w| Side::from_run(run_id, run, w))
         .collect();
-    let thin: Vec<String> = sides
+    let (good, thin): (Vec<&Side>, Vec<&Side>) = sides.iter().partition(|s| s.ok_count() >= 2);
+    let skipped: Vec<String> = thin
         .iter()
-        .filter(|s| s.ok_count() < 2)
-        .map(|s| format!("`{}` ({} of {} trials ok)", s.class.workload, s.ok_count(), s.trials.len()))
+        .map(|s| {
+            format!(
+                "`{}`: {} of {} trials ok; a baseline needs at least 2",
+                s.class.workload,
+                s.ok_count(),
+                s.trials.len()
+            )
+        })
         .collect();
-    if !thin.is_empty() || sides.is_empty() {
+    if good.is_empty() {
         return Err(BaselineError::Invalid {
             path: baselines_dir(repo_root),
-            message: if sides.is_empty() {
-                format!("run {run_id} has no workloads to promote")
-            } else {
-                format!(
-                    "not promoting run {run_id}: a baseline needs at least 2 ok trials per workload; {}",
-                    thin.join(", ")
-                )
-            },
+            message: format!(
+                "nothing to promote from run {run_id}{}{}",
+                if skipped.is_empty() { " (no workloads)" } else { ": " },
+                skipped.join("; ")
+            ),
         });
     }
-    let mut out = Vec::new();
-    for side in &sides {
+    let mut promoted = Vec::new();
+    for side in good {
         let hash = side.class.hash();
         let dir = baselines_dir(repo_root).join(&hash);
         let replaced = dir.join(file::BASELINE_FILE).exists();
@@ -159,7 +172,7 @@ pub fn promote(repo_root: &Path, run_id: &str, run: &RunRecord) -> Result<Vec<Pr
         file::write_json(&dir.join(file::CLASS_FILE), &class_file)?;
         let baseline = BaselineFile::from_side(side, &hash, run.suite.clone());
         file::write_json(&dir.join(file::BASELINE_FILE), &baseline)?;
-        out.push(Promoted {
+        promoted.push(Promoted {
             workload: side.class.workload.clone(),
             class_hash: hash,
             dir,
@@ -167,7 +180,7 @@ pub fn promote(repo_root: &Path, run_id: &str, run: &RunRecord) -> Result<Vec<Pr
             replaced,
         });
     }
-    Ok(out)
+    Ok(PromoteReport { promoted, skipped })
 }
 
 #[cfg(test)]
@@ -189,7 +202,7 @@ mod tests {
     fn promote_then_lookup_finds_the_same_trials() {
         let root = tempfile::tempdir().unwrap();
         let r = run(cpu_fingerprint(), vec![two_ok("a"), two_ok("b")]);
-        let promoted = promote(root.path(), "run1", &r).unwrap();
+        let promoted = promote(root.path(), "run1", &r).unwrap().promoted;
         assert_eq!(promoted.len(), 2);
         assert!(!promoted[0].replaced);
         let class = FingerprintClass::of(&r.fingerprint, &r.workloads[0]);
@@ -202,7 +215,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(promote(root.path(), "run1", &r).unwrap()[0].replaced);
+        assert!(promote(root.path(), "run1", &r).unwrap().promoted[0].replaced);
     }
 
     #[test]
@@ -230,15 +243,18 @@ mod tests {
     }
 
     #[test]
-    fn refuses_to_promote_a_workload_without_two_ok_trials() {
+    fn skips_workloads_without_two_ok_trials() {
         let root = tempfile::tempdir().unwrap();
         let thin = workload(
             "thin",
             vec![ok_trial(0, &[("output_throughput", 10.0)], "h"), failed_trial(1, "oom")],
         );
-        let r = run(cpu_fingerprint(), vec![two_ok("a"), thin]);
-        let err = promote(root.path(), "run1", &r).unwrap_err().to_string();
-        assert!(err.contains("`thin` (1 of 2 trials ok)"), "{err}");
-        assert!(!baselines_dir(root.path()).exists(), "nothing written");
+        let r = run(cpu_fingerprint(), vec![two_ok("a"), thin.clone()]);
+        let report = promote(root.path(), "run1", &r).unwrap();
+        assert_eq!(report.promoted.len(), 1);
+        assert_eq!(report.skipped, vec!["`thin`: 1 of 2 trials ok; a baseline needs at least 2".to_string()]);
+        let only_thin = run(cpu_fingerprint(), vec![thin]);
+        let err = promote(root.path(), "run2", &only_thin).unwrap_err().to_string();
+        assert!(err.contains("nothing to promote from run run2: `thin`"), "{err}");
     }
 }

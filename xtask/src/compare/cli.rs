@@ -34,6 +34,10 @@ pub struct CompareArgs {
     /// The content-addressed store (default: `results/` in the workspace).
     #[arg(long, value_name = "DIR")]
     pub results: Option<PathBuf>,
+    /// Compare two runs although this class field differs (repeatable; e.g.
+    /// `engine_config` to measure a config change). Never for baselines.
+    #[arg(long, value_name = "FIELD", requires = "candidate")]
+    pub across: Vec<String>,
 }
 
 /// Runs `cargo xtask compare`. Errors are printed here and give exit code
@@ -58,7 +62,7 @@ fn compare(args: &CompareArgs, results_root: &Path, repo_root: &Path) -> anyhow:
         None => compare_with_baselines(repo_root, &a_id, &a_run, &policy)?,
         Some(b) => {
             let (b_id, b_run) = store.resolve_run(b)?;
-            compare_runs((&a_id, &a_run), (&b_id, &b_run), &policy)?
+            compare_runs((&a_id, &a_run), (&b_id, &b_run), &args.across, &policy)?
         }
     };
     emit(&comparison, args.format, args.out.as_deref())?;
@@ -74,10 +78,16 @@ fn emit(c: &Comparison, format: Format, out: Option<&Path>) -> anyhow::Result<()
     };
     match out {
         Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display())),
-        None => {
-            print!("{text}");
-            Ok(())
-        }
+        None => print_out(&text),
+    }
+}
+
+/// Prints to stdout; a closed pipe (`| head`) is not an error.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(()),
     }
 }
 
@@ -97,7 +107,7 @@ pub fn against_baseline(
 ) -> anyhow::Result<Option<i32>> {
     let comparison = compare_with_baselines(repo_root, run_id, run, &Policy::default())
         .context("comparing against committed baselines")?;
-    print!("{}", report::terminal(&comparison));
+    print_out(&report::terminal(&comparison))?;
     report::append_step_summary(&comparison).context("appending to $GITHUB_STEP_SUMMARY")?;
     Ok(comparison.has_verdicts().then(|| comparison.exit_code()))
 }

@@ -36,7 +36,8 @@ pub struct WorkloadComparison {
     pub candidate: Option<Side>,
     /// Set when the workload gets no verdict: why.
     pub no_verdict: Option<String>,
-    /// For a class mismatch: the fields that differ.
+    /// For a class mismatch: the fields that differ. With `--across`, the
+    /// differences that were allowed on purpose (the verdicts stand).
     pub class_differences: Vec<FieldDifference>,
     pub metrics: Vec<MetricResult>,
     pub output: Option<OutputCheck>,
@@ -143,9 +144,18 @@ enum Slot {
     Skip(WorkloadComparison),
 }
 
-fn pair_for(baseline: Side, candidate: Side, spec_of_candidate: &WorkloadRun) -> Result<Slot, ThresholdError> {
+fn pair_for(
+    baseline: Side,
+    candidate: Side,
+    spec_of_candidate: &WorkloadRun,
+    across: &[String],
+) -> Result<Slot, ThresholdError> {
     let name = candidate.class.workload.clone();
-    let diff = baseline.class.differences(&candidate.class);
+    let (allowed, diff): (Vec<FieldDifference>, Vec<FieldDifference>) = baseline
+        .class
+        .differences(&candidate.class)
+        .into_iter()
+        .partition(|d| across.contains(&d.field));
     if !diff.is_empty() {
         let fields: Vec<String> = diff.iter().map(|d| d.to_string()).collect();
         return Ok(Slot::Skip(no_verdict(
@@ -157,6 +167,7 @@ fn pair_for(baseline: Side, candidate: Side, spec_of_candidate: &WorkloadRun) ->
         )));
     }
     Ok(Slot::Pair(WorkloadPair {
+        allowed_differences: allowed,
         name,
         baseline,
         candidate,
@@ -186,7 +197,7 @@ fn finish(title: String, slots: Vec<Slot>, policy: &Policy) -> Comparison {
                     baseline: Some(p.baseline),
                     candidate: Some(p.candidate),
                     no_verdict: None,
-                    class_differences: vec![],
+                    class_differences: p.allowed_differences,
                     metrics: v.as_ref().map(|v| v.metrics.clone()).unwrap_or_default(),
                     output: v.as_ref().map(|v| v.output.clone()),
                     trials: v.map(|v| v.trials),
@@ -202,20 +213,48 @@ fn finish(title: String, slots: Vec<Slot>, policy: &Policy) -> Comparison {
     }
 }
 
+/// Class fields that `--across` may set aside (not `workload`: workloads
+/// are matched by name).
+pub const ACROSS_FIELDS: [&str; 9] = [
+    "device",
+    "gpu_model",
+    "driver_major",
+    "cuda_version",
+    "host_cpu",
+    "model_hash",
+    "workload_hash",
+    "engine_config",
+    "build_profile",
+];
+
 /// Run `b` (candidate) against run `a` (baseline), workload by workload
-/// (matched by name; a verdict only where the classes match).
+/// (matched by name; a verdict only where the classes match, apart from the
+/// class fields named in `across`, which the caller chose to vary, e.g.
+/// `engine_config` to measure a config change).
 pub fn compare_runs(
     a: (&str, &RunRecord),
     b: (&str, &RunRecord),
+    across: &[String],
     policy: &Policy,
-) -> Result<Comparison, ThresholdError> {
+) -> Result<Comparison, CompareError> {
+    if let Some(bad) = across.iter().find(|f| !ACROSS_FIELDS.contains(&f.as_str())) {
+        return Err(CompareError::UnknownField {
+            field: bad.clone(),
+            known: ACROSS_FIELDS.join(", "),
+        });
+    }
     let (a_id, a_run) = a;
     let (b_id, b_run) = b;
     let mut slots = Vec::new();
     for w in &b_run.workloads {
         let candidate = Side::from_run(b_id, b_run, w);
         match a_run.workloads.iter().find(|x| x.name == w.name) {
-            Some(aw) => slots.push(pair_for(Side::from_run(a_id, a_run, aw), candidate, w)?),
+            Some(aw) => slots.push(pair_for(
+                Side::from_run(a_id, a_run, aw),
+                candidate,
+                w,
+                across,
+            )?),
             None => slots.push(Slot::Skip(no_verdict(
                 &w.name,
                 None,
@@ -234,11 +273,11 @@ pub fn compare_runs(
             vec![],
         )));
     }
-    Ok(finish(
-        format!("run {} against run {}", short_id(b_id), short_id(a_id)),
-        slots,
-        policy,
-    ))
+    let mut title = format!("run {} against run {}", short_id(b_id), short_id(a_id));
+    if !across.is_empty() {
+        title.push_str(&format!(" (across {})", across.join(", ")));
+    }
+    Ok(finish(title, slots, policy))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -247,6 +286,8 @@ pub enum CompareError {
     Baseline(#[from] baseline::file::BaselineError),
     #[error(transparent)]
     Threshold(#[from] ThresholdError),
+    #[error("--across {field}: not a class field that may vary (one of: {known})")]
+    UnknownField { field: String, known: String },
 }
 
 /// Each workload of a run against the committed baseline of its class.
@@ -261,7 +302,7 @@ pub fn compare_with_baselines(
         let candidate = Side::from_run(run_id, run, w);
         match baseline::lookup(repo_root, &candidate.class)? {
             Lookup::Found { class, baseline } => {
-                slots.push(pair_for(baseline.to_side(&class.class), candidate, w)?)
+                slots.push(pair_for(baseline.to_side(&class.class), candidate, w, &[])?)
             }
             Lookup::Missing {
                 explanation,

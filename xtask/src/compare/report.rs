@@ -8,7 +8,7 @@ use std::path::Path;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, ContentArrangement, Table};
 
 use super::side::{short_id, Side};
-use super::verdict::{MetricResult, OutputVerdict, Verdict};
+use super::verdict::{describe_change, MetricResult, OutputVerdict, Verdict};
 use super::{Comparison, Summary, WorkloadComparison};
 use crate::run_record::metric_catalog;
 
@@ -51,10 +51,13 @@ fn unit(m: &MetricResult) -> String {
     format!("{} ({}{})", m.metric, if m.higher_is_better { "↑ " } else { "↓ " }, m.unit)
 }
 
+/// Short, for the terminal: the verdict and, when inconclusive, the
+/// smallest change the trials could have detected.
 fn verdict_text(m: &MetricResult) -> String {
-    match &m.note {
-        Some(note) => format!("{} — {note}", m.verdict),
-        None => m.verdict.to_string(),
+    match (m.verdict, m.mde) {
+        (Verdict::Inconclusive, Some(mde)) => format!("INCONCLUSIVE (MDE {})", describe_change(mde)),
+        (Verdict::Inconclusive, None) => "INCONCLUSIVE (no test)".into(),
+        (v, _) => v.to_string(),
     }
 }
 
@@ -109,6 +112,9 @@ pub fn terminal(c: &Comparison) -> String {
             let _ = writeln!(out, "  no verdict: {why}");
             continue;
         }
+        for d in &w.class_differences {
+            let _ = writeln!(out, "  compared across {d}");
+        }
         if let Some(t) = output_text(w) {
             let _ = writeln!(out, "  {t}");
         }
@@ -122,10 +128,11 @@ pub fn terminal(c: &Comparison) -> String {
             .load_preset(UTF8_FULL_CONDENSED)
             .set_content_arrangement(ContentArrangement::Dynamic)
             .set_header(["metric", "baseline", "candidate", "change", "95% CI", "p (Holm)", "± thr", "verdict"]);
-        let mut hidden = 0;
+        let mut hidden = std::collections::BTreeMap::new();
         for m in &w.metrics {
-            if m.verdict == Verdict::Unchanged && !HEADLINE.contains(&m.metric.as_str()) {
-                hidden += 1;
+            let flagged = matches!(m.verdict, Verdict::Regressed | Verdict::Improved);
+            if !flagged && !HEADLINE.contains(&m.metric.as_str()) {
+                *hidden.entry(m.verdict.to_string()).or_insert(0) += 1;
                 continue;
             }
             table.add_row([
@@ -140,13 +147,21 @@ pub fn terminal(c: &Comparison) -> String {
             ]);
         }
         let _ = writeln!(out, "{table}");
-        if hidden > 0 {
-            let _ = writeln!(out, "  ({hidden} more metrics UNCHANGED)");
+        if !hidden.is_empty() {
+            let counts: Vec<String> = hidden.iter().map(|(v, n)| format!("{n} {v}")).collect();
+            let _ = writeln!(out, "  not shown: {} (all metrics: --format markdown or json)", counts.join(", "));
+        }
+        for m in &w.metrics {
+            if m.mde.is_none() {
+                if let Some(note) = &m.note {
+                    let _ = writeln!(out, "  {}: {note}", m.metric);
+                }
+            }
         }
     }
     let _ = writeln!(
         out,
-        "\nWelch's t-test on log trial values; Holm-corrected over {} tests at α = {}; UNCHANGED = TOST within ± threshold.",
+        "\nWelch's t-test on log trial values; weighted Holm over {} tests at α = {} family-wise;\nUNCHANGED = TOST within ± threshold; MDE = smallest change these trials could detect (power 0.8).",
         c.family_size, c.policy.alpha
     );
     out
@@ -184,10 +199,14 @@ fn md_metric_row(out: &mut String, workload: &str, m: &MetricResult) {
 const MD_HEADER: &str = "| workload | metric | baseline | candidate | change | 95% CI | p (Holm) | threshold | verdict |\n|---|---|---:|---:|---:|---|---:|---:|---|\n";
 
 fn md_side(out: &mut String, role: &str, s: &Side) {
+    let origin = if s.label.starts_with("run ") {
+        String::new()
+    } else {
+        format!("{} from ", s.label)
+    };
     let _ = writeln!(
         out,
-        "- {role}: {} · run `{}` · commit `{}`{} · {} · {}/{} trials ok",
-        s.label,
+        "- {role}: {origin}run `{}` · commit `{}`{} · {} · {}/{} trials ok",
         short_id(&s.run_id),
         s.commit.as_deref().map(short_id).unwrap_or("unknown"),
         if s.git_dirty { " (dirty)" } else { "" },
@@ -226,6 +245,10 @@ fn md_workload_details(out: &mut String, w: &WorkloadComparison) {
     }
     if let Some(why) = &w.no_verdict {
         let _ = writeln!(out, "\n**No verdict:** {}", md_escape(why));
+    } else {
+        for d in &w.class_differences {
+            let _ = writeln!(out, "- compared across {}", md_escape(&d.to_string()));
+        }
     }
     if let Some(t) = output_text(w) {
         let _ = writeln!(out, "- {}", md_escape(&t));
@@ -289,7 +312,7 @@ pub fn markdown(c: &Comparison) -> String {
     }
     let _ = writeln!(
         out,
-        "\n<sub>Welch's t-test on log trial values, Holm-corrected over {} tests at α = {}; UNCHANGED means TOST within ± threshold; INCONCLUSIVE shows the smallest change the trials could detect (power {}).</sub>\n",
+        "\n<sub>Welch's t-test on log trial values, weighted Holm over {} tests at α = {} family-wise; UNCHANGED means TOST within ± threshold; INCONCLUSIVE shows the smallest change the trials could detect (power {}).</sub>\n",
         c.family_size, c.policy.alpha, c.policy.power
     );
     let mut details = String::from("<details><summary>Details: fingerprints, run ids, every metric, per-trial values</summary>\n");

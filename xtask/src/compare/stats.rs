@@ -33,6 +33,11 @@ pub struct LogComparison {
 }
 
 fn mean_var(xs: &[f64]) -> (f64, f64) {
+    // Repeated values have exactly zero variance; summing them can leave a
+    // rounding residue that would pass for a (tiny) measured spread.
+    if xs.iter().all(|x| *x == xs[0]) {
+        return (xs[0], 0.0);
+    }
     let n = xs.len() as f64;
     let mean = xs.iter().sum::<f64>() / n;
     let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
@@ -224,6 +229,12 @@ mod tests {
         assert_eq!(c.p_value(), 1.0);
         assert_eq!(c.relative_change(), 0.0);
         assert_eq!(c.equivalence_p(0.02), 0.0);
+    }
+
+    #[test]
+    fn repeated_values_have_exactly_zero_variance() {
+        let c = LogComparison::new(&[0.003; 3], &[0.002; 3]).unwrap();
+        assert!(c.zero_variance());
     }
 
     #[test]

@@ -55,6 +55,8 @@ impl Default for Policy {
 #[derive(Debug, Clone)]
 pub struct WorkloadPair {
     pub name: String,
+    /// Class differences the caller allowed (`compare --across`).
+    pub allowed_differences: Vec<crate::baseline::class::FieldDifference>,
     pub baseline: Side,
     pub candidate: Side,
     /// From the candidate's spec: the change under review sets the bar.
@@ -198,10 +200,16 @@ fn pending_for(pair: &WorkloadPair) -> Vec<Pending> {
                 },
                 note: None,
             },
-            test: if identical && test.is_err() {
-                Err("identical values on both sides".to_string())
-            } else {
-                test
+            test: match test {
+                Err(_) if identical => Err("identical values on both sides".to_string()),
+                // Timings never repeat exactly unless they are quantized
+                // (e.g. percentiles at the histogram's resolution): the
+                // difference is then a rounding step, not a measured effect.
+                Ok(t) if t.zero_variance() && t.log_diff != 0.0 => Err(
+                    "no trial-to-trial variation on either side (quantized values): no test possible"
+                        .to_string(),
+                ),
+                other => other,
             },
         });
     }
@@ -234,23 +242,30 @@ fn decide(result: &mut MetricResult, test: &LogComparison, p_adjusted: f64, alph
     } else {
         Verdict::Inconclusive
     };
-    result.note = if test.zero_variance() && change != 0.0 {
-        Some("no trial-to-trial variation on either side: the difference is exact".into())
-    } else if result.verdict == Verdict::Inconclusive && significant {
+    result.note = if result.verdict == Verdict::Inconclusive && significant {
         Some(format!(
             "a real change, but its interval crosses the ±{:.0}% threshold",
             thr * 100.0
         ))
     } else if result.verdict == Verdict::Inconclusive {
         Some(format!(
-            "changes under {:.1}% are not detectable with {}+{} trials at this noise",
-            mde * 100.0,
+            "{}+{} trials at this noise detect only changes beyond {}",
             test.n_baseline,
-            test.n_candidate
+            test.n_candidate,
+            describe_change(mde)
         ))
     } else {
         None
     };
+}
+
+/// A relative change for people: "12.3%", or "×15" when it is huge.
+pub fn describe_change(relative: f64) -> String {
+    if relative >= 9.0 {
+        format!("×{:.0}", relative + 1.0)
+    } else {
+        format!("{:.1}%", relative * 100.0)
+    }
 }
 
 fn output_check(pair: &WorkloadPair) -> OutputCheck {
