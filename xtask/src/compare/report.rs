@@ -343,11 +343,12 @@ pub fn append_step_summary(c: &Comparison) -> std::io::Result<()> {
     let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY") else {
         return Ok(());
     };
-    append(Path::new(&path), &markdown(c))
+    append_markdown(Path::new(&path), c)
 }
 
-fn append(path: &Path, text: &str) -> std::io::Result<()> {
+/// Appends the comparison's Markdown to `path` (creating it).
+pub fn append_markdown(path: &Path, c: &Comparison) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-    f.write_all(text.as_bytes())?;
+    f.write_all(markdown(c).as_bytes())?;
     f.write_all(b"\n")
 }
