@@ -28,13 +28,22 @@ pub fn value(v: Option<f64>) -> String {
     }
 }
 
+/// A signed relative change; beyond +900% as a factor ("×35").
+fn signed(v: f64) -> String {
+    if v >= 9.0 {
+        format!("×{:.0}", v + 1.0)
+    } else {
+        format!("{:+.1}%", v * 100.0)
+    }
+}
+
 fn pct(v: Option<f64>) -> String {
-    v.map(|v| format!("{:+.1}%", v * 100.0)).unwrap_or_else(|| "–".into())
+    v.map(signed).unwrap_or_else(|| "–".into())
 }
 
 fn ci(m: &MetricResult) -> String {
     match (m.ci_low, m.ci_high) {
-        (Some(lo), Some(hi)) => format!("[{:+.1}%, {:+.1}%]", lo * 100.0, hi * 100.0),
+        (Some(lo), Some(hi)) => format!("[{}, {}]", signed(lo), signed(hi)),
         _ => "–".into(),
     }
 }
