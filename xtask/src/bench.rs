@@ -148,14 +148,13 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
             runner.work_dir.display()
         );
         code = code.max(exit_code(&outcome.run));
-        // WIRING POINT (compare, issue 5; not on main yet): the verdict
-        // against the committed baseline of this run's fingerprint class,
-        // None when there is none. Uncomment once `crate::compare` lands:
-        // if let Some(verdict) =
-        //     crate::compare::against_baseline(&store, &outcome.run_id, &outcome.run, root)?
-        // {
-        //     code = code.max(verdict);
-        // }
+        // The verdict against the committed baseline of this run's
+        // fingerprint class; None when there is none.
+        if let Some(verdict) =
+            crate::compare::against_baseline(&store, &outcome.run_id, &outcome.run, root)?
+        {
+            code = code.max(verdict);
+        }
         outcomes.push(outcome);
     }
 

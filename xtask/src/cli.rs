@@ -19,12 +19,12 @@ pub enum Command {
     /// Look at, check and move what is in the results store.
     #[command(subcommand)]
     Store(crate::store::cli::StoreCmd),
-    // Wiring point (compare/baseline, issue 5), once on main:
-    //   /// Compare two runs metric by metric.
-    //   Compare(crate::compare::CompareArgs),
-    //   /// Manage the committed baselines.
-    //   #[command(subcommand)]
-    //   Baseline(crate::baseline::BaselineCmd),
+    /// Judge a run against the committed baselines, or two runs against
+    /// each other: regression verdicts per metric and workload.
+    Compare(crate::compare::CompareArgs),
+    /// Manage the committed baselines (baselines/<class>/).
+    #[command(subcommand)]
+    Baseline(crate::baseline::BaselineCmd),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -2,9 +2,11 @@
 //! environment's fingerprint, run workloads as repeated trials, compute
 //! metrics, store them content-addressed, compare and report.
 
+pub mod baseline;
 pub mod bench;
 pub mod build;
 pub mod cli;
+pub mod compare;
 pub mod engine_info;
 pub mod fingerprint;
 pub mod gpu_monitor;

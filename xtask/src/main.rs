@@ -9,9 +9,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Bench(args) => xtask::bench::run(&args, &root),
         Command::Store(cmd) => xtask::store::cli::run(cmd, &root.join("results")),
-        // Wiring point (issue 5), once compare/baseline are on main:
-        //   Command::Compare(args) => xtask::compare::run_cli(args, &root),
-        //   Command::Baseline(cmd) => xtask::baseline::run_cli(cmd, &root),
+        Command::Compare(args) => xtask::compare::run_cli(args, &root),
+        Command::Baseline(cmd) => xtask::baseline::run_cli(cmd, &root),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
