@@ -1,1 +1,403 @@
-//! Owned by a work item; see docs/ARCHITECTURE.
+//! Continuous batching: which sequences run in the next step and how many of
+//! their tokens.
+//!
+//! Rules, in order:
+//! - Running sequences that decode go first, then running sequences in the
+//!   middle of a chunked prefill, then waiting sequences in FCFS order.
+//! - A step holds at most `max_num_seqs` sequences and
+//!   `max_num_batched_tokens` tokens. With chunked prefill a prompt is split
+//!   across steps to fit the budget; without it a prompt runs whole or waits.
+//! - When a running sequence needs a KV block and none is free, the most
+//!   recently admitted running sequence is preempted by recompute: its blocks
+//!   are freed and it goes back to the front of the waiting queue to rerun its
+//!   prompt and output so far. The oldest running sequence is therefore never
+//!   preempted by a younger one, so it always progresses (no livelock), and
+//!   `admissibility` rejects any request that could not run even alone (no
+//!   deadlock).
+//! - No new sequence is admitted in a step that preempted one.
+
+use std::collections::{HashMap, VecDeque};
+
+use workloads::FinishReason;
+
+use crate::block_manager::BlockManager;
+use crate::sequence::{SeqStatus, Sequence};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchedulerConfig {
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+    pub enable_chunked_prefill: bool,
+    /// Longest prompt + output a sequence may reach.
+    pub max_model_len: usize,
+}
+
+/// One sequence's share of a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledSeq {
+    pub seq_id: u64,
+    /// Position of the first token to run (tokens before it are cached).
+    pub start_pos: usize,
+    pub num_tokens: usize,
+    /// The chunk reaches the end of the sequence: sample the next token.
+    pub sample: bool,
+    /// A single-token decode (rather than a prompt chunk or a recompute).
+    pub is_decode: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SchedulerOutput {
+    pub seqs: Vec<ScheduledSeq>,
+    /// Sequences preempted (by recompute) while building this step.
+    pub preempted: Vec<u64>,
+}
+
+impl SchedulerOutput {
+    pub fn num_tokens(&self) -> usize {
+        self.seqs.iter().map(|s| s.num_tokens).sum()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+}
+
+#[derive(Debug)]
+pub struct Scheduler {
+    cfg: SchedulerConfig,
+    blocks: BlockManager,
+    seqs: HashMap<u64, Sequence>,
+    waiting: VecDeque<u64>,
+    /// In admission order: the last is the most recently admitted.
+    running: Vec<u64>,
+}
+
+impl Scheduler {
+    pub fn new(cfg: SchedulerConfig, blocks: BlockManager) -> Self {
+        Scheduler {
+            cfg,
+            blocks,
+            seqs: HashMap::new(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.cfg
+    }
+
+    pub fn block_manager(&self) -> &BlockManager {
+        &self.blocks
+    }
+
+    /// Why a request with this prompt and `max_tokens` can never run here,
+    /// or `Ok` when it can.
+    pub fn admissibility(&self, prompt_len: usize, max_tokens: u32) -> Result<(), String> {
+        let max_tokens = max_tokens as usize;
+        if prompt_len == 0 {
+            return Err("empty prompt".into());
+        }
+        if max_tokens == 0 {
+            return Err("max_tokens must be at least 1".into());
+        }
+        let total = prompt_len + max_tokens;
+        if total > self.cfg.max_model_len {
+            return Err(format!(
+                "prompt ({prompt_len} tokens) + max_tokens ({max_tokens}) = {total} exceeds \
+                 max_model_len ({})",
+                self.cfg.max_model_len
+            ));
+        }
+        // The last sampled token is never run, so its K/V is never stored.
+        let longest_run = total - 1;
+        let blocks = self.blocks.blocks_for(longest_run);
+        if blocks > self.blocks.num_blocks() {
+            return Err(format!(
+                "needs {blocks} KV blocks for {longest_run} tokens, the cache has only {}",
+                self.blocks.num_blocks()
+            ));
+        }
+        if !self.cfg.enable_chunked_prefill && longest_run > self.cfg.max_num_batched_tokens {
+            return Err(format!(
+                "{longest_run} tokens may have to run in one step (chunked prefill is off) but \
+                 max_num_batched_tokens is {}",
+                self.cfg.max_num_batched_tokens
+            ));
+        }
+        Ok(())
+    }
+
+    /// Queues an admissible sequence (check `admissibility` first).
+    pub fn add(&mut self, seq: Sequence) {
+        debug_assert!(self
+            .admissibility(seq.prompt_len, seq.sampling.max_tokens)
+            .is_ok());
+        let id = seq.seq_id;
+        self.seqs.insert(id, seq);
+        self.waiting.push_back(id);
+    }
+
+    pub fn seq(&self, seq_id: u64) -> Option<&Sequence> {
+        self.seqs.get(&seq_id)
+    }
+
+    pub fn seq_mut(&mut self, seq_id: u64) -> Option<&mut Sequence> {
+        self.seqs.get_mut(&seq_id)
+    }
+
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn has_unfinished(&self) -> bool {
+        !self.seqs.is_empty()
+    }
+
+    /// Builds the next step. `now` stamps first scheduling times.
+    pub fn schedule(&mut self, now: f64) -> SchedulerOutput {
+        let mut out = SchedulerOutput::default();
+        let mut budget = self.cfg.max_num_batched_tokens;
+
+        let (decoding, prefilling): (Vec<u64>, Vec<u64>) = self
+            .running
+            .iter()
+            .partition(|id| self.seqs[id].is_decoding());
+        for id in decoding.into_iter().chain(prefilling) {
+            if budget == 0 {
+                break;
+            }
+            if !self.running.contains(&id) {
+                continue; // preempted earlier in this step
+            }
+            let seq = &self.seqs[&id];
+            let uncomputed = seq.num_uncomputed();
+            let n = if uncomputed <= budget {
+                uncomputed
+            } else if self.cfg.enable_chunked_prefill {
+                budget
+            } else {
+                continue;
+            };
+            if self.reserve_or_preempt(id, n, &mut out, &mut budget) {
+                budget -= n;
+                out.seqs.push(self.entry(id, n));
+            }
+        }
+
+        if out.preempted.is_empty() {
+            self.admit_waiting(now, &mut out, &mut budget);
+        }
+        out
+    }
+
+    /// Grows `id`'s block table for `n` more tokens, preempting the most
+    /// recently admitted sequences while blocks are short. Returns false when
+    /// `id` itself had to be preempted.
+    fn reserve_or_preempt(
+        &mut self,
+        id: u64,
+        n: usize,
+        out: &mut SchedulerOutput,
+        budget: &mut usize,
+    ) -> bool {
+        loop {
+            let seq = self.seqs.get_mut(&id).expect("running ids are live");
+            let need = seq.num_computed + n;
+            if self.blocks.allocate(&mut seq.block_table, need).is_ok() {
+                return true;
+            }
+            let victim = *self.running.last().expect("id is running");
+            self.preempt(victim);
+            out.preempted.push(victim);
+            if victim == id {
+                return false;
+            }
+            if let Some(pos) = out.seqs.iter().position(|s| s.seq_id == victim) {
+                *budget += out.seqs.remove(pos).num_tokens;
+            }
+        }
+    }
+
+    fn preempt(&mut self, id: u64) {
+        self.running.retain(|&r| r != id);
+        let seq = self.seqs.get_mut(&id).expect("running ids are live");
+        self.blocks.free(&mut seq.block_table);
+        seq.reset_for_recompute();
+        self.waiting.push_front(id);
+    }
+
+    fn admit_waiting(&mut self, now: f64, out: &mut SchedulerOutput, budget: &mut usize) {
+        while let Some(&id) = self.waiting.front() {
+            if self.running.len() >= self.cfg.max_num_seqs || *budget == 0 {
+                break;
+            }
+            let seq = self.seqs.get_mut(&id).expect("waiting ids are live");
+            let uncomputed = seq.num_uncomputed();
+            let n = if uncomputed <= *budget {
+                uncomputed
+            } else if self.cfg.enable_chunked_prefill {
+                *budget
+            } else {
+                break;
+            };
+            if self
+                .blocks
+                .allocate(&mut seq.block_table, seq.num_computed + n)
+                .is_err()
+            {
+                break;
+            }
+            seq.status = SeqStatus::Running;
+            seq.scheduled_s.get_or_insert(now);
+            self.waiting.pop_front();
+            self.running.push(id);
+            *budget -= n;
+            out.seqs.push(self.entry(id, n));
+        }
+    }
+
+    fn entry(&self, id: u64, n: usize) -> ScheduledSeq {
+        let seq = &self.seqs[&id];
+        ScheduledSeq {
+            seq_id: id,
+            start_pos: seq.num_computed,
+            num_tokens: n,
+            sample: seq.num_computed + n == seq.len(),
+            is_decode: seq.is_decoding(),
+        }
+    }
+
+    /// Marks the chunks of `out` as computed (after the backend ran them).
+    pub fn commit(&mut self, out: &SchedulerOutput) {
+        for s in &out.seqs {
+            let seq = self
+                .seqs
+                .get_mut(&s.seq_id)
+                .expect("scheduled ids are live");
+            debug_assert_eq!(seq.num_computed, s.start_pos);
+            seq.num_computed += s.num_tokens;
+        }
+    }
+
+    /// Removes a finished sequence and frees its blocks.
+    pub fn finish(&mut self, seq_id: u64, reason: FinishReason, t: f64) -> Option<Sequence> {
+        let mut seq = self.seqs.remove(&seq_id)?;
+        self.running.retain(|&r| r != seq_id);
+        self.waiting.retain(|&w| w != seq_id);
+        self.blocks.free(&mut seq.block_table);
+        seq.status = SeqStatus::Finished(reason);
+        seq.finish_s = Some(t);
+        Some(seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use workloads::{Request, SamplingParams};
+
+    fn sched(num_blocks: usize, block_size: usize, seqs: usize, tokens: usize) -> Scheduler {
+        Scheduler::new(
+            SchedulerConfig {
+                max_num_seqs: seqs,
+                max_num_batched_tokens: tokens,
+                enable_chunked_prefill: true,
+                max_model_len: 1024,
+            },
+            BlockManager::new(num_blocks, block_size),
+        )
+    }
+
+    fn seq(id: u64, prompt: usize, max_tokens: u32) -> Sequence {
+        let req = Request {
+            id,
+            arrival_s: 0.0,
+            warmup: false,
+            prompt_token_ids: vec![1; prompt],
+            sampling: SamplingParams::greedy(max_tokens),
+        };
+        Sequence::new(id, req, 0.0)
+    }
+
+    /// Runs `out` as if the backend sampled token 7 everywhere.
+    fn run(s: &mut Scheduler, out: &SchedulerOutput) {
+        s.commit(out);
+        for e in out.seqs.iter().filter(|e| e.sample) {
+            let seq = s.seq_mut(e.seq_id).unwrap();
+            seq.push_token(7, 0.0);
+            if seq.output_len() >= seq.sampling.max_tokens as usize {
+                s.finish(e.seq_id, FinishReason::Length, 0.0);
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_prefill_splits_a_long_prompt_and_decodes_go_first() {
+        let mut s = sched(64, 4, 8, 10);
+        s.add(seq(1, 3, 4));
+        let out = s.schedule(0.0);
+        assert_eq!(out.seqs.len(), 1);
+        run(&mut s, &out);
+        s.add(seq(2, 25, 2));
+        let out = s.schedule(0.0);
+        assert_eq!(out.seqs[0].seq_id, 1);
+        assert!(out.seqs[0].is_decode);
+        assert_eq!(out.seqs[1].num_tokens, 9);
+        assert!(!out.seqs[1].sample);
+        run(&mut s, &out);
+        let out = s.schedule(0.0);
+        assert_eq!(out.num_tokens(), 10);
+    }
+
+    #[test]
+    fn without_chunking_a_prompt_waits_for_a_whole_step() {
+        let mut s = sched(64, 4, 8, 10);
+        s.cfg.enable_chunked_prefill = false;
+        s.add(seq(1, 8, 2));
+        s.add(seq(2, 5, 2));
+        let out = s.schedule(0.0);
+        assert_eq!(out.seqs.len(), 1);
+        assert_eq!(out.seqs[0].num_tokens, 8);
+        run(&mut s, &out);
+        let out = s.schedule(0.0);
+        assert_eq!(out.seqs.len(), 2);
+        assert_eq!(out.num_tokens(), 6);
+    }
+
+    #[test]
+    fn tight_kv_preempts_the_youngest_and_everything_finishes() {
+        let mut s = sched(4, 2, 4, 64);
+        s.add(seq(1, 3, 4));
+        s.add(seq(2, 3, 4));
+        let mut preempted = 0;
+        let mut steps = 0;
+        while s.has_unfinished() {
+            let out = s.schedule(0.0);
+            assert!(!out.is_empty() || !out.preempted.is_empty());
+            assert!(!out.preempted.contains(&1), "the oldest is never preempted");
+            preempted += out.preempted.len();
+            run(&mut s, &out);
+            steps += 1;
+            assert!(steps < 100);
+        }
+        assert!(preempted > 0);
+        assert_eq!(s.block_manager().blocks_in_use(), 0);
+    }
+
+    #[test]
+    fn inadmissible_requests_name_the_reason() {
+        let s = sched(4, 4, 4, 64);
+        assert!(s.admissibility(0, 3).unwrap_err().contains("empty"));
+        assert!(s.admissibility(3, 0).unwrap_err().contains("max_tokens"));
+        assert!(s
+            .admissibility(1000, 100)
+            .unwrap_err()
+            .contains("max_model_len"));
+        assert!(s.admissibility(10, 10).unwrap_err().contains("KV blocks"));
+        assert!(s.admissibility(10, 7).is_ok());
+    }
+}

@@ -6,11 +6,25 @@
 //! [`StepLogEntry`] per engine step; the pipeline (xtask) turns those into
 //! metrics. The engine and xtask share nothing but these types.
 
+pub mod arrival;
+pub mod catalogue;
+pub mod distribution;
 pub mod generate;
 pub mod jsonl;
+pub mod location;
 pub mod record;
 pub mod request;
+mod rng;
 pub mod spec;
+pub mod suite;
 
 pub use record::{FinishReason, RecordStatus, RequestRecord, StepLogEntry};
 pub use request::{Request, SamplingParams};
+
+pub use arrival::Arrival;
+pub use catalogue::{Catalogue, CatalogueError};
+pub use distribution::LengthDist;
+pub use generate::{GenerateError, TokenSpace};
+pub use location::InvalidToml;
+pub use spec::{SpecError, WorkloadSpec};
+pub use suite::{Suite, SuiteDevice};

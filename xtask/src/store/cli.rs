@@ -1,0 +1,396 @@
+//! `cargo xtask store ...`: look at, check and move what is in the store.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
+
+use super::{Store, DEFAULT_GC_GRACE};
+use crate::run_record::{metric_def, RunRecord, TrialStatus, WorkloadRun};
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCmd {
+    /// List the runs in the store.
+    Ls,
+    /// Show one run: its fingerprint and every trial's key metrics.
+    Show {
+        /// Run id, unique id prefix, or "latest".
+        run: String,
+        /// Print the stored run object as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every object and check the index; exits 1 on any problem.
+    Verify,
+    /// Remove objects that no indexed run references.
+    Gc {
+        /// Only report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep unreferenced objects younger than this many seconds: they
+        /// may belong to a bench run still in progress. Default: one day.
+        #[arg(long, value_name = "SECS")]
+        grace_secs: Option<u64>,
+    },
+    /// Write one run and every object it references to a single file.
+    Export {
+        /// Run id, unique id prefix, or "latest".
+        run: String,
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Add a run from a file written by `export`, after checking every object.
+    Import { file: PathBuf },
+}
+
+/// Runs `cmd` on the store at `root`; returns the process exit code.
+pub fn run(cmd: StoreCmd, root: &Path) -> anyhow::Result<i32> {
+    let store = Store::open(root).with_context(|| format!("opening store {}", root.display()))?;
+    match cmd {
+        StoreCmd::Ls => ls(&store),
+        StoreCmd::Show { run, json } => show(&store, &run, json),
+        StoreCmd::Verify => verify(&store),
+        StoreCmd::Gc {
+            dry_run,
+            grace_secs,
+        } => {
+            let grace = grace_secs.map_or(DEFAULT_GC_GRACE, Duration::from_secs);
+            gc(&store, dry_run, grace)
+        }
+        StoreCmd::Export { run, out } => {
+            let id = store.export_run(&run, &out)?;
+            let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+            println!(
+                "exported run {id} to {} ({})",
+                out.display(),
+                human_bytes(size)
+            );
+            Ok(0)
+        }
+        StoreCmd::Import { file } => {
+            let id = store.import(&file)?;
+            println!("imported run {id} from {}", file.display());
+            Ok(0)
+        }
+    }
+}
+
+fn ls(store: &Store) -> anyhow::Result<i32> {
+    let runs = store.runs()?;
+    if runs.is_empty() {
+        println!("no runs in {}", store.root().display());
+        return Ok(0);
+    }
+    let mut table = new_table(&[
+        "id",
+        "date",
+        "suite",
+        "device",
+        "model",
+        "workloads",
+        "commit",
+    ]);
+    for run in &runs {
+        let commit = match &run.git_commit {
+            Some(c) => format!(
+                "{}{}",
+                short(c, 10),
+                if run.git_dirty { "+dirty" } else { "" }
+            ),
+            None => "-".to_string(),
+        };
+        table.add_row(vec![
+            short(&run.id, 12).to_string(),
+            date(&run.created_at),
+            run.suite.clone().unwrap_or_else(|| "-".to_string()),
+            run.device.clone(),
+            run.model.clone(),
+            run.workloads.join(", "),
+            commit,
+        ]);
+    }
+    println!("{table}");
+    Ok(0)
+}
+
+fn show(store: &Store, spec: &str, json: bool) -> anyhow::Result<i32> {
+    let (id, run) = store.resolve_run(spec)?;
+    if json {
+        let doc = serde_json::json!({ "id": id, "run": run });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(0);
+    }
+    print_fingerprint(&id, &run);
+    for workload in &run.workloads {
+        println!();
+        print_workload(workload);
+    }
+    Ok(0)
+}
+
+fn print_fingerprint(id: &str, run: &RunRecord) {
+    let fp = &run.fingerprint;
+    let src = &fp.source;
+    println!("run      {id}");
+    println!(
+        "created  {}  suite {}",
+        run.created_at,
+        run.suite.as_deref().unwrap_or("-")
+    );
+    let commit = src.git_commit.as_deref().unwrap_or("(no git)");
+    let dirty = match (&src.git_dirty, &src.git_diff_hash) {
+        (true, Some(h)) => format!(" dirty, diff {}", short(h, 12)),
+        (true, None) => " dirty".to_string(),
+        (false, _) => String::new(),
+    };
+    println!("source   {commit}{dirty}");
+    println!(
+        "build    {} profile, features [{}], {}, {}",
+        src.build_profile,
+        src.features.join(", "),
+        src.rustc_version,
+        src.cargo_version
+    );
+    println!(
+        "engine   binary {}  Cargo.lock {}",
+        short(&src.engine_binary_hash, 12),
+        src.cargo_lock_hash.as_deref().map_or("-", |h| short(h, 12))
+    );
+    let host = &fp.host;
+    println!(
+        "host     {}, {} cores, {}, {} {}",
+        host.cpu_model,
+        host.cores,
+        human_bytes(host.memory_bytes),
+        host.os,
+        host.kernel
+    );
+    for gpu in &fp.gpus {
+        let sms = gpu
+            .sm_count
+            .map_or("? SMs".to_string(), |n| format!("{n} SMs"));
+        let power = gpu
+            .power_limit_w
+            .map_or("-".to_string(), |w| format!("{w:.0} W"));
+        println!(
+            "gpu      {} (sm_{}, {sms}, {}), driver {}, CUDA {}, power limit {power}, {}",
+            gpu.name,
+            gpu.compute_capability,
+            human_bytes(gpu.memory_bytes),
+            gpu.driver_version,
+            gpu.cuda_driver_version,
+            gpu.uuid
+        );
+    }
+    println!(
+        "device   {}  model {} ({})",
+        fp.device,
+        fp.model,
+        short(&fp.model_hash, 12)
+    );
+}
+
+/// The metrics `show` puts in its trial table, when the trials carry them.
+const SHOWN_METRICS: [&str; 7] = [
+    "output_throughput",
+    "request_throughput",
+    "mean_ttft_ms",
+    "p99_ttft_ms",
+    "mean_tpot_ms",
+    "p99_itl_ms",
+    "mean_e2el_ms",
+];
+
+fn print_workload(workload: &WorkloadRun) {
+    println!(
+        "workload {}  ({} trials, workload {})",
+        workload.name,
+        workload.trials.len(),
+        short(&workload.workload_hash, 12)
+    );
+    let shown: Vec<&str> = SHOWN_METRICS
+        .into_iter()
+        .filter(|m| workload.trials.iter().any(|t| t.metrics.contains_key(*m)))
+        .collect();
+    let mut header = vec![
+        "trial".to_string(),
+        "status".to_string(),
+        "wall s".to_string(),
+    ];
+    header.extend(shown.iter().map(|m| match metric_def(m) {
+        Some(def) => format!("{m} ({})", def.unit),
+        None => m.to_string(),
+    }));
+    header.push("output hash".to_string());
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut table = new_table(&header);
+    for trial in &workload.trials {
+        let status = match &trial.status {
+            TrialStatus::Ok => "ok".to_string(),
+            TrialStatus::Failed { reason } => format!("failed: {reason}"),
+            TrialStatus::TimedOut { after_s } => format!("timed out after {after_s:.0} s"),
+        };
+        let mut row = vec![
+            Cell::new(trial.index).set_alignment(CellAlignment::Right),
+            Cell::new(status),
+            Cell::new(format!("{:.2}", trial.wall_s)).set_alignment(CellAlignment::Right),
+        ];
+        for m in &shown {
+            let text = trial
+                .metrics
+                .get(*m)
+                .map_or("-".to_string(), |v| format!("{v:.2}"));
+            row.push(Cell::new(text).set_alignment(CellAlignment::Right));
+        }
+        row.push(Cell::new(
+            trial.output_hash.as_deref().map_or("-", |h| short(h, 12)),
+        ));
+        table.add_row(row);
+    }
+    println!("{table}");
+
+    let throughputs: Vec<f64> = workload
+        .trials
+        .iter()
+        .filter(|t| t.status == TrialStatus::Ok)
+        .filter_map(|t| t.metrics.get("output_throughput").copied())
+        .collect();
+    if let Some((mean, cv)) = mean_and_cv(&throughputs) {
+        println!(
+            "output_throughput over {} ok trials: mean {mean:.2} tok/s, CV {:.2}%",
+            throughputs.len(),
+            cv * 100.0
+        );
+    }
+}
+
+/// Mean and coefficient of variation (sample standard deviation / mean);
+/// needs two samples and a non-zero mean.
+fn mean_and_cv(xs: &[f64]) -> Option<(f64, f64)> {
+    if xs.len() < 2 {
+        return None;
+    }
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    if mean == 0.0 {
+        return None;
+    }
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    Some((mean, var.sqrt() / mean))
+}
+
+fn verify(store: &Store) -> anyhow::Result<i32> {
+    let report = store.verify()?;
+    for c in &report.corrupt {
+        println!(
+            "CORRUPT  {} ({}) now hashes to {}",
+            c.id,
+            c.path.display(),
+            c.actual
+        );
+    }
+    for m in &report.missing {
+        println!("MISSING  {} referenced by {}", m.id, m.referenced_by);
+    }
+    for b in &report.broken_runs {
+        println!("BROKEN   run {}: {}", b.id, b.reason);
+    }
+    for s in &report.stray {
+        println!("STRAY    {} is not an object", s.display());
+    }
+    let summary = format!(
+        "{} objects, {} runs checked in {}",
+        report.objects_checked,
+        report.runs_checked,
+        store.root().display()
+    );
+    if report.is_clean() {
+        println!("ok: {summary}");
+        Ok(0)
+    } else {
+        let problems = report.corrupt.len()
+            + report.missing.len()
+            + report.broken_runs.len()
+            + report.stray.len();
+        println!("FAILED: {problems} problems; {summary}");
+        Ok(1)
+    }
+}
+
+fn gc(store: &Store, dry_run: bool, grace: Duration) -> anyhow::Result<i32> {
+    let report = store.gc_with_grace(dry_run, grace)?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for id in &report.removed {
+        println!("{verb} {id}");
+    }
+    println!(
+        "{verb} {} objects ({}) and {} temporary files; kept {} referenced objects",
+        report.removed.len(),
+        human_bytes(report.removed_bytes),
+        report.removed_tmp_files,
+        report.kept
+    );
+    if !report.spared_recent.is_empty() {
+        println!(
+            "kept {} unreferenced objects younger than {} s (see --grace-secs)",
+            report.spared_recent.len(),
+            grace.as_secs()
+        );
+    }
+    Ok(0)
+}
+
+fn new_table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_header(header.to_vec());
+    table
+}
+
+fn short(s: &str, n: usize) -> &str {
+    s.get(..n).unwrap_or(s)
+}
+
+fn date(rfc3339: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+        .unwrap_or_else(|_| rfc3339.to_string())
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cv_of_constant_samples_is_zero_and_needs_two_samples() {
+        assert_eq!(mean_and_cv(&[5.0, 5.0, 5.0]), Some((5.0, 0.0)));
+        assert_eq!(mean_and_cv(&[5.0]), None);
+        let (mean, cv) = mean_and_cv(&[9.0, 11.0]).unwrap();
+        assert_eq!(mean, 10.0);
+        assert!((cv - 2f64.sqrt() / 10.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn human_bytes_picks_a_unit() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 * 1024 * 1024), "3.0 MiB");
+    }
+}
