@@ -4,6 +4,11 @@
 
 typedef __nv_bfloat16 bf16;
 
+// The model's shape, fixed per process (passed by nvrtc.rs as -D options).
+#if !defined(DYNO_HEAD_DIM) || !defined(DYNO_GROUP)
+#error "compile with -DDYNO_HEAD_DIM=<64|128|256> -DDYNO_GROUP=<1..8>"
+#endif
+
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
 #endif

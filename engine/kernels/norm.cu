@@ -22,17 +22,19 @@ extern "C" __global__ void embed_rmsnorm(const int* __restrict__ tokens,
         out[t * hidden + i] = __float2bfloat16(res[i] * r * __bfloat162float(w[i]));
 }
 
-// residual[t] += x[t]; out[t] = rmsnorm(residual[t]) * w
-extern "C" __global__ void add_rmsnorm(const bf16* __restrict__ x, float* __restrict__ residual,
+// residual[t] += x[t]; out[t] = rmsnorm(residual[t]) * w. `x` is the f32
+// output of the o_proj / down_proj GEMM (kept in f32 so the residual stream
+// never passes through bf16).
+extern "C" __global__ void add_rmsnorm(const float* __restrict__ x, float* __restrict__ residual,
                                        const bf16* __restrict__ w, bf16* __restrict__ out,
                                        int hidden, float eps) {
     __shared__ float scratch[32];
     const long t = blockIdx.x;
     float* res = residual + t * hidden;
-    const bf16* xr = x + t * hidden;
+    const float* xr = x + t * hidden;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-        float v = res[i] + __bfloat162float(xr[i]);
+        float v = res[i] + xr[i];
         res[i] = v;
         ss += v * v;
     }
@@ -45,7 +47,7 @@ extern "C" __global__ void add_rmsnorm(const bf16* __restrict__ x, float* __rest
 // out[s] = rmsnorm(residual[rows[s]] + x[rows[s]]) * w. The residual is not
 // written back (no later layer reads it).
 extern "C" __global__ void final_rmsnorm_rows(const int* __restrict__ rows,
-                                              const bf16* __restrict__ x,
+                                              const float* __restrict__ x,
                                               const float* __restrict__ residual,
                                               const bf16* __restrict__ w, bf16* __restrict__ out,
                                               int hidden, float eps) {
@@ -54,12 +56,12 @@ extern "C" __global__ void final_rmsnorm_rows(const int* __restrict__ rows,
     const long t = rows[s];
     float ss = 0.0f;
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-        float v = residual[t * hidden + i] + __bfloat162float(x[t * hidden + i]);
+        float v = residual[t * hidden + i] + x[t * hidden + i];
         ss += v * v;
     }
     const float r = rsqrtf(block_sum(ss, scratch) / hidden + eps);
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-        float v = residual[t * hidden + i] + __bfloat162float(x[t * hidden + i]);
+        float v = residual[t * hidden + i] + x[t * hidden + i];
         out[s * hidden + i] = __float2bfloat16(v * r * __bfloat162float(w[i]));
     }
 }

@@ -63,14 +63,10 @@ __device__ void qkv_rope_cache_impl(bf16* __restrict__ qkv, const bf16* __restri
     }
 }
 
-#define QKV_ROPE_CACHE(HD)                                                                      \
-    extern "C" __global__ void qkv_rope_cache_hd##HD(                                           \
-        bf16* qkv, const bf16* bias, const bf16* q_norm, const bf16* k_norm,                    \
-        const float2* cos_sin, const int* positions, const int* slots, bf16* k_cache,           \
-        bf16* v_cache, int nq, int nkv, float eps) {                                            \
-        qkv_rope_cache_impl<HD>(qkv, bias, q_norm, k_norm, cos_sin, positions, slots, k_cache,  \
-                                v_cache, nq, nkv, eps);                                         \
-    }
-QKV_ROPE_CACHE(64)
-QKV_ROPE_CACHE(128)
-QKV_ROPE_CACHE(256)
+extern "C" __global__ void qkv_rope_cache(bf16* qkv, const bf16* bias, const bf16* q_norm,
+                                          const bf16* k_norm, const float2* cos_sin,
+                                          const int* positions, const int* slots, bf16* k_cache,
+                                          bf16* v_cache, int nq, int nkv, float eps) {
+    qkv_rope_cache_impl<DYNO_HEAD_DIM>(qkv, bias, q_norm, k_norm, cos_sin, positions, slots,
+                                       k_cache, v_cache, nq, nkv, eps);
+}

@@ -11,23 +11,23 @@ use cudarc::driver::{result, sys, CudaModule, CudaStream};
 
 use super::super::BackendError;
 
-/// Every kernel the backend launches, by its `extern "C"` name.
-pub const KERNEL_NAMES: [&str; 14] = [
+/// Every kernel the backend launches, by its `extern "C"` name. The
+/// attention and RoPE kernels are compiled for the model's head dim and GQA
+/// group size (see `nvrtc::compile`).
+pub const KERNEL_NAMES: [&str; 7] = [
     "embed_rmsnorm",
     "add_rmsnorm",
     "final_rmsnorm_rows",
     "silu_mul",
-    "qkv_rope_cache_hd64",
-    "qkv_rope_cache_hd128",
-    "qkv_rope_cache_hd256",
-    "attention_hd64",
-    "attention_hd128",
-    "attention_hd256",
-    "attention_reduce_hd64",
-    "attention_reduce_hd128",
-    "attention_reduce_hd256",
+    "qkv_rope_cache",
+    "attention",
     "sample_rows",
 ];
+
+/// Head dims the kernels support.
+pub const HEAD_DIMS: [usize; 3] = [64, 128, 256];
+/// Most query heads per KV head.
+pub const MAX_GROUP: usize = 8;
 
 /// One kernel argument, passed by value.
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +74,7 @@ impl Kernels {
     /// Launches `name` on the backend's stream.
     pub fn launch(
         &self,
-        name: &'static str,
+        name: &str,
         grid: (u32, u32, u32),
         block: u32,
         args: &[Arg],

@@ -78,7 +78,7 @@ impl CudaBackend {
         let free_at_start = ctx.mem_get_info().map_err(|e| cuda("cuMemGetInfo", e))?.0 as u64;
         let props = device::properties_of(&ctx, device::driver_version()?)?;
         let dims = dims_of(config, cfg)?;
-        let module = nvrtc::load(&ctx)?;
+        let module = nvrtc::load(&ctx, dims.head_dim, dims.nq / dims.nkv)?;
         let kernels = kernels::Kernels::new(module, stream.clone())?;
         let gemm = gemm::Gemm::new(&stream)?;
         let weights = weights::DeviceWeights::upload(&stream, config, load)?;
@@ -203,14 +203,14 @@ impl CudaBackend {
 
 fn dims_of(c: &crate::config::ModelConfig, cfg: &EngineConfig) -> Result<Dims, BackendError> {
     let bad = |m: String| BackendError::Cuda(format!("model not supported by the CUDA backend: {m}"));
-    if ![64, 128, 256].contains(&c.head_dim) {
-        return Err(bad(format!("head_dim {} (64, 128 or 256)", c.head_dim)));
+    if !kernels::HEAD_DIMS.contains(&c.head_dim) {
+        return Err(bad(format!("head_dim {} (supported: {:?})", c.head_dim, kernels::HEAD_DIMS)));
     }
     if c.num_key_value_heads == 0 || c.num_attention_heads % c.num_key_value_heads != 0 {
         return Err(bad("num_attention_heads must be a multiple of num_key_value_heads".into()));
     }
-    if c.num_attention_heads / c.num_key_value_heads > 8 {
-        return Err(bad("more than 8 query heads per KV head".into()));
+    if c.num_attention_heads / c.num_key_value_heads > kernels::MAX_GROUP {
+        return Err(bad(format!("more than {} query heads per KV head", kernels::MAX_GROUP)));
     }
     if (c.num_attention_heads + 2 * c.num_key_value_heads) * 32 > 1024 {
         return Err(bad("more than 32 q+k+v heads".into()));

@@ -105,8 +105,15 @@ pub fn program_source() -> String {
     src
 }
 
-/// Compiles the program for `sm_{major}{minor}` into PTX.
-pub fn compile(include: &Path, arch: (i32, i32)) -> Result<cudarc::nvrtc::Ptx, BackendError> {
+/// Compiles the program for `sm_{major}{minor}` into PTX, with the model's
+/// head dim and GQA group size baked in (one attention instantiation keeps
+/// the compile to about a second).
+pub fn compile(
+    include: &Path,
+    arch: (i32, i32),
+    head_dim: usize,
+    group: usize,
+) -> Result<cudarc::nvrtc::Ptx, BackendError> {
     // SAFETY: only tries to dlopen libnvrtc by its usual names.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err(BackendError::Cuda(
@@ -120,6 +127,8 @@ pub fn compile(include: &Path, arch: (i32, i32)) -> Result<cudarc::nvrtc::Ptx, B
         options: vec![
             format!("--gpu-architecture=sm_{}{}", arch.0, arch.1),
             "--std=c++17".into(),
+            format!("-DDYNO_HEAD_DIM={head_dim}"),
+            format!("-DDYNO_GROUP={group}"),
         ],
         name: Some("dyno_kernels.cu".into()),
         ..Default::default()
@@ -130,13 +139,17 @@ pub fn compile(include: &Path, arch: (i32, i32)) -> Result<cudarc::nvrtc::Ptx, B
         .map_err(|e| BackendError::Cuda(format!("compiling the kernels with NVRTC: {e}")))
 }
 
-/// Compiles the kernels for `ctx`'s device and loads them.
-pub fn load(ctx: &Arc<CudaContext>) -> Result<Arc<CudaModule>, BackendError> {
+/// Compiles the kernels for `ctx`'s device and the model's shape, and loads them.
+pub fn load(
+    ctx: &Arc<CudaContext>,
+    head_dim: usize,
+    group: usize,
+) -> Result<Arc<CudaModule>, BackendError> {
     let arch = ctx
         .compute_capability()
         .map_err(|e| BackendError::Cuda(format!("compute capability: {e}")))?;
     let include = find_cuda_include(&header_candidates())?;
-    let ptx = compile(&include, arch)?;
+    let ptx = compile(&include, arch, head_dim, group)?;
     ctx.load_module(ptx)
         .map_err(|e| BackendError::Cuda(format!("loading the compiled kernels: {e}")))
 }
@@ -170,10 +183,13 @@ mod tests {
             eprintln!("skipped: no libnvrtc");
             return;
         }
-        let ptx = compile(&include, (9, 0)).unwrap();
-        let src = ptx.to_src();
-        for name in super::super::kernels::KERNEL_NAMES {
-            assert!(src.contains(name), "kernel {name} missing from the PTX");
+        for (hd, g) in [(64, 3), (128, 2), (64, 7)] {
+            let src = compile(&include, (9, 0), hd, g).unwrap().to_src();
+            for name in super::super::kernels::KERNEL_NAMES {
+                assert!(src.contains(name), "kernel {name} missing from the PTX");
+            }
+            // Register arrays must stay in registers (no local memory).
+            assert!(!src.contains(".local"), "hd {hd} g {g}: kernel uses local memory");
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The forward pass as a sequence of launches on the backend's stream:
 //! embed+norm, then per layer QKV GEMM → bias/q-k-norm/RoPE/KV write →
-//! paged attention (→ split reduce) → O GEMM → residual-add+norm →
+//! paged attention (splits merged in-kernel) → O GEMM → residual-add+norm →
 //! gate-up GEMM → SiLU·mul → down GEMM → residual-add+norm, then the final
 //! norm of the sampled rows, the LM head and sampling. The same code runs
 //! eagerly and under CUDA-graph capture; it reads every per-step value from
@@ -64,12 +64,6 @@ impl Runner {
                 Arg::F32(d.eps),
             ],
         )?;
-        let (rope_kernel, attn_kernel, reduce_kernel) = match hd {
-            64 => ("qkv_rope_cache_hd64", "attention_hd64", "attention_reduce_hd64"),
-            128 => ("qkv_rope_cache_hd128", "attention_hd128", "attention_reduce_hd128"),
-            256 => ("qkv_rope_cache_hd256", "attention_hd256", "attention_reduce_hd256"),
-            other => return Err(BackendError::Cuda(format!("head_dim {other} not supported"))),
-        };
         let nsplit = attention_splits(tokens, d.nkv, self.sm_count, a.partial_rows);
         let scale = 1.0 / (hd as f32).sqrt();
         let nlayers = self.weights.layers.len();
@@ -77,7 +71,7 @@ impl Runner {
             self.gemm.linear(a.hidden.ptr, w.qkv.ptr, a.qkv.ptr, tokens, d.qkv_width(), d.hidden, OutType::Bf16)?;
             k.count_external_launch();
             k.launch(
-                rope_kernel,
+                "qkv_rope_cache",
                 (t, 1, 1),
                 ((d.nq + 2 * d.nkv) * 32) as u32,
                 &[
@@ -96,7 +90,7 @@ impl Runner {
                 ],
             )?;
             k.launch(
-                attn_kernel,
+                "attention",
                 (t, d.nkv as u32, nsplit as u32),
                 128,
                 &[
@@ -108,29 +102,15 @@ impl Runner {
                     Arg::Ptr(self.meta(layout, layout.block_tables())),
                     Arg::Ptr(self.meta(layout, layout.bt_stride())),
                     Arg::I32(kv.block_size as i32),
-                    Arg::I32(d.nq as i32),
                     Arg::I32(d.nkv as i32),
                     Arg::F32(scale),
                     Arg::Ptr(a.attn.ptr),
                     Arg::Ptr(a.part_acc.ptr),
                     Arg::Ptr(a.part_ml.ptr),
+                    Arg::Ptr(a.split_counters.ptr),
                 ],
             )?;
-            if nsplit > 1 {
-                k.launch(
-                    reduce_kernel,
-                    (t, d.nq as u32, 1),
-                    hd as u32,
-                    &[
-                        Arg::Ptr(a.part_acc.ptr),
-                        Arg::Ptr(a.part_ml.ptr),
-                        Arg::I32(nsplit as i32),
-                        Arg::I32(d.nq as i32),
-                        Arg::Ptr(a.attn.ptr),
-                    ],
-                )?;
-            }
-            self.gemm.linear(a.attn.ptr, w.o_proj.ptr, a.x.ptr, tokens, d.hidden, d.nq * hd, OutType::Bf16)?;
+            self.gemm.linear(a.attn.ptr, w.o_proj.ptr, a.x.ptr, tokens, d.hidden, d.nq * hd, OutType::F32)?;
             k.count_external_launch();
             k.launch(
                 "add_rmsnorm",
@@ -160,7 +140,7 @@ impl Runner {
                     Arg::I32(d.inter as i32),
                 ],
             )?;
-            self.gemm.linear(a.act.ptr, w.down.ptr, a.x.ptr, tokens, d.hidden, d.inter, OutType::Bf16)?;
+            self.gemm.linear(a.act.ptr, w.down.ptr, a.x.ptr, tokens, d.hidden, d.inter, OutType::F32)?;
             k.count_external_launch();
             if li + 1 < nlayers {
                 k.launch(
