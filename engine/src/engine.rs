@@ -1,1 +1,428 @@
-//! Owned by a work item; see docs/ARCHITECTURE.
+//! The engine loop: requests in, timed tokens and per-request records out.
+//!
+//! Each [`Engine::step`] asks the scheduler for a batch, runs it on the
+//! backend, stamps every token it produced with one monotonic time taken when
+//! the forward pass returned, and finishes sequences (length, EOS, stop
+//! token), freeing their KV blocks.
+
+use std::time::Instant;
+
+use workloads::record::hash_tokens;
+use workloads::{FinishReason, RecordStatus, Request, RequestRecord, StepLogEntry};
+
+use crate::backend::{Backend, BackendError, SampleSpec, SeqStep};
+use crate::block_manager::BlockManager;
+use crate::config::ModelConfig;
+use crate::engine_config::EngineConfig;
+use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::sequence::Sequence;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("engine config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// One generated token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenEvent {
+    pub request_id: u64,
+    pub token: u32,
+    /// Seconds since the engine's clock origin.
+    pub time_s: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StepOutcome {
+    pub tokens: Vec<TokenEvent>,
+    /// Requests that finished in this step, and requests rejected since the
+    /// previous step.
+    pub finished: Vec<RequestRecord>,
+    /// `None` when nothing ran (no forward pass).
+    pub log: Option<StepLogEntry>,
+}
+
+pub struct Engine {
+    backend: Box<dyn Backend>,
+    scheduler: Scheduler,
+    eos_token_ids: Vec<u32>,
+    vocab_size: usize,
+    clock_origin: Instant,
+    next_seq_id: u64,
+    next_step: u64,
+    rejected: Vec<RequestRecord>,
+}
+
+impl Engine {
+    /// Sizes the KV cache (`num_kv_blocks`, or the backend's memory budget
+    /// divided by the bytes of one block) and allocates it on the backend.
+    pub fn new(
+        mut backend: Box<dyn Backend>,
+        model: &ModelConfig,
+        cfg: &EngineConfig,
+    ) -> Result<Engine, EngineError> {
+        cfg.validate().map_err(EngineError::Config)?;
+        let max_model_len = match cfg.max_model_len {
+            0 => model.max_position_embeddings,
+            n if n > model.max_position_embeddings => {
+                return Err(EngineError::Config(format!(
+                    "max_model_len: {n} exceeds the model's max_position_embeddings ({})",
+                    model.max_position_embeddings
+                )))
+            }
+            n => n,
+        };
+        let num_blocks = if cfg.num_kv_blocks > 0 {
+            cfg.num_kv_blocks
+        } else {
+            let budget = backend.kv_memory_budget(cfg)?;
+            let per_block = backend.kv_block_bytes(cfg.block_size).max(1) as u64;
+            (budget / per_block) as usize
+        };
+        if num_blocks == 0 {
+            return Err(EngineError::Config(format!(
+                "the KV budget holds no block of {} tokens ({} bytes each); raise \
+                 cpu_kv_cache_bytes / gpu_memory_utilization or set num_kv_blocks",
+                cfg.block_size,
+                backend.kv_block_bytes(cfg.block_size)
+            )));
+        }
+        backend.allocate_kv_cache(num_blocks, cfg.block_size)?;
+        let scheduler = Scheduler::new(
+            SchedulerConfig {
+                max_num_seqs: cfg.max_num_seqs,
+                max_num_batched_tokens: cfg.max_num_batched_tokens,
+                enable_chunked_prefill: cfg.enable_chunked_prefill,
+                max_model_len,
+            },
+            BlockManager::new(num_blocks, cfg.block_size),
+        );
+        Ok(Engine {
+            backend,
+            scheduler,
+            eos_token_ids: model.eos_token_ids.clone(),
+            vocab_size: model.vocab_size,
+            clock_origin: Instant::now(),
+            next_seq_id: 0,
+            next_step: 0,
+            rejected: Vec::new(),
+        })
+    }
+
+    /// Times are reported in seconds since `origin` (the bench's start of
+    /// the measured phase).
+    pub fn set_clock_origin(&mut self, origin: Instant) {
+        self.clock_origin = origin;
+    }
+
+    pub fn now_s(&self) -> f64 {
+        self.clock_origin.elapsed().as_secs_f64()
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    pub fn num_kv_blocks(&self) -> usize {
+        self.scheduler.block_manager().num_blocks()
+    }
+
+    pub fn kv_blocks_in_use(&self) -> usize {
+        self.scheduler.block_manager().blocks_in_use()
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.scheduler.block_manager().block_size()
+    }
+
+    pub fn max_model_len(&self) -> usize {
+        self.scheduler.config().max_model_len
+    }
+
+    /// Queues a request arriving now. One that can never run here is
+    /// rejected: its record (with the reason) comes out of the next `step`.
+    pub fn add_request(&mut self, request: Request) {
+        let now = self.now_s();
+        self.add_request_arrived_at(request, now);
+    }
+
+    /// Queues a request that arrived at `arrival_s` on the engine's clock
+    /// (open-loop replay: the request existed before the engine got to it).
+    pub fn add_request_arrived_at(&mut self, request: Request, arrival_s: f64) {
+        if let Err(reason) = self.admissibility(&request) {
+            self.rejected
+                .push(rejected_record(&request, arrival_s, reason));
+            return;
+        }
+        let seq = Sequence::new(self.next_seq_id, request, arrival_s);
+        self.next_seq_id += 1;
+        self.scheduler.add(seq);
+    }
+
+    fn admissibility(&self, request: &Request) -> Result<(), String> {
+        if let Some(&bad) = request
+            .prompt_token_ids
+            .iter()
+            .find(|&&t| t as usize >= self.vocab_size)
+        {
+            return Err(format!(
+                "prompt token id {bad} is outside the vocabulary ({} tokens)",
+                self.vocab_size
+            ));
+        }
+        self.scheduler
+            .admissibility(request.prompt_token_ids.len(), request.sampling.max_tokens)
+    }
+
+    /// Whether any request is queued, running, or has a record not yet
+    /// handed out.
+    pub fn has_unfinished(&self) -> bool {
+        self.scheduler.has_unfinished() || !self.rejected.is_empty()
+    }
+
+    pub fn step(&mut self) -> Result<StepOutcome, EngineError> {
+        let mut outcome = StepOutcome {
+            finished: std::mem::take(&mut self.rejected),
+            ..StepOutcome::default()
+        };
+        let start_s = self.now_s();
+        let batch = self.scheduler.schedule(start_s);
+        if batch.is_empty() {
+            return Ok(outcome);
+        }
+
+        let steps: Vec<SeqStep<'_>> = batch
+            .seqs
+            .iter()
+            .map(|e| {
+                let seq = self
+                    .scheduler
+                    .seq(e.seq_id)
+                    .expect("scheduled ids are live");
+                SeqStep {
+                    seq_id: e.seq_id,
+                    tokens: &seq.tokens[e.start_pos..e.start_pos + e.num_tokens],
+                    start_pos: e.start_pos,
+                    block_table: &seq.block_table,
+                    sample: e.sample.then(|| SampleSpec {
+                        temperature: seq.sampling.temperature,
+                        top_k: seq.sampling.top_k,
+                        top_p: seq.sampling.top_p,
+                        seed: seq.sampling.seed,
+                        index: seq.output_len() as u32,
+                    }),
+                }
+            })
+            .collect();
+        let sampled = self.backend.forward(&steps)?;
+        let t = self.now_s();
+        drop(steps);
+
+        let to_sample: Vec<u64> = batch
+            .seqs
+            .iter()
+            .filter(|e| e.sample)
+            .map(|e| e.seq_id)
+            .collect();
+        if sampled.len() != to_sample.len() {
+            return Err(BackendError::InvalidBatch(format!(
+                "backend returned {} tokens for {} sampling sequences",
+                sampled.len(),
+                to_sample.len()
+            ))
+            .into());
+        }
+        self.scheduler.commit(&batch);
+        for (seq_id, token) in to_sample.into_iter().zip(sampled) {
+            let seq = self
+                .scheduler
+                .seq_mut(seq_id)
+                .expect("scheduled ids are live");
+            seq.push_token(token, t);
+            outcome.tokens.push(TokenEvent {
+                request_id: seq.request_id,
+                token,
+                time_s: t,
+            });
+            if let Some(reason) = seq.stop_reason(&self.eos_token_ids) {
+                if let Some(done) = self.scheduler.finish(seq_id, reason, t) {
+                    outcome.finished.push(finished_record(&done, reason));
+                }
+            }
+        }
+
+        let decode_tokens = batch.seqs.iter().filter(|e| e.is_decode).count();
+        let blocks = self.scheduler.block_manager();
+        outcome.log = Some(StepLogEntry {
+            step: self.next_step,
+            start_s,
+            duration_s: t - start_s,
+            batch_size: batch.seqs.len() as u32,
+            prefill_tokens: (batch.num_tokens() - decode_tokens) as u32,
+            decode_tokens: decode_tokens as u32,
+            num_waiting: self.scheduler.num_waiting() as u32,
+            kv_blocks_used: blocks.blocks_in_use() as u32,
+            kv_blocks_total: blocks.num_blocks() as u32,
+            preempted: batch.preempted.len() as u32,
+        });
+        self.next_step += 1;
+        Ok(outcome)
+    }
+}
+
+fn finished_record(seq: &Sequence, reason: FinishReason) -> RequestRecord {
+    RequestRecord {
+        id: seq.request_id,
+        status: RecordStatus::Ok,
+        arrival_s: seq.arrival_s,
+        scheduled_s: seq.scheduled_s,
+        first_token_s: seq.first_token_s(),
+        token_times_s: seq.token_times_s.clone(),
+        finish_s: seq.finish_s,
+        finish_reason: reason,
+        prompt_len: seq.prompt_len as u32,
+        output_len: seq.output_len() as u32,
+        preemptions: seq.preemptions,
+        output_hash: hash_tokens(seq.output()),
+        output_token_ids: seq.output().to_vec(),
+    }
+}
+
+fn rejected_record(request: &Request, now: f64, reason: String) -> RequestRecord {
+    RequestRecord {
+        id: request.id,
+        status: RecordStatus::Rejected { reason },
+        arrival_s: now,
+        scheduled_s: None,
+        first_token_s: None,
+        token_times_s: Vec::new(),
+        finish_s: None,
+        finish_reason: FinishReason::Rejected,
+        prompt_len: request.prompt_token_ids.len() as u32,
+        output_len: 0,
+        preemptions: 0,
+        output_hash: hash_tokens(&[]),
+        output_token_ids: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{mock_model_config, MockBackend};
+    use workloads::SamplingParams;
+
+    fn engine(cfg: EngineConfig, eos: &[u32]) -> Engine {
+        let model = mock_model_config(32, 64, eos);
+        Engine::new(Box::new(MockBackend::new(32)), &model, &cfg).unwrap()
+    }
+
+    fn request(id: u64, prompt: Vec<u32>, sampling: SamplingParams) -> Request {
+        Request {
+            id,
+            arrival_s: 0.0,
+            warmup: false,
+            prompt_token_ids: prompt,
+            sampling,
+        }
+    }
+
+    fn run_all(e: &mut Engine) -> Vec<RequestRecord> {
+        let mut records = Vec::new();
+        while e.has_unfinished() {
+            records.extend(e.step().unwrap().finished);
+        }
+        records
+    }
+
+    #[test]
+    fn kv_blocks_derive_from_budget_unless_set() {
+        let cfg = EngineConfig {
+            cpu_kv_cache_bytes: 64 * 16 * 10 + 5,
+            ..EngineConfig::default()
+        };
+        assert_eq!(engine(cfg.clone(), &[]).num_kv_blocks(), 10);
+        let cfg = EngineConfig {
+            num_kv_blocks: 3,
+            ..cfg
+        };
+        assert_eq!(engine(cfg, &[]).num_kv_blocks(), 3);
+        let cfg = EngineConfig {
+            cpu_kv_cache_bytes: 10,
+            ..EngineConfig::default()
+        };
+        let model = mock_model_config(32, 64, &[]);
+        let err = Engine::new(Box::new(MockBackend::new(32)), &model, &cfg).err();
+        assert!(err.unwrap().to_string().contains("no block"));
+    }
+
+    #[test]
+    fn too_long_and_out_of_vocab_are_rejected_others_run() {
+        let mut e = engine(EngineConfig::default(), &[]);
+        e.add_request(request(1, vec![1; 60], SamplingParams::greedy(10)));
+        e.add_request(request(2, vec![1, 99], SamplingParams::greedy(2)));
+        e.add_request(request(3, vec![1, 2, 3], SamplingParams::greedy(5)));
+        let mut records = run_all(&mut e);
+        records.sort_by_key(|r| r.id);
+        let reason = |r: &RequestRecord| match &r.status {
+            RecordStatus::Rejected { reason } => reason.clone(),
+            RecordStatus::Ok => String::new(),
+        };
+        assert!(reason(&records[0]).contains("max_model_len"), "{records:?}");
+        assert!(reason(&records[1]).contains("vocabulary"));
+        assert_eq!(records[2].status, RecordStatus::Ok);
+        assert_eq!(records[2].output_len, 5);
+        assert_eq!(records[2].finish_reason, FinishReason::Length);
+        assert_eq!(records[2].token_times_s.len(), 5);
+        assert_eq!(
+            records[2].output_hash,
+            hash_tokens(&records[2].output_token_ids)
+        );
+        assert_eq!(e.kv_blocks_in_use(), 0);
+    }
+
+    #[test]
+    fn eos_and_stop_tokens_end_requests_unless_ignored() {
+        // Find the greedy continuation first, then make its 3rd token EOS.
+        let mut e = engine(EngineConfig::default(), &[]);
+        e.add_request(request(1, vec![4, 5], SamplingParams::greedy(6)));
+        let out = run_all(&mut e).remove(0).output_token_ids;
+        let eos = out[2];
+        let first = out.iter().position(|&t| t == eos).unwrap();
+
+        let mut e = engine(EngineConfig::default(), &[eos]);
+        e.add_request(request(1, vec![4, 5], SamplingParams::greedy(6)));
+        let ignoring = SamplingParams {
+            ignore_eos: true,
+            ..SamplingParams::greedy(6)
+        };
+        e.add_request(request(2, vec![4, 5], ignoring));
+        let stopping = SamplingParams {
+            stop_token_ids: vec![out[1]],
+            ignore_eos: true,
+            ..SamplingParams::greedy(6)
+        };
+        e.add_request(request(3, vec![4, 5], stopping));
+        let mut records = run_all(&mut e);
+        records.sort_by_key(|r| r.id);
+        assert_eq!(records[0].finish_reason, FinishReason::Eos);
+        assert_eq!(records[0].output_len as usize, first + 1);
+        assert_eq!(records[1].finish_reason, FinishReason::Length);
+        assert_eq!(records[1].output_token_ids, out);
+        assert_eq!(records[2].finish_reason, FinishReason::StopToken);
+    }
+
+    #[test]
+    fn step_log_counts_prefill_and_decode_tokens() {
+        let mut e = engine(EngineConfig::default(), &[]);
+        e.add_request(request(1, vec![1, 2, 3], SamplingParams::greedy(3)));
+        let first = e.step().unwrap().log.unwrap();
+        assert_eq!((first.prefill_tokens, first.decode_tokens), (3, 0));
+        let second = e.step().unwrap().log.unwrap();
+        assert_eq!((second.prefill_tokens, second.decode_tokens), (0, 1));
+        assert_eq!(second.step, 1);
+        assert!(second.start_s >= first.start_s + first.duration_s);
+    }
+}

@@ -17,4 +17,5 @@ pub mod sampler;
 pub mod scheduler;
 pub mod sequence;
 pub mod synth;
+pub mod testing;
 pub mod weights;

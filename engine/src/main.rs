@@ -1,1 +1,344 @@
-fn main() {}
+//! The `engine` binary: `bench`, `generate`, `synth`, `info`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use engine::bench::{self, ArrivalMode};
+use engine::engine::Engine;
+use engine::engine_config::{DeviceKind, EngineConfig};
+use engine::weights::Checkpoint;
+use workloads::{Request, SamplingParams};
+
+#[derive(Parser)]
+#[command(name = "engine", about = "dyno's LLM inference engine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl From<DeviceArg> for DeviceKind {
+    fn from(d: DeviceArg) -> DeviceKind {
+        match d {
+            DeviceArg::Auto => DeviceKind::Auto,
+            DeviceArg::Cpu => DeviceKind::Cpu,
+            DeviceArg::Cuda => DeviceKind::Cuda,
+        }
+    }
+}
+
+/// Flags every model-running subcommand takes.
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// Hugging Face checkpoint directory (config.json + safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Engine knobs (engine.toml); defaults when absent.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Overrides `device` from the config.
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay a requests file and write per-request records and a step log.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// requests.jsonl (workloads::Request per line).
+        #[arg(long)]
+        requests: PathBuf,
+        /// records.jsonl to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Step log (default: the records path with `.steps.jsonl`).
+        #[arg(long)]
+        step_log: Option<PathBuf>,
+        /// Summary JSON (default: the records path with `.summary.json`).
+        #[arg(long)]
+        summary: Option<PathBuf>,
+        /// Closed loop: at most N requests in flight (arrival_s ignored).
+        #[arg(long)]
+        max_concurrency: Option<usize>,
+    },
+    /// Generate from token ids and print the tokens with their timings.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Comma-separated prompt token ids, e.g. 1,2,3.
+        #[arg(long, value_delimiter = ',', required = true)]
+        prompt_ids: Vec<u32>,
+        #[arg(long, default_value_t = 16)]
+        max_tokens: u32,
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 0)]
+        top_k: u32,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        ignore_eos: bool,
+    },
+    /// Write a synthetic checkpoint of a preset shape with seeded weights.
+    Synth {
+        #[arg(long)]
+        preset: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Report backend availability and GPU properties.
+    Info {
+        /// Print JSON (for the pipeline's fingerprint).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Bench {
+            model,
+            requests,
+            out,
+            step_log,
+            summary,
+            max_concurrency,
+        } => {
+            let step_log = step_log.unwrap_or_else(|| sibling(&out, "steps.jsonl"));
+            let summary = summary.unwrap_or_else(|| sibling(&out, "summary.json"));
+            run_bench(
+                &model,
+                &requests,
+                &out,
+                &step_log,
+                &summary,
+                max_concurrency,
+            )
+        }
+        Command::Generate {
+            model,
+            prompt_ids,
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            ignore_eos,
+        } => {
+            let sampling = SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                seed,
+                max_tokens,
+                ignore_eos,
+                stop_token_ids: Vec::new(),
+            };
+            run_generate(&model, prompt_ids, sampling)
+        }
+        Command::Synth { preset, seed, out } => {
+            let written = engine::synth::write_preset(&preset, seed, &out)
+                .with_context(|| format!("synthesizing preset `{preset}`"))?;
+            println!(
+                "wrote {} ({} parameters, {} bytes)",
+                written.dir.display(),
+                written.num_parameters,
+                written.bytes
+            );
+            Ok(())
+        }
+        Command::Info { json } => run_info(json),
+    }
+}
+
+/// `records.jsonl` → `records.<suffix>` next to it.
+fn sibling(out: &Path, suffix: &str) -> PathBuf {
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "records".into());
+    out.with_file_name(format!("{stem}.{suffix}"))
+}
+
+fn load_config(args: &ModelArgs) -> anyhow::Result<EngineConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => EngineConfig::load(path)?,
+        None => EngineConfig::default(),
+    };
+    if let Some(device) = args.device {
+        cfg.device = device.into();
+    }
+    Ok(cfg)
+}
+
+fn build_engine(args: &ModelArgs, cfg: &EngineConfig) -> anyhow::Result<(Engine, Checkpoint)> {
+    let checkpoint = Checkpoint::open(&args.model)
+        .with_context(|| format!("opening model {}", args.model.display()))?;
+    let backend =
+        engine::backend::create(cfg.device, &checkpoint, cfg).context("creating the backend")?;
+    let engine = Engine::new(backend, &checkpoint.config, cfg).context("starting the engine")?;
+    Ok((engine, checkpoint))
+}
+
+fn run_bench(
+    model: &ModelArgs,
+    requests_path: &Path,
+    out: &Path,
+    step_log: &Path,
+    summary_path: &Path,
+    max_concurrency: Option<usize>,
+) -> anyhow::Result<()> {
+    // Read and check the requests before anything slow or anything written.
+    let requests: Vec<Request> = workloads::jsonl::read(requests_path)?;
+    bench::validate_requests(&requests).with_context(|| format!("{}", requests_path.display()))?;
+    let mode = match max_concurrency {
+        Some(n) => ArrivalMode::ClosedLoop { max_concurrency: n },
+        None => ArrivalMode::OpenLoop,
+    };
+    if max_concurrency == Some(0) {
+        bail!("--max-concurrency must be at least 1");
+    }
+    let cfg = load_config(model)?;
+    let (mut engine, checkpoint) = build_engine(model, &cfg)?;
+    let result = bench::run(&mut engine, requests, mode).context("running the benchmark")?;
+
+    let config_json = serde_json::to_value(&cfg).context("serializing the engine config")?;
+    let summary = bench::summarize(&engine, &result, config_json, checkpoint.content_hash());
+    workloads::jsonl::write_atomic(out, &result.records)?;
+    workloads::jsonl::write_atomic(step_log, &result.steps)?;
+    let summary_json =
+        serde_json::to_vec_pretty(&summary).context("serializing the bench summary")?;
+    workloads::jsonl::write_bytes_atomic(summary_path, &summary_json)
+        .with_context(|| format!("writing {}", summary_path.display()))?;
+    eprintln!(
+        "{} records ({} rejected), {} output tokens in {:.3} s over {} steps → {}",
+        summary.num_requests,
+        summary.num_rejected,
+        summary.output_tokens,
+        summary.measured_duration_s,
+        summary.num_steps,
+        out.display()
+    );
+    Ok(())
+}
+
+fn run_generate(
+    model: &ModelArgs,
+    prompt_ids: Vec<u32>,
+    sampling: SamplingParams,
+) -> anyhow::Result<()> {
+    let cfg = load_config(model)?;
+    let (mut engine, _) = build_engine(model, &cfg)?;
+    let info = engine.backend().info();
+    println!(
+        "backend: {} ({}, {}); prompt: {} tokens",
+        info.kind,
+        info.device_name,
+        info.dtype,
+        prompt_ids.len()
+    );
+    engine.set_clock_origin(std::time::Instant::now());
+    engine.add_request(Request {
+        id: 0,
+        arrival_s: 0.0,
+        warmup: false,
+        prompt_token_ids: prompt_ids,
+        sampling,
+    });
+    let mut record = None;
+    while engine.has_unfinished() {
+        let outcome = engine.step().context("engine step")?;
+        for t in &outcome.tokens {
+            println!("token {:>6}  at {:>10.3} ms", t.token, t.time_s * 1e3);
+        }
+        record = outcome.finished.into_iter().next().or(record);
+    }
+    let record = record.context("the engine finished without a record")?;
+    if let workloads::RecordStatus::Rejected { reason } = &record.status {
+        bail!("request rejected: {reason}");
+    }
+    let ids: Vec<String> = record.output_token_ids.iter().map(u32::to_string).collect();
+    println!("output_ids: {}", ids.join(","));
+    let times = &record.token_times_s;
+    if let (Some(first), Some(last)) = (times.first(), times.last()) {
+        print!("ttft: {:.3} ms", first * 1e3);
+        if times.len() > 1 {
+            let tpot = (last - first) / (times.len() - 1) as f64;
+            print!(
+                ", tpot: {:.3} ms, decode: {:.1} tok/s",
+                tpot * 1e3,
+                1.0 / tpot
+            );
+        }
+        println!(", finish: {:?}", record.finish_reason);
+    }
+    Ok(())
+}
+
+fn run_info(json: bool) -> anyhow::Result<()> {
+    let cuda_available = engine::backend::cuda::is_available();
+    let (gpus, gpu_error) = match engine::backend::cuda::device_properties() {
+        Ok(gpus) => (gpus, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    let mut backends = vec!["cpu"];
+    if cuda_available {
+        backends.push("cuda");
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if json {
+        let value = serde_json::json!({
+            "engine_version": env!("CARGO_PKG_VERSION"),
+            "backends": backends,
+            "cuda_available": cuda_available,
+            "cpu_threads": cpus,
+            "gpus": gpus,
+            "gpu_error": gpu_error,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("engine {}", env!("CARGO_PKG_VERSION"));
+        println!("backends: {}", backends.join(", "));
+        println!("cpu threads: {cpus}");
+        for g in &gpus {
+            println!(
+                "gpu {}: {} (sm {}.{}, {} SMs, {} MiB)",
+                g.ordinal,
+                g.name,
+                g.compute_capability.0,
+                g.compute_capability.1,
+                g.sm_count,
+                g.total_memory_bytes >> 20
+            );
+        }
+        if let Some(e) = gpu_error {
+            println!("gpu: {e}");
+        }
+    }
+    Ok(())
+}

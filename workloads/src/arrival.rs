@@ -37,8 +37,12 @@ impl Arrival {
     /// Problems with the parameters, as (sub-field, message).
     pub fn problems(&self) -> Vec<(String, String)> {
         let positive = |field: &str, x: f64| {
-            (!(x.is_finite() && x > 0.0))
-                .then(|| (field.to_string(), format!("must be a finite number > 0, got {x}")))
+            (!(x.is_finite() && x > 0.0)).then(|| {
+                (
+                    field.to_string(),
+                    format!("must be a finite number > 0, got {x}"),
+                )
+            })
         };
         match self {
             Arrival::Offline => vec![],
@@ -131,7 +135,10 @@ mod tests {
 
     #[test]
     fn bad_rates_are_reported() {
-        assert_eq!(Arrival::Poisson { rate: 0.0 }.problems()[0].0, "poisson.rate");
+        assert_eq!(
+            Arrival::Poisson { rate: 0.0 }.problems()[0].0,
+            "poisson.rate"
+        );
         let g = Arrival::Gamma {
             rate: f64::INFINITY,
             burstiness: -1.0,

@@ -67,8 +67,7 @@ impl Catalogue {
         let suites_path = dir.join("suites.toml");
         let text = std::fs::read_to_string(&suites_path).map_err(io(&suites_path))?;
         let known: Vec<&str> = workloads.keys().map(String::as_str).collect();
-        let suites =
-            parse_suites(&text, &suites_path, &known).map_err(CatalogueError::Suites)?;
+        let suites = parse_suites(&text, &suites_path, &known).map_err(CatalogueError::Suites)?;
         Ok(Catalogue { workloads, suites })
     }
 

@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::rng::Stream;
 
+/// Longest length a spec may ask for: far beyond any model's context here,
+/// low enough that a typo cannot make the generator exhaust memory.
+pub const MAX_LENGTH: u32 = 1 << 20;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum LengthDist {
@@ -143,14 +147,23 @@ impl LengthDist {
         };
         match self {
             LengthDist::Fixed(v) => {
-                if *v == 0 {
-                    out.push(("fixed".into(), "a length must be at least 1".into()));
+                if *v == 0 || *v > MAX_LENGTH {
+                    out.push((
+                        "fixed".into(),
+                        format!("must be in 1..={MAX_LENGTH}, got {v}"),
+                    ));
                 }
             }
             LengthDist::Uniform { .. } => {}
             LengthDist::Normal { mean, std_dev, .. } => {
                 finite_or("normal.mean", *mean, true, "finite", &mut out);
-                finite_or("normal.std_dev", *std_dev, *std_dev >= 0.0, ">= 0", &mut out);
+                finite_or(
+                    "normal.std_dev",
+                    *std_dev,
+                    *std_dev >= 0.0,
+                    ">= 0",
+                    &mut out,
+                );
             }
             LengthDist::Lognormal { mean, sigma, .. } => {
                 finite_or("lognormal.mean", *mean, *mean > 0.0, "> 0", &mut out);
@@ -159,6 +172,11 @@ impl LengthDist {
             LengthDist::List(list) => {
                 if list.values.is_empty() {
                     out.push(("list".into(), "the lengths file was not read".into()));
+                } else if let Some(v) = list.values.iter().find(|&&v| v > MAX_LENGTH) {
+                    out.push((
+                        "list".into(),
+                        format!("holds {v}, above the limit {MAX_LENGTH}"),
+                    ));
                 }
             }
         }
@@ -171,7 +189,15 @@ impl LengthDist {
                 out.push((format!("{kind}.min"), "a length must be at least 1".into()));
             }
             if min > max {
-                out.push((format!("{kind}.max"), format!("must be >= min ({min}), got {max}")));
+                out.push((
+                    format!("{kind}.max"),
+                    format!("must be >= min ({min}), got {max}"),
+                ));
+            } else if *max > MAX_LENGTH {
+                out.push((
+                    format!("{kind}.max"),
+                    format!("must be at most {MAX_LENGTH}, got {max}"),
+                ));
             }
         }
         out
@@ -192,9 +218,7 @@ impl LengthDist {
     pub(crate) fn sample(&self, index: usize, rng: &mut Stream) -> u32 {
         match self {
             LengthDist::Fixed(v) => *v,
-            LengthDist::Uniform { min, max } => {
-                min + rng.below(u64::from(max - min) + 1) as u32
-            }
+            LengthDist::Uniform { min, max } => min + rng.below(u64::from(max - min) + 1) as u32,
             LengthDist::Normal {
                 mean,
                 std_dev,
@@ -287,7 +311,10 @@ mod tests {
     #[test]
     fn lengths_file_errors_name_the_line() {
         let p = Path::new("l.txt");
-        assert_eq!(parse_lengths(p, "# c\n3 4\n5 # x\n").unwrap(), vec![3, 4, 5]);
+        assert_eq!(
+            parse_lengths(p, "# c\n3 4\n5 # x\n").unwrap(),
+            vec![3, 4, 5]
+        );
         let e = parse_lengths(p, "3\n4 zero\n").unwrap_err().to_string();
         assert!(e.contains("l.txt:2:") && e.contains("zero"), "{e}");
         assert!(parse_lengths(p, "0\n").is_err());
@@ -305,8 +332,17 @@ mod tests {
             max: 3,
         };
         let fields: Vec<_> = d.problems().into_iter().map(|p| p.0).collect();
-        assert_eq!(fields, ["lognormal.mean", "lognormal.sigma", "lognormal.min"]);
+        assert_eq!(
+            fields,
+            ["lognormal.mean", "lognormal.sigma", "lognormal.min"]
+        );
         assert!(LengthDist::Fixed(0).problems().len() == 1);
+        assert!(LengthDist::Fixed(MAX_LENGTH + 1).problems().len() == 1);
+        let huge = LengthDist::Uniform {
+            min: 1,
+            max: u32::MAX,
+        };
+        assert_eq!(huge.problems()[0].0, "uniform.max");
         assert!(LengthDist::Fixed(1).problems().is_empty());
     }
 }

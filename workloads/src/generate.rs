@@ -97,8 +97,10 @@ impl WorkloadSpec {
 
     fn generate_phase(&self, drawer: &TokenDrawer, warmup: bool, n: usize, out: &mut Vec<Request>) {
         let stream = |purpose| Stream::new(self.seed, purpose, warmup);
-        let (mut prompt_len, mut output_len) = (stream(Purpose::PromptLen), stream(Purpose::OutputLen));
-        let (mut tokens, mut seeds) = (stream(Purpose::PromptTokens), stream(Purpose::SamplingSeed));
+        let (mut prompt_len, mut output_len) =
+            (stream(Purpose::PromptLen), stream(Purpose::OutputLen));
+        let (mut tokens, mut seeds) =
+            (stream(Purpose::PromptTokens), stream(Purpose::SamplingSeed));
         let arrivals = if warmup {
             vec![0.0; n]
         } else {

@@ -18,7 +18,7 @@ mod rng;
 pub mod spec;
 pub mod suite;
 
-pub use record::{FinishReason, RecordStatus, RequestRecord, StepLogEntry};
+pub use record::{BenchSummary, FinishReason, RecordStatus, RequestRecord, StepLogEntry};
 pub use request::{Request, SamplingParams};
 
 pub use arrival::Arrival;

@@ -82,3 +82,33 @@ pub fn hash_tokens(tokens: &[u32]) -> String {
     }
     h.finalize().to_hex().to_string()
 }
+
+/// What `engine bench --summary` writes: the run's setting and its peaks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchSummary {
+    /// Backend kind ("cpu", "cuda"), device name and compute dtype.
+    pub backend_kind: String,
+    pub device_name: String,
+    pub dtype: String,
+    pub num_kv_blocks: u64,
+    pub block_size: u32,
+    /// Peak resident set of the engine process (VmHWM), when readable.
+    pub peak_rss_bytes: Option<u64>,
+    /// Peak device memory as the backend reports it (CUDA), else None.
+    pub peak_device_memory_bytes: Option<u64>,
+    /// The device peak when there is one, else the RSS peak: the one number
+    /// the pipeline reports as "peak memory".
+    pub peak_memory_bytes: Option<u64>,
+    /// Kernel launches in a decode step, when the backend counts them.
+    pub launches_per_decode_step: Option<u64>,
+    /// Start of the measured phase to the last record.
+    pub measured_duration_s: f64,
+    pub num_requests: u64,
+    pub num_rejected: u64,
+    pub output_tokens: u64,
+    pub num_steps: u64,
+    /// The engine config the run used, as JSON.
+    pub engine_config: serde_json::Value,
+    /// blake3 of the checkpoint's config and weights.
+    pub model_content_hash: String,
+}

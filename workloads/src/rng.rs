@@ -172,8 +172,14 @@ mod tests {
             assert!(xs.iter().all(|&x| x > 0.0));
             let (mean, var) = mean_var(&xs);
             let (m, v) = (shape * scale, shape * scale * scale);
-            assert!((mean - m).abs() < 0.01 * m.max(1.0), "k={shape}: mean {mean} vs {m}");
-            assert!((var - v).abs() < 0.04 * v.max(1.0), "k={shape}: var {var} vs {v}");
+            assert!(
+                (mean - m).abs() < 0.01 * m.max(1.0),
+                "k={shape}: mean {mean} vs {m}"
+            );
+            assert!(
+                (var - v).abs() < 0.04 * v.max(1.0),
+                "k={shape}: var {var} vs {v}"
+            );
         }
     }
 }

@@ -191,14 +191,30 @@ impl WorkloadSpec {
 
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
         if !is_identifier(&self.name) {
-            add("name", format!("`{}` must be non-empty lowercase letters, digits, `-`, `_` or `.`", self.name));
+            add(
+                "name",
+                format!(
+                    "`{}` must be non-empty lowercase letters, digits, `-`, `_` or `.`",
+                    self.name
+                ),
+            );
         } else if stem.as_deref().is_some_and(|s| s != self.name) {
-            add("name", format!("`{}` must equal the file name's stem `{}`", self.name, stem.unwrap_or_default()));
+            add(
+                "name",
+                format!(
+                    "`{}` must equal the file name's stem `{}`",
+                    self.name,
+                    stem.unwrap_or_default()
+                ),
+            );
         }
         if self.requests == 0 {
             add("requests", "must be at least 1".into());
         }
-        for (field, dist) in [("prompt_len", &self.prompt_len), ("output_len", &self.output_len)] {
+        for (field, dist) in [
+            ("prompt_len", &self.prompt_len),
+            ("output_len", &self.output_len),
+        ] {
             for (sub, message) in dist.problems() {
                 add(&format!("{field}.{sub}"), message);
             }
@@ -214,7 +230,10 @@ impl WorkloadSpec {
                 if min <= prefix.length {
                     add(
                         "prefix.length",
-                        format!("must be below the shortest prompt (prompt_len min {min}), got {}", prefix.length),
+                        format!(
+                            "must be below the shortest prompt (prompt_len min {min}), got {}",
+                            prefix.length
+                        ),
                     );
                 }
             }
@@ -224,25 +243,41 @@ impl WorkloadSpec {
         }
         let s = &self.sampling;
         if !(s.temperature.is_finite() && s.temperature >= 0.0) {
-            add("sampling.temperature", format!("must be >= 0, got {}", s.temperature));
+            add(
+                "sampling.temperature",
+                format!("must be >= 0, got {}", s.temperature),
+            );
         }
         if !(s.top_p > 0.0 && s.top_p <= 1.0) {
-            add("sampling.top_p", format!("must be in (0, 1], got {}", s.top_p));
+            add(
+                "sampling.top_p",
+                format!("must be in (0, 1], got {}", s.top_p),
+            );
         }
         if let Some(slo) = &self.slo {
-            let all = [("ttft_ms", slo.ttft_ms), ("tpot_ms", slo.tpot_ms), ("e2el_ms", slo.e2el_ms)];
+            let all = [
+                ("ttft_ms", slo.ttft_ms),
+                ("tpot_ms", slo.tpot_ms),
+                ("e2el_ms", slo.e2el_ms),
+            ];
             if all.iter().all(|(_, v)| v.is_none()) {
                 add("slo", "sets none of ttft_ms, tpot_ms, e2el_ms".into());
             }
             for (name, value) in all {
                 if let Some(v) = value.filter(|v| !(v.is_finite() && *v > 0.0)) {
-                    add(&format!("slo.{name}"), format!("must be a finite number of ms > 0, got {v}"));
+                    add(
+                        &format!("slo.{name}"),
+                        format!("must be a finite number of ms > 0, got {v}"),
+                    );
                 }
             }
         }
         for (metric, fraction) in &self.thresholds {
             if !is_identifier(metric) {
-                add(&format!("thresholds.{metric}"), "is not a metric name".into());
+                add(
+                    &format!("thresholds.{metric}"),
+                    "is not a metric name".into(),
+                );
             } else if !(fraction.is_finite() && *fraction > 0.0 && *fraction < 1.0) {
                 add(
                     &format!("thresholds.{metric}"),
@@ -256,8 +291,7 @@ impl WorkloadSpec {
 
 fn is_identifier(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
 }
 
@@ -298,13 +332,21 @@ arrival = { poisson = { rate = 4.0 } }
     fn semantic_errors_name_line_and_field() {
         let cases = [
             ("rate = 4.0", "rate = 0.0", 9, "arrival.poisson.rate"),
-            ("min = 16, max = 32", "min = 33, max = 32", 7, "prompt_len.uniform.max"),
+            (
+                "min = 16, max = 32",
+                "min = 33, max = 32",
+                7,
+                "prompt_len.uniform.max",
+            ),
             ("{ fixed = 8 }", "{ fixed = 0 }", 8, "output_len.fixed"),
             ("requests = 8", "requests = 0", 5, "requests"),
         ];
         for (from, to, line, field) in cases {
             let e = parse(&GOOD.replace(from, to)).unwrap_err();
-            assert!(e.starts_with(&format!("dir/t.toml:{line}: field `{field}`")), "{e}");
+            assert!(
+                e.starts_with(&format!("dir/t.toml:{line}: field `{field}`")),
+                "{e}"
+            );
         }
     }
 
@@ -319,17 +361,22 @@ arrival = { poisson = { rate = 4.0 } }
         let e = with("[slo]\nttft_ms = -1\n").unwrap_err();
         assert!(e.contains(":11: field `slo.ttft_ms`"), "{e}");
         let e = with("[thresholds]\noutput_throughput = 5\n").unwrap_err();
-        assert!(e.contains(":11: field `thresholds.output_throughput`"), "{e}");
+        assert!(
+            e.contains(":11: field `thresholds.output_throughput`"),
+            "{e}"
+        );
         let e = with("[sampling]\ntop_p = 0.0\n").unwrap_err();
         assert!(e.contains(":11: field `sampling.top_p`"), "{e}");
-        let s = with("[thresholds]\noutput_throughput = 0.05\n[engine]\nmax_num_seqs = 4\n").unwrap();
+        let s =
+            with("[thresholds]\noutput_throughput = 0.05\n[engine]\nmax_num_seqs = 4\n").unwrap();
         assert_eq!(s.thresholds["output_throughput"], 0.05);
         assert_eq!(s.engine.unwrap()["max_num_seqs"].as_integer(), Some(4));
     }
 
     #[test]
     fn closed_loop_exposes_its_concurrency() {
-        let s = parse(&GOOD.replace("{ poisson = { rate = 4.0 } }", "{ concurrency = 8 }")).unwrap();
+        let s =
+            parse(&GOOD.replace("{ poisson = { rate = 4.0 } }", "{ concurrency = 8 }")).unwrap();
         assert_eq!(s.max_concurrency(), Some(8));
     }
 }

@@ -81,8 +81,10 @@ mod tests {
 
     #[test]
     fn suites_parse() {
-        let s = parse("[x]\ndescription = \"d\"\ndevice = \"cpu\"\ntrials = 3\nworkloads = [\"a\", \"b\"]\n")
-            .unwrap();
+        let s = parse(
+            "[x]\ndescription = \"d\"\ndevice = \"cpu\"\ntrials = 3\nworkloads = [\"a\", \"b\"]\n",
+        )
+        .unwrap();
         assert_eq!(s["x"].device, Some(SuiteDevice::Cpu));
         assert_eq!(s["x"].workloads, ["a", "b"]);
     }
@@ -90,7 +92,12 @@ mod tests {
     #[test]
     fn unknown_workloads_are_named_with_the_known_ones() {
         let e = parse("[x]\ndescription = \"d\"\nworkloads = [\"a\",\n  \"c\"]\n").unwrap_err();
-        assert!(e.starts_with("suites.toml:4: field `x.workloads[1]`: unknown workload `c`; known: a, b"), "{e}");
+        assert!(
+            e.starts_with(
+                "suites.toml:4: field `x.workloads[1]`: unknown workload `c`; known: a, b"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
@@ -99,7 +106,8 @@ mod tests {
         assert!(e.starts_with("suites.toml:3: field `x.workloads`"), "{e}");
         let e = parse("[x]\ndescription = \"d\"\nworkload = [\"a\"]\n").unwrap_err();
         assert!(e.starts_with("suites.toml:3: field `x.workload`"), "{e}");
-        let e = parse("[x]\ndescription = \"d\"\ndevice = \"tpu\"\nworkloads = [\"a\"]\n").unwrap_err();
+        let e =
+            parse("[x]\ndescription = \"d\"\ndevice = \"tpu\"\nworkloads = [\"a\"]\n").unwrap_err();
         assert!(e.starts_with("suites.toml:3: field `x.device`"), "{e}");
         let e = parse("[x]\nworkloads = [\"a\"]\n").unwrap_err();
         assert!(e.starts_with("suites.toml:1: field `x.description`"), "{e}");

@@ -1,35 +1,23 @@
-use std::path::PathBuf;
+//! `cargo xtask`: a thin entry point; the work lives in the library.
 
-use clap::{Parser, Subcommand};
-use xtask::store;
+use clap::Parser;
+use xtask::cli::{Cli, Command};
 
-#[derive(Parser)]
-#[command(name = "xtask")]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Look at, check and move what is in the results store.
-    #[command(subcommand)]
-    Store(store::cli::StoreCmd),
-}
-
-/// The workspace root: xtask lives one level below it.
-fn project_root() -> PathBuf {
-    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or(manifest_dir)
-}
-
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let code = match cli.cmd {
-        Cmd::Store(cmd) => store::cli::run(cmd, &project_root().join("results"))?,
+    let root = xtask::repo_root();
+    let result = match cli.command {
+        Command::Bench(args) => xtask::bench::run(&args, &root),
+        Command::Store(cmd) => xtask::store::cli::run(cmd, &root.join("results")),
+        // Wiring point (issue 5), once compare/baseline are on main:
+        //   Command::Compare(args) => xtask::compare::run_cli(args, &root),
+        //   Command::Baseline(cmd) => xtask::baseline::run_cli(cmd, &root),
     };
-    std::process::exit(code);
+    match result {
+        Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -220,8 +220,8 @@ fn print_workload(workload: &WorkloadRun) {
         "wall s".to_string(),
     ];
     header.extend(shown.iter().map(|m| match metric_def(m) {
-        Some(def) => format!("{m} ({})", def.unit),
-        None => m.to_string(),
+        Some(def) if !m.ends_with(&format!("_{}", def.unit)) => format!("{m} ({})", def.unit),
+        _ => m.to_string(),
     }));
     header.push("output hash".to_string());
     let header: Vec<&str> = header.iter().map(String::as_str).collect();

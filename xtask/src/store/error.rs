@@ -7,23 +7,23 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
-    #[error("{action} {path}: {source}")]
+    // The cause is part of the message (and deliberately not a `source`), so
+    // it is printed once whether the error is shown alone or through anyhow.
+    #[error("{action} {path}: {error}")]
     Io {
         action: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     #[error("cannot serialize value for the store: {0}")]
-    Serialize(#[source] serde_json::Error),
+    Serialize(serde_json::Error),
 
-    #[error("object {id} is not a valid {type_name}: {source}")]
+    #[error("object {id} is not a valid {type_name}: {error}")]
     Decode {
         id: String,
         type_name: &'static str,
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 
     #[error(
@@ -79,12 +79,12 @@ impl StoreError {
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
-        source: std::io::Error,
+        error: std::io::Error,
     ) -> Self {
         StoreError::Io {
             action,
             path: path.into(),
-            source,
+            error,
         }
     }
 }

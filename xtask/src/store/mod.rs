@@ -75,10 +75,10 @@ impl Store {
     /// Reads object `id`, refusing it if its bytes no longer hash to `id`.
     pub fn get<T: DeserializeOwned>(&self, id: &str) -> Result<T, StoreError> {
         let bytes = self.objects.read(id)?;
-        serde_json::from_slice(&bytes).map_err(|source| StoreError::Decode {
+        serde_json::from_slice(&bytes).map_err(|error| StoreError::Decode {
             id: id.to_string(),
             type_name: std::any::type_name::<T>(),
-            source,
+            error,
         })
     }
 

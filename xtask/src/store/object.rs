@@ -170,3 +170,49 @@ fn create_temp(dir: &Path) -> Result<(PathBuf, fs::File), StoreError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> (tempfile::TempDir, ObjectDir) {
+        let root = tempfile::tempdir().unwrap();
+        let objects = root.path().join("objects");
+        let tmp = root.path().join("tmp");
+        fs::create_dir_all(&objects).unwrap();
+        fs::create_dir_all(&tmp).unwrap();
+        (root, ObjectDir::new(objects, tmp))
+    }
+
+    #[test]
+    fn objects_are_sharded_by_their_first_two_digits() {
+        let (root, objects) = dir();
+        let id = objects.write(b"[1,2]").unwrap();
+        let expected = root.path().join("objects").join(&id[..2]).join(&id[2..]);
+        assert_eq!(objects.path_of(&id).unwrap(), expected);
+        assert_eq!(fs::read(expected).unwrap(), b"[1,2]");
+        assert_eq!(objects.read(&id).unwrap(), b"[1,2]");
+    }
+
+    #[test]
+    fn walk_separates_objects_from_stray_files() {
+        let (root, objects) = dir();
+        let id = objects.write(b"{}").unwrap();
+        fs::write(root.path().join("objects").join("notes.txt"), b"x").unwrap();
+        fs::write(
+            root.path().join("objects").join(&id[..2]).join("short"),
+            b"x",
+        )
+        .unwrap();
+        let entries = objects.walk().unwrap();
+        let found: Vec<&str> = entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Object { id, .. } => Some(id.as_str()),
+                Entry::Stray(_) => None,
+            })
+            .collect();
+        assert_eq!(found, vec![id.as_str()]);
+        assert_eq!(entries.len(), 3);
+    }
+}

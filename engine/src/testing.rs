@@ -1,0 +1,193 @@
+//! Test support: a deterministic mock [`Backend`] that checks how the
+//! scheduler uses the paged KV cache.
+//!
+//! The mock stores, for every KV slot, which sequence wrote which token at
+//! which position. A sampled token is a function of the tokens *read back
+//! through the block table*, so any paging bug (a block shared by two live
+//! sequences, a stale block after preemption, a missing recompute) changes
+//! the output or fails the step with `InvalidBatch`.
+
+use crate::backend::{Backend, BackendError, BackendInfo, SeqStep};
+use crate::config::{Architecture, DType, ModelConfig};
+use crate::engine_config::EngineConfig;
+use crate::sampler;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    seq_id: u64,
+    pos: usize,
+    token: u32,
+}
+
+pub struct MockBackend {
+    vocab_size: usize,
+    bytes_per_token: usize,
+    block_size: usize,
+    num_slots: usize,
+    /// Written KV slots (sparse: the pool may be large).
+    kv: std::collections::HashMap<usize, Slot>,
+    /// Number of `forward` calls so far.
+    pub forward_calls: u64,
+}
+
+impl MockBackend {
+    pub fn new(vocab_size: usize) -> Self {
+        MockBackend {
+            vocab_size,
+            bytes_per_token: 64,
+            block_size: 0,
+            num_slots: 0,
+            kv: std::collections::HashMap::new(),
+            forward_calls: 0,
+        }
+    }
+
+    /// Logits for the next token after `prefix`: a hash of the whole prefix.
+    pub fn logits(&self, prefix: &[u32]) -> Vec<f32> {
+        let mut h = blake3::Hasher::new();
+        for t in prefix {
+            h.update(&t.to_le_bytes());
+        }
+        let mut out = vec![0.0f32; self.vocab_size];
+        let mut reader = h.finalize_xof();
+        let mut buf = [0u8; 2];
+        for v in &mut out {
+            reader.fill(&mut buf);
+            *v = f32::from(u16::from_le_bytes(buf)) / 4096.0;
+        }
+        out
+    }
+
+    fn run(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<u32>>, BackendError> {
+        let invalid = |m: String| Err(BackendError::InvalidBatch(m));
+        if self.block_size == 0 {
+            return invalid("KV cache not allocated".into());
+        }
+        let mut owners = std::collections::HashMap::new();
+        for s in batch {
+            let end = s.start_pos + s.tokens.len();
+            if s.tokens.is_empty() || s.block_table.len() < end.div_ceil(self.block_size) {
+                return invalid(format!("seq {}: block table too short", s.seq_id));
+            }
+            for &b in s.block_table {
+                if (b as usize + 1) * self.block_size > self.num_slots {
+                    return invalid(format!("seq {}: block {b} out of range", s.seq_id));
+                }
+                if let Some(other) = owners.insert(b, s.seq_id) {
+                    return invalid(format!("block {b} shared by seqs {other} and {}", s.seq_id));
+                }
+            }
+        }
+        let mut prefixes = Vec::new();
+        for s in batch {
+            for (i, &token) in s.tokens.iter().enumerate() {
+                let pos = s.start_pos + i;
+                let slot = s.block_table[pos / self.block_size] as usize * self.block_size
+                    + pos % self.block_size;
+                self.kv.insert(
+                    slot,
+                    Slot {
+                        seq_id: s.seq_id,
+                        pos,
+                        token,
+                    },
+                );
+            }
+            let end = s.start_pos + s.tokens.len();
+            let mut prefix = Vec::with_capacity(end);
+            for pos in 0..end {
+                let slot = s.block_table[pos / self.block_size] as usize * self.block_size
+                    + pos % self.block_size;
+                match self.kv.get(&slot).copied() {
+                    Some(k) if k.seq_id == s.seq_id && k.pos == pos => prefix.push(k.token),
+                    _ => {
+                        return invalid(format!(
+                            "seq {}: position {pos} reads KV it never wrote",
+                            s.seq_id
+                        ))
+                    }
+                }
+            }
+            prefixes.push(prefix);
+        }
+        self.forward_calls += 1;
+        Ok(prefixes)
+    }
+}
+
+impl Backend for MockBackend {
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            kind: "mock".into(),
+            device_name: "mock".into(),
+            dtype: "f32".into(),
+        }
+    }
+    fn kv_block_bytes(&self, block_size: usize) -> usize {
+        self.bytes_per_token * block_size
+    }
+    fn kv_memory_budget(&self, cfg: &EngineConfig) -> Result<u64, BackendError> {
+        Ok(cfg.cpu_kv_cache_bytes)
+    }
+    fn allocate_kv_cache(
+        &mut self,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<(), BackendError> {
+        self.block_size = block_size;
+        self.num_slots = num_blocks * block_size;
+        self.kv.clear();
+        Ok(())
+    }
+    fn forward(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<u32>, BackendError> {
+        let prefixes = self.run(batch)?;
+        Ok(batch
+            .iter()
+            .zip(prefixes)
+            .filter_map(|(s, prefix)| {
+                s.sample
+                    .as_ref()
+                    .map(|spec| sampler::sample(&self.logits(&prefix), spec))
+            })
+            .collect())
+    }
+    fn forward_logits(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>, BackendError> {
+        let prefixes = self.run(batch)?;
+        let mut out = Vec::new();
+        for (s, prefix) in batch.iter().zip(prefixes) {
+            for i in 0..s.tokens.len() {
+                out.push(self.logits(&prefix[..s.start_pos + i + 1]));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A model config for the mock: only vocab, context and EOS matter.
+pub fn mock_model_config(
+    vocab_size: usize,
+    max_position_embeddings: usize,
+    eos: &[u32],
+) -> ModelConfig {
+    ModelConfig {
+        architecture: Architecture::Llama,
+        vocab_size,
+        hidden_size: 8,
+        intermediate_size: 16,
+        num_hidden_layers: 1,
+        num_attention_heads: 1,
+        num_key_value_heads: 1,
+        head_dim: 8,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_scaling: None,
+        max_position_embeddings,
+        tie_word_embeddings: true,
+        attention_bias: false,
+        qk_norm: false,
+        bos_token_id: None,
+        eos_token_ids: eos.to_vec(),
+        torch_dtype: DType::F32,
+        initializer_range: 0.02,
+    }
+}

@@ -1,0 +1,475 @@
+//! `cargo xtask bench`: the flow. Select workloads, build the engine (or
+//! take a prebuilt one), pick the device and model, capture the fingerprint
+//! once, run every workload as repeated trials (one fresh engine process
+//! each), store raw records as each trial finishes and the run at the end,
+//! then report and compare against the baseline.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use workloads::suite::SuiteDevice;
+use workloads::{RequestRecord, StepLogEntry};
+
+use crate::cli::{BenchArgs, DeviceArg};
+use crate::engine_info::{self, EngineInfo};
+use crate::fingerprint::{self, BuildInfo};
+use crate::gpu_monitor::GpuMonitor;
+use crate::metrics;
+use crate::model;
+use crate::progress::Progress;
+use crate::report;
+use crate::run_record::{
+    Fingerprint, RunRecord, TrialStatus, TrialSummary, WorkloadRun, RUN_SCHEMA_VERSION,
+};
+use crate::store::Store;
+use crate::trial::{self, EngineBench, ProcessOutcome, TrialFiles};
+use crate::workload_plan::{self, PlannedWorkload};
+
+pub const DEFAULT_TRIALS_GPU: u32 = 5;
+pub const DEFAULT_TRIALS_CPU: u32 = 3;
+
+pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
+    let catalogue_dir = args
+        .catalogue
+        .clone()
+        .unwrap_or_else(|| root.join("workloads"));
+    let catalogue = workload_plan::load(&catalogue_dir)?;
+    // Unknown names fail now, not after a long build.
+    if args.suite.is_some() || !args.workloads.is_empty() {
+        workload_plan::select(&catalogue, args.suite.as_deref(), &args.workloads, "")?;
+    }
+
+    let (engine, build) = match &args.engine_bin {
+        Some(bin) => {
+            if !bin.is_file() {
+                bail!("--engine-bin {}: no such file", bin.display());
+            }
+            (bin.clone(), BuildInfo::prebuilt(bin))
+        }
+        None => {
+            let built = crate::build::build_engine(root)?;
+            (built.binary, built.info)
+        }
+    };
+    let info = engine_info::query(&engine)?;
+    let device = choose_device(args.device, &info)?;
+    let cuda = device == "cuda";
+
+    let default_suite = if cuda { "pr" } else { "smoke" };
+    let selection = workload_plan::select(
+        &catalogue,
+        args.suite.as_deref(),
+        &args.workloads,
+        default_suite,
+    )?;
+    let sized_for_cuda = selection.suite_device.map(|d| d == SuiteDevice::Cuda);
+    if sized_for_cuda.is_some_and(|c| c != cuda) {
+        eprintln!(
+            "warning: suite {} is sized for {}, and runs on {device} here",
+            selection.suite.as_deref().unwrap_or("?"),
+            if cuda { "cpu" } else { "cuda" }
+        );
+    }
+
+    let monitor = if cuda {
+        GpuMonitor::open()
+    } else {
+        GpuMonitor::none()
+    };
+    let mut gpus = monitor.devices();
+    for g in &mut gpus {
+        g.sm_count = info.sm_count(&g.uuid);
+    }
+    if cuda && gpus.is_empty() {
+        eprintln!(
+            "warning: the engine sees a GPU but NVML does not ({}); the fingerprint has no GPU properties",
+            monitor.unavailable_reason().unwrap_or("unknown")
+        );
+    }
+    let source = fingerprint::source(root, &engine, &build);
+    let host = fingerprint::host();
+    let results = args.results.clone().unwrap_or_else(|| root.join("results"));
+    let store = Store::open(&results)?;
+    let trials = args.trials.or(selection.suite_trials).unwrap_or(if cuda {
+        DEFAULT_TRIALS_GPU
+    } else {
+        DEFAULT_TRIALS_CPU
+    });
+
+    // One run per model: a run has one fingerprint, and the model is in it.
+    let mut outcomes = Vec::new();
+    let mut code = 0;
+    for (model_name, specs) in selection.by_model(args.model.as_deref()) {
+        let model = model::resolve(&model_name, &engine, &root.join(".models"))?;
+        let vocab = model::vocab(&model.dir)?;
+        let planned = specs
+            .iter()
+            .map(|s| workload_plan::plan(s, &vocab))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let fingerprint = Fingerprint {
+            source: source.clone(),
+            host: host.clone(),
+            gpus: gpus.clone(),
+            device: device.to_string(),
+            model: model.name.clone(),
+            model_hash: fingerprint::hash_dir(&model.dir)
+                .with_context(|| format!("hashing the model {}", model.dir.display()))?,
+        };
+        let created_at = chrono::Utc::now();
+        let runner = TrialRunner {
+            engine: engine.clone(),
+            model_dir: model.dir.clone(),
+            device: device.to_string(),
+            trials,
+            timeout: Duration::from_secs_f64(args.timeout_s.max(0.001)),
+            work_dir: work_root(root).join(format!(
+                "{}-{}-{}",
+                created_at.format("%Y%m%dT%H%M%S%.3fZ"),
+                std::process::id(),
+                file_name_safe(&model_name)
+            )),
+            monitor: &monitor,
+        };
+        let header = RunRecord {
+            schema: RUN_SCHEMA_VERSION,
+            created_at: created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            suite: selection.suite.clone(),
+            fingerprint,
+            workloads: Vec::new(),
+        };
+        let outcome = runner.run_all(header, &planned, &store)?;
+        report::print_summary(&outcome.run, &outcome.run_id);
+        println!(
+            "\nstored run {} in {} (engine logs in {})",
+            outcome.run_id,
+            results.display(),
+            runner.work_dir.display()
+        );
+        code = code.max(exit_code(&outcome.run));
+        // WIRING POINT (compare, issue 5; not on main yet): the verdict
+        // against the committed baseline of this run's fingerprint class,
+        // None when there is none. Uncomment once `crate::compare` lands:
+        // if let Some(verdict) =
+        //     crate::compare::against_baseline(&store, &outcome.run_id, &outcome.run, root)?
+        // {
+        //     code = code.max(verdict);
+        // }
+        outcomes.push(outcome);
+    }
+
+    if let Some(path) = &args.json {
+        let runs: Vec<&RunRecord> = outcomes.iter().map(|o| &o.run).collect();
+        match runs.as_slice() {
+            [one] => report::write_json(path, one)?,
+            many => report::write_json(path, &many)?,
+        }
+    }
+    if let Some(dir) = &args.export_vllm {
+        for outcome in &outcomes {
+            export_vllm(dir, outcome)?;
+        }
+    }
+    Ok(code)
+}
+
+/// 0 when every trial succeeded, 1 when any failed or timed out (after
+/// everything was stored and reported).
+fn exit_code(run: &RunRecord) -> i32 {
+    let all_ok = run
+        .workloads
+        .iter()
+        .flat_map(|w| &w.trials)
+        .all(|t| t.status == TrialStatus::Ok);
+    if all_ok {
+        0
+    } else {
+        1
+    }
+}
+
+fn choose_device(arg: DeviceArg, info: &EngineInfo) -> anyhow::Result<&'static str> {
+    Ok(match arg {
+        DeviceArg::Cpu => "cpu",
+        DeviceArg::Auto if info.has_gpu() => "cuda",
+        DeviceArg::Auto => "cpu",
+        DeviceArg::Cuda if info.has_gpu() => "cuda",
+        DeviceArg::Cuda => bail!(
+            "--device cuda, but `engine info` reports no GPU: {}",
+            info.raw
+        ),
+    })
+}
+
+/// `name` with every character that is not alphanumeric, `-` or `.`
+/// replaced by `_` (model names may be paths).
+fn file_name_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Trial files live beside the build outputs (git-ignored), not in the
+/// store: the store keeps the records, these keep the engine's logs.
+fn work_root(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("xtask-bench")
+}
+
+fn export_vllm(dir: &Path, outcome: &BenchOutcome) -> anyhow::Result<()> {
+    for (w, kept) in outcome.run.workloads.iter().zip(&outcome.kept_records) {
+        let Some(trial) = report::median_trial(w) else {
+            eprintln!("warning: no successful trial of {} to export", w.name);
+            continue;
+        };
+        let Some((_, records)) = kept.iter().find(|(i, _)| *i == trial) else {
+            continue;
+        };
+        let value = report::vllm_result(&outcome.run, w, trial, records)?;
+        let path = dir.join(format!("{}.json", w.name));
+        workloads::jsonl::write_bytes_atomic(&path, &serde_json::to_vec_pretty(&value)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// What a finished run left behind.
+pub struct BenchOutcome {
+    pub run_id: String,
+    pub run: RunRecord,
+    /// Per workload, the records of each Ok trial (trial index, records),
+    /// for the vLLM export.
+    pub kept_records: Vec<Vec<(u32, Vec<RequestRecord>)>>,
+}
+
+/// Runs trials: everything they share.
+pub struct TrialRunner<'a> {
+    pub engine: PathBuf,
+    pub model_dir: PathBuf,
+    /// "cpu" or "cuda".
+    pub device: String,
+    pub trials: u32,
+    pub timeout: Duration,
+    /// Each workload gets `<work_dir>/<workload>/`, each trial a folder in it.
+    pub work_dir: PathBuf,
+    pub monitor: &'a GpuMonitor,
+}
+
+impl TrialRunner<'_> {
+    /// Runs every workload's trials into `run` and stores it. Raw records
+    /// are stored as each trial finishes; if the pipeline itself fails
+    /// midway (not a trial: those are recorded), the run is stored with the
+    /// trials finished so far before the error is returned.
+    pub fn run_all(
+        &self,
+        mut run: RunRecord,
+        planned: &[PlannedWorkload],
+        store: &Store,
+    ) -> anyhow::Result<BenchOutcome> {
+        let progress = Progress::new(u64::from(self.trials) * planned.len() as u64);
+        let mut kept_records = Vec::new();
+        for w in planned {
+            let mut kept = Vec::new();
+            let result = self.run_workload(w, store, &progress, &mut run, &mut kept);
+            kept_records.push(kept);
+            if let Err(err) = result {
+                progress.done();
+                return Err(store_partial(store, &run, err));
+            }
+        }
+        progress.done();
+        let run_id = store.add_run(&run).context("storing the run")?;
+        Ok(BenchOutcome {
+            run_id,
+            run,
+            kept_records,
+        })
+    }
+
+    fn run_workload(
+        &self,
+        w: &PlannedWorkload,
+        store: &Store,
+        progress: &Progress,
+        run: &mut RunRecord,
+        kept: &mut Vec<(u32, Vec<RequestRecord>)>,
+    ) -> anyhow::Result<()> {
+        let dir = self.work_dir.join(&w.name);
+        let requests = dir.join("requests.jsonl");
+        workloads::jsonl::write_atomic(&requests, &w.requests)?;
+        let mut engine_config = w.engine_overrides.clone();
+        let config = if engine_config.is_empty() {
+            None
+        } else {
+            let path = dir.join("engine.toml");
+            workloads::jsonl::write_bytes_atomic(
+                &path,
+                toml::to_string(&engine_config)?.as_bytes(),
+            )
+            .with_context(|| format!("writing {}", path.display()))?;
+            Some(path)
+        };
+        engine_config.insert("device".into(), toml::Value::String(self.device.clone()));
+        run.workloads.push(WorkloadRun {
+            name: w.name.clone(),
+            workload_hash: w.requests_hash.clone(),
+            spec: w.spec_json.clone(),
+            engine_config: serde_json::to_value(&engine_config)?,
+            trials: Vec::new(),
+        });
+        let bench = EngineBench {
+            engine: self.engine.clone(),
+            model: self.model_dir.clone(),
+            requests,
+            config,
+            device: self.device.clone(),
+            max_concurrency: w.max_concurrency,
+        };
+        for index in 0..self.trials {
+            progress.start_trial(&w.name, index, self.trials);
+            let files = TrialFiles::in_dir(&dir.join(format!("trial-{index}")));
+            let (summary, records) = self.run_trial(w, &bench, &files, index, store)?;
+            progress.finish_trial(trial_line(&w.name, &summary, self.trials));
+            if let Some(records) = records {
+                kept.push((index, records));
+            }
+            if let Some(last) = run.workloads.last_mut() {
+                last.trials.push(summary);
+            }
+        }
+        Ok(())
+    }
+
+    /// One trial. A failing engine is a recorded outcome; an `Err` here
+    /// means the pipeline itself failed (e.g. the store cannot be written).
+    fn run_trial(
+        &self,
+        w: &PlannedWorkload,
+        bench: &EngineBench,
+        files: &TrialFiles,
+        index: u32,
+        store: &Store,
+    ) -> anyhow::Result<(TrialSummary, Option<Vec<RequestRecord>>)> {
+        // Leftovers of an earlier run in the same folder must not pass for
+        // this trial's output.
+        let _ = std::fs::remove_dir_all(&files.dir);
+        let gpu_before = self.monitor.sample(0);
+        let outcome = trial::run_engine(bench, files, self.timeout, || {});
+        let gpu_after = self.monitor.sample(0);
+        let mut summary = TrialSummary {
+            index,
+            status: TrialStatus::Ok,
+            metrics: Default::default(),
+            output_hash: None,
+            records_object: None,
+            step_log_object: None,
+            gpu_before,
+            gpu_after,
+            wall_s: 0.0,
+        };
+        match outcome {
+            ProcessOutcome::TimedOut { after_s } => {
+                summary.status = TrialStatus::TimedOut { after_s };
+                summary.wall_s = after_s;
+                Ok((summary, None))
+            }
+            ProcessOutcome::Failed { reason, wall_s } => {
+                summary.status = TrialStatus::Failed { reason };
+                summary.wall_s = wall_s;
+                Ok((summary, None))
+            }
+            ProcessOutcome::Exited { wall_s } => {
+                summary.wall_s = wall_s;
+                let (records, steps) = match read_outputs(files) {
+                    Ok(outputs) => outputs,
+                    Err(reason) => {
+                        summary.status = TrialStatus::Failed { reason };
+                        return Ok((summary, None));
+                    }
+                };
+                summary.records_object = Some(store.put(&records).context("storing records")?);
+                summary.step_log_object = Some(store.put(&steps).context("storing the step log")?);
+                match metrics::compute(&records, &steps, peak_memory(files), &w.slos) {
+                    Ok(m) => {
+                        summary.metrics = m.values;
+                        summary.output_hash = Some(m.output_hash);
+                        Ok((summary, Some(records)))
+                    }
+                    Err(e) => {
+                        summary.status = TrialStatus::Failed {
+                            reason: format!("{}: {e}", files.records.display()),
+                        };
+                        Ok((summary, None))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The engine's records and step log; a missing or malformed file is the
+/// trial's failure reason.
+fn read_outputs(files: &TrialFiles) -> Result<(Vec<RequestRecord>, Vec<StepLogEntry>), String> {
+    let records =
+        workloads::jsonl::read::<RequestRecord>(&files.records).map_err(|e| e.to_string())?;
+    let steps = if files.step_log.exists() {
+        workloads::jsonl::read::<StepLogEntry>(&files.step_log).map_err(|e| e.to_string())?
+    } else {
+        Vec::new()
+    };
+    Ok((records, steps))
+}
+
+/// Peak memory from the engine's summary (`peak_memory_bytes`), if it
+/// wrote one.
+fn peak_memory(files: &TrialFiles) -> Option<u64> {
+    let text = std::fs::read_to_string(&files.summary).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("peak_memory_bytes")?.as_u64()
+}
+
+fn trial_line(workload: &str, t: &TrialSummary, trials: u32) -> String {
+    let n = t.index + 1;
+    match &t.status {
+        TrialStatus::Ok => format!(
+            "{workload} trial {n}/{trials}: {:.1} output tok/s, mean TTFT {:.1} ms ({:.1} s)",
+            t.metrics
+                .get("output_throughput")
+                .copied()
+                .unwrap_or(f64::NAN),
+            t.metrics.get("mean_ttft_ms").copied().unwrap_or(f64::NAN),
+            t.wall_s
+        ),
+        TrialStatus::Failed { reason } => {
+            format!("{workload} trial {n}/{trials}: FAILED: {reason}")
+        }
+        TrialStatus::TimedOut { after_s } => {
+            format!("{workload} trial {n}/{trials}: TIMED OUT after {after_s:.1} s")
+        }
+    }
+}
+
+/// Stores what finished before a pipeline error, then returns the error
+/// with the partial run's id (or why it could not be stored) attached.
+fn store_partial(store: &Store, run: &RunRecord, err: anyhow::Error) -> anyhow::Error {
+    let finished = run.workloads.iter().map(|w| w.trials.len()).sum::<usize>();
+    if finished == 0 {
+        return err;
+    }
+    match store.add_run(run) {
+        Ok(id) => err.context(format!(
+            "the run stopped early; its {finished} finished trials are stored as run {id}"
+        )),
+        Err(e) => err.context(format!(
+            "the run stopped early and its {finished} finished trials could not be stored: {e}"
+        )),
+    }
+}

@@ -1,0 +1,83 @@
+//! Release build of the engine through `$CARGO`. The compiler's own messages
+//! go to the terminal; cargo's JSON on stdout tells where the binary landed
+//! (whatever `CARGO_TARGET_DIR` says).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+use crate::fingerprint::BuildInfo;
+
+pub const PROFILE: &str = "release";
+
+pub struct BuiltEngine {
+    pub binary: PathBuf,
+    pub info: BuildInfo,
+}
+
+pub fn build_engine(repo_root: &Path) -> anyhow::Result<BuiltEngine> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("building the engine ({PROFILE}) with {cargo}");
+    let output = duct::cmd(
+        &cargo,
+        [
+            "build",
+            "--release",
+            "--package",
+            "engine",
+            "--bin",
+            "engine",
+            "--message-format=json-render-diagnostics",
+        ],
+    )
+    .dir(repo_root)
+    .stdout_capture()
+    .unchecked()
+    .run()
+    .with_context(|| format!("cannot run {cargo}"))?;
+    if !output.status.success() {
+        bail!(
+            "building the engine failed ({}); cargo's errors are above",
+            output.status
+        );
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let binary = engine_executable(&stdout)
+        .context("cargo built the engine but reported no `engine` executable")?;
+    Ok(BuiltEngine {
+        binary,
+        info: BuildInfo {
+            profile: PROFILE.into(),
+            features: Vec::new(),
+        },
+    })
+}
+
+/// The `executable` of the last compiler-artifact message for the `engine`
+/// binary target.
+fn engine_executable(cargo_json: &str) -> Option<PathBuf> {
+    cargo_json
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "engine")
+        .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .next_back()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_engine_executable() {
+        let json = r#"{"reason":"compiler-artifact","target":{"name":"workloads"},"executable":null}
+{"reason":"compiler-artifact","target":{"name":"engine","kind":["lib"]},"executable":null}
+{"reason":"compiler-artifact","target":{"name":"engine","kind":["bin"]},"executable":"/t/release/engine"}
+{"reason":"build-finished","success":true}"#;
+        assert_eq!(
+            engine_executable(json),
+            Some(PathBuf::from("/t/release/engine"))
+        );
+        assert_eq!(engine_executable("not json"), None);
+    }
+}

@@ -1,0 +1,111 @@
+//! Every flag of `cargo xtask`, declared in one place.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build the engine, run workloads as repeated trials, store the run and
+    /// print a summary.
+    Bench(BenchArgs),
+    /// Look at, check and move what is in the results store.
+    #[command(subcommand)]
+    Store(crate::store::cli::StoreCmd),
+    // Wiring point (compare/baseline, issue 5), once on main:
+    //   /// Compare two runs metric by metric.
+    //   Compare(crate::compare::CompareArgs),
+    //   /// Manage the committed baselines.
+    //   #[command(subcommand)]
+    //   Baseline(crate::baseline::BaselineCmd),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// CUDA when `engine info` reports a GPU, else CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Suite of workloads to run (default: `smoke` on a CPU, `pr` on a GPU).
+    #[arg(long, conflicts_with = "workloads")]
+    pub suite: Option<String>,
+
+    /// Workload to run (repeatable), instead of a suite.
+    #[arg(long = "workload", value_name = "NAME")]
+    pub workloads: Vec<String>,
+
+    /// Model: a synthetic preset name (synthesized into `.models/` on first
+    /// use) or a directory with a Hugging Face checkpoint. Default: the
+    /// workloads' preset, else `tiny`.
+    #[arg(long, value_name = "PRESET|DIR")]
+    pub model: Option<String>,
+
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+
+    /// Trials per workload, each a fresh engine process (default: 5 on a
+    /// GPU, 3 on a CPU).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub trials: Option<u32>,
+
+    /// Use this engine binary instead of building one (for machines
+    /// without cargo).
+    #[arg(long, value_name = "PATH")]
+    pub engine_bin: Option<PathBuf>,
+
+    /// Seconds before a trial's engine process is killed and the trial
+    /// recorded as timed out.
+    #[arg(long, default_value_t = 600.0, value_name = "S")]
+    pub timeout_s: f64,
+
+    /// The content-addressed store (default: `results/` in the workspace).
+    #[arg(long, value_name = "DIR")]
+    pub results: Option<PathBuf>,
+
+    /// Directory of workload specs (default: the workloads crate's catalogue).
+    #[arg(long, value_name = "DIR")]
+    pub catalogue: Option<PathBuf>,
+
+    /// Write the run record as JSON to this file (a list of run records
+    /// when the workloads span several models: one run per model).
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+
+    /// Write one vLLM `--save-result`-style JSON per workload into this
+    /// directory (`<workload>.json`).
+    #[arg(long, value_name = "DIR")]
+    pub export_vllm: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn suite_and_workload_conflict() {
+        let err = Cli::try_parse_from(["x", "bench", "--suite", "a", "--workload", "b"]);
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn zero_trials_is_refused() {
+        assert!(Cli::try_parse_from(["x", "bench", "--trials", "0"]).is_err());
+    }
+}

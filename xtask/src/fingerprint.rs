@@ -1,0 +1,255 @@
+//! The environment a run was measured in, captured once per run: source and
+//! toolchain, host, GPUs. What cannot be read is recorded as "unknown" rather
+//! than guessed (a GPU machine without cargo has no rustc to ask).
+
+use std::io::Read;
+use std::path::Path;
+
+use crate::run_record::{HostFingerprint, SourceFingerprint};
+
+pub const UNKNOWN: &str = "unknown";
+
+/// How the engine binary came to be.
+#[derive(Debug, Clone)]
+pub struct BuildInfo {
+    pub profile: String,
+    pub features: Vec<String>,
+}
+
+impl BuildInfo {
+    /// For a binary handed in with `--engine-bin`: cargo puts release builds
+    /// under `.../release/` and dev builds under `.../debug/`; anything else
+    /// is recorded as unknown.
+    pub fn prebuilt(binary: &Path) -> BuildInfo {
+        let profile = binary
+            .parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .filter(|n| *n == "release" || *n == "debug")
+            .unwrap_or(UNKNOWN);
+        BuildInfo {
+            profile: profile.to_string(),
+            features: Vec::new(),
+        }
+    }
+}
+
+pub fn source(repo_root: &Path, engine_bin: &Path, build: &BuildInfo) -> SourceFingerprint {
+    let git = git_state(repo_root);
+    SourceFingerprint {
+        git_commit: git.as_ref().and_then(|g| g.commit.clone()),
+        git_dirty: git.as_ref().is_some_and(|g| g.diff_hash.is_some()),
+        git_diff_hash: git.and_then(|g| g.diff_hash),
+        rustc_version: tool_version(&std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into())),
+        cargo_version: tool_version(&std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())),
+        build_profile: build.profile.clone(),
+        features: build.features.clone(),
+        engine_binary_hash: hash_file(engine_bin).unwrap_or_else(|_| UNKNOWN.into()),
+        cargo_lock_hash: hash_file(&repo_root.join("Cargo.lock")).ok(),
+    }
+}
+
+struct GitState {
+    commit: Option<String>,
+    /// blake3 of the working tree's changes against HEAD; None when clean.
+    diff_hash: Option<String>,
+}
+
+/// HEAD and the uncommitted changes (tracked diffs and untracked files,
+/// ignored files excluded). None when `root` is not in a git repository,
+/// e.g. a copied tree on the GPU machine.
+fn git_state(root: &Path) -> Option<GitState> {
+    let repo = git2::Repository::discover(root).ok()?;
+    let head = repo.head().ok().and_then(|h| h.peel_to_tree().ok());
+    let commit = repo
+        .head()
+        .ok()
+        .and_then(|h| h.target())
+        .map(|id| id.to_string());
+    let mut opts = git2::DiffOptions::new();
+    opts.include_untracked(true)
+        .recurse_untracked_dirs(true)
+        .show_untracked_content(true);
+    let diff = repo
+        .diff_tree_to_workdir_with_index(head.as_ref(), Some(&mut opts))
+        .ok()?;
+    if diff.deltas().len() == 0 {
+        return Some(GitState {
+            commit,
+            diff_hash: None,
+        });
+    }
+    let mut hasher = blake3::Hasher::new();
+    let printed = diff.print(git2::DiffFormat::Patch, |_, _, line| {
+        hasher.update(&[line.origin() as u8]);
+        hasher.update(line.content());
+        true
+    });
+    let diff_hash = match printed {
+        Ok(()) => hasher.finalize().to_hex().to_string(),
+        Err(_) => UNKNOWN.to_string(),
+    };
+    Some(GitState {
+        commit,
+        diff_hash: Some(diff_hash),
+    })
+}
+
+/// `<tool> --version`'s first line, or "unknown" when it cannot run.
+fn tool_version(tool: &str) -> String {
+    duct::cmd(tool, ["--version"])
+        .stderr_null()
+        .read()
+        .ok()
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| UNKNOWN.into())
+}
+
+pub fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    hash_reader(&mut hasher, std::fs::File::open(path)?)?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// blake3 over every file under `dir` in sorted relative-path order,
+/// names included: the identity of a checkpoint directory.
+pub fn hash_dir(dir: &Path) -> std::io::Result<String> {
+    let mut files = Vec::new();
+    collect_files(dir, dir, &mut files)?;
+    files.sort();
+    let mut hasher = blake3::Hasher::new();
+    for rel in files {
+        let name = rel.to_string_lossy();
+        hasher.update(&(name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        let file = std::fs::File::open(dir.join(&rel))?;
+        hasher.update(&file.metadata()?.len().to_le_bytes());
+        hash_reader(&mut hasher, file)?;
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+fn collect_files(
+    base: &Path,
+    dir: &Path,
+    out: &mut Vec<std::path::PathBuf>,
+) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            collect_files(base, &path, out)?;
+        } else if let Ok(rel) = path.strip_prefix(base) {
+            out.push(rel.to_path_buf());
+        }
+    }
+    Ok(())
+}
+
+fn hash_reader(hasher: &mut blake3::Hasher, mut reader: impl Read) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+pub fn host() -> HostFingerprint {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| UNKNOWN.into());
+    HostFingerprint {
+        cpu_model: cpu_model(&cpuinfo).unwrap_or_else(|| UNKNOWN.into()),
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(0),
+        memory_bytes: mem_total_bytes(&meminfo).unwrap_or(0),
+        os: os_name(&os_release).unwrap_or_else(|| std::env::consts::OS.into()),
+        kernel,
+    }
+}
+
+fn cpu_model(cpuinfo: &str) -> Option<String> {
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+fn mem_total_bytes(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn os_name(os_release: &str) -> Option<String> {
+    let line = os_release.lines().find(|l| l.starts_with("PRETTY_NAME="))?;
+    Some(line["PRETTY_NAME=".len()..].trim_matches('"').to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_files() {
+        let cpu = "processor\t: 0\nmodel name\t: AMD EPYC 9654 96-Core Processor\n";
+        assert_eq!(
+            cpu_model(cpu).as_deref(),
+            Some("AMD EPYC 9654 96-Core Processor")
+        );
+        assert_eq!(
+            mem_total_bytes("MemTotal:       16384 kB\nMemFree: 1 kB\n"),
+            Some(16384 * 1024)
+        );
+        assert_eq!(
+            os_name("NAME=\"Ubuntu\"\nPRETTY_NAME=\"Ubuntu 24.04.1 LTS\"\n").as_deref(),
+            Some("Ubuntu 24.04.1 LTS")
+        );
+        assert_eq!(cpu_model(""), None);
+    }
+
+    #[test]
+    fn dir_hash_sees_names_and_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), b"1").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/b"), b"2").unwrap();
+        let h1 = hash_dir(dir.path()).unwrap();
+        assert_eq!(h1, hash_dir(dir.path()).unwrap());
+        std::fs::write(dir.path().join("sub/b"), b"3").unwrap();
+        let h2 = hash_dir(dir.path()).unwrap();
+        assert_ne!(h1, h2);
+        std::fs::rename(dir.path().join("a"), dir.path().join("c")).unwrap();
+        assert_ne!(h2, hash_dir(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn prebuilt_profile_from_cargo_layout() {
+        let p = BuildInfo::prebuilt(Path::new("/x/target/release/engine"));
+        assert_eq!(p.profile, "release");
+        let p = BuildInfo::prebuilt(Path::new("/opt/engine"));
+        assert_eq!(p.profile, UNKNOWN);
+    }
+
+    #[test]
+    fn missing_tool_is_unknown() {
+        assert_eq!(tool_version("/nonexistent/tool-for-dyno"), UNKNOWN);
+    }
+
+    #[test]
+    fn this_checkout_has_a_commit() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        if let Some(g) = git_state(root) {
+            assert_eq!(g.commit.map(|c| c.len()), Some(40));
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! One trial's records and step log → the metrics of `run_record::metric_catalog`.
+//!
+//! Definitions follow vLLM's benchmark_serving (see DESIGN.md) so numbers
+//! are comparable: TTFT = first token − arrival (queueing included),
+//! E2E = finish − arrival, TPOT = (E2E − TTFT) / (output tokens − 1) per
+//! request with more than one output token, ITL = every gap between
+//! consecutive tokens pooled over requests, queue = scheduled − arrival.
+//! Throughputs are over the benchmark duration, first arrival → last finish.
+//! Percentiles come from an hdrhistogram recorded in microseconds with three
+//! significant digits; means are exact (from the raw values).
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use workloads::{RecordStatus, RequestRecord, StepLogEntry};
+
+/// Service-level objectives for goodput, in milliseconds. A request counts
+/// towards goodput when it meets every objective that is set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Slos {
+    pub ttft_ms: Option<f64>,
+    pub tpot_ms: Option<f64>,
+    pub e2el_ms: Option<f64>,
+}
+
+impl Slos {
+    pub fn is_empty(&self) -> bool {
+        self.ttft_ms.is_none() && self.tpot_ms.is_none() && self.e2el_ms.is_none()
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum MetricsError {
+    #[error("no request completed ({rejected} rejected, {total} in all)")]
+    NothingCompleted { rejected: usize, total: usize },
+    #[error("record {id} is ok but has no {field}")]
+    MissingTime { id: u64, field: &'static str },
+    #[error("record {id}: {message}")]
+    Inconsistent { id: u64, message: String },
+}
+
+/// What one trial measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrialMetrics {
+    /// Catalogue metric name → value.
+    pub values: BTreeMap<String, f64>,
+    pub completed: usize,
+    /// Rejected requests: counted here, kept out of every latency.
+    pub rejected: usize,
+    /// blake3 over every record's `output_hash` in id order.
+    pub output_hash: String,
+}
+
+/// Per-request latencies of the completed requests, in seconds (the vLLM
+/// export needs them raw; the metrics summarise them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Latencies {
+    pub ttft_s: Vec<f64>,
+    pub tpot_s: Vec<f64>,
+    /// Per request, its gaps between consecutive tokens.
+    pub itl_s: Vec<Vec<f64>>,
+    pub e2el_s: Vec<f64>,
+    pub queue_s: Vec<f64>,
+}
+
+pub fn latencies(completed: &[&RequestRecord]) -> Result<Latencies, MetricsError> {
+    let mut out = Latencies::default();
+    for r in completed {
+        let first = r.first_token_s.ok_or(MetricsError::MissingTime {
+            id: r.id,
+            field: "first_token_s",
+        })?;
+        let finish = r.finish_s.ok_or(MetricsError::MissingTime {
+            id: r.id,
+            field: "finish_s",
+        })?;
+        let scheduled = r.scheduled_s.ok_or(MetricsError::MissingTime {
+            id: r.id,
+            field: "scheduled_s",
+        })?;
+        if finish < r.arrival_s || first < r.arrival_s {
+            return Err(MetricsError::Inconsistent {
+                id: r.id,
+                message: "a token time precedes the arrival".into(),
+            });
+        }
+        let ttft = first - r.arrival_s;
+        let e2el = finish - r.arrival_s;
+        out.ttft_s.push(ttft);
+        out.e2el_s.push(e2el);
+        out.queue_s.push(scheduled - r.arrival_s);
+        if r.output_len > 1 {
+            out.tpot_s.push((e2el - ttft) / f64::from(r.output_len - 1));
+        }
+        out.itl_s
+            .push(r.token_times_s.windows(2).map(|w| w[1] - w[0]).collect());
+    }
+    Ok(out)
+}
+
+/// Computes a trial's metrics. `peak_memory_bytes` comes from the engine's
+/// summary; goodput is reported only when `slos` sets an objective.
+pub fn compute(
+    records: &[RequestRecord],
+    steps: &[StepLogEntry],
+    peak_memory_bytes: Option<u64>,
+    slos: &Slos,
+) -> Result<TrialMetrics, MetricsError> {
+    let completed: Vec<&RequestRecord> = records
+        .iter()
+        .filter(|r| r.status == RecordStatus::Ok)
+        .collect();
+    let rejected = records.len() - completed.len();
+    if completed.is_empty() {
+        return Err(MetricsError::NothingCompleted {
+            rejected,
+            total: records.len(),
+        });
+    }
+    let lat = latencies(&completed)?;
+    let mut values = BTreeMap::new();
+
+    let first_arrival = completed
+        .iter()
+        .map(|r| r.arrival_s)
+        .fold(f64::INFINITY, f64::min);
+    let last_finish = completed
+        .iter()
+        .filter_map(|r| r.finish_s)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let duration = last_finish - first_arrival;
+    if duration <= 0.0 {
+        return Err(MetricsError::Inconsistent {
+            id: completed[0].id,
+            message: format!("benchmark duration is {duration} s"),
+        });
+    }
+    let input_tokens: u64 = completed.iter().map(|r| u64::from(r.prompt_len)).sum();
+    let output_tokens: u64 = completed.iter().map(|r| u64::from(r.output_len)).sum();
+    values.insert("duration_s".into(), duration);
+    values.insert(
+        "request_throughput".into(),
+        completed.len() as f64 / duration,
+    );
+    values.insert("output_throughput".into(), output_tokens as f64 / duration);
+    values.insert(
+        "total_token_throughput".into(),
+        (input_tokens + output_tokens) as f64 / duration,
+    );
+
+    if !slos.is_empty() {
+        let good = (0..completed.len())
+            .filter(|&i| meets_slos(&lat, completed[i], i, slos))
+            .count();
+        values.insert("request_goodput".into(), good as f64 / duration);
+    }
+
+    let itl: Vec<f64> = lat.itl_s.iter().flatten().copied().collect();
+    for (base, samples) in [
+        ("ttft", &lat.ttft_s),
+        ("tpot", &lat.tpot_s),
+        ("itl", &itl),
+        ("e2el", &lat.e2el_s),
+        ("queue", &lat.queue_s),
+    ] {
+        insert_distribution(&mut values, base, samples);
+    }
+
+    let busy: Vec<&StepLogEntry> = steps.iter().filter(|s| s.batch_size > 0).collect();
+    if !busy.is_empty() {
+        let step_s: Vec<f64> = busy.iter().map(|s| s.duration_s).collect();
+        values.insert("mean_step_ms".into(), mean(&step_s) * 1e3);
+        values.insert("p99_step_ms".into(), percentiles_ms(&step_s, &[0.99])[0]);
+        let sizes: Vec<f64> = busy.iter().map(|s| f64::from(s.batch_size)).collect();
+        values.insert("mean_batch_size".into(), mean(&sizes));
+        values.insert(
+            "max_batch_size".into(),
+            sizes.iter().copied().fold(0.0, f64::max),
+        );
+    }
+    if let Some(bytes) = peak_memory_bytes {
+        values.insert("peak_memory_bytes".into(), bytes as f64);
+    }
+
+    Ok(TrialMetrics {
+        values,
+        completed: completed.len(),
+        rejected,
+        output_hash: output_hash(records),
+    })
+}
+
+/// blake3 over each record's `output_hash` (hex text) in request-id order:
+/// one hash that changes when any request's output changes.
+pub fn output_hash(records: &[RequestRecord]) -> String {
+    let mut sorted: Vec<&RequestRecord> = records.iter().collect();
+    sorted.sort_by_key(|r| r.id);
+    let mut h = blake3::Hasher::new();
+    for r in sorted {
+        h.update(&r.id.to_le_bytes());
+        h.update(r.output_hash.as_bytes());
+    }
+    h.finalize().to_hex().to_string()
+}
+
+fn meets_slos(lat: &Latencies, record: &RequestRecord, i: usize, slos: &Slos) -> bool {
+    let within = |limit: Option<f64>, value_s: Option<f64>| match (limit, value_s) {
+        (Some(ms), Some(v)) => v * 1e3 <= ms,
+        _ => true,
+    };
+    let tpot = if record.output_len > 1 {
+        let ttft = lat.ttft_s[i];
+        Some((lat.e2el_s[i] - ttft) / f64::from(record.output_len - 1))
+    } else {
+        None
+    };
+    within(slos.ttft_ms, Some(lat.ttft_s[i]))
+        && within(slos.tpot_ms, tpot)
+        && within(slos.e2el_ms, Some(lat.e2el_s[i]))
+}
+
+fn insert_distribution(values: &mut BTreeMap<String, f64>, base: &str, samples_s: &[f64]) {
+    if samples_s.is_empty() {
+        return;
+    }
+    values.insert(format!("mean_{base}_ms"), mean(samples_s) * 1e3);
+    let qs = [0.50, 0.90, 0.95, 0.99];
+    for (q, v) in qs.iter().zip(percentiles_ms(samples_s, &qs)) {
+        values.insert(format!("p{}_{base}_ms", (q * 100.0).round()), v);
+    }
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len() as f64
+}
+
+/// Quantiles of `samples_s` (seconds) in milliseconds, through an
+/// hdrhistogram of microseconds with 3 significant digits.
+pub fn percentiles_ms(samples_s: &[f64], quantiles: &[f64]) -> Vec<f64> {
+    // Up to ~11.6 days in microseconds: longer latencies saturate.
+    let mut h = match Histogram::<u64>::new_with_bounds(1, 1_000_000_000_000, 3) {
+        Ok(h) => h,
+        // Only invalid bounds or sigfig > 5 fail, and these are constants.
+        Err(_) => return vec![f64::NAN; quantiles.len()],
+    };
+    for s in samples_s {
+        let us = (s * 1e6).round().max(0.0) as u64;
+        h.saturating_record(us);
+    }
+    quantiles
+        .iter()
+        .map(|&q| h.value_at_quantile(q) as f64 / 1e3)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use workloads::FinishReason;
+
+    /// A completed request arriving at `arrival`, scheduled at `sched`, with
+    /// tokens at `times`.
+    fn rec(id: u64, arrival: f64, sched: f64, times: &[f64], prompt_len: u32) -> RequestRecord {
+        RequestRecord {
+            id,
+            status: RecordStatus::Ok,
+            arrival_s: arrival,
+            scheduled_s: Some(sched),
+            first_token_s: times.first().copied(),
+            token_times_s: times.to_vec(),
+            finish_s: times.last().copied(),
+            finish_reason: FinishReason::Length,
+            prompt_len,
+            output_len: times.len() as u32,
+            preemptions: 0,
+            output_hash: format!("h{id}"),
+            output_token_ids: vec![],
+        }
+    }
+
+    fn rejected(id: u64) -> RequestRecord {
+        RequestRecord {
+            id,
+            status: RecordStatus::Rejected {
+                reason: "too long".into(),
+            },
+            arrival_s: 0.0,
+            scheduled_s: None,
+            first_token_s: None,
+            token_times_s: vec![],
+            finish_s: None,
+            finish_reason: FinishReason::Rejected,
+            prompt_len: 9999,
+            output_len: 0,
+            preemptions: 0,
+            output_hash: String::new(),
+            output_token_ids: vec![],
+        }
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-9 + 1e-3 * b.abs()
+    }
+
+    #[test]
+    fn two_requests_known_answers() {
+        // r0: arrives 0.0, scheduled 0.1, tokens at 0.5, 0.6, 0.8 (3 tokens).
+        // r1: arrives 1.0, scheduled 1.0, tokens at 1.2, 1.3 (2 tokens).
+        let records = vec![
+            rec(0, 0.0, 0.1, &[0.5, 0.6, 0.8], 10),
+            rec(1, 1.0, 1.0, &[1.2, 1.3], 20),
+        ];
+        let m = compute(&records, &[], None, &Slos::default()).unwrap();
+        let v = &m.values;
+        // Duration: first arrival 0.0 → last finish 1.3.
+        assert!(close(v["duration_s"], 1.3));
+        assert!(close(v["request_throughput"], 2.0 / 1.3));
+        assert!(close(v["output_throughput"], 5.0 / 1.3));
+        assert!(close(v["total_token_throughput"], 35.0 / 1.3));
+        // TTFT 500 and 200 ms.
+        assert!(close(v["mean_ttft_ms"], 350.0));
+        // E2E 800 and 300 ms.
+        assert!(close(v["mean_e2el_ms"], 550.0));
+        // TPOT (800-500)/2 = 150 and (300-200)/1 = 100.
+        assert!(close(v["mean_tpot_ms"], 125.0));
+        // ITL pooled: 100, 200, 100 ms.
+        assert!(close(v["mean_itl_ms"], 400.0 / 3.0));
+        assert!(close(v["p50_itl_ms"], 100.0), "{v:?}");
+        assert!(close(v["p99_itl_ms"], 200.0));
+        // Queue 100 and 0 ms.
+        assert!(close(v["mean_queue_ms"], 50.0));
+        assert!(close(v["p99_queue_ms"], 100.0));
+        assert!(!v.contains_key("request_goodput"));
+        assert_eq!(m.completed, 2);
+        assert_eq!(m.rejected, 0);
+    }
+
+    #[test]
+    fn percentiles_of_one_to_hundred_ms() {
+        let samples: Vec<f64> = (1..=100).map(|i| i as f64 / 1e3).collect();
+        let p = percentiles_ms(&samples, &[0.5, 0.9, 0.95, 0.99]);
+        for (got, want) in p.iter().zip([50.0, 90.0, 95.0, 99.0]) {
+            assert!(close(*got, want), "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn rejected_requests_are_counted_and_kept_out_of_latency() {
+        let records = vec![rec(0, 0.0, 0.0, &[0.1, 0.2], 4), rejected(1)];
+        let m = compute(&records, &[], None, &Slos::default()).unwrap();
+        assert_eq!((m.completed, m.rejected), (1, 1));
+        assert!(close(m.values["mean_ttft_ms"], 100.0));
+        // Rejected prompt tokens do not count towards throughput.
+        assert!(close(m.values["total_token_throughput"], 6.0 / 0.2));
+    }
+
+    #[test]
+    fn all_rejected_is_an_error() {
+        let err = compute(&[rejected(0)], &[], None, &Slos::default()).unwrap_err();
+        assert_eq!(
+            err,
+            MetricsError::NothingCompleted {
+                rejected: 1,
+                total: 1
+            }
+        );
+    }
+
+    #[test]
+    fn goodput_counts_requests_meeting_every_slo() {
+        let records = vec![
+            rec(0, 0.0, 0.0, &[0.5, 0.6, 0.8], 1), // ttft 500, tpot 150
+            rec(1, 1.0, 1.0, &[1.2, 1.3], 1),      // ttft 200, tpot 100
+        ];
+        let slos = Slos {
+            ttft_ms: Some(300.0),
+            tpot_ms: Some(200.0),
+            e2el_ms: None,
+        };
+        let m = compute(&records, &[], None, &slos).unwrap();
+        assert!(close(m.values["request_goodput"], 1.0 / 1.3));
+    }
+
+    #[test]
+    fn step_stats_skip_idle_steps() {
+        let step = |i: u64, dur: f64, bs: u32| StepLogEntry {
+            step: i,
+            start_s: i as f64,
+            duration_s: dur,
+            batch_size: bs,
+            prefill_tokens: 0,
+            decode_tokens: bs,
+            num_waiting: 0,
+            kv_blocks_used: 0,
+            kv_blocks_total: 1,
+            preempted: 0,
+        };
+        let steps = vec![step(0, 0.010, 2), step(1, 0.020, 4), step(2, 0.5, 0)];
+        let records = vec![rec(0, 0.0, 0.0, &[0.1], 1)];
+        let m = compute(&records, &steps, Some(1234), &Slos::default()).unwrap();
+        assert!(close(m.values["mean_step_ms"], 15.0));
+        assert!(close(m.values["p99_step_ms"], 20.0));
+        assert!(close(m.values["mean_batch_size"], 3.0));
+        assert_eq!(m.values["max_batch_size"], 4.0);
+        assert_eq!(m.values["peak_memory_bytes"], 1234.0);
+        // One output token: no TPOT sample, no ITL gap.
+        assert!(!m.values.contains_key("mean_tpot_ms"));
+        assert!(!m.values.contains_key("mean_itl_ms"));
+    }
+
+    #[test]
+    fn output_hash_ignores_record_order_and_sees_changes() {
+        let a = vec![rec(0, 0.0, 0.0, &[0.1], 1), rec(1, 0.0, 0.0, &[0.1], 1)];
+        let b = vec![a[1].clone(), a[0].clone()];
+        assert_eq!(output_hash(&a), output_hash(&b));
+        let mut c = a.clone();
+        c[1].output_hash = "other".into();
+        assert_ne!(output_hash(&a), output_hash(&c));
+    }
+
+    #[test]
+    fn every_metric_name_is_in_the_catalogue() {
+        let slos = Slos {
+            ttft_ms: Some(1.0),
+            ..Slos::default()
+        };
+        let steps = vec![StepLogEntry {
+            step: 0,
+            start_s: 0.0,
+            duration_s: 0.01,
+            batch_size: 1,
+            prefill_tokens: 1,
+            decode_tokens: 0,
+            num_waiting: 0,
+            kv_blocks_used: 1,
+            kv_blocks_total: 1,
+            preempted: 0,
+        }];
+        let records = vec![rec(0, 0.0, 0.0, &[0.1, 0.2, 0.3], 1)];
+        let m = compute(&records, &steps, Some(1), &slos).unwrap();
+        let names: Vec<&str> = crate::run_record::metric_catalog()
+            .iter()
+            .map(|d| d.name)
+            .collect();
+        for k in m.values.keys() {
+            assert!(names.contains(&k.as_str()), "{k} not in catalogue");
+        }
+        assert_eq!(m.values.len(), names.len());
+    }
+
+    #[test]
+    fn missing_first_token_is_an_error() {
+        let mut r = rec(3, 0.0, 0.0, &[0.1], 1);
+        r.first_token_s = None;
+        let err = compute(&[r], &[], None, &Slos::default()).unwrap_err();
+        assert_eq!(
+            err,
+            MetricsError::MissingTime {
+                id: 3,
+                field: "first_token_s"
+            }
+        );
+    }
+}

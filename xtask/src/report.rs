@@ -1,0 +1,328 @@
+//! What a run says to people and to other tools: a summary table per
+//! workload (mean ± stdev across trials and the coefficient of variation,
+//! in the hyperfine/criterion spirit: what was measured, how many trials,
+//! how spread), the run record as JSON, and a vLLM `--save-result` export.
+
+use std::path::Path;
+
+use anyhow::Context;
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
+use serde_json::{json, Value};
+use statrs::statistics::Statistics;
+use workloads::{RecordStatus, RequestRecord};
+
+use crate::metrics::{self, Latencies};
+use crate::run_record::{metric_def, RunRecord, TrialStatus, WorkloadRun};
+
+/// Above this coefficient of variation a metric is flagged as noisy.
+pub const HIGH_CV: f64 = 0.05;
+
+/// The metrics shown in the terminal, in order.
+const SHOWN: &[&str] = &[
+    "output_throughput",
+    "total_token_throughput",
+    "request_throughput",
+    "request_goodput",
+    "mean_ttft_ms",
+    "p99_ttft_ms",
+    "mean_tpot_ms",
+    "p99_tpot_ms",
+    "mean_itl_ms",
+    "p99_itl_ms",
+    "mean_e2el_ms",
+    "p99_e2el_ms",
+    "mean_queue_ms",
+    "mean_step_ms",
+    "mean_batch_size",
+    "peak_memory_bytes",
+];
+
+/// Mean, sample standard deviation and coefficient of variation of the
+/// values a metric took across the successful trials.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub n: usize,
+    pub mean: f64,
+    pub stdev: f64,
+    pub cv: f64,
+}
+
+pub fn spread(values: &[f64]) -> Option<Spread> {
+    if values.is_empty() {
+        return None;
+    }
+    let mean = values.mean();
+    let stdev = if values.len() > 1 {
+        values.std_dev()
+    } else {
+        0.0
+    };
+    let cv = if mean != 0.0 { stdev / mean.abs() } else { 0.0 };
+    Some(Spread {
+        n: values.len(),
+        mean,
+        stdev,
+        cv,
+    })
+}
+
+/// A metric's value in every Ok trial.
+pub fn trial_values(w: &WorkloadRun, metric: &str) -> Vec<f64> {
+    w.trials
+        .iter()
+        .filter(|t| t.status == TrialStatus::Ok)
+        .filter_map(|t| t.metrics.get(metric).copied())
+        .collect()
+}
+
+/// The table and the warnings for one workload.
+pub fn workload_summary(w: &WorkloadRun) -> (Table, Vec<String>) {
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_header(vec!["metric", "mean", "± stdev", "CV", "unit", "trials"]);
+    let mut warnings = Vec::new();
+    for name in SHOWN {
+        let Some(s) = spread(&trial_values(w, name)) else {
+            continue;
+        };
+        let unit = metric_def(name).map(|d| d.unit).unwrap_or("");
+        let noisy = s.n > 1 && s.cv > HIGH_CV;
+        if noisy {
+            warnings.push(format!(
+                "{name} varies by {:.1}% across trials (CV > {:.0}%): treat it with care",
+                s.cv * 100.0,
+                HIGH_CV * 100.0
+            ));
+        }
+        table.add_row(vec![
+            Cell::new(name),
+            Cell::new(format_value(s.mean)).set_alignment(CellAlignment::Right),
+            Cell::new(format_value(s.stdev)).set_alignment(CellAlignment::Right),
+            Cell::new(format!(
+                "{:.1}%{}",
+                s.cv * 100.0,
+                if noisy { " !" } else { "" }
+            ))
+            .set_alignment(CellAlignment::Right),
+            Cell::new(unit),
+            Cell::new(s.n).set_alignment(CellAlignment::Right),
+        ]);
+    }
+    for t in &w.trials {
+        match &t.status {
+            TrialStatus::Ok => {}
+            TrialStatus::Failed { reason } => {
+                warnings.push(format!("trial {} failed: {reason}", t.index + 1))
+            }
+            TrialStatus::TimedOut { after_s } => warnings.push(format!(
+                "trial {} timed out after {after_s:.1} s and was killed",
+                t.index + 1
+            )),
+        }
+    }
+    let mut hashes: Vec<&str> = w
+        .trials
+        .iter()
+        .filter_map(|t| t.output_hash.as_deref())
+        .collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    if hashes.len() > 1 {
+        warnings.push(format!(
+            "the trials produced {} different outputs (output hashes differ)",
+            hashes.len()
+        ));
+    }
+    (table, warnings)
+}
+
+fn format_value(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1e6 {
+        format!("{v:.4e}")
+    } else if a >= 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// Prints every workload's summary to stdout.
+pub fn print_summary(run: &RunRecord, run_id: &str) {
+    let f = &run.fingerprint;
+    let target = match f.gpus.first() {
+        Some(g) => format!("{} ({})", g.name, f.device),
+        None => format!("{} ({})", f.host.cpu_model, f.device),
+    };
+    println!();
+    println!(
+        "run {run_id}  model {}  on {target}  commit {}{}",
+        f.model,
+        f.source.git_commit.as_deref().map(short).unwrap_or("none"),
+        if f.source.git_dirty { " (dirty)" } else { "" }
+    );
+    for w in &run.workloads {
+        let ok = w
+            .trials
+            .iter()
+            .filter(|t| t.status == TrialStatus::Ok)
+            .count();
+        println!();
+        println!(
+            "workload {}: {ok} of {} trials ok, each a fresh engine process; mean ± stdev across trials",
+            w.name,
+            w.trials.len()
+        );
+        let (table, warnings) = workload_summary(w);
+        println!("{table}");
+        for warning in warnings {
+            println!("warning: {warning}");
+        }
+    }
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+/// Writes `value` (a run record, or a list of them) as pretty JSON.
+pub fn write_json<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -> anyhow::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value)?;
+    workloads::jsonl::write_bytes_atomic(path, &bytes)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The Ok trial whose output throughput is the median of the workload's
+/// trials: the one exported as "the" benchmark result.
+pub fn median_trial(w: &WorkloadRun) -> Option<u32> {
+    let mut ok: Vec<(f64, u32)> = w
+        .trials
+        .iter()
+        .filter(|t| t.status == TrialStatus::Ok)
+        .filter_map(|t| t.metrics.get("output_throughput").map(|v| (*v, t.index)))
+        .collect();
+    ok.sort_by(|a, b| a.0.total_cmp(&b.0));
+    ok.get(ok.len().saturating_sub(1) / 2).map(|(_, i)| *i)
+}
+
+/// One trial as vLLM's `benchmark_serving.py --save-result` would have
+/// written it, so dashboards that read those files read ours. Times in the
+/// per-request lists are seconds, summaries milliseconds, as in vLLM.
+pub fn vllm_result(
+    run: &RunRecord,
+    w: &WorkloadRun,
+    trial: u32,
+    records: &[RequestRecord],
+) -> anyhow::Result<Value> {
+    let t = w
+        .trials
+        .iter()
+        .find(|t| t.index == trial)
+        .context("no such trial")?;
+    let mut sorted: Vec<&RequestRecord> = records.iter().collect();
+    sorted.sort_by_key(|r| r.id);
+    let completed: Vec<&RequestRecord> = sorted
+        .iter()
+        .copied()
+        .filter(|r| r.status == RecordStatus::Ok)
+        .collect();
+    let lat: Latencies = metrics::latencies(&completed)?;
+    let m = |k: &str| t.metrics.get(k).copied();
+    // Per-request lists cover every request, as in vLLM: a rejected one has
+    // TTFT 0 and no gaps (`completed` keeps the id order of `sorted`).
+    let (mut ttfts, mut itls) = (Vec::new(), Vec::new());
+    let mut next = 0;
+    for r in &sorted {
+        if r.status == RecordStatus::Ok {
+            ttfts.push(lat.ttft_s[next]);
+            itls.push(lat.itl_s[next].clone());
+            next += 1;
+        } else {
+            ttfts.push(0.0);
+            itls.push(Vec::new());
+        }
+    }
+    let mut out = json!({
+        "date": run.created_at,
+        "backend": format!("dyno-{}", run.fingerprint.device),
+        "model_id": run.fingerprint.model,
+        "tokenizer_id": run.fingerprint.model,
+        "num_prompts": records.len(),
+        "max_concurrency": w.spec.get("arrival").and_then(|a| a.get("concurrency")).cloned(),
+        "duration": m("duration_s"),
+        "completed": completed.len(),
+        "failed": records.len() - completed.len(),
+        "total_input_tokens": completed.iter().map(|r| u64::from(r.prompt_len)).sum::<u64>(),
+        "total_output_tokens": completed.iter().map(|r| u64::from(r.output_len)).sum::<u64>(),
+        "request_throughput": m("request_throughput"),
+        "request_goodput": m("request_goodput"),
+        "output_throughput": m("output_throughput"),
+        "total_token_throughput": m("total_token_throughput"),
+        "input_lens": sorted.iter().map(|r| r.prompt_len).collect::<Vec<_>>(),
+        "output_lens": sorted.iter().map(|r| r.output_len).collect::<Vec<_>>(),
+        "ttfts": ttfts,
+        "itls": itls,
+        "errors": sorted.iter().map(|r| match &r.status {
+            RecordStatus::Ok => String::new(),
+            RecordStatus::Rejected { reason } => reason.clone(),
+        }).collect::<Vec<_>>(),
+        "dyno_workload": w.name,
+        "dyno_trial": trial,
+        "dyno_trials": w.trials.len(),
+    });
+    let itl: Vec<f64> = lat.itl_s.iter().flatten().copied().collect();
+    for (base, samples) in [
+        ("ttft", &lat.ttft_s),
+        ("tpot", &lat.tpot_s),
+        ("itl", &itl),
+        ("e2el", &lat.e2el_s),
+    ] {
+        let ms: Vec<f64> = samples.iter().map(|s| s * 1e3).collect();
+        let median = metrics::percentiles_ms(samples, &[0.5])[0];
+        let fields = [
+            (format!("mean_{base}_ms"), spread(&ms).map(|s| s.mean)),
+            (format!("median_{base}_ms"), Some(median)),
+            (format!("std_{base}_ms"), Some(population_std(&ms))),
+            (format!("p90_{base}_ms"), m(&format!("p90_{base}_ms"))),
+            (format!("p95_{base}_ms"), m(&format!("p95_{base}_ms"))),
+            (format!("p99_{base}_ms"), m(&format!("p99_{base}_ms"))),
+        ];
+        for (k, v) in fields {
+            out[k] = json!(v.filter(|_| !samples.is_empty()));
+        }
+    }
+    Ok(out)
+}
+
+/// numpy's `std` (population), which vLLM reports.
+fn population_std(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        0.0
+    } else {
+        xs.population_std_dev()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_known_answers() {
+        let s = spread(&[9.0, 10.0, 11.0]).unwrap();
+        assert_eq!(s.n, 3);
+        assert!((s.mean - 10.0).abs() < 1e-12);
+        assert!((s.stdev - 1.0).abs() < 1e-12);
+        assert!((s.cv - 0.1).abs() < 1e-12);
+        let one = spread(&[5.0]).unwrap();
+        assert_eq!((one.stdev, one.cv), (0.0, 0.0));
+        assert!(spread(&[]).is_none());
+    }
+
+    #[test]
+    fn population_std_matches_numpy() {
+        // numpy.std([1, 2, 3, 4]) = 1.118033988749895
+        assert!((population_std(&[1.0, 2.0, 3.0, 4.0]) - 1.118033988749895).abs() < 1e-12);
+    }
+}

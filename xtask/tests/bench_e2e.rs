@@ -1,0 +1,292 @@
+//! `cargo xtask bench`'s whole flow against a fake engine: a shell script
+//! that answers `info --json` and, for `bench`, writes plausible records, or
+//! crashes, hangs or writes garbage, as its plan file says for each trial.
+//! No real engine, model or GPU is needed.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use workloads::RequestRecord;
+use xtask::cli::{BenchArgs, Cli, Command};
+use xtask::run_record::{RunRecord, TrialStatus};
+use xtask::store::Store;
+
+const FAKE_ENGINE: &str = r#"#!/bin/sh
+# Stand-in for `engine`. Trial k (counted in ./count) does line k of ./plan:
+# ok | crash | hang | garbage | block (ok, then make the next workload's
+# folder unwritable: a failure of the pipeline itself, not of a trial).
+here=$(dirname "$0")
+case "$1" in
+  info) echo '{"backend":"cpu","gpus":[]}'; exit 0 ;;
+  bench) shift ;;
+  *) echo "fake engine: unknown command $1" >&2; exit 2 ;;
+esac
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --requests) req=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    --step-log) steps=$2; shift 2 ;;
+    --summary) summary=$2; shift 2 ;;
+    *) shift ;;
+  esac
+done
+n=$(cat "$here/count" 2>/dev/null || echo 0); n=$((n + 1)); echo "$n" > "$here/count"
+mode=$(sed -n "${n}p" "$here/plan")
+case "$mode" in
+  crash) echo "fake engine: CUDA error: out of memory" >&2; exit 101 ;;
+  hang) exec sleep 60 ;;
+  garbage) echo "not json" > "$out"; exit 0 ;;
+  block) run_dir=$(dirname "$(dirname "$(dirname "$out")")"); touch "$run_dir/fake2" ;;
+esac
+# Each trial a little slower than the last, so trials spread.
+awk -v k="$n" '
+  /"warmup":true/ { next }
+  {
+    match($0, /"id":[0-9]+/); id = substr($0, RSTART + 5, RLENGTH - 5) + 0
+    f = 1 + 0.01 * k; a = id * 0.01; s = a + 0.001 * f
+    t1 = s + 0.010 * f; t2 = t1 + 0.005 * f; t3 = t2 + 0.005 * f
+    printf "{\"id\":%d,\"status\":{\"kind\":\"ok\"},\"arrival_s\":%.6f,\"scheduled_s\":%.6f,", id, a, s
+    printf "\"first_token_s\":%.6f,\"token_times_s\":[%.6f,%.6f,%.6f],\"finish_s\":%.6f,", t1, t1, t2, t3, t3
+    printf "\"finish_reason\":\"length\",\"prompt_len\":8,\"output_len\":3,\"output_hash\":\"out-%d\"}\n", id
+  }' "$req" > "$out"
+echo '{"step":0,"start_s":0.0,"duration_s":0.005,"batch_size":2,"prefill_tokens":16,"decode_tokens":0,"num_waiting":0,"kv_blocks_used":1,"kv_blocks_total":8,"preempted":0}' > "$steps"
+echo '{"peak_memory_bytes":1048576}' > "$summary"
+"#;
+
+const SPEC: &str = r#"name = "fake"
+description = "end-to-end test workload"
+model = "unused-preset"
+seed = 1
+requests = 6
+warmup_requests = 2
+prompt_len = { fixed = 8 }
+output_len = { fixed = 3 }
+arrival = "offline"
+
+[slo]
+ttft_ms = 1000.0
+"#;
+
+const SUITES: &str = r#"[quick]
+description = "one fake workload"
+workloads = ["fake"]
+
+[two]
+description = "two fake workloads"
+workloads = ["fake", "fake2"]
+"#;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// A workspace-like folder with a catalogue, a model directory and a
+    /// fake engine whose trials follow `plan`.
+    fn new(plan: &[&str]) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::create_dir_all(p.join("catalogue/specs")).unwrap();
+        std::fs::write(p.join("catalogue/specs/fake.toml"), SPEC).unwrap();
+        std::fs::write(
+            p.join("catalogue/specs/fake2.toml"),
+            SPEC.replace("\"fake\"", "\"fake2\""),
+        )
+        .unwrap();
+        std::fs::write(p.join("catalogue/suites.toml"), SUITES).unwrap();
+        std::fs::create_dir_all(p.join("model")).unwrap();
+        std::fs::write(
+            p.join("model/config.json"),
+            r#"{"vocab_size": 64, "eos_token_id": 2}"#,
+        )
+        .unwrap();
+        std::fs::create_dir_all(p.join("fake")).unwrap();
+        let engine = p.join("fake/engine");
+        std::fs::write(&engine, FAKE_ENGINE).unwrap();
+        std::fs::set_permissions(&engine, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(p.join("fake/plan"), plan.join("\n") + "\n").unwrap();
+        Fixture { dir }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn args(&self, extra: &[&str]) -> BenchArgs {
+        let p = |rel: &str| self.path(rel).to_string_lossy().into_owned();
+        let mut argv: Vec<String> = vec!["xtask".into(), "bench".into()];
+        for (flag, value) in [
+            ("--engine-bin", p("fake/engine")),
+            ("--catalogue", p("catalogue")),
+            ("--model", p("model")),
+            ("--results", p("results")),
+            ("--device", "cpu".into()),
+        ] {
+            argv.push(flag.into());
+            argv.push(value);
+        }
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        match Cli::parse_from(argv).command {
+            Command::Bench(args) => args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+#[test]
+fn crash_and_timeout_are_recorded_and_good_trials_stored() {
+    let fx = Fixture::new(&["ok", "crash", "hang", "ok"]);
+    let json = fx.path("run.json");
+    let export = fx.path("vllm");
+    let args = fx.args(&[
+        "--suite",
+        "quick",
+        "--trials",
+        "4",
+        "--timeout-s",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+        "--export-vllm",
+        export.to_str().unwrap(),
+    ]);
+    let code = xtask::bench::run(&args, fx.root()).unwrap();
+    assert_eq!(code, 1, "a failed trial makes the exit code 1");
+
+    let store = Store::open(&fx.path("results")).unwrap();
+    let (_, run) = store.resolve_run("latest").unwrap();
+    assert_eq!(run.suite.as_deref(), Some("quick"));
+    assert_eq!(run.fingerprint.device, "cpu");
+    assert_eq!(run.workloads.len(), 1);
+    let trials = &run.workloads[0].trials;
+    assert_eq!(trials.len(), 4, "no trial is dropped");
+    assert_eq!(trials[0].status, TrialStatus::Ok);
+    match &trials[1].status {
+        TrialStatus::Failed { reason } => assert!(reason.contains("out of memory"), "{reason}"),
+        other => panic!("trial 1: {other:?}"),
+    }
+    match &trials[2].status {
+        TrialStatus::TimedOut { after_s } => assert!(*after_s >= 2.0 && *after_s < 30.0),
+        other => panic!("trial 2: {other:?}"),
+    }
+    assert_eq!(trials[3].status, TrialStatus::Ok);
+
+    for t in [&trials[0], &trials[3]] {
+        let id = t.records_object.as_ref().expect("ok trial stores records");
+        let records: Vec<RequestRecord> = store.get(id).unwrap();
+        assert_eq!(records.len(), 6, "warmup requests are not records");
+        assert!(t.step_log_object.is_some());
+        assert_eq!(t.metrics["peak_memory_bytes"], 1048576.0);
+        assert!(t.metrics["output_throughput"] > 0.0);
+        assert!(t.metrics.contains_key("request_goodput"));
+        assert!(t.metrics.contains_key("p99_itl_ms"));
+    }
+    // Same outputs, different speed: the hashes agree, the latencies do not.
+    assert_eq!(trials[0].output_hash, trials[3].output_hash);
+    assert!(trials[3].metrics["mean_ttft_ms"] > trials[0].metrics["mean_ttft_ms"]);
+    for t in [&trials[1], &trials[2]] {
+        assert!(t.metrics.is_empty() && t.records_object.is_none());
+    }
+
+    let written: RunRecord = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(written, run);
+
+    let vllm: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(export.join("fake.json")).unwrap()).unwrap();
+    assert_eq!(vllm["completed"], 6);
+    assert_eq!(vllm["total_output_tokens"], 18);
+    assert_eq!(vllm["ttfts"].as_array().unwrap().len(), 6);
+    assert_eq!(vllm["itls"][0].as_array().unwrap().len(), 2);
+    for key in [
+        "duration",
+        "request_throughput",
+        "output_throughput",
+        "total_token_throughput",
+        "mean_ttft_ms",
+        "median_ttft_ms",
+        "std_ttft_ms",
+        "p99_ttft_ms",
+        "mean_tpot_ms",
+        "median_itl_ms",
+        "p99_e2el_ms",
+    ] {
+        assert!(vllm[key].is_number(), "{key}: {}", vllm[key]);
+    }
+}
+
+#[test]
+fn unreadable_records_fail_the_trial_with_file_and_line() {
+    let fx = Fixture::new(&["garbage", "ok"]);
+    let args = fx.args(&["--workload", "fake", "--trials", "2"]);
+    assert_eq!(xtask::bench::run(&args, fx.root()).unwrap(), 1);
+    let store = Store::open(&fx.path("results")).unwrap();
+    let (_, run) = store.resolve_run("latest").unwrap();
+    let trials = &run.workloads[0].trials;
+    match &trials[0].status {
+        TrialStatus::Failed { reason } => {
+            assert!(reason.contains("records.jsonl:1:"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(trials[1].status, TrialStatus::Ok);
+}
+
+#[test]
+fn all_good_trials_exit_zero() {
+    let fx = Fixture::new(&["ok", "ok"]);
+    let args = fx.args(&["--workload", "fake", "--trials", "2"]);
+    assert_eq!(xtask::bench::run(&args, fx.root()).unwrap(), 0);
+}
+
+#[test]
+fn unknown_names_list_the_known_ones() {
+    let fx = Fixture::new(&[]);
+    let err = xtask::bench::run(&fx.args(&["--workload", "nope"]), fx.root()).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("nope") && text.contains("fake"), "{text}");
+    let err = xtask::bench::run(&fx.args(&["--suite", "nope"]), fx.root()).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("nope") && text.contains("quick"), "{text}");
+}
+
+#[test]
+fn invalid_spec_names_file_line_and_field() {
+    let fx = Fixture::new(&[]);
+    std::fs::write(
+        fx.path("catalogue/specs/fake.toml"),
+        SPEC.replace("requests = 6", "requests = 0"),
+    )
+    .unwrap();
+    let err = xtask::bench::run(&fx.args(&["--workload", "fake"]), fx.root()).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("fake.toml:5") && text.contains("requests"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_pipeline_failure_midway_stores_the_trials_finished_so_far() {
+    let fx = Fixture::new(&["ok", "block"]);
+    let args = fx.args(&["--suite", "two", "--trials", "2"]);
+    let err = xtask::bench::run(&args, fx.root()).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("2 finished trials are stored as run"),
+        "{text}"
+    );
+    let store = Store::open(&fx.path("results")).unwrap();
+    let (_, run) = store.resolve_run("latest").unwrap();
+    // The second workload never started: only the first is in the run.
+    assert_eq!(run.workloads.len(), 1);
+    assert_eq!(run.workloads[0].trials.len(), 2);
+    assert!(run.workloads[0]
+        .trials
+        .iter()
+        .all(|t| t.status == TrialStatus::Ok && t.records_object.is_some()));
+}
