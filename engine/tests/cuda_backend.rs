@@ -15,10 +15,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use cuda_support::*;
+use engine::backend::cpu::CpuBackend;
 use engine::backend::cuda::CudaBackend;
 use engine::backend::{Backend, SampleSpec, SeqStep};
 use engine::config::Architecture;
 use engine::engine_config::EngineConfig;
+use engine::weights::Checkpoint;
 
 fn engine_config(eager: bool) -> EngineConfig {
     EngineConfig {
@@ -151,12 +153,11 @@ fn golden_outputs() {
     let Some(dir) = env_dir("DYNO_GOLDEN_DIR") else {
         panic!("set DYNO_GOLDEN_DIR to a folder written by engine/scripts/gpu_golden.py");
     };
-    let c = read_config(&dir);
-    let t = read_safetensors(&dir);
-    let load = loader(&t);
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let c = ckpt.config.clone();
     let prompts = read_tokens(&dir.join("prompts.json"));
     let cfg = EngineConfig { max_num_seqs: 64, max_num_batched_tokens: 4096, max_model_len: 256, ..Default::default() };
-    let mut b = CudaBackend::with_loader(&c, &cfg, &load).unwrap();
+    let mut b = CudaBackend::new(&ckpt, &cfg).unwrap();
     let per_seq = 256 / 16;
     b.allocate_kv_cache(per_seq * 66, 16).unwrap();
     let v = c.vocab_size;
@@ -166,6 +167,13 @@ fn golden_outputs() {
     let bts: Vec<Vec<u32>> = (0..66).map(|i| blocks_for(i, per_seq)).collect();
     let batch: Vec<SeqStep> = (0..4).map(|i| step(i as u64, &prompts[i], 0, &bts[i], false)).collect();
     let got = b.forward_logits(&batch).unwrap();
+    // The CPU backend (f32) on the same checkpoint and batch.
+    let mut cpu = CpuBackend::new(&ckpt, &EngineConfig { max_model_len: 256, ..Default::default() }).unwrap();
+    cpu.allocate_kv_cache(per_seq * 4, 16).unwrap();
+    let cpu_logits = cpu.forward_logits(&batch).unwrap();
+    let worst_cpu = got.iter().zip(&cpu_logits).map(|(g, w)| rel_l2(g, w)).fold(0f64, f64::max);
+    println!("GOLDEN {}: GPU vs CPU backend (f32) worst relative L2 per position {worst_cpu:.3e} over {} positions", dir.display(), got.len());
+    assert!(worst_cpu < 1e-2, "GPU vs CPU relative L2 error {worst_cpu} ≥ 1e-2");
     let mut worst = 0f64;
     for (row, g) in got.iter().enumerate() {
         let w = &reference[offset * v..(offset + 1) * v];
@@ -184,7 +192,7 @@ fn golden_outputs() {
         assert!(e.is_finite(), "chunked row {j}: non-finite logits");
         worst = worst.max(e);
     }
-    println!("GOLDEN {}: prompt logits worst relative L2 per position {worst:.3e} over {} positions", dir.display(), got.len() + chunk2.len());
+    println!("GOLDEN {}: GPU vs transformers (f32) worst relative L2 per position {worst:.3e} over {} positions", dir.display(), got.len() + chunk2.len());
     assert!(worst < 1e-2, "relative L2 error {worst} ≥ 1e-2");
 
     let mut out = serde_json::Map::new();
@@ -225,12 +233,11 @@ fn decode_speed() {
         .split(',')
         .map(|s| s.parse().unwrap())
         .collect();
-    let c = read_config(&dir);
-    let t = read_safetensors(&dir);
-    let load = loader(&t);
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let c = ckpt.config.clone();
     for eager in [false, true] {
         for &bsz in &batch_sizes {
-            let (prompt_len, steps) = if bsz == 1 { (128, 512) } else { (256, if eager { 64 } else { 1024 }) };
+            let (prompt_len, steps) = if bsz == 1 { (128, 512) } else { (256, 1024) };
             let cfg = EngineConfig {
                 max_num_seqs: bsz.max(1),
                 max_num_batched_tokens: 8192,
@@ -238,7 +245,7 @@ fn decode_speed() {
                 enforce_eager: eager,
                 ..Default::default()
             };
-            let mut b = CudaBackend::with_loader(&c, &cfg, &load).unwrap();
+            let mut b = CudaBackend::new(&ckpt, &cfg).unwrap();
             let per_seq = (prompt_len + steps + 16).div_ceil(16);
             b.allocate_kv_cache(per_seq * bsz, 16).unwrap();
             let bts: Vec<Vec<u32>> = (0..bsz).map(|i| blocks_for(i, per_seq)).collect();

@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use engine::backend::{BackendError, SeqStep};
 use engine::config::{Architecture, DType, ModelConfig};
@@ -90,65 +89,6 @@ pub fn loader(t: &Tensors) -> impl Fn(&str) -> Result<Vec<bf16>, BackendError> +
             .cloned()
             .ok_or_else(|| BackendError::Cuda(format!("test model has no tensor {name}")))
     }
-}
-
-/// Reads an HF `config.json` (Llama, Qwen2, Qwen3) into a ModelConfig.
-pub fn read_config(dir: &Path) -> ModelConfig {
-    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let u = |k: &str| j[k].as_u64().unwrap() as usize;
-    let arch = match j["architectures"][0].as_str().unwrap() {
-        "LlamaForCausalLM" => Architecture::Llama,
-        "Qwen2ForCausalLM" => Architecture::Qwen2,
-        "Qwen3ForCausalLM" => Architecture::Qwen3,
-        other => panic!("architecture {other}"),
-    };
-    let heads = u("num_attention_heads");
-    let head_dim = j["head_dim"].as_u64().map(|v| v as usize).unwrap_or(u("hidden_size") / heads);
-    ModelConfig {
-        architecture: arch,
-        vocab_size: u("vocab_size"),
-        hidden_size: u("hidden_size"),
-        intermediate_size: u("intermediate_size"),
-        num_hidden_layers: u("num_hidden_layers"),
-        num_attention_heads: heads,
-        num_key_value_heads: u("num_key_value_heads"),
-        head_dim,
-        rms_norm_eps: j["rms_norm_eps"].as_f64().unwrap(),
-        rope_theta: j["rope_theta"].as_f64().unwrap_or(10000.0),
-        rope_scaling: None,
-        max_position_embeddings: u("max_position_embeddings"),
-        tie_word_embeddings: j["tie_word_embeddings"].as_bool().unwrap_or(false),
-        attention_bias: arch == Architecture::Qwen2 || j["attention_bias"].as_bool() == Some(true),
-        qk_norm: arch == Architecture::Qwen3,
-        bos_token_id: None,
-        eos_token_ids: vec![],
-        torch_dtype: DType::BF16,
-        initializer_range: 0.02,
-    }
-}
-
-/// All tensors of `dir/model.safetensors` as bf16.
-pub fn read_safetensors(dir: &Path) -> Tensors {
-    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out = Tensors::new();
-    for (name, view) in st.tensors() {
-        let data = view.data();
-        let v: Vec<bf16> = match view.dtype() {
-            safetensors::Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|b| bf16::from_le_bytes([b[0], b[1]]))
-                .collect(),
-            safetensors::Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|b| bf16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-                .collect(),
-            other => panic!("{name}: dtype {other:?}"),
-        };
-        out.insert(name, v);
-    }
-    out
 }
 
 fn f32s(t: &Tensors, name: &str) -> Vec<f32> {
