@@ -45,7 +45,11 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
             if !bin.is_file() {
                 bail!("--engine-bin {}: no such file", bin.display());
             }
-            (bin.clone(), BuildInfo::prebuilt(bin))
+            let mut build = BuildInfo::prebuilt(bin);
+            if let Some(profile) = &args.engine_profile {
+                build.profile = profile.clone();
+            }
+            (bin.clone(), build)
         }
         None => {
             let built = crate::build::build_engine(root)?;

@@ -64,6 +64,12 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PATH")]
     pub engine_bin: Option<PathBuf>,
 
+    /// Build profile of the `--engine-bin` binary, for the fingerprint
+    /// (default: inferred from a cargo `target/<profile>/` path, else
+    /// "unknown").
+    #[arg(long, value_name = "NAME", requires = "engine_bin")]
+    pub engine_profile: Option<String>,
+
     /// Seconds before a trial's engine process is killed and the trial
     /// recorded as timed out.
     #[arg(long, default_value_t = 600.0, value_name = "S")]

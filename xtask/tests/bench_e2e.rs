@@ -239,8 +239,22 @@ fn unreadable_records_fail_the_trial_with_file_and_line() {
 #[test]
 fn all_good_trials_exit_zero() {
     let fx = Fixture::new(&["ok", "ok"]);
-    let args = fx.args(&["--workload", "fake", "--trials", "2"]);
+    let args = fx.args(&[
+        "--workload",
+        "fake",
+        "--trials",
+        "2",
+        "--engine-profile",
+        "release",
+    ]);
     assert_eq!(xtask::bench::run(&args, fx.root()).unwrap(), 0);
+    let store = Store::open(&fx.path("results")).unwrap();
+    let (_, run) = store.resolve_run("latest").unwrap();
+    let source = &run.fingerprint.source;
+    assert_eq!(source.build_profile, "release");
+    assert_eq!(source.engine_binary_hash.len(), 64);
+    assert!(!run.fingerprint.model_hash.is_empty());
+    assert!(run.fingerprint.gpus.is_empty());
 }
 
 #[test]
