@@ -81,7 +81,12 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
     } else {
         GpuMonitor::none()
     };
-    let mut gpus = monitor.devices();
+    // The fingerprint and the clock samples are of the GPU the engine runs
+    // on, not of every GPU in the host.
+    let all_gpus = monitor.devices();
+    let uuids: Vec<&str> = all_gpus.iter().map(|g| g.uuid.as_str()).collect();
+    let gpu_index = engine_info::nvml_index_in_use(&info, &uuids);
+    let mut gpus: Vec<_> = all_gpus.get(gpu_index).cloned().into_iter().collect();
     for g in &mut gpus {
         g.sm_count = info.sm_count(&g.uuid);
     }
@@ -135,6 +140,7 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
                 file_name_safe(&model_name)
             )),
             monitor: &monitor,
+            gpu_index: gpu_index as u32,
         };
         let header = RunRecord {
             schema: RUN_SCHEMA_VERSION,
@@ -265,6 +271,8 @@ pub struct TrialRunner<'a> {
     /// Each workload gets `<work_dir>/<workload>/`, each trial a folder in it.
     pub work_dir: PathBuf,
     pub monitor: &'a GpuMonitor,
+    /// NVML index of the GPU sampled before and after each trial.
+    pub gpu_index: u32,
 }
 
 impl TrialRunner<'_> {
@@ -365,9 +373,9 @@ impl TrialRunner<'_> {
         // Leftovers of an earlier run in the same folder must not pass for
         // this trial's output.
         let _ = std::fs::remove_dir_all(&files.dir);
-        let gpu_before = self.monitor.sample(0);
+        let gpu_before = self.monitor.sample(self.gpu_index);
         let outcome = trial::run_engine(bench, files, self.timeout, || {});
-        let gpu_after = self.monitor.sample(0);
+        let gpu_after = self.monitor.sample(self.gpu_index);
         let mut summary = TrialSummary {
             index,
             status: TrialStatus::Ok,

@@ -75,13 +75,29 @@ impl EngineInfo {
     /// The SM count of the GPU with this UUID (NVML's UUIDs carry a `GPU-`
     /// prefix that CUDA's do not), else of the only GPU.
     pub fn sm_count(&self, uuid: &str) -> Option<u32> {
-        let bare = |u: &str| u.trim_start_matches("GPU-").to_ascii_lowercase();
         let gpus = self.all_gpus();
         gpus.iter()
-            .find(|g| g.uuid.as_deref().map(bare) == Some(bare(uuid)))
+            .find(|g| g.uuid.as_deref().is_some_and(|u| same_uuid(u, uuid)))
             .or(if gpus.len() == 1 { gpus.first() } else { None })
             .and_then(|g| g.sm_count)
     }
+}
+
+/// The NVML index of the GPU the engine runs on (its first CUDA device,
+/// matched by UUID, which survives `CUDA_VISIBLE_DEVICES` renumbering),
+/// else 0.
+pub fn nvml_index_in_use(info: &EngineInfo, nvml_uuids: &[&str]) -> usize {
+    info.all_gpus()
+        .first()
+        .and_then(|g| g.uuid.as_deref())
+        .and_then(|u| nvml_uuids.iter().position(|n| same_uuid(n, u)))
+        .unwrap_or(0)
+}
+
+/// NVML writes `GPU-<uuid>`, CUDA may give the bare UUID.
+fn same_uuid(a: &str, b: &str) -> bool {
+    let bare = |u: &str| u.trim_start_matches("GPU-").to_ascii_lowercase();
+    bare(a) == bare(b)
 }
 
 pub fn query(engine: &Path) -> anyhow::Result<EngineInfo> {
@@ -131,6 +147,15 @@ mod tests {
         assert_eq!(info.sm_count("zzz"), None);
         let single = parse(br#"{"gpu":{"sm_count":132}}"#).unwrap();
         assert_eq!(single.sm_count("GPU-x"), Some(132));
+    }
+
+    #[test]
+    fn finds_the_gpu_in_use_among_nvml_devices() {
+        let info = parse(br#"{"gpus":[{"uuid":"bbb"}]}"#).unwrap();
+        assert_eq!(nvml_index_in_use(&info, &["GPU-aaa", "GPU-BBB"]), 1);
+        assert_eq!(nvml_index_in_use(&info, &["GPU-aaa"]), 0);
+        let none = parse(br#"{"gpus":[]}"#).unwrap();
+        assert_eq!(nvml_index_in_use(&none, &["GPU-aaa"]), 0);
     }
 
     #[test]
