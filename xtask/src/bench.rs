@@ -141,6 +141,7 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
             )),
             monitor: &monitor,
             gpu_index: gpu_index as u32,
+            keep_records: args.export_vllm.is_some(),
         };
         let header = RunRecord {
             schema: RUN_SCHEMA_VERSION,
@@ -256,7 +257,7 @@ pub struct BenchOutcome {
     pub run_id: String,
     pub run: RunRecord,
     /// Per workload, the records of each Ok trial (trial index, records),
-    /// for the vLLM export.
+    /// for the vLLM export; empty unless `keep_records`.
     pub kept_records: Vec<Vec<(u32, Vec<RequestRecord>)>>,
 }
 
@@ -273,6 +274,8 @@ pub struct TrialRunner<'a> {
     pub monitor: &'a GpuMonitor,
     /// NVML index of the GPU sampled before and after each trial.
     pub gpu_index: u32,
+    /// Keep each Ok trial's records in memory (for the vLLM export).
+    pub keep_records: bool,
 }
 
 impl TrialRunner<'_> {
@@ -350,7 +353,7 @@ impl TrialRunner<'_> {
             let files = TrialFiles::in_dir(&dir.join(format!("trial-{index}")));
             let (summary, records) = self.run_trial(w, &bench, &files, index, store)?;
             progress.finish_trial(trial_line(&w.name, &summary, self.trials));
-            if let Some(records) = records {
+            if let Some(records) = records.filter(|_| self.keep_records) {
                 kept.push((index, records));
             }
             if let Some(last) = run.workloads.last_mut() {
