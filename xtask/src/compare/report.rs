@@ -349,7 +349,7 @@ pub fn json(c: &Comparison) -> String {
 
 /// Appends the Markdown to `$GITHUB_STEP_SUMMARY` when it is set.
 pub fn append_step_summary(c: &Comparison) -> std::io::Result<()> {
-    let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY") else {
+    let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty()) else {
         return Ok(());
     };
     append_markdown(Path::new(&path), c)
