@@ -41,19 +41,28 @@ workloads = ["e2e-offline"]
 "#;
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn engine_binary() -> PathBuf {
     if let Some(bin) = std::env::var_os("DYNO_ENGINE_BIN") {
         return PathBuf::from(bin);
     }
-    xtask::build::build_engine(&repo_root()).expect("building the engine").binary
+    xtask::build::build_engine(&repo_root())
+        .expect("building the engine")
+        .binary
 }
 
 fn catalogue(dir: &Path, engine_table: &str) -> PathBuf {
     std::fs::create_dir_all(dir.join("specs")).unwrap();
-    std::fs::write(dir.join("specs/e2e-offline.toml"), format!("{SPEC}{engine_table}")).unwrap();
+    std::fs::write(
+        dir.join("specs/e2e-offline.toml"),
+        format!("{SPEC}{engine_table}"),
+    )
+    .unwrap();
     std::fs::write(dir.join("suites.toml"), SUITES).unwrap();
     dir.to_path_buf()
 }
@@ -83,7 +92,10 @@ fn bench(root: &Path, engine: &Path, catalogue: &Path) -> (i32, String, RunRecor
         other => panic!("parsed as {other:?}"),
     };
     let code = xtask::bench::run(&args, root).expect("bench runs");
-    let (id, run) = Store::open(&root.join("results")).unwrap().resolve_run("latest").unwrap();
+    let (id, run) = Store::open(&root.join("results"))
+        .unwrap()
+        .resolve_run("latest")
+        .unwrap();
     (code, id, run)
 }
 
@@ -110,9 +122,19 @@ fn slower_config_is_regressed_and_the_default_is_not() {
     assert!(why.contains("engine_config"), "{why}");
     //    ...but flagged when compared across the config on purpose
     let across = ["engine_config".to_string()];
-    let c = compare_runs((&base_id, &base), (&slow_id, &slow_run), &across, &Policy::default()).unwrap();
+    let c = compare_runs(
+        (&base_id, &base),
+        (&slow_id, &slow_run),
+        &across,
+        &Policy::default(),
+    )
+    .unwrap();
     let w = &c.workloads[0];
-    let tput = w.metrics.iter().find(|m| m.metric == "output_throughput").unwrap();
+    let tput = w
+        .metrics
+        .iter()
+        .find(|m| m.metric == "output_throughput")
+        .unwrap();
     println!("{}", xtask::compare::report::terminal(&c));
     assert_eq!(tput.verdict, Verdict::Regressed, "{tput:?}");
     assert_eq!(c.exit_code(), 1);
@@ -126,6 +148,10 @@ fn slower_config_is_regressed_and_the_default_is_not() {
     println!("{}", xtask::compare::report::terminal(&c));
     assert!(c.has_verdicts());
     let s = c.summary();
-    assert_eq!((s.regressed, s.output_changed, s.more_failed_trials), (0, 0, 0), "{s:?}");
+    assert_eq!(
+        (s.regressed, s.output_changed, s.more_failed_trials),
+        (0, 0, 0),
+        "{s:?}"
+    );
     assert_eq!(code, 0, "bench's own verdict against the baseline");
 }

@@ -5,7 +5,9 @@ mod verdicts_common;
 
 use verdicts_common::*;
 use xtask::baseline::{self, class::FingerprintClass};
-use xtask::compare::fixtures::{cpu_fingerprint, failed_trial, gpu_fingerprint, ok_trial, run, workload};
+use xtask::compare::fixtures::{
+    cpu_fingerprint, failed_trial, gpu_fingerprint, ok_trial, run, workload,
+};
 use xtask::compare::verdict::{OutputVerdict, Policy, Verdict};
 use xtask::compare::{compare_runs, compare_with_baselines, report, Comparison};
 use xtask::run_record::{RunRecord, WorkloadRun};
@@ -14,7 +16,13 @@ fn tput(values: &[f64], hash: &str) -> Vec<xtask::run_record::TrialSummary> {
     values
         .iter()
         .enumerate()
-        .map(|(i, v)| ok_trial(i as u32, &[("output_throughput", *v), ("p50_ttft_ms", 10_000.0 / v)], hash))
+        .map(|(i, v)| {
+            ok_trial(
+                i as u32,
+                &[("output_throughput", *v), ("p50_ttft_ms", 10_000.0 / v)],
+                hash,
+            )
+        })
         .collect()
 }
 
@@ -27,7 +35,11 @@ fn compare(a: &RunRecord, b: &RunRecord) -> Comparison {
 }
 
 fn metric<'a>(c: &'a Comparison, name: &str) -> &'a xtask::compare::verdict::MetricResult {
-    c.workloads[0].metrics.iter().find(|m| m.metric == name).unwrap()
+    c.workloads[0]
+        .metrics
+        .iter()
+        .find(|m| m.metric == name)
+        .unwrap()
 }
 
 const BASE: [f64; 5] = [1000.0, 1010.0, 990.0, 1005.0, 995.0];
@@ -50,7 +62,10 @@ fn clear_drop_is_regressed_with_exit_code_1() {
     assert!(md.lines().nth(2).unwrap().contains("2 regressed"), "{md}");
     // the other direction is an improvement and exits 0
     let back = compare(&b, &a);
-    assert_eq!(metric(&back, "output_throughput").verdict, Verdict::Improved);
+    assert_eq!(
+        metric(&back, "output_throughput").verdict,
+        Verdict::Improved
+    );
     assert_eq!(back.exit_code(), 0);
 }
 
@@ -59,7 +74,10 @@ fn a_spec_threshold_override_raises_the_bar() {
     let a = one(workload("w", tput(&BASE, "h")));
     let slower: Vec<f64> = BASE.iter().map(|v| v * 0.97).collect();
     let b = one(workload("w", tput(&slower, "h")));
-    assert_eq!(metric(&compare(&a, &b), "output_throughput").verdict, Verdict::Regressed);
+    assert_eq!(
+        metric(&compare(&a, &b), "output_throughput").verdict,
+        Verdict::Regressed
+    );
     let mut lenient = workload("w", tput(&slower, "h"));
     lenient.spec = serde_json::json!({"name": "w", "thresholds": {"output_throughput": 0.05}});
     let c = compare(&a, &one(lenient));
@@ -92,7 +110,11 @@ fn output_change_is_its_own_flag() {
     let c = compare(&a, &b);
     let w = &c.workloads[0];
     assert_eq!(w.output.as_ref().unwrap().verdict, OutputVerdict::Changed);
-    assert_eq!(metric(&c, "output_throughput").verdict, Verdict::Unchanged, "speed judged apart");
+    assert_eq!(
+        metric(&c, "output_throughput").verdict,
+        Verdict::Unchanged,
+        "speed judged apart"
+    );
     assert_eq!(c.summary().output_changed_greedy, 1);
     assert_eq!(c.exit_code(), 1, "greedy output changed");
     assert!(report::markdown(&c).contains("OUTPUT-CHANGED"));
@@ -115,7 +137,13 @@ fn class_mismatch_gives_no_verdict_and_names_the_fields() {
     let c = compare(&a, &b);
     let w = &c.workloads[0];
     let why = w.no_verdict.as_deref().unwrap();
-    for field in ["device", "gpu_model", "host_cpu", "model_hash", "engine_config"] {
+    for field in [
+        "device",
+        "gpu_model",
+        "host_cpu",
+        "model_hash",
+        "engine_config",
+    ] {
         assert!(why.contains(field), "{why}");
     }
     assert!(w.metrics.is_empty() && w.output.is_none());
@@ -126,7 +154,13 @@ fn class_mismatch_gives_no_verdict_and_names_the_fields() {
     // --across engine_config: only that field may differ
     let mut slow = workload("w", tput(&[500.0, 505.0, 495.0, 502.0, 498.0], "h"));
     slow.engine_config = serde_json::json!({"max_num_seqs": 1});
-    let c = compare_runs(("a", &a), ("b", &one(slow)), &["engine_config".into()], &Policy::default()).unwrap();
+    let c = compare_runs(
+        ("a", &a),
+        ("b", &one(slow)),
+        &["engine_config".into()],
+        &Policy::default(),
+    )
+    .unwrap();
     assert_eq!(metric(&c, "output_throughput").verdict, Verdict::Regressed);
     assert_eq!(c.workloads[0].class_differences[0].field, "engine_config");
     assert!(report::terminal(&c).contains("compared across engine_config"));
@@ -135,26 +169,47 @@ fn class_mismatch_gives_no_verdict_and_names_the_fields() {
 
 #[test]
 fn workloads_in_one_run_only_are_listed_not_dropped() {
-    let a = run(gpu_fingerprint(), vec![workload("w", tput(&BASE, "h")), workload("old", tput(&BASE, "h"))]);
-    let b = run(gpu_fingerprint(), vec![workload("w", tput(&BASE, "h")), workload("new", tput(&BASE, "h"))]);
+    let a = run(
+        gpu_fingerprint(),
+        vec![
+            workload("w", tput(&BASE, "h")),
+            workload("old", tput(&BASE, "h")),
+        ],
+    );
+    let b = run(
+        gpu_fingerprint(),
+        vec![
+            workload("w", tput(&BASE, "h")),
+            workload("new", tput(&BASE, "h")),
+        ],
+    );
     let c = compare(&a, &b);
     let why: Vec<(&str, &str)> = c
         .workloads
         .iter()
         .filter_map(|w| w.no_verdict.as_deref().map(|n| (w.name.as_str(), n)))
         .collect();
-    assert_eq!(why, vec![("new", "only in run bbbb"), ("old", "only in run aaaa")]);
+    assert_eq!(
+        why,
+        vec![("new", "only in run bbbb"), ("old", "only in run aaaa")]
+    );
 }
 
 #[test]
 fn failed_trials_are_counted_and_new_failures_fail_the_check() {
     let a = one(workload("w", tput(&BASE, "h")));
     let mut trials = tput(&BASE[..3], "h");
-    trials.push(failed_trial(3, "engine exit status: 101; CUDA error: out of memory"));
+    trials.push(failed_trial(
+        3,
+        "engine exit status: 101; CUDA error: out of memory",
+    ));
     trials.push(failed_trial(4, "timed out"));
     let c = compare(&a, &one(workload("w", trials)));
     let t = c.workloads[0].trials.as_ref().unwrap();
-    assert_eq!((t.candidate_failed, t.candidate_total, t.baseline_failed), (2, 5, 0));
+    assert_eq!(
+        (t.candidate_failed, t.candidate_total, t.baseline_failed),
+        (2, 5, 0)
+    );
     assert!(t.more_failures);
     assert_eq!(metric(&c, "output_throughput").n_candidate, 3);
     assert_eq!(c.exit_code(), 1);
@@ -172,19 +227,35 @@ fn fewer_than_two_ok_trials_is_inconclusive_with_a_reason() {
     let m = metric(&c, "output_throughput");
     assert_eq!(m.verdict, Verdict::Inconclusive);
     assert!(m.p_value.is_none() && m.mde.is_none());
-    assert!(m.note.as_deref().unwrap().contains("1 in the candidate"), "{:?}", m.note);
+    assert!(
+        m.note.as_deref().unwrap().contains("1 in the candidate"),
+        "{:?}",
+        m.note
+    );
 }
 
 #[test]
 fn zero_values_are_not_tested_on_the_log_scale() {
-    let zero = |v: f64| (0..3).map(|i| ok_trial(i, &[("mean_queue_ms", v * i as f64)], "h")).collect();
-    let c = compare(&one(workload("w", zero(1.0))), &one(workload("w", zero(2.0))));
+    let zero = |v: f64| {
+        (0..3)
+            .map(|i| ok_trial(i, &[("mean_queue_ms", v * i as f64)], "h"))
+            .collect()
+    };
+    let c = compare(
+        &one(workload("w", zero(1.0))),
+        &one(workload("w", zero(2.0))),
+    );
     let m = metric(&c, "mean_queue_ms");
     assert_eq!(m.verdict, Verdict::Inconclusive);
     assert!(m.note.as_deref().unwrap().contains("undefined at zero"));
-    let all_zero: Vec<_> = (0..3).map(|i| ok_trial(i, &[("mean_queue_ms", 0.0)], "h")).collect();
+    let all_zero: Vec<_> = (0..3)
+        .map(|i| ok_trial(i, &[("mean_queue_ms", 0.0)], "h"))
+        .collect();
     let z = one(workload("w", all_zero));
-    assert_eq!(metric(&compare(&z, &z.clone()), "mean_queue_ms").verdict, Verdict::Unchanged);
+    assert_eq!(
+        metric(&compare(&z, &z.clone()), "mean_queue_ms").verdict,
+        Verdict::Unchanged
+    );
 }
 
 #[test]
@@ -197,12 +268,20 @@ fn against_committed_baselines() {
     assert_eq!(promoted.promoted.len(), WORKLOADS.len());
 
     let slower = simulated_run(&mut r, &fp, &GPU_NOISE, 5, &|w, m| {
-        if w == "chat" && m.contains("throughput") { 0.9 } else { 1.0 }
+        if w == "chat" && m.contains("throughput") {
+            0.9
+        } else {
+            1.0
+        }
     });
     let c = compare_with_baselines(root.path(), "cand-run", &slower, &Policy::default()).unwrap();
     assert!(c.has_verdicts());
     let chat = c.workloads.iter().find(|w| w.name == "chat").unwrap();
-    let tput = chat.metrics.iter().find(|m| m.metric == "output_throughput").unwrap();
+    let tput = chat
+        .metrics
+        .iter()
+        .find(|m| m.metric == "output_throughput")
+        .unwrap();
     assert_eq!(tput.verdict, Verdict::Regressed);
     assert_eq!(c.exit_code(), 1);
     assert_eq!(chat.baseline.as_ref().unwrap().run_id, "base-run");
@@ -213,7 +292,10 @@ fn against_committed_baselines() {
     let c = compare_with_baselines(root.path(), "x", &other_gpu, &Policy::default()).unwrap();
     assert!(!c.has_verdicts());
     let why = c.workloads[0].no_verdict.as_deref().unwrap();
-    assert!(why.contains("gpu_model: NVIDIA H200 vs NVIDIA H100 80GB HBM3"), "{why}");
+    assert!(
+        why.contains("gpu_model: NVIDIA H200 vs NVIDIA H100 80GB HBM3"),
+        "{why}"
+    );
     let class = FingerprintClass::of(&other_gpu.fingerprint, &other_gpu.workloads[0]);
     assert!(why.contains(&class.hash()), "{why}");
 }
@@ -232,11 +314,17 @@ fn reports_carry_summary_details_and_json() {
     let json: serde_json::Value = serde_json::from_str(&report::json(&c)).unwrap();
     assert_eq!(json["exit_code"], 1);
     assert_eq!(json["summary"]["regressed"], 2);
-    assert_eq!(json["comparison"]["workloads"][0]["metrics"][0]["verdict"], "REGRESSED");
+    assert_eq!(
+        json["comparison"]["workloads"][0]["metrics"][0]["verdict"],
+        "REGRESSED"
+    );
     let dir = tempfile::tempdir().unwrap();
     let summary = dir.path().join("step_summary.md");
     std::fs::write(&summary, "earlier step\n").unwrap();
     report::append_markdown(&summary, &c).unwrap();
     let text = std::fs::read_to_string(&summary).unwrap();
-    assert!(text.starts_with("earlier step\n### ❌ dyno bench"), "{text}");
+    assert!(
+        text.starts_with("earlier step\n### ❌ dyno bench"),
+        "{text}"
+    );
 }

@@ -22,7 +22,11 @@ struct AaRates {
 }
 
 fn aa_rates(noise: &Noise, trials_per_side: usize, gpu: bool) -> AaRates {
-    let fp = if gpu { gpu_fingerprint() } else { cpu_fingerprint() };
+    let fp = if gpu {
+        gpu_fingerprint()
+    } else {
+        cpu_fingerprint()
+    };
     let mut flagged = 0;
     let mut significant = 0;
     let mut unchanged = 0usize;
@@ -38,7 +42,11 @@ fn aa_rates(noise: &Noise, trials_per_side: usize, gpu: bool) -> AaRates {
         if s.regressed + s.improved > 0 {
             flagged += 1;
         }
-        if c.workloads.iter().flat_map(|w| &w.metrics).any(|m| m.p_adjusted.is_some_and(|p| p < 0.05)) {
+        if c.workloads
+            .iter()
+            .flat_map(|w| &w.metrics)
+            .any(|m| m.p_adjusted.is_some_and(|p| p < 0.05))
+        {
             significant += 1;
         }
         unchanged += s.unchanged;
@@ -64,16 +72,32 @@ fn print(label: &str, r: &AaRates) {
 fn aa_cpu_noise_three_trials_flags_at_most_five_percent() {
     let r = aa_rates(&CPU_NOISE, 3, false);
     print("CPU, 3 trials", &r);
-    assert!(r.flagged <= 0.05, "family-wise false alarm rate {}", r.flagged);
-    assert!(r.significant <= 0.05, "Holm's family-wise error rate {}", r.significant);
+    assert!(
+        r.flagged <= 0.05,
+        "family-wise false alarm rate {}",
+        r.flagged
+    );
+    assert!(
+        r.significant <= 0.05,
+        "Holm's family-wise error rate {}",
+        r.significant
+    );
 }
 
 #[test]
 fn aa_gpu_noise_five_trials_flags_at_most_five_percent() {
     let r = aa_rates(&GPU_NOISE, 5, true);
     print("GPU, 5 trials", &r);
-    assert!(r.flagged <= 0.05, "family-wise false alarm rate {}", r.flagged);
-    assert!(r.significant <= 0.05, "Holm's family-wise error rate {}", r.significant);
+    assert!(
+        r.flagged <= 0.05,
+        "family-wise false alarm rate {}",
+        r.flagged
+    );
+    assert!(
+        r.significant <= 0.05,
+        "Holm's family-wise error rate {}",
+        r.significant
+    );
     // with 5 quiet trials most metrics should be shown equivalent, not just "not flagged"
     assert!(r.unchanged > 0.5, "only {} UNCHANGED", r.unchanged);
 }
@@ -113,6 +137,9 @@ fn five_percent_throughput_drop_is_regressed_at_least_95_percent_of_the_time() {
         assert_eq!(c.exit_code() == 1, c.summary().regressed > 0);
     }
     let power = caught as f64 / SEEDS as f64;
-    println!("power: {:.1}% REGRESSED; {false_flags} false flags elsewhere", power * 100.0);
+    println!(
+        "power: {:.1}% REGRESSED; {false_flags} false flags elsewhere",
+        power * 100.0
+    );
     assert!(power >= 0.95, "power {power}");
 }

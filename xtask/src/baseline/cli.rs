@@ -78,7 +78,15 @@ fn ls(repo_root: &Path) -> anyhow::Result<()> {
     dirs.sort();
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-    table.set_header(["class", "workload", "device", "model", "trials ok", "commit", "run made"]);
+    table.set_header([
+        "class",
+        "workload",
+        "device",
+        "model",
+        "trials ok",
+        "commit",
+        "run made",
+    ]);
     for dir in &dirs {
         let class = file::read_class(dir)?;
         let base = file::read_baseline(dir)?;
@@ -91,10 +99,17 @@ fn ls(repo_root: &Path) -> anyhow::Result<()> {
         table.add_row([
             class.class_hash.clone(),
             class.class.workload.clone(),
-            class.class.gpu_model.clone().unwrap_or_else(|| class.class.device.clone()),
+            class
+                .class
+                .gpu_model
+                .clone()
+                .unwrap_or_else(|| class.class.device.clone()),
             class.model.clone(),
             format!("{ok}/{}", base.trials.index.len()),
-            base.commit.as_deref().map(|c| c[..c.len().min(12)].to_string()).unwrap_or_default(),
+            base.commit
+                .as_deref()
+                .map(|c| c[..c.len().min(12)].to_string())
+                .unwrap_or_default(),
             base.run_created_at.clone(),
         ]);
     }

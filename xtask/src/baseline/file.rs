@@ -204,7 +204,9 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), BaselineEr
     bytes.push(b'\n');
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("baseline"),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("baseline"),
         std::process::id()
     ));
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
@@ -294,7 +296,11 @@ mod tests {
         let w = workload(
             "chat",
             vec![
-                ok_trial(0, &[("output_throughput", 100.5), ("p99_ttft_ms", 12.0)], "h"),
+                ok_trial(
+                    0,
+                    &[("output_throughput", 100.5), ("p99_ttft_ms", 12.0)],
+                    "h",
+                ),
                 failed_trial(1, "killed"),
                 ok_trial(2, &[("output_throughput", 101.0)], "h"),
             ],
@@ -309,9 +315,18 @@ mod tests {
         let file = BaselineFile::from_side(&s, "c1", Some("smoke".into()));
         write_json(&dir.path().join(BASELINE_FILE), &file).unwrap();
         let text = std::fs::read_to_string(dir.path().join(BASELINE_FILE)).unwrap();
-        assert!(text.contains("\"output_throughput\": [100.5, null, 101.0]"), "{text}");
-        assert!(text.contains("\"p99_ttft_ms\": [12.0, null, null]"), "{text}");
-        assert!(text.contains(r#"{"kind":"failed","reason":"killed"}"#), "{text}");
+        assert!(
+            text.contains("\"output_throughput\": [100.5, null, 101.0]"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\"p99_ttft_ms\": [12.0, null, null]"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"{"kind":"failed","reason":"killed"}"#),
+            "{text}"
+        );
         let back = read_baseline(dir.path()).unwrap();
         assert_eq!(back, file);
         let again = back.to_side(&s.class);
@@ -326,13 +341,20 @@ mod tests {
         file.metrics.insert("p50_ttft_ms".into(), vec![Some(1.0)]);
         write_json(&dir.path().join(BASELINE_FILE), &file).unwrap();
         let err = read_baseline(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("metrics.p50_ttft_ms has 1 values for 3 trials"), "{err}");
+        assert!(
+            err.contains("metrics.p50_ttft_ms has 1 values for 3 trials"),
+            "{err}"
+        );
     }
 
     #[test]
     fn parse_errors_name_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(BASELINE_FILE), "{\n  \"schema\": 1,\n  oops\n}").unwrap();
+        std::fs::write(
+            dir.path().join(BASELINE_FILE),
+            "{\n  \"schema\": 1,\n  oops\n}",
+        )
+        .unwrap();
         let err = read_baseline(dir.path()).unwrap_err().to_string();
         assert!(err.contains("baseline.json: line 3"), "{err}");
     }

@@ -8,8 +8,8 @@ pub mod file;
 
 use std::path::{Path, PathBuf};
 
-pub use cli::{run_cli, BaselineCmd};
 use class::{FieldDifference, FingerprintClass};
+pub use cli::{run_cli, BaselineCmd};
 use file::{BaselineError, BaselineFile, ClassFile};
 
 use crate::compare::side::Side;
@@ -22,8 +22,14 @@ pub fn baselines_dir(repo_root: &Path) -> PathBuf {
 /// What `lookup` found for one workload's class.
 #[derive(Debug)]
 pub enum Lookup {
-    Found { class: ClassFile, baseline: BaselineFile },
-    Missing { explanation: String, nearest: Vec<FieldDifference> },
+    Found {
+        class: Box<ClassFile>,
+        baseline: Box<BaselineFile>,
+    },
+    Missing {
+        explanation: String,
+        nearest: Vec<FieldDifference>,
+    },
 }
 
 /// The committed baseline of `class`, or why there is none: the nearest
@@ -49,8 +55,8 @@ pub fn lookup(repo_root: &Path, class: &FingerprintClass) -> Result<Lookup, Base
         }
         let baseline = file::read_baseline(&dir)?;
         return Ok(Lookup::Found {
-            class: class_file,
-            baseline,
+            class: Box::new(class_file),
+            baseline: Box::new(baseline),
         });
     }
     let mut nearest: Option<(String, Vec<FieldDifference>)> = None;
@@ -84,7 +90,10 @@ pub fn lookup(repo_root: &Path, class: &FingerprintClass) -> Result<Lookup, Base
 }
 
 /// Every readable class.json of `workload` under baselines/.
-fn same_workload_classes(repo_root: &Path, workload: &str) -> Result<Vec<ClassFile>, BaselineError> {
+fn same_workload_classes(
+    repo_root: &Path,
+    workload: &str,
+) -> Result<Vec<ClassFile>, BaselineError> {
     let root = baselines_dir(repo_root);
     let entries = match std::fs::read_dir(&root) {
         Ok(e) => e,
@@ -131,7 +140,11 @@ pub struct PromoteReport {
 /// that has at least 2 ok trials; a baseline with fewer could never support
 /// a verdict, so those workloads are skipped and listed. Fails when no
 /// workload qualifies.
-pub fn promote(repo_root: &Path, run_id: &str, run: &RunRecord) -> Result<PromoteReport, BaselineError> {
+pub fn promote(
+    repo_root: &Path,
+    run_id: &str,
+    run: &RunRecord,
+) -> Result<PromoteReport, BaselineError> {
     let sides: Vec<Side> = run
         .workloads
         .iter()
@@ -154,7 +167,11 @@ pub fn promote(repo_root: &Path, run_id: &str, run: &RunRecord) -> Result<Promot
             path: baselines_dir(repo_root),
             message: format!(
                 "nothing to promote from run {run_id}{}{}",
-                if skipped.is_empty() { " (no workloads)" } else { ": " },
+                if skipped.is_empty() {
+                    " (no workloads)"
+                } else {
+                    ": "
+                },
                 skipped.join("; ")
             ),
         });
@@ -211,7 +228,10 @@ mod tests {
                 assert_eq!(c.class, class);
                 assert_eq!(c.model, "tiny");
                 assert_eq!(baseline.source_run, "run1");
-                assert_eq!(baseline.metrics["output_throughput"], vec![Some(10.0), Some(11.0)]);
+                assert_eq!(
+                    baseline.metrics["output_throughput"],
+                    vec![Some(10.0), Some(11.0)]
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -227,7 +247,10 @@ mod tests {
         other.engine_config = serde_json::json!({"max_num_seqs": 1});
         let class = FingerprintClass::of(&r.fingerprint, &other);
         match lookup(root.path(), &class).unwrap() {
-            Lookup::Missing { explanation, nearest } => {
+            Lookup::Missing {
+                explanation,
+                nearest,
+            } => {
                 assert_eq!(nearest.len(), 1);
                 assert!(explanation.contains("engine_config"), "{explanation}");
             }
@@ -236,7 +259,10 @@ mod tests {
         let none = FingerprintClass::of(&r.fingerprint, &two_ok("zzz"));
         match lookup(root.path(), &none).unwrap() {
             Lookup::Missing { explanation, .. } => {
-                assert!(explanation.contains("no baseline for workload `zzz`"), "{explanation}")
+                assert!(
+                    explanation.contains("no baseline for workload `zzz`"),
+                    "{explanation}"
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -247,14 +273,25 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let thin = workload(
             "thin",
-            vec![ok_trial(0, &[("output_throughput", 10.0)], "h"), failed_trial(1, "oom")],
+            vec![
+                ok_trial(0, &[("output_throughput", 10.0)], "h"),
+                failed_trial(1, "oom"),
+            ],
         );
         let r = run(cpu_fingerprint(), vec![two_ok("a"), thin.clone()]);
         let report = promote(root.path(), "run1", &r).unwrap();
         assert_eq!(report.promoted.len(), 1);
-        assert_eq!(report.skipped, vec!["`thin`: 1 of 2 trials ok; a baseline needs at least 2".to_string()]);
+        assert_eq!(
+            report.skipped,
+            vec!["`thin`: 1 of 2 trials ok; a baseline needs at least 2".to_string()]
+        );
         let only_thin = run(cpu_fingerprint(), vec![thin]);
-        let err = promote(root.path(), "run2", &only_thin).unwrap_err().to_string();
-        assert!(err.contains("nothing to promote from run run2: `thin`"), "{err}");
+        let err = promote(root.path(), "run2", &only_thin)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("nothing to promote from run run2: `thin`"),
+            "{err}"
+        );
     }
 }

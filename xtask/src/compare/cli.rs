@@ -47,7 +47,10 @@ pub struct CompareArgs {
 /// Runs `cargo xtask compare`. Errors are printed here and give exit code
 /// 2 (usage or infrastructure), apart from 1 (regression).
 pub fn run_cli(args: CompareArgs, repo_root: &Path) -> anyhow::Result<i32> {
-    let results = args.results.clone().unwrap_or_else(|| repo_root.join("results"));
+    let results = args
+        .results
+        .clone()
+        .unwrap_or_else(|| repo_root.join("results"));
     Ok(match compare(&args, &results, repo_root) {
         Ok(code) => code,
         Err(e) => {
@@ -83,7 +86,9 @@ fn emit(c: &Comparison, format: Format, out: Option<&Path>) -> anyhow::Result<()
         Format::Json => report::json(c),
     };
     match out {
-        Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display())),
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+        }
         None => print_out(&text),
     }
 }

@@ -162,7 +162,10 @@ fn pair_for(
             &name,
             Some(baseline),
             Some(candidate),
-            format!("different fingerprint classes, not comparable: {}", fields.join("; ")),
+            format!(
+                "different fingerprint classes, not comparable: {}",
+                fields.join("; ")
+            ),
             diff,
         )));
     }
@@ -264,7 +267,11 @@ pub fn compare_runs(
             ))),
         }
     }
-    for aw in a_run.workloads.iter().filter(|aw| !b_run.workloads.iter().any(|w| w.name == aw.name)) {
+    for aw in a_run
+        .workloads
+        .iter()
+        .filter(|aw| !b_run.workloads.iter().any(|w| w.name == aw.name))
+    {
         slots.push(Slot::Skip(no_verdict(
             &aw.name,
             Some(Side::from_run(a_id, a_run, aw)),

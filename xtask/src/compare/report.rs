@@ -13,7 +13,12 @@ use super::{Comparison, Summary, WorkloadComparison};
 use crate::run_record::metric_catalog;
 
 /// Shown in the terminal even when unchanged: what a reader looks for first.
-const HEADLINE: [&str; 4] = ["output_throughput", "p50_ttft_ms", "p50_tpot_ms", "p99_e2el_ms"];
+const HEADLINE: [&str; 4] = [
+    "output_throughput",
+    "p50_ttft_ms",
+    "p50_tpot_ms",
+    "p99_e2el_ms",
+];
 
 /// GitHub refuses comments over 65,536 characters.
 const MARKDOWN_LIMIT: usize = 60_000;
@@ -57,14 +62,21 @@ fn p(v: Option<f64>) -> String {
 }
 
 fn unit(m: &MetricResult) -> String {
-    format!("{} ({}{})", m.metric, if m.higher_is_better { "↑ " } else { "↓ " }, m.unit)
+    format!(
+        "{} ({}{})",
+        m.metric,
+        if m.higher_is_better { "↑ " } else { "↓ " },
+        m.unit
+    )
 }
 
 /// Short, for the terminal: the verdict and, when inconclusive, the
 /// smallest change the trials could have detected.
 fn verdict_text(m: &MetricResult) -> String {
     match (m.verdict, m.mde) {
-        (Verdict::Inconclusive, Some(mde)) => format!("INCONCLUSIVE (MDE {})", describe_change(mde)),
+        (Verdict::Inconclusive, Some(mde)) => {
+            format!("INCONCLUSIVE (MDE {})", describe_change(mde))
+        }
         (Verdict::Inconclusive, None) => "INCONCLUSIVE (no test)".into(),
         (v, _) => v.to_string(),
     }
@@ -78,20 +90,34 @@ pub fn summary_line(s: &Summary) -> String {
         format!("{} inconclusive", s.inconclusive),
     ];
     if s.output_changed > 0 {
-        parts.push(format!("output changed in {} workload(s)", s.output_changed));
+        parts.push(format!(
+            "output changed in {} workload(s)",
+            s.output_changed
+        ));
     }
     if s.more_failed_trials > 0 {
-        parts.push(format!("more failed trials in {} workload(s)", s.more_failed_trials));
+        parts.push(format!(
+            "more failed trials in {} workload(s)",
+            s.more_failed_trials
+        ));
     }
     if s.no_verdict > 0 {
-        parts.push(format!("{} of {} workload(s) without verdict", s.no_verdict, s.workloads));
+        parts.push(format!(
+            "{} of {} workload(s) without verdict",
+            s.no_verdict, s.workloads
+        ));
     }
     parts.join(" · ")
 }
 
 fn trials_text(side: &Option<Side>) -> String {
     match side {
-        Some(s) => format!("{} ({}/{} trials ok)", s.label, s.ok_count(), s.trials.len()),
+        Some(s) => format!(
+            "{} ({}/{} trials ok)",
+            s.label,
+            s.ok_count(),
+            s.trials.len()
+        ),
         None => "–".into(),
     }
 }
@@ -101,7 +127,9 @@ fn output_text(w: &WorkloadComparison) -> Option<String> {
     let head = match o.verdict {
         OutputVerdict::Same => "outputs identical".to_string(),
         OutputVerdict::Unknown => "outputs not checked".to_string(),
-        OutputVerdict::Changed if o.greedy => "OUTPUT-CHANGED (greedy: fails the check)".to_string(),
+        OutputVerdict::Changed if o.greedy => {
+            "OUTPUT-CHANGED (greedy: fails the check)".to_string()
+        }
         OutputVerdict::Changed => "OUTPUT-CHANGED".to_string(),
     };
     Some(match &o.note {
@@ -116,7 +144,13 @@ pub fn terminal(c: &Comparison) -> String {
     let _ = writeln!(out, "{}", c.title);
     let _ = writeln!(out, "{}", summary_line(&c.summary()));
     for w in &c.workloads {
-        let _ = writeln!(out, "\n{}: candidate {}; baseline {}", w.name, trials_text(&w.candidate), trials_text(&w.baseline));
+        let _ = writeln!(
+            out,
+            "\n{}: candidate {}; baseline {}",
+            w.name,
+            trials_text(&w.candidate),
+            trials_text(&w.baseline)
+        );
         if let Some(why) = &w.no_verdict {
             let _ = writeln!(out, "  no verdict: {why}");
             continue;
@@ -136,7 +170,16 @@ pub fn terminal(c: &Comparison) -> String {
         table
             .load_preset(UTF8_FULL_CONDENSED)
             .set_content_arrangement(ContentArrangement::Dynamic)
-            .set_header(["metric", "baseline", "candidate", "change", "95% CI", "p (Holm)", "± thr", "verdict"]);
+            .set_header([
+                "metric",
+                "baseline",
+                "candidate",
+                "change",
+                "95% CI",
+                "p (Holm)",
+                "± thr",
+                "verdict",
+            ]);
         let mut hidden = std::collections::BTreeMap::new();
         for m in &w.metrics {
             let flagged = matches!(m.verdict, Verdict::Regressed | Verdict::Improved);
@@ -158,7 +201,11 @@ pub fn terminal(c: &Comparison) -> String {
         let _ = writeln!(out, "{table}");
         if !hidden.is_empty() {
             let counts: Vec<String> = hidden.iter().map(|(v, n)| format!("{n} {v}")).collect();
-            let _ = writeln!(out, "  not shown: {} (all metrics: --format markdown or json)", counts.join(", "));
+            let _ = writeln!(
+                out,
+                "  not shown: {} (all metrics: --format markdown or json)",
+                counts.join(", ")
+            );
         }
         for m in &w.metrics {
             if m.mde.is_none() {
@@ -201,7 +248,10 @@ fn md_metric_row(out: &mut String, workload: &str, m: &MetricResult) {
         p(m.p_adjusted),
         m.threshold * 100.0,
         badge(m.verdict),
-        m.note.as_deref().map(|n| format!(" — {}", md_escape(n))).unwrap_or_default()
+        m.note
+            .as_deref()
+            .map(|n| format!(" — {}", md_escape(n)))
+            .unwrap_or_default()
     );
 }
 
@@ -229,7 +279,10 @@ fn md_trials(out: &mut String, w: &WorkloadComparison) {
     let (Some(b), Some(c)) = (&w.baseline, &w.candidate) else {
         return;
     };
-    let _ = writeln!(out, "\n| metric | baseline trials | candidate trials |\n|---|---|---|");
+    let _ = writeln!(
+        out,
+        "\n| metric | baseline trials | candidate trials |\n|---|---|---|"
+    );
     for def in metric_catalog() {
         let col = |s: &Side| -> String {
             s.trials
@@ -238,8 +291,19 @@ fn md_trials(out: &mut String, w: &WorkloadComparison) {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        if b.trials.iter().chain(&c.trials).any(|t| t.metrics.contains_key(def.name)) {
-            let _ = writeln!(out, "| {} ({}) | {} | {} |", def.name, def.unit, col(b), col(c));
+        if b.trials
+            .iter()
+            .chain(&c.trials)
+            .any(|t| t.metrics.contains_key(def.name))
+        {
+            let _ = writeln!(
+                out,
+                "| {} ({}) | {} | {} |",
+                def.name,
+                def.unit,
+                col(b),
+                col(c)
+            );
         }
     }
 }
@@ -269,7 +333,12 @@ fn md_workload_details(out: &mut String, w: &WorkloadComparison) {
     }
     if let Some(side) = w.candidate.as_ref().or(w.baseline.as_ref()) {
         let class = serde_json::to_string(&side.class).unwrap_or_default();
-        let _ = writeln!(out, "- fingerprint class `{}`: `{}`", side.class.hash(), md_escape(&class));
+        let _ = writeln!(
+            out,
+            "- fingerprint class `{}`: `{}`",
+            side.class.hash(),
+            md_escape(&class)
+        );
     }
     if !w.metrics.is_empty() {
         let _ = write!(out, "\n{MD_HEADER}");
@@ -309,11 +378,20 @@ pub fn markdown(c: &Comparison) -> String {
     for w in &c.workloads {
         if let Some(o) = &w.output {
             if o.verdict == OutputVerdict::Changed {
-                let _ = writeln!(out, "- **{}**: {}", w.name, output_text(w).unwrap_or_default());
+                let _ = writeln!(
+                    out,
+                    "- **{}**: {}",
+                    w.name,
+                    output_text(w).unwrap_or_default()
+                );
             }
         }
         if w.trials.as_ref().is_some_and(|t| t.more_failures) {
-            let _ = writeln!(out, "- **{}**: the candidate failed more trials than the baseline", w.name);
+            let _ = writeln!(
+                out,
+                "- **{}**: the candidate failed more trials than the baseline",
+                w.name
+            );
         }
         if let Some(why) = &w.no_verdict {
             let _ = writeln!(out, "- **{}**: no verdict — {}", w.name, md_escape(why));
@@ -357,7 +435,10 @@ pub fn append_step_summary(c: &Comparison) -> std::io::Result<()> {
 
 /// Appends the comparison's Markdown to `path` (creating it).
 pub fn append_markdown(path: &Path, c: &Comparison) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
     f.write_all(markdown(c).as_bytes())?;
     f.write_all(b"\n")
 }

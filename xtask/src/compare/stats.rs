@@ -242,7 +242,10 @@ mod tests {
         let c = LogComparison::new(&[10.0, 10.0], &[11.0, 11.0]).unwrap();
         assert_eq!(c.p_value(), 0.0);
         assert!(close(c.relative_change(), 0.1, 1e-12));
-        assert_eq!(c.relative_ci(0.95), (c.relative_change(), c.relative_change()));
+        assert_eq!(
+            c.relative_ci(0.95),
+            (c.relative_change(), c.relative_change())
+        );
         assert_eq!(c.equivalence_p(0.05), 1.0);
     }
 
@@ -250,7 +253,10 @@ mod tests {
     fn rejects_too_few_and_non_positive_values() {
         assert!(matches!(
             LogComparison::new(&[1.0], &[1.0, 2.0]),
-            Err(StatsError::TooFewValues { baseline: 1, candidate: 2 })
+            Err(StatsError::TooFewValues {
+                baseline: 1,
+                candidate: 2
+            })
         ));
         assert!(matches!(
             LogComparison::new(&[0.0, 1.0], &[1.0, 2.0]),
@@ -270,8 +276,8 @@ mod tests {
 
     #[test]
     fn tost_agrees_with_the_90_percent_interval() {
-        let c = LogComparison::new(&[100.0, 100.5, 99.5, 100.2], &[100.1, 99.8, 100.4, 99.9])
-            .unwrap();
+        let c =
+            LogComparison::new(&[100.0, 100.5, 99.5, 100.2], &[100.1, 99.8, 100.4, 99.9]).unwrap();
         let (lo, hi) = c.relative_ci(0.90);
         for thr in [0.002, 0.005, 0.01, 0.02] {
             let inside = lo > -thr && hi < thr;
@@ -314,8 +320,13 @@ mod tests {
         // after the heavy one is rejected the light one gets all of α
         assert!(close(adj[1], 0.045, 1e-12), "{adj:?}");
         // equal weights would have rejected neither at α = 0.05
-        assert!(holm_adjust(&[0.03, 0.045], &[1.0, 1.0]).iter().all(|p| *p > 0.05));
+        assert!(holm_adjust(&[0.03, 0.045], &[1.0, 1.0])
+            .iter()
+            .all(|p| *p > 0.05));
         // scaling all weights changes nothing
-        assert_eq!(holm_adjust(&[0.01, 0.2], &[2.0, 6.0]), holm_adjust(&[0.01, 0.2], &[1.0, 3.0]));
+        assert_eq!(
+            holm_adjust(&[0.01, 0.2], &[2.0, 6.0]),
+            holm_adjust(&[0.01, 0.2], &[1.0, 3.0])
+        );
     }
 }

@@ -15,7 +15,9 @@ pub const LATENCY_TAIL: f64 = 0.10;
 
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum ThresholdError {
-    #[error("workload `{workload}`: `thresholds` must be a table of metric or kind names to fractions")]
+    #[error(
+        "workload `{workload}`: `thresholds` must be a table of metric or kind names to fractions"
+    )]
     NotATable { workload: String },
     #[error("workload `{workload}`: thresholds.{key}: unknown metric or kind (kinds: throughput, latency_central, latency_tail)")]
     UnknownKey { workload: String, key: String },
@@ -136,8 +138,11 @@ mod tests {
         let e = Thresholds::from_spec("w", &serde_json::json!({"thresholds": {"p99_ttft_ms": 5}}))
             .unwrap_err();
         assert!(e.to_string().contains("thresholds.p99_ttft_ms = 5"), "{e}");
-        let e = Thresholds::from_spec("w", &serde_json::json!({"thresholds": {"mean_batch_size": 0.1}}))
-            .unwrap_err();
+        let e = Thresholds::from_spec(
+            "w",
+            &serde_json::json!({"thresholds": {"mean_batch_size": 0.1}}),
+        )
+        .unwrap_err();
         assert!(matches!(e, ThresholdError::UnknownKey { .. }));
         assert!(Thresholds::from_spec("w", &serde_json::json!({"thresholds": 3})).is_err());
     }

@@ -216,14 +216,28 @@ fn pending_for(pair: &WorkloadPair) -> Vec<Pending> {
     out
 }
 
-fn decide(result: &mut MetricResult, test: &LogComparison, p_adjusted: f64, alpha_share: f64, policy: &Policy) {
+fn decide(
+    result: &mut MetricResult,
+    test: &LogComparison,
+    p_adjusted: f64,
+    alpha_share: f64,
+    policy: &Policy,
+) {
     let change = test.relative_change();
     let (lo, hi) = test.relative_ci(policy.confidence);
     let thr = result.threshold;
     let equivalence_p = test.equivalence_p(thr);
     let mde = test.minimum_detectable_effect(alpha_share, policy.power);
-    let worse = if result.higher_is_better { change < -thr } else { change > thr };
-    let better = if result.higher_is_better { change > thr } else { change < -thr };
+    let worse = if result.higher_is_better {
+        change < -thr
+    } else {
+        change > thr
+    };
+    let better = if result.higher_is_better {
+        change > thr
+    } else {
+        change < -thr
+    };
     let significant = p_adjusted < policy.alpha;
     result.change = Some(change);
     result.ci_low = Some(lo);
@@ -337,11 +351,15 @@ fn family_weights(kinds_per_workload: &[Vec<MetricKind>]) -> Vec<Vec<f64>> {
         .iter()
         .map(|kinds| {
             let count = |k: MetricKind| kinds.iter().filter(|x| **x == k).count() as f64;
-            let present: f64 = [MetricKind::Throughput, MetricKind::LatencyCentral, MetricKind::LatencyTail]
-                .into_iter()
-                .filter(|k| count(*k) > 0.0)
-                .map(kind_share)
-                .sum();
+            let present: f64 = [
+                MetricKind::Throughput,
+                MetricKind::LatencyCentral,
+                MetricKind::LatencyTail,
+            ]
+            .into_iter()
+            .filter(|k| count(*k) > 0.0)
+            .map(kind_share)
+            .sum();
             kinds
                 .iter()
                 .map(|k| kind_share(*k) / present / count(*k))
@@ -380,7 +398,13 @@ pub fn judge(pairs: &[WorkloadPair], policy: &Policy) -> (Vec<WorkloadVerdicts>,
             match &p.test {
                 Ok(test) => {
                     let (p_adj, w) = tests.next().unwrap_or((1.0, 0.0));
-                    decide(&mut p.result, test, p_adj, policy.alpha * w / total_weight, policy);
+                    decide(
+                        &mut p.result,
+                        test,
+                        p_adj,
+                        policy.alpha * w / total_weight,
+                        policy,
+                    );
                 }
                 Err(why) => p.result.note = Some(why.clone()),
             }

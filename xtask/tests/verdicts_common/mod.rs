@@ -79,7 +79,11 @@ pub fn trials(
                 .into_iter()
                 .map(|(name, kind, truth)| {
                     // throughput up means latency down in the same trial
-                    let sign = if kind == MetricKind::Throughput { 1.0 } else { -1.0 };
+                    let sign = if kind == MetricKind::Throughput {
+                        1.0
+                    } else {
+                        -1.0
+                    };
                     let z = noise.shared.sqrt() * sign * common
                         + (1.0 - noise.shared).sqrt() * normal(rng);
                     (name, truth * factor(name) * (cv(noise, kind) * z).exp())
