@@ -3,7 +3,7 @@
 
 Usage:
   hf_reference.py --model DIR --out golden.json [--preset NAME --seed N]
-                  [--prompt-lens 6,17,41] [--new-tokens 64] [--device cpu]
+                  [--prompt-lens 6,17,41] [--new-tokens 64] [--device cpu] [--no-full]
   hf_reference.py --model DIR --check-only
 
 It first asserts that transformers loads DIR unchanged: no missing,
@@ -11,7 +11,8 @@ unexpected or mismatched weights, and the config transformers builds has the
 values written in config.json. Then, in float32, for each prompt it records:
   - `top`: at every position the 16 largest logits (ids and values),
   - `full`: full-vocabulary logits at the first, middle and last position,
-    hex-encoded little-endian f32 (8 hex digits per value) to keep files small,
+    hex-encoded little-endian f32 (8 hex digits per value) to keep files small
+    (`--no-full` leaves them out, for presets with a large vocabulary),
   - `greedy`: the next `--new-tokens` argmax tokens (no EOS stop), and the
     smallest top-1/top-2 logit gap seen along the way, so a test failure on a
     near-tie can be told apart from a real divergence.
@@ -82,6 +83,7 @@ def main():
     ap.add_argument("--top", type=int, default=16)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--check-only", action="store_true")
+    ap.add_argument("--no-full", action="store_true")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -104,7 +106,7 @@ def main():
         ids = [bos] + tokens
         logits = logits_of(ids)
         top_vals, top_ids = logits.topk(args.top, dim=-1)
-        full_positions = sorted({0, len(ids) // 2, len(ids) - 1})
+        full_positions = [] if args.no_full else sorted({0, len(ids) // 2, len(ids) - 1})
         seq = list(ids)
         min_gap = float("inf")
         for _ in range(args.new_tokens):

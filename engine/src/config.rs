@@ -249,23 +249,42 @@ fn validate(cfg: &ModelConfig) -> Result<(), String> {
             return Err(format!("{name}: must be positive"));
         }
     }
-    if cfg.num_attention_heads % cfg.num_key_value_heads != 0 {
+    if !cfg
+        .num_attention_heads
+        .is_multiple_of(cfg.num_key_value_heads)
+    {
         return Err(format!(
             "num_key_value_heads: {} does not divide num_attention_heads {}",
             cfg.num_key_value_heads, cfg.num_attention_heads
         ));
     }
-    if cfg.head_dim % 2 != 0 {
-        return Err(format!("head_dim: must be even for RoPE, got {}", cfg.head_dim));
+    if !cfg.head_dim.is_multiple_of(2) {
+        return Err(format!(
+            "head_dim: must be even for RoPE, got {}",
+            cfg.head_dim
+        ));
     }
-    if !(cfg.rms_norm_eps > 0.0) {
-        return Err(format!("rms_norm_eps: must be positive, got {}", cfg.rms_norm_eps));
+    if cfg.rms_norm_eps.is_nan() || cfg.rms_norm_eps <= 0.0 {
+        return Err(format!(
+            "rms_norm_eps: must be positive, got {}",
+            cfg.rms_norm_eps
+        ));
     }
-    if !(cfg.rope_theta > 0.0) {
-        return Err(format!("rope_theta: must be positive, got {}", cfg.rope_theta));
+    if cfg.rope_theta.is_nan() || cfg.rope_theta <= 0.0 {
+        return Err(format!(
+            "rope_theta: must be positive, got {}",
+            cfg.rope_theta
+        ));
     }
-    if let Some(bad) = cfg.eos_token_ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
-        return Err(format!("eos_token_id: {bad} is not below vocab_size {}", cfg.vocab_size));
+    if let Some(bad) = cfg
+        .eos_token_ids
+        .iter()
+        .find(|&&id| id as usize >= cfg.vocab_size)
+    {
+        return Err(format!(
+            "eos_token_id: {bad} is not below vocab_size {}",
+            cfg.vocab_size
+        ));
     }
     Ok(())
 }
@@ -280,7 +299,12 @@ fn parse_architecture(obj: &Map<String, Value>) -> Result<Architecture, String> 
         [one] => one
             .as_str()
             .ok_or_else(|| "architectures: not a list of strings".to_string())?,
-        _ => return Err(format!("architectures: expected exactly one entry, got {}", list.len())),
+        _ => {
+            return Err(format!(
+                "architectures: expected exactly one entry, got {}",
+                list.len()
+            ))
+        }
     };
     match name {
         "LlamaForCausalLM" => Ok(Architecture::Llama),
@@ -417,7 +441,10 @@ mod tests {
         assert_eq!(cfg.gqa_group(), 4);
         assert!(cfg.tie_word_embeddings && !cfg.attention_bias && !cfg.qk_norm);
         assert_eq!(cfg.rope_scaling.as_ref().unwrap().factor, 32.0);
-        assert_eq!(cfg.rope_scaling.unwrap().original_max_position_embeddings, 8192);
+        assert_eq!(
+            cfg.rope_scaling.unwrap().original_max_position_embeddings,
+            8192
+        );
         assert_eq!(cfg.eos_token_ids, vec![128001]);
         assert_eq!(cfg.bos_token_id, Some(128000));
         assert_eq!(cfg.torch_dtype, DType::BF16);
@@ -527,8 +554,13 @@ mod tests {
         let path = dir.path().join("config.json");
         std::fs::write(&path, "{\"architectures\": [\"LlamaForCausalLM\"]}").unwrap();
         let err = ModelConfig::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("config.json") && err.contains("hidden_size"), "{err}");
-        let err = ModelConfig::load(&dir.path().join("nope")).unwrap_err().to_string();
+        assert!(
+            err.contains("config.json") && err.contains("hidden_size"),
+            "{err}"
+        );
+        let err = ModelConfig::load(&dir.path().join("nope"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("nope"), "{err}");
     }
 }

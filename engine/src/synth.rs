@@ -243,8 +243,8 @@ pub fn write_checkpoint(
     };
     std::fs::create_dir_all(out).map_err(io(out))?;
     let config_path = out.join("config.json");
-    let mut config_text = serde_json::to_string_pretty(&config_json(cfg))
-        .map_err(|e| io(&config_path)(e.into()))?;
+    let mut config_text =
+        serde_json::to_string_pretty(&config_json(cfg)).map_err(|e| io(&config_path)(e.into()))?;
     config_text.push('\n');
     std::fs::write(&config_path, config_text).map_err(io(&config_path))?;
 

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use crate::config::{DType, ModelConfig};
+use crate::config::{ConfigError, DType, ModelConfig};
 
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const SHARD_INDEX: &str = "model.safetensors.index.json";
@@ -55,7 +55,11 @@ impl TensorView<'_> {
                 .chunks_exact(2)
                 .map(|b| half::bf16::from_le_bytes([b[0], b[1]]))
                 .collect(),
-            _ => self.to_f32().into_iter().map(half::bf16::from_f32).collect(),
+            _ => self
+                .to_f32()
+                .into_iter()
+                .map(half::bf16::from_f32)
+                .collect(),
         }
     }
 }
@@ -83,7 +87,10 @@ pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let kv = cfg.num_key_value_heads * cfg.head_dim;
     let i = cfg.intermediate_size;
     let mut out = vec![
-        ("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h]),
+        (
+            "model.embed_tokens.weight".to_string(),
+            vec![cfg.vocab_size, h],
+        ),
         ("model.norm.weight".to_string(), vec![h]),
     ];
     if !cfg.tie_word_embeddings {
@@ -132,6 +139,8 @@ struct TensorEntry {
 pub struct Checkpoint {
     pub config: ModelConfig,
     config_path: PathBuf,
+    /// config.json as read at open, for the content hash.
+    config_bytes: Vec<u8>,
     files: Vec<MappedFile>,
     tensors: HashMap<String, TensorEntry>,
 }
@@ -141,7 +150,17 @@ impl Checkpoint {
     /// validates every expected tensor's presence, dtype and shape.
     pub fn open(dir: &Path) -> Result<Checkpoint, WeightsError> {
         let config_path = dir.join("config.json");
-        let config = ModelConfig::load(&config_path)?;
+        let config_bytes = std::fs::read(&config_path).map_err(|source| ConfigError::Io {
+            path: config_path.display().to_string(),
+            source,
+        })?;
+        let config = String::from_utf8(config_bytes.clone())
+            .map_err(|_| "not UTF-8 text".to_string())
+            .and_then(|text| ModelConfig::parse(&text))
+            .map_err(|message| ConfigError::Invalid {
+                path: config_path.display().to_string(),
+                message,
+            })?;
         let file_names = safetensors_files(dir)?;
         let mut files = Vec::with_capacity(file_names.len());
         let mut tensors = HashMap::new();
@@ -152,7 +171,9 @@ impl Checkpoint {
             if let Some(wanted) = wanted {
                 // Every name the shard index puts in this file must be there.
                 if let Some(name) = wanted.iter().find(|n| {
-                    tensors.get(*n).is_none_or(|e: &TensorEntry| e.file != index)
+                    tensors
+                        .get(*n)
+                        .is_none_or(|e: &TensorEntry| e.file != index)
                 }) {
                     return Err(invalid(
                         &path,
@@ -165,6 +186,7 @@ impl Checkpoint {
         let checkpoint = Checkpoint {
             config,
             config_path,
+            config_bytes,
             files,
             tensors,
         };
@@ -175,7 +197,10 @@ impl Checkpoint {
     fn validate(&self, dir: &Path) -> Result<(), WeightsError> {
         for (name, shape) in expected_tensors(&self.config) {
             let Some(entry) = self.tensors.get(&name) else {
-                return Err(invalid(dir, format!("tensor {name}: missing from the checkpoint")));
+                return Err(invalid(
+                    dir,
+                    format!("tensor {name}: missing from the checkpoint"),
+                ));
             };
             if entry.shape != shape {
                 return Err(invalid(
@@ -192,10 +217,12 @@ impl Checkpoint {
 
     /// The tensor named exactly as in HF (`model.layers.0.self_attn.q_proj.weight`).
     pub fn tensor(&self, name: &str) -> Result<TensorView<'_>, WeightsError> {
-        let (key, entry) = self
-            .tensors
-            .get_key_value(name)
-            .ok_or_else(|| invalid(&self.config_path, format!("tensor {name}: not in the checkpoint")))?;
+        let (key, entry) = self.tensors.get_key_value(name).ok_or_else(|| {
+            invalid(
+                &self.config_path,
+                format!("tensor {name}: not in the checkpoint"),
+            )
+        })?;
         Ok(TensorView {
             name: key,
             dtype: entry.dtype,
@@ -214,10 +241,7 @@ impl Checkpoint {
     /// blake3 over config.json and the safetensors files, hex.
     pub fn content_hash(&self) -> String {
         let mut hasher = blake3::Hasher::new();
-        // config.json was read successfully in `open`; a read failure now
-        // (file removed since) still yields a hash of what is mapped.
-        let config = std::fs::read(&self.config_path).unwrap_or_default();
-        hash_part(&mut hasher, "config.json", &config);
+        hash_part(&mut hasher, "config.json", &self.config_bytes);
         let mut files: Vec<&MappedFile> = self.files.iter().collect();
         files.sort_by(|a, b| a.path.file_name().cmp(&b.path.file_name()));
         for file in files {
@@ -243,15 +267,18 @@ fn hash_part(hasher: &mut blake3::Hasher, name: &str, bytes: &[u8]) {
     }
 }
 
-/// The safetensors files of `dir`, each with the tensor names the shard index
-/// assigns to it (None for a single file).
-fn safetensors_files(dir: &Path) -> Result<Vec<(String, Option<Vec<String>>)>, WeightsError> {
+/// A safetensors file name and the tensor names the shard index assigns to
+/// it (None for a single file).
+type ShardFile = (String, Option<Vec<String>>);
+
+/// The safetensors files of `dir`.
+fn safetensors_files(dir: &Path) -> Result<Vec<ShardFile>, WeightsError> {
     let index_path = dir.join(SHARD_INDEX);
     if index_path.is_file() {
         let text = std::fs::read_to_string(&index_path)
             .map_err(|e| invalid(&index_path, e.to_string()))?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| invalid(&index_path, format!("not JSON: {e}")))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| invalid(&index_path, format!("not JSON: {e}")))?;
         let map = value
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -262,9 +289,15 @@ fn safetensors_files(dir: &Path) -> Result<Vec<(String, Option<Vec<String>>)>, W
                 .as_str()
                 .filter(|f| !f.contains('/') && !f.contains('\\') && f.ends_with(".safetensors"))
                 .ok_or_else(|| {
-                    invalid(&index_path, format!("weight_map.{tensor}: bad file name {file}"))
+                    invalid(
+                        &index_path,
+                        format!("weight_map.{tensor}: bad file name {file}"),
+                    )
                 })?;
-            by_file.entry(file.to_string()).or_default().push(tensor.clone());
+            by_file
+                .entry(file.to_string())
+                .or_default()
+                .push(tensor.clone());
         }
         if by_file.is_empty() {
             return Err(invalid(&index_path, "weight_map: empty"));
@@ -297,7 +330,10 @@ fn index_file(
     tensors: &mut HashMap<String, TensorEntry>,
 ) -> Result<(), WeightsError> {
     let (header_len, metadata) = safetensors::SafeTensors::read_metadata(map).map_err(|e| {
-        invalid(path, format!("not a valid safetensors file (truncated or corrupt?): {e}"))
+        invalid(
+            path,
+            format!("not a valid safetensors file (truncated or corrupt?): {e}"),
+        )
     })?;
     let data_start = 8 + header_len;
     for (name, info) in metadata.tensors() {
@@ -314,7 +350,10 @@ fn index_file(
         };
         let (start, end) = info.data_offsets;
         if tensors.contains_key(&name) {
-            return Err(invalid(path, format!("tensor {name}: appears in more than one file")));
+            return Err(invalid(
+                path,
+                format!("tensor {name}: appears in more than one file"),
+            ));
         }
         tensors.insert(
             name,

@@ -109,7 +109,6 @@ fn missing_model_and_bad_config_are_errors_not_panics() {
 }
 
 #[test]
-#[ignore = "needs the CPU backend (model work item), not on main yet"]
 fn too_long_prompt_is_rejected_in_its_record_and_the_others_run() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());

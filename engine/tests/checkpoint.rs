@@ -54,7 +54,9 @@ fn opens_and_upcasts() {
         .unwrap();
     assert_eq!(t.shape, &[64]);
     assert_eq!(t.to_f32(), vec![1.0; 64]);
-    let q = ckpt.tensor("model.layers.0.self_attn.q_proj.weight").unwrap();
+    let q = ckpt
+        .tensor("model.layers.0.self_attn.q_proj.weight")
+        .unwrap();
     assert_eq!(q.shape, &[8 * 64, 256]);
     let as_f32 = q.to_f32();
     let as_bf16 = q.to_bf16();
@@ -175,7 +177,10 @@ fn sharded_round_trip() {
     let index = serde_json::json!({ "weight_map": weight_map });
     std::fs::write(sharded.path().join(SHARD_INDEX), index.to_string()).unwrap();
     let err = open_err(sharded.path());
-    assert!(err.contains(moved.as_str()) && err.contains("00002"), "{err}");
+    assert!(
+        err.contains(moved.as_str()) && err.contains("00002"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -63,7 +63,10 @@ fn load_fixture(preset: &str) -> Vec<Prompt> {
                 .iter()
                 .map(|f| {
                     let hex = f["logits_f32_hex"].as_str().unwrap();
-                    (f["position"].as_u64().unwrap() as usize, decode_f32_hex(hex))
+                    (
+                        f["position"].as_u64().unwrap() as usize,
+                        decode_f32_hex(hex),
+                    )
                 })
                 .collect(),
             greedy: nums(&p["greedy"]).iter().map(|&t| t as u32).collect(),
@@ -112,17 +115,32 @@ fn greedy(index: u32) -> SampleSpec {
 
 /// `max |a − b| / max |b|`.
 fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
     diff / b.iter().map(|y| y.abs()).fold(0.0, f32::max)
 }
 
 /// Greedy continuation of every prompt, all decoded together in one batch.
-fn generate(backend: &mut CpuBackend, prompts: &[&[u32]], slots: &[usize], n: usize) -> Vec<Vec<u32>> {
+fn generate(
+    backend: &mut CpuBackend,
+    prompts: &[&[u32]],
+    slots: &[usize],
+    n: usize,
+) -> Vec<Vec<u32>> {
     let tables: Vec<Vec<u32>> = slots.iter().map(|&s| table(s)).collect();
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
     for i in 0..n {
         let inputs: Vec<Vec<u32>> = (0..prompts.len())
-            .map(|s| if i == 0 { prompts[s].to_vec() } else { vec![out[s][i - 1]] })
+            .map(|s| {
+                if i == 0 {
+                    prompts[s].to_vec()
+                } else {
+                    vec![out[s][i - 1]]
+                }
+            })
             .collect();
         let batch: Vec<SeqStep<'_>> = (0..prompts.len())
             .map(|s| SeqStep {
@@ -162,27 +180,41 @@ fn check_preset(preset: &str) {
         for (pos, want) in &p.full {
             let err = rel_err(&logits[*pos], want);
             worst_full = worst_full.max(err);
-            assert!(err <= REL_TOL, "{preset} prompt {i} position {pos}: relative error {err}");
+            assert!(
+                err <= REL_TOL,
+                "{preset} prompt {i} position {pos}: relative error {err}"
+            );
         }
         for (pos, (ids, want)) in p.top_ids.iter().zip(&p.top_logits).enumerate() {
             let got: Vec<f32> = ids.iter().map(|&id| logits[pos][id]).collect();
             let err = rel_err(&got, want);
             worst_top = worst_top.max(err);
-            assert!(err <= REL_TOL, "{preset} prompt {i} position {pos} (top-16): relative error {err}");
+            assert!(
+                err <= REL_TOL,
+                "{preset} prompt {i} position {pos} (top-16): relative error {err}"
+            );
         }
     }
-    eprintln!("{preset}: worst relative error {worst_full:.2e} (full rows), {worst_top:.2e} (top-16)");
+    eprintln!(
+        "{preset}: worst relative error {worst_full:.2e} (full rows), {worst_top:.2e} (top-16)"
+    );
 
     // Greedy: each prompt alone, then all three in one batch.
     let n = prompts[0].greedy.len();
     for (i, p) in prompts.iter().enumerate() {
         let alone = generate(&mut backend, &[&p.tokens], &[0], n);
-        assert_eq!(alone[0], p.greedy, "{preset} prompt {i}: greedy continuation");
+        assert_eq!(
+            alone[0], p.greedy,
+            "{preset} prompt {i}: greedy continuation"
+        );
     }
     let all: Vec<&[u32]> = prompts.iter().map(|p| p.tokens.as_slice()).collect();
     let together = generate(&mut backend, &all, &[1, 2, 3], n);
     for (i, p) in prompts.iter().enumerate() {
-        assert_eq!(together[i], p.greedy, "{preset} prompt {i}: greedy in a batch of 3");
+        assert_eq!(
+            together[i], p.greedy,
+            "{preset} prompt {i}: greedy in a batch of 3"
+        );
     }
 }
 
@@ -248,7 +280,10 @@ fn logits_do_not_depend_on_batch_or_chunking() {
     }
     assert_eq!(chunked.len(), alone.len());
     for (pos, (a, b)) in alone.iter().zip(&chunked).enumerate() {
-        assert!(a == b, "position {pos} differs between alone and chunked-in-batch");
+        assert!(
+            a == b,
+            "position {pos} differs between alone and chunked-in-batch"
+        );
     }
 }
 
@@ -274,5 +309,86 @@ fn bad_batches_are_errors_not_panics() {
     ] {
         let err = backend.forward_logits(&[batch]).unwrap_err().to_string();
         assert!(err.contains(needle) && err.contains("sequence 9"), "{err}");
+    }
+}
+
+/// Decoding token by token gives the same logits, bit for bit, as
+/// recomputing the whole sequence in one prefill (what preemption by
+/// recompute does), in other KV blocks.
+#[test]
+fn decode_matches_recompute() {
+    let prompts = load_fixture("tiny-qwen2");
+    let dir = tempfile::tempdir().unwrap();
+    let mut backend = backend("tiny-qwen2", dir.path());
+    let (t0, t1) = (table(0), table(3));
+    let prompt = &prompts[1].tokens;
+    let mut seq = prompt.clone();
+    let mut decoded = vec![backend
+        .forward_logits(&[prefill_step(prompt, 0, &t0)])
+        .unwrap()
+        .pop()
+        .unwrap()];
+    for _ in 0..10 {
+        let last = decoded.last().unwrap();
+        let next = (0..last.len())
+            .max_by(|&a, &b| last[a].total_cmp(&last[b]).then(b.cmp(&a)))
+            .unwrap() as u32;
+        seq.push(next);
+        let input = [next];
+        decoded.push(
+            backend
+                .forward_logits(&[prefill_step(&input, seq.len() - 1, &t0)])
+                .unwrap()
+                .pop()
+                .unwrap(),
+        );
+    }
+    let recomputed = backend
+        .forward_logits(&[prefill_step(&seq, 0, &t1)])
+        .unwrap();
+    for (i, want) in decoded.iter().enumerate() {
+        let pos = prompt.len() - 1 + i;
+        assert!(recomputed[pos] == *want, "position {pos}");
+    }
+}
+
+fn prefill_step<'a>(tokens: &'a [u32], start_pos: usize, block_table: &'a [u32]) -> SeqStep<'a> {
+    SeqStep {
+        seq_id: 0,
+        tokens,
+        start_pos,
+        block_table,
+        sample: None,
+    }
+}
+
+/// `forward` samples through the shared sampler: with temperature, the token
+/// is `sampler::sample` of the same logits `forward_logits` returns.
+#[test]
+fn forward_samples_with_the_shared_sampler() {
+    let prompts = load_fixture("tiny");
+    let dir = tempfile::tempdir().unwrap();
+    let mut backend = backend("tiny", dir.path());
+    let t0 = table(0);
+    let tokens = &prompts[0].tokens;
+    let logits = backend
+        .forward_logits(&[prefill_step(tokens, 0, &t0)])
+        .unwrap();
+    for index in 0..8 {
+        let spec = SampleSpec {
+            temperature: 0.8,
+            top_k: 50,
+            top_p: 0.9,
+            seed: 1234,
+            index,
+        };
+        let got = backend
+            .forward(&[SeqStep {
+                sample: Some(spec.clone()),
+                ..prefill_step(tokens, 0, &t0)
+            }])
+            .unwrap();
+        let want = engine::sampler::sample(logits.last().unwrap(), &spec);
+        assert_eq!(got, vec![want]);
     }
 }

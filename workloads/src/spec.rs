@@ -1,7 +1,7 @@
 //! Workload specs: one TOML file per workload in `workloads/specs/`.
 //!
 //! ```toml
-//! name = "smoke-poisson"              # must equal the file name's stem
+//! name = "example-poisson"            # must equal the file name's stem
 //! description = "Open loop at 6 req/s"
 //! model = "tiny"                      # default model preset (--model overrides)
 //! seed = 3                            # everything random derives from it
@@ -50,6 +50,9 @@ use serde::{Deserialize, Serialize};
 use crate::arrival::Arrival;
 use crate::distribution::{LengthDist, ListError};
 use crate::location::{InvalidToml, SourceMap};
+
+/// Most measured (and, separately, warmup) requests a spec may ask for.
+pub const MAX_REQUESTS: u32 = 10_000_000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -208,8 +211,20 @@ impl WorkloadSpec {
                 ),
             );
         }
-        if self.requests == 0 {
-            add("requests", "must be at least 1".into());
+        if !(1..=MAX_REQUESTS).contains(&self.requests) {
+            add(
+                "requests",
+                format!("must be in 1..={MAX_REQUESTS}, got {}", self.requests),
+            );
+        }
+        if self.warmup_requests > MAX_REQUESTS {
+            add(
+                "warmup_requests",
+                format!(
+                    "must be at most {MAX_REQUESTS}, got {}",
+                    self.warmup_requests
+                ),
+            );
         }
         for (field, dist) in [
             ("prompt_len", &self.prompt_len),

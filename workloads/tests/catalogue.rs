@@ -67,7 +67,7 @@ fn suites_have_the_promised_shape() {
     assert_eq!(cat.suite("smoke").unwrap().device, Some(SuiteDevice::Cpu));
     assert!(smoke.iter().all(|w| w.model.as_deref() == Some("tiny")));
     // Kept small so 3 trials of the whole suite fit in well under 3 minutes
-    // on 2 CPU cores.
+    // on 2 CPU cores (the tiny preset ran at ~1,000-1,400 output tok/s there).
     let tokens: u32 = smoke
         .iter()
         .map(|w| {
@@ -76,7 +76,7 @@ fn suites_have_the_promised_shape() {
         })
         .sum();
     assert!(
-        tokens <= 10_000,
+        tokens <= 25_000,
         "smoke suite processes up to {tokens} tokens per trial set"
     );
     let kinds: Vec<_> = smoke

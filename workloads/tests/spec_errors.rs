@@ -166,6 +166,11 @@ fn bad_values() {
         1,
         "name",
     );
+    assert_located(
+        &GOOD.replace("warmup_requests = 1", "warmup_requests = 4294967295"),
+        5,
+        "warmup_requests",
+    );
 }
 
 #[test]

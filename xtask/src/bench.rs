@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use workloads::suite::SuiteDevice;
-use workloads::{RequestRecord, StepLogEntry};
+use workloads::{BenchSummary, RequestRecord, StepLogEntry};
 
 use crate::cli::{BenchArgs, DeviceArg};
 use crate::engine_info::{self, EngineInfo};
@@ -83,9 +83,10 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
     }
     if cuda && gpus.is_empty() {
         eprintln!(
-            "warning: the engine sees a GPU but NVML does not ({}); the fingerprint has no GPU properties",
+            "warning: NVML is not available ({}): GPU properties come from the engine, and clocks, temperature and throttling are not recorded",
             monitor.unavailable_reason().unwrap_or("unknown")
         );
+        gpus = info.all_gpus().iter().map(|g| g.fingerprint()).collect();
     }
     let source = fingerprint::source(root, &engine, &build);
     let host = fingerprint::host();
@@ -427,12 +428,13 @@ fn read_outputs(files: &TrialFiles) -> Result<(Vec<RequestRecord>, Vec<StepLogEn
     Ok((records, steps))
 }
 
-/// Peak memory from the engine's summary (`peak_memory_bytes`), if it
-/// wrote one.
+/// Peak memory from the engine's summary (device peak on a GPU, resident
+/// set on a CPU). A missing or unreadable summary leaves it unreported
+/// rather than failing a trial whose records are fine.
 fn peak_memory(files: &TrialFiles) -> Option<u64> {
     let text = std::fs::read_to_string(&files.summary).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v.get("peak_memory_bytes")?.as_u64()
+    let summary: BenchSummary = serde_json::from_str(&text).ok()?;
+    summary.peak_memory_bytes
 }
 
 fn trial_line(workload: &str, t: &TrialSummary, trials: u32) -> String {

@@ -7,6 +7,8 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+use crate::run_record::GpuFingerprint;
+
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct EngineInfo {
     #[serde(default)]
@@ -27,6 +29,38 @@ pub struct EngineGpu {
     pub uuid: Option<String>,
     #[serde(default)]
     pub sm_count: Option<u32>,
+    /// `[major, minor]`.
+    #[serde(default)]
+    pub compute_capability: Option<(u32, u32)>,
+    #[serde(default)]
+    pub total_memory_bytes: Option<u64>,
+    /// As `cuDriverGetVersion` returns it, e.g. 13000.
+    #[serde(default)]
+    pub cuda_driver_version: Option<u32>,
+}
+
+impl EngineGpu {
+    /// A fingerprint from what CUDA told the engine, for when NVML is not
+    /// there; what only NVML knows is "unknown".
+    pub fn fingerprint(&self) -> GpuFingerprint {
+        let unknown = || crate::fingerprint::UNKNOWN.to_string();
+        GpuFingerprint {
+            name: self.name.clone().unwrap_or_else(unknown),
+            uuid: self.uuid.clone().unwrap_or_else(unknown),
+            compute_capability: self
+                .compute_capability
+                .map(|(a, b)| format!("{a}.{b}"))
+                .unwrap_or_else(unknown),
+            sm_count: self.sm_count,
+            memory_bytes: self.total_memory_bytes.unwrap_or(0),
+            driver_version: unknown(),
+            cuda_driver_version: self
+                .cuda_driver_version
+                .map(|v| format!("{}.{}", v / 1000, (v % 1000) / 10))
+                .unwrap_or_else(unknown),
+            power_limit_w: None,
+        }
+    }
 }
 
 impl EngineInfo {
@@ -97,6 +131,20 @@ mod tests {
         assert_eq!(info.sm_count("zzz"), None);
         let single = parse(br#"{"gpu":{"sm_count":132}}"#).unwrap();
         assert_eq!(single.sm_count("GPU-x"), Some(132));
+    }
+
+    #[test]
+    fn fingerprint_from_cuda_properties() {
+        let info = parse(
+            br#"{"cuda_available":true,"gpus":[{"ordinal":0,"name":"NVIDIA H100 80GB HBM3","uuid":"GPU-1","compute_capability":[9,0],"sm_count":132,"total_memory_bytes":85000000000,"cuda_driver_version":13000}]}"#,
+        )
+        .unwrap();
+        let f = info.gpus[0].fingerprint();
+        assert_eq!(f.compute_capability, "9.0");
+        assert_eq!(f.cuda_driver_version, "13.0");
+        assert_eq!(f.sm_count, Some(132));
+        assert_eq!(f.memory_bytes, 85000000000);
+        assert_eq!(f.driver_version, "unknown");
     }
 
     #[test]

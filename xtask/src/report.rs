@@ -82,6 +82,7 @@ pub fn workload_summary(w: &WorkloadRun) -> (Table, Vec<String>) {
         .load_preset(UTF8_FULL_CONDENSED)
         .set_header(vec!["metric", "mean", "± stdev", "CV", "unit", "trials"]);
     let mut warnings = Vec::new();
+    let mut noisy_metrics = Vec::new();
     for name in SHOWN {
         let Some(s) = spread(&trial_values(w, name)) else {
             continue;
@@ -89,11 +90,7 @@ pub fn workload_summary(w: &WorkloadRun) -> (Table, Vec<String>) {
         let unit = metric_def(name).map(|d| d.unit).unwrap_or("");
         let noisy = s.n > 1 && s.cv > HIGH_CV;
         if noisy {
-            warnings.push(format!(
-                "{name} varies by {:.1}% across trials (CV > {:.0}%): treat it with care",
-                s.cv * 100.0,
-                HIGH_CV * 100.0
-            ));
+            noisy_metrics.push(format!("{name} {:.1}%", s.cv * 100.0));
         }
         table.add_row(vec![
             Cell::new(name),
@@ -109,6 +106,13 @@ pub fn workload_summary(w: &WorkloadRun) -> (Table, Vec<String>) {
             Cell::new(s.n).set_alignment(CellAlignment::Right),
         ]);
     }
+    if !noisy_metrics.is_empty() {
+        warnings.push(format!(
+            "trial-to-trial spread above {:.0}% (CV): {}; a quieter machine or more trials (--trials) would tighten it",
+            HIGH_CV * 100.0,
+            noisy_metrics.join(", ")
+        ));
+    }
     for t in &w.trials {
         match &t.status {
             TrialStatus::Ok => {}
@@ -119,6 +123,21 @@ pub fn workload_summary(w: &WorkloadRun) -> (Table, Vec<String>) {
                 "trial {} timed out after {after_s:.1} s and was killed",
                 t.index + 1
             )),
+        }
+    }
+    for t in &w.trials {
+        let reasons: Vec<&str> = [&t.gpu_before, &t.gpu_after]
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g.throttle_reasons.iter().map(String::as_str))
+            .filter(|r| *r != "gpu_idle")
+            .collect();
+        if !reasons.is_empty() {
+            warnings.push(format!(
+                "trial {}: the GPU was throttled ({}); its numbers may be low",
+                t.index + 1,
+                reasons.join(", ")
+            ));
         }
     }
     let mut hashes: Vec<&str> = w
@@ -175,10 +194,42 @@ pub fn print_summary(run: &RunRecord, run_id: &str) {
             w.trials.len()
         );
         let (table, warnings) = workload_summary(w);
-        println!("{table}");
+        if ok > 0 {
+            println!("{table}");
+        } else {
+            println!("no successful trial: nothing was measured");
+        }
+        if f.device == "cuda" {
+            if let Some(d) = spread(&trial_values(w, "output_throughput")).map(|s| derived(s.mean))
+            {
+                println!(
+                    "derived (1 GPU): {:.0} output tok/s per GPU, {:.2} GPU-days per 1B output tokens, {:.1} GPUs for 1B tokens/hour",
+                    d.output_tps_per_gpu, d.gpu_days_to_process_1b_tokens, d.gpus_for_1b_tokens_per_hour
+                );
+            }
+        }
         for warning in warnings {
             println!("warning: {warning}");
         }
+    }
+}
+
+/// Capacity-planning numbers from output throughput (the engine runs on
+/// one GPU), as in seed 004's sweep tables.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Derived {
+    pub output_tps_per_gpu: f64,
+    pub gpu_days_to_process_1b_tokens: f64,
+    pub gpus_for_1b_tokens_per_hour: f64,
+}
+
+pub fn derived(output_tps: f64) -> Derived {
+    const GPUS: f64 = 1.0;
+    let per_gpu = output_tps / GPUS;
+    Derived {
+        output_tps_per_gpu: per_gpu,
+        gpu_days_to_process_1b_tokens: 1e9 / per_gpu / 86_400.0,
+        gpus_for_1b_tokens_per_hour: 1e9 / 3_600.0 / per_gpu,
     }
 }
 
@@ -267,6 +318,9 @@ pub fn vllm_result(
             RecordStatus::Ok => String::new(),
             RecordStatus::Rejected { reason } => reason.clone(),
         }).collect::<Vec<_>>(),
+        "output_tps_per_gpu": m("output_throughput").map(|v| derived(v).output_tps_per_gpu),
+        "gpu_days_to_process_1b_tokens": m("output_throughput").map(|v| derived(v).gpu_days_to_process_1b_tokens),
+        "gpus_for_1b_tokens_per_hour": m("output_throughput").map(|v| derived(v).gpus_for_1b_tokens_per_hour),
         "dyno_workload": w.name,
         "dyno_trial": trial,
         "dyno_trials": w.trials.len(),
@@ -307,6 +361,7 @@ fn population_std(xs: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::run_record::TrialSummary;
 
     #[test]
     fn spread_known_answers() {
@@ -318,6 +373,77 @@ mod tests {
         let one = spread(&[5.0]).unwrap();
         assert_eq!((one.stdev, one.cv), (0.0, 0.0));
         assert!(spread(&[]).is_none());
+    }
+
+    fn trial(index: u32, tps: f64, hash: &str) -> TrialSummary {
+        TrialSummary {
+            index,
+            status: TrialStatus::Ok,
+            metrics: [("output_throughput".to_string(), tps)].into(),
+            output_hash: Some(hash.into()),
+            records_object: None,
+            step_log_object: None,
+            gpu_before: None,
+            gpu_after: None,
+            wall_s: 1.0,
+        }
+    }
+
+    fn workload(trials: Vec<TrialSummary>) -> WorkloadRun {
+        WorkloadRun {
+            name: "w".into(),
+            workload_hash: "h".into(),
+            spec: Value::Null,
+            engine_config: Value::Null,
+            trials,
+        }
+    }
+
+    #[test]
+    fn steady_trials_give_no_warning() {
+        let w = workload(vec![trial(0, 100.0, "a"), trial(1, 101.0, "a")]);
+        let (table, warnings) = workload_summary(&w);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(table.to_string().contains("output_throughput"));
+    }
+
+    #[test]
+    fn noise_failures_throttling_and_output_changes_are_warned() {
+        let mut failed = trial(2, 0.0, "a");
+        failed.status = TrialStatus::Failed {
+            reason: "boom".into(),
+        };
+        failed.metrics.clear();
+        failed.output_hash = None;
+        let mut throttled = trial(1, 130.0, "b");
+        throttled.gpu_after = Some(crate::run_record::GpuSample {
+            sm_clock_mhz: Some(1000),
+            mem_clock_mhz: None,
+            temperature_c: Some(90),
+            power_w: None,
+            throttle_reasons: vec!["gpu_idle".into(), "hw_thermal_slowdown".into()],
+        });
+        let w = workload(vec![trial(0, 100.0, "a"), throttled, failed]);
+        let (_, warnings) = workload_summary(&w);
+        let all = warnings.join("\n");
+        assert!(all.contains("output_throughput 18.4%"), "{all}");
+        assert!(all.contains("trial 3 failed: boom"), "{all}");
+        assert!(
+            all.contains("hw_thermal_slowdown") && !all.contains("gpu_idle"),
+            "{all}"
+        );
+        assert!(all.contains("2 different outputs"), "{all}");
+        assert_eq!(median_trial(&w), Some(0));
+    }
+
+    #[test]
+    fn derived_capacity_numbers() {
+        // 10,000 tok/s: 1e9 / 1e4 = 1e5 s = 1.157 GPU-days; 1e9 tokens an
+        // hour is 277,778 tok/s = 27.8 GPUs.
+        let d = derived(10_000.0);
+        assert_eq!(d.output_tps_per_gpu, 10_000.0);
+        assert!((d.gpu_days_to_process_1b_tokens - 100_000.0 / 86_400.0).abs() < 1e-9);
+        assert!((d.gpus_for_1b_tokens_per_hour - 27.777_777_777_777_78).abs() < 1e-9);
     }
 
     #[test]

@@ -51,7 +51,7 @@ awk -v k="$n" '
     printf "\"finish_reason\":\"length\",\"prompt_len\":8,\"output_len\":3,\"output_hash\":\"out-%d\"}\n", id
   }' "$req" > "$out"
 echo '{"step":0,"start_s":0.0,"duration_s":0.005,"batch_size":2,"prefill_tokens":16,"decode_tokens":0,"num_waiting":0,"kv_blocks_used":1,"kv_blocks_total":8,"preempted":0}' > "$steps"
-echo '{"peak_memory_bytes":1048576}' > "$summary"
+echo '{"backend_kind":"cpu","device_name":"fake","dtype":"f32","num_kv_blocks":8,"block_size":16,"peak_rss_bytes":1048576,"peak_device_memory_bytes":null,"peak_memory_bytes":1048576,"launches_per_decode_step":null,"measured_duration_s":0.1,"num_requests":6,"num_rejected":0,"output_tokens":18,"num_steps":1,"engine_config":{},"model_content_hash":"x"}' > "$summary"
 "#;
 
 const SPEC: &str = r#"name = "fake"

@@ -88,7 +88,13 @@ impl KvCache {
     /// Attention output `[tokens, q_heads × head_dim]` for queries `q`
     /// (`[tokens, q_heads × head_dim]`, RoPE applied), each token attending
     /// to positions `0..=position` of its own sequence.
-    pub fn attend(&self, layer: usize, places: &[TokenPlace<'_>], q: &[f32], heads: Heads) -> Vec<f32> {
+    pub fn attend(
+        &self,
+        layer: usize,
+        places: &[TokenPlace<'_>],
+        q: &[f32],
+        heads: Heads,
+    ) -> Vec<f32> {
         let Heads {
             q_heads,
             kv_heads,
@@ -139,15 +145,17 @@ impl KvCache {
 /// order every time.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a8.zip(b8) {
         for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+            acc[l] += x[l] * y[l];
         }
-    }
-    let mut tail = 0.0f32;
-    for i in chunks * 8..a.len() {
-        tail += a[i] * b[i];
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
@@ -161,7 +169,9 @@ mod tests {
         let d = q.len();
         let s: Vec<f64> = k
             .iter()
-            .map(|k| q.iter().zip(k).map(|(a, b)| (*a * *b) as f64).sum::<f64>() / (d as f64).sqrt())
+            .map(|k| {
+                q.iter().zip(k).map(|(a, b)| (*a * *b) as f64).sum::<f64>() / (d as f64).sqrt()
+            })
             .collect();
         let m = s.iter().cloned().fold(f64::MIN, f64::max);
         let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
@@ -203,7 +213,11 @@ mod tests {
                 let vs: Vec<Vec<f32>> = (0..=t)
                     .map(|p| v[(p * kv_heads + g) * d..(p * kv_heads + g + 1) * d].to_vec())
                     .collect();
-                let want = reference(&q[(t * q_heads + h) * d..(t * q_heads + h + 1) * d], &ks, &vs);
+                let want = reference(
+                    &q[(t * q_heads + h) * d..(t * q_heads + h + 1) * d],
+                    &ks,
+                    &vs,
+                );
                 let got = &out[(t * q_heads + h) * d..(t * q_heads + h + 1) * d];
                 for (a, b) in got.iter().zip(&want) {
                     assert!((a - b).abs() < 1e-5, "t={t} h={h}: {a} vs {b}");

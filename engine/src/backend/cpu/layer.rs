@@ -60,7 +60,10 @@ impl DecoderLayer {
             h,
         );
         let qk_norm = if cfg.qk_norm {
-            Some((get("self_attn.q_norm.weight")?, get("self_attn.k_norm.weight")?))
+            Some((
+                get("self_attn.q_norm.weight")?,
+                get("self_attn.k_norm.weight")?,
+            ))
         } else {
             None
         };
@@ -77,10 +80,10 @@ impl DecoderLayer {
             input_norm: get("input_layernorm.weight")?,
             qkv,
             qk_norm,
-            o_proj: Linear::new(get("self_attn.o_proj.weight")?.into(), None, h, q_out),
+            o_proj: Linear::new(&get("self_attn.o_proj.weight")?, None, h, q_out),
             post_norm: get("post_attention_layernorm.weight")?,
             gate_up,
-            down: Linear::new(get("mlp.down_proj.weight")?.into(), None, h, i),
+            down: Linear::new(&get("mlp.down_proj.weight")?, None, h, i),
             heads: Heads {
                 q_heads: cfg.num_attention_heads,
                 kv_heads: cfg.num_key_value_heads,
@@ -117,8 +120,10 @@ impl DecoderLayer {
             rms_norm_rows(&mut k, k_norm, self.eps);
         }
         for t in 0..tokens {
-            step.rope.apply(&mut q[t * q_w..(t + 1) * q_w], &step.angles[t]);
-            step.rope.apply(&mut k[t * kv_w..(t + 1) * kv_w], &step.angles[t]);
+            step.rope
+                .apply(&mut q[t * q_w..(t + 1) * q_w], &step.angles[t]);
+            step.rope
+                .apply(&mut k[t * kv_w..(t + 1) * kv_w], &step.angles[t]);
         }
         cache.write(self.index, step.places, &k, &v);
         let attn = cache.attend(self.index, step.places, &q, self.heads);

@@ -2,32 +2,44 @@
 //!
 //! Batch invariance: a token's output row must be bit-identical whatever
 //! other rows share the call. The `gemm` crate sums over the inner dimension
-//! in blocks of `kc`, and `kc` depends only on that dimension (and the cache
-//! sizes) on its blocked path; its threads split rows and columns, never the
-//! sum. Three cases take other paths with another summation order: a single
-//! row (a GEMV kernel), at most 256 outputs in all (a "horizontal" kernel
-//! with its own `kc`), and at most 64 columns with at most 64 rows (a
-//! small-size `kc`). We pad the row count so none is taken; the padding rows
-//! are zeros and are dropped. `rows_are_independent_of_batch` checks it.
-
-use std::sync::Arc;
+//! in blocks of `kc`, and on its blocked path `kc` depends only on that
+//! dimension (and the cache sizes); its threads split rows and columns, never
+//! the sum. Other paths sum in another order: a single row (a GEMV kernel), at
+//! most 64 outputs with at most 64 rows (a small-size `kc`), and, for
+//! row-major weights, at most 256 outputs in all (a "horizontal" kernel). We
+//! pad the row count so none is taken; the padding rows are zeros and are
+//! dropped. `rows_are_independent_of_batch` checks it.
 
 use gemm::Parallelism;
 
 pub struct Linear {
-    /// Row-major `[out_features, in_features]`, as HF stores it.
-    weight: Arc<[f32]>,
+    /// `Wᵀ`, row-major `[in_features, out_features]`: HF stores W as
+    /// `[out, in]`; transposed once at load, the GEMM reads it in place
+    /// instead of repacking the whole matrix on every call.
+    weight_t: Vec<f32>,
     bias: Option<Vec<f32>>,
     pub in_features: usize,
     pub out_features: usize,
 }
 
 impl Linear {
-    pub fn new(weight: Arc<[f32]>, bias: Option<Vec<f32>>, out_features: usize, in_features: usize) -> Linear {
+    /// `weight` is row-major `[out_features, in_features]`, as HF stores it.
+    pub fn new(
+        weight: &[f32],
+        bias: Option<Vec<f32>>,
+        out_features: usize,
+        in_features: usize,
+    ) -> Linear {
         debug_assert_eq!(weight.len(), out_features * in_features);
         debug_assert!(bias.as_ref().is_none_or(|b| b.len() == out_features));
+        let mut weight_t = vec![0.0f32; weight.len()];
+        for (o, row) in weight.chunks_exact(in_features).enumerate() {
+            for (i, &w) in row.iter().enumerate() {
+                weight_t[i * out_features + o] = w;
+            }
+        }
         Linear {
-            weight,
+            weight_t,
             bias,
             in_features,
             out_features,
@@ -50,7 +62,7 @@ impl Linear {
                 }
             }
         }
-        Linear::new(weight.into(), has_bias.then_some(bias), out_features, in_features)
+        Linear::new(&weight, has_bias.then_some(bias), out_features, in_features)
     }
 
     /// `x` is row-major `[rows, in_features]`; returns `[rows, out_features]`.
@@ -69,8 +81,8 @@ impl Linear {
         };
         let mut out = vec![0.0f32; padded_rows * n];
         // SAFETY: all three buffers are contiguous row-major with the sizes
-        // and strides given: dst [padded_rows, n], lhs [padded_rows, k], and
-        // rhs = Wᵀ viewed through W [n, k] (row stride 1, column stride k).
+        // and strides given: dst [padded_rows, n], lhs [padded_rows, k] and
+        // rhs = Wᵀ [k, n].
         unsafe {
             gemm::gemm(
                 padded_rows,
@@ -83,9 +95,9 @@ impl Linear {
                 lhs.as_ptr(),
                 1,
                 k as isize,
-                self.weight.as_ptr(),
-                k as isize,
+                self.weight_t.as_ptr(),
                 1,
+                n as isize,
                 0.0,
                 1.0,
                 false,
@@ -132,7 +144,7 @@ mod tests {
         let w = pseudo_random(n * k, 1);
         let b = pseudo_random(n, 2);
         let x = pseudo_random(rows * k, 3);
-        let lin = Linear::new(w.clone().into(), Some(b.clone()), n, k);
+        let lin = Linear::new(&w, Some(b.clone()), n, k);
         let y = lin.forward(&x, rows);
         for r in 0..rows {
             for j in 0..n {
@@ -150,12 +162,12 @@ mod tests {
         // Inner sizes above and below the gemm crate's blocking, outputs on
         // both sides of the small-size threshold.
         for &(n, k) in &[(40, 24), (128, 256), (512, 256), (300, 1100), (2048, 256)] {
-            let lin = Linear::new(pseudo_random(n * k, 7).into(), None, n, k);
-            let x = pseudo_random(97 * k, 9);
-            let alone: Vec<Vec<f32>> = (0..97)
+            let lin = Linear::new(&pseudo_random(n * k, 7), None, n, k);
+            let x = pseudo_random(300 * k, 9);
+            let alone: Vec<Vec<f32>> = (0..300)
                 .map(|r| lin.forward(&x[r * k..(r + 1) * k], 1))
                 .collect();
-            for rows in [2, 3, 8, 16, 31, 64, 65, 97] {
+            for rows in [2, 3, 8, 16, 31, 64, 65, 97, 300] {
                 let y = lin.forward(&x[..rows * k], rows);
                 for r in 0..rows {
                     assert!(

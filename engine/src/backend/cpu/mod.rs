@@ -15,8 +15,6 @@ mod mlp;
 mod rmsnorm;
 mod rope;
 
-use std::sync::Arc;
-
 use super::*;
 use crate::config::ModelConfig;
 use attention::{KvCache, TokenPlace};
@@ -26,8 +24,8 @@ use rope::Rope;
 
 pub struct CpuBackend {
     config: ModelConfig,
-    /// `[vocab, hidden]`; shared with `lm_head` when the embeddings are tied.
-    embed: Arc<[f32]>,
+    /// `[vocab, hidden]`; when tied, `lm_head` keeps its own transposed copy.
+    embed: Vec<f32>,
     layers: Vec<DecoderLayer>,
     final_norm: Vec<f32>,
     lm_head: Linear,
@@ -43,14 +41,22 @@ impl CpuBackend {
             .num_threads(cfg.num_threads)
             .build()
             .map_err(|e| {
-                BackendError::OutOfMemory(format!("cannot start {} CPU threads: {e}", cfg.num_threads))
+                BackendError::OutOfMemory(format!(
+                    "cannot start {} CPU threads: {e}",
+                    cfg.num_threads
+                ))
             })?;
-        let embed: Arc<[f32]> = checkpoint.tensor("model.embed_tokens.weight")?.to_f32().into();
+        let embed = checkpoint.tensor("model.embed_tokens.weight")?.to_f32();
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
-        let lm_head_weight = if config.tie_word_embeddings {
-            embed.clone()
+        let lm_head = if config.tie_word_embeddings {
+            Linear::new(&embed, None, vocab, hidden)
         } else {
-            checkpoint.tensor("lm_head.weight")?.to_f32().into()
+            Linear::new(
+                &checkpoint.tensor("lm_head.weight")?.to_f32(),
+                None,
+                vocab,
+                hidden,
+            )
         };
         let layers = (0..config.num_hidden_layers)
             .map(|l| DecoderLayer::load(checkpoint, l))
@@ -58,7 +64,7 @@ impl CpuBackend {
         Ok(CpuBackend {
             rope: Rope::new(&config),
             final_norm: checkpoint.tensor("model.norm.weight")?.to_f32(),
-            lm_head: Linear::new(lm_head_weight, None, vocab, hidden),
+            lm_head,
             embed,
             layers,
             config,
@@ -69,7 +75,11 @@ impl CpuBackend {
 
     /// Logits of the tokens the step asks for: every token when
     /// `all_tokens`, else the last token of each entry that samples.
-    fn run(&mut self, batch: &[SeqStep<'_>], all_tokens: bool) -> Result<Vec<Vec<f32>>, BackendError> {
+    fn run(
+        &mut self,
+        batch: &[SeqStep<'_>],
+        all_tokens: bool,
+    ) -> Result<Vec<Vec<f32>>, BackendError> {
         let cache = self
             .cache
             .as_mut()
@@ -122,12 +132,16 @@ impl CpuBackend {
 /// the KV pool, naming the sequence.
 fn validate(batch: &[SeqStep<'_>], cfg: &ModelConfig, cache: &KvCache) -> Result<(), BackendError> {
     for step in batch {
-        let bad = |msg: String| BackendError::InvalidBatch(format!("sequence {}: {msg}", step.seq_id));
+        let bad =
+            |msg: String| BackendError::InvalidBatch(format!("sequence {}: {msg}", step.seq_id));
         if step.tokens.is_empty() {
             return Err(bad("no tokens".into()));
         }
         if let Some(&t) = step.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-            return Err(bad(format!("token {t} is not below vocab_size {}", cfg.vocab_size)));
+            return Err(bad(format!(
+                "token {t} is not below vocab_size {}",
+                cfg.vocab_size
+            )));
         }
         let end = step.start_pos + step.tokens.len();
         if end > cfg.max_position_embeddings {
@@ -147,28 +161,13 @@ fn validate(batch: &[SeqStep<'_>], cfg: &ModelConfig, cache: &KvCache) -> Result
             .iter()
             .find(|&&b| b as usize >= cache.num_blocks)
         {
-            return Err(bad(format!("block {b} is not below num_blocks {}", cache.num_blocks)));
+            return Err(bad(format!(
+                "block {b} is not below num_blocks {}",
+                cache.num_blocks
+            )));
         }
     }
     Ok(())
-}
-
-/// Greedy pick. TODO(lead): replace with `crate::sampler::sample` once the
-/// shared sampler is on main; until then non-greedy sampling is refused
-/// rather than silently done greedily.
-fn pick_token(logits: &[f32], spec: &SampleSpec) -> Result<u32, BackendError> {
-    if spec.temperature > 0.0 {
-        return Err(BackendError::InvalidBatch(
-            "CPU backend: temperature sampling needs crate::sampler::sample (not wired yet)".into(),
-        ));
-    }
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    Ok(best as u32)
 }
 
 fn cpu_name() -> String {
@@ -201,7 +200,11 @@ impl Backend for CpuBackend {
         Ok(cfg.cpu_kv_cache_bytes)
     }
 
-    fn allocate_kv_cache(&mut self, num_blocks: usize, block_size: usize) -> Result<(), BackendError> {
+    fn allocate_kv_cache(
+        &mut self,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<(), BackendError> {
         if num_blocks == 0 || block_size == 0 {
             return Err(BackendError::InvalidBatch(format!(
                 "KV cache needs blocks: num_blocks {num_blocks}, block_size {block_size}"
@@ -221,11 +224,11 @@ impl Backend for CpuBackend {
     fn forward(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<u32>, BackendError> {
         let logits = self.run(batch, false)?;
         let specs = batch.iter().filter_map(|s| s.sample.as_ref());
-        logits
+        Ok(logits
             .iter()
             .zip(specs)
-            .map(|(row, spec)| pick_token(row, spec))
-            .collect()
+            .map(|(row, spec)| crate::sampler::sample(row, spec))
+            .collect())
     }
 
     fn forward_logits(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>, BackendError> {

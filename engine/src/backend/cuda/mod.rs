@@ -1,38 +1,392 @@
-//! CUDA backend (bf16, cudarc). Owned by the CUDA work item.
+//! CUDA backend: bf16 weights and activations with f32 accumulation, cuBLAS
+//! GEMMs, NVRTC-compiled kernels (`engine/kernels/*.cu`), a paged KV pool
+//! allocated once, a preallocated activation arena, and decode steps replayed
+//! as CUDA graphs per batch-size bucket. Built with cudarc's dynamic loading:
+//! a binary built without CUDA runs anywhere and finds the driver, NVRTC and
+//! cuBLAS (CUDA 13, else 12) at run time.
+//!
+//! Files: `device` (driver, context, properties), `nvrtc` (header search and
+//! compilation), `kernels` (launchers), `gemm` (cuBLAS), `buffer` (device and
+//! pinned memory), `weights` (upload, fused QKV and gate-up), `kv_pool`,
+//! `arena`, `rope`, `step_meta` (per-step inputs), `runner` (the forward
+//! pass), `graphs` (capture and buckets).
+
+mod arena;
+mod buffer;
+mod device;
+mod gemm;
+mod graphs;
+mod kernels;
+mod kv_pool;
+mod nvrtc;
+mod rope;
+mod runner;
+mod step_meta;
+mod weights;
+
+use std::sync::Arc;
+
+use cudarc::driver::{result, CudaContext, CudaStream};
+
 use super::*;
+use arena::{Arena, Dims};
+use buffer::{DeviceBuffer, PinnedBuffer};
+use graphs::DecodeGraphs;
+use kv_pool::KvPool;
+use runner::Runner;
+use step_meta::{MetaLayout, MetaLimits, Rows};
 
-/// True when a CUDA driver library loads and reports at least one GPU.
-pub fn is_available() -> bool {
-    false
+pub use device::{device_properties, is_available};
+
+/// Device memory kept free beyond the KV pool for graphs and cuBLAS.
+const RESERVE_BYTES: u64 = 512 << 20;
+
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    runner: Runner,
+    kv: Option<KvPool>,
+    graphs: DecodeGraphs,
+    meta_host: PinnedBuffer<u32>,
+    sampled_host: PinnedBuffer<u32>,
+    enforce_eager: bool,
+    max_num_seqs: usize,
+    device_name: String,
+    free_at_start: u64,
+    min_free: u64,
+    last_decode_launches: Option<u64>,
 }
-
-pub struct CudaBackend {}
 
 impl CudaBackend {
     pub fn new(checkpoint: &Checkpoint, cfg: &EngineConfig) -> Result<Self, BackendError> {
-        let _ = (checkpoint, cfg);
-        Err(BackendError::NoDriver("CUDA backend not built yet".into()))
+        Self::with_loader(&checkpoint.config, cfg, &|name| {
+            Ok(checkpoint.tensor(name)?.to_bf16())
+        })
     }
+
+    /// Builds the backend from `config` and a tensor loader (HF names →
+    /// bf16 values); `new` loads from a checkpoint.
+    pub fn with_loader(
+        config: &crate::config::ModelConfig,
+        cfg: &EngineConfig,
+        load: &dyn Fn(&str) -> Result<Vec<half::bf16>, BackendError>,
+    ) -> Result<Self, BackendError> {
+        let (ctx, stream) = device::open(0)?;
+        let cuda = |what: &str, e: cudarc::driver::DriverError| {
+            BackendError::Cuda(format!("{what}: {e}"))
+        };
+        let free_at_start = ctx.mem_get_info().map_err(|e| cuda("cuMemGetInfo", e))?.0 as u64;
+        let props = device::properties_of(&ctx, device::driver_version()?)?;
+        let dims = dims_of(config, cfg)?;
+        let module = nvrtc::load(&ctx, dims.head_dim, dims.nq / dims.nkv)?;
+        let kernels = kernels::Kernels::new(module, stream.clone())?;
+        let gemm = gemm::Gemm::new(&stream)?;
+        let weights = weights::DeviceWeights::upload(&stream, config, load)?;
+        let cos_sin = DeviceBuffer::upload(
+            &stream,
+            &rope::cos_sin_table(config, dims.max_model_len),
+            "RoPE table",
+        )?;
+        let arena = Arena::allocate(
+            &stream,
+            &dims,
+            cfg.max_num_batched_tokens,
+            cfg.max_num_seqs,
+            cfg.block_size,
+        )?;
+        let meta_host = PinnedBuffer::new(arena.meta_len)?;
+        let sampled_host = PinnedBuffer::new(arena.logits_rows)?;
+        let mut backend = CudaBackend {
+            ctx,
+            stream,
+            runner: Runner {
+                kernels,
+                gemm,
+                weights,
+                arena,
+                cos_sin,
+                dims,
+                sm_count: props.sm_count.max(1) as usize,
+            },
+            kv: None,
+            graphs: DecodeGraphs::default(),
+            meta_host,
+            sampled_host,
+            enforce_eager: cfg.enforce_eager,
+            max_num_seqs: cfg.max_num_seqs,
+            device_name: props.name,
+            free_at_start,
+            min_free: free_at_start,
+            last_decode_launches: None,
+        };
+        backend.note_memory()?;
+        Ok(backend)
+    }
+
+    fn note_memory(&mut self) -> Result<(), BackendError> {
+        let (free, _) = self
+            .ctx
+            .mem_get_info()
+            .map_err(|e| BackendError::Cuda(format!("cuMemGetInfo: {e}")))?;
+        self.min_free = self.min_free.min(free as u64);
+        Ok(())
+    }
+
+    fn limits(&self, kv: &KvPool) -> MetaLimits {
+        MetaLimits {
+            block_size: kv.block_size,
+            num_blocks: kv.num_blocks,
+            trash_block: kv.trash_block(),
+            vocab_size: self.runner.dims.vocab,
+            max_model_len: self.runner.dims.max_model_len,
+        }
+    }
+
+    fn upload_meta(&self, len: usize) -> Result<(), BackendError> {
+        // SAFETY: the arena's meta buffer holds meta_len ≥ len elements; the
+        // pinned source is not written again before the step's final sync.
+        unsafe {
+            result::memcpy_htod_async(
+                self.runner.arena.meta.ptr,
+                &self.meta_host.as_slice()[..len],
+                self.stream.cu_stream(),
+            )
+        }
+        .map_err(|e| BackendError::Cuda(format!("uploading step metadata: {e}")))
+    }
+
+    fn sync(&self) -> Result<(), BackendError> {
+        self.stream
+            .synchronize()
+            .map_err(|e| BackendError::Cuda(format!("step failed: {e}")))
+    }
+
+    /// Captures one decode graph per bucket (after a warm-up run of each).
+    fn capture_graphs(&mut self) -> Result<(), BackendError> {
+        let Some(kv) = self.kv.as_ref() else {
+            return Ok(());
+        };
+        let limits = self.limits(kv);
+        let mut graphs = DecodeGraphs::default();
+        for bucket in graphs::buckets(self.max_num_seqs) {
+            let layout = MetaLayout {
+                tokens_cap: bucket,
+                samples_cap: bucket,
+            };
+            let packed = step_meta::pack(
+                &[],
+                layout,
+                &limits,
+                Rows::Sampled,
+                bucket,
+                self.meta_host.as_mut_slice(),
+            )?;
+            self.upload_meta(packed.len)?;
+            self.runner.step(kv, &layout, bucket, bucket)?;
+            self.sync()?;
+            let runner = &self.runner;
+            let captured =
+                graphs::capture(&self.stream, || runner.step(kv, &layout, bucket, bucket))?;
+            graphs.insert(bucket, captured);
+        }
+        self.sync()?;
+        self.runner.kernels.take_launch_count();
+        self.graphs = graphs;
+        Ok(())
+    }
+
+    /// Decode graphs captured (0 when eager).
+    pub fn graph_count(&self) -> usize {
+        self.graphs.len()
+    }
+}
+
+fn dims_of(c: &crate::config::ModelConfig, cfg: &EngineConfig) -> Result<Dims, BackendError> {
+    let bad = |m: String| BackendError::Cuda(format!("model not supported by the CUDA backend: {m}"));
+    if !kernels::HEAD_DIMS.contains(&c.head_dim) {
+        return Err(bad(format!("head_dim {} (supported: {:?})", c.head_dim, kernels::HEAD_DIMS)));
+    }
+    if c.num_key_value_heads == 0 || c.num_attention_heads % c.num_key_value_heads != 0 {
+        return Err(bad("num_attention_heads must be a multiple of num_key_value_heads".into()));
+    }
+    if c.num_attention_heads / c.num_key_value_heads > kernels::MAX_GROUP {
+        return Err(bad(format!("more than {} query heads per KV head", kernels::MAX_GROUP)));
+    }
+    if (c.num_attention_heads + 2 * c.num_key_value_heads) * 32 > 1024 {
+        return Err(bad("more than 32 q+k+v heads".into()));
+    }
+    let max_model_len = if cfg.max_model_len == 0 {
+        c.max_position_embeddings
+    } else {
+        cfg.max_model_len
+    };
+    Ok(Dims {
+        hidden: c.hidden_size,
+        inter: c.intermediate_size,
+        nq: c.num_attention_heads,
+        nkv: c.num_key_value_heads,
+        head_dim: c.head_dim,
+        vocab: c.vocab_size,
+        layers: c.num_hidden_layers,
+        eps: c.rms_norm_eps as f32,
+        max_model_len,
+    })
 }
 
 impl Backend for CudaBackend {
     fn info(&self) -> BackendInfo {
-        todo!()
+        BackendInfo {
+            kind: "cuda".into(),
+            device_name: self.device_name.clone(),
+            dtype: "bf16".into(),
+        }
     }
-    fn kv_block_bytes(&self, _block_size: usize) -> usize {
-        todo!()
+
+    fn kv_block_bytes(&self, block_size: usize) -> usize {
+        let d = &self.runner.dims;
+        kv_pool::block_bytes(d.layers, d.nkv, d.head_dim, block_size)
     }
-    fn kv_memory_budget(&self, _cfg: &EngineConfig) -> Result<u64, BackendError> {
-        todo!()
+
+    fn kv_memory_budget(&self, cfg: &EngineConfig) -> Result<u64, BackendError> {
+        let (free, _) = self
+            .ctx
+            .mem_get_info()
+            .map_err(|e| BackendError::Cuda(format!("cuMemGetInfo: {e}")))?;
+        let used = self.free_at_start.saturating_sub(free as u64);
+        let share = (cfg.gpu_memory_utilization * self.free_at_start as f64) as u64;
+        Ok(share.saturating_sub(used).saturating_sub(RESERVE_BYTES))
     }
-    fn allocate_kv_cache(&mut self, _n: usize, _bs: usize) -> Result<(), BackendError> {
-        todo!()
+
+    fn allocate_kv_cache(&mut self, num_blocks: usize, block_size: usize) -> Result<(), BackendError> {
+        if self.kv.is_some() {
+            return Err(BackendError::InvalidBatch("the KV cache is already allocated".into()));
+        }
+        if num_blocks == 0 || !block_size.is_power_of_two() {
+            return Err(BackendError::InvalidBatch(format!(
+                "KV cache of {num_blocks} blocks of {block_size} tokens"
+            )));
+        }
+        let d = self.runner.dims;
+        self.kv = Some(KvPool::allocate(
+            &self.stream,
+            d.layers,
+            d.nkv,
+            d.head_dim,
+            num_blocks,
+            block_size,
+        )?);
+        self.note_memory()?;
+        if !self.enforce_eager {
+            self.capture_graphs()?;
+        }
+        self.note_memory()
     }
-    fn forward(&mut self, _batch: &[SeqStep<'_>]) -> Result<Vec<u32>, BackendError> {
-        todo!()
+
+    fn forward(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<u32>, BackendError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let kv = self
+            .kv
+            .as_ref()
+            .ok_or_else(|| BackendError::InvalidBatch("allocate_kv_cache was not called".into()))?;
+        let limits = self.limits(kv);
+        let decode = batch.iter().all(|s| s.tokens.len() == 1 && s.sample.is_some());
+        let bucket = if decode { self.graphs.bucket_for(batch.len()) } else { None };
+        let samples = match bucket {
+            Some(b) => {
+                let layout = MetaLayout {
+                    tokens_cap: b,
+                    samples_cap: b,
+                };
+                let packed =
+                    step_meta::pack(batch, layout, &limits, Rows::Sampled, b, self.meta_host.as_mut_slice())?;
+                self.upload_meta(packed.len)?;
+                let g = self
+                    .graphs
+                    .get(b)
+                    .ok_or_else(|| BackendError::Cuda(format!("no graph for bucket {b}")))?;
+                g.graph
+                    .launch()
+                    .map_err(|e| BackendError::Cuda(format!("graph launch: {e}")))?;
+                self.last_decode_launches = Some(g.nodes);
+                packed.samples
+            }
+            None => {
+                let tokens: usize = batch.iter().map(|s| s.tokens.len()).sum();
+                let wanted = batch.iter().filter(|s| s.sample.is_some()).count();
+                let layout = MetaLayout {
+                    tokens_cap: tokens,
+                    samples_cap: wanted,
+                };
+                let packed =
+                    step_meta::pack(batch, layout, &limits, Rows::Sampled, 0, self.meta_host.as_mut_slice())?;
+                self.upload_meta(packed.len)?;
+                self.runner.kernels.take_launch_count();
+                self.runner.step(kv, &layout, tokens, packed.samples)?;
+                let launches = self.runner.kernels.take_launch_count();
+                if decode {
+                    self.last_decode_launches = Some(launches);
+                }
+                packed.samples
+            }
+        };
+        let out = &mut self.sampled_host.as_mut_slice()[..samples];
+        // SAFETY: `sampled` holds logits_rows ≥ samples u32s; synced below
+        // before the host reads `out`.
+        unsafe { result::memcpy_dtoh_async(out, self.runner.arena.sampled.ptr, self.stream.cu_stream()) }
+            .map_err(|e| BackendError::Cuda(format!("downloading sampled tokens: {e}")))?;
+        self.sync()?;
+        Ok(self.sampled_host.as_slice()[..samples].to_vec())
     }
-    fn forward_logits(&mut self, _batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>, BackendError> {
-        todo!()
+
+    fn forward_logits(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>, BackendError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let kv = self
+            .kv
+            .as_ref()
+            .ok_or_else(|| BackendError::InvalidBatch("allocate_kv_cache was not called".into()))?;
+        let limits = self.limits(kv);
+        let tokens: usize = batch.iter().map(|s| s.tokens.len()).sum();
+        let layout = MetaLayout {
+            tokens_cap: tokens,
+            samples_cap: tokens,
+        };
+        let packed = step_meta::pack(batch, layout, &limits, Rows::All, 0, self.meta_host.as_mut_slice())?;
+        self.upload_meta(packed.len)?;
+        self.runner.layers(kv, &layout, tokens)?;
+        let vocab = self.runner.dims.vocab;
+        let chunk = self.runner.arena.logits_rows;
+        let mut out = Vec::with_capacity(tokens);
+        let mut host = vec![0f32; chunk * vocab];
+        for start in (0..tokens).step_by(chunk) {
+            let rows = chunk.min(tokens - start);
+            let rows_ptr = self.runner.arena.meta.at::<u32>(layout.sample_rows() + start);
+            self.runner.logits(rows_ptr, rows)?;
+            // SAFETY: the arena's logits hold logits_rows × vocab f32s.
+            unsafe {
+                result::memcpy_dtoh_async(
+                    &mut host[..rows * vocab],
+                    self.runner.arena.logits.ptr,
+                    self.stream.cu_stream(),
+                )
+            }
+            .map_err(|e| BackendError::Cuda(format!("downloading logits: {e}")))?;
+            self.sync()?;
+            out.extend(host[..rows * vocab].chunks(vocab).map(|r| r.to_vec()));
+        }
+        self.runner.kernels.take_launch_count();
+        Ok(out)
+    }
+
+    fn peak_memory_bytes(&self) -> Option<u64> {
+        Some(self.free_at_start.saturating_sub(self.min_free))
+    }
+
+    fn launches_per_decode_step(&self) -> Option<u64> {
+        self.last_decode_launches
     }
 }
 
@@ -48,9 +402,4 @@ pub struct GpuProperties {
     pub total_memory_bytes: u64,
     /// cuDriverGetVersion, e.g. 13000.
     pub cuda_driver_version: i32,
-}
-
-/// Properties of every visible GPU; an empty list when no driver is present.
-pub fn device_properties() -> Result<Vec<GpuProperties>, BackendError> {
-    Ok(Vec::new())
 }

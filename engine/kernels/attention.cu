@@ -1,0 +1,206 @@
+// Paged causal attention over the KV cache, flash-decoding style.
+//
+// Every query token t (a decode token or a token of a prefill chunk) attends
+// to keys 0..=positions[t] of its sequence, all of them already in the cache
+// (qkv_rope_cache ran first), so chunked prefill and decode are one case.
+// Grid: (query tokens, kv heads, splits). A block (4 warps) handles one kv
+// head for the G query heads that share it (GQA) over one split of the
+// context. A warp is cut into sub-warps of HD/8 lanes; each sub-warp takes
+// one key at a time, a lane loading 8 dims of K and of V with one 16-byte
+// load each, and keeps its own online softmax. The block merges its
+// sub-warps in shared memory. With several splits each block writes its
+// unnormalized partial; the last block of a (token, kv head) to finish
+// (counted with an atomic) merges the splits, so no second kernel is needed.
+#define ATTN_WARPS 4
+#define KEYS_PER_ITER 2
+
+__device__ __forceinline__ void unpack8(const uint4& raw, float* out) {
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float2 f = __bfloat1622float2(h[i]);
+        out[2 * i] = f.x;
+        out[2 * i + 1] = f.y;
+    }
+}
+
+template <int HD, int G>
+__device__ void attention_impl(const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,
+                               const bf16* __restrict__ v_cache,
+                               const int* __restrict__ positions,
+                               const int* __restrict__ seq_idx,
+                               const int* __restrict__ block_tables,
+                               const int* __restrict__ bt_stride_ptr, int block_size, int nkv,
+                               float scale, bf16* __restrict__ out, float* __restrict__ part_acc,
+                               float* __restrict__ part_ml, int* __restrict__ split_counters) {
+    constexpr int LPT = HD / 8;                 // lanes per key
+    constexpr int SUBS = 32 / LPT;              // sub-warps per warp
+    constexpr int NSUB = ATTN_WARPS * SUBS;     // sub-warps per block
+    constexpr int WARP_KEYS = SUBS * KEYS_PER_ITER;
+    __shared__ float s_m[NSUB][G];
+    __shared__ float s_l[NSUB][G];
+    __shared__ float s_acc[NSUB][G][HD];
+    __shared__ bool s_last;
+
+    const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int sub_in_warp = lane / LPT, sl = lane % LPT;
+    const int sub = warp * SUBS + sub_in_warp;
+    const int nq = nkv * G;
+    const int ctx = positions[t] + 1;
+    const int chunk = (ctx + nsplit - 1) / nsplit;
+    const int begin = split * chunk;
+    const int end = min(ctx, begin + chunk);
+    const int* table = block_tables + (long)seq_idx[t] * (*bt_stride_ptr);
+    const int row_len = (nq + 2 * nkv) * HD;
+
+    float q[G][8];
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(
+            qkv + (long)t * row_len + (kvh * G + g) * HD + sl * 8);
+        unpack8(raw, q[g]);
+#pragma unroll
+        for (int e = 0; e < 8; e++) q[g][e] *= scale;
+    }
+    float m[G], l[G], acc[G][8];
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        m[g] = -INFINITY;
+        l[g] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[g][e] = 0.0f;
+    }
+
+    // The loop bound is uniform across the warp (shuffles need every lane).
+    for (int wbase = begin + warp * WARP_KEYS; wbase < end; wbase += ATTN_WARPS * WARP_KEYS) {
+        const int base = wbase + sub_in_warp * KEYS_PER_ITER;
+        uint4 kraw[KEYS_PER_ITER], vraw[KEYS_PER_ITER];
+        bool valid[KEYS_PER_ITER];
+#pragma unroll
+        for (int u = 0; u < KEYS_PER_ITER; u++) {
+            const int pos = base + u;
+            valid[u] = pos < end;
+            const int p = valid[u] ? pos : begin;
+            const long slot = (long)table[p / block_size] * block_size + (p % block_size);
+            const long off = (slot * nkv + kvh) * HD + sl * 8;
+            kraw[u] = *reinterpret_cast<const uint4*>(k_cache + off);
+            vraw[u] = *reinterpret_cast<const uint4*>(v_cache + off);
+        }
+        float kf[KEYS_PER_ITER][8], vf[KEYS_PER_ITER][8];
+#pragma unroll
+        for (int u = 0; u < KEYS_PER_ITER; u++) {
+            unpack8(kraw[u], kf[u]);
+            unpack8(vraw[u], vf[u]);
+        }
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            float s[KEYS_PER_ITER];
+            float smax = -INFINITY;
+#pragma unroll
+            for (int u = 0; u < KEYS_PER_ITER; u++) {
+                float d = 0.0f;
+#pragma unroll
+                for (int e = 0; e < 8; e++) d += q[g][e] * kf[u][e];
+#pragma unroll
+                for (int o = LPT / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+                s[u] = valid[u] ? d : -INFINITY;
+                smax = fmaxf(smax, s[u]);
+            }
+            const float m_new = fmaxf(m[g], smax);
+            // No valid key yet for this sub-warp: leave its state unchanged
+            // (predicated, so the warp never diverges around the shuffles).
+            const bool any = m_new != -INFINITY;
+            const float corr = any ? __expf(m[g] - m_new) : 1.0f;
+            l[g] *= corr;
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[g][e] *= corr;
+#pragma unroll
+            for (int u = 0; u < KEYS_PER_ITER; u++) {
+                const float p = any ? __expf(s[u] - m_new) : 0.0f;
+                l[g] += p;
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc[g][e] += p * vf[u][e];
+            }
+            m[g] = any ? m_new : m[g];
+        }
+    }
+
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        if (sl == 0) {
+            s_m[sub][g] = m[g];
+            s_l[sub][g] = l[g];
+        }
+#pragma unroll
+        for (int e = 0; e < 8; e++) s_acc[sub][g][sl * 8 + e] = acc[g][e];
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
+        const int g = i / HD, d = i - g * HD;
+        float mm = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < NSUB; w++) mm = fmaxf(mm, s_m[w][g]);
+        float ll = 0.0f, aa = 0.0f;
+        if (mm != -INFINITY) {
+#pragma unroll
+            for (int w = 0; w < NSUB; w++) {
+                const float f = __expf(s_m[w][g] - mm);
+                ll += s_l[w][g] * f;
+                aa += s_acc[w][g][d] * f;
+            }
+        }
+        const int h = kvh * G + g;
+        if (nsplit == 1) {
+            out[((long)t * nq + h) * HD + d] = __float2bfloat16(aa / ll);
+        } else {
+            const long p = ((long)t * nq + h) * nsplit + split;
+            part_acc[p * HD + d] = aa;
+            if (d == 0) {
+                part_ml[2 * p] = mm;
+                part_ml[2 * p + 1] = ll;
+            }
+        }
+    }
+    if (nsplit == 1) return;
+
+    // Last block of this (token, kv head) merges the splits.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int* counter = split_counters + (long)t * nkv + kvh;
+        const int done = atomicAdd(counter, 1);
+        s_last = done == nsplit - 1;
+        if (s_last) *counter = 0;  // ready for the next step / graph replay
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
+        const int g = i / HD, d = i - g * HD;
+        const int h = kvh * G + g;
+        const long base = ((long)t * nq + h) * nsplit;
+        float mm = -INFINITY;
+        for (int z = 0; z < nsplit; z++) mm = fmaxf(mm, __ldcg(&part_ml[2 * (base + z)]));
+        float ll = 0.0f, aa = 0.0f;
+        for (int z = 0; z < nsplit; z++) {
+            const float mz = __ldcg(&part_ml[2 * (base + z)]);
+            if (mz == -INFINITY) continue;
+            const float f = __expf(mz - mm);
+            ll += __ldcg(&part_ml[2 * (base + z) + 1]) * f;
+            aa += __ldcg(&part_acc[(base + z) * HD + d]) * f;
+        }
+        out[((long)t * nq + h) * HD + d] = __float2bfloat16(aa / ll);
+    }
+}
+
+// One instantiation per process: the model's head dim and GQA group size
+// come in as -DDYNO_HEAD_DIM / -DDYNO_GROUP (see nvrtc.rs).
+extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32)
+    attention(const bf16* qkv, const bf16* k_cache, const bf16* v_cache, const int* positions,
+              const int* seq_idx, const int* block_tables, const int* bt_stride, int block_size,
+              int nkv, float scale, bf16* out, float* part_acc, float* part_ml, int* counters) {
+    attention_impl<DYNO_HEAD_DIM, DYNO_GROUP>(qkv, k_cache, v_cache, positions, seq_idx,
+                                              block_tables, bt_stride, block_size, nkv, scale, out,
+                                              part_acc, part_ml, counters);
+}

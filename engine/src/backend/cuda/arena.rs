@@ -1,0 +1,121 @@
+//! Activation buffers, allocated once for the largest step
+//! (`max_num_batched_tokens` tokens, `max_num_seqs` sampled rows) so the
+//! decode loop allocates nothing and graphs can bake the addresses in.
+
+use std::sync::Arc;
+
+use cudarc::driver::CudaStream;
+
+use super::super::BackendError;
+use super::buffer::DeviceBuffer;
+use super::step_meta::MetaLayout;
+
+/// Model sizes the kernels need.
+#[derive(Debug, Clone, Copy)]
+pub struct Dims {
+    pub hidden: usize,
+    pub inter: usize,
+    pub nq: usize,
+    pub nkv: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub layers: usize,
+    pub eps: f32,
+    pub max_model_len: usize,
+}
+
+impl Dims {
+    pub fn qkv_width(&self) -> usize {
+        (self.nq + 2 * self.nkv) * self.head_dim
+    }
+}
+
+pub struct Arena {
+    pub max_tokens: usize,
+    /// Rows of logits computed at once.
+    pub logits_rows: usize,
+    /// Capacity of the attention partial buffers, in (token, split) pairs.
+    pub partial_rows: usize,
+    pub residual: DeviceBuffer,
+    pub hidden: DeviceBuffer,
+    pub x: DeviceBuffer,
+    pub qkv: DeviceBuffer,
+    pub attn: DeviceBuffer,
+    pub gate_up: DeviceBuffer,
+    pub act: DeviceBuffer,
+    pub part_acc: DeviceBuffer,
+    pub part_ml: DeviceBuffer,
+    /// One counter per (token, kv head): splits finished (reset by the last).
+    pub split_counters: DeviceBuffer,
+    pub selected: DeviceBuffer,
+    pub logits: DeviceBuffer,
+    pub sampled: DeviceBuffer,
+    pub meta: DeviceBuffer,
+    pub meta_len: usize,
+}
+
+/// (token, split) pairs the partial buffers hold.
+pub const PARTIAL_ROWS: usize = 4096;
+
+impl Arena {
+    pub fn allocate(
+        stream: &Arc<CudaStream>,
+        d: &Dims,
+        max_tokens: usize,
+        max_seqs: usize,
+        block_size: usize,
+    ) -> Result<Self, BackendError> {
+        let t = max_tokens;
+        let logits_rows = max_seqs.max(64);
+        let bf = 2usize;
+        let f = 4usize;
+        let mb = |bytes: usize, what: &str| DeviceBuffer::zeroed(stream, bytes, what);
+        let layout = MetaLayout {
+            tokens_cap: t,
+            samples_cap: t,
+        };
+        let meta_len = layout.len(max_seqs, d.max_model_len.div_ceil(block_size));
+        Ok(Arena {
+            max_tokens: t,
+            logits_rows,
+            partial_rows: PARTIAL_ROWS,
+            residual: mb(t * d.hidden * f, "residual")?,
+            hidden: mb(t * d.hidden * bf, "hidden")?,
+            x: mb(t * d.hidden * f, "x")?,
+            qkv: mb(t * d.qkv_width() * bf, "qkv")?,
+            attn: mb(t * d.nq * d.head_dim * bf, "attention output")?,
+            gate_up: mb(t * 2 * d.inter * bf, "gate_up")?,
+            act: mb(t * d.inter * bf, "act")?,
+            part_acc: mb(PARTIAL_ROWS * d.nq * d.head_dim * f, "attention partials")?,
+            part_ml: mb(PARTIAL_ROWS * d.nq * 2 * f, "attention partial maxima")?,
+            split_counters: mb(t * d.nkv * 4, "attention split counters")?,
+            selected: mb(logits_rows * d.hidden * bf, "selected rows")?,
+            logits: mb(logits_rows * d.vocab * f, "logits")?,
+            sampled: mb(logits_rows * 4, "sampled tokens")?,
+            meta: mb(meta_len * 4, "step metadata")?,
+            meta_len,
+        })
+    }
+
+    pub fn bytes(&self) -> usize {
+        [
+            &self.residual,
+            &self.hidden,
+            &self.x,
+            &self.qkv,
+            &self.attn,
+            &self.gate_up,
+            &self.act,
+            &self.part_acc,
+            &self.part_ml,
+            &self.split_counters,
+            &self.selected,
+            &self.logits,
+            &self.sampled,
+            &self.meta,
+        ]
+        .iter()
+        .map(|b| b.bytes)
+        .sum()
+    }
+}

@@ -1,0 +1,117 @@
+//! Typed launchers for the NVRTC kernels. Every launch goes through
+//! [`Kernels::launch`], which counts it (eager steps report launches per
+//! decode step from this count; graphs report their node count).
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::driver::{result, sys, CudaModule, CudaStream};
+
+use super::super::BackendError;
+
+/// Every kernel the backend launches, by its `extern "C"` name. The
+/// attention and RoPE kernels are compiled for the model's head dim and GQA
+/// group size (see `nvrtc::compile`).
+pub const KERNEL_NAMES: [&str; 7] = [
+    "embed_rmsnorm",
+    "add_rmsnorm",
+    "final_rmsnorm_rows",
+    "silu_mul",
+    "qkv_rope_cache",
+    "attention",
+    "sample_rows",
+];
+
+/// Head dims the kernels support.
+pub const HEAD_DIMS: [usize; 3] = [64, 128, 256];
+/// Most query heads per KV head.
+pub const MAX_GROUP: usize = 8;
+
+/// One kernel argument, passed by value.
+#[derive(Debug, Clone, Copy)]
+pub enum Arg {
+    /// A device pointer (0 = null).
+    Ptr(u64),
+    I32(i32),
+    F32(f32),
+}
+
+pub struct Kernels {
+    stream: Arc<CudaStream>,
+    functions: HashMap<&'static str, sys::CUfunction>,
+    _module: Arc<CudaModule>,
+    launches: Cell<u64>,
+}
+
+impl Kernels {
+    pub fn new(module: Arc<CudaModule>, stream: Arc<CudaStream>) -> Result<Self, BackendError> {
+        let mut functions = HashMap::new();
+        for name in KERNEL_NAMES {
+            let f = module
+                .load_function(name)
+                .map_err(|e| BackendError::Cuda(format!("kernel {name}: {e}")))?;
+            functions.insert(name, f.cu_function());
+        }
+        Ok(Kernels {
+            stream,
+            functions,
+            _module: module,
+            launches: Cell::new(0),
+        })
+    }
+
+    /// Launches counted since the last `take_launch_count`.
+    pub fn take_launch_count(&self) -> u64 {
+        self.launches.replace(0)
+    }
+
+    pub fn count_external_launch(&self) {
+        self.launches.set(self.launches.get() + 1);
+    }
+
+    /// Launches `name` on the backend's stream.
+    pub fn launch(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &[Arg],
+    ) -> Result<(), BackendError> {
+        let f = *self
+            .functions
+            .get(name)
+            .ok_or_else(|| BackendError::Cuda(format!("unknown kernel {name}")))?;
+        // Values live in `storage`; the driver reads them through `params`
+        // during cuLaunchKernel only.
+        let mut storage: Vec<u64> = args
+            .iter()
+            .map(|a| match *a {
+                Arg::Ptr(p) => p,
+                Arg::I32(v) => u64::from(v as u32),
+                Arg::F32(v) => u64::from(v.to_bits()),
+            })
+            .collect();
+        let mut params: Vec<*mut c_void> = storage
+            .iter_mut()
+            .map(|v| v as *mut u64 as *mut c_void)
+            .collect();
+        // SAFETY: each parameter points at 8 bytes whose low bytes hold the
+        // value (little-endian), matching the kernel's parameter types; the
+        // kernel names and argument lists are kept in sync with kernels/*.cu.
+        unsafe {
+            result::launch_kernel(
+                f,
+                grid,
+                (block, 1, 1),
+                0,
+                self.stream.cu_stream(),
+                &mut params,
+            )
+        }
+        .map_err(|e| BackendError::Cuda(format!("launching {name}: {e}")))?;
+        self.launches.set(self.launches.get() + 1);
+        Ok(())
+    }
+}

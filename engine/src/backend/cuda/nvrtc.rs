@@ -1,0 +1,195 @@
+//! Compiling the kernels: the CUDA C sources in `engine/kernels/` are embedded
+//! in the binary and compiled once per process by NVRTC for the device's
+//! architecture. NVRTC does not find `cuda_bf16.h` on its own, so the CUDA
+//! include folder is searched for here.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaModule};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+
+use super::super::BackendError;
+
+/// The kernel sources, concatenated in this order into one program.
+pub const SOURCES: [(&str, &str); 6] = [
+    ("common.cuh", include_str!("../../../kernels/common.cuh")),
+    ("norm.cu", include_str!("../../../kernels/norm.cu")),
+    ("activation.cu", include_str!("../../../kernels/activation.cu")),
+    ("rope_kv.cu", include_str!("../../../kernels/rope_kv.cu")),
+    ("attention.cu", include_str!("../../../kernels/attention.cu")),
+    ("sampling.cu", include_str!("../../../kernels/sampling.cu")),
+];
+
+/// Folders that may hold `cuda_bf16.h`, in the order they are tried:
+/// `$CUDA_HOME/include`, `$CUDA_PATH/include`, `/usr/local/cuda/include`, and
+/// the include folders of the `nvidia-cuda-runtime` pip packages found next
+/// to any Python on `PATH` or in the usual site-packages folders.
+pub fn header_candidates() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Some(v) = std::env::var_os(var) {
+            dirs.push(PathBuf::from(v).join("include"));
+        }
+    }
+    dirs.push(PathBuf::from("/usr/local/cuda/include"));
+    for site in python_site_packages() {
+        for sub in ["nvidia/cu13/include", "nvidia/cuda_runtime/include"] {
+            dirs.push(site.join(sub));
+        }
+    }
+    dirs
+}
+
+/// site-packages folders of Pythons on this machine (no Python is run).
+fn python_site_packages() -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Some(v) = std::env::var_os("VIRTUAL_ENV") {
+        roots.push(PathBuf::from(v));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if let Some(parent) = dir.parent() {
+                roots.push(parent.to_path_buf());
+            }
+        }
+    }
+    roots.push(PathBuf::from("/usr"));
+    roots.push(PathBuf::from("/usr/local"));
+    let mut sites = Vec::new();
+    for root in roots {
+        let lib = root.join("lib");
+        let Ok(entries) = std::fs::read_dir(&lib) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with("python3") {
+                for sp in ["site-packages", "dist-packages"] {
+                    let p = entry.path().join(sp);
+                    if p.is_dir() && !sites.contains(&p) {
+                        sites.push(p);
+                    }
+                }
+            }
+        }
+    }
+    sites
+}
+
+/// The first candidate folder that holds `cuda_bf16.h`, or an error listing
+/// every folder that was tried.
+pub fn find_cuda_include(candidates: &[PathBuf]) -> Result<PathBuf, BackendError> {
+    candidates
+        .iter()
+        .find(|d| d.join("cuda_bf16.h").is_file())
+        .cloned()
+        .ok_or_else(|| {
+            let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+            BackendError::Cuda(format!(
+                "cuda_bf16.h not found (needed to compile the kernels); looked in: {}. \
+                 Set CUDA_HOME to a CUDA toolkit or `pip install nvidia-cuda-runtime`.",
+                looked.join(", ")
+            ))
+        })
+}
+
+/// The whole kernel program as one source string.
+pub fn program_source() -> String {
+    let mut src = String::new();
+    for (name, text) in SOURCES {
+        src.push_str(&format!("// ---- {name}\n"));
+        src.push_str(text);
+        src.push('\n');
+    }
+    src
+}
+
+/// Compiles the program for `sm_{major}{minor}` into PTX, with the model's
+/// head dim and GQA group size baked in (one attention instantiation keeps
+/// the compile to about a second).
+pub fn compile(
+    include: &Path,
+    arch: (i32, i32),
+    head_dim: usize,
+    group: usize,
+) -> Result<cudarc::nvrtc::Ptx, BackendError> {
+    // SAFETY: only tries to dlopen libnvrtc by its usual names.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(BackendError::Cuda(
+            "libnvrtc could not be loaded: add the CUDA toolkit's lib64 folder (or the \
+             nvidia pip package's lib folder) to LD_LIBRARY_PATH"
+                .into(),
+        ));
+    }
+    let opts = CompileOptions {
+        include_paths: vec![include.display().to_string()],
+        options: vec![
+            format!("--gpu-architecture=sm_{}{}", arch.0, arch.1),
+            "--std=c++17".into(),
+            format!("-DDYNO_HEAD_DIM={head_dim}"),
+            format!("-DDYNO_GROUP={group}"),
+        ],
+        name: Some("dyno_kernels.cu".into()),
+        ..Default::default()
+    };
+    let source = program_source();
+    std::panic::catch_unwind(|| compile_ptx_with_opts(&source, opts))
+        .map_err(|_| BackendError::Cuda("NVRTC panicked".into()))?
+        .map_err(|e| BackendError::Cuda(format!("compiling the kernels with NVRTC: {e}")))
+}
+
+/// Compiles the kernels for `ctx`'s device and the model's shape, and loads them.
+pub fn load(
+    ctx: &Arc<CudaContext>,
+    head_dim: usize,
+    group: usize,
+) -> Result<Arc<CudaModule>, BackendError> {
+    let arch = ctx
+        .compute_capability()
+        .map_err(|e| BackendError::Cuda(format!("compute capability: {e}")))?;
+    let include = find_cuda_include(&header_candidates())?;
+    let ptx = compile(&include, arch, head_dim, group)?;
+    ctx.load_module(ptx)
+        .map_err(|e| BackendError::Cuda(format!("loading the compiled kernels: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_header_error_lists_the_folders() {
+        let dirs = vec![PathBuf::from("/nonexistent/a"), PathBuf::from("/nonexistent/b")];
+        let err = find_cuda_include(&dirs).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/a") && err.contains("/nonexistent/b"), "{err}");
+    }
+
+    #[test]
+    fn candidates_start_with_cuda_home() {
+        let c = header_candidates();
+        assert!(c.iter().any(|p| p == Path::new("/usr/local/cuda/include")));
+    }
+
+    /// Compiles the kernels when NVRTC and the headers are installed here
+    /// (no GPU needed); skipped otherwise.
+    #[test]
+    fn kernels_compile_with_nvrtc_when_available() {
+        let Ok(include) = find_cuda_include(&header_candidates()) else {
+            eprintln!("skipped: no CUDA headers");
+            return;
+        };
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            eprintln!("skipped: no libnvrtc");
+            return;
+        }
+        for (hd, g) in [(64, 3), (128, 2), (64, 7)] {
+            let src = compile(&include, (9, 0), hd, g).unwrap().to_src();
+            for name in super::super::kernels::KERNEL_NAMES {
+                assert!(src.contains(name), "kernel {name} missing from the PTX");
+            }
+            // Register arrays must stay in registers (no local memory).
+            assert!(!src.contains(".local"), "hd {hd} g {g}: kernel uses local memory");
+        }
+    }
+}

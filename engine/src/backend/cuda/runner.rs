@@ -1,0 +1,238 @@
+//! The forward pass as a sequence of launches on the backend's stream:
+//! embed+norm, then per layer QKV GEMM → bias/q-k-norm/RoPE/KV write →
+//! paged attention (splits merged in-kernel) → O GEMM → residual-add+norm →
+//! gate-up GEMM → SiLU·mul → down GEMM → residual-add+norm, then the final
+//! norm of the sampled rows, the LM head and sampling. The same code runs
+//! eagerly and under CUDA-graph capture; it reads every per-step value from
+//! the step-metadata buffer, so a captured graph replays any step of its size.
+
+use super::super::BackendError;
+use super::arena::{Arena, Dims};
+use super::buffer::DeviceBuffer;
+use super::gemm::{Gemm, OutType};
+use super::kernels::{Arg, Kernels};
+use super::kv_pool::KvPool;
+use super::step_meta::MetaLayout;
+use super::weights::DeviceWeights;
+
+pub struct Runner {
+    pub kernels: Kernels,
+    pub gemm: Gemm,
+    pub weights: DeviceWeights,
+    pub arena: Arena,
+    pub cos_sin: DeviceBuffer,
+    pub dims: Dims,
+    pub sm_count: usize,
+}
+
+/// Splits of the context per query token for attention: enough blocks to
+/// fill the GPU at small batches, one split for large prefill steps.
+pub fn attention_splits(tokens: usize, kv_heads: usize, sm_count: usize, partial_rows: usize) -> usize {
+    let blocks_wanted = sm_count * 8;
+    let per_split = (tokens * kv_heads).max(1);
+    let n = blocks_wanted.div_ceil(per_split).clamp(1, 32);
+    n.min((partial_rows / tokens.max(1)).max(1))
+}
+
+impl Runner {
+    fn meta(&self, layout: &MetaLayout, offset: usize) -> u64 {
+        let _ = layout;
+        self.arena.meta.at::<u32>(offset)
+    }
+
+    /// Runs every layer for `tokens` query tokens (padding included).
+    pub fn layers(&self, kv: &KvPool, layout: &MetaLayout, tokens: usize) -> Result<(), BackendError> {
+        let d = &self.dims;
+        let a = &self.arena;
+        let k = &self.kernels;
+        let h = d.hidden as i32;
+        let hd = d.head_dim;
+        let threads = 256u32;
+        let t = tokens as u32;
+        let first = &self.weights.layers[0];
+        k.launch(
+            "embed_rmsnorm",
+            (t, 1, 1),
+            threads,
+            &[
+                Arg::Ptr(self.meta(layout, layout.tokens())),
+                Arg::Ptr(self.weights.embed.ptr),
+                Arg::Ptr(first.input_norm.ptr),
+                Arg::Ptr(a.residual.ptr),
+                Arg::Ptr(a.hidden.ptr),
+                Arg::I32(h),
+                Arg::F32(d.eps),
+            ],
+        )?;
+        let nsplit = attention_splits(tokens, d.nkv, self.sm_count, a.partial_rows);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let nlayers = self.weights.layers.len();
+        for (li, w) in self.weights.layers.iter().enumerate() {
+            self.gemm.linear(a.hidden.ptr, w.qkv.ptr, a.qkv.ptr, tokens, d.qkv_width(), d.hidden, OutType::Bf16)?;
+            k.count_external_launch();
+            k.launch(
+                "qkv_rope_cache",
+                (t, 1, 1),
+                ((d.nq + 2 * d.nkv) * 32) as u32,
+                &[
+                    Arg::Ptr(a.qkv.ptr),
+                    Arg::Ptr(w.qkv_bias.as_ref().map_or(0, |b| b.ptr)),
+                    Arg::Ptr(w.q_norm.as_ref().map_or(0, |b| b.ptr)),
+                    Arg::Ptr(w.k_norm.as_ref().map_or(0, |b| b.ptr)),
+                    Arg::Ptr(self.cos_sin.ptr),
+                    Arg::Ptr(self.meta(layout, layout.positions())),
+                    Arg::Ptr(self.meta(layout, layout.slots())),
+                    Arg::Ptr(kv.k(li)),
+                    Arg::Ptr(kv.v(li)),
+                    Arg::I32(d.nq as i32),
+                    Arg::I32(d.nkv as i32),
+                    Arg::F32(d.eps),
+                ],
+            )?;
+            k.launch(
+                "attention",
+                (t, d.nkv as u32, nsplit as u32),
+                128,
+                &[
+                    Arg::Ptr(a.qkv.ptr),
+                    Arg::Ptr(kv.k(li)),
+                    Arg::Ptr(kv.v(li)),
+                    Arg::Ptr(self.meta(layout, layout.positions())),
+                    Arg::Ptr(self.meta(layout, layout.seq_idx())),
+                    Arg::Ptr(self.meta(layout, layout.block_tables())),
+                    Arg::Ptr(self.meta(layout, layout.bt_stride())),
+                    Arg::I32(kv.block_size as i32),
+                    Arg::I32(d.nkv as i32),
+                    Arg::F32(scale),
+                    Arg::Ptr(a.attn.ptr),
+                    Arg::Ptr(a.part_acc.ptr),
+                    Arg::Ptr(a.part_ml.ptr),
+                    Arg::Ptr(a.split_counters.ptr),
+                ],
+            )?;
+            self.gemm.linear(a.attn.ptr, w.o_proj.ptr, a.x.ptr, tokens, d.hidden, d.nq * hd, OutType::F32)?;
+            k.count_external_launch();
+            k.launch(
+                "add_rmsnorm",
+                (t, 1, 1),
+                threads,
+                &[
+                    Arg::Ptr(a.x.ptr),
+                    Arg::Ptr(a.residual.ptr),
+                    Arg::Ptr(w.post_attention_norm.ptr),
+                    Arg::Ptr(a.hidden.ptr),
+                    Arg::I32(h),
+                    Arg::F32(d.eps),
+                ],
+            )?;
+            self.gemm.linear(a.hidden.ptr, w.gate_up.ptr, a.gate_up.ptr, tokens, 2 * d.inter, d.hidden, OutType::Bf16)?;
+            k.count_external_launch();
+            let n = tokens * d.inter;
+            let blocks = n.div_ceil(256).min(self.sm_count * 16) as u32;
+            k.launch(
+                "silu_mul",
+                (blocks, 1, 1),
+                256,
+                &[
+                    Arg::Ptr(a.gate_up.ptr),
+                    Arg::Ptr(a.act.ptr),
+                    Arg::I32(tokens as i32),
+                    Arg::I32(d.inter as i32),
+                ],
+            )?;
+            self.gemm.linear(a.act.ptr, w.down.ptr, a.x.ptr, tokens, d.hidden, d.inter, OutType::F32)?;
+            k.count_external_launch();
+            if li + 1 < nlayers {
+                k.launch(
+                    "add_rmsnorm",
+                    (t, 1, 1),
+                    threads,
+                    &[
+                        Arg::Ptr(a.x.ptr),
+                        Arg::Ptr(a.residual.ptr),
+                        Arg::Ptr(self.weights.layers[li + 1].input_norm.ptr),
+                        Arg::Ptr(a.hidden.ptr),
+                        Arg::I32(h),
+                        Arg::F32(d.eps),
+                    ],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Final norm + LM head for `rows` rows whose token indices are at
+    /// `rows_ptr`; f32 logits land in the arena (`rows` ≤ `logits_rows`).
+    pub fn logits(&self, rows_ptr: u64, rows: usize) -> Result<(), BackendError> {
+        let d = &self.dims;
+        let a = &self.arena;
+        if rows > a.logits_rows {
+            return Err(BackendError::InvalidBatch(format!(
+                "{rows} logit rows exceed the capacity of {}",
+                a.logits_rows
+            )));
+        }
+        self.kernels.launch(
+            "final_rmsnorm_rows",
+            (rows as u32, 1, 1),
+            256,
+            &[
+                Arg::Ptr(rows_ptr),
+                Arg::Ptr(a.x.ptr),
+                Arg::Ptr(a.residual.ptr),
+                Arg::Ptr(self.weights.final_norm.ptr),
+                Arg::Ptr(a.selected.ptr),
+                Arg::I32(d.hidden as i32),
+                Arg::F32(d.eps),
+            ],
+        )?;
+        self.gemm.linear(a.selected.ptr, self.weights.lm_head_ptr(), a.logits.ptr, rows, d.vocab, d.hidden, OutType::F32)?;
+        self.kernels.count_external_launch();
+        Ok(())
+    }
+
+    /// Samples one token per logits row into `arena.sampled`.
+    pub fn sample(&self, layout: &MetaLayout, rows: usize) -> Result<(), BackendError> {
+        let a = &self.arena;
+        self.kernels.launch(
+            "sample_rows",
+            (rows as u32, 1, 1),
+            1024,
+            &[
+                Arg::Ptr(a.logits.ptr),
+                Arg::I32(self.dims.vocab as i32),
+                Arg::Ptr(self.meta(layout, layout.temperature())),
+                Arg::Ptr(self.meta(layout, layout.top_k())),
+                Arg::Ptr(self.meta(layout, layout.top_p())),
+                Arg::Ptr(self.meta(layout, layout.seed_lo())),
+                Arg::Ptr(self.meta(layout, layout.seed_hi())),
+                Arg::Ptr(self.meta(layout, layout.draw_index())),
+                Arg::Ptr(a.sampled.ptr),
+            ],
+        )
+    }
+
+    /// One whole decode/prefill step up to sampled tokens in the arena.
+    pub fn step(&self, kv: &KvPool, layout: &MetaLayout, tokens: usize, samples: usize) -> Result<(), BackendError> {
+        self.layers(kv, layout, tokens)?;
+        if samples > 0 {
+            self.logits(self.meta(layout, layout.sample_rows()), samples)?;
+            self.sample(layout, samples)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_fill_the_gpu_at_small_batches_and_vanish_at_large() {
+        assert_eq!(attention_splits(1, 3, 132, 4096), 32);
+        assert_eq!(attention_splits(8192, 3, 132, 4096), 1);
+        let s = attention_splits(64, 8, 132, 4096);
+        assert!(s >= 2 && 64 * s <= 4096, "{s}");
+        assert!(attention_splits(4000, 1, 132, 4096) == 1);
+    }
+}

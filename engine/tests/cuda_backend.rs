@@ -1,0 +1,288 @@
+//! GPU tests of the CUDA backend. They need an NVIDIA GPU, so they are
+//! `#[ignore]`d and CPU-only CI stays green; on a GPU machine run
+//! `engine/scripts/gpu_tests.sh` (see docs/CUDA.md), or
+//! `cargo test --release -p engine --test cuda_backend -- --ignored`.
+//!
+//! `tiny_models_match_the_f32_reference`: seeded random tiny Llama, Qwen2
+//! and Qwen3 models against a plain f32 CPU forward pass written here.
+//! `golden_outputs` (with `DYNO_GOLDEN_DIR`) and `decode_speed` (with
+//! `DYNO_GPU_BENCH_DIR`) work on HF checkpoints written by
+//! `engine/scripts/gpu_golden.py` and are driven by the scripts.
+
+mod cuda_support;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use cuda_support::*;
+use engine::backend::cpu::CpuBackend;
+use engine::backend::cuda::CudaBackend;
+use engine::backend::{Backend, SampleSpec, SeqStep};
+use engine::config::Architecture;
+use engine::engine_config::EngineConfig;
+use engine::weights::Checkpoint;
+
+fn engine_config(eager: bool) -> EngineConfig {
+    EngineConfig {
+        max_num_seqs: 8,
+        max_num_batched_tokens: 256,
+        max_model_len: 256,
+        enforce_eager: eager,
+        ..Default::default()
+    }
+}
+
+fn check_logits(name: &str, got: &[Vec<f32>], want: &[Vec<f32>]) {
+    assert_eq!(got.len(), want.len(), "{name}: rows");
+    let mut worst = 0f64;
+    for (g, w) in got.iter().zip(want) {
+        let e = rel_l2(g, w);
+        assert!(e.is_finite(), "{name}: non-finite logits");
+        worst = worst.max(e);
+    }
+    println!("{name}: worst relative L2 error per position {worst:.2e}");
+    assert!(worst < 1e-2, "{name}: relative L2 error {worst}");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn tiny_models_match_the_f32_reference() {
+    for arch in [Architecture::Llama, Architecture::Qwen2, Architecture::Qwen3] {
+        let c = tiny_config(arch);
+        let t = random_tensors(&c, 7);
+        let load = loader(&t);
+        for eager in [true, false] {
+            let tag = format!("{arch:?} eager={eager}");
+            let mut b = CudaBackend::with_loader(&c, &engine_config(eager), &load).unwrap();
+            b.allocate_kv_cache(64, 16).unwrap();
+            let prompt: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % 1000).collect();
+            let reference = reference_logits(&c, &t, &prompt);
+
+            // Whole prompt in one step, two sequences in one batch.
+            let (bt0, bt1) = (blocks_for(0, 4), blocks_for(1, 4));
+            let got = b
+                .forward_logits(&[step(0, &prompt[..10], 0, &bt0, false), step(1, &prompt, 0, &bt1, false)])
+                .unwrap();
+            check_logits(&format!("{tag} prefill (short)"), &got[..10], &reference[..10]);
+            check_logits(&format!("{tag} prefill"), &got[10..], &reference);
+
+            // Chunked prefill: the second chunk attends to the cached first.
+            let bt2 = blocks_for(2, 4);
+            b.forward_logits(&[step(2, &prompt[..16], 0, &bt2, false)]).unwrap();
+            let got = b.forward_logits(&[step(2, &prompt[16..], 16, &bt2, false)]).unwrap();
+            check_logits(&format!("{tag} chunked prefill"), &got, &reference[16..]);
+
+            // Greedy decode of three sequences through forward() (graphs
+            // unless eager), checked teacher-forced against the reference.
+            let bts: Vec<Vec<u32>> = (3..6).map(|i| blocks_for(i, 4)).collect();
+            let prompts: Vec<Vec<u32>> = (0..3).map(|s| prompt[s * 5..30 + s].to_vec()).collect();
+            let batch: Vec<SeqStep> = (0..3).map(|s| step(s as u64, &prompts[s], 0, &bts[s], true)).collect();
+            let first = b.forward(&batch).unwrap();
+            let mut seqs: Vec<Vec<u32>> = prompts.iter().zip(&first).map(|(p, &f)| [p.clone(), vec![f]].concat()).collect();
+            for _ in 0..20 {
+                let lasts: Vec<[u32; 1]> = seqs.iter().map(|s| [*s.last().unwrap()]).collect();
+                let batch: Vec<SeqStep> = (0..3)
+                    .map(|s| step(s as u64, &lasts[s], seqs[s].len() - 1, &bts[s], true))
+                    .collect();
+                let next = b.forward(&batch).unwrap();
+                for (s, n) in seqs.iter_mut().zip(next) {
+                    s.push(n);
+                }
+            }
+            assert_eq!(b.launches_per_decode_step().is_some(), true);
+            let (mut agree, mut total) = (0, 0);
+            for (s, p) in seqs.iter().zip(&prompts) {
+                let r = reference_logits(&c, &t, &s[..s.len() - 1]);
+                for j in p.len() - 1..s.len() - 1 {
+                    total += 1;
+                    agree += usize::from(argmax(&r[j]) == s[j + 1]);
+                }
+            }
+            println!(
+                "{tag}: greedy agreement {agree}/{total}, launches/decode step {:?}, peak {:?} B",
+                b.launches_per_decode_step(),
+                b.peak_memory_bytes()
+            );
+            assert!(agree * 100 >= total * 95, "{tag}: greedy agreement {agree}/{total}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn device_sampling_follows_the_cpu_algorithm() {
+    let c = tiny_config(Architecture::Llama);
+    let t = random_tensors(&c, 3);
+    let load = loader(&t);
+    let mut b = CudaBackend::with_loader(&c, &engine_config(true), &load).unwrap();
+    b.allocate_kv_cache(16, 16).unwrap();
+    let prompt: Vec<u32> = (0..12).map(|i| (i * 91 + 5) % 1000).collect();
+    let bt = blocks_for(0, 2);
+    let logits = b.forward_logits(&[step(0, &prompt, 0, &bt, false)]).unwrap();
+    let last = logits.last().unwrap();
+    let (mut same, mut total) = (0, 0);
+    for (temperature, top_k, top_p) in [(1.0, 0, 1.0), (0.7, 20, 1.0), (1.3, 0, 0.9), (0.8, 50, 0.8), (0.0, 0, 1.0)] {
+        for index in 0..40u32 {
+            let spec = SampleSpec { temperature, top_k, top_p, seed: 1234, index };
+            let cpu = engine::sampler::sample(last, &spec);
+            let s = SeqStep { seq_id: 0, tokens: &prompt[11..], start_pos: 11, block_table: &bt, sample: Some(spec) };
+            let gpu = b.forward(&[s]).unwrap()[0];
+            total += 1;
+            same += usize::from(cpu == gpu);
+        }
+    }
+    println!("device sampling: {same}/{total} draws equal to crate::sampler");
+    assert!(same * 100 >= total * 97, "{same}/{total}");
+}
+
+fn env_dir(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var).map(PathBuf::from)
+}
+
+fn read_tokens(path: &std::path::Path) -> Vec<Vec<u32>> {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// For a checkpoint written by gpu_golden.py: compares prompt logits with the
+/// transformers f32 logits it saved (`ref_logits.bin`, prompts 0..4), runs
+/// prompt 0 as chunked prefill too, and writes greedy continuations (64
+/// tokens, batch 1 and batch 64) for the script to check teacher-forced.
+#[test]
+#[ignore = "needs an NVIDIA GPU and DYNO_GOLDEN_DIR"]
+fn golden_outputs() {
+    let Some(dir) = env_dir("DYNO_GOLDEN_DIR") else {
+        panic!("set DYNO_GOLDEN_DIR to a folder written by engine/scripts/gpu_golden.py");
+    };
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let c = ckpt.config.clone();
+    let prompts = read_tokens(&dir.join("prompts.json"));
+    let cfg = EngineConfig { max_num_seqs: 64, max_num_batched_tokens: 4096, max_model_len: 256, ..Default::default() };
+    let mut b = CudaBackend::new(&ckpt, &cfg).unwrap();
+    let per_seq = 256 / 16;
+    b.allocate_kv_cache(per_seq * 66, 16).unwrap();
+    let v = c.vocab_size;
+    let raw = std::fs::read(dir.join("ref_logits.bin")).unwrap();
+    let reference: Vec<f32> = raw.chunks_exact(4).map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]])).collect();
+    let mut offset = 0;
+    let bts: Vec<Vec<u32>> = (0..66).map(|i| blocks_for(i, per_seq)).collect();
+    let batch: Vec<SeqStep> = (0..4).map(|i| step(i as u64, &prompts[i], 0, &bts[i], false)).collect();
+    let got = b.forward_logits(&batch).unwrap();
+    // The CPU backend (f32) on the same checkpoint and batch.
+    let mut cpu = CpuBackend::new(&ckpt, &EngineConfig { max_model_len: 256, ..Default::default() }).unwrap();
+    cpu.allocate_kv_cache(per_seq * 4, 16).unwrap();
+    let cpu_logits = cpu.forward_logits(&batch).unwrap();
+    let worst_cpu = got.iter().zip(&cpu_logits).map(|(g, w)| rel_l2(g, w)).fold(0f64, f64::max);
+    println!("GOLDEN {}: GPU vs CPU backend (f32) worst relative L2 per position {worst_cpu:.3e} over {} positions", dir.display(), got.len());
+    assert!(worst_cpu < 1e-2, "GPU vs CPU relative L2 error {worst_cpu} ≥ 1e-2");
+    let mut worst = 0f64;
+    for (row, g) in got.iter().enumerate() {
+        let w = &reference[offset * v..(offset + 1) * v];
+        offset += 1;
+        let e = rel_l2(g, w);
+        assert!(e.is_finite(), "row {row}: non-finite logits");
+        worst = worst.max(e);
+    }
+    // Prompt 0 again, as two prefill chunks into other blocks.
+    let p0 = &prompts[0];
+    let cut = p0.len() / 2;
+    b.forward_logits(&[step(64, &p0[..cut], 0, &bts[64], false)]).unwrap();
+    let chunk2 = b.forward_logits(&[step(64, &p0[cut..], cut, &bts[64], false)]).unwrap();
+    for (j, g) in chunk2.iter().enumerate() {
+        let e = rel_l2(g, &reference[(cut + j) * v..(cut + j + 1) * v]);
+        assert!(e.is_finite(), "chunked row {j}: non-finite logits");
+        worst = worst.max(e);
+    }
+    println!("GOLDEN {}: GPU vs transformers (f32) worst relative L2 per position {worst:.3e} over {} positions", dir.display(), got.len() + chunk2.len());
+    assert!(worst < 1e-2, "relative L2 error {worst} ≥ 1e-2");
+
+    let mut out = serde_json::Map::new();
+    for (name, n, first_seq) in [("batch1", 1usize, 65usize), ("batch64", 64, 0)] {
+        let ids: Vec<usize> = if n == 1 { vec![first_seq] } else { (0..64).collect() };
+        let ps: Vec<&Vec<u32>> = if n == 1 { vec![&prompts[0]] } else { prompts.iter().take(64).collect() };
+        let batch: Vec<SeqStep> = ids.iter().zip(&ps).map(|(&i, p)| step(i as u64, p, 0, &bts[i], true)).collect();
+        let first = b.forward(&batch).unwrap();
+        let mut gens: Vec<Vec<u32>> = first.iter().map(|&f| vec![f]).collect();
+        for _ in 1..64 {
+            let lasts: Vec<[u32; 1]> = gens.iter().map(|g| [*g.last().unwrap()]).collect();
+            let batch: Vec<SeqStep> = ids
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| step(i as u64, &lasts[k], ps[k].len() + gens[k].len() - 1, &bts[i], true))
+                .collect();
+            for (g, tok) in gens.iter_mut().zip(b.forward(&batch).unwrap()) {
+                g.push(tok);
+            }
+        }
+        out.insert(name.into(), serde_json::to_value(&gens).unwrap());
+        out.insert(format!("{name}_launches_per_decode_step"), serde_json::to_value(b.launches_per_decode_step()).unwrap());
+    }
+    std::fs::write(dir.join("gpu_generated.json"), serde_json::to_string(&out).unwrap()).unwrap();
+}
+
+/// Decode timing on a checkpoint folder: batch 1 (prompt 128, 512 steps,
+/// per-step latency) and a full batch (prompt 256, decode steps to 1024
+/// tokens of context), graphs and eager. Prints one JSON line per case.
+#[test]
+#[ignore = "needs an NVIDIA GPU and DYNO_GPU_BENCH_DIR"]
+fn decode_speed() {
+    let Some(dir) = env_dir("DYNO_GPU_BENCH_DIR") else {
+        panic!("set DYNO_GPU_BENCH_DIR to a checkpoint folder");
+    };
+    let batch_sizes: Vec<usize> = std::env::var("DYNO_BENCH_BATCHES")
+        .unwrap_or_else(|_| "1,256".into())
+        .split(',')
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let c = ckpt.config.clone();
+    for eager in [false, true] {
+        for &bsz in &batch_sizes {
+            let (prompt_len, steps) = if bsz == 1 { (128, 512) } else { (256, 1024) };
+            let cfg = EngineConfig {
+                max_num_seqs: bsz.max(1),
+                max_num_batched_tokens: 8192,
+                max_model_len: prompt_len + steps + 16,
+                enforce_eager: eager,
+                ..Default::default()
+            };
+            let mut b = CudaBackend::new(&ckpt, &cfg).unwrap();
+            let per_seq = (prompt_len + steps + 16).div_ceil(16);
+            b.allocate_kv_cache(per_seq * bsz, 16).unwrap();
+            let bts: Vec<Vec<u32>> = (0..bsz).map(|i| blocks_for(i, per_seq)).collect();
+            let prompts: Vec<Vec<u32>> = (0..bsz)
+                .map(|i| (0..prompt_len).map(|j| ((i * 7919 + j * 104729) % c.vocab_size) as u32).collect())
+                .collect();
+            let mut last: Vec<u32> = Vec::new();
+            for chunk in (0..bsz).collect::<Vec<_>>().chunks((8192 / prompt_len).max(1)) {
+                let batch: Vec<SeqStep> = chunk.iter().map(|&i| step(i as u64, &prompts[i], 0, &bts[i], true)).collect();
+                last.extend(b.forward(&batch).unwrap());
+            }
+            let mut times = Vec::with_capacity(steps);
+            let start = Instant::now();
+            for s in 0..steps {
+                let toks: Vec<[u32; 1]> = last.iter().map(|&x| [x]).collect();
+                let batch: Vec<SeqStep> = (0..bsz)
+                    .map(|i| step(i as u64, &toks[i], prompt_len + s, &bts[i], true))
+                    .collect();
+                let t0 = Instant::now();
+                last = b.forward(&batch).unwrap();
+                times.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+            let total = start.elapsed().as_secs_f64();
+            let mut sorted = times.clone();
+            sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let pct = |p: f64| sorted[((sorted.len() - 1) as f64 * p) as usize];
+            println!(
+                "BENCH {{\"model\":\"{}\",\"graphs\":{},\"batch\":{bsz},\"prompt\":{prompt_len},\"steps\":{steps},\"step_ms_p50\":{:.4},\"step_ms_p90\":{:.4},\"step_ms_p99\":{:.4},\"decode_tok_per_s\":{:.0},\"launches_per_decode_step\":{},\"peak_memory_bytes\":{}}}",
+                dir.file_name().unwrap().to_string_lossy(),
+                !eager,
+                pct(0.5),
+                pct(0.9),
+                pct(0.99),
+                (bsz * steps) as f64 / total,
+                b.launches_per_decode_step().unwrap_or(0),
+                b.peak_memory_bytes().unwrap_or(0)
+            );
+        }
+    }
+}
