@@ -127,6 +127,9 @@ fn output_text(w: &WorkloadComparison) -> Option<String> {
     let head = match o.verdict {
         OutputVerdict::Same => "outputs identical".to_string(),
         OutputVerdict::Unknown => "outputs not checked".to_string(),
+        OutputVerdict::Nondeterministic => {
+            "outputs not judged: the baseline's own trials disagree".to_string()
+        }
         OutputVerdict::Changed if o.greedy => {
             "OUTPUT-CHANGED (greedy: fails the check)".to_string()
         }

@@ -99,6 +99,10 @@ pub struct MetricResult {
 pub enum OutputVerdict {
     Same,
     Changed,
+    /// The baseline's own trials disagree: this workload's outputs depend on
+    /// timing (e.g. batch composition under open-loop arrivals), so a
+    /// difference says nothing about the change under test.
+    Nondeterministic,
     /// A side carries no output hash.
     Unknown,
 }
@@ -297,6 +301,8 @@ fn output_check(pair: &WorkloadPair) -> OutputCheck {
     let verdict = if b.is_empty() || c.is_empty() {
         notes.push("no output hash on one side".into());
         OutputVerdict::Unknown
+    } else if b.len() > 1 {
+        OutputVerdict::Nondeterministic
     } else if c.iter().all(|h| b.contains(h)) {
         OutputVerdict::Same
     } else {
