@@ -14,16 +14,6 @@
 #define ATTN_WARPS 4
 #define KEYS_PER_ITER 2
 
-__device__ __forceinline__ void unpack8(const uint4& raw, float* out) {
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const float2 f = __bfloat1622float2(h[i]);
-        out[2 * i] = f.x;
-        out[2 * i + 1] = f.y;
-    }
-}
-
 template <int HD, int G>
 __device__ void attention_impl(const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,
                                const bf16* __restrict__ v_cache,

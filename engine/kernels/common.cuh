@@ -47,3 +47,15 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     float r = lane < nwarps ? scratch[lane] : -INFINITY;
     return warp_max(r);
 }
+
+// Eight bf16 (one 16-byte load) to f32.
+__device__ __forceinline__ void unpack8(const uint4& raw, float* out) {
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float2 f = __bfloat1622float2(h[i]);
+        out[2 * i] = f.x;
+        out[2 * i + 1] = f.y;
+    }
+}
+

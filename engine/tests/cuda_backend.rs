@@ -47,7 +47,11 @@ fn check_logits(name: &str, got: &[Vec<f32>], want: &[Vec<f32>]) {
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn tiny_models_match_the_f32_reference() {
-    for arch in [Architecture::Llama, Architecture::Qwen2, Architecture::Qwen3] {
+    for arch in [
+        Architecture::Llama,
+        Architecture::Qwen2,
+        Architecture::Qwen3,
+    ] {
         let c = tiny_config(arch);
         let t = random_tensors(&c, 7);
         let load = loader(&t);
@@ -61,24 +65,40 @@ fn tiny_models_match_the_f32_reference() {
             // Whole prompt in one step, two sequences in one batch.
             let (bt0, bt1) = (blocks_for(0, 4), blocks_for(1, 4));
             let got = b
-                .forward_logits(&[step(0, &prompt[..10], 0, &bt0, false), step(1, &prompt, 0, &bt1, false)])
+                .forward_logits(&[
+                    step(0, &prompt[..10], 0, &bt0, false),
+                    step(1, &prompt, 0, &bt1, false),
+                ])
                 .unwrap();
-            check_logits(&format!("{tag} prefill (short)"), &got[..10], &reference[..10]);
+            check_logits(
+                &format!("{tag} prefill (short)"),
+                &got[..10],
+                &reference[..10],
+            );
             check_logits(&format!("{tag} prefill"), &got[10..], &reference);
 
             // Chunked prefill: the second chunk attends to the cached first.
             let bt2 = blocks_for(2, 4);
-            b.forward_logits(&[step(2, &prompt[..16], 0, &bt2, false)]).unwrap();
-            let got = b.forward_logits(&[step(2, &prompt[16..], 16, &bt2, false)]).unwrap();
+            b.forward_logits(&[step(2, &prompt[..16], 0, &bt2, false)])
+                .unwrap();
+            let got = b
+                .forward_logits(&[step(2, &prompt[16..], 16, &bt2, false)])
+                .unwrap();
             check_logits(&format!("{tag} chunked prefill"), &got, &reference[16..]);
 
             // Greedy decode of three sequences through forward() (graphs
             // unless eager), checked teacher-forced against the reference.
             let bts: Vec<Vec<u32>> = (3..6).map(|i| blocks_for(i, 4)).collect();
             let prompts: Vec<Vec<u32>> = (0..3).map(|s| prompt[s * 5..30 + s].to_vec()).collect();
-            let batch: Vec<SeqStep> = (0..3).map(|s| step(s as u64, &prompts[s], 0, &bts[s], true)).collect();
+            let batch: Vec<SeqStep> = (0..3)
+                .map(|s| step(s as u64, &prompts[s], 0, &bts[s], true))
+                .collect();
             let first = b.forward(&batch).unwrap();
-            let mut seqs: Vec<Vec<u32>> = prompts.iter().zip(&first).map(|(p, &f)| [p.clone(), vec![f]].concat()).collect();
+            let mut seqs: Vec<Vec<u32>> = prompts
+                .iter()
+                .zip(&first)
+                .map(|(p, &f)| [p.clone(), vec![f]].concat())
+                .collect();
             for _ in 0..20 {
                 let lasts: Vec<[u32; 1]> = seqs.iter().map(|s| [*s.last().unwrap()]).collect();
                 let batch: Vec<SeqStep> = (0..3)
@@ -89,7 +109,7 @@ fn tiny_models_match_the_f32_reference() {
                     s.push(n);
                 }
             }
-            assert_eq!(b.launches_per_decode_step().is_some(), true);
+            assert!(b.launches_per_decode_step().is_some());
             let (mut agree, mut total) = (0, 0);
             for (s, p) in seqs.iter().zip(&prompts) {
                 let r = reference_logits(&c, &t, &s[..s.len() - 1]);
@@ -103,7 +123,10 @@ fn tiny_models_match_the_f32_reference() {
                 b.launches_per_decode_step(),
                 b.peak_memory_bytes()
             );
-            assert!(agree * 100 >= total * 95, "{tag}: greedy agreement {agree}/{total}");
+            assert!(
+                agree * 100 >= total * 95,
+                "{tag}: greedy agreement {agree}/{total}"
+            );
         }
     }
 }
@@ -118,14 +141,34 @@ fn device_sampling_follows_the_cpu_algorithm() {
     b.allocate_kv_cache(16, 16).unwrap();
     let prompt: Vec<u32> = (0..12).map(|i| (i * 91 + 5) % 1000).collect();
     let bt = blocks_for(0, 2);
-    let logits = b.forward_logits(&[step(0, &prompt, 0, &bt, false)]).unwrap();
+    let logits = b
+        .forward_logits(&[step(0, &prompt, 0, &bt, false)])
+        .unwrap();
     let last = logits.last().unwrap();
     let (mut same, mut total) = (0, 0);
-    for (temperature, top_k, top_p) in [(1.0, 0, 1.0), (0.7, 20, 1.0), (1.3, 0, 0.9), (0.8, 50, 0.8), (0.0, 0, 1.0)] {
+    for (temperature, top_k, top_p) in [
+        (1.0, 0, 1.0),
+        (0.7, 20, 1.0),
+        (1.3, 0, 0.9),
+        (0.8, 50, 0.8),
+        (0.0, 0, 1.0),
+    ] {
         for index in 0..40u32 {
-            let spec = SampleSpec { temperature, top_k, top_p, seed: 1234, index };
+            let spec = SampleSpec {
+                temperature,
+                top_k,
+                top_p,
+                seed: 1234,
+                index,
+            };
             let cpu = engine::sampler::sample(last, &spec);
-            let s = SeqStep { seq_id: 0, tokens: &prompt[11..], start_pos: 11, block_table: &bt, sample: Some(spec) };
+            let s = SeqStep {
+                seq_id: 0,
+                tokens: &prompt[11..],
+                start_pos: 11,
+                block_table: &bt,
+                sample: Some(spec),
+            };
             let gpu = b.forward(&[s]).unwrap()[0];
             total += 1;
             same += usize::from(cpu == gpu);
@@ -156,28 +199,50 @@ fn golden_outputs() {
     let ckpt = Checkpoint::open(&dir).unwrap();
     let c = ckpt.config.clone();
     let prompts = read_tokens(&dir.join("prompts.json"));
-    let cfg = EngineConfig { max_num_seqs: 64, max_num_batched_tokens: 4096, max_model_len: 256, ..Default::default() };
+    let cfg = EngineConfig {
+        max_num_seqs: 64,
+        max_num_batched_tokens: 4096,
+        max_model_len: 256,
+        ..Default::default()
+    };
     let mut b = CudaBackend::new(&ckpt, &cfg).unwrap();
     let per_seq = 256 / 16;
     b.allocate_kv_cache(per_seq * 66, 16).unwrap();
     let v = c.vocab_size;
     let raw = std::fs::read(dir.join("ref_logits.bin")).unwrap();
-    let reference: Vec<f32> = raw.chunks_exact(4).map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]])).collect();
-    let mut offset = 0;
+    let reference: Vec<f32> = raw
+        .chunks_exact(4)
+        .map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]))
+        .collect();
     let bts: Vec<Vec<u32>> = (0..66).map(|i| blocks_for(i, per_seq)).collect();
-    let batch: Vec<SeqStep> = (0..4).map(|i| step(i as u64, &prompts[i], 0, &bts[i], false)).collect();
+    let batch: Vec<SeqStep> = (0..4)
+        .map(|i| step(i as u64, &prompts[i], 0, &bts[i], false))
+        .collect();
     let got = b.forward_logits(&batch).unwrap();
     // The CPU backend (f32) on the same checkpoint and batch.
-    let mut cpu = CpuBackend::new(&ckpt, &EngineConfig { max_model_len: 256, ..Default::default() }).unwrap();
+    let mut cpu = CpuBackend::new(
+        &ckpt,
+        &EngineConfig {
+            max_model_len: 256,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     cpu.allocate_kv_cache(per_seq * 4, 16).unwrap();
     let cpu_logits = cpu.forward_logits(&batch).unwrap();
-    let worst_cpu = got.iter().zip(&cpu_logits).map(|(g, w)| rel_l2(g, w)).fold(0f64, f64::max);
+    let worst_cpu = got
+        .iter()
+        .zip(&cpu_logits)
+        .map(|(g, w)| rel_l2(g, w))
+        .fold(0f64, f64::max);
     println!("GOLDEN {}: GPU vs CPU backend (f32) worst relative L2 per position {worst_cpu:.3e} over {} positions", dir.display(), got.len());
-    assert!(worst_cpu < 1e-2, "GPU vs CPU relative L2 error {worst_cpu} ≥ 1e-2");
+    assert!(
+        worst_cpu < 1e-2,
+        "GPU vs CPU relative L2 error {worst_cpu} ≥ 1e-2"
+    );
     let mut worst = 0f64;
     for (row, g) in got.iter().enumerate() {
-        let w = &reference[offset * v..(offset + 1) * v];
-        offset += 1;
+        let w = &reference[row * v..(row + 1) * v];
         let e = rel_l2(g, w);
         assert!(e.is_finite(), "row {row}: non-finite logits");
         worst = worst.max(e);
@@ -185,8 +250,11 @@ fn golden_outputs() {
     // Prompt 0 again, as two prefill chunks into other blocks.
     let p0 = &prompts[0];
     let cut = p0.len() / 2;
-    b.forward_logits(&[step(64, &p0[..cut], 0, &bts[64], false)]).unwrap();
-    let chunk2 = b.forward_logits(&[step(64, &p0[cut..], cut, &bts[64], false)]).unwrap();
+    b.forward_logits(&[step(64, &p0[..cut], 0, &bts[64], false)])
+        .unwrap();
+    let chunk2 = b
+        .forward_logits(&[step(64, &p0[cut..], cut, &bts[64], false)])
+        .unwrap();
     for (j, g) in chunk2.iter().enumerate() {
         let e = rel_l2(g, &reference[(cut + j) * v..(cut + j + 1) * v]);
         assert!(e.is_finite(), "chunked row {j}: non-finite logits");
@@ -197,9 +265,21 @@ fn golden_outputs() {
 
     let mut out = serde_json::Map::new();
     for (name, n, first_seq) in [("batch1", 1usize, 65usize), ("batch64", 64, 0)] {
-        let ids: Vec<usize> = if n == 1 { vec![first_seq] } else { (0..64).collect() };
-        let ps: Vec<&Vec<u32>> = if n == 1 { vec![&prompts[0]] } else { prompts.iter().take(64).collect() };
-        let batch: Vec<SeqStep> = ids.iter().zip(&ps).map(|(&i, p)| step(i as u64, p, 0, &bts[i], true)).collect();
+        let ids: Vec<usize> = if n == 1 {
+            vec![first_seq]
+        } else {
+            (0..64).collect()
+        };
+        let ps: Vec<&Vec<u32>> = if n == 1 {
+            vec![&prompts[0]]
+        } else {
+            prompts.iter().take(64).collect()
+        };
+        let batch: Vec<SeqStep> = ids
+            .iter()
+            .zip(&ps)
+            .map(|(&i, p)| step(i as u64, p, 0, &bts[i], true))
+            .collect();
         let first = b.forward(&batch).unwrap();
         let mut gens: Vec<Vec<u32>> = first.iter().map(|&f| vec![f]).collect();
         for _ in 1..64 {
@@ -207,16 +287,31 @@ fn golden_outputs() {
             let batch: Vec<SeqStep> = ids
                 .iter()
                 .enumerate()
-                .map(|(k, &i)| step(i as u64, &lasts[k], ps[k].len() + gens[k].len() - 1, &bts[i], true))
+                .map(|(k, &i)| {
+                    step(
+                        i as u64,
+                        &lasts[k],
+                        ps[k].len() + gens[k].len() - 1,
+                        &bts[i],
+                        true,
+                    )
+                })
                 .collect();
             for (g, tok) in gens.iter_mut().zip(b.forward(&batch).unwrap()) {
                 g.push(tok);
             }
         }
         out.insert(name.into(), serde_json::to_value(&gens).unwrap());
-        out.insert(format!("{name}_launches_per_decode_step"), serde_json::to_value(b.launches_per_decode_step()).unwrap());
+        out.insert(
+            format!("{name}_launches_per_decode_step"),
+            serde_json::to_value(b.launches_per_decode_step()).unwrap(),
+        );
     }
-    std::fs::write(dir.join("gpu_generated.json"), serde_json::to_string(&out).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("gpu_generated.json"),
+        serde_json::to_string(&out).unwrap(),
+    )
+    .unwrap();
 }
 
 /// Decode timing on a checkpoint folder: batch 1 (prompt 128, 512 steps,
@@ -250,11 +345,21 @@ fn decode_speed() {
             b.allocate_kv_cache(per_seq * bsz, 16).unwrap();
             let bts: Vec<Vec<u32>> = (0..bsz).map(|i| blocks_for(i, per_seq)).collect();
             let prompts: Vec<Vec<u32>> = (0..bsz)
-                .map(|i| (0..prompt_len).map(|j| ((i * 7919 + j * 104729) % c.vocab_size) as u32).collect())
+                .map(|i| {
+                    (0..prompt_len)
+                        .map(|j| ((i * 7919 + j * 104729) % c.vocab_size) as u32)
+                        .collect()
+                })
                 .collect();
             let mut last: Vec<u32> = Vec::new();
-            for chunk in (0..bsz).collect::<Vec<_>>().chunks((8192 / prompt_len).max(1)) {
-                let batch: Vec<SeqStep> = chunk.iter().map(|&i| step(i as u64, &prompts[i], 0, &bts[i], true)).collect();
+            for chunk in (0..bsz)
+                .collect::<Vec<_>>()
+                .chunks((8192 / prompt_len).max(1))
+            {
+                let batch: Vec<SeqStep> = chunk
+                    .iter()
+                    .map(|&i| step(i as u64, &prompts[i], 0, &bts[i], true))
+                    .collect();
                 last.extend(b.forward(&batch).unwrap());
             }
             let mut times = Vec::with_capacity(steps);
@@ -273,7 +378,7 @@ fn decode_speed() {
             sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
             let pct = |p: f64| sorted[((sorted.len() - 1) as f64 * p) as usize];
             println!(
-                "BENCH {{\"model\":\"{}\",\"graphs\":{},\"batch\":{bsz},\"prompt\":{prompt_len},\"steps\":{steps},\"step_ms_p50\":{:.4},\"step_ms_p90\":{:.4},\"step_ms_p99\":{:.4},\"decode_tok_per_s\":{:.0},\"launches_per_decode_step\":{},\"peak_memory_bytes\":{}}}",
+                "BENCH {{\"model\":\"{}\",\"graphs\":{},\"batch\":{bsz},\"prompt\":{prompt_len},\"steps\":{steps},\"step_ms_p50\":{:.4},\"step_ms_p90\":{:.4},\"step_ms_p99\":{:.4},\"decode_tok_per_s\":{:.0},\"launches_per_decode_step\":{},\"peak_memory_bytes\":{},\"memory\":{}}}",
                 dir.file_name().unwrap().to_string_lossy(),
                 !eager,
                 pct(0.5),
@@ -281,7 +386,8 @@ fn decode_speed() {
                 pct(0.99),
                 (bsz * steps) as f64 / total,
                 b.launches_per_decode_step().unwrap_or(0),
-                b.peak_memory_bytes().unwrap_or(0)
+                b.peak_memory_bytes().unwrap_or(0),
+                serde_json::to_string(&b.memory_breakdown()).unwrap()
             );
         }
     }

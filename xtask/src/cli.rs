@@ -14,7 +14,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build the engine, run workloads as repeated trials, store the run and
-    /// print a summary.
+    /// print a summary. Exit code: 0 all trials ok and no regression, 1 a
+    /// trial failed or timed out or the baseline comparison flagged a
+    /// regression, 2 the bench itself could not run.
     Bench(BenchArgs),
     /// Look at, check and move what is in the results store.
     #[command(subcommand)]

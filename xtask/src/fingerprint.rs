@@ -36,8 +36,16 @@ impl BuildInfo {
 
 pub fn source(repo_root: &Path, engine_bin: &Path, build: &BuildInfo) -> SourceFingerprint {
     let git = git_state(repo_root);
+    // A tree copied without its history (the GPU machine's copy has no
+    // `.git`, or one whose branch has no commits) cannot see its commit:
+    // whoever copied it may name it in DYNO_GIT_COMMIT.
+    let commit = git.as_ref().and_then(|g| g.commit.clone()).or_else(|| {
+        std::env::var("DYNO_GIT_COMMIT")
+            .ok()
+            .filter(|c| !c.is_empty())
+    });
     SourceFingerprint {
-        git_commit: git.as_ref().and_then(|g| g.commit.clone()),
+        git_commit: commit,
         git_dirty: git.as_ref().is_some_and(|g| g.diff_hash.is_some()),
         git_diff_hash: git.and_then(|g| g.diff_hash),
         rustc_version: tool_version(&std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into())),

@@ -119,6 +119,27 @@ fn output_change_is_its_own_flag() {
     assert_eq!(c.exit_code(), 1, "greedy output changed");
     assert!(report::markdown(&c).contains("OUTPUT-CHANGED"));
     assert!(report::terminal(&c).contains("OUTPUT-CHANGED"));
+    // a baseline whose own trials disagree cannot judge outputs (measured on
+    // the H100: Poisson arrivals batch differently in every trial)
+    let mut mixed = tput(&BASE, "h1");
+    mixed[1].output_hash = Some("h1b".into());
+    let c = compare(&one(workload("w", mixed)), &b);
+    let o = c.workloads[0].output.as_ref().unwrap();
+    assert_eq!(o.verdict, OutputVerdict::Nondeterministic);
+    assert!(o
+        .note
+        .as_deref()
+        .unwrap()
+        .contains("2 distinct outputs across the baseline"));
+    assert_eq!(c.exit_code(), 0);
+    // a deterministic baseline and a candidate that starts to vary: changed
+    let mut varying = tput(&BASE, "h1");
+    varying[4].output_hash = Some("h9".into());
+    let c = compare(&a, &one(workload("w", varying)));
+    assert_eq!(
+        c.workloads[0].output.as_ref().unwrap().verdict,
+        OutputVerdict::Changed
+    );
     // sampled workloads: reported, not failed
     let mut sampled = workload("w", tput(&BASE, "h2"));
     sampled.spec = serde_json::json!({"sampling": {"temperature": 0.8}});

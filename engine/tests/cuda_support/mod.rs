@@ -54,7 +54,12 @@ pub fn random_tensors(c: &ModelConfig, seed: u64) -> Tensors {
     let (h, i, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
     let (nq, nkv) = (c.num_attention_heads, c.num_key_value_heads);
     let s = 0.06;
-    put("model.embed_tokens.weight".into(), c.vocab_size * h, 0.0, 1.0);
+    put(
+        "model.embed_tokens.weight".into(),
+        c.vocab_size * h,
+        0.0,
+        1.0,
+    );
     if !c.tie_word_embeddings {
         put("lm_head.weight".into(), c.vocab_size * h, 0.0, s);
     }
@@ -99,7 +104,13 @@ fn f32s(t: &Tensors, name: &str) -> Vec<f32> {
 fn matvec(w: &[f32], x: &[f32], n: usize) -> Vec<f32> {
     let k = x.len();
     (0..n)
-        .map(|r| w[r * k..(r + 1) * k].iter().zip(x).map(|(a, b)| a * b).sum())
+        .map(|r| {
+            w[r * k..(r + 1) * k]
+                .iter()
+                .zip(x)
+                .map(|(a, b)| a * b)
+                .sum()
+        })
         .collect()
 }
 
@@ -162,7 +173,11 @@ pub fn reference_logits(c: &ModelConfig, t: &Tensors, tokens: &[u32]) -> Vec<Vec
                 for hh in 0..heads {
                     let head = &mut vec[hh * hd..(hh + 1) * hd];
                     if c.qk_norm {
-                        let n = rmsnorm(head, &g(&format!("self_attn.{norm}.weight")), c.rms_norm_eps);
+                        let n = rmsnorm(
+                            head,
+                            &g(&format!("self_attn.{norm}.weight")),
+                            c.rms_norm_eps,
+                        );
                         head.copy_from_slice(&n);
                     }
                     rope(head, pos, c.rope_theta);
@@ -172,7 +187,11 @@ pub fn reference_logits(c: &ModelConfig, t: &Tensors, tokens: &[u32]) -> Vec<Vec
             ks.push(k);
             vs.push(v);
         }
-        let (wg, wu, wd) = (g("mlp.gate_proj.weight"), g("mlp.up_proj.weight"), g("mlp.down_proj.weight"));
+        let (wg, wu, wd) = (
+            g("mlp.gate_proj.weight"),
+            g("mlp.up_proj.weight"),
+            g("mlp.down_proj.weight"),
+        );
         let ln2 = g("post_attention_layernorm.weight");
         let group = nq / nkv;
         for pos in 0..xs.len() {
@@ -203,7 +222,11 @@ pub fn reference_logits(c: &ModelConfig, t: &Tensors, tokens: &[u32]) -> Vec<Vec
             let hn = rmsnorm(x, &ln2, c.rms_norm_eps);
             let gt = matvec(&wg, &hn, c.intermediate_size);
             let up = matvec(&wu, &hn, c.intermediate_size);
-            let act: Vec<f32> = gt.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+            let act: Vec<f32> = gt
+                .iter()
+                .zip(&up)
+                .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+                .collect();
             let dn = matvec(&wd, &act, h);
             for (a, b) in x.iter_mut().zip(&dn) {
                 *a += b;
@@ -252,7 +275,13 @@ pub fn greedy() -> Option<engine::backend::SampleSpec> {
     })
 }
 
-pub fn step<'a>(seq_id: u64, tokens: &'a [u32], start_pos: usize, bt: &'a [u32], sample: bool) -> SeqStep<'a> {
+pub fn step<'a>(
+    seq_id: u64,
+    tokens: &'a [u32],
+    start_pos: usize,
+    bt: &'a [u32],
+    sample: bool,
+) -> SeqStep<'a> {
     SeqStep {
         seq_id,
         tokens,

@@ -153,7 +153,7 @@ impl BaselineFile {
             })
             .collect();
         Side {
-            label: format!("baseline {}", self.class_hash),
+            label: format!("class {}", self.class_hash),
             run_id: self.source_run.clone(),
             commit: self.commit.clone(),
             git_dirty: self.git_dirty,

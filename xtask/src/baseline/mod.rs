@@ -23,8 +23,8 @@ pub fn baselines_dir(repo_root: &Path) -> PathBuf {
 #[derive(Debug)]
 pub enum Lookup {
     Found {
-        class: ClassFile,
-        baseline: BaselineFile,
+        class: Box<ClassFile>,
+        baseline: Box<BaselineFile>,
     },
     Missing {
         explanation: String,
@@ -55,8 +55,8 @@ pub fn lookup(repo_root: &Path, class: &FingerprintClass) -> Result<Lookup, Base
         }
         let baseline = file::read_baseline(&dir)?;
         return Ok(Lookup::Found {
-            class: class_file,
-            baseline,
+            class: Box::new(class_file),
+            baseline: Box::new(baseline),
         });
     }
     let mut nearest: Option<(String, Vec<FieldDifference>)> = None;

@@ -34,6 +34,10 @@ pub struct CompareArgs {
     /// The content-addressed store (default: `results/` in the workspace).
     #[arg(long, value_name = "DIR")]
     pub results: Option<PathBuf>,
+    /// Do not append the Markdown to `$GITHUB_STEP_SUMMARY` (when the job
+    /// summary already has it, e.g. from `cargo xtask bench`).
+    #[arg(long)]
+    pub no_step_summary: bool,
     /// Compare two runs although this class field differs (repeatable; e.g.
     /// `engine_config` to measure a config change). Never for baselines.
     #[arg(long, value_name = "FIELD", requires = "candidate")]
@@ -69,7 +73,9 @@ fn compare(args: &CompareArgs, results_root: &Path, repo_root: &Path) -> anyhow:
         }
     };
     emit(&comparison, args.format, args.out.as_deref())?;
-    report::append_step_summary(&comparison).context("appending to $GITHUB_STEP_SUMMARY")?;
+    if !args.no_step_summary {
+        report::append_step_summary(&comparison).context("appending to $GITHUB_STEP_SUMMARY")?;
+    }
     Ok(comparison.exit_code())
 }
 

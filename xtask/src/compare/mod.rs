@@ -8,6 +8,7 @@
 pub mod cli;
 #[doc(hidden)]
 pub mod fixtures;
+mod markdown;
 pub mod report;
 pub mod side;
 pub mod stats;

@@ -1,5 +1,6 @@
-//! A comparison as a terminal table, Markdown for a PR comment, JSON, and the
-//! GitHub job summary.
+//! A comparison as a terminal table, JSON, and the GitHub job summary; the
+//! Markdown for a PR comment is in `markdown.rs`. Number formatting shared
+//! by all of them lives here.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -7,10 +8,10 @@ use std::path::Path;
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, ContentArrangement, Table};
 
-use super::side::{short_id, Side};
+pub use super::markdown::markdown;
+use super::side::Side;
 use super::verdict::{describe_change, MetricResult, OutputVerdict, Verdict};
 use super::{Comparison, Summary, WorkloadComparison};
-use crate::run_record::metric_catalog;
 
 /// Shown in the terminal even when unchanged: what a reader looks for first.
 const HEADLINE: [&str; 4] = [
@@ -19,9 +20,6 @@ const HEADLINE: [&str; 4] = [
     "p50_tpot_ms",
     "p99_e2el_ms",
 ];
-
-/// GitHub refuses comments over 65,536 characters.
-const MARKDOWN_LIMIT: usize = 60_000;
 
 pub fn value(v: Option<f64>) -> String {
     match v {
@@ -34,7 +32,7 @@ pub fn value(v: Option<f64>) -> String {
 }
 
 /// A signed relative change; beyond +900% as a factor ("×35").
-fn signed(v: f64) -> String {
+pub(super) fn signed(v: f64) -> String {
     if v >= 9.0 {
         format!("×{:.0}", v + 1.0)
     } else {
@@ -42,18 +40,18 @@ fn signed(v: f64) -> String {
     }
 }
 
-fn pct(v: Option<f64>) -> String {
+pub(super) fn pct(v: Option<f64>) -> String {
     v.map(signed).unwrap_or_else(|| "–".into())
 }
 
-fn ci(m: &MetricResult) -> String {
+pub(super) fn ci(m: &MetricResult) -> String {
     match (m.ci_low, m.ci_high) {
         (Some(lo), Some(hi)) => format!("[{}, {}]", signed(lo), signed(hi)),
         _ => "–".into(),
     }
 }
 
-fn p(v: Option<f64>) -> String {
+pub(super) fn p(v: Option<f64>) -> String {
     match v {
         None => "–".into(),
         Some(v) if v < 0.001 => "<0.001".into(),
@@ -61,7 +59,7 @@ fn p(v: Option<f64>) -> String {
     }
 }
 
-fn unit(m: &MetricResult) -> String {
+pub(super) fn unit(m: &MetricResult) -> String {
     format!(
         "{} ({}{})",
         m.metric,
@@ -122,11 +120,14 @@ fn trials_text(side: &Option<Side>) -> String {
     }
 }
 
-fn output_text(w: &WorkloadComparison) -> Option<String> {
+pub(super) fn output_text(w: &WorkloadComparison) -> Option<String> {
     let o = w.output.as_ref()?;
     let head = match o.verdict {
         OutputVerdict::Same => "outputs identical".to_string(),
         OutputVerdict::Unknown => "outputs not checked".to_string(),
+        OutputVerdict::Nondeterministic => {
+            "outputs not judged: the baseline's own trials disagree".to_string()
+        }
         OutputVerdict::Changed if o.greedy => {
             "OUTPUT-CHANGED (greedy: fails the check)".to_string()
         }
@@ -223,198 +224,6 @@ pub fn terminal(c: &Comparison) -> String {
     out
 }
 
-fn badge(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Regressed => "🔴 REGRESSED",
-        Verdict::Improved => "🟢 IMPROVED",
-        Verdict::Unchanged => "⚪ UNCHANGED",
-        Verdict::Inconclusive => "🟡 INCONCLUSIVE",
-    }
-}
-
-fn md_escape(s: &str) -> String {
-    s.replace('|', "\\|").replace('\n', " ")
-}
-
-fn md_metric_row(out: &mut String, workload: &str, m: &MetricResult) {
-    let _ = writeln!(
-        out,
-        "| {workload} | {} | {} | {} | {} | {} | {} | ±{:.0}% | {}{} |",
-        md_escape(&unit(m)),
-        value(m.baseline_mean),
-        value(m.candidate_mean),
-        pct(m.change),
-        ci(m),
-        p(m.p_adjusted),
-        m.threshold * 100.0,
-        badge(m.verdict),
-        m.note
-            .as_deref()
-            .map(|n| format!(" — {}", md_escape(n)))
-            .unwrap_or_default()
-    );
-}
-
-const MD_HEADER: &str = "| workload | metric | baseline | candidate | change | 95% CI | p (Holm) | threshold | verdict |\n|---|---|---:|---:|---:|---|---:|---:|---|\n";
-
-fn md_side(out: &mut String, role: &str, s: &Side) {
-    let origin = if s.label.starts_with("run ") {
-        String::new()
-    } else {
-        format!("{} from ", s.label)
-    };
-    let _ = writeln!(
-        out,
-        "- {role}: {origin}run `{}` · commit `{}`{} · {} · {}/{} trials ok",
-        short_id(&s.run_id),
-        s.commit.as_deref().map(short_id).unwrap_or("unknown"),
-        if s.git_dirty { " (dirty)" } else { "" },
-        s.created_at,
-        s.ok_count(),
-        s.trials.len()
-    );
-}
-
-fn md_trials(out: &mut String, w: &WorkloadComparison) {
-    let (Some(b), Some(c)) = (&w.baseline, &w.candidate) else {
-        return;
-    };
-    let _ = writeln!(
-        out,
-        "\n| metric | baseline trials | candidate trials |\n|---|---|---|"
-    );
-    for def in metric_catalog() {
-        let col = |s: &Side| -> String {
-            s.trials
-                .iter()
-                .map(|t| value(t.metrics.get(def.name).copied()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        if b.trials
-            .iter()
-            .chain(&c.trials)
-            .any(|t| t.metrics.contains_key(def.name))
-        {
-            let _ = writeln!(
-                out,
-                "| {} ({}) | {} | {} |",
-                def.name,
-                def.unit,
-                col(b),
-                col(c)
-            );
-        }
-    }
-}
-
-fn md_workload_details(out: &mut String, w: &WorkloadComparison) {
-    let _ = writeln!(out, "\n#### {}\n", w.name);
-    if let Some(b) = &w.baseline {
-        md_side(out, "baseline", b);
-    }
-    if let Some(c) = &w.candidate {
-        md_side(out, "candidate", c);
-    }
-    if let Some(why) = &w.no_verdict {
-        let _ = writeln!(out, "\n**No verdict:** {}", md_escape(why));
-    } else {
-        for d in &w.class_differences {
-            let _ = writeln!(out, "- compared across {}", md_escape(&d.to_string()));
-        }
-    }
-    if let Some(t) = output_text(w) {
-        let _ = writeln!(out, "- {}", md_escape(&t));
-    }
-    if let Some(t) = &w.trials {
-        for f in &t.candidate_failures {
-            let _ = writeln!(out, "- candidate {}", md_escape(f));
-        }
-    }
-    if let Some(side) = w.candidate.as_ref().or(w.baseline.as_ref()) {
-        let class = serde_json::to_string(&side.class).unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "- fingerprint class `{}`: `{}`",
-            side.class.hash(),
-            md_escape(&class)
-        );
-    }
-    if !w.metrics.is_empty() {
-        let _ = write!(out, "\n{MD_HEADER}");
-        for m in &w.metrics {
-            md_metric_row(out, &w.name, m);
-        }
-    }
-    md_trials(out, w);
-}
-
-/// Markdown for a PR comment: the summary first, then `<details>`.
-pub fn markdown(c: &Comparison) -> String {
-    let s = c.summary();
-    let status = if c.exit_code() != 0 {
-        "❌"
-    } else if !c.has_verdicts() {
-        "⚠️"
-    } else {
-        "✅"
-    };
-    let mut out = String::new();
-    let _ = writeln!(out, "### {status} dyno bench: {}\n", md_escape(&c.title));
-    let _ = writeln!(out, "**{}**\n", summary_line(&s));
-    let flagged: Vec<(&str, &MetricResult)> = c
-        .workloads
-        .iter()
-        .flat_map(|w| w.metrics.iter().map(move |m| (w.name.as_str(), m)))
-        .filter(|(_, m)| matches!(m.verdict, Verdict::Regressed | Verdict::Improved))
-        .collect();
-    if !flagged.is_empty() {
-        out.push_str(MD_HEADER);
-        for (w, m) in flagged {
-            md_metric_row(&mut out, w, m);
-        }
-        out.push('\n');
-    }
-    for w in &c.workloads {
-        if let Some(o) = &w.output {
-            if o.verdict == OutputVerdict::Changed {
-                let _ = writeln!(
-                    out,
-                    "- **{}**: {}",
-                    w.name,
-                    output_text(w).unwrap_or_default()
-                );
-            }
-        }
-        if w.trials.as_ref().is_some_and(|t| t.more_failures) {
-            let _ = writeln!(
-                out,
-                "- **{}**: the candidate failed more trials than the baseline",
-                w.name
-            );
-        }
-        if let Some(why) = &w.no_verdict {
-            let _ = writeln!(out, "- **{}**: no verdict — {}", w.name, md_escape(why));
-        }
-    }
-    let _ = writeln!(
-        out,
-        "\n<sub>Welch's t-test on log trial values, weighted Holm over {} tests at α = {} family-wise; UNCHANGED means TOST within ± threshold; INCONCLUSIVE shows the smallest change the trials could detect (power {}).</sub>\n",
-        c.family_size, c.policy.alpha, c.policy.power
-    );
-    let mut details = String::from("<details><summary>Details: fingerprints, run ids, every metric, per-trial values</summary>\n");
-    for w in &c.workloads {
-        md_workload_details(&mut details, w);
-    }
-    details.push_str("\n</details>\n");
-    if out.len() + details.len() > MARKDOWN_LIMIT {
-        let _ = writeln!(out, "_Details omitted: too long for a comment; see the run export artifact or `cargo xtask compare --format json`._");
-    } else {
-        out.push_str(&details);
-    }
-    out
-}
-
 /// The comparison as JSON, with its summary and exit code.
 pub fn json(c: &Comparison) -> String {
     let value = serde_json::json!({
@@ -427,7 +236,7 @@ pub fn json(c: &Comparison) -> String {
 
 /// Appends the Markdown to `$GITHUB_STEP_SUMMARY` when it is set.
 pub fn append_step_summary(c: &Comparison) -> std::io::Result<()> {
-    let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY") else {
+    let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty()) else {
         return Ok(());
     };
     append_markdown(Path::new(&path), c)

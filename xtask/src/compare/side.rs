@@ -29,7 +29,7 @@ impl From<&TrialSummary> for TrialData {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Side {
-    /// "run 1a2b3c4d5e6f" or "baseline of run 1a2b3c4d5e6f".
+    /// "run 1a2b3c4d5e6f", or "class 858de8aab8f695fc" for a committed baseline.
     pub label: String,
     pub run_id: ObjectId,
     pub commit: Option<String>,

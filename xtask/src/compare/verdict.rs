@@ -99,6 +99,10 @@ pub struct MetricResult {
 pub enum OutputVerdict {
     Same,
     Changed,
+    /// The baseline's own trials disagree: this workload's outputs depend on
+    /// timing (e.g. batch composition under open-loop arrivals), so a
+    /// difference says nothing about the change under test.
+    Nondeterministic,
     /// A side carries no output hash.
     Unknown,
 }
@@ -297,6 +301,8 @@ fn output_check(pair: &WorkloadPair) -> OutputCheck {
     let verdict = if b.is_empty() || c.is_empty() {
         notes.push("no output hash on one side".into());
         OutputVerdict::Unknown
+    } else if b.len() > 1 {
+        OutputVerdict::Nondeterministic
     } else if c.iter().all(|h| b.contains(h)) {
         OutputVerdict::Same
     } else {
@@ -420,4 +426,39 @@ pub fn judge(pairs: &[WorkloadPair], policy: &Policy) -> (Vec<WorkloadVerdicts>,
         })
         .collect();
     (verdicts, family)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_workload_gets_an_equal_share_split_by_kind() {
+        use MetricKind::*;
+        let full = vec![
+            Throughput,
+            Throughput,
+            LatencyCentral,
+            LatencyTail,
+            LatencyTail,
+        ];
+        let latency_only = vec![LatencyCentral, LatencyTail];
+        let w = family_weights(&[full, latency_only]);
+        let sums: Vec<f64> = w.iter().map(|ws| ws.iter().sum()).collect();
+        assert!((sums[0] - 1.0).abs() < 1e-12 && (sums[1] - 1.0).abs() < 1e-12);
+        assert!(
+            (w[0][0] - 0.25).abs() < 1e-12,
+            "half of the share over 2 throughput tests"
+        );
+        assert!((w[0][2] - 0.3).abs() < 1e-12);
+        assert!((w[0][3] - 0.1).abs() < 1e-12);
+        // no throughput metric: central and tail share the whole workload 3:2
+        assert!((w[1][0] - 0.6).abs() < 1e-12 && (w[1][1] - 0.4).abs() < 1e-12);
+    }
+
+    #[test]
+    fn huge_changes_read_as_factors() {
+        assert_eq!(describe_change(0.123), "12.3%");
+        assert_eq!(describe_change(14.0), "×15");
+    }
 }

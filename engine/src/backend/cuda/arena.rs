@@ -31,7 +31,6 @@ impl Dims {
 }
 
 pub struct Arena {
-    pub max_tokens: usize,
     /// Rows of logits computed at once.
     pub logits_rows: usize,
     /// Capacity of the attention partial buffers, in (token, split) pairs.
@@ -76,7 +75,6 @@ impl Arena {
         };
         let meta_len = layout.len(max_seqs, d.max_model_len.div_ceil(block_size));
         Ok(Arena {
-            max_tokens: t,
             logits_rows,
             partial_rows: PARTIAL_ROWS,
             residual: mb(t * d.hidden * f, "residual")?,

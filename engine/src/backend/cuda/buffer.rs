@@ -22,9 +22,9 @@ impl DeviceBuffer {
         bytes: usize,
         what: &str,
     ) -> Result<Self, BackendError> {
-        let slice = stream.alloc_zeros::<u8>(bytes.max(1)).map_err(|e| {
-            BackendError::OutOfMemory(format!("{what}: {bytes} bytes: {e}"))
-        })?;
+        let slice = stream
+            .alloc_zeros::<u8>(bytes.max(1))
+            .map_err(|e| BackendError::OutOfMemory(format!("{what}: {bytes} bytes: {e}")))?;
         let ptr = {
             let (ptr, _sync) = slice.device_ptr(stream);
             ptr

@@ -92,7 +92,9 @@ pub fn properties_of(
         ordinal: ctx.ordinal(),
         name: ctx.name().map_err(|e| err("name", e))?,
         uuid,
-        compute_capability: ctx.compute_capability().map_err(|e| err("compute capability", e))?,
+        compute_capability: ctx
+            .compute_capability()
+            .map_err(|e| err("compute capability", e))?,
         sm_count: ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| err("multiprocessor count", e))?,

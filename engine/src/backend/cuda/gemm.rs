@@ -57,6 +57,7 @@ impl Gemm {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     /// `y[t, n] = Σ_k x[t, k] · w[n, k]` for row-major `x` (`rows × k`),
     /// `w` (`n × k`) and `y` (`rows × n`). Pointers are device addresses.
     pub fn linear(

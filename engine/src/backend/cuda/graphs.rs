@@ -49,10 +49,6 @@ impl DecodeGraphs {
         self.graphs.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.graphs.is_empty()
-    }
-
     pub fn insert(&mut self, bucket: usize, graph: CapturedGraph) {
         self.graphs.insert(bucket, graph);
     }
@@ -63,7 +59,8 @@ pub fn capture(
     stream: &Arc<CudaStream>,
     record: impl FnOnce() -> Result<(), BackendError>,
 ) -> Result<CapturedGraph, BackendError> {
-    let err = |what: &str, e: cudarc::driver::DriverError| BackendError::Cuda(format!("{what}: {e}"));
+    let err =
+        |what: &str, e: cudarc::driver::DriverError| BackendError::Cuda(format!("{what}: {e}"));
     stream
         .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .map_err(|e| err("beginning graph capture", e))?;

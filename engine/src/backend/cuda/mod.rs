@@ -72,9 +72,8 @@ impl CudaBackend {
         load: &dyn Fn(&str) -> Result<Vec<half::bf16>, BackendError>,
     ) -> Result<Self, BackendError> {
         let (ctx, stream) = device::open(0)?;
-        let cuda = |what: &str, e: cudarc::driver::DriverError| {
-            BackendError::Cuda(format!("{what}: {e}"))
-        };
+        let cuda =
+            |what: &str, e: cudarc::driver::DriverError| BackendError::Cuda(format!("{what}: {e}"));
         let free_at_start = ctx.mem_get_info().map_err(|e| cuda("cuMemGetInfo", e))?.0 as u64;
         let props = device::properties_of(&ctx, device::driver_version()?)?;
         let dims = dims_of(config, cfg)?;
@@ -199,18 +198,37 @@ impl CudaBackend {
     pub fn graph_count(&self) -> usize {
         self.graphs.len()
     }
+
+    /// Bytes of device memory by purpose.
+    pub fn memory_breakdown(&self) -> MemoryBreakdown {
+        MemoryBreakdown {
+            weights: self.runner.weights.bytes as u64,
+            kv_cache: self.kv.as_ref().map_or(0, |k| k.bytes() as u64),
+            activations: self.runner.arena.bytes() as u64,
+        }
+    }
 }
 
 fn dims_of(c: &crate::config::ModelConfig, cfg: &EngineConfig) -> Result<Dims, BackendError> {
-    let bad = |m: String| BackendError::Cuda(format!("model not supported by the CUDA backend: {m}"));
+    let bad =
+        |m: String| BackendError::Cuda(format!("model not supported by the CUDA backend: {m}"));
     if !kernels::HEAD_DIMS.contains(&c.head_dim) {
-        return Err(bad(format!("head_dim {} (supported: {:?})", c.head_dim, kernels::HEAD_DIMS)));
+        return Err(bad(format!(
+            "head_dim {} (supported: {:?})",
+            c.head_dim,
+            kernels::HEAD_DIMS
+        )));
     }
-    if c.num_key_value_heads == 0 || c.num_attention_heads % c.num_key_value_heads != 0 {
-        return Err(bad("num_attention_heads must be a multiple of num_key_value_heads".into()));
+    if c.num_key_value_heads == 0 || !c.num_attention_heads.is_multiple_of(c.num_key_value_heads) {
+        return Err(bad(
+            "num_attention_heads must be a multiple of num_key_value_heads".into(),
+        ));
     }
     if c.num_attention_heads / c.num_key_value_heads > kernels::MAX_GROUP {
-        return Err(bad(format!("more than {} query heads per KV head", kernels::MAX_GROUP)));
+        return Err(bad(format!(
+            "more than {} query heads per KV head",
+            kernels::MAX_GROUP
+        )));
     }
     if (c.num_attention_heads + 2 * c.num_key_value_heads) * 32 > 1024 {
         return Err(bad("more than 32 q+k+v heads".into()));
@@ -257,9 +275,15 @@ impl Backend for CudaBackend {
         Ok(share.saturating_sub(used).saturating_sub(RESERVE_BYTES))
     }
 
-    fn allocate_kv_cache(&mut self, num_blocks: usize, block_size: usize) -> Result<(), BackendError> {
+    fn allocate_kv_cache(
+        &mut self,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<(), BackendError> {
         if self.kv.is_some() {
-            return Err(BackendError::InvalidBatch("the KV cache is already allocated".into()));
+            return Err(BackendError::InvalidBatch(
+                "the KV cache is already allocated".into(),
+            ));
         }
         if num_blocks == 0 || !block_size.is_power_of_two() {
             return Err(BackendError::InvalidBatch(format!(
@@ -291,16 +315,28 @@ impl Backend for CudaBackend {
             .as_ref()
             .ok_or_else(|| BackendError::InvalidBatch("allocate_kv_cache was not called".into()))?;
         let limits = self.limits(kv);
-        let decode = batch.iter().all(|s| s.tokens.len() == 1 && s.sample.is_some());
-        let bucket = if decode { self.graphs.bucket_for(batch.len()) } else { None };
+        let decode = batch
+            .iter()
+            .all(|s| s.tokens.len() == 1 && s.sample.is_some());
+        let bucket = if decode {
+            self.graphs.bucket_for(batch.len())
+        } else {
+            None
+        };
         let samples = match bucket {
             Some(b) => {
                 let layout = MetaLayout {
                     tokens_cap: b,
                     samples_cap: b,
                 };
-                let packed =
-                    step_meta::pack(batch, layout, &limits, Rows::Sampled, b, self.meta_host.as_mut_slice())?;
+                let packed = step_meta::pack(
+                    batch,
+                    layout,
+                    &limits,
+                    Rows::Sampled,
+                    b,
+                    self.meta_host.as_mut_slice(),
+                )?;
                 self.upload_meta(packed.len)?;
                 let g = self
                     .graphs
@@ -319,8 +355,14 @@ impl Backend for CudaBackend {
                     tokens_cap: tokens,
                     samples_cap: wanted,
                 };
-                let packed =
-                    step_meta::pack(batch, layout, &limits, Rows::Sampled, 0, self.meta_host.as_mut_slice())?;
+                let packed = step_meta::pack(
+                    batch,
+                    layout,
+                    &limits,
+                    Rows::Sampled,
+                    0,
+                    self.meta_host.as_mut_slice(),
+                )?;
                 self.upload_meta(packed.len)?;
                 self.runner.kernels.take_launch_count();
                 self.runner.step(kv, &layout, tokens, packed.samples)?;
@@ -334,8 +376,10 @@ impl Backend for CudaBackend {
         let out = &mut self.sampled_host.as_mut_slice()[..samples];
         // SAFETY: `sampled` holds logits_rows ≥ samples u32s; synced below
         // before the host reads `out`.
-        unsafe { result::memcpy_dtoh_async(out, self.runner.arena.sampled.ptr, self.stream.cu_stream()) }
-            .map_err(|e| BackendError::Cuda(format!("downloading sampled tokens: {e}")))?;
+        unsafe {
+            result::memcpy_dtoh_async(out, self.runner.arena.sampled.ptr, self.stream.cu_stream())
+        }
+        .map_err(|e| BackendError::Cuda(format!("downloading sampled tokens: {e}")))?;
         self.sync()?;
         Ok(self.sampled_host.as_slice()[..samples].to_vec())
     }
@@ -354,7 +398,14 @@ impl Backend for CudaBackend {
             tokens_cap: tokens,
             samples_cap: tokens,
         };
-        let packed = step_meta::pack(batch, layout, &limits, Rows::All, 0, self.meta_host.as_mut_slice())?;
+        let packed = step_meta::pack(
+            batch,
+            layout,
+            &limits,
+            Rows::All,
+            0,
+            self.meta_host.as_mut_slice(),
+        )?;
         self.upload_meta(packed.len)?;
         self.runner.layers(kv, &layout, tokens)?;
         let vocab = self.runner.dims.vocab;
@@ -363,7 +414,11 @@ impl Backend for CudaBackend {
         let mut host = vec![0f32; chunk * vocab];
         for start in (0..tokens).step_by(chunk) {
             let rows = chunk.min(tokens - start);
-            let rows_ptr = self.runner.arena.meta.at::<u32>(layout.sample_rows() + start);
+            let rows_ptr = self
+                .runner
+                .arena
+                .meta
+                .at::<u32>(layout.sample_rows() + start);
             self.runner.logits(rows_ptr, rows)?;
             // SAFETY: the arena's logits hold logits_rows × vocab f32s.
             unsafe {
@@ -388,6 +443,14 @@ impl Backend for CudaBackend {
     fn launches_per_decode_step(&self) -> Option<u64> {
         self.last_decode_launches
     }
+}
+
+/// Device memory the backend holds, by purpose (bytes).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MemoryBreakdown {
+    pub weights: u64,
+    pub kv_cache: u64,
+    pub activations: u64,
 }
 
 /// Static properties of one GPU, for the pipeline's fingerprint

@@ -15,9 +15,15 @@ use super::super::BackendError;
 pub const SOURCES: [(&str, &str); 6] = [
     ("common.cuh", include_str!("../../../kernels/common.cuh")),
     ("norm.cu", include_str!("../../../kernels/norm.cu")),
-    ("activation.cu", include_str!("../../../kernels/activation.cu")),
+    (
+        "activation.cu",
+        include_str!("../../../kernels/activation.cu"),
+    ),
     ("rope_kv.cu", include_str!("../../../kernels/rope_kv.cu")),
-    ("attention.cu", include_str!("../../../kernels/attention.cu")),
+    (
+        "attention.cu",
+        include_str!("../../../kernels/attention.cu"),
+    ),
     ("sampling.cu", include_str!("../../../kernels/sampling.cu")),
 ];
 
@@ -160,9 +166,15 @@ mod tests {
 
     #[test]
     fn missing_header_error_lists_the_folders() {
-        let dirs = vec![PathBuf::from("/nonexistent/a"), PathBuf::from("/nonexistent/b")];
+        let dirs = vec![
+            PathBuf::from("/nonexistent/a"),
+            PathBuf::from("/nonexistent/b"),
+        ];
         let err = find_cuda_include(&dirs).unwrap_err().to_string();
-        assert!(err.contains("/nonexistent/a") && err.contains("/nonexistent/b"), "{err}");
+        assert!(
+            err.contains("/nonexistent/a") && err.contains("/nonexistent/b"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -189,7 +201,10 @@ mod tests {
                 assert!(src.contains(name), "kernel {name} missing from the PTX");
             }
             // Register arrays must stay in registers (no local memory).
-            assert!(!src.contains(".local"), "hd {hd} g {g}: kernel uses local memory");
+            assert!(
+                !src.contains(".local"),
+                "hd {hd} g {g}: kernel uses local memory"
+            );
         }
     }
 }

@@ -24,8 +24,8 @@ pub fn inv_freq(config: &ModelConfig) -> Vec<f64> {
             } else if wavelen < high_wavelen {
                 f
             } else {
-                let smooth = (old / wavelen - s.low_freq_factor)
-                    / (s.high_freq_factor - s.low_freq_factor);
+                let smooth =
+                    (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
                 (1.0 - smooth) * f / s.factor + smooth * f
             }
         })

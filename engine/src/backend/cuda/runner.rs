@@ -27,7 +27,12 @@ pub struct Runner {
 
 /// Splits of the context per query token for attention: enough blocks to
 /// fill the GPU at small batches, one split for large prefill steps.
-pub fn attention_splits(tokens: usize, kv_heads: usize, sm_count: usize, partial_rows: usize) -> usize {
+pub fn attention_splits(
+    tokens: usize,
+    kv_heads: usize,
+    sm_count: usize,
+    partial_rows: usize,
+) -> usize {
     let blocks_wanted = sm_count * 8;
     let per_split = (tokens * kv_heads).max(1);
     let n = blocks_wanted.div_ceil(per_split).clamp(1, 32);
@@ -41,7 +46,12 @@ impl Runner {
     }
 
     /// Runs every layer for `tokens` query tokens (padding included).
-    pub fn layers(&self, kv: &KvPool, layout: &MetaLayout, tokens: usize) -> Result<(), BackendError> {
+    pub fn layers(
+        &self,
+        kv: &KvPool,
+        layout: &MetaLayout,
+        tokens: usize,
+    ) -> Result<(), BackendError> {
         let d = &self.dims;
         let a = &self.arena;
         let k = &self.kernels;
@@ -68,7 +78,15 @@ impl Runner {
         let scale = 1.0 / (hd as f32).sqrt();
         let nlayers = self.weights.layers.len();
         for (li, w) in self.weights.layers.iter().enumerate() {
-            self.gemm.linear(a.hidden.ptr, w.qkv.ptr, a.qkv.ptr, tokens, d.qkv_width(), d.hidden, OutType::Bf16)?;
+            self.gemm.linear(
+                a.hidden.ptr,
+                w.qkv.ptr,
+                a.qkv.ptr,
+                tokens,
+                d.qkv_width(),
+                d.hidden,
+                OutType::Bf16,
+            )?;
             k.count_external_launch();
             k.launch(
                 "qkv_rope_cache",
@@ -110,7 +128,15 @@ impl Runner {
                     Arg::Ptr(a.split_counters.ptr),
                 ],
             )?;
-            self.gemm.linear(a.attn.ptr, w.o_proj.ptr, a.x.ptr, tokens, d.hidden, d.nq * hd, OutType::F32)?;
+            self.gemm.linear(
+                a.attn.ptr,
+                w.o_proj.ptr,
+                a.x.ptr,
+                tokens,
+                d.hidden,
+                d.nq * hd,
+                OutType::F32,
+            )?;
             k.count_external_launch();
             k.launch(
                 "add_rmsnorm",
@@ -125,7 +151,15 @@ impl Runner {
                     Arg::F32(d.eps),
                 ],
             )?;
-            self.gemm.linear(a.hidden.ptr, w.gate_up.ptr, a.gate_up.ptr, tokens, 2 * d.inter, d.hidden, OutType::Bf16)?;
+            self.gemm.linear(
+                a.hidden.ptr,
+                w.gate_up.ptr,
+                a.gate_up.ptr,
+                tokens,
+                2 * d.inter,
+                d.hidden,
+                OutType::Bf16,
+            )?;
             k.count_external_launch();
             let n = tokens * d.inter;
             let blocks = n.div_ceil(256).min(self.sm_count * 16) as u32;
@@ -140,7 +174,15 @@ impl Runner {
                     Arg::I32(d.inter as i32),
                 ],
             )?;
-            self.gemm.linear(a.act.ptr, w.down.ptr, a.x.ptr, tokens, d.hidden, d.inter, OutType::F32)?;
+            self.gemm.linear(
+                a.act.ptr,
+                w.down.ptr,
+                a.x.ptr,
+                tokens,
+                d.hidden,
+                d.inter,
+                OutType::F32,
+            )?;
             k.count_external_launch();
             if li + 1 < nlayers {
                 k.launch(
@@ -186,7 +228,15 @@ impl Runner {
                 Arg::F32(d.eps),
             ],
         )?;
-        self.gemm.linear(a.selected.ptr, self.weights.lm_head_ptr(), a.logits.ptr, rows, d.vocab, d.hidden, OutType::F32)?;
+        self.gemm.linear(
+            a.selected.ptr,
+            self.weights.lm_head_ptr(),
+            a.logits.ptr,
+            rows,
+            d.vocab,
+            d.hidden,
+            OutType::F32,
+        )?;
         self.kernels.count_external_launch();
         Ok(())
     }
@@ -213,7 +263,13 @@ impl Runner {
     }
 
     /// One whole decode/prefill step up to sampled tokens in the arena.
-    pub fn step(&self, kv: &KvPool, layout: &MetaLayout, tokens: usize, samples: usize) -> Result<(), BackendError> {
+    pub fn step(
+        &self,
+        kv: &KvPool,
+        layout: &MetaLayout,
+        tokens: usize,
+        samples: usize,
+    ) -> Result<(), BackendError> {
         self.layers(kv, layout, tokens)?;
         if samples > 0 {
             self.logits(self.meta(layout, layout.sample_rows()), samples)?;

@@ -113,7 +113,10 @@ pub fn pack(
     let mut stride = 1usize;
     for s in batch {
         if s.tokens.is_empty() {
-            return Err(BackendError::InvalidBatch(format!("sequence {}: no tokens", s.seq_id)));
+            return Err(BackendError::InvalidBatch(format!(
+                "sequence {}: no tokens",
+                s.seq_id
+            )));
         }
         let end = s.start_pos + s.tokens.len();
         if end > limits.max_model_len {
@@ -130,7 +133,10 @@ pub fn pack(
                 s.block_table.len()
             )));
         }
-        if let Some(b) = s.block_table[..needed].iter().find(|&&b| b as usize >= limits.num_blocks) {
+        if let Some(b) = s.block_table[..needed]
+            .iter()
+            .find(|&&b| b as usize >= limits.num_blocks)
+        {
             return Err(BackendError::InvalidBatch(format!(
                 "sequence {}: KV block {b} out of range (pool has {})",
                 s.seq_id, limits.num_blocks
@@ -181,7 +187,8 @@ pub fn pack(
         s_out += 1;
     };
     for (i, s) in batch.iter().enumerate() {
-        let row = &mut out[layout.block_tables() + i * stride..layout.block_tables() + (i + 1) * stride];
+        let row =
+            &mut out[layout.block_tables() + i * stride..layout.block_tables() + (i + 1) * stride];
         let needed = (s.start_pos + s.tokens.len()).div_ceil(bs);
         row[..needed].copy_from_slice(&s.block_table[..needed]);
         row[needed..].fill(limits.trash_block);
@@ -203,7 +210,8 @@ pub fn pack(
         }
     }
     for i in batch.len()..seqs {
-        let row = &mut out[layout.block_tables() + i * stride..layout.block_tables() + (i + 1) * stride];
+        let row =
+            &mut out[layout.block_tables() + i * stride..layout.block_tables() + (i + 1) * stride];
         row.fill(limits.trash_block);
         out[layout.tokens() + t] = 0;
         out[layout.positions() + t] = 0;
@@ -273,7 +281,10 @@ mod tests {
         assert_eq!(p.tokens, 4);
         assert_eq!(p.samples, 1);
         assert_eq!(&out[0..4], &[11, 12, 13, 20]);
-        assert_eq!(&out[layout.positions()..layout.positions() + 4], &[3, 4, 5, 2]);
+        assert_eq!(
+            &out[layout.positions()..layout.positions() + 4],
+            &[3, 4, 5, 2]
+        );
         // pos 3 → block 3 offset 3; pos 4,5 → block 5 offsets 0,1; pos 2 → block 7 offset 2
         assert_eq!(&out[layout.slots()..layout.slots() + 4], &[15, 20, 21, 30]);
         assert_eq!(&out[layout.seq_idx()..layout.seq_idx() + 4], &[0, 0, 0, 1]);
@@ -305,7 +316,10 @@ mod tests {
         let p = pack(&batch, layout, &limits(), Rows::Sampled, 4, &mut out).unwrap();
         assert_eq!(p.samples, 1);
         assert_eq!(&out[layout.slots()..layout.slots() + 4], &[4, 40, 40, 40]);
-        assert_eq!(&out[layout.sample_rows()..layout.sample_rows() + 4], &[0, 1, 2, 3]);
+        assert_eq!(
+            &out[layout.sample_rows()..layout.sample_rows() + 4],
+            &[0, 1, 2, 3]
+        );
         assert_eq!(f32::from_bits(out[layout.temperature() + 3]), 0.0);
     }
 
@@ -364,6 +378,9 @@ mod tests {
         let mut out = vec![0u32; 128];
         let p = pack(&batch, layout, &limits(), Rows::All, 0, &mut out).unwrap();
         assert_eq!(p.samples, 5);
-        assert_eq!(&out[layout.sample_rows()..layout.sample_rows() + 5], &[0, 1, 2, 3, 4]);
+        assert_eq!(
+            &out[layout.sample_rows()..layout.sample_rows() + 5],
+            &[0, 1, 2, 3, 4]
+        );
     }
 }

@@ -33,6 +33,7 @@ pub struct DeviceWeights {
     pub lm_head: Option<DeviceBuffer>,
     pub final_norm: DeviceBuffer,
     pub layers: Vec<LayerWeights>,
+    /// bf16 bytes uploaded.
     pub bytes: usize,
 }
 
@@ -70,7 +71,10 @@ impl DeviceWeights {
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(up("lm_head.weight", &get("lm_head.weight", c.vocab_size * h)?)?)
+            Some(up(
+                "lm_head.weight",
+                &get("lm_head.weight", c.vocab_size * h)?,
+            )?)
         };
         let final_norm = up("model.norm.weight", &get("model.norm.weight", h)?)?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
@@ -100,7 +104,10 @@ impl DeviceWeights {
             let mut gate_up = get(&format!("{m}.gate_proj.weight"), inter * h)?;
             gate_up.extend(get(&format!("{m}.up_proj.weight"), inter * h)?);
             layers.push(LayerWeights {
-                input_norm: up("input_layernorm", &get(&format!("{p}.input_layernorm.weight"), h)?)?,
+                input_norm: up(
+                    "input_layernorm",
+                    &get(&format!("{p}.input_layernorm.weight"), h)?,
+                )?,
                 qkv: up(&format!("{a}.qkv"), &qkv)?,
                 qkv_bias,
                 q_norm,
@@ -111,7 +118,10 @@ impl DeviceWeights {
                     &get(&format!("{p}.post_attention_layernorm.weight"), h)?,
                 )?,
                 gate_up: up(&format!("{m}.gate_up"), &gate_up)?,
-                down: up("down_proj", &get(&format!("{m}.down_proj.weight"), h * inter)?)?,
+                down: up(
+                    "down_proj",
+                    &get(&format!("{m}.down_proj.weight"), h * inter)?,
+                )?,
             });
         }
         Ok(DeviceWeights {
