@@ -177,6 +177,17 @@ pub fn compute(
             "max_batch_size".into(),
             sizes.iter().copied().fold(0.0, f64::max),
         );
+        // Decode speed alone: tokens of pure decode steps over their time, so
+        // prefill steps do not dilute it (the batch-saturation view).
+        let (tokens, secs) = busy
+            .iter()
+            .filter(|s| s.prefill_tokens == 0 && s.decode_tokens > 0)
+            .fold((0.0, 0.0), |(t, d), s| {
+                (t + f64::from(s.decode_tokens), d + s.duration_s)
+            });
+        if secs > 0.0 {
+            values.insert("decode_throughput".into(), tokens / secs);
+        }
     }
     if let Some(bytes) = peak_memory_bytes {
         values.insert("peak_memory_bytes".into(), bytes as f64);
@@ -395,8 +406,16 @@ mod tests {
             kv_blocks_total: 1,
             preempted: 0,
         };
+        let mut prefill = step(3, 1.0, 1);
+        prefill.prefill_tokens = 100;
+        prefill.decode_tokens = 0;
         let steps = vec![step(0, 0.010, 2), step(1, 0.020, 4), step(2, 0.5, 0)];
         let records = vec![rec(0, 0.0, 0.0, &[0.1], 1)];
+        let mut with_prefill = steps.clone();
+        with_prefill.push(prefill);
+        let m = compute(&records, &with_prefill, None, &Slos::default()).unwrap();
+        // 6 decode tokens in 30 ms; the prefill step is left out.
+        assert!(close(m.values["decode_throughput"], 200.0));
         let m = compute(&records, &steps, Some(1234), &Slos::default()).unwrap();
         assert!(close(m.values["mean_step_ms"], 15.0));
         assert!(close(m.values["p99_step_ms"], 20.0));
@@ -424,7 +443,7 @@ mod tests {
             ttft_ms: Some(1.0),
             ..Slos::default()
         };
-        let steps = vec![StepLogEntry {
+        let prefill = StepLogEntry {
             step: 0,
             start_s: 0.0,
             duration_s: 0.01,
@@ -435,7 +454,14 @@ mod tests {
             kv_blocks_used: 1,
             kv_blocks_total: 1,
             preempted: 0,
-        }];
+        };
+        let decode = StepLogEntry {
+            step: 1,
+            prefill_tokens: 0,
+            decode_tokens: 1,
+            ..prefill.clone()
+        };
+        let steps = vec![prefill, decode];
         let records = vec![rec(0, 0.0, 0.0, &[0.1, 0.2, 0.3], 1)];
         let m = compute(&records, &steps, Some(1), &slos).unwrap();
         let names: Vec<&str> = crate::run_record::metric_catalog()

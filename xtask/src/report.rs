@@ -34,6 +34,7 @@ const SHOWN: &[&str] = &[
     "mean_queue_ms",
     "mean_step_ms",
     "mean_batch_size",
+    "decode_throughput",
     "peak_memory_bytes",
 ];
 

@@ -200,7 +200,7 @@ const LAT_ITL: [MetricDef; 5] = latency!("itl");
 const LAT_E2EL: [MetricDef; 5] = latency!("e2el");
 const LAT_QUEUE: [MetricDef; 5] = latency!("queue");
 
-const OTHER: [MetricDef; 10] = [
+const OTHER: [MetricDef; 11] = [
     m("request_throughput", "req/s", true, MetricKind::Throughput),
     m("output_throughput", "tok/s", true, MetricKind::Throughput),
     m(
@@ -215,6 +215,7 @@ const OTHER: [MetricDef; 10] = [
     m("p99_step_ms", "ms", false, MetricKind::Info),
     m("mean_batch_size", "seqs", true, MetricKind::Info),
     m("max_batch_size", "seqs", true, MetricKind::Info),
+    m("decode_throughput", "tok/s", true, MetricKind::Info),
     m("peak_memory_bytes", "B", false, MetricKind::Info),
 ];
 
