@@ -28,10 +28,13 @@ for p in $PRESETS; do
     python3 "$HERE/gpu_golden.py" make "$p" "$d" > "$OUT/make-$p.log" 2>&1 || { echo "make $p failed"; tail -5 "$OUT/make-$p.log"; status=1; continue; }
   fi
   grep -h "HF_BF16" "$OUT/make-$p.log" 2>/dev/null
+  rm -f "$d/gpu_generated.json"
   DYNO_GOLDEN_DIR="$d" "$BIN" --ignored --nocapture golden_outputs > "$OUT/golden-$p.log" 2>&1
   grep -E "GOLDEN|panicked|test result" "$OUT/golden-$p.log"
-  grep -q "test result: ok" "$OUT/golden-$p.log" || { status=1; tail -20 "$OUT/golden-$p.log"; continue; }
-  python3 "$HERE/gpu_golden.py" check "$d" 2>&1 | grep -E "GREEDY|Error|error" || status=1
+  grep -q "test result: ok" "$OUT/golden-$p.log" || { status=1; grep -E "≥|error" "$OUT/golden-$p.log" | head -3; }
+  [ -f "$d/gpu_generated.json" ] || continue
+  python3 "$HERE/gpu_golden.py" check "$d" > "$OUT/greedy-$p.log" 2>&1 || status=1
+  grep -E "GREEDY|Error" "$OUT/greedy-$p.log"
 done
 echo "gpu_tests: $([ $status = 0 ] && echo PASS || echo FAIL)"
 exit $status

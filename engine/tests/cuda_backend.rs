@@ -236,10 +236,6 @@ fn golden_outputs() {
         .map(|(g, w)| rel_l2(g, w))
         .fold(0f64, f64::max);
     println!("GOLDEN {}: GPU vs CPU backend (f32) worst relative L2 per position {worst_cpu:.3e} over {} positions", dir.display(), got.len());
-    assert!(
-        worst_cpu < 1e-2,
-        "GPU vs CPU relative L2 error {worst_cpu} ≥ 1e-2"
-    );
     let mut worst = 0f64;
     for (row, g) in got.iter().enumerate() {
         let w = &reference[row * v..(row + 1) * v];
@@ -261,7 +257,6 @@ fn golden_outputs() {
         worst = worst.max(e);
     }
     println!("GOLDEN {}: GPU vs transformers (f32) worst relative L2 per position {worst:.3e} over {} positions", dir.display(), got.len() + chunk2.len());
-    assert!(worst < 1e-2, "relative L2 error {worst} ≥ 1e-2");
 
     let mut out = serde_json::Map::new();
     for (name, n, first_seq) in [("batch1", 1usize, 65usize), ("batch64", 64, 0)] {
@@ -312,6 +307,16 @@ fn golden_outputs() {
         serde_json::to_string(&out).unwrap(),
     )
     .unwrap();
+    // Checked last so the continuations are written (and judged by the
+    // script) even when the logits miss.
+    assert!(
+        worst_cpu < 1e-2,
+        "GPU vs CPU relative L2 error {worst_cpu} ≥ 1e-2"
+    );
+    assert!(
+        worst < 1e-2,
+        "GPU vs transformers relative L2 error {worst} ≥ 1e-2"
+    );
 }
 
 /// Decode timing on a checkpoint folder: batch 1 (prompt 128, 512 steps,
