@@ -6,7 +6,10 @@
 //!  "objects": {"<id>": <object as JSON>, ...}}
 //! ```
 //!
-//! Import re-hashes every object from its canonical bytes and checks the whole
+//! Each object is embedded as its exact stored bytes (a raw JSON value), so
+//! nothing is re-parsed or re-printed on the way out. Import re-hashes every
+//! object (its bytes as they stand, else its canonical form, which tolerates a
+//! re-indented file) and checks the whole
 //! file before writing anything; objects are written before the index entry,
 //! so an interrupted import leaves at most unreferenced objects (gc fodder),
 //! never an indexed run with missing parts.
@@ -16,6 +19,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::canonical::{hash_hex, is_object_id, value_to_canonical_bytes};
@@ -34,7 +38,7 @@ struct ExportFile {
     format: String,
     version: u32,
     run: ObjectId,
-    objects: BTreeMap<ObjectId, Value>,
+    objects: BTreeMap<ObjectId, Box<RawValue>>,
 }
 
 impl Store {
@@ -50,11 +54,14 @@ impl Store {
                 run: run_id.clone(),
                 reason: e.to_string(),
             })?;
-            let value: Value = serde_json::from_slice(&bytes).map_err(|e| StoreError::Export {
-                run: run_id.clone(),
-                reason: format!("object {id} is not JSON: {e}"),
-            })?;
-            objects.insert(id, value);
+            let raw = String::from_utf8(bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|text| RawValue::from_string(text).map_err(|e| e.to_string()))
+                .map_err(|e| StoreError::Export {
+                    run: run_id.clone(),
+                    reason: format!("object {id} is not JSON: {e}"),
+                })?;
+            objects.insert(id, raw);
         }
         let file = ExportFile {
             format: FORMAT.to_string(),
@@ -116,12 +123,19 @@ fn check_export(export: &ExportFile) -> Result<CheckedExport, String> {
         ));
     }
     let mut canonical = BTreeMap::new();
-    for (id, value) in &export.objects {
+    for (id, raw) in &export.objects {
         if !is_object_id(id) {
             return Err(format!("'{id}' is not an object id"));
         }
-        let bytes = value_to_canonical_bytes(value)
-            .map_err(|e| format!("object {id} cannot be serialized: {e}"))?;
+        let mut bytes = raw.get().as_bytes().to_vec();
+        if hash_hex(&bytes) != *id {
+            // Not byte-identical: accept a re-formatted file whose canonical
+            // form still matches.
+            let value: Value = serde_json::from_str(raw.get())
+                .map_err(|e| format!("object {id} is not JSON: {e}"))?;
+            bytes = value_to_canonical_bytes(&value)
+                .map_err(|e| format!("object {id} cannot be serialized: {e}"))?;
+        }
         let actual = hash_hex(&bytes);
         if &actual != id {
             return Err(format!(
@@ -136,7 +150,7 @@ fn check_export(export: &ExportFile) -> Result<CheckedExport, String> {
         .objects
         .get(&export.run)
         .ok_or_else(|| format!("the run object {} is not in the file", export.run))?;
-    let run: RunRecord = serde_json::from_value(run_value.clone())
+    let run: RunRecord = serde_json::from_str(run_value.get())
         .map_err(|e| format!("object {} is not a run: {e}", export.run))?;
 
     let mut needed = BTreeSet::from([export.run.clone()]);
