@@ -94,7 +94,10 @@ mod tests {
         let value = serde_json::to_value(&values).unwrap();
         let first = value_to_canonical_bytes(&value).unwrap();
         let reparsed: Value = serde_json::from_slice(&first).unwrap();
-        assert_eq!(hash_hex(&first), hash_hex(&value_to_canonical_bytes(&reparsed).unwrap()));
+        assert_eq!(
+            hash_hex(&first),
+            hash_hex(&value_to_canonical_bytes(&reparsed).unwrap())
+        );
     }
 
     #[test]
