@@ -32,6 +32,20 @@ pub struct SchedulerConfig {
     pub max_model_len: usize,
 }
 
+impl SchedulerConfig {
+    /// How many of a sequence's `uncomputed` tokens run within `budget`: all
+    /// of them, a chunk (chunked prefill), or none this step (`None`).
+    fn chunk_len(&self, uncomputed: usize, budget: usize) -> Option<usize> {
+        if uncomputed <= budget {
+            Some(uncomputed)
+        } else if self.enable_chunked_prefill {
+            Some(budget)
+        } else {
+            None
+        }
+    }
+}
+
 /// One sequence's share of a step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScheduledSeq {
@@ -173,13 +187,7 @@ impl Scheduler {
             if !self.running.contains(&id) {
                 continue; // preempted earlier in this step
             }
-            let seq = &self.seqs[&id];
-            let uncomputed = seq.num_uncomputed();
-            let n = if uncomputed <= budget {
-                uncomputed
-            } else if self.cfg.enable_chunked_prefill {
-                budget
-            } else {
+            let Some(n) = self.cfg.chunk_len(self.seqs[&id].num_uncomputed(), budget) else {
                 continue;
             };
             if self.reserve_or_preempt(id, n, &mut out, &mut budget) {
@@ -236,12 +244,7 @@ impl Scheduler {
                 break;
             }
             let seq = self.seqs.get_mut(&id).expect("waiting ids are live");
-            let uncomputed = seq.num_uncomputed();
-            let n = if uncomputed <= *budget {
-                uncomputed
-            } else if self.cfg.enable_chunked_prefill {
-                *budget
-            } else {
+            let Some(n) = self.cfg.chunk_len(seq.num_uncomputed(), *budget) else {
                 break;
             };
             if self
