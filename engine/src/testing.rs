@@ -78,14 +78,16 @@ impl MockBackend {
                 }
             }
         }
+        let block_size = self.block_size;
+        let slot_of = |table: &[u32], pos: usize| {
+            table[pos / block_size] as usize * block_size + pos % block_size
+        };
         let mut prefixes = Vec::new();
         for s in batch {
             for (i, &token) in s.tokens.iter().enumerate() {
                 let pos = s.start_pos + i;
-                let slot = s.block_table[pos / self.block_size] as usize * self.block_size
-                    + pos % self.block_size;
                 self.kv.insert(
-                    slot,
+                    slot_of(s.block_table, pos),
                     Slot {
                         seq_id: s.seq_id,
                         pos,
@@ -96,9 +98,7 @@ impl MockBackend {
             let end = s.start_pos + s.tokens.len();
             let mut prefix = Vec::with_capacity(end);
             for pos in 0..end {
-                let slot = s.block_table[pos / self.block_size] as usize * self.block_size
-                    + pos % self.block_size;
-                match self.kv.get(&slot).copied() {
+                match self.kv.get(&slot_of(s.block_table, pos)).copied() {
                     Some(k) if k.seq_id == s.seq_id && k.pos == pos => prefix.push(k.token),
                     _ => {
                         return invalid(format!(
