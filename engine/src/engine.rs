@@ -247,7 +247,7 @@ impl Engine {
                 time_s: t,
             });
             if let Some(reason) = seq.stop_reason(&self.eos_token_ids) {
-                if let Some(done) = self.scheduler.finish(seq_id, reason, t) {
+                if let Some(done) = self.scheduler.finish(seq_id, t) {
                     outcome.finished.push(finished_record(&done, reason));
                 }
             }

@@ -18,10 +18,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use workloads::FinishReason;
-
 use crate::block_manager::BlockManager;
-use crate::sequence::{SeqStatus, Sequence};
+use crate::sequence::Sequence;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SchedulerConfig {
@@ -254,7 +252,6 @@ impl Scheduler {
             {
                 break;
             }
-            seq.status = SeqStatus::Running;
             seq.scheduled_s.get_or_insert(now);
             self.waiting.pop_front();
             self.running.push(id);
@@ -287,12 +284,11 @@ impl Scheduler {
     }
 
     /// Removes a finished sequence and frees its blocks.
-    pub fn finish(&mut self, seq_id: u64, reason: FinishReason, t: f64) -> Option<Sequence> {
+    pub fn finish(&mut self, seq_id: u64, t: f64) -> Option<Sequence> {
         let mut seq = self.seqs.remove(&seq_id)?;
         self.running.retain(|&r| r != seq_id);
         self.waiting.retain(|&w| w != seq_id);
         self.blocks.free(&mut seq.block_table);
-        seq.status = SeqStatus::Finished(reason);
         seq.finish_s = Some(t);
         Some(seq)
     }
@@ -333,7 +329,7 @@ mod tests {
             let seq = s.seq_mut(e.seq_id).unwrap();
             seq.push_token(7, 0.0);
             if seq.output_len() >= seq.sampling.max_tokens as usize {
-                s.finish(e.seq_id, FinishReason::Length, 0.0);
+                s.finish(e.seq_id, 0.0);
             }
         }
     }

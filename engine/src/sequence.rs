@@ -2,13 +2,6 @@
 
 use workloads::{FinishReason, Request, SamplingParams};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SeqStatus {
-    Waiting,
-    Running,
-    Finished(FinishReason),
-}
-
 #[derive(Debug, Clone)]
 pub struct Sequence {
     /// Engine-internal id (unique for the engine's lifetime).
@@ -21,7 +14,6 @@ pub struct Sequence {
     pub prompt_len: usize,
     /// Tokens whose K/V are in the cache: positions `0..num_computed`.
     pub num_computed: usize,
-    pub status: SeqStatus,
     /// KV block ids covering positions `0..num_computed` (and the chunk being
     /// run while scheduled).
     pub block_table: Vec<u32>,
@@ -42,7 +34,6 @@ impl Sequence {
             tokens: request.prompt_token_ids,
             prompt_len,
             num_computed: 0,
-            status: SeqStatus::Waiting,
             block_table: Vec::new(),
             arrival_s,
             scheduled_s: None,
@@ -98,7 +89,6 @@ impl Sequence {
     pub fn reset_for_recompute(&mut self) {
         debug_assert!(self.block_table.is_empty(), "free blocks first");
         self.num_computed = 0;
-        self.status = SeqStatus::Waiting;
         self.preemptions += 1;
     }
 
