@@ -375,7 +375,7 @@ impl TrialRunner<'_> {
         // this trial's output.
         let _ = std::fs::remove_dir_all(&files.dir);
         let gpu_before = self.monitor.sample(self.gpu_index);
-        let outcome = trial::run_engine(bench, files, self.timeout, || {});
+        let outcome = trial::run_engine(bench, files, self.timeout);
         let gpu_after = self.monitor.sample(self.gpu_index);
         let mut summary = TrialSummary {
             index,
