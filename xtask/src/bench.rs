@@ -245,9 +245,7 @@ fn export_vllm(dir: &Path, outcome: &BenchOutcome) -> anyhow::Result<()> {
             continue;
         };
         let value = report::vllm_result(&outcome.run, w, trial, records)?;
-        let path = dir.join(format!("{}.json", w.name));
-        workloads::jsonl::write_bytes_atomic(&path, &serde_json::to_vec_pretty(&value)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        report::write_json(&dir.join(format!("{}.json", w.name)), &value)?;
     }
     Ok(())
 }
@@ -377,7 +375,7 @@ impl TrialRunner<'_> {
         // this trial's output.
         let _ = std::fs::remove_dir_all(&files.dir);
         let gpu_before = self.monitor.sample(self.gpu_index);
-        let outcome = trial::run_engine(bench, files, self.timeout, || {});
+        let outcome = trial::run_engine(bench, files, self.timeout);
         let gpu_after = self.monitor.sample(self.gpu_index);
         let mut summary = TrialSummary {
             index,

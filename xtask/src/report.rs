@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use statrs::statistics::Statistics;
 use workloads::{RecordStatus, RequestRecord};
 
+use crate::compare::side::short_id;
 use crate::metrics::{self, Latencies};
 use crate::run_record::{metric_def, RunRecord, TrialStatus, WorkloadRun};
 
@@ -179,7 +180,11 @@ pub fn print_summary(run: &RunRecord, run_id: &str) {
     println!(
         "run {run_id}  model {}  on {target}  commit {}{}",
         f.model,
-        f.source.git_commit.as_deref().map(short).unwrap_or("none"),
+        f.source
+            .git_commit
+            .as_deref()
+            .map(short_id)
+            .unwrap_or("none"),
         if f.source.git_dirty { " (dirty)" } else { "" }
     );
     for w in &run.workloads {
@@ -232,10 +237,6 @@ pub fn derived(output_tps: f64) -> Derived {
         gpu_days_to_process_1b_tokens: 1e9 / per_gpu / 86_400.0,
         gpus_for_1b_tokens_per_hour: 1e9 / 3_600.0 / per_gpu,
     }
-}
-
-fn short(commit: &str) -> &str {
-    &commit[..commit.len().min(12)]
 }
 
 /// Writes `value` (a run record, or a list of them) as pretty JSON.

@@ -75,14 +75,8 @@ pub enum ProcessOutcome {
     TimedOut { after_s: f64 },
 }
 
-/// Runs one trial's engine process to completion or to `timeout`, calling
-/// `tick` a few times a second while it runs (for the progress display).
-pub fn run_engine(
-    bench: &EngineBench,
-    files: &TrialFiles,
-    timeout: Duration,
-    mut tick: impl FnMut(),
-) -> ProcessOutcome {
+/// Runs one trial's engine process to completion or to `timeout`.
+pub fn run_engine(bench: &EngineBench, files: &TrialFiles, timeout: Duration) -> ProcessOutcome {
     let started = Instant::now();
     let elapsed = || started.elapsed().as_secs_f64();
     if let Err(e) = std::fs::create_dir_all(&files.dir) {
@@ -130,7 +124,7 @@ pub fn run_engine(
                 let _ = handle.kill();
                 return ProcessOutcome::TimedOut { after_s: elapsed() };
             }
-            Ok(None) => tick(),
+            Ok(None) => {}
             Err(e) => {
                 let _ = handle.kill();
                 return ProcessOutcome::Failed {
@@ -179,13 +173,13 @@ mod tests {
         let files = TrialFiles::in_dir(&dir.path().join("t"));
         let ok = sh("echo hello", dir.path());
         assert!(matches!(
-            run_engine(&ok, &files, Duration::from_secs(10), || {}),
+            run_engine(&ok, &files, Duration::from_secs(10)),
             ProcessOutcome::Exited { .. }
         ));
         assert_eq!(std::fs::read_to_string(&files.log).unwrap(), "hello\n");
 
         let crash = sh("echo boom >&2; exit 3", dir.path());
-        match run_engine(&crash, &files, Duration::from_secs(10), || {}) {
+        match run_engine(&crash, &files, Duration::from_secs(10)) {
             ProcessOutcome::Failed { reason, .. } => {
                 assert!(reason.contains("boom"), "{reason}");
                 assert!(reason.contains('3'), "{reason}");
@@ -195,7 +189,7 @@ mod tests {
 
         let slow = sh("exec sleep 30", dir.path());
         let started = Instant::now();
-        let outcome = run_engine(&slow, &files, Duration::from_millis(300), || {});
+        let outcome = run_engine(&slow, &files, Duration::from_millis(300));
         assert!(matches!(outcome, ProcessOutcome::TimedOut { .. }));
         assert!(started.elapsed() < Duration::from_secs(10));
     }

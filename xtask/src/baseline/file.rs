@@ -4,7 +4,6 @@
 //! trials' values) so that a refresh reads as a small, reviewable diff.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -194,25 +193,13 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), BaselineEr
         path: path.to_path_buf(),
         source,
     };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
     let mut bytes = Vec::new();
     let mut ser = serde_json::Serializer::with_formatter(&mut bytes, ReviewFormatter::default());
     value
         .serialize(&mut ser)
         .map_err(|e| io(std::io::Error::other(e)))?;
     bytes.push(b'\n');
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("baseline"),
-        std::process::id()
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(&bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    workloads::jsonl::write_bytes_atomic(path, &bytes).map_err(io)
 }
 
 /// Pretty objects, compact arrays: one line per metric column.

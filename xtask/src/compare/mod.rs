@@ -195,16 +195,19 @@ fn finish(title: String, slots: Vec<Slot>, policy: &Policy) -> Comparison {
         .map(|slot| match slot {
             Slot::Skip(w) => w,
             Slot::Pair(p) => {
-                let v = verdicts.next();
+                let (metrics, output, trials) = match verdicts.next() {
+                    Some(v) => (v.metrics, Some(v.output), Some(v.trials)),
+                    None => (Vec::new(), None, None),
+                };
                 WorkloadComparison {
                     name: p.name,
                     baseline: Some(p.baseline),
                     candidate: Some(p.candidate),
                     no_verdict: None,
                     class_differences: p.allowed_differences,
-                    metrics: v.as_ref().map(|v| v.metrics.clone()).unwrap_or_default(),
-                    output: v.as_ref().map(|v| v.output.clone()),
-                    trials: v.map(|v| v.trials),
+                    metrics,
+                    output,
+                    trials,
                 }
             }
         })

@@ -251,12 +251,7 @@ fn print_workload(workload: &WorkloadRun) {
     }
     println!("{table}");
 
-    let throughputs: Vec<f64> = workload
-        .trials
-        .iter()
-        .filter(|t| t.status == TrialStatus::Ok)
-        .filter_map(|t| t.metrics.get("output_throughput").copied())
-        .collect();
+    let throughputs = crate::report::trial_values(workload, "output_throughput");
     if let Some((mean, cv)) = mean_and_cv(&throughputs) {
         println!(
             "output_throughput over {} ok trials: mean {mean:.2} tok/s, CV {:.2}%",
