@@ -1,120 +1,196 @@
 #!/usr/bin/env python3
-"""Reference side of the CUDA backend's golden test (runs on the GPU machine).
+"""Reference side of the CUDA backend's golden test (runs on the GPU machine;
+falls back to the CPU where there is no GPU, or set DYNO_GOLDEN_DEVICE).
 
-  gpu_golden.py make PRESET DIR   write a seeded random HF checkpoint of the
-                                  preset's shapes, 64 prompts, and the
-                                  transformers f32 logits of prompts 0..3
+  gpu_golden.py make PRESET DIR   run `$DYNO_ENGINE_BIN synth --preset PRESET
+                                  --seed 0 --out DIR`, then write 64 prompts
+                                  (prompts.json), the transformers f32 logits
+                                  of prompts 0..3 (ref_logits.bin) and those
+                                  of the engine-numerics forward
+                                  (ref_logits_engine_numerics.bin)
   gpu_golden.py check DIR         read gpu_generated.json (greedy continuations
                                   written by the Rust test) and report the
                                   teacher-forced top-1 agreement with
-                                  transformers in f32, batch 1 and batch 64
+                                  transformers in f32 and with the
+                                  engine-numerics forward, batch 1 and 64
 
-Weights (like `engine synth`): matrices and embeddings N(0, initializer_range
-= 0.02); norm weights 1 + N(0, 0.05) and biases N(0, 0.02) so that they are
-exercised. DYNO_GOLDEN_WEIGHTS=stress instead draws linear layers from
-N(0, 1/fan_in), so that every layer moves the residual stream as much as the
-embedding: a harsher test of bf16 error accumulation. `make` also prints how
-far transformers' own bf16 forward is from its f32 forward, for scale.
+The .bin files hold the prompts' positions back to back, `vocab` little-endian
+f32 logits each. The engine-numerics forward (engine_numerics.py) rounds to
+bf16 exactly where the engine does: the engine's logits must sit close to it
+(an implementation check), while its distance to transformers f32 is the bf16
+floor that no engine with these rounding points can beat (NUMERICS_FLOOR).
+`make` first proves the mirror implements the architecture: with rounding
+off it must match transformers f32 on prompt 0 (SELF_CHECK).
+
+Exit status of `check`: 0 only if the issue's criterion holds (top-1
+agreement ≥ 0.99 with transformers f32 at batch 1 and batch 64).
 """
 import json
 import os
+import subprocess
 import sys
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+from transformers import AutoModelForCausalLM
 
-PRESETS = {
-    "smollm2-135m": (LlamaConfig, dict(vocab_size=49152, hidden_size=576, intermediate_size=1536,
-                                       num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-                                       head_dim=64, rms_norm_eps=1e-5, rope_theta=100000.0,
-                                       max_position_embeddings=8192, tie_word_embeddings=True)),
-    "qwen3-0.6b": (Qwen3Config, dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072,
-                                     num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-                                     head_dim=128, rms_norm_eps=1e-6, rope_theta=1000000.0,
-                                     max_position_embeddings=40960, tie_word_embeddings=True)),
-    "qwen2.5-0.5b": (Qwen2Config, dict(vocab_size=151936, hidden_size=896, intermediate_size=4864,
-                                       num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                                       rms_norm_eps=1e-6, rope_theta=1000000.0,
-                                       max_position_embeddings=32768, tie_word_embeddings=True)),
-}
+import engine_numerics as en
+
+# With rounding off the mirror is the architecture in f64; transformers f32
+# differs from it by f32 accumulation noise only (~1e-6).
+SELF_CHECK_MAX_REL_L2 = 1e-4
+# Issue 4: greedy top-1 agreement with transformers f32.
+MIN_AGREEMENT = 0.99
+# A mismatch where the reference scores the engine's token within this of
+# its own top-1 is a near-tie (counted separately in the report).
+NEAR_TIE = 0.05
 
 
-def make(preset, out):
-    cls, kw = PRESETS[preset]
-    cfg = cls(**kw, torch_dtype="bfloat16")
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
-    stress = os.environ.get("DYNO_GOLDEN_WEIGHTS") == "stress"
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1 + 0.05 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.02 * torch.randn_like(p))
-            elif "embed_tokens" in name or not stress:
-                p.copy_(0.02 * torch.randn_like(p))
-            else:
-                p.copy_(torch.randn_like(p) / p.shape[1] ** 0.5)
-    model = model.to(torch.bfloat16)
-    model.save_pretrained(out, safe_serialization=True)
+def rel_l2(got, want):
+    """Relative L2 error per row of [n, vocab] tensors."""
+    return (got - want).norm(dim=-1) / want.norm(dim=-1)
+
+
+def synth(preset, out):
+    engine = os.environ.get("DYNO_ENGINE_BIN")
+    if not engine:
+        sys.exit("gpu_golden.py make: set DYNO_ENGINE_BIN to the `engine` binary "
+                 "(cargo build --release -p engine: target/release/engine)")
+    if not (os.path.isfile(engine) and os.access(engine, os.X_OK)):
+        sys.exit(f"gpu_golden.py make: DYNO_ENGINE_BIN={engine} is not an executable file")
+    cmd = [engine, "synth", "--preset", preset, "--seed", "0", "--out", out]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def make_prompts(vocab):
     g = torch.Generator().manual_seed(1)
     prompts = []
     for _ in range(64):
         n = int(torch.randint(16, 65, (1,), generator=g))
-        prompts.append(torch.randint(0, cfg.vocab_size, (n,), generator=g).tolist())
-    json.dump(prompts, open(os.path.join(out, "prompts.json"), "w"))
-    ref = load_f32(out)
-    rows = []
-    with torch.no_grad():
-        for p in prompts[:4]:
-            logits = ref(torch.tensor([p], device="cuda")).logits[0].float()
-            rows.append(logits.cpu())
-    torch.cat(rows).numpy().astype("<f4").tofile(os.path.join(out, "ref_logits.bin"))
-    del ref
-    hf16 = AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.bfloat16).cuda().eval()
-    worst = 0.0
-    with torch.no_grad():
-        for p, r in zip(prompts[:4], rows):
-            got = hf16(torch.tensor([p], device="cuda")).logits[0].float().cpu()
-            worst = max(worst, float(((got - r).norm(dim=-1) / r.norm(dim=-1)).max()))
+        prompts.append(torch.randint(0, vocab, (n,), generator=g).tolist())
+    return prompts
+
+
+def load_hf(path, dtype, device):
+    return AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype,
+                                                attn_implementation="eager").to(device).eval()
+
+
+@torch.no_grad()
+def hf_logits(model, tokens, device):
+    return model(torch.tensor([tokens], device=device)).logits[0].float()
+
+
+def write_bin(rows, path):
+    torch.cat([r.float().cpu() for r in rows]).numpy().astype("<f4").tofile(path)
+
+
+@torch.no_grad()
+def make(preset, out):
+    en.exact_f32_matmuls()
+    device = en.pick_device()
+    synth(preset, out)
+    with open(os.path.join(out, "config.json")) as f:
+        vocab = json.load(f)["vocab_size"]
+    prompts = make_prompts(vocab)
+    with open(os.path.join(out, "prompts.json"), "w") as f:
+        json.dump(prompts, f)
+
+    hf = load_hf(out, torch.float32, device)
+    ref = [hf_logits(hf, p, device).cpu() for p in prompts[:4]]
+    write_bin(ref, os.path.join(out, "ref_logits.bin"))
+    del hf
+
+    ckpt = en.Checkpoint(out, device)
+    plain = en.forward(ckpt, prompts[0], rounding=False, dtype=torch.float64).float().cpu()
+    self_err = float(rel_l2(plain, ref[0]).max())
+    print(f"SELF_CHECK {preset}: engine-numerics forward without rounding (f64) vs transformers f32 "
+          f"worst relative L2 per position {self_err:.3e} (bound {SELF_CHECK_MAX_REL_L2:.0e})")
+    if not self_err < SELF_CHECK_MAX_REL_L2:
+        sys.exit(f"SELF_CHECK {preset} failed: the engine-numerics forward does not implement "
+                 "the architecture transformers runs")
+    num = [en.forward(ckpt, p).cpu() for p in prompts[:4]]
+    write_bin(num, os.path.join(out, "ref_logits_engine_numerics.bin"))
+    floor = max(float(rel_l2(n, r).max()) for n, r in zip(num, ref))
+    same = sum(int((n.argmax(-1) == r.argmax(-1)).sum()) for n, r in zip(num, ref))
+    total = sum(r.shape[0] for r in ref)
+    print(f"NUMERICS_FLOOR {preset}: engine-numerics reference vs transformers f32 worst rel L2 "
+          f"{floor:.3e}, top-1 agreement {same}/{total}")
+    # The same roundings with f64 accumulation: how far summation order
+    # alone (and the bf16 roundings it flips) moves this reference, i.e. the
+    # scale of the GPU's expected distance to it.
+    noise = max(float(rel_l2(en.forward(ckpt, p, dtype=torch.float64).float().cpu(), n).max())
+                for p, n in zip(prompts[:4], num))
+    print(f"NUMERICS_NOISE {preset}: engine-numerics f32 vs f64 accumulation (same bf16 roundings) "
+          f"worst rel L2 {noise:.3e}")
+    del ckpt, num
+
+    hf16 = load_hf(out, torch.bfloat16, device)
+    worst = max(float(rel_l2(hf_logits(hf16, p, device).cpu(), r).max()) for p, r in zip(prompts[:4], ref))
     print(f"HF_BF16 {preset}: transformers bf16 vs f32 worst relative L2 per position {worst:.3e}")
-    print(f"made {preset} in {out}")
+    print(f"made {preset} in {out} (device {device})")
 
 
-def load_f32(path):
-    return AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32,
-                                                attn_implementation="eager").cuda().eval()
+def agreement(logits_of, prompts, gens):
+    """Teacher-forced top-1 agreement of greedy continuations `gens` with
+    the reference whose logits `logits_of(tokens)` returns."""
+    agree = total = near_tie = 0
+    for p, g in zip(prompts, gens):
+        logits = logits_of(p + g[:-1])[len(p) - 1:]
+        preds = logits.argmax(-1).tolist()
+        for j, (want, got) in enumerate(zip(preds, g)):
+            total += 1
+            if want == got:
+                agree += 1
+            elif float(logits[j, want] - logits[j, got]) < NEAR_TIE:
+                near_tie += 1
+    return dict(agree=agree, total=total, rate=agree / max(total, 1), mismatches_near_tie=near_tie)
 
 
+@torch.no_grad()
 def check(out):
-    ref = load_f32(out)
-    prompts = json.load(open(os.path.join(out, "prompts.json")))
-    gen = json.load(open(os.path.join(out, "gpu_generated.json")))
+    en.exact_f32_matmuls()
+    device = en.pick_device()
+    with open(os.path.join(out, "prompts.json")) as f:
+        prompts = json.load(f)
+    with open(os.path.join(out, "gpu_generated.json")) as f:
+        gen = json.load(f)
+    hf = load_hf(out, torch.float32, device)
+    ckpt = en.Checkpoint(out, device)
+    refs = {
+        "transformers_f32": lambda toks: hf_logits(hf, toks, device),
+        "engine_numerics": lambda toks: en.forward(ckpt, toks),
+    }
+    name = os.path.basename(os.path.normpath(out))
     report = {}
-    for name, ps in (("batch1", prompts[:1]), ("batch64", prompts[:64])):
-        agree = total = near_tie = 0
-        for p, g in zip(ps, gen[name]):
-            seq = torch.tensor([p + g[:-1]], device="cuda")
-            with torch.no_grad():
-                logits = ref(seq).logits[0].float()
-            preds = logits[len(p) - 1:].argmax(-1).tolist()
-            top2 = logits[len(p) - 1:].topk(2, -1).values
-            for j, (want, got) in enumerate(zip(preds, g)):
-                total += 1
-                if want == got:
-                    agree += 1
-                elif float(top2[j, 0] - top2[j, 1]) < 0.05:
-                    near_tie += 1
-        report[name] = dict(agree=agree, total=total, rate=agree / total, mismatches_within_0_05=near_tie,
-                            launches_per_decode_step=gen.get(f"{name}_launches_per_decode_step"))
-        print(f"GREEDY {os.path.basename(out)} {name}: top-1 agreement {agree}/{total} = {agree / total:.4f}"
-              f" (mismatches at near-ties <0.05: {near_tie})")
-    json.dump(report, open(os.path.join(out, "greedy_report.json"), "w"))
-    return all(r["rate"] >= 0.99 for r in report.values())
+    for ref_name, logits_of in refs.items():
+        report[ref_name] = {}
+        for batch, ps in (("batch1", prompts[:1]), ("batch64", prompts[:64])):
+            r = agreement(logits_of, ps, gen[batch])
+            r["launches_per_decode_step"] = gen.get(f"{batch}_launches_per_decode_step")
+            report[ref_name][batch] = r
+            print(f"GREEDY {name} {batch} vs {ref_name}: top-1 agreement {r['agree']}/{r['total']} = "
+                  f"{r['rate']:.4f} (mismatches at near-ties <{NEAR_TIE}: {r['mismatches_near_tie']})",
+                  flush=True)
+    with open(os.path.join(out, "greedy_report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    failed = [b for b, r in report["transformers_f32"].items() if r["rate"] < MIN_AGREEMENT]
+    if failed:
+        print(f"GREEDY {name}: FAIL issue criterion (agreement >= {MIN_AGREEMENT} vs transformers f32) "
+              f"at {', '.join(failed)}")
+    else:
+        print(f"GREEDY {name}: PASS issue criterion (agreement >= {MIN_AGREEMENT} vs transformers f32)")
+    return not failed
+
+
+def main(argv):
+    if len(argv) == 4 and argv[1] == "make":
+        make(argv[2], argv[3])
+    elif len(argv) == 3 and argv[1] == "check":
+        sys.exit(0 if check(argv[2]) else 1)
+    else:
+        sys.exit(__doc__)
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "make":
-        make(sys.argv[2], sys.argv[3])
-    else:
-        sys.exit(0 if check(sys.argv[2]) else 1)
+    main(sys.argv)

@@ -1,0 +1,188 @@
+"""A torch forward pass of a Llama / Qwen2 / Qwen3 checkpoint that rounds to
+bf16 exactly where the dyno CUDA backend does, and computes everything else
+in f32 (or f64).
+
+Why: on flat random-weight logits, any bf16 engine disagrees with an f32
+reference at some near-tie positions, so "matches transformers f32" cannot
+separate a bug from bf16 noise. This forward has the engine's rounding
+points, so the engine's logits should sit within accumulation-order noise
+of it; a bug shows up as a gap far above that.
+
+Rounding points (round-to-nearest-even to bf16, marked `bf16(.)`):
+  res     = f32(embedding row)                     residual stream stays f32
+  x1      = bf16(rmsnorm(res) * w_in)
+  q, k, v = x1 @ Wᵀ (+ bias, Qwen2) (per-head RMSNorm of q, k: Qwen3)
+  q, k    = rope(q), rope(k)        cos/sin from f64 angles, cast to f32
+  K, V    = bf16(k), bf16(v)        the KV cache; q stays f32
+  attn    = bf16(softmax(q·Kᵀ/√d, causal) · V)
+  res    += attn @ Woᵀ
+  x2      = bf16(rmsnorm(res) * w_post)
+  act     = bf16(silu(x2 @ Wgᵀ) * (x2 @ Wuᵀ));  res += act @ Wdᵀ
+  logits  = bf16(rmsnorm(res) * w_final) @ Eᵀ
+With `rounding=False` it is a plain forward of the architecture, which
+`gpu_golden.py make` checks against transformers.
+
+Needs only torch and safetensors: it reads config.json and *.safetensors.
+"""
+import glob
+import json
+import math
+import os
+
+import torch
+from safetensors.torch import load_file
+
+
+def pick_device():
+    """`cuda` when available, else `cpu` (DYNO_GOLDEN_DEVICE overrides)."""
+    want = os.environ.get("DYNO_GOLDEN_DEVICE")
+    if want:
+        return want
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def exact_f32_matmuls():
+    """TF32 would round GEMM inputs to 10 mantissa bits: turn it off."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+
+
+class Checkpoint:
+    """config.json + weights of a checkpoint folder, weights kept in their
+    stored dtype (bf16) on `device`."""
+
+    def __init__(self, path, device):
+        with open(os.path.join(path, "config.json")) as f:
+            self.config = json.load(f)
+        files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+        if not files:
+            raise FileNotFoundError(f"no *.safetensors in {path}")
+        self.tensors = {}
+        for file in files:
+            self.tensors.update(load_file(file, device=str(device)))
+        c = self.config
+        self.model_type = c["model_type"]
+        if self.model_type not in ("llama", "qwen2", "qwen3"):
+            raise ValueError(f"{path}/config.json: model_type {self.model_type!r} is not llama, qwen2 or qwen3")
+        self.layers = c["num_hidden_layers"]
+        self.heads = c["num_attention_heads"]
+        self.kv_heads = c.get("num_key_value_heads") or self.heads
+        self.head_dim = c.get("head_dim") or c["hidden_size"] // self.heads
+        self.eps = c["rms_norm_eps"]
+        self.device = device
+        self.inv_freq = inv_freq(c, self.head_dim)
+        self.f32 = {}
+
+    def weight(self, name, dtype):
+        """Tensor `name` as `dtype`; f32 copies are kept (forward() runs
+        many times in `check`), others converted on each use."""
+        if dtype != torch.float32:
+            return self.tensors[name].to(dtype)
+        if name not in self.f32:
+            self.f32[name] = self.tensors[name].to(dtype)
+        return self.f32[name]
+
+    def maybe(self, name, dtype):
+        return self.weight(name, dtype) if name in self.tensors else None
+
+    def lm_head(self, dtype):
+        if "lm_head.weight" in self.tensors:
+            return self.weight("lm_head.weight", dtype)
+        return self.weight("model.embed_tokens.weight", dtype)
+
+
+def inv_freq(config, head_dim):
+    """θ^(-2j/d) in float64, llama3-scaled where config.json asks for it
+    (the same formula as the engine's cuda/rope.rs)."""
+    theta = float(config.get("rope_theta", 10000.0))
+    base = [theta ** (-(2.0 * j) / head_dim) for j in range(head_dim // 2)]
+    s = config.get("rope_scaling")
+    if not s:
+        return base
+    kind = s.get("rope_type", s.get("type"))
+    if kind != "llama3":
+        raise ValueError(f"rope_scaling type {kind!r} is not supported (only llama3)")
+    old = float(s["original_max_position_embeddings"])
+    low, high, factor = float(s["low_freq_factor"]), float(s["high_freq_factor"]), float(s["factor"])
+    out = []
+    for f in base:
+        wavelen = 2.0 * math.pi / f
+        if wavelen > old / low:
+            out.append(f / factor)
+        elif wavelen < old / high:
+            out.append(f)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append((1.0 - smooth) * f / factor + smooth * f)
+    return out
+
+
+def cos_sin(ckpt, n, dtype):
+    """[n, head_dim/2] cos and sin: angles in float64, then cast to f32 as
+    the engine's table is (and on to `dtype`)."""
+    pos = torch.arange(n, dtype=torch.float64).unsqueeze(1)
+    angle = pos * torch.tensor(ckpt.inv_freq, dtype=torch.float64).unsqueeze(0)
+    cos = angle.cos().to(torch.float32).to(dtype).to(ckpt.device)
+    sin = angle.sin().to(torch.float32).to(dtype).to(ckpt.device)
+    return cos, sin
+
+
+def rope(x, cos, sin):
+    """Rotate-half RoPE of x [heads, n, d] with cos, sin [n, d/2]."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def rmsnorm(x, w, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def forward(ckpt, tokens, rounding=True, dtype=torch.float32):
+    """Logits [len(tokens), vocab] (in `dtype`) of one sequence, causal."""
+    if rounding:
+        def bf16(t):
+            return t.to(torch.bfloat16).to(dtype)
+    else:
+        def bf16(t):
+            return t
+    n = len(tokens)
+    nh, nkv, d, eps = ckpt.heads, ckpt.kv_heads, ckpt.head_dim, ckpt.eps
+    ids = torch.tensor(tokens, device=ckpt.device)
+    res = ckpt.tensors["model.embed_tokens.weight"][ids].to(dtype)
+    cos, sin = cos_sin(ckpt, n, dtype)
+    mask = torch.full((n, n), float("-inf"), dtype=dtype, device=ckpt.device).triu(1)
+    w = ckpt.weight
+    for i in range(ckpt.layers):
+        p = f"model.layers.{i}."
+        x1 = bf16(rmsnorm(res, w(p + "input_layernorm.weight", dtype), eps))
+        qkv = []
+        for name, heads in (("q", nh), ("k", nkv), ("v", nkv)):
+            y = x1 @ w(p + f"self_attn.{name}_proj.weight", dtype).T
+            bias = ckpt.maybe(p + f"self_attn.{name}_proj.bias", dtype)
+            if bias is not None:
+                y = y + bias
+            y = y.view(n, heads, d).transpose(0, 1)
+            norm = ckpt.maybe(p + f"self_attn.{name}_norm.weight", dtype)
+            if norm is not None:
+                y = rmsnorm(y, norm, eps)
+            qkv.append(y)
+        q, k, v = qkv
+        q = rope(q, cos, sin)
+        k = bf16(rope(k, cos, sin))
+        v = bf16(v)
+        group = nh // nkv
+        k = k.repeat_interleave(group, dim=0)
+        v = v.repeat_interleave(group, dim=0)
+        scores = (q @ k.transpose(1, 2)) / math.sqrt(d) + mask
+        attn = torch.softmax(scores, dim=-1) @ v
+        attn = bf16(attn.transpose(0, 1).reshape(n, nh * d))
+        res = res + attn @ w(p + "self_attn.o_proj.weight", dtype).T
+        x2 = bf16(rmsnorm(res, w(p + "post_attention_layernorm.weight", dtype), eps))
+        gate = x2 @ w(p + "mlp.gate_proj.weight", dtype).T
+        up = x2 @ w(p + "mlp.up_proj.weight", dtype).T
+        act = bf16(torch.nn.functional.silu(gate) * up)
+        res = res + act @ w(p + "mlp.down_proj.weight", dtype).T
+    final = bf16(rmsnorm(res, w("model.norm.weight", dtype), eps))
+    return final @ ckpt.lm_head(dtype).T
