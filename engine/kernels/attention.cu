@@ -15,7 +15,7 @@
 #define KEYS_PER_ITER 2
 
 template <int HD, int G>
-__device__ void attention_impl(const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,
+__device__ void attention_impl(const float* __restrict__ qkv, const bf16* __restrict__ k_cache,
                                const bf16* __restrict__ v_cache,
                                const int* __restrict__ positions,
                                const int* __restrict__ seq_idx,
@@ -47,11 +47,12 @@ __device__ void attention_impl(const bf16* __restrict__ qkv, const bf16* __restr
     float q[G][8];
 #pragma unroll
     for (int g = 0; g < G; g++) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(
+        const float4* src = reinterpret_cast<const float4*>(
             qkv + (long)t * row_len + (kvh * G + g) * HD + sl * 8);
-        unpack8(raw, q[g]);
+        const float4 lo = src[0], hi = src[1];
+        const float qv[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
 #pragma unroll
-        for (int e = 0; e < 8; e++) q[g][e] *= scale;
+        for (int e = 0; e < 8; e++) q[g][e] = qv[e] * scale;
     }
     float m[G], l[G], acc[G][8];
 #pragma unroll
@@ -187,9 +188,11 @@ __device__ void attention_impl(const bf16* __restrict__ qkv, const bf16* __restr
 // One instantiation per process: the model's head dim and GQA group size
 // come in as -DDYNO_HEAD_DIM / -DDYNO_GROUP (see nvrtc.rs).
 extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32)
-    attention(const bf16* qkv, const bf16* k_cache, const bf16* v_cache, const int* positions,
+    attention(const float* qkv, const bf16* k_cache, const bf16* v_cache, const int* positions,
               const int* seq_idx, const int* block_tables, const int* bt_stride, int block_size,
               int nkv, float scale, bf16* out, float* part_acc, float* part_ml, int* counters) {
+    pdl_wait();
+    pdl_launch();
     attention_impl<DYNO_HEAD_DIM, DYNO_GROUP>(qkv, k_cache, v_cache, positions, seq_idx,
                                               block_tables, bt_stride, block_size, nkv, scale, out,
                                               part_acc, part_ml, counters);

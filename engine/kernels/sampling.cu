@@ -167,6 +167,8 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
                 const unsigned* __restrict__ seed_lo, const unsigned* __restrict__ seed_hi,
                 const unsigned* __restrict__ draw_index, unsigned* __restrict__ out) {
     __shared__ float scratch[32];
+    pdl_wait();
+    pdl_launch();
     const int s = blockIdx.x;
     const float* row = logits + (long)s * vocab;
     const float temp = temperature[s];
