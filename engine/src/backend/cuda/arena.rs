@@ -46,9 +46,9 @@ impl Dims {
     /// chunks and the normalized input must fit their shared memory.
     pub fn small_batch_kernels(&self) -> bool {
         let q = self.nq * self.head_dim;
-        self.hidden % 8 == 0
-            && q % 8 == 0
-            && self.inter % 8 == 0
+        self.hidden.is_multiple_of(8)
+            && q.is_multiple_of(8)
+            && self.inter.is_multiple_of(8)
             && self.hidden <= GEMV_MAX_HIDDEN
     }
 }
