@@ -31,6 +31,9 @@ __device__ __forceinline__ void pdl_launch() {
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
 #endif
+#ifndef NAN
+#define NAN __int_as_float(0x7fffffff)
+#endif
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

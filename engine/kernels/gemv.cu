@@ -41,18 +41,41 @@ __device__ __forceinline__ float dot8(const uint4& w, const uint4& x) {
 
 // RMSNorm of `T` residual rows (f32, `K` wide) times `w`, rounded to bf16,
 // into shared memory `xs` ([T][K]). Warp w normalizes tokens w, w + WARPS, ...
+// A lane loads its K/128 float4s of the row and the matching norm weights
+// at once (one memory round trip), keeps them in registers for the write.
 template <int K>
 __device__ void norm_rows_to_shared(const float* __restrict__ residual,
                                     const bf16* __restrict__ w, int T, float eps,
                                     bf16* __restrict__ xs) {
+    static_assert(K % 4 == 0, "rows load as float4");
+    constexpr int VECS = K / 4;
+    constexpr int PER_LANE = (VECS + 31) / 32;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     for (int t = warp; t < T; t += GEMV_WARPS) {
-        const float* r = residual + (long)t * K;
+        const float4* r = reinterpret_cast<const float4*>(residual + (long)t * K);
+        float4 v[PER_LANE];
+        uint2 g[PER_LANE];
+#pragma unroll
+        for (int i = 0; i < PER_LANE; i++) {
+            const int c = lane + 32 * i;
+            v[i] = c < VECS ? r[c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            g[i] = c < VECS ? reinterpret_cast<const uint2*>(w)[c] : make_uint2(0, 0);
+        }
         float ss = 0.0f;
-        for (int i = lane; i < K; i += 32) ss += r[i] * r[i];
+#pragma unroll
+        for (int i = 0; i < PER_LANE; i++)
+            ss += v[i].x * v[i].x + v[i].y * v[i].y + v[i].z * v[i].z + v[i].w * v[i].w;
         const float inv = rsqrtf(warp_sum(ss) / K + eps);
-        for (int i = lane; i < K; i += 32)
-            xs[t * K + i] = __float2bfloat16(r[i] * inv * __bfloat162float(w[i]));
+#pragma unroll
+        for (int i = 0; i < PER_LANE; i++) {
+            const int c = lane + 32 * i;
+            if (c >= VECS) break;
+            const __nv_bfloat162* gw = reinterpret_cast<const __nv_bfloat162*>(&g[i]);
+            const float2 g01 = __bfloat1622float2(gw[0]), g23 = __bfloat1622float2(gw[1]);
+            __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(xs + t * K + c * 4);
+            dst[0] = __floats2bfloat162_rn(v[i].x * inv * g01.x, v[i].y * inv * g01.y);
+            dst[1] = __floats2bfloat162_rn(v[i].z * inv * g23.x, v[i].w * inv * g23.y);
+        }
     }
     __syncthreads();
 }
