@@ -13,9 +13,15 @@
 // (counted with an atomic) merges the splits, so no second kernel is needed.
 #define ATTN_WARPS 4
 #define KEYS_PER_ITER 2
+// A split takes at least this many keys: the grid's split count is fixed
+// (a CUDA graph replays it at every context length), so short contexts use
+// fewer splits and the surplus blocks exit at once. 64 keys are two
+// iterations of a block; fewer would leave most of its warps idle.
+#define ATTN_MIN_KEYS_PER_SPLIT 64
+#define ATTN_MAX_SPLITS 32
 
 template <int HD, int G>
-__device__ void attention_impl(const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,
+__device__ void attention_impl(const float* __restrict__ qkv, const bf16* __restrict__ k_cache,
                                const bf16* __restrict__ v_cache,
                                const int* __restrict__ positions,
                                const int* __restrict__ seq_idx,
@@ -31,13 +37,17 @@ __device__ void attention_impl(const bf16* __restrict__ qkv, const bf16* __restr
     __shared__ float s_l[NSUB][G];
     __shared__ float s_acc[NSUB][G][HD];
     __shared__ bool s_last;
+    __shared__ float s_w[G][ATTN_MAX_SPLITS];
 
-    const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
+    const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z, stride = gridDim.z;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int sub_in_warp = lane / LPT, sl = lane % LPT;
     const int sub = warp * SUBS + sub_in_warp;
     const int nq = nkv * G;
     const int ctx = positions[t] + 1;
+    const int nsplit =
+        min(stride, max(1, (ctx + ATTN_MIN_KEYS_PER_SPLIT - 1) / ATTN_MIN_KEYS_PER_SPLIT));
+    if (split >= nsplit) return;
     const int chunk = (ctx + nsplit - 1) / nsplit;
     const int begin = split * chunk;
     const int end = min(ctx, begin + chunk);
@@ -47,11 +57,12 @@ __device__ void attention_impl(const bf16* __restrict__ qkv, const bf16* __restr
     float q[G][8];
 #pragma unroll
     for (int g = 0; g < G; g++) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(
+        const float4* src = reinterpret_cast<const float4*>(
             qkv + (long)t * row_len + (kvh * G + g) * HD + sl * 8);
-        unpack8(raw, q[g]);
+        const float4 lo = src[0], hi = src[1];
+        const float qv[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
 #pragma unroll
-        for (int e = 0; e < 8; e++) q[g][e] *= scale;
+        for (int e = 0; e < 8; e++) q[g][e] = qv[e] * scale;
     }
     float m[G], l[G], acc[G][8];
 #pragma unroll
@@ -144,7 +155,7 @@ __device__ void attention_impl(const bf16* __restrict__ qkv, const bf16* __restr
         if (nsplit == 1) {
             out[((long)t * nq + h) * HD + d] = __float2bfloat16(aa / ll);
         } else {
-            const long p = ((long)t * nq + h) * nsplit + split;
+            const long p = ((long)t * nq + h) * stride + split;
             part_acc[p * HD + d] = aa;
             if (d == 0) {
                 part_ml[2 * p] = mm;
@@ -166,30 +177,38 @@ __device__ void attention_impl(const bf16* __restrict__ qkv, const bf16* __restr
     __syncthreads();
     if (!s_last) return;
     __threadfence();
+    // Each split's weight exp(m_z - max) / total per query head, then every
+    // output element sums its splits with independent loads.
+    for (int g = threadIdx.x >> 5; g < G; g += ATTN_WARPS) {
+        const int lane = threadIdx.x & 31;
+        const long base = ((long)t * nq + kvh * G + g) * stride;
+        const float mz = lane < nsplit ? __ldcg(&part_ml[2 * (base + lane)]) : -INFINITY;
+        const float lz = lane < nsplit ? __ldcg(&part_ml[2 * (base + lane) + 1]) : 0.0f;
+        const float mm = warp_max(mz);
+        const float f = mz == -INFINITY ? 0.0f : __expf(mz - mm);
+        const float total = warp_sum(lz * f);
+        if (lane < nsplit) s_w[g][lane] = f / total;
+    }
+    __syncthreads();
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
         const int g = i / HD, d = i - g * HD;
         const int h = kvh * G + g;
-        const long base = ((long)t * nq + h) * nsplit;
-        float mm = -INFINITY;
-        for (int z = 0; z < nsplit; z++) mm = fmaxf(mm, __ldcg(&part_ml[2 * (base + z)]));
-        float ll = 0.0f, aa = 0.0f;
-        for (int z = 0; z < nsplit; z++) {
-            const float mz = __ldcg(&part_ml[2 * (base + z)]);
-            if (mz == -INFINITY) continue;
-            const float f = __expf(mz - mm);
-            ll += __ldcg(&part_ml[2 * (base + z) + 1]) * f;
-            aa += __ldcg(&part_acc[(base + z) * HD + d]) * f;
-        }
-        out[((long)t * nq + h) * HD + d] = __float2bfloat16(aa / ll);
+        const long base = ((long)t * nq + h) * stride;
+        float aa = 0.0f;
+#pragma unroll 8
+        for (int z = 0; z < nsplit; z++) aa += s_w[g][z] * __ldcg(&part_acc[(base + z) * HD + d]);
+        out[((long)t * nq + h) * HD + d] = __float2bfloat16(aa);
     }
 }
 
 // One instantiation per process: the model's head dim and GQA group size
 // come in as -DDYNO_HEAD_DIM / -DDYNO_GROUP (see nvrtc.rs).
 extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32)
-    attention(const bf16* qkv, const bf16* k_cache, const bf16* v_cache, const int* positions,
+    attention(const float* qkv, const bf16* k_cache, const bf16* v_cache, const int* positions,
               const int* seq_idx, const int* block_tables, const int* bt_stride, int block_size,
               int nkv, float scale, bf16* out, float* part_acc, float* part_ml, int* counters) {
+    pdl_wait();
+    pdl_launch();
     attention_impl<DYNO_HEAD_DIM, DYNO_GROUP>(qkv, k_cache, v_cache, positions, seq_idx,
                                               block_tables, bt_stride, block_size, nkv, scale, out,
                                               part_acc, part_ml, counters);

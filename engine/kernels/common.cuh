@@ -5,12 +5,34 @@
 typedef __nv_bfloat16 bf16;
 
 // The model's shape, fixed per process (passed by nvrtc.rs as -D options).
-#if !defined(DYNO_HEAD_DIM) || !defined(DYNO_GROUP)
-#error "compile with -DDYNO_HEAD_DIM=<64|128|256> -DDYNO_GROUP=<1..8>"
+#if !defined(DYNO_HEAD_DIM) || !defined(DYNO_GROUP) || !defined(DYNO_HIDDEN) || \
+    !defined(DYNO_QDIM) || !defined(DYNO_INTER)
+#error "compile with -DDYNO_HEAD_DIM=<64|128|256> -DDYNO_GROUP=<1..8> and the model's -DDYNO_HIDDEN, -DDYNO_QDIM, -DDYNO_INTER"
 #endif
+
+// Programmatic dependent launch (sm_90+): a kernel launched with the
+// programmatic-serialization attribute may start before the previous kernel
+// on the stream finishes. pdl_wait blocks until that kernel has completed and
+// its writes are visible, so every kernel calls it before it reads (or
+// writes) anything another kernel touches; pdl_launch lets the next kernel
+// start early. Both are no-ops without the attribute or before sm_90.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
 
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
+#endif
+#ifndef NAN
+#define NAN __int_as_float(0x7fffffff)
 #endif
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -8,6 +8,8 @@ extern "C" __global__ void embed_rmsnorm(const int* __restrict__ tokens,
                                          float* __restrict__ residual,
                                          bf16* __restrict__ out, int hidden, float eps) {
     __shared__ float scratch[32];
+    pdl_wait();
+    pdl_launch();
     const long t = blockIdx.x;
     const bf16* row = emb + (long)tokens[t] * hidden;
     float* res = residual + t * hidden;
@@ -29,6 +31,8 @@ extern "C" __global__ void add_rmsnorm(const float* __restrict__ x, float* __res
                                        const bf16* __restrict__ w, bf16* __restrict__ out,
                                        int hidden, float eps) {
     __shared__ float scratch[32];
+    pdl_wait();
+    pdl_launch();
     const long t = blockIdx.x;
     float* res = residual + t * hidden;
     const float* xr = x + t * hidden;
@@ -45,23 +49,26 @@ extern "C" __global__ void add_rmsnorm(const float* __restrict__ x, float* __res
 
 // The model's last norm, only for the rows that are turned into logits:
 // out[s] = rmsnorm(residual[rows[s]] + x[rows[s]]) * w. The residual is not
-// written back (no later layer reads it).
+// written back (no later layer reads it). `x` is null when the last layer
+// already added its output into the residual (the small-batch path).
 extern "C" __global__ void final_rmsnorm_rows(const int* __restrict__ rows,
                                               const float* __restrict__ x,
                                               const float* __restrict__ residual,
                                               const bf16* __restrict__ w, bf16* __restrict__ out,
                                               int hidden, float eps) {
     __shared__ float scratch[32];
+    pdl_wait();
+    pdl_launch();
     const long s = blockIdx.x;
     const long t = rows[s];
     float ss = 0.0f;
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-        float v = residual[t * hidden + i] + x[t * hidden + i];
+        float v = residual[t * hidden + i] + (x ? x[t * hidden + i] : 0.0f);
         ss += v * v;
     }
     const float r = rsqrtf(block_sum(ss, scratch) / hidden + eps);
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-        float v = residual[t * hidden + i] + x[t * hidden + i];
+        float v = residual[t * hidden + i] + (x ? x[t * hidden + i] : 0.0f);
         out[s * hidden + i] = __float2bfloat16(v * r * __bfloat162float(w[i]));
     }
 }

@@ -1,12 +1,13 @@
-// After the fused QKV GEMM: add the q/k/v bias (Qwen2), RMSNorm each q and k
-// head (Qwen3), rotate q and k (RoPE, rotate-half convention), leave q in
-// place in the qkv buffer and write k and v into the paged KV cache slot of
-// the token. One block per token, one warp per head (q heads, k heads, v heads).
+// After the fused QKV GEMM (f32 output): add the q/k/v bias (Qwen2), RMSNorm
+// each q and k head (Qwen3), rotate q and k (RoPE, rotate-half convention),
+// leave q in place in the qkv buffer, still f32 (attention reads it as is),
+// and write k and v, rounded to bf16, into the paged KV cache slot of the
+// token. One block per token, one warp per head (q heads, k heads, v heads).
 //
 // A lane holds HD/32 consecutive elements: lanes 0-15 the first half of the
 // head, lanes 16-31 the second, so the rotation partner is lane ^ 16.
 template <int HD>
-__device__ void qkv_rope_cache_impl(bf16* __restrict__ qkv, const bf16* __restrict__ bias,
+__device__ void qkv_rope_cache_impl(float* __restrict__ qkv, const bf16* __restrict__ bias,
                                     const bf16* __restrict__ q_norm,
                                     const bf16* __restrict__ k_norm,
                                     const float2* __restrict__ cos_sin,
@@ -19,11 +20,11 @@ __device__ void qkv_rope_cache_impl(bf16* __restrict__ qkv, const bf16* __restri
     const int heads = nq + 2 * nkv;
     if (warp >= heads) return;
     const int row_len = heads * HD;
-    bf16* head = qkv + (long)t * row_len + warp * HD + lane * E;
+    float* head = qkv + (long)t * row_len + warp * HD + lane * E;
     float x[E];
 #pragma unroll
     for (int e = 0; e < E; e++) {
-        x[e] = __bfloat162float(head[e]);
+        x[e] = head[e];
         if (bias) x[e] += __bfloat162float(bias[warp * HD + lane * E + e]);
     }
     const bool is_v = warp >= nq + nkv;
@@ -55,7 +56,7 @@ __device__ void qkv_rope_cache_impl(bf16* __restrict__ qkv, const bf16* __restri
     }
     if (is_q) {
 #pragma unroll
-        for (int e = 0; e < E; e++) head[e] = __float2bfloat16(y[e]);
+        for (int e = 0; e < E; e++) head[e] = y[e];
     } else {
         bf16* dst = k_cache + (slot * nkv + (warp - nq)) * HD + lane * E;
 #pragma unroll
@@ -63,10 +64,12 @@ __device__ void qkv_rope_cache_impl(bf16* __restrict__ qkv, const bf16* __restri
     }
 }
 
-extern "C" __global__ void qkv_rope_cache(bf16* qkv, const bf16* bias, const bf16* q_norm,
+extern "C" __global__ void qkv_rope_cache(float* qkv, const bf16* bias, const bf16* q_norm,
                                           const bf16* k_norm, const float2* cos_sin,
                                           const int* positions, const int* slots, bf16* k_cache,
                                           bf16* v_cache, int nq, int nkv, float eps) {
+    pdl_wait();
+    pdl_launch();
     qkv_rope_cache_impl<DYNO_HEAD_DIM>(qkv, bias, q_norm, k_norm, cos_sin, positions, slots,
                                        k_cache, v_cache, nq, nkv, eps);
 }

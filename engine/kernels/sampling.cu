@@ -47,11 +47,23 @@ __device__ int block_argmax(const float* row, int vocab) {
     __shared__ int si[32];
     float bv = -INFINITY;
     int bi = vocab;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        const float v = row[i];
-        if (!isnan(v) && better(v, i, bv, bi, vocab)) {
-            bv = v;
-            bi = i;
+    // Batches of 16 independent loads: one memory round trip per batch
+    // instead of one per element.
+    constexpr int BATCH = 16;
+    for (int first = threadIdx.x; first < vocab; first += BATCH * blockDim.x) {
+        float v[BATCH];
+#pragma unroll
+        for (int u = 0; u < BATCH; u++) {
+            const int i = first + u * blockDim.x;
+            v[u] = i < vocab ? row[i] : NAN;
+        }
+#pragma unroll
+        for (int u = 0; u < BATCH; u++) {
+            const int i = first + u * blockDim.x;
+            if (!isnan(v[u]) && better(v[u], i, bv, bi, vocab)) {
+                bv = v[u];
+                bi = i;
+            }
         }
     }
 #pragma unroll
@@ -167,6 +179,8 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
                 const unsigned* __restrict__ seed_lo, const unsigned* __restrict__ seed_hi,
                 const unsigned* __restrict__ draw_index, unsigned* __restrict__ out) {
     __shared__ float scratch[32];
+    pdl_wait();
+    pdl_launch();
     const int s = blockIdx.x;
     const float* row = logits + (long)s * vocab;
     const float temp = temperature[s];

@@ -8,6 +8,8 @@ use cudarc::driver::CudaStream;
 
 use super::super::BackendError;
 use super::buffer::DeviceBuffer;
+use super::kernels::GEMV_MAX_HIDDEN;
+use super::nvrtc::KernelShape;
 use super::step_meta::MetaLayout;
 
 /// Model sizes the kernels need.
@@ -27,6 +29,27 @@ pub struct Dims {
 impl Dims {
     pub fn qkv_width(&self) -> usize {
         (self.nq + 2 * self.nkv) * self.head_dim
+    }
+
+    pub fn kernel_shape(&self) -> KernelShape {
+        KernelShape {
+            head_dim: self.head_dim,
+            group: self.nq / self.nkv,
+            hidden: self.hidden,
+            qdim: self.nq * self.head_dim,
+            inter: self.inter,
+        }
+    }
+
+    /// Whether steps of at most `GEMV_MAX_T` tokens can use the fused
+    /// small-batch kernels: every product's input must split into 16-byte
+    /// chunks and the normalized input must fit their shared memory.
+    pub fn small_batch_kernels(&self) -> bool {
+        let q = self.nq * self.head_dim;
+        self.hidden.is_multiple_of(8)
+            && q.is_multiple_of(8)
+            && self.inter.is_multiple_of(8)
+            && self.hidden <= GEMV_MAX_HIDDEN
     }
 }
 
@@ -80,9 +103,12 @@ impl Arena {
             residual: mb(t * d.hidden * f, "residual")?,
             hidden: mb(t * d.hidden * bf, "hidden")?,
             x: mb(t * d.hidden * f, "x")?,
-            qkv: mb(t * d.qkv_width() * bf, "qkv")?,
+            // f32: q stays f32 into attention; k and v are rounded once,
+            // into the bf16 cache.
+            qkv: mb(t * d.qkv_width() * f, "qkv")?,
             attn: mb(t * d.nq * d.head_dim * bf, "attention output")?,
-            gate_up: mb(t * 2 * d.inter * bf, "gate_up")?,
+            // f32: SiLU·mul rounds its product to bf16 once.
+            gate_up: mb(t * 2 * d.inter * f, "gate_up")?,
             act: mb(t * d.inter * bf, "act")?,
             part_acc: mb(PARTIAL_ROWS * d.nq * d.head_dim * f, "attention partials")?,
             part_ml: mb(PARTIAL_ROWS * d.nq * 2 * f, "attention partial maxima")?,

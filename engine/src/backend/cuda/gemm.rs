@@ -1,5 +1,7 @@
 //! Matrix products through cuBLAS: `y[T, N] = x[T, K] · W[N, K]ᵀ`, bf16
-//! operands, f32 accumulation, bf16 or f32 output. The handle runs on the
+//! operands, f32 accumulation and f32 output (every consumer — RoPE, SiLU·mul,
+//! the residual add, sampling — works in f32, so no product is rounded to
+//! bf16 before it is used). The handle runs on the
 //! backend's stream and owns a fixed workspace, so GEMMs can be captured
 //! into CUDA graphs (cuBLAS must not allocate during capture).
 
@@ -17,12 +19,6 @@ const WORKSPACE_BYTES: usize = 32 << 20;
 pub struct Gemm {
     blas: CudaBlas,
     _workspace: CudaSlice<u8>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutType {
-    Bf16,
-    F32,
 }
 
 impl Gemm {
@@ -68,17 +64,12 @@ impl Gemm {
         rows: usize,
         n: usize,
         k: usize,
-        out: OutType,
     ) -> Result<(), BackendError> {
         if rows == 0 {
             return Ok(());
         }
         let alpha = 1.0f32;
         let beta = 0.0f32;
-        let c_type = match out {
-            OutType::Bf16 => bsys::cudaDataType::CUDA_R_16BF,
-            OutType::F32 => bsys::cudaDataType::CUDA_R_32F,
-        };
         // Column-major view: yᵀ (n × rows) = W (k × n)ᵀ · xᵀ (k × rows).
         // SAFETY: the pointers address device buffers of the stated shapes,
         // checked by the callers against the arena's capacities.
@@ -99,7 +90,7 @@ impl Gemm {
                 k as i32,
                 &beta as *const f32 as *const c_void,
                 y as *mut c_void,
-                c_type,
+                bsys::cudaDataType::CUDA_R_32F,
                 n as i32,
                 bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,

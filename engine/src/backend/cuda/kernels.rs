@@ -14,7 +14,7 @@ use super::super::BackendError;
 /// Every kernel the backend launches, by its `extern "C"` name. The
 /// attention and RoPE kernels are compiled for the model's head dim and GQA
 /// group size (see `nvrtc::compile`).
-pub const KERNEL_NAMES: [&str; 7] = [
+pub const KERNEL_NAMES: [&str; 11] = [
     "embed_rmsnorm",
     "add_rmsnorm",
     "final_rmsnorm_rows",
@@ -22,7 +22,19 @@ pub const KERNEL_NAMES: [&str; 7] = [
     "qkv_rope_cache",
     "attention",
     "sample_rows",
+    "norm_qkv",
+    "norm_gate_up_silu",
+    "o_proj_residual",
+    "down_proj_residual",
 ];
+
+/// Most tokens the small-batch kernels (`gemv.cu`) take in one step.
+pub const GEMV_MAX_T: usize = 8;
+/// Warps per block and output rows per warp of the small-batch kernels.
+pub const GEMV_WARPS: usize = 4;
+pub const GEMV_ROWS: usize = 2;
+/// Widest hidden size the small-batch kernels' shared memory holds.
+pub const GEMV_MAX_HIDDEN: usize = 3072;
 
 /// Head dims the kernels support.
 pub const HEAD_DIMS: [usize; 3] = [64, 128, 256];
@@ -43,10 +55,18 @@ pub struct Kernels {
     functions: HashMap<&'static str, sys::CUfunction>,
     _module: Arc<CudaModule>,
     launches: Cell<u64>,
+    /// Launch with programmatic stream serialization (sm_90+): a kernel may
+    /// start while the previous one finishes; the kernels wait for it with
+    /// `pdl_wait` before touching its data (see common.cuh).
+    pdl: bool,
 }
 
 impl Kernels {
-    pub fn new(module: Arc<CudaModule>, stream: Arc<CudaStream>) -> Result<Self, BackendError> {
+    pub fn new(
+        module: Arc<CudaModule>,
+        stream: Arc<CudaStream>,
+        pdl: bool,
+    ) -> Result<Self, BackendError> {
         let mut functions = HashMap::new();
         for name in KERNEL_NAMES {
             let f = module
@@ -59,6 +79,7 @@ impl Kernels {
             functions,
             _module: module,
             launches: Cell::new(0),
+            pdl,
         })
     }
 
@@ -100,17 +121,44 @@ impl Kernels {
         // SAFETY: each parameter points at 8 bytes whose low bytes hold the
         // value (little-endian), matching the kernel's parameter types; the
         // kernel names and argument lists are kept in sync with kernels/*.cu.
-        unsafe {
-            result::launch_kernel(
-                f,
-                grid,
-                (block, 1, 1),
-                0,
-                self.stream.cu_stream(),
-                &mut params,
-            )
-        }
-        .map_err(|e| BackendError::Cuda(format!("launching {name}: {e}")))?;
+        let launched = if self.pdl {
+            let mut attr = sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                pad: [0; 4],
+                value: sys::CUlaunchAttributeValue {
+                    programmaticStreamSerializationAllowed: 1,
+                },
+            };
+            let config = sys::CUlaunchConfig {
+                gridDimX: grid.0,
+                gridDimY: grid.1,
+                gridDimZ: grid.2,
+                blockDimX: block,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: 0,
+                hStream: self.stream.cu_stream(),
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            // SAFETY: as above; `config` and `attr` outlive the call.
+            unsafe {
+                sys::cuLaunchKernelEx(&config, f, params.as_mut_ptr(), std::ptr::null_mut())
+                    .result()
+            }
+        } else {
+            unsafe {
+                result::launch_kernel(
+                    f,
+                    grid,
+                    (block, 1, 1),
+                    0,
+                    self.stream.cu_stream(),
+                    &mut params,
+                )
+            }
+        };
+        launched.map_err(|e| BackendError::Cuda(format!("launching {name}: {e}")))?;
         self.launches.set(self.launches.get() + 1);
         Ok(())
     }

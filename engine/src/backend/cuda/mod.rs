@@ -77,8 +77,10 @@ impl CudaBackend {
         let free_at_start = ctx.mem_get_info().map_err(|e| cuda("cuMemGetInfo", e))?.0 as u64;
         let props = device::properties_of(&ctx, device::driver_version()?)?;
         let dims = dims_of(config, cfg)?;
-        let module = nvrtc::load(&ctx, dims.head_dim, dims.nq / dims.nkv)?;
-        let kernels = kernels::Kernels::new(module, stream.clone())?;
+        let module = nvrtc::load(&ctx, dims.kernel_shape())?;
+        // Programmatic dependent launch needs Hopper (sm_90) or newer.
+        let pdl = props.compute_capability.0 >= 9;
+        let kernels = kernels::Kernels::new(module, stream.clone(), pdl)?;
         let gemm = gemm::Gemm::new(&stream)?;
         let weights = weights::DeviceWeights::upload(&stream, config, load)?;
         let cos_sin = DeviceBuffer::upload(
@@ -407,7 +409,7 @@ impl Backend for CudaBackend {
             self.meta_host.as_mut_slice(),
         )?;
         self.upload_meta(packed.len)?;
-        self.runner.layers(kv, &layout, tokens)?;
+        let pending = self.runner.layers(kv, &layout, tokens)?;
         let vocab = self.runner.dims.vocab;
         let chunk = self.runner.arena.logits_rows;
         let mut out = Vec::with_capacity(tokens);
@@ -419,7 +421,7 @@ impl Backend for CudaBackend {
                 .arena
                 .meta
                 .at::<u32>(layout.sample_rows() + start);
-            self.runner.logits(rows_ptr, rows)?;
+            self.runner.logits(rows_ptr, rows, pending)?;
             // SAFETY: the arena's logits hold logits_rows × vocab f32s.
             unsafe {
                 result::memcpy_dtoh_async(

@@ -12,7 +12,7 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use super::super::BackendError;
 
 /// The kernel sources, concatenated in this order into one program.
-pub const SOURCES: [(&str, &str); 6] = [
+pub const SOURCES: [(&str, &str); 7] = [
     ("common.cuh", include_str!("../../../kernels/common.cuh")),
     ("norm.cu", include_str!("../../../kernels/norm.cu")),
     (
@@ -25,7 +25,20 @@ pub const SOURCES: [(&str, &str); 6] = [
         include_str!("../../../kernels/attention.cu"),
     ),
     ("sampling.cu", include_str!("../../../kernels/sampling.cu")),
+    ("gemv.cu", include_str!("../../../kernels/gemv.cu")),
 ];
+
+/// The model sizes baked into the kernels as `-D` options: one attention
+/// instantiation (head dim, GQA group) and fully unrolled small-batch
+/// products (hidden, query width, intermediate size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelShape {
+    pub head_dim: usize,
+    pub group: usize,
+    pub hidden: usize,
+    pub qdim: usize,
+    pub inter: usize,
+}
 
 /// Folders that may hold `cuda_bf16.h`, in the order they are tried:
 /// `$CUDA_HOME/include`, `$CUDA_PATH/include`, `/usr/local/cuda/include`, and
@@ -112,13 +125,12 @@ pub fn program_source() -> String {
 }
 
 /// Compiles the program for `sm_{major}{minor}` into PTX, with the model's
-/// head dim and GQA group size baked in (one attention instantiation keeps
-/// the compile to about a second).
+/// shape baked in (one instantiation per kernel keeps the compile to about a
+/// second).
 pub fn compile(
     include: &Path,
     arch: (i32, i32),
-    head_dim: usize,
-    group: usize,
+    shape: KernelShape,
 ) -> Result<cudarc::nvrtc::Ptx, BackendError> {
     // SAFETY: only tries to dlopen libnvrtc by its usual names.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
@@ -133,8 +145,11 @@ pub fn compile(
         options: vec![
             format!("--gpu-architecture=sm_{}{}", arch.0, arch.1),
             "--std=c++17".into(),
-            format!("-DDYNO_HEAD_DIM={head_dim}"),
-            format!("-DDYNO_GROUP={group}"),
+            format!("-DDYNO_HEAD_DIM={}", shape.head_dim),
+            format!("-DDYNO_GROUP={}", shape.group),
+            format!("-DDYNO_HIDDEN={}", shape.hidden),
+            format!("-DDYNO_QDIM={}", shape.qdim),
+            format!("-DDYNO_INTER={}", shape.inter),
         ],
         name: Some("dyno_kernels.cu".into()),
         ..Default::default()
@@ -146,16 +161,12 @@ pub fn compile(
 }
 
 /// Compiles the kernels for `ctx`'s device and the model's shape, and loads them.
-pub fn load(
-    ctx: &Arc<CudaContext>,
-    head_dim: usize,
-    group: usize,
-) -> Result<Arc<CudaModule>, BackendError> {
+pub fn load(ctx: &Arc<CudaContext>, shape: KernelShape) -> Result<Arc<CudaModule>, BackendError> {
     let arch = ctx
         .compute_capability()
         .map_err(|e| BackendError::Cuda(format!("compute capability: {e}")))?;
     let include = find_cuda_include(&header_candidates())?;
-    let ptx = compile(&include, arch, head_dim, group)?;
+    let ptx = compile(&include, arch, shape)?;
     ctx.load_module(ptx)
         .map_err(|e| BackendError::Cuda(format!("loading the compiled kernels: {e}")))
 }
@@ -195,8 +206,22 @@ mod tests {
             eprintln!("skipped: no libnvrtc");
             return;
         }
-        for (hd, g) in [(64, 3), (128, 2), (64, 7)] {
-            let src = compile(&include, (9, 0), hd, g).unwrap().to_src();
+        // smollm2-135m, qwen3-0.6b, qwen2.5-0.5b, and a hidden size too wide
+        // for the small-batch kernels' shared memory (they must still build).
+        for (hd, g, hidden, qdim, inter) in [
+            (64, 3, 576, 576, 1536),
+            (128, 2, 1024, 2048, 3072),
+            (64, 7, 896, 896, 4864),
+            (128, 4, 4096, 4096, 14336),
+        ] {
+            let shape = KernelShape {
+                head_dim: hd,
+                group: g,
+                hidden,
+                qdim,
+                inter,
+            };
+            let src = compile(&include, (9, 0), shape).unwrap().to_src();
             for name in super::super::kernels::KERNEL_NAMES {
                 assert!(src.contains(name), "kernel {name} missing from the PTX");
             }

@@ -5,12 +5,18 @@
 //! norm of the sampled rows, the LM head and sampling. The same code runs
 //! eagerly and under CUDA-graph capture; it reads every per-step value from
 //! the step-metadata buffer, so a captured graph replays any step of its size.
+//!
+//! Steps of at most `GEMV_MAX_T` tokens (batch-1 to batch-8 decode) take the
+//! small-batch path instead: six kernels per layer, no cuBLAS — RMSNorm+QKV,
+//! bias/norm/RoPE/KV write, attention, O+residual add, RMSNorm+gate-up+SiLU·mul,
+//! down+residual add (`kernels/gemv.cu`). Its numerics are the GEMM path's:
+//! the same bf16 roundings, f32 accumulation.
 
 use super::super::BackendError;
 use super::arena::{Arena, Dims};
 use super::buffer::DeviceBuffer;
-use super::gemm::{Gemm, OutType};
-use super::kernels::{Arg, Kernels};
+use super::gemm::Gemm;
+use super::kernels::{Arg, Kernels, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS};
 use super::kv_pool::KvPool;
 use super::step_meta::MetaLayout;
 use super::weights::DeviceWeights;
@@ -45,13 +51,24 @@ impl Runner {
         self.arena.meta.at::<u32>(offset)
     }
 
-    /// Runs every layer for `tokens` query tokens (padding included).
+    /// Whether a step of `tokens` tokens runs the small-batch kernels.
+    pub fn small_batch(&self, tokens: usize) -> bool {
+        tokens <= GEMV_MAX_T && self.dims.small_batch_kernels()
+    }
+
+    /// Runs every layer for `tokens` query tokens (padding included). Returns
+    /// the f32 buffer the final norm still has to add to the residual (the
+    /// last down projection's output), or 0 when the residual is complete.
     pub fn layers(
         &self,
         kv: &KvPool,
         layout: &MetaLayout,
         tokens: usize,
-    ) -> Result<(), BackendError> {
+    ) -> Result<u64, BackendError> {
+        if self.small_batch(tokens) {
+            self.layers_small_batch(kv, layout, tokens)?;
+            return Ok(0);
+        }
         let d = &self.dims;
         let a = &self.arena;
         let k = &self.kernels;
@@ -75,7 +92,6 @@ impl Runner {
             ],
         )?;
         let nsplit = attention_splits(tokens, d.nkv, self.sm_count, a.partial_rows);
-        let scale = 1.0 / (hd as f32).sqrt();
         let nlayers = self.weights.layers.len();
         for (li, w) in self.weights.layers.iter().enumerate() {
             self.gemm.linear(
@@ -85,49 +101,9 @@ impl Runner {
                 tokens,
                 d.qkv_width(),
                 d.hidden,
-                OutType::Bf16,
             )?;
             k.count_external_launch();
-            k.launch(
-                "qkv_rope_cache",
-                (t, 1, 1),
-                ((d.nq + 2 * d.nkv) * 32) as u32,
-                &[
-                    Arg::Ptr(a.qkv.ptr),
-                    Arg::Ptr(w.qkv_bias.as_ref().map_or(0, |b| b.ptr)),
-                    Arg::Ptr(w.q_norm.as_ref().map_or(0, |b| b.ptr)),
-                    Arg::Ptr(w.k_norm.as_ref().map_or(0, |b| b.ptr)),
-                    Arg::Ptr(self.cos_sin.ptr),
-                    Arg::Ptr(self.meta(layout, layout.positions())),
-                    Arg::Ptr(self.meta(layout, layout.slots())),
-                    Arg::Ptr(kv.k(li)),
-                    Arg::Ptr(kv.v(li)),
-                    Arg::I32(d.nq as i32),
-                    Arg::I32(d.nkv as i32),
-                    Arg::F32(d.eps),
-                ],
-            )?;
-            k.launch(
-                "attention",
-                (t, d.nkv as u32, nsplit as u32),
-                128,
-                &[
-                    Arg::Ptr(a.qkv.ptr),
-                    Arg::Ptr(kv.k(li)),
-                    Arg::Ptr(kv.v(li)),
-                    Arg::Ptr(self.meta(layout, layout.positions())),
-                    Arg::Ptr(self.meta(layout, layout.seq_idx())),
-                    Arg::Ptr(self.meta(layout, layout.block_tables())),
-                    Arg::Ptr(self.meta(layout, layout.bt_stride())),
-                    Arg::I32(kv.block_size as i32),
-                    Arg::I32(d.nkv as i32),
-                    Arg::F32(scale),
-                    Arg::Ptr(a.attn.ptr),
-                    Arg::Ptr(a.part_acc.ptr),
-                    Arg::Ptr(a.part_ml.ptr),
-                    Arg::Ptr(a.split_counters.ptr),
-                ],
-            )?;
+            self.rope_and_attention(kv, layout, li, tokens, nsplit)?;
             self.gemm.linear(
                 a.attn.ptr,
                 w.o_proj.ptr,
@@ -135,7 +111,6 @@ impl Runner {
                 tokens,
                 d.hidden,
                 d.nq * hd,
-                OutType::F32,
             )?;
             k.count_external_launch();
             k.launch(
@@ -158,7 +133,6 @@ impl Runner {
                 tokens,
                 2 * d.inter,
                 d.hidden,
-                OutType::Bf16,
             )?;
             k.count_external_launch();
             let n = tokens * d.inter;
@@ -181,7 +155,6 @@ impl Runner {
                 tokens,
                 d.hidden,
                 d.inter,
-                OutType::F32,
             )?;
             k.count_external_launch();
             if li + 1 < nlayers {
@@ -200,12 +173,161 @@ impl Runner {
                 )?;
             }
         }
+        Ok(a.x.ptr)
+    }
+
+    /// The small-batch path (at most `GEMV_MAX_T` tokens): the residual is
+    /// updated in place by the O and down products, and each RMSNorm is the
+    /// prologue of the product that consumes it.
+    fn layers_small_batch(
+        &self,
+        kv: &KvPool,
+        layout: &MetaLayout,
+        tokens: usize,
+    ) -> Result<(), BackendError> {
+        let d = &self.dims;
+        let a = &self.arena;
+        let k = &self.kernels;
+        let t = tokens as i32;
+        let rows_per_block = GEMV_WARPS * GEMV_ROWS;
+        let grid = |rows: usize| (rows.div_ceil(rows_per_block) as u32, 1, 1);
+        let threads = (GEMV_WARPS * 32) as u32;
+        // Only the residual is needed from the embedding kernel (its
+        // normalized output is recomputed by norm_qkv).
+        k.launch(
+            "embed_rmsnorm",
+            (tokens as u32, 1, 1),
+            256,
+            &[
+                Arg::Ptr(self.meta(layout, layout.tokens())),
+                Arg::Ptr(self.weights.embed.ptr),
+                Arg::Ptr(self.weights.layers[0].input_norm.ptr),
+                Arg::Ptr(a.residual.ptr),
+                Arg::Ptr(a.hidden.ptr),
+                Arg::I32(d.hidden as i32),
+                Arg::F32(d.eps),
+            ],
+        )?;
+        let nsplit = attention_splits(tokens, d.nkv, self.sm_count, a.partial_rows);
+        for (li, w) in self.weights.layers.iter().enumerate() {
+            k.launch(
+                "norm_qkv",
+                grid(d.qkv_width()),
+                threads,
+                &[
+                    Arg::Ptr(a.residual.ptr),
+                    Arg::Ptr(w.input_norm.ptr),
+                    Arg::Ptr(w.qkv.ptr),
+                    Arg::Ptr(a.qkv.ptr),
+                    Arg::I32(t),
+                    Arg::I32(d.qkv_width() as i32),
+                    Arg::F32(d.eps),
+                ],
+            )?;
+            self.rope_and_attention(kv, layout, li, tokens, nsplit)?;
+            k.launch(
+                "o_proj_residual",
+                grid(d.hidden),
+                threads,
+                &[
+                    Arg::Ptr(a.attn.ptr),
+                    Arg::Ptr(w.o_proj.ptr),
+                    Arg::Ptr(a.residual.ptr),
+                    Arg::I32(t),
+                    Arg::I32(d.hidden as i32),
+                ],
+            )?;
+            // One warp per (gate row, up row) pair.
+            k.launch(
+                "norm_gate_up_silu",
+                (d.inter.div_ceil(GEMV_WARPS) as u32, 1, 1),
+                threads,
+                &[
+                    Arg::Ptr(a.residual.ptr),
+                    Arg::Ptr(w.post_attention_norm.ptr),
+                    Arg::Ptr(w.gate_up.ptr),
+                    Arg::Ptr(a.act.ptr),
+                    Arg::I32(t),
+                    Arg::F32(d.eps),
+                ],
+            )?;
+            k.launch(
+                "down_proj_residual",
+                grid(d.hidden),
+                threads,
+                &[
+                    Arg::Ptr(a.act.ptr),
+                    Arg::Ptr(w.down.ptr),
+                    Arg::Ptr(a.residual.ptr),
+                    Arg::I32(t),
+                    Arg::I32(d.hidden as i32),
+                ],
+            )?;
+        }
         Ok(())
+    }
+
+    /// Bias / q-k norm / RoPE / KV-cache write, then paged attention, for
+    /// layer `li` (both paths).
+    fn rope_and_attention(
+        &self,
+        kv: &KvPool,
+        layout: &MetaLayout,
+        li: usize,
+        tokens: usize,
+        nsplit: usize,
+    ) -> Result<(), BackendError> {
+        let d = &self.dims;
+        let a = &self.arena;
+        let w = &self.weights.layers[li];
+        let t = tokens as u32;
+        self.kernels.launch(
+            "qkv_rope_cache",
+            (t, 1, 1),
+            ((d.nq + 2 * d.nkv) * 32) as u32,
+            &[
+                Arg::Ptr(a.qkv.ptr),
+                Arg::Ptr(w.qkv_bias.as_ref().map_or(0, |b| b.ptr)),
+                Arg::Ptr(w.q_norm.as_ref().map_or(0, |b| b.ptr)),
+                Arg::Ptr(w.k_norm.as_ref().map_or(0, |b| b.ptr)),
+                Arg::Ptr(self.cos_sin.ptr),
+                Arg::Ptr(self.meta(layout, layout.positions())),
+                Arg::Ptr(self.meta(layout, layout.slots())),
+                Arg::Ptr(kv.k(li)),
+                Arg::Ptr(kv.v(li)),
+                Arg::I32(d.nq as i32),
+                Arg::I32(d.nkv as i32),
+                Arg::F32(d.eps),
+            ],
+        )?;
+        self.kernels.launch(
+            "attention",
+            (t, d.nkv as u32, nsplit as u32),
+            128,
+            &[
+                Arg::Ptr(a.qkv.ptr),
+                Arg::Ptr(kv.k(li)),
+                Arg::Ptr(kv.v(li)),
+                Arg::Ptr(self.meta(layout, layout.positions())),
+                Arg::Ptr(self.meta(layout, layout.seq_idx())),
+                Arg::Ptr(self.meta(layout, layout.block_tables())),
+                Arg::Ptr(self.meta(layout, layout.bt_stride())),
+                Arg::I32(kv.block_size as i32),
+                Arg::I32(d.nkv as i32),
+                Arg::F32(1.0 / (d.head_dim as f32).sqrt()),
+                Arg::Ptr(a.attn.ptr),
+                Arg::Ptr(a.part_acc.ptr),
+                Arg::Ptr(a.part_ml.ptr),
+                Arg::Ptr(a.split_counters.ptr),
+            ],
+        )
     }
 
     /// Final norm + LM head for `rows` rows whose token indices are at
     /// `rows_ptr`; f32 logits land in the arena (`rows` ≤ `logits_rows`).
-    pub fn logits(&self, rows_ptr: u64, rows: usize) -> Result<(), BackendError> {
+    /// `pending` is what `layers` returned: an f32 buffer still to be added
+    /// to the residual, or 0.
+    pub fn logits(&self, rows_ptr: u64, rows: usize, pending: u64) -> Result<(), BackendError> {
         let d = &self.dims;
         let a = &self.arena;
         if rows > a.logits_rows {
@@ -220,7 +342,7 @@ impl Runner {
             256,
             &[
                 Arg::Ptr(rows_ptr),
-                Arg::Ptr(a.x.ptr),
+                Arg::Ptr(pending),
                 Arg::Ptr(a.residual.ptr),
                 Arg::Ptr(self.weights.final_norm.ptr),
                 Arg::Ptr(a.selected.ptr),
@@ -235,7 +357,6 @@ impl Runner {
             rows,
             d.vocab,
             d.hidden,
-            OutType::F32,
         )?;
         self.kernels.count_external_launch();
         Ok(())
@@ -270,9 +391,9 @@ impl Runner {
         tokens: usize,
         samples: usize,
     ) -> Result<(), BackendError> {
-        self.layers(kv, layout, tokens)?;
+        let pending = self.layers(kv, layout, tokens)?;
         if samples > 0 {
-            self.logits(self.meta(layout, layout.sample_rows()), samples)?;
+            self.logits(self.meta(layout, layout.sample_rows()), samples, pending)?;
             self.sample(layout, samples)?;
         }
         Ok(())

@@ -1,0 +1,219 @@
+// Small-batch matrix products for decode steps: y[t, n] = Σ_k x[t, k] · W[n, k]
+// for at most GEMV_MAX_T tokens, reading each weight once for all tokens.
+//
+// At batch 1 a decode step is a chain of small, latency-bound products, so
+// what costs is the number of kernels and the DRAM round trips, not bytes.
+// These kernels therefore fuse what sits around each product:
+//   norm_qkv:     RMSNorm prologue + QKV product (f32 out, like the cuBLAS path)
+//   gemv_residual: O or down product + residual add (residual += y, in place)
+//   norm_gate_up_silu: RMSNorm prologue + gate and up products + SiLU·mul
+// and each warp issues every weight load of its rows before it waits for the
+// previous kernel (programmatic dependent launch, see pdl_wait), so weight
+// traffic overlaps the previous kernel's tail.
+//
+// Numerics match the cuBLAS path: the normalized input is rounded to bf16 (it
+// is the bf16 GEMM input there), products accumulate in f32.
+//
+// A warp owns GEMV_ROWS output rows; a lane takes 16-byte chunks (8 values)
+// lane, lane + 32, ... of each row; the warp sums its lanes at the end.
+#define GEMV_WARPS 4
+#define GEMV_ROWS 2
+#define GEMV_MAX_T 8
+// Widest hidden size the shared-memory input fits (8 rows of bf16 in 48 KiB);
+// wider models never launch these kernels (see Dims::small_batch_kernels).
+#define GEMV_MAX_HIDDEN 3072
+#define GEMV_SMEM_K (DYNO_HIDDEN <= GEMV_MAX_HIDDEN ? DYNO_HIDDEN : 8)
+
+// Dot product of 8 bf16 weights with 8 bf16 inputs, in f32.
+__device__ __forceinline__ float dot8(const uint4& w, const uint4& x) {
+    const __nv_bfloat162* a = reinterpret_cast<const __nv_bfloat162*>(&w);
+    const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(&x);
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float2 fa = __bfloat1622float2(a[i]);
+        const float2 fb = __bfloat1622float2(b[i]);
+        s = fmaf(fa.x, fb.x, s);
+        s = fmaf(fa.y, fb.y, s);
+    }
+    return s;
+}
+
+// RMSNorm of `T` residual rows (f32, `K` wide) times `w`, rounded to bf16,
+// into shared memory `xs` ([T][K]). Warp w normalizes tokens w, w + WARPS, ...
+// A lane loads its K/128 float4s of the row and the matching norm weights
+// at once (one memory round trip), keeps them in registers for the write.
+template <int K>
+__device__ void norm_rows_to_shared(const float* __restrict__ residual,
+                                    const bf16* __restrict__ w, int T, float eps,
+                                    bf16* __restrict__ xs) {
+    static_assert(K % 4 == 0, "rows load as float4");
+    constexpr int VECS = K / 4;
+    constexpr int PER_LANE = (VECS + 31) / 32;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int t = warp; t < T; t += GEMV_WARPS) {
+        const float4* r = reinterpret_cast<const float4*>(residual + (long)t * K);
+        float4 v[PER_LANE];
+        uint2 g[PER_LANE];
+#pragma unroll
+        for (int i = 0; i < PER_LANE; i++) {
+            const int c = lane + 32 * i;
+            v[i] = c < VECS ? r[c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            g[i] = c < VECS ? reinterpret_cast<const uint2*>(w)[c] : make_uint2(0, 0);
+        }
+        float ss = 0.0f;
+#pragma unroll
+        for (int i = 0; i < PER_LANE; i++)
+            ss += v[i].x * v[i].x + v[i].y * v[i].y + v[i].z * v[i].z + v[i].w * v[i].w;
+        const float inv = rsqrtf(warp_sum(ss) / K + eps);
+#pragma unroll
+        for (int i = 0; i < PER_LANE; i++) {
+            const int c = lane + 32 * i;
+            if (c >= VECS) break;
+            const __nv_bfloat162* gw = reinterpret_cast<const __nv_bfloat162*>(&g[i]);
+            const float2 g01 = __bfloat1622float2(gw[0]), g23 = __bfloat1622float2(gw[1]);
+            __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(xs + t * K + c * 4);
+            dst[0] = __floats2bfloat162_rn(v[i].x * inv * g01.x, v[i].y * inv * g01.y);
+            dst[1] = __floats2bfloat162_rn(v[i].z * inv * g23.x, v[i].w * inv * g23.y);
+        }
+    }
+    __syncthreads();
+}
+
+// The warp's partial sums acc[r][t] for rows `rows[r]` of W ([N][K]) against
+// x ([T][K], bf16, row stride K; shared or global memory). The first batch of
+// weight loads is issued before `pdl_wait`, i.e. possibly while the previous
+// kernel still runs: weights never depend on it. `prologue` runs after the
+// wait (it may read the previous kernel's output) and before x is read.
+template <int K, typename Prologue>
+__device__ void gemv_rows(const bf16* __restrict__ W, const int (&rows)[GEMV_ROWS],
+                          const bool (&ok)[GEMV_ROWS], const bf16* x, int T,
+                          float (&acc)[GEMV_ROWS][GEMV_MAX_T], Prologue prologue) {
+    constexpr int CHUNKS = K / 8;
+    constexpr int PER_LANE = (CHUNKS + 31) / 32;
+    constexpr int BATCH = PER_LANE < 8 ? PER_LANE : 8;
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++)
+#pragma unroll
+        for (int t = 0; t < GEMV_MAX_T; t++) acc[r][t] = 0.0f;
+    uint4 w[GEMV_ROWS][BATCH];
+    auto load = [&](int first) {
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++)
+#pragma unroll
+            for (int i = 0; i < BATCH; i++) {
+                const int c = lane + 32 * (first + i);
+                w[r][i] = (ok[r] && c < CHUNKS)
+                              ? __ldg(reinterpret_cast<const uint4*>(W + (long)rows[r] * K) + c)
+                              : make_uint4(0, 0, 0, 0);
+            }
+    };
+    load(0);
+    pdl_wait();
+    pdl_launch();
+    prologue();
+    for (int first = 0; first < PER_LANE; first += BATCH) {
+        if (first > 0) load(first);
+#pragma unroll
+        for (int i = 0; i < BATCH; i++) {
+            const int c = lane + 32 * (first + i);
+            if (c >= CHUNKS) break;
+#pragma unroll
+            for (int t = 0; t < GEMV_MAX_T; t++) {
+                if (t >= T) break;
+                const uint4 xv = *reinterpret_cast<const uint4*>(x + (long)t * K + c * 8);
+#pragma unroll
+                for (int r = 0; r < GEMV_ROWS; r++) acc[r][t] += dot8(w[r][i], xv);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++)
+#pragma unroll
+        for (int t = 0; t < GEMV_MAX_T; t++) acc[r][t] = warp_sum(acc[r][t]);
+}
+
+// y[t, n] = rmsnorm(residual[t]) · Wqkv[n] for the fused QKV matrix (f32 out;
+// bias, q/k norm and RoPE follow in qkv_rope_cache).
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
+    norm_qkv(const float* __restrict__ residual, const bf16* __restrict__ norm_w,
+             const bf16* __restrict__ W, float* __restrict__ y, int T, int N, float eps) {
+    constexpr int K = DYNO_HIDDEN;
+    __shared__ __align__(16) bf16 xs[GEMV_MAX_T * GEMV_SMEM_K];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int rows[GEMV_ROWS];
+    bool ok[GEMV_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++) {
+        rows[r] = (blockIdx.x * GEMV_WARPS + warp) * GEMV_ROWS + r;
+        ok[r] = rows[r] < N;
+    }
+    float acc[GEMV_ROWS][GEMV_MAX_T];
+    gemv_rows<K>(W, rows, ok, xs, T, acc,
+                 [&] { norm_rows_to_shared<K>(residual, norm_w, T, eps, xs); });
+    if (lane != 0) return;
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++)
+#pragma unroll
+        for (int t = 0; t < GEMV_MAX_T; t++)
+            if (ok[r] && t < T) y[(long)t * N + rows[r]] = acc[r][t];
+}
+
+// act[t, j] = SiLU(gate_j · x_t) · (up_j · x_t), x_t = rmsnorm(residual[t]);
+// a warp's rows are gate rows j and the matching up rows I + j.
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
+    norm_gate_up_silu(const float* __restrict__ residual, const bf16* __restrict__ norm_w,
+                      const bf16* __restrict__ W, bf16* __restrict__ act, int T, float eps) {
+    constexpr int K = DYNO_HIDDEN;
+    constexpr int I = DYNO_INTER;
+    static_assert(GEMV_ROWS == 2, "one gate row and its up row per warp");
+    __shared__ __align__(16) bf16 xs[GEMV_MAX_T * GEMV_SMEM_K];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int j = blockIdx.x * GEMV_WARPS + warp;
+    const int rows[GEMV_ROWS] = {j, I + j};
+    const bool ok[GEMV_ROWS] = {j < I, j < I};
+    float acc[GEMV_ROWS][GEMV_MAX_T];
+    gemv_rows<K>(W, rows, ok, xs, T, acc,
+                 [&] { norm_rows_to_shared<K>(residual, norm_w, T, eps, xs); });
+    if (lane != 0 || j >= I) return;
+#pragma unroll
+    for (int t = 0; t < GEMV_MAX_T; t++) {
+        if (t >= T) break;
+        const float g = acc[0][t], u = acc[1][t];
+        act[(long)t * I + j] = __float2bfloat16(g / (1.0f + __expf(-g)) * u);
+    }
+}
+
+// residual[t, n] += x[t] · W[n] with x bf16 ([T][K]): the O projection
+// (K = query width) and the down projection (K = intermediate size).
+template <int K>
+__device__ void gemv_residual_impl(const bf16* __restrict__ x, const bf16* __restrict__ W,
+                                   float* __restrict__ residual, int T, int N) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int rows[GEMV_ROWS];
+    bool ok[GEMV_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++) {
+        rows[r] = (blockIdx.x * GEMV_WARPS + warp) * GEMV_ROWS + r;
+        ok[r] = rows[r] < N;
+    }
+    float acc[GEMV_ROWS][GEMV_MAX_T];
+    gemv_rows<K>(W, rows, ok, x, T, acc, [] {});
+    if (lane != 0) return;
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++)
+#pragma unroll
+        for (int t = 0; t < GEMV_MAX_T; t++)
+            if (ok[r] && t < T) residual[(long)t * N + rows[r]] += acc[r][t];
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
+    o_proj_residual(const bf16* x, const bf16* W, float* residual, int T, int N) {
+    gemv_residual_impl<DYNO_QDIM>(x, W, residual, T, N);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
+    down_proj_residual(const bf16* x, const bf16* W, float* residual, int T, int N) {
+    gemv_residual_impl<DYNO_INTER>(x, W, residual, T, N);
+}
