@@ -244,14 +244,18 @@ fn worse(worst: f64, e: f64) -> f64 {
 /// f32 vs f64 accumulation: 8e-3; tiny-qwen3: 3.7e-3, and the same reference
 /// run on a 5-token prefix vs the whole prompt: 3.6e-3). The GPU is one more
 /// such run; the factor leaves room for its worst position being worse than
-/// the reference's. Wrong kernels move logits by far more: injected into the
-/// reference on CPU (qwen2.5-0.5b, noise 8e-3), GQA tiled instead of
+/// the reference's (worst-case noise is itself noisy: smollm2-135m 1.9e-2
+/// over prompts 0..4, 1.3e-2 over 0..2). Wrong kernels move logits by far
+/// more (engine/scripts/numerics_sensitivity.py measures it): injected
+/// into the reference on CPU (qwen2.5-0.5b, noise 8e-3), GQA tiled instead of
 /// interleaved 1.4, no RoPE on K 0.34, no q/k/v bias 0.40, softmax scale 1/d
 /// 0.49, one future token visible 1.2, silu on the wrong MLP half 1.0, eps
 /// 10x 2.4e-2; a RoPE position off by one (9e-3) hides in the noise.
-const ENGINE_NUMERICS_NOISE_FACTOR: f64 = 2.0;
-/// Floor of the implementation-check bound, for models shallow enough that
-/// rounding flips do not pile up.
+const ENGINE_NUMERICS_NOISE_FACTOR: f64 = 2.5;
+/// Floor of the implementation-check bound: per position the noise is all
+/// or nothing (a position no flip reaches differs by ~1e-7), so a reference
+/// whose few measured positions escaped every flip must not make the bound
+/// tighter than another summation order allows.
 const ENGINE_NUMERICS_MIN_REL_L2: f64 = 2e-3;
 
 /// The implementation-check bound for a folder, from its `numerics.json`.
