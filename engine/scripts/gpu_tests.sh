@@ -52,7 +52,8 @@ for p in $PRESETS; do
       echo "make $p failed"; tail -5 "$OUT/make-$p.log"
       impl_fail="$impl_fail $p"; issue_fail="$issue_fail $p"; continue; }
   fi
-  grep -hE "SELF_CHECK|NUMERICS_FLOOR|NUMERICS_NOISE|HF_BF16" "$OUT/make-$p.log" 2>/dev/null
+  grep -hE "SELF_CHECK|NUMERICS_FLOOR|NUMERICS_NOISE|HF_BF16" "$OUT/make-$p.log" 2>/dev/null \
+    || echo "numerics ($d made earlier): $(tr -d ' \n' < "$d/numerics.json")"
   rm -f "$d/gpu_generated.json"
   DYNO_GOLDEN_DIR="$d" "$BIN" --ignored --nocapture golden_outputs > "$OUT/golden-$p.log" 2>&1
   grep -E "GOLDEN|panicked|test result" "$OUT/golden-$p.log"
