@@ -160,6 +160,61 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
             if (ok[r] && t < T) y[(long)t * N + rows[r]] = acc[r][t];
 }
 
+// norm_qkv and qkv_rope_cache in one kernel, for models without q/k norm
+// (a per-head norm needs the whole head; Qwen3 keeps the two kernels). A
+// warp's two rows are i and i + HD/2 of one head: the pair RoPE rotates
+// together (rotate-half), so the warp adds the bias, rotates q and k, keeps
+// q in f32 in `qkv` for attention and writes k and v, rounded to bf16, into
+// the token's paged-cache slot. Numerics are qkv_rope_cache's.
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
+    norm_qkv_rope_cache(const float* __restrict__ residual, const bf16* __restrict__ norm_w,
+                        const bf16* __restrict__ W, const bf16* __restrict__ bias,
+                        const float2* __restrict__ cos_sin, const int* __restrict__ positions,
+                        const int* __restrict__ slots, float* __restrict__ qkv,
+                        bf16* __restrict__ k_cache, bf16* __restrict__ v_cache, int T, int nq,
+                        int nkv, float eps) {
+    constexpr int K = DYNO_HIDDEN;
+    constexpr int HD = DYNO_HEAD_DIM;
+    static_assert(GEMV_ROWS == 2, "one rotation pair per warp");
+    __shared__ __align__(16) bf16 xs[GEMV_MAX_T * GEMV_SMEM_K];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int pair = blockIdx.x * GEMV_WARPS + warp;
+    const int head = pair / (HD / 2), i = pair % (HD / 2);
+    const int heads = nq + 2 * nkv;
+    const int rows[GEMV_ROWS] = {head * HD + i, head * HD + i + HD / 2};
+    const bool ok[GEMV_ROWS] = {head < heads, head < heads};
+    float acc[GEMV_ROWS][GEMV_MAX_T];
+    gemv_rows<K>(W, rows, ok, xs, T, acc,
+                 [&] { norm_rows_to_shared<K>(residual, norm_w, T, eps, xs); });
+    if (lane != 0 || head >= heads) return;
+    const float b0 = bias ? __bfloat162float(bias[rows[0]]) : 0.0f;
+    const float b1 = bias ? __bfloat162float(bias[rows[1]]) : 0.0f;
+    const int width = heads * HD;
+#pragma unroll
+    for (int t = 0; t < GEMV_MAX_T; t++) {
+        if (t >= T) break;
+        float x0 = acc[0][t] + b0, x1 = acc[1][t] + b1;
+        if (head < nq + nkv) {
+            const float2 c = cos_sin[(long)positions[t] * (HD / 2) + i];
+            const float y0 = x0 * c.x - x1 * c.y;
+            const float y1 = x1 * c.x + x0 * c.y;
+            x0 = y0;
+            x1 = y1;
+        }
+        if (head < nq) {
+            qkv[(long)t * width + rows[0]] = x0;
+            qkv[(long)t * width + rows[1]] = x1;
+        } else {
+            const bool is_k = head < nq + nkv;
+            bf16* cache = is_k ? k_cache : v_cache;
+            const int kvh = is_k ? head - nq : head - nq - nkv;
+            bf16* dst = cache + ((long)slots[t] * nkv + kvh) * HD + i;
+            dst[0] = __float2bfloat16(x0);
+            dst[HD / 2] = __float2bfloat16(x1);
+        }
+    }
+}
+
 // act[t, j] = SiLU(gate_j · x_t) · (up_j · x_t), x_t = rmsnorm(residual[t]);
 // a warp's rows are gate rows j and the matching up rows I + j.
 extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)

@@ -59,7 +59,7 @@ fn tiny_models_match_the_f32_reference() {
         for eager in [true, false] {
             let tag = format!("{arch:?} eager={eager}");
             let mut b = CudaBackend::with_loader(&c, &engine_config(eager), &load).unwrap();
-            b.allocate_kv_cache(64, 16).unwrap();
+            b.allocate_kv_cache(128, 16).unwrap();
             let prompt: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % 1000).collect();
             let reference = reference_logits(&c, &t, &prompt);
 
@@ -86,6 +86,26 @@ fn tiny_models_match_the_f32_reference() {
                 .forward_logits(&[step(2, &prompt[16..], 16, &bt2, false)])
                 .unwrap();
             check_logits(&format!("{tag} chunked prefill"), &got, &reference[16..]);
+
+            // A long context through the small-batch path: 200 tokens
+            // prefilled in two chunks, then the last token alone (one query
+            // token, so the fused GEMVs run) attends over several splits
+            // that the last block merges.
+            let long: Vec<u32> = (0..200).map(|i| (i * 53 + 7) % 1000).collect();
+            let bt_long = blocks_for(7, 13);
+            b.forward_logits(&[step(7, &long[..128], 0, &bt_long, false)])
+                .unwrap();
+            b.forward_logits(&[step(7, &long[128..199], 128, &bt_long, false)])
+                .unwrap();
+            let got = b
+                .forward_logits(&[step(7, &long[199..], 199, &bt_long, false)])
+                .unwrap();
+            let long_reference = reference_logits(&c, &t, &long);
+            check_logits(
+                &format!("{tag} long context, one query token"),
+                &got,
+                &long_reference[199..],
+            );
 
             // Greedy decode of three sequences through forward() (graphs
             // unless eager), checked teacher-forced against the reference.

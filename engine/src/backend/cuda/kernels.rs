@@ -14,7 +14,7 @@ use super::super::BackendError;
 /// Every kernel the backend launches, by its `extern "C"` name. The
 /// attention and RoPE kernels are compiled for the model's head dim and GQA
 /// group size (see `nvrtc::compile`).
-pub const KERNEL_NAMES: [&str; 11] = [
+pub const KERNEL_NAMES: [&str; 12] = [
     "embed_rmsnorm",
     "add_rmsnorm",
     "final_rmsnorm_rows",
@@ -23,6 +23,7 @@ pub const KERNEL_NAMES: [&str; 11] = [
     "attention",
     "sample_rows",
     "norm_qkv",
+    "norm_qkv_rope_cache",
     "norm_gate_up_silu",
     "o_proj_residual",
     "down_proj_residual",

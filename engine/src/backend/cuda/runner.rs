@@ -7,9 +7,11 @@
 //! the step-metadata buffer, so a captured graph replays any step of its size.
 //!
 //! Steps of at most `GEMV_MAX_T` tokens (batch-1 to batch-8 decode) take the
-//! small-batch path instead: six kernels per layer, no cuBLAS — RMSNorm+QKV,
-//! bias/norm/RoPE/KV write, attention, O+residual add, RMSNorm+gate-up+SiLU·mul,
-//! down+residual add (`kernels/gemv.cu`). Its numerics are the GEMM path's:
+//! small-batch path instead: five kernels per layer, no cuBLAS —
+//! RMSNorm+QKV+bias+RoPE+KV write, attention, O+residual add,
+//! RMSNorm+gate-up+SiLU·mul, down+residual add (`kernels/gemv.cu`); Qwen3's
+//! per-head q/k norm needs whole heads, so there the QKV product and
+//! bias/norm/RoPE/KV write stay two kernels. Its numerics are the GEMM path's:
 //! the same bf16 roundings, f32 accumulation.
 
 use super::super::BackendError;
@@ -103,7 +105,8 @@ impl Runner {
                 d.hidden,
             )?;
             k.count_external_launch();
-            self.rope_and_attention(kv, layout, li, tokens, nsplit)?;
+            self.rope_cache(kv, layout, li, tokens)?;
+            self.attention(kv, layout, li, tokens, nsplit)?;
             self.gemm.linear(
                 a.attn.ptr,
                 w.o_proj.ptr,
@@ -210,21 +213,47 @@ impl Runner {
         )?;
         let nsplit = attention_splits(tokens, d.nkv, self.sm_count, a.partial_rows);
         for (li, w) in self.weights.layers.iter().enumerate() {
-            k.launch(
-                "norm_qkv",
-                grid(d.qkv_width()),
-                threads,
-                &[
-                    Arg::Ptr(a.residual.ptr),
-                    Arg::Ptr(w.input_norm.ptr),
-                    Arg::Ptr(w.qkv.ptr),
-                    Arg::Ptr(a.qkv.ptr),
-                    Arg::I32(t),
-                    Arg::I32(d.qkv_width() as i32),
-                    Arg::F32(d.eps),
-                ],
-            )?;
-            self.rope_and_attention(kv, layout, li, tokens, nsplit)?;
+            if w.q_norm.is_none() && w.k_norm.is_none() {
+                // One warp per RoPE pair (rows i and i + head_dim/2).
+                k.launch(
+                    "norm_qkv_rope_cache",
+                    ((d.qkv_width() / 2).div_ceil(GEMV_WARPS) as u32, 1, 1),
+                    threads,
+                    &[
+                        Arg::Ptr(a.residual.ptr),
+                        Arg::Ptr(w.input_norm.ptr),
+                        Arg::Ptr(w.qkv.ptr),
+                        Arg::Ptr(w.qkv_bias.as_ref().map_or(0, |b| b.ptr)),
+                        Arg::Ptr(self.cos_sin.ptr),
+                        Arg::Ptr(self.meta(layout, layout.positions())),
+                        Arg::Ptr(self.meta(layout, layout.slots())),
+                        Arg::Ptr(a.qkv.ptr),
+                        Arg::Ptr(kv.k(li)),
+                        Arg::Ptr(kv.v(li)),
+                        Arg::I32(t),
+                        Arg::I32(d.nq as i32),
+                        Arg::I32(d.nkv as i32),
+                        Arg::F32(d.eps),
+                    ],
+                )?;
+            } else {
+                k.launch(
+                    "norm_qkv",
+                    grid(d.qkv_width()),
+                    threads,
+                    &[
+                        Arg::Ptr(a.residual.ptr),
+                        Arg::Ptr(w.input_norm.ptr),
+                        Arg::Ptr(w.qkv.ptr),
+                        Arg::Ptr(a.qkv.ptr),
+                        Arg::I32(t),
+                        Arg::I32(d.qkv_width() as i32),
+                        Arg::F32(d.eps),
+                    ],
+                )?;
+                self.rope_cache(kv, layout, li, tokens)?;
+            }
+            self.attention(kv, layout, li, tokens, nsplit)?;
             k.launch(
                 "o_proj_residual",
                 grid(d.hidden),
@@ -267,15 +296,14 @@ impl Runner {
         Ok(())
     }
 
-    /// Bias / q-k norm / RoPE / KV-cache write, then paged attention, for
-    /// layer `li` (both paths).
-    fn rope_and_attention(
+    /// Bias / q-k norm / RoPE / KV-cache write after the QKV product of
+    /// layer `li`.
+    fn rope_cache(
         &self,
         kv: &KvPool,
         layout: &MetaLayout,
         li: usize,
         tokens: usize,
-        nsplit: usize,
     ) -> Result<(), BackendError> {
         let d = &self.dims;
         let a = &self.arena;
@@ -299,7 +327,21 @@ impl Runner {
                 Arg::I32(d.nkv as i32),
                 Arg::F32(d.eps),
             ],
-        )?;
+        )
+    }
+
+    /// Paged attention of layer `li` (splits merged in-kernel).
+    fn attention(
+        &self,
+        kv: &KvPool,
+        layout: &MetaLayout,
+        li: usize,
+        tokens: usize,
+        nsplit: usize,
+    ) -> Result<(), BackendError> {
+        let d = &self.dims;
+        let a = &self.arena;
+        let t = tokens as u32;
         self.kernels.launch(
             "attention",
             (t, d.nkv as u32, nsplit as u32),
