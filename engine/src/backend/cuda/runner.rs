@@ -151,14 +151,8 @@ impl Runner {
                     Arg::I32(d.inter as i32),
                 ],
             )?;
-            self.gemm.linear(
-                a.act.ptr,
-                w.down.ptr,
-                a.x.ptr,
-                tokens,
-                d.hidden,
-                d.inter,
-            )?;
+            self.gemm
+                .linear(a.act.ptr, w.down.ptr, a.x.ptr, tokens, d.hidden, d.inter)?;
             k.count_external_launch();
             if li + 1 < nlayers {
                 k.launch(
