@@ -13,12 +13,14 @@
 // (counted with an atomic) merges the splits, so no second kernel is needed.
 #define ATTN_WARPS 4
 #define KEYS_PER_ITER 2
-// A split takes at least this many keys: the grid's split count is fixed
-// (a CUDA graph replays it at every context length), so short contexts use
-// fewer splits and the surplus blocks exit at once. 64 keys are two
-// iterations of a block; fewer would leave most of its warps idle.
-#define ATTN_MIN_KEYS_PER_SPLIT 64
+// The grid's split count is fixed (a CUDA graph replays it at every context
+// length), so a short context uses fewer splits, each at least one block
+// iteration of keys, and the surplus blocks exit at once. One iteration per
+// split keeps a split to one round trip to the cache: at small batches the
+// step is bound by such round trips, not by bytes.
 #define ATTN_MAX_SPLITS 32
+// Splits the merge reads per round of loads.
+#define ATTN_MERGE_BATCH 16
 
 template <int HD, int G>
 __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __restrict__ k_cache,
@@ -37,7 +39,6 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
     __shared__ float s_l[NSUB][G];
     __shared__ float s_acc[NSUB][G][HD];
     __shared__ bool s_last;
-    __shared__ float s_w[G][ATTN_MAX_SPLITS];
 
     const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z, stride = gridDim.z;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -45,8 +46,8 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
     const int sub = warp * SUBS + sub_in_warp;
     const int nq = nkv * G;
     const int ctx = positions[t] + 1;
-    const int nsplit =
-        min(stride, max(1, (ctx + ATTN_MIN_KEYS_PER_SPLIT - 1) / ATTN_MIN_KEYS_PER_SPLIT));
+    constexpr int BLOCK_KEYS = ATTN_WARPS * WARP_KEYS;
+    const int nsplit = min(stride, max(1, (ctx + BLOCK_KEYS - 1) / BLOCK_KEYS));
     if (split >= nsplit) return;
     const int chunk = (ctx + nsplit - 1) / nsplit;
     const int begin = split * chunk;
@@ -177,27 +178,39 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
     __syncthreads();
     if (!s_last) return;
     __threadfence();
-    // Each split's weight exp(m_z - max) / total per query head, then every
-    // output element sums its splits with independent loads.
-    for (int g = threadIdx.x >> 5; g < G; g += ATTN_WARPS) {
-        const int lane = threadIdx.x & 31;
-        const long base = ((long)t * nq + kvh * G + g) * stride;
-        const float mz = lane < nsplit ? __ldcg(&part_ml[2 * (base + lane)]) : -INFINITY;
-        const float lz = lane < nsplit ? __ldcg(&part_ml[2 * (base + lane) + 1]) : 0.0f;
-        const float mm = warp_max(mz);
-        const float f = mz == -INFINITY ? 0.0f : __expf(mz - mm);
-        const float total = warp_sum(lz * f);
-        if (lane < nsplit) s_w[g][lane] = f / total;
-    }
-    __syncthreads();
+    // Every output element merges its splits: a batch of splits' maxima,
+    // sums and partials is loaded at once, then folded in with an online
+    // rescale (one round trip per ATTN_MERGE_BATCH splits).
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
         const int g = i / HD, d = i - g * HD;
         const int h = kvh * G + g;
         const long base = ((long)t * nq + h) * stride;
-        float aa = 0.0f;
-#pragma unroll 8
-        for (int z = 0; z < nsplit; z++) aa += s_w[g][z] * __ldcg(&part_acc[(base + z) * HD + d]);
-        out[((long)t * nq + h) * HD + d] = __float2bfloat16(aa);
+        float mm = -INFINITY, ll = 0.0f, aa = 0.0f;
+        for (int z0 = 0; z0 < nsplit; z0 += ATTN_MERGE_BATCH) {
+            float mz[ATTN_MERGE_BATCH], lz[ATTN_MERGE_BATCH], az[ATTN_MERGE_BATCH];
+#pragma unroll
+            for (int u = 0; u < ATTN_MERGE_BATCH; u++) {
+                const int z = z0 + u;
+                const bool ok = z < nsplit;
+                mz[u] = ok ? __ldcg(&part_ml[2 * (base + z)]) : -INFINITY;
+                lz[u] = ok ? __ldcg(&part_ml[2 * (base + z) + 1]) : 0.0f;
+                az[u] = ok ? __ldcg(&part_acc[(base + z) * HD + d]) : 0.0f;
+            }
+            float cm = mm;
+#pragma unroll
+            for (int u = 0; u < ATTN_MERGE_BATCH; u++) cm = fmaxf(cm, mz[u]);
+            const float rescale = mm == -INFINITY ? 0.0f : __expf(mm - cm);
+            ll *= rescale;
+            aa *= rescale;
+#pragma unroll
+            for (int u = 0; u < ATTN_MERGE_BATCH; u++) {
+                const float f = mz[u] == -INFINITY ? 0.0f : __expf(mz[u] - cm);
+                ll += lz[u] * f;
+                aa += az[u] * f;
+            }
+            mm = cm;
+        }
+        out[((long)t * nq + h) * HD + d] = __float2bfloat16(aa / ll);
     }
 }
 

@@ -78,8 +78,10 @@ impl CudaBackend {
         let props = device::properties_of(&ctx, device::driver_version()?)?;
         let dims = dims_of(config, cfg)?;
         let module = nvrtc::load(&ctx, dims.kernel_shape())?;
-        // Programmatic dependent launch needs Hopper (sm_90) or newer.
-        let pdl = props.compute_capability.0 >= 9;
+        // Programmatic dependent launch needs Hopper (sm_90) or newer;
+        // DYNO_CUDA_PDL=0 turns it off to measure what it buys.
+        let pdl = props.compute_capability.0 >= 9
+            && std::env::var("DYNO_CUDA_PDL").map_or(true, |v| v != "0");
         let kernels = kernels::Kernels::new(module, stream.clone(), pdl)?;
         let gemm = gemm::Gemm::new(&stream)?;
         let weights = weights::DeviceWeights::upload(&stream, config, load)?;
