@@ -35,25 +35,55 @@ impl BuildInfo {
 }
 
 pub fn source(repo_root: &Path, engine_bin: &Path, build: &BuildInfo) -> SourceFingerprint {
-    let git = git_state(repo_root);
-    // A tree copied without its history (the GPU machine's copy has no
-    // `.git`, or one whose branch has no commits) cannot see its commit:
-    // whoever copied it may name it in DYNO_GIT_COMMIT.
-    let commit = git.as_ref().and_then(|g| g.commit.clone()).or_else(|| {
-        std::env::var("DYNO_GIT_COMMIT")
-            .ok()
-            .filter(|c| !c.is_empty())
-    });
+    let declared = std::env::var("DYNO_GIT_COMMIT")
+        .ok()
+        .filter(|c| !c.trim().is_empty());
+    let (commit, diff_hash) = resolve_commit(git_state(repo_root), declared);
     SourceFingerprint {
         git_commit: commit,
-        git_dirty: git.as_ref().is_some_and(|g| g.diff_hash.is_some()),
-        git_diff_hash: git.and_then(|g| g.diff_hash),
+        git_dirty: diff_hash.is_some(),
+        git_diff_hash: diff_hash,
         rustc_version: tool_version(&std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into())),
         cargo_version: tool_version(&std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())),
         build_profile: build.profile.clone(),
         features: build.features.clone(),
         engine_binary_hash: hash_file(engine_bin).unwrap_or_else(|_| UNKNOWN.into()),
         cargo_lock_hash: hash_file(&repo_root.join("Cargo.lock")).ok(),
+    }
+}
+
+/// The commit and the diff hash (None = clean) to record. `declared` is
+/// DYNO_GIT_COMMIT, set by whoever copied the tree elsewhere (the GPU machine
+/// has no cargo, so binaries are built here and the tree copied there). A
+/// copy without history has no commit of its own; a copy with stale history
+/// has the wrong one, and its changes against that HEAD describe nothing. In
+/// both cases the declared commit is recorded, with no diff hash, and a
+/// warning says so; when it names the repository's HEAD, git's full id and
+/// diff are kept.
+fn resolve_commit(
+    git: Option<GitState>,
+    declared: Option<String>,
+) -> (Option<String>, Option<String>) {
+    let Some(declared) = declared.map(|d| d.trim().to_lowercase()) else {
+        return git.map_or((None, None), |g| (g.commit, g.diff_hash));
+    };
+    match git {
+        Some(g)
+            if g.commit
+                .as_deref()
+                .is_some_and(|c| c.starts_with(&declared) || declared.starts_with(c)) =>
+        {
+            (g.commit, g.diff_hash)
+        }
+        Some(g) => {
+            eprintln!(
+                "warning: DYNO_GIT_COMMIT={declared} is not the repository's HEAD ({}): recording \
+                 {declared}; the tree's changes against it cannot be checked",
+                g.commit.as_deref().unwrap_or("none")
+            );
+            (Some(declared), None)
+        }
+        None => (Some(declared), None),
     }
 }
 
@@ -251,6 +281,36 @@ mod tests {
     #[test]
     fn missing_tool_is_unknown() {
         assert_eq!(tool_version("/nonexistent/tool-for-dyno"), UNKNOWN);
+    }
+
+    fn state(commit: Option<&str>, diff: Option<&str>) -> Option<GitState> {
+        Some(GitState {
+            commit: commit.map(str::to_string),
+            diff_hash: diff.map(str::to_string),
+        })
+    }
+
+    #[test]
+    fn declared_commit_fills_in_or_overrides_a_stale_head() {
+        let d = |s: &str| Some(s.to_string());
+        // Nothing declared: git's view as is.
+        assert_eq!(
+            resolve_commit(state(Some("abc123"), Some("h")), None),
+            (d("abc123"), d("h"))
+        );
+        // A copy without history: the declared commit, nothing to diff.
+        assert_eq!(resolve_commit(None, d("8B552FF")), (d("8b552ff"), None));
+        // The declared commit is HEAD (short form): git's full id and diff.
+        assert_eq!(
+            resolve_commit(state(Some("8b552ff0e1"), Some("h")), d("8b552ff")),
+            (d("8b552ff0e1"), d("h"))
+        );
+        // A stale HEAD: the declared commit, and the diff against the stale
+        // HEAD is dropped.
+        assert_eq!(
+            resolve_commit(state(Some("158ec5f2d1"), Some("h")), d("8b552ff")),
+            (d("8b552ff"), None)
+        );
     }
 
     #[test]
