@@ -134,6 +134,17 @@ __device__ void gemv_rows(const bf16* __restrict__ W, const int (&rows)[GEMV_ROW
         for (int t = 0; t < GEMV_MAX_T; t++) acc[r][t] = warp_sum(acc[r][t]);
 }
 
+// The warp's GEMV_ROWS consecutive rows of an N-row matrix, and which exist.
+__device__ __forceinline__ void consecutive_rows(int N, int (&rows)[GEMV_ROWS],
+                                                 bool (&ok)[GEMV_ROWS]) {
+    const int warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++) {
+        rows[r] = (blockIdx.x * GEMV_WARPS + warp) * GEMV_ROWS + r;
+        ok[r] = rows[r] < N;
+    }
+}
+
 // y[t, n] = rmsnorm(residual[t]) · Wqkv[n] for the fused QKV matrix (f32 out;
 // bias, q/k norm and RoPE follow in qkv_rope_cache).
 extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
@@ -141,14 +152,10 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
              const bf16* __restrict__ W, float* __restrict__ y, int T, int N, float eps) {
     constexpr int K = DYNO_HIDDEN;
     __shared__ __align__(16) bf16 xs[GEMV_MAX_T * GEMV_SMEM_K];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int lane = threadIdx.x & 31;
     int rows[GEMV_ROWS];
     bool ok[GEMV_ROWS];
-#pragma unroll
-    for (int r = 0; r < GEMV_ROWS; r++) {
-        rows[r] = (blockIdx.x * GEMV_WARPS + warp) * GEMV_ROWS + r;
-        ok[r] = rows[r] < N;
-    }
+    consecutive_rows(N, rows, ok);
     float acc[GEMV_ROWS][GEMV_MAX_T];
     gemv_rows<K>(W, rows, ok, xs, T, acc,
                  [&] { norm_rows_to_shared<K>(residual, norm_w, T, eps, xs); });
@@ -245,14 +252,10 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
 template <int K>
 __device__ void gemv_residual_impl(const bf16* __restrict__ x, const bf16* __restrict__ W,
                                    float* __restrict__ residual, int T, int N) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int lane = threadIdx.x & 31;
     int rows[GEMV_ROWS];
     bool ok[GEMV_ROWS];
-#pragma unroll
-    for (int r = 0; r < GEMV_ROWS; r++) {
-        rows[r] = (blockIdx.x * GEMV_WARPS + warp) * GEMV_ROWS + r;
-        ok[r] = rows[r] < N;
-    }
+    consecutive_rows(N, rows, ok);
     float acc[GEMV_ROWS][GEMV_MAX_T];
     gemv_rows<K>(W, rows, ok, x, T, acc, [] {});
     if (lane != 0) return;

@@ -195,6 +195,21 @@ impl Runner {
         let rows_per_block = GEMV_WARPS * GEMV_ROWS;
         let grid = |rows: usize| (rows.div_ceil(rows_per_block) as u32, 1, 1);
         let threads = (GEMV_WARPS * 32) as u32;
+        // residual += x · Wᵀ (the O and down products).
+        let gemv_residual = |name: &str, x: u64, w: u64| {
+            k.launch(
+                name,
+                grid(d.hidden),
+                threads,
+                &[
+                    Arg::Ptr(x),
+                    Arg::Ptr(w),
+                    Arg::Ptr(a.residual.ptr),
+                    Arg::I32(t),
+                    Arg::I32(d.hidden as i32),
+                ],
+            )
+        };
         // Only the residual is needed from the embedding kernel (its
         // normalized output is recomputed by norm_qkv).
         k.launch(
@@ -254,18 +269,7 @@ impl Runner {
                 self.rope_cache(kv, layout, li, tokens)?;
             }
             self.attention(kv, layout, li, tokens, nsplit)?;
-            k.launch(
-                "o_proj_residual",
-                grid(d.hidden),
-                threads,
-                &[
-                    Arg::Ptr(a.attn.ptr),
-                    Arg::Ptr(w.o_proj.ptr),
-                    Arg::Ptr(a.residual.ptr),
-                    Arg::I32(t),
-                    Arg::I32(d.hidden as i32),
-                ],
-            )?;
+            gemv_residual("o_proj_residual", a.attn.ptr, w.o_proj.ptr)?;
             // One warp per (gate row, up row) pair.
             k.launch(
                 "norm_gate_up_silu",
@@ -280,18 +284,7 @@ impl Runner {
                     Arg::F32(d.eps),
                 ],
             )?;
-            k.launch(
-                "down_proj_residual",
-                grid(d.hidden),
-                threads,
-                &[
-                    Arg::Ptr(a.act.ptr),
-                    Arg::Ptr(w.down.ptr),
-                    Arg::Ptr(a.residual.ptr),
-                    Arg::I32(t),
-                    Arg::I32(d.hidden as i32),
-                ],
-            )?;
+            gemv_residual("down_proj_residual", a.act.ptr, w.down.ptr)?;
         }
         Ok(())
     }
