@@ -17,8 +17,9 @@
 // length), so a short context uses fewer splits, each at least one block
 // iteration of keys, and the surplus blocks exit at once. One iteration per
 // split keeps a split to one round trip to the cache: at small batches the
-// step is bound by such round trips, not by bytes.
-#define ATTN_MAX_SPLITS 32
+// step is bound by such round trips, not by bytes. ATTN_MAX_SPLITS, the most
+// splits a grid has, comes from kernels.rs as a -D option (runner.rs sizes
+// the grid with the same constant).
 // Splits the merge reads per round of loads.
 #define ATTN_MERGE_BATCH 16
 

@@ -9,6 +9,11 @@ typedef __nv_bfloat16 bf16;
     !defined(DYNO_QDIM) || !defined(DYNO_INTER)
 #error "compile with -DDYNO_HEAD_DIM=<64|128|256> -DDYNO_GROUP=<1..8> and the model's -DDYNO_HIDDEN, -DDYNO_QDIM, -DDYNO_INTER"
 #endif
+// Launch-geometry constants shared with the launchers (nvrtc.rs passes them).
+#if !defined(GEMV_WARPS) || !defined(GEMV_ROWS) || !defined(GEMV_MAX_T) || \
+    !defined(GEMV_MAX_HIDDEN) || !defined(ATTN_MAX_SPLITS)
+#error "compile with the -D options of nvrtc::launch_constants()"
+#endif
 
 // Programmatic dependent launch (sm_90+): a kernel launched with the
 // programmatic-serialization attribute may start before the previous kernel

@@ -16,12 +16,10 @@
 //
 // A warp owns GEMV_ROWS output rows; a lane takes 16-byte chunks (8 values)
 // lane, lane + 32, ... of each row; the warp sums its lanes at the end.
-#define GEMV_WARPS 4
-#define GEMV_ROWS 2
-#define GEMV_MAX_T 8
-// Widest hidden size the shared-memory input fits (8 rows of bf16 in 48 KiB);
-// wider models never launch these kernels (see Dims::small_batch_kernels).
-#define GEMV_MAX_HIDDEN 3072
+// GEMV_WARPS, GEMV_ROWS, GEMV_MAX_T and GEMV_MAX_HIDDEN (the widest hidden
+// size whose normalized input fits shared memory; wider models never launch
+// these kernels) come from kernels.rs as -D options, so launcher and kernels
+// share one value.
 #define GEMV_SMEM_K (DYNO_HIDDEN <= GEMV_MAX_HIDDEN ? DYNO_HIDDEN : 8)
 
 // Dot product of 8 bf16 weights with 8 bf16 inputs, in f32.

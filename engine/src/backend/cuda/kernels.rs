@@ -34,8 +34,11 @@ pub const GEMV_MAX_T: usize = 8;
 /// Warps per block and output rows per warp of the small-batch kernels.
 pub const GEMV_WARPS: usize = 4;
 pub const GEMV_ROWS: usize = 2;
-/// Widest hidden size the small-batch kernels' shared memory holds.
+/// Widest hidden size the small-batch kernels' shared memory holds (8 rows
+/// of bf16 in 48 KiB).
 pub const GEMV_MAX_HIDDEN: usize = 3072;
+/// Most context splits of one attention grid.
+pub const ATTN_MAX_SPLITS: usize = 32;
 
 /// Head dims the kernels support.
 pub const HEAD_DIMS: [usize; 3] = [64, 128, 256];

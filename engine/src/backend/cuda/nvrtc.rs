@@ -124,6 +124,22 @@ pub fn program_source() -> String {
     src
 }
 
+/// The launchers' geometry constants as `-D` options, so the kernels are
+/// compiled with the values the launchers use.
+pub fn launch_constants() -> Vec<String> {
+    use super::kernels::{ATTN_MAX_SPLITS, GEMV_MAX_HIDDEN, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS};
+    [
+        ("GEMV_WARPS", GEMV_WARPS),
+        ("GEMV_ROWS", GEMV_ROWS),
+        ("GEMV_MAX_T", GEMV_MAX_T),
+        ("GEMV_MAX_HIDDEN", GEMV_MAX_HIDDEN),
+        ("ATTN_MAX_SPLITS", ATTN_MAX_SPLITS),
+    ]
+    .iter()
+    .map(|(name, value)| format!("-D{name}={value}"))
+    .collect()
+}
+
 /// Compiles the program for `sm_{major}{minor}` into PTX, with the model's
 /// shape baked in (one instantiation per kernel keeps the compile to about a
 /// second).
@@ -150,7 +166,10 @@ pub fn compile(
             format!("-DDYNO_HIDDEN={}", shape.hidden),
             format!("-DDYNO_QDIM={}", shape.qdim),
             format!("-DDYNO_INTER={}", shape.inter),
-        ],
+        ]
+        .into_iter()
+        .chain(launch_constants())
+        .collect(),
         name: Some("dyno_kernels.cu".into()),
         ..Default::default()
     };

@@ -18,7 +18,7 @@ use super::super::BackendError;
 use super::arena::{Arena, Dims};
 use super::buffer::DeviceBuffer;
 use super::gemm::Gemm;
-use super::kernels::{Arg, Kernels, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS};
+use super::kernels::{Arg, Kernels, ATTN_MAX_SPLITS, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS};
 use super::kv_pool::KvPool;
 use super::step_meta::MetaLayout;
 use super::weights::DeviceWeights;
@@ -35,8 +35,7 @@ pub struct Runner {
 
 /// Splits of the context per query token for attention: enough blocks to
 /// fill the GPU at small batches, one split for large prefill steps. At most
-/// 32 (`ATTN_MAX_SPLITS` in attention.cu); the kernel uses fewer when the
-/// context is short. Small-batch steps aim at 2 blocks per SM rather than 8:
+/// `ATTN_MAX_SPLITS`; the kernel uses fewer when the context is short. Small-batch steps aim at 2 blocks per SM rather than 8:
 /// their splits are a single block iteration each, so beyond that more
 /// splits only add merge work (measured: batch 8 went from 1.40 to 1.52 ms
 /// per step with the larger count).
@@ -49,7 +48,7 @@ pub fn attention_splits(
     let blocks_per_sm = if tokens <= GEMV_MAX_T { 2 } else { 8 };
     let blocks_wanted = sm_count * blocks_per_sm;
     let per_split = (tokens * kv_heads).max(1);
-    let n = blocks_wanted.div_ceil(per_split).clamp(1, 32);
+    let n = blocks_wanted.div_ceil(per_split).clamp(1, ATTN_MAX_SPLITS);
     n.min((partial_rows / tokens.max(1)).max(1))
 }
 
