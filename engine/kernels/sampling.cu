@@ -42,6 +42,20 @@ __device__ __forceinline__ bool better(float v, int i, float bv, int bi, int uns
     return bi == unset || v > bv || (v == bv && i < bi);
 }
 
+// The warp's best (bv, bi) by `better`, in every lane; `unset` (bi ==
+// vocab) entries lose.
+__device__ __forceinline__ void warp_argmax(float& bv, int& bi, int vocab) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (oi != vocab && better(ov, oi, bv, bi, vocab)) {
+            bv = ov;
+            bi = oi;
+        }
+    }
+}
+
 __device__ int block_argmax(const float* row, int vocab) {
     __shared__ float sv[32];
     __shared__ int si[32];
@@ -66,15 +80,7 @@ __device__ int block_argmax(const float* row, int vocab) {
             }
         }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (oi != vocab && better(ov, oi, bv, bi, vocab)) {
-            bv = ov;
-            bi = oi;
-        }
-    }
+    warp_argmax(bv, bi, vocab);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     __syncthreads();
     if (lane == 0) {
@@ -85,15 +91,7 @@ __device__ int block_argmax(const float* row, int vocab) {
     if (warp == 0) {
         bv = sv[lane];
         bi = si[lane];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (oi != vocab && better(ov, oi, bv, bi, vocab)) {
-                bv = ov;
-                bi = oi;
-            }
-        }
+        warp_argmax(bv, bi, vocab);
         if (lane == 0) si[0] = bi == vocab ? 0 : bi;
     }
     __syncthreads();

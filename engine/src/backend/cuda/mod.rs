@@ -327,21 +327,36 @@ impl Backend for CudaBackend {
         } else {
             None
         };
-        let samples = match bucket {
-            Some(b) => {
-                let layout = MetaLayout {
+        // A graph replays a step padded to its bucket; an eager step is
+        // packed to its exact size.
+        let tokens: usize = batch.iter().map(|s| s.tokens.len()).sum();
+        let (layout, pad_to) = match bucket {
+            Some(b) => (
+                MetaLayout {
                     tokens_cap: b,
                     samples_cap: b,
-                };
-                let packed = step_meta::pack(
-                    batch,
-                    layout,
-                    &limits,
-                    Rows::Sampled,
-                    b,
-                    self.meta_host.as_mut_slice(),
-                )?;
-                self.upload_meta(packed.len)?;
+                },
+                b,
+            ),
+            None => (
+                MetaLayout {
+                    tokens_cap: tokens,
+                    samples_cap: batch.iter().filter(|s| s.sample.is_some()).count(),
+                },
+                0,
+            ),
+        };
+        let packed = step_meta::pack(
+            batch,
+            layout,
+            &limits,
+            Rows::Sampled,
+            pad_to,
+            self.meta_host.as_mut_slice(),
+        )?;
+        self.upload_meta(packed.len)?;
+        match bucket {
+            Some(b) => {
                 let g = self
                     .graphs
                     .get(b)
@@ -350,33 +365,17 @@ impl Backend for CudaBackend {
                     .launch()
                     .map_err(|e| BackendError::Cuda(format!("graph launch: {e}")))?;
                 self.last_decode_launches = Some(g.nodes);
-                packed.samples
             }
             None => {
-                let tokens: usize = batch.iter().map(|s| s.tokens.len()).sum();
-                let wanted = batch.iter().filter(|s| s.sample.is_some()).count();
-                let layout = MetaLayout {
-                    tokens_cap: tokens,
-                    samples_cap: wanted,
-                };
-                let packed = step_meta::pack(
-                    batch,
-                    layout,
-                    &limits,
-                    Rows::Sampled,
-                    0,
-                    self.meta_host.as_mut_slice(),
-                )?;
-                self.upload_meta(packed.len)?;
                 self.runner.kernels.take_launch_count();
                 self.runner.step(kv, &layout, tokens, packed.samples)?;
                 let launches = self.runner.kernels.take_launch_count();
                 if decode {
                     self.last_decode_launches = Some(launches);
                 }
-                packed.samples
             }
-        };
+        }
+        let samples = packed.samples;
         let out = &mut self.sampled_host.as_mut_slice()[..samples];
         // SAFETY: `sampled` holds logits_rows ≥ samples u32s; synced below
         // before the host reads `out`.
