@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Arc;
 
-use cudarc::driver::{result, sys, CudaModule, CudaStream};
+use cudarc::driver::{sys, CudaModule, CudaStream};
 
 use super::super::BackendError;
 
@@ -125,42 +125,30 @@ impl Kernels {
         // SAFETY: each parameter points at 8 bytes whose low bytes hold the
         // value (little-endian), matching the kernel's parameter types; the
         // kernel names and argument lists are kept in sync with kernels/*.cu.
-        let launched = if self.pdl {
-            let mut attr = sys::CUlaunchAttribute {
-                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-                pad: [0; 4],
-                value: sys::CUlaunchAttributeValue {
-                    programmaticStreamSerializationAllowed: 1,
-                },
-            };
-            let config = sys::CUlaunchConfig {
-                gridDimX: grid.0,
-                gridDimY: grid.1,
-                gridDimZ: grid.2,
-                blockDimX: block,
-                blockDimY: 1,
-                blockDimZ: 1,
-                sharedMemBytes: 0,
-                hStream: self.stream.cu_stream(),
-                attrs: &mut attr,
-                numAttrs: 1,
-            };
-            // SAFETY: as above; `config` and `attr` outlive the call.
-            unsafe {
-                sys::cuLaunchKernelEx(&config, f, params.as_mut_ptr(), std::ptr::null_mut())
-                    .result()
-            }
-        } else {
-            unsafe {
-                result::launch_kernel(
-                    f,
-                    grid,
-                    (block, 1, 1),
-                    0,
-                    self.stream.cu_stream(),
-                    &mut params,
-                )
-            }
+        // Without PDL the launch carries no attribute, which is a plain
+        // cuLaunchKernel.
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue {
+                programmaticStreamSerializationAllowed: 1,
+            },
+        };
+        let config = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: 0,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: u32::from(self.pdl),
+        };
+        // SAFETY: as above; `config` and `attr` outlive the call.
+        let launched = unsafe {
+            sys::cuLaunchKernelEx(&config, f, params.as_mut_ptr(), std::ptr::null_mut()).result()
         };
         launched.map_err(|e| BackendError::Cuda(format!("launching {name}: {e}")))?;
         self.launches.set(self.launches.get() + 1);
