@@ -27,6 +27,9 @@ pub enum Command {
     /// Manage the committed baselines (baselines/<class>/).
     #[command(subcommand)]
     Baseline(crate::baseline::BaselineCmd),
+    /// Each headline metric of a fingerprint class over the stored runs,
+    /// its change points and where each shift began; SVG trend plots.
+    History(crate::history::HistoryArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

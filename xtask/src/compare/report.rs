@@ -14,7 +14,7 @@ use super::verdict::{describe_change, MetricResult, OutputVerdict, Verdict};
 use super::{Comparison, Summary, WorkloadComparison};
 
 /// Shown in the terminal even when unchanged: what a reader looks for first.
-const HEADLINE: [&str; 4] = [
+pub(crate) const HEADLINE: [&str; 4] = [
     "output_throughput",
     "p50_ttft_ms",
     "p50_tpot_ms",
@@ -32,7 +32,7 @@ pub fn value(v: Option<f64>) -> String {
 }
 
 /// A signed relative change; beyond +900% as a factor ("×35").
-pub(super) fn signed(v: f64) -> String {
+pub(crate) fn signed(v: f64) -> String {
     if v >= 9.0 {
         format!("×{:.0}", v + 1.0)
     } else {

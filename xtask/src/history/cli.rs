@@ -1,0 +1,307 @@
+//! `cargo xtask history`: the store in, a report (and SVG plots) out. It only
+//! reads the store: nothing stored is ever changed, whatever the input.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+use super::edivisive::DetectConfig;
+use super::series::{catalogue, Catalogue};
+use super::{analyze, plot, report, History, SeriesInput};
+use crate::compare::report::HEADLINE;
+use crate::run_record::metric_catalog;
+use crate::store::Store;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Markdown,
+    Json,
+}
+
+/// Each headline metric of a fingerprint class over the stored runs, its
+/// change points (e-divisive means), and SVG trend plots.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HistoryArgs {
+    /// Fingerprint class hash or a unique prefix of one (as `baseline ls`
+    /// and `compare` show it). Default: every class of the newest run and
+    /// of the other runs of its commit (one run per model of a suite).
+    #[arg(long, value_name = "HASH")]
+    pub class: Option<String>,
+    /// Only this workload (repeatable).
+    #[arg(long = "workload", value_name = "NAME")]
+    pub workloads: Vec<String>,
+    /// Metric to follow (repeatable; names as in `store show`). Default:
+    /// output_throughput, p50_ttft_ms, p50_tpot_ms, p99_e2el_ms.
+    #[arg(long = "metric", value_name = "NAME")]
+    pub metrics: Vec<String>,
+    /// Write one SVG trend plot per workload and metric into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub svg: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Same as `--format json`.
+    #[arg(long, conflicts_with = "format")]
+    pub json: bool,
+    /// Write the report to this file instead of stdout.
+    #[arg(long, short, value_name = "PATH")]
+    pub out: Option<PathBuf>,
+    /// The content-addressed store (default: `results/` in the workspace).
+    #[arg(long, value_name = "DIR")]
+    pub results: Option<PathBuf>,
+    /// Also use runs made from a work tree with uncommitted changes (they
+    /// have no commit to name).
+    #[arg(long)]
+    pub include_dirty: bool,
+    /// Significance level of a change point (its permutation p-value).
+    #[arg(long, default_value_t = DetectConfig::default().alpha, value_name = "P")]
+    pub alpha: f64,
+    /// Permutations per significance test.
+    #[arg(long, default_value_t = DetectConfig::default().permutations, value_name = "N")]
+    pub permutations: u32,
+    /// Fewest runs on each side of a change point (at least 2).
+    #[arg(long, default_value_t = DetectConfig::default().min_segment, value_name = "N")]
+    pub min_segment: usize,
+    /// Do not append the Markdown report to `$GITHUB_STEP_SUMMARY` (when
+    /// the variable is set, e.g. in a GitHub Actions job).
+    #[arg(long)]
+    pub no_step_summary: bool,
+}
+
+/// Runs `cargo xtask history`; every error (bad input, unreadable store) is
+/// exit code 2 through `main`.
+pub fn run_cli(args: HistoryArgs, repo_root: &Path) -> anyhow::Result<i32> {
+    let results = args
+        .results
+        .clone()
+        .unwrap_or_else(|| repo_root.join("results"));
+    let history = build(&args, &results)?;
+    if let Some(dir) = &args.svg {
+        let written = plot::write_all(&history, dir)?;
+        eprintln!("wrote {} SVG plot(s) to {}", written.len(), dir.display());
+    }
+    let format = if args.json { Format::Json } else { args.format };
+    let text = match format {
+        Format::Table => report::terminal(&history),
+        Format::Markdown => report::markdown(&history),
+        Format::Json => report::json(&history)?,
+    };
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => print_out(&text)?,
+    }
+    if !args.no_step_summary {
+        report::append_step_summary(&history).context("appending to $GITHUB_STEP_SUMMARY")?;
+    }
+    Ok(0)
+}
+
+/// The history the arguments ask for, from the store at `results`.
+pub fn build(args: &HistoryArgs, results: &Path) -> anyhow::Result<History> {
+    let config = detect_config(args)?;
+    let metrics = metrics(args)?;
+    // Store::open would create a missing store; history never writes one.
+    if !results.join("index.json").is_file() {
+        bail!(
+            "no runs in {}: run `cargo xtask bench`, or add exports with `cargo xtask store import FILE`",
+            results.display()
+        );
+    }
+    let store =
+        Store::open(results).with_context(|| format!("opening store {}", results.display()))?;
+    let catalogue = catalogue(&store)?;
+    if catalogue.latest.is_empty() {
+        bail!("no runs in {}", results.display());
+    }
+    let targets = targets(args, &catalogue)?;
+    let explicit = args.class.is_some() || !args.workloads.is_empty();
+
+    let mut notes = Vec::new();
+    let mut series = Vec::new();
+    for hash in &targets {
+        let class = &catalogue.classes[hash];
+        let workload = &class.class.workload;
+        let dirty = class.dirty_runs();
+        if dirty > 0 && !args.include_dirty {
+            notes.push(format!(
+                "`{workload}` (class {hash}): {dirty} run(s) from a dirty work tree left out (--include-dirty uses them)"
+            ));
+        }
+        for metric in &metrics {
+            let points = class.points(metric, args.include_dirty);
+            if points.len() < 2 {
+                let what = format!(
+                    "`{workload}` (class {hash}) has {} run(s) with {metric}; a history needs at least 2",
+                    points.len()
+                );
+                if explicit {
+                    bail!("{what}{}", dirty_hint(dirty, args.include_dirty));
+                }
+                notes.push(format!("{what}: left out"));
+                continue;
+            }
+            series.push(analyze(
+                SeriesInput {
+                    workload: workload.clone(),
+                    class_hash: hash.clone(),
+                    model: class.model.clone(),
+                    metric: metric.clone(),
+                    points,
+                },
+                &config,
+            ));
+        }
+    }
+    if series.is_empty() {
+        bail!(
+            "no history to show: {}",
+            if notes.is_empty() {
+                "no series".to_string()
+            } else {
+                notes.join("; ")
+            }
+        );
+    }
+    Ok(History {
+        config,
+        order: "run time (created_at)".to_string(),
+        series,
+        notes,
+    })
+}
+
+fn dirty_hint(dirty: usize, include_dirty: bool) -> String {
+    if dirty > 0 && !include_dirty {
+        format!(" ({dirty} run(s) from a dirty work tree were left out; --include-dirty uses them)")
+    } else {
+        String::new()
+    }
+}
+
+fn detect_config(args: &HistoryArgs) -> anyhow::Result<DetectConfig> {
+    if !(args.alpha > 0.0 && args.alpha < 1.0) {
+        bail!("--alpha {} must lie strictly between 0 and 1", args.alpha);
+    }
+    if args.min_segment < 2 {
+        bail!(
+            "--min-segment {} is too small: each side of a change point needs at least 2 runs",
+            args.min_segment
+        );
+    }
+    let smallest_p = 1.0 / (f64::from(args.permutations) + 1.0);
+    if smallest_p > args.alpha {
+        bail!(
+            "--permutations {} can never give a p-value at or below --alpha {} (the smallest is {smallest_p:.4}); use at least {}",
+            args.permutations,
+            args.alpha,
+            (1.0 / args.alpha).ceil() as u64
+        );
+    }
+    Ok(DetectConfig {
+        alpha: args.alpha,
+        permutations: args.permutations,
+        min_segment: args.min_segment,
+        ..DetectConfig::default()
+    })
+}
+
+fn metrics(args: &HistoryArgs) -> anyhow::Result<Vec<String>> {
+    if args.metrics.is_empty() {
+        return Ok(HEADLINE.iter().map(|m| m.to_string()).collect());
+    }
+    let known: Vec<&str> = metric_catalog().iter().map(|d| d.name).collect();
+    let mut out: Vec<String> = Vec::new();
+    for m in &args.metrics {
+        if !known.contains(&m.as_str()) {
+            bail!("unknown metric '{m}'; known metrics: {}", known.join(", "));
+        }
+        if !out.contains(m) {
+            out.push(m.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// The class hashes to show, in a stable order.
+fn targets(args: &HistoryArgs, catalogue: &Catalogue) -> anyhow::Result<Vec<String>> {
+    let mut hashes: Vec<String> = match &args.class {
+        Some(spec) => {
+            let matching: Vec<&String> = if spec.is_empty() {
+                Vec::new()
+            } else {
+                catalogue
+                    .classes
+                    .keys()
+                    .filter(|h| h.starts_with(spec.as_str()))
+                    .collect()
+            };
+            match matching.as_slice() {
+                [one] => vec![(*one).clone()],
+                [] => bail!(
+                    "no stored run has class '{spec}'; the store's classes: {}",
+                    describe_classes(catalogue)
+                ),
+                many => bail!(
+                    "class '{spec}' is ambiguous: {}",
+                    many.iter()
+                        .map(|h| h.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+        None => catalogue.latest.iter().map(|(_, h)| h.clone()).collect(),
+    };
+    if !args.workloads.is_empty() {
+        let available: Vec<&str> = hashes
+            .iter()
+            .map(|h| catalogue.classes[h].class.workload.as_str())
+            .collect();
+        for w in &args.workloads {
+            if !available.contains(&w.as_str()) {
+                bail!(
+                    "workload '{w}' is not in {}; it has: {}",
+                    if args.class.is_some() {
+                        "the selected class"
+                    } else {
+                        "the newest bench (use --class for an older class)"
+                    },
+                    available.join(", ")
+                );
+            }
+        }
+        hashes.retain(|h| {
+            args.workloads
+                .contains(&catalogue.classes[h].class.workload)
+        });
+    }
+    hashes.dedup();
+    Ok(hashes)
+}
+
+fn describe_classes(catalogue: &Catalogue) -> String {
+    catalogue
+        .classes
+        .values()
+        .map(|c| {
+            format!(
+                "{} ({}, {} runs)",
+                c.class_hash,
+                c.class.workload,
+                c.runs.len()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Prints to stdout; a closed pipe (`| head`) is not an error.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(()),
+    }
+}
