@@ -211,6 +211,54 @@ fn table_for_one_class_and_metric() {
 }
 
 #[test]
+fn the_default_covers_every_model_of_the_newest_bench() {
+    // A suite over two models stores one run per model, both at one commit.
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let store = Store::open(&results).unwrap();
+    for day in 1..=3u32 {
+        let c = commit(day as usize);
+        let mut a = nightly(day, &c, 1000.0 + f64::from(day), false);
+        a.workloads.truncate(1);
+        let mut b = nightly(day, &c, 500.0 + f64::from(day), false);
+        b.fingerprint.model = "other".into();
+        b.fingerprint.model_hash = "m2".into();
+        b.workloads.truncate(1);
+        b.workloads[0].name = "other-offline".into();
+        b.created_at = format!("2026-11-{day:02}T04:00:00Z");
+        store.add_run(&a).unwrap();
+        store.add_run(&b).unwrap();
+    }
+    let summary = dir.path().join("summary.md");
+    let out = xtask(
+        &[
+            "history",
+            "--results",
+            results.to_str().unwrap(),
+            "--json",
+            "--no-step-summary",
+        ],
+        &summary,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let h: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut workloads: Vec<&str> = h["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["workload"].as_str().unwrap())
+        .collect();
+    workloads.dedup();
+    assert_eq!(workloads, vec!["offline", "other-offline"]);
+    let series = &h["series"][0];
+    assert_eq!(series["points"].as_array().unwrap().len(), 3);
+    assert!(series["not_searched"]
+        .as_str()
+        .unwrap()
+        .contains("needs at least 6"));
+}
+
+#[test]
 fn dirty_runs_are_left_out_unless_asked_for() {
     let dir = tempfile::tempdir().unwrap();
     let results = dir.path().join("results");

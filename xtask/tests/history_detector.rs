@@ -131,6 +131,33 @@ fn two_shifts_are_both_found() {
     assert_eq!(at, vec![15, 30], "{cps:?}");
 }
 
+#[test]
+fn a_long_history_is_searched_quickly() {
+    // The nightly branch keeps 120 runs; two shifts in them.
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let z: Vec<f64> = (0..120)
+        .map(|i| {
+            let level = match i {
+                0..50 => 1000.0,
+                50..90 => 960.0,
+                _ => 1010.0,
+            };
+            level * (0.01 * normal(&mut rng)).exp()
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    let cps = detect(&z, &DetectConfig::default());
+    let took = start.elapsed();
+    println!(
+        "120 runs, two shifts: {:?} in {took:.2?}",
+        cps.iter().map(|c| c.index).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        cps.iter().map(|c| c.index).collect::<Vec<_>>(),
+        vec![50, 90]
+    );
+}
+
 proptest! {
     #![proptest_config(Config {
         cases: 48,
