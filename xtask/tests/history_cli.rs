@@ -258,6 +258,105 @@ fn the_default_covers_every_model_of_the_newest_bench() {
         .contains("needs at least 6"));
 }
 
+/// A git repository with three commits made on days 1, 2 and 3; their ids.
+fn repo_with_three_commits(dir: &Path) -> Vec<String> {
+    let repo = git2::Repository::init(dir).unwrap();
+    let mut parent: Option<git2::Oid> = None;
+    let mut ids = Vec::new();
+    for day in 1..=3i64 {
+        let when = git2::Time::new(1_795_000_000 + day * 86_400, 0);
+        let sig = git2::Signature::new("t", "t@example.com", &when).unwrap();
+        let tree = repo.treebuilder(None).unwrap().write().unwrap();
+        let tree = repo.find_tree(tree).unwrap();
+        let parents: Vec<git2::Commit> = parent
+            .iter()
+            .map(|p| repo.find_commit(*p).unwrap())
+            .collect();
+        let refs: Vec<&git2::Commit> = parents.iter().collect();
+        let oid = repo
+            .commit(
+                Some("HEAD"),
+                &sig,
+                &sig,
+                &format!("day {day}"),
+                &tree,
+                &refs,
+            )
+            .unwrap();
+        parent = Some(oid);
+        ids.push(oid.to_string());
+    }
+    ids
+}
+
+#[test]
+fn runs_can_be_ordered_by_commit_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let commits = repo_with_three_commits(&repo);
+    let results = dir.path().join("results");
+    let store = Store::open(&results).unwrap();
+    // The newest commit was benched first, the oldest last.
+    for (day, c) in [(1u32, &commits[2]), (2, &commits[1]), (3, &commits[0])] {
+        store.add_run(&nightly(day, c, 1000.0, false)).unwrap();
+    }
+    let summary = dir.path().join("summary.md");
+    let order = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec![
+            "history",
+            "--results",
+            results.to_str().unwrap(),
+            "--json",
+            "--no-step-summary",
+            "--workload",
+            "offline",
+        ];
+        args.extend(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(&args)
+            .env("DYNO_ROOT", &repo)
+            .env("GITHUB_STEP_SUMMARY", &summary)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let h: Value = serde_json::from_slice(&out.stdout).unwrap();
+        h["series"][0]["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["commit"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        order(&[]),
+        vec![commits[2].clone(), commits[1].clone(), commits[0].clone()]
+    );
+    assert_eq!(order(&["--order", "commit"]), commits);
+
+    // A commit the repository does not have.
+    store
+        .add_run(&nightly(4, &commit(9), 1000.0, false))
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "history",
+            "--results",
+            results.to_str().unwrap(),
+            "--order",
+            "commit",
+        ])
+        .env("DYNO_ROOT", &repo)
+        .env("GITHUB_STEP_SUMMARY", &summary)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("is not in the repository"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn dirty_runs_are_left_out_unless_asked_for() {
     let dir = tempfile::tempdir().unwrap();

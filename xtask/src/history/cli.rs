@@ -6,11 +6,21 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 
 use super::edivisive::DetectConfig;
-use super::series::{catalogue, Catalogue};
+use super::series::{catalogue, order_by_commit_time, Catalogue};
 use super::{analyze, plot, report, History, SeriesInput};
 use crate::compare::report::HEADLINE;
 use crate::run_record::metric_catalog;
 use crate::store::Store;
+
+/// How the runs of a history are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Order {
+    /// By when each run was made (`created_at`).
+    Run,
+    /// By the committer time of each run's commit, from this git repository
+    /// (runs of one commit by run time).
+    Commit,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -35,6 +45,9 @@ pub struct HistoryArgs {
     /// output_throughput, p50_ttft_ms, p50_tpot_ms, p99_e2el_ms.
     #[arg(long = "metric", value_name = "NAME")]
     pub metrics: Vec<String>,
+    /// Order of the runs: when they were made, or when their commits were.
+    #[arg(long, value_enum, default_value_t = Order::Run)]
+    pub order: Order,
     /// Write one SVG trend plot per workload and metric into this directory.
     #[arg(long, value_name = "DIR")]
     pub svg: Option<PathBuf>,
@@ -75,7 +88,7 @@ pub fn run_cli(args: HistoryArgs, repo_root: &Path) -> anyhow::Result<i32> {
         .results
         .clone()
         .unwrap_or_else(|| repo_root.join("results"));
-    let history = build(&args, &results)?;
+    let history = build(&args, &results, repo_root)?;
     if let Some(dir) = &args.svg {
         let written = plot::write_all(&history, dir)?;
         eprintln!("wrote {} SVG plot(s) to {}", written.len(), dir.display());
@@ -98,8 +111,9 @@ pub fn run_cli(args: HistoryArgs, repo_root: &Path) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// The history the arguments ask for, from the store at `results`.
-pub fn build(args: &HistoryArgs, results: &Path) -> anyhow::Result<History> {
+/// The history the arguments ask for, from the store at `results` (and,
+/// for `--order commit`, the git repository at `repo_root`).
+pub fn build(args: &HistoryArgs, results: &Path, repo_root: &Path) -> anyhow::Result<History> {
     let config = detect_config(args)?;
     let metrics = metrics(args)?;
     // Store::open would create a missing store; history never writes one.
@@ -111,7 +125,10 @@ pub fn build(args: &HistoryArgs, results: &Path) -> anyhow::Result<History> {
     }
     let store =
         Store::open(results).with_context(|| format!("opening store {}", results.display()))?;
-    let catalogue = catalogue(&store)?;
+    let mut catalogue = catalogue(&store)?;
+    if args.order == Order::Commit {
+        order_by_commit_time(&mut catalogue, repo_root)?;
+    }
     if catalogue.latest.is_empty() {
         bail!("no runs in {}", results.display());
     }
@@ -166,7 +183,11 @@ pub fn build(args: &HistoryArgs, results: &Path) -> anyhow::Result<History> {
     }
     Ok(History {
         config,
-        order: "run time (created_at)".to_string(),
+        order: match args.order {
+            Order::Run => "run time (created_at)",
+            Order::Commit => "commit time (runs of one commit by run time)",
+        }
+        .to_string(),
         series,
         notes,
     })

@@ -86,17 +86,23 @@ pub fn terminal(h: &History) -> String {
     for group in by_class(h) {
         let first = group[0];
         // The runs of the class that any of its series has, in order.
-        let mut runs: Vec<(&str, &str, Option<&str>, bool)> = Vec::new();
+        let mut runs: Vec<(usize, &str, &str, Option<&str>, bool)> = Vec::new();
         for s in &group {
             for p in &s.points {
-                if !runs.iter().any(|r| r.0 == p.run_id) {
-                    runs.push((&p.run_id, &p.created_at, p.commit.as_deref(), p.dirty));
+                if !runs.iter().any(|r| r.1 == p.run_id) {
+                    runs.push((
+                        p.position,
+                        &p.run_id,
+                        &p.created_at,
+                        p.commit.as_deref(),
+                        p.dirty,
+                    ));
                 }
             }
         }
         // Series of one class may hold different runs (a metric missing in
-        // some): order their union by time, as the series are.
-        runs.sort_by_key(|r| chrono::DateTime::parse_from_rfc3339(r.1).ok());
+        // some): their union in the history's order.
+        runs.sort_by_key(|r| r.0);
         let _ = writeln!(
             out,
             "\n`{}` (class {}, model {}): {} runs, {} → {}",
@@ -104,8 +110,8 @@ pub fn terminal(h: &History) -> String {
             first.class_hash,
             first.model,
             runs.len(),
-            runs.first().map_or(String::new(), |r| short_time(r.1)),
-            runs.last().map_or(String::new(), |r| short_time(r.1)),
+            runs.first().map_or(String::new(), |r| short_time(r.2)),
+            runs.last().map_or(String::new(), |r| short_time(r.2)),
         );
         let mut header = vec!["run".to_string(), "date".to_string(), "commit".to_string()];
         header.extend(
@@ -116,7 +122,7 @@ pub fn terminal(h: &History) -> String {
         let mut table = Table::new();
         table.load_preset(UTF8_FULL_CONDENSED).set_header(header);
         let skip = runs.len().saturating_sub(MAX_TERMINAL_ROWS);
-        for (run_id, at, commit, dirty) in runs.iter().skip(skip) {
+        for (_, run_id, at, commit, dirty) in runs.iter().skip(skip) {
             let mut row = vec![
                 Cell::new(&run_id[..run_id.len().min(12)]),
                 Cell::new(short_time(at)),

@@ -2,6 +2,7 @@
 //! first, and one value per run for a metric.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,9 @@ pub struct ClassHistory {
 /// One point of a series: one run's mean of a metric over its ok trials.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Point {
+    /// Position of the run among all runs of its class, in the history's
+    /// order (series of one class may skip runs that lack their metric).
+    pub position: usize,
     pub run_id: ObjectId,
     pub created_at: String,
     pub commit: Option<String>,
@@ -123,14 +127,63 @@ pub fn catalogue(store: &Store) -> anyhow::Result<Catalogue> {
     Ok(out)
 }
 
+/// Reorders every class's runs by the committer time of their commit, read
+/// from the git repository at or above `repo_root`; runs of one commit keep
+/// their run-time order. A run without a commit, or with one the repository
+/// does not have (a shallow clone), is an error naming it.
+pub fn order_by_commit_time(catalogue: &mut Catalogue, repo_root: &Path) -> anyhow::Result<()> {
+    let repo = git2::Repository::discover(repo_root).map_err(|e| {
+        anyhow::anyhow!(
+            "--order commit needs the git repository of the runs' commits; none at {}: {}",
+            repo_root.display(),
+            e.message()
+        )
+    })?;
+    let mut times: BTreeMap<String, i64> = BTreeMap::new();
+    for class in catalogue.classes.values() {
+        for run in &class.runs {
+            let Some(commit) = &run.commit else {
+                anyhow::bail!(
+                    "run {} has no commit, so --order commit cannot place it; use --order run",
+                    run.run_id
+                );
+            };
+            if times.contains_key(commit) {
+                continue;
+            }
+            let time = git2::Oid::from_str(commit)
+                .and_then(|oid| repo.find_commit(oid))
+                .map(|c| c.time().seconds())
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "commit {commit} of run {} is not in the repository at {} ({}); \
+                         fetch it (`git fetch --unshallow` in a shallow clone) or use --order run",
+                        run.run_id,
+                        repo.path().display(),
+                        e.message()
+                    )
+                })?;
+            times.insert(commit.clone(), time);
+        }
+    }
+    for class in catalogue.classes.values_mut() {
+        // Stable: runs of one commit stay in run-time order.
+        class
+            .runs
+            .sort_by_key(|r| r.commit.as_ref().and_then(|c| times.get(c)).copied());
+    }
+    Ok(())
+}
+
 impl ClassHistory {
     /// One point per run that has at least one ok trial with `metric`;
     /// runs from a dirty work tree only when `include_dirty`.
     pub fn points(&self, metric: &str, include_dirty: bool) -> Vec<Point> {
         self.runs
             .iter()
-            .filter(|r| include_dirty || !r.dirty)
-            .filter_map(|r| {
+            .enumerate()
+            .filter(|(_, r)| include_dirty || !r.dirty)
+            .filter_map(|(position, r)| {
                 let trials: Vec<f64> = r
                     .workload
                     .trials
@@ -143,6 +196,7 @@ impl ClassHistory {
                 }
                 let value = trials.iter().sum::<f64>() / trials.len() as f64;
                 Some(Point {
+                    position,
                     run_id: r.run_id.clone(),
                     created_at: r.created_at.clone(),
                     commit: r.commit.clone(),
