@@ -20,16 +20,16 @@ pub enum Command {
     Bench(BenchArgs),
     /// Look at, check and move what is in the results store.
     #[command(subcommand)]
-    Store(crate::store::cli::StoreCmd),
+    Store(StoreCmd),
     /// Judge a run against the committed baselines, or two runs against
     /// each other: regression verdicts per metric and workload.
-    Compare(crate::compare::CompareArgs),
+    Compare(CompareArgs),
     /// Manage the committed baselines (baselines/<class>/).
     #[command(subcommand)]
-    Baseline(crate::baseline::BaselineCmd),
+    Baseline(BaselineCmd),
     /// Each headline metric of a fingerprint class over the stored runs,
     /// its change points and where each shift began; SVG trend plots.
-    History(crate::history::HistoryArgs),
+    History(HistoryArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -97,6 +97,165 @@ pub struct BenchArgs {
     /// directory (`<workload>.json`).
     #[arg(long, value_name = "DIR")]
     pub export_vllm: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Markdown,
+    Json,
+}
+
+/// Compare two stored runs, or one run against the committed baselines.
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// With one run: the run to check against baselines/. With two: the
+    /// baseline run (id, unique prefix, or "latest").
+    pub run: String,
+    /// The candidate run, compared against the first.
+    pub candidate: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Write the report to this file instead of stdout.
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+    /// The content-addressed store (default: `results/` in the workspace).
+    #[arg(long, value_name = "DIR")]
+    pub results: Option<PathBuf>,
+    /// Do not append the Markdown to `$GITHUB_STEP_SUMMARY` (when the job
+    /// summary already has it, e.g. from `cargo xtask bench`).
+    #[arg(long)]
+    pub no_step_summary: bool,
+    /// Compare two runs although this class field differs (repeatable; e.g.
+    /// `engine_config` to measure a config change). Never for baselines.
+    #[arg(long, value_name = "FIELD", requires = "candidate")]
+    pub across: Vec<String>,
+}
+
+/// How the runs of a history are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Order {
+    /// By when each run was made (`created_at`).
+    Run,
+    /// By the committer time of each run's commit, from this git repository
+    /// (runs of one commit by run time).
+    Commit,
+}
+
+/// Each headline metric of a fingerprint class over the stored runs, its
+/// change points (e-divisive means), and SVG trend plots.
+#[derive(Debug, Clone, Args)]
+pub struct HistoryArgs {
+    /// Fingerprint class hash or a unique prefix of one (as `baseline ls`
+    /// and `compare` show it). Default: every class of the newest run and
+    /// of the other runs of its commit (one run per model of a suite).
+    #[arg(long, value_name = "HASH")]
+    pub class: Option<String>,
+    /// Only this workload (repeatable).
+    #[arg(long = "workload", value_name = "NAME")]
+    pub workloads: Vec<String>,
+    /// Metric to follow (repeatable; names as in `store show`). Default:
+    /// output_throughput, p50_ttft_ms, p50_tpot_ms, p99_e2el_ms.
+    #[arg(long = "metric", value_name = "NAME")]
+    pub metrics: Vec<String>,
+    /// Order of the runs: when they were made, or when their commits were.
+    #[arg(long, value_enum, default_value_t = Order::Run)]
+    pub order: Order,
+    /// Write one SVG trend plot per workload and metric into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub svg: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Same as `--format json`.
+    #[arg(long, conflicts_with = "format")]
+    pub json: bool,
+    /// Write the report to this file instead of stdout.
+    #[arg(long, short, value_name = "PATH")]
+    pub out: Option<PathBuf>,
+    /// The content-addressed store (default: `results/` in the workspace).
+    #[arg(long, value_name = "DIR")]
+    pub results: Option<PathBuf>,
+    /// Also use runs made from a work tree with uncommitted changes (they
+    /// have no commit to name).
+    #[arg(long)]
+    pub include_dirty: bool,
+    /// Significance level of a change point (its permutation p-value).
+    #[arg(long, default_value_t = crate::history::edivisive::DetectConfig::default().alpha, value_name = "P")]
+    pub alpha: f64,
+    /// Permutations per significance test.
+    #[arg(long, default_value_t = crate::history::edivisive::DetectConfig::default().permutations, value_name = "N")]
+    pub permutations: u32,
+    /// Fewest runs on each side of a change point (at least 2).
+    #[arg(long, default_value_t = crate::history::edivisive::DetectConfig::default().min_segment, value_name = "N")]
+    pub min_segment: usize,
+    /// Do not append the Markdown report to `$GITHUB_STEP_SUMMARY` (when
+    /// the variable is set, e.g. in a GitHub Actions job).
+    #[arg(long)]
+    pub no_step_summary: bool,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum BaselineCmd {
+    /// Make a stored run the committed baseline of each of its workloads'
+    /// classes (overwrites baselines/<class>/); review and commit the diff.
+    Promote {
+        /// Run id, unique id prefix, or "latest".
+        #[arg(default_value = "latest")]
+        run: String,
+        /// The content-addressed store (default: `results/` in the workspace).
+        #[arg(long, value_name = "DIR")]
+        results: Option<PathBuf>,
+        /// Runs each baseline keeps in its history, this one included (the
+        /// run-to-run spread needs at least 3).
+        #[arg(long, default_value_t = crate::baseline::file::DEFAULT_HISTORY_RUNS,
+              value_parser = parse_keep)]
+        keep: usize,
+    },
+    /// List the committed baselines.
+    Ls,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCmd {
+    /// List the runs in the store.
+    Ls,
+    /// Show one run: its fingerprint and every trial's key metrics.
+    Show {
+        /// Run id, unique id prefix, or "latest".
+        run: String,
+        /// Print the stored run object as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every object and check the index; exits 1 on any problem.
+    Verify,
+    /// Remove objects that no indexed run references.
+    Gc {
+        /// Only report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep unreferenced objects younger than this many seconds: they
+        /// may belong to a bench run still in progress. Default: one day.
+        #[arg(long, value_name = "SECS")]
+        grace_secs: Option<u64>,
+    },
+    /// Write one run and every object it references to a single file.
+    Export {
+        /// Run id, unique id prefix, or "latest".
+        run: String,
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Add a run from a file written by `export`, after checking every object.
+    Import { file: PathBuf },
+}
+
+/// `--keep`: a history of at least one run.
+fn parse_keep(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{text}`: a whole number of runs, at least 1")),
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use xtask::compare::fixtures::{cpu_fingerprint, ok_trial, run, workload};
+use xtask::fixtures::{cpu_fingerprint, ok_trial, run, workload};
 use xtask::run_record::RunRecord;
 use xtask::store::Store;
 

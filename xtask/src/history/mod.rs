@@ -4,12 +4,11 @@
 //!
 //! series (store → one value per run) → edivisive (change points) → shift
 //! (size and interval) → report (terminal, Markdown, JSON) and plot (SVG);
-//! cli wires it to the store.
+//! `commands::history` wires it to the flags.
 
-pub mod cli;
 pub mod edivisive;
-mod plot;
-mod report;
+pub mod plot;
+pub mod report;
 pub mod series;
 pub mod shift;
 
@@ -18,8 +17,6 @@ use serde::{Deserialize, Serialize};
 use edivisive::{detect, DetectConfig};
 use series::Point;
 use shift::Shift;
-
-pub use cli::{run_cli, HistoryArgs};
 
 /// Whether a shift is good or bad news for the metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

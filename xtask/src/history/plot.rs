@@ -13,7 +13,7 @@ use plotters::prelude::*;
 
 use super::report::short_commit;
 use super::{History, Series};
-use crate::compare::report::signed;
+use crate::format::signed;
 
 const SIZE: (u32, u32) = (1000, 480);
 const GREY: RGBColor = RGBColor(160, 160, 160);
@@ -57,7 +57,8 @@ fn segment_means(s: &Series) -> Vec<(usize, usize, f64)> {
     let n = s.points.len();
     let cps = &s.change_points;
     if cps.is_empty() {
-        let mean = s.points.iter().map(|p| p.value).sum::<f64>() / n as f64;
+        let values: Vec<f64> = s.points.iter().map(|p| p.value).collect();
+        let mean = crate::stats::mean(&values);
         return vec![(0, n, mean)];
     }
     let mut out = Vec::new();

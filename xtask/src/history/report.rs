@@ -6,7 +6,7 @@ use std::io::Write as _;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 
 use super::{ChangeReport, Direction, History, Series};
-use crate::compare::report::{signed, value};
+use crate::format::{opt_value, p_value, signed, value};
 
 /// Rows of the per-run table in the terminal; the JSON has every run.
 const MAX_TERMINAL_ROWS: usize = 40;
@@ -41,8 +41,8 @@ fn change_text(c: &ChangeReport) -> (String, String) {
         Some(r) => signed(r),
         None => format!(
             "{} → {}",
-            value(Some(c.shift.mean_before)),
-            value(Some(c.shift.mean_after))
+            value(c.shift.mean_before),
+            value(c.shift.mean_after)
         ),
     };
     let ci = match c.shift.ci95 {
@@ -50,14 +50,6 @@ fn change_text(c: &ChangeReport) -> (String, String) {
         None => "–".to_string(),
     };
     (change, ci)
-}
-
-fn p_text(p: f64) -> String {
-    if p < 0.001 {
-        format!("{p:.1e}")
-    } else {
-        format!("{p:.3}")
-    }
 }
 
 fn config_line(h: &History) -> String {
@@ -142,7 +134,7 @@ pub fn terminal(h: &History) -> String {
                         } else {
                             ""
                         };
-                        format!("{}{mark}", value(Some(s.points[i].value)))
+                        format!("{}{mark}", value(s.points[i].value))
                     }
                 };
                 row.push(Cell::new(text).set_alignment(CellAlignment::Right));
@@ -184,7 +176,7 @@ pub fn terminal(h: &History) -> String {
                     Cell::new(format!("{} | {}", c.shift.n_before, c.shift.n_after)),
                     Cell::new(change).set_alignment(CellAlignment::Right),
                     Cell::new(ci),
-                    Cell::new(p_text(c.p_value)),
+                    Cell::new(p_value(Some(c.p_value))),
                     Cell::new(direction_word(c.direction)),
                 ]);
             }
@@ -239,7 +231,7 @@ pub fn markdown(h: &History) -> String {
                     short_commit(c.previous_commit.as_deref()),
                     change,
                     ci,
-                    p_text(c.p_value),
+                    p_value(Some(c.p_value)),
                     direction_word(c.direction)
                 );
             }
@@ -260,7 +252,7 @@ pub fn markdown(h: &History) -> String {
             s.metric,
             arrow(s),
             s.points.len(),
-            value(latest),
+            opt_value(latest),
             match &s.not_searched {
                 Some(_) => "too few runs".to_string(),
                 None => s.change_points.len().to_string(),

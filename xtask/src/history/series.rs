@@ -194,7 +194,7 @@ impl ClassHistory {
                 if trials.is_empty() {
                     return None;
                 }
-                let value = trials.iter().sum::<f64>() / trials.len() as f64;
+                let value = crate::stats::mean(&trials);
                 Some(Point {
                     position,
                     run_id: r.run_id.clone(),

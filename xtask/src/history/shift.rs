@@ -12,6 +12,8 @@
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
+use crate::stats::mean_var;
+
 /// Before/after means and their relative change.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Shift {
@@ -24,18 +26,6 @@ pub struct Shift {
     /// 95% interval of `relative_change`; None when it is undefined or a side
     /// has a single value.
     pub ci95: Option<(f64, f64)>,
-}
-
-/// Mean and sample variance (n − 1).
-fn mean_var(xs: &[f64]) -> (f64, f64) {
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    let var = if xs.len() > 1 {
-        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        f64::NAN
-    };
-    (mean, var)
 }
 
 /// The shift from `before` to `after` (each non-empty).

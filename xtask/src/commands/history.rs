@@ -1,85 +1,17 @@
 //! `cargo xtask history`: the store in, a report (and SVG plots) out. It only
 //! reads the store: nothing stored is ever changed, whatever the input.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context};
 
-use super::edivisive::DetectConfig;
-use super::series::{catalogue, order_by_commit_time, Catalogue};
-use super::{analyze, plot, report, History, SeriesInput};
-use crate::compare::report::HEADLINE;
+use crate::cli::{Format, HistoryArgs, Order};
+use crate::compare::report::{print_out, HEADLINE};
+use crate::history::edivisive::DetectConfig;
+use crate::history::series::{catalogue, order_by_commit_time, Catalogue};
+use crate::history::{analyze, plot, report, History, SeriesInput};
 use crate::run_record::metric_catalog;
 use crate::store::Store;
-
-/// How the runs of a history are ordered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Order {
-    /// By when each run was made (`created_at`).
-    Run,
-    /// By the committer time of each run's commit, from this git repository
-    /// (runs of one commit by run time).
-    Commit,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Table,
-    Markdown,
-    Json,
-}
-
-/// Each headline metric of a fingerprint class over the stored runs, its
-/// change points (e-divisive means), and SVG trend plots.
-#[derive(Debug, Clone, clap::Args)]
-pub struct HistoryArgs {
-    /// Fingerprint class hash or a unique prefix of one (as `baseline ls`
-    /// and `compare` show it). Default: every class of the newest run and
-    /// of the other runs of its commit (one run per model of a suite).
-    #[arg(long, value_name = "HASH")]
-    pub class: Option<String>,
-    /// Only this workload (repeatable).
-    #[arg(long = "workload", value_name = "NAME")]
-    pub workloads: Vec<String>,
-    /// Metric to follow (repeatable; names as in `store show`). Default:
-    /// output_throughput, p50_ttft_ms, p50_tpot_ms, p99_e2el_ms.
-    #[arg(long = "metric", value_name = "NAME")]
-    pub metrics: Vec<String>,
-    /// Order of the runs: when they were made, or when their commits were.
-    #[arg(long, value_enum, default_value_t = Order::Run)]
-    pub order: Order,
-    /// Write one SVG trend plot per workload and metric into this directory.
-    #[arg(long, value_name = "DIR")]
-    pub svg: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
-    /// Same as `--format json`.
-    #[arg(long, conflicts_with = "format")]
-    pub json: bool,
-    /// Write the report to this file instead of stdout.
-    #[arg(long, short, value_name = "PATH")]
-    pub out: Option<PathBuf>,
-    /// The content-addressed store (default: `results/` in the workspace).
-    #[arg(long, value_name = "DIR")]
-    pub results: Option<PathBuf>,
-    /// Also use runs made from a work tree with uncommitted changes (they
-    /// have no commit to name).
-    #[arg(long)]
-    pub include_dirty: bool,
-    /// Significance level of a change point (its permutation p-value).
-    #[arg(long, default_value_t = DetectConfig::default().alpha, value_name = "P")]
-    pub alpha: f64,
-    /// Permutations per significance test.
-    #[arg(long, default_value_t = DetectConfig::default().permutations, value_name = "N")]
-    pub permutations: u32,
-    /// Fewest runs on each side of a change point (at least 2).
-    #[arg(long, default_value_t = DetectConfig::default().min_segment, value_name = "N")]
-    pub min_segment: usize,
-    /// Do not append the Markdown report to `$GITHUB_STEP_SUMMARY` (when
-    /// the variable is set, e.g. in a GitHub Actions job).
-    #[arg(long)]
-    pub no_step_summary: bool,
-}
 
 /// Runs `cargo xtask history`; every error (bad input, unreadable store) is
 /// exit code 2 through `main`.
@@ -316,13 +248,4 @@ fn describe_classes(catalogue: &Catalogue) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Prints to stdout; a closed pipe (`| head`) is not an error.
-fn print_out(text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
-        _ => Ok(()),
-    }
 }
