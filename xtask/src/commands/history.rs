@@ -12,6 +12,7 @@ use crate::history::series::{catalogue, order_by_commit_time, Catalogue};
 use crate::history::{analyze, plot, report, History, SeriesInput};
 use crate::run_record::metric_catalog;
 use crate::store::Store;
+use crate::warnings::{self, Warning};
 
 /// Runs `cargo xtask history`; every error (bad input, unreadable store) is
 /// exit code 2 through `main`.
@@ -20,7 +21,10 @@ pub fn run_cli(args: HistoryArgs, repo_root: &Path) -> anyhow::Result<i32> {
         .results
         .clone()
         .unwrap_or_else(|| repo_root.join("results"));
-    let history = build(&args, &results, repo_root)?;
+    let (history, left_out) = build(&args, &results, repo_root)?;
+    for warning in &left_out {
+        warnings::emit(warning);
+    }
     if let Some(dir) = &args.svg {
         let written = plot::write_all(&history, dir)?;
         eprintln!("wrote {} SVG plot(s) to {}", written.len(), dir.display());
@@ -45,7 +49,12 @@ pub fn run_cli(args: HistoryArgs, repo_root: &Path) -> anyhow::Result<i32> {
 
 /// The history the arguments ask for, from the store at `results` (and,
 /// for `--order commit`, the git repository at `repo_root`).
-pub fn build(args: &HistoryArgs, results: &Path, repo_root: &Path) -> anyhow::Result<History> {
+/// Also returns what was left out, as warnings (the history's notes too).
+pub fn build(
+    args: &HistoryArgs,
+    results: &Path,
+    repo_root: &Path,
+) -> anyhow::Result<(History, Vec<Warning>)> {
     let config = detect_config(args)?;
     let metrics = metrics(args)?;
     // Store::open would create a missing store; history never writes one.
@@ -67,28 +76,35 @@ pub fn build(args: &HistoryArgs, results: &Path, repo_root: &Path) -> anyhow::Re
     let targets = targets(args, &catalogue)?;
     let explicit = args.class.is_some() || !args.workloads.is_empty();
 
-    let mut notes = Vec::new();
+    let mut warnings = Vec::new();
     let mut series = Vec::new();
     for hash in &targets {
         let class = &catalogue.classes[hash];
         let workload = &class.class.workload;
         let dirty = class.dirty_runs();
         if dirty > 0 && !args.include_dirty {
-            notes.push(format!(
-                "`{workload}` (class {hash}): {dirty} run(s) from a dirty work tree left out (--include-dirty uses them)"
-            ));
+            warnings.push(Warning::HistoryDirtyRunsLeftOut {
+                workload: workload.clone(),
+                class: hash.clone(),
+                runs: dirty,
+            });
         }
         for metric in &metrics {
             let points = class.points(metric, args.include_dirty);
             if points.len() < 2 {
-                let what = format!(
-                    "`{workload}` (class {hash}) has {} run(s) with {metric}; a history needs at least 2",
-                    points.len()
-                );
                 if explicit {
-                    bail!("{what}{}", dirty_hint(dirty, args.include_dirty));
+                    bail!(
+                        "`{workload}` (class {hash}) has {} run(s) with {metric}; a history needs at least 2{}",
+                        points.len(),
+                        dirty_hint(dirty, args.include_dirty)
+                    );
                 }
-                notes.push(format!("{what}: left out"));
+                warnings.push(Warning::HistoryTooShort {
+                    workload: workload.clone(),
+                    class: hash.clone(),
+                    metric: metric.clone(),
+                    runs: points.len(),
+                });
                 continue;
             }
             series.push(analyze(
@@ -103,6 +119,7 @@ pub fn build(args: &HistoryArgs, results: &Path, repo_root: &Path) -> anyhow::Re
             ));
         }
     }
+    let notes: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
     if series.is_empty() {
         bail!(
             "no history to show: {}",
@@ -113,7 +130,7 @@ pub fn build(args: &HistoryArgs, results: &Path, repo_root: &Path) -> anyhow::Re
             }
         );
     }
-    Ok(History {
+    let history = History {
         config,
         order: match args.order {
             Order::Run => "run time (created_at)",
@@ -122,7 +139,8 @@ pub fn build(args: &HistoryArgs, results: &Path, repo_root: &Path) -> anyhow::Re
         .to_string(),
         series,
         notes,
-    })
+    };
+    Ok((history, warnings))
 }
 
 fn dirty_hint(dirty: usize, include_dirty: bool) -> String {

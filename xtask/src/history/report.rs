@@ -188,10 +188,8 @@ pub fn terminal(h: &History) -> String {
             }
         }
     }
+    // Notes go to stderr as warnings (commands::history), not here.
     let _ = writeln!(out, "\n{}", config_line(h));
-    for note in &h.notes {
-        let _ = writeln!(out, "note: {note}");
-    }
     out
 }
 
