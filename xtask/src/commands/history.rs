@@ -67,13 +67,13 @@ pub fn build(
     let store =
         Store::open(results).with_context(|| format!("opening store {}", results.display()))?;
     let mut catalogue = catalogue(&store)?;
-    if args.order == Order::Commit {
-        order_by_commit_time(&mut catalogue, repo_root)?;
-    }
     if catalogue.latest.is_empty() {
         bail!("no runs in {}", results.display());
     }
     let targets = targets(args, &catalogue)?;
+    if args.order == Order::Commit {
+        order_by_commit_time(&mut catalogue, &targets, repo_root)?;
+    }
     let explicit = args.class.is_some() || !args.workloads.is_empty();
 
     let mut warnings = Vec::new();

@@ -96,10 +96,7 @@ pub fn render(s: &Series) -> anyhow::Result<String> {
     let labels: Vec<String> = s
         .points
         .iter()
-        .map(|p| {
-            let c = short_commit(p.commit.as_deref());
-            c[..c.len().min(7)].to_string()
-        })
+        .map(|p| short_commit(p.commit.as_deref()).chars().take(7).collect())
         .collect();
 
     let mut svg = String::new();

@@ -11,8 +11,10 @@ use crate::format::{opt_value, p_value, signed, value};
 /// Rows of the per-run table in the terminal; the JSON has every run.
 const MAX_TERMINAL_ROWS: usize = 40;
 
+/// The first 10 characters of a commit (any text: `DYNO_GIT_COMMIT` may
+/// name one), "-" for none.
 pub(crate) fn short_commit(commit: Option<&str>) -> String {
-    commit.map_or_else(|| "-".to_string(), |c| c[..c.len().min(10)].to_string())
+    commit.map_or_else(|| "-".to_string(), |c| c.chars().take(10).collect())
 }
 
 /// "2026-11-24 06:00" from an RFC 3339 time.
@@ -116,7 +118,7 @@ pub fn terminal(h: &History) -> String {
         let skip = runs.len().saturating_sub(MAX_TERMINAL_ROWS);
         for (_, run_id, at, commit, dirty) in runs.iter().skip(skip) {
             let mut row = vec![
-                Cell::new(&run_id[..run_id.len().min(12)]),
+                Cell::new(run_id.chars().take(12).collect::<String>()),
                 Cell::new(short_time(at)),
                 Cell::new(format!(
                     "{}{}",

@@ -127,11 +127,15 @@ pub fn catalogue(store: &Store) -> anyhow::Result<Catalogue> {
     Ok(out)
 }
 
-/// Reorders every class's runs by the committer time of their commit, read
+/// Reorders the runs of the classes `hashes` by the committer time of their commit, read
 /// from the git repository at or above `repo_root`; runs of one commit keep
 /// their run-time order. A run without a commit, or with one the repository
 /// does not have (a shallow clone), is an error naming it.
-pub fn order_by_commit_time(catalogue: &mut Catalogue, repo_root: &Path) -> anyhow::Result<()> {
+pub fn order_by_commit_time(
+    catalogue: &mut Catalogue,
+    hashes: &[String],
+    repo_root: &Path,
+) -> anyhow::Result<()> {
     let repo = git2::Repository::discover(repo_root).map_err(|e| {
         anyhow::anyhow!(
             "--order commit needs the git repository of the runs' commits; none at {}: {}",
@@ -140,7 +144,12 @@ pub fn order_by_commit_time(catalogue: &mut Catalogue, repo_root: &Path) -> anyh
         )
     })?;
     let mut times: BTreeMap<String, i64> = BTreeMap::new();
-    for class in catalogue.classes.values() {
+    let selected = |hash: &String| hashes.contains(hash);
+    for class in catalogue
+        .classes
+        .values()
+        .filter(|c| selected(&c.class_hash))
+    {
         for run in &class.runs {
             let Some(commit) = &run.commit else {
                 anyhow::bail!(
@@ -166,7 +175,11 @@ pub fn order_by_commit_time(catalogue: &mut Catalogue, repo_root: &Path) -> anyh
             times.insert(commit.clone(), time);
         }
     }
-    for class in catalogue.classes.values_mut() {
+    for class in catalogue
+        .classes
+        .values_mut()
+        .filter(|c| hashes.contains(&c.class_hash))
+    {
         // Stable: runs of one commit stay in run-time order.
         class
             .runs
