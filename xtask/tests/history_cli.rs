@@ -255,7 +255,7 @@ fn the_default_covers_every_model_of_the_newest_bench() {
     assert!(series["not_searched"]
         .as_str()
         .unwrap()
-        .contains("needs at least 6"));
+        .contains("needs at least 10"));
 }
 
 /// A git repository with three commits made on days 1, 2 and 3; their ids.

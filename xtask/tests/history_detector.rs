@@ -114,6 +114,25 @@ fn a_planted_shift_is_found_at_its_index() {
 }
 
 #[test]
+fn a_fresh_shift_is_named_after_three_runs() {
+    // The nightly case: a long stable history, then 3 runs at a new level.
+    let config = DetectConfig::default();
+    let trials = 200;
+    let found = (0..trials)
+        .filter(|&seed| {
+            detect(&series(70_000 + seed, 30, 0.01, 27, -0.05), &config)
+                .iter()
+                .any(|c| c.index == 27)
+        })
+        .count();
+    println!(
+        "-5% shift in the last 3 of 30 runs, run CV 1%: found at run 27 in {:.1}% of {trials} series",
+        100.0 * rate(found, trials as usize)
+    );
+    assert!(rate(found, trials as usize) >= 0.9, "{found}");
+}
+
+#[test]
 fn two_shifts_are_both_found() {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let z: Vec<f64> = (0..45)

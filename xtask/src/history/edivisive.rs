@@ -77,6 +77,26 @@ pub struct ChangePoint {
     pub p_value: f64,
 }
 
+/// The fewest runs in which a change point can be found: 2 × min_segment,
+/// and enough runs for the permutation test to reach `alpha` at all. The
+/// most extreme arrangement of n runs (and its mirror image) is 2 of the
+/// C(n, ⌊n/2⌋) ways to split them in halves, so p ≥ 2 / C(n, ⌊n/2⌋): with
+/// α = 0.01 that takes 10 runs, with 0.05 8, and more permutations than
+/// 1/α (checked by the command).
+pub fn min_runs(config: &DetectConfig) -> usize {
+    let mut n = 2 * config.min_segment.max(2);
+    while n < 64 && 2.0 / central_binomial(n) > config.alpha {
+        n += 1;
+    }
+    n
+}
+
+/// C(n, ⌊n/2⌋) as a float.
+fn central_binomial(n: usize) -> f64 {
+    let k = n / 2;
+    (1..=k).fold(1.0, |acc, i| acc * (n - k + i) as f64 / i as f64)
+}
+
 /// Change points of `values`, in index order. Needs at least
 /// `2 * min_segment` values to find anything.
 pub fn detect(values: &[f64], config: &DetectConfig) -> Vec<ChangePoint> {
@@ -271,6 +291,26 @@ mod tests {
         assert_eq!(cps.len(), 1, "{cps:?}");
         assert_eq!(cps[0].index, 7);
         assert!(cps[0].p_value <= 0.01);
+    }
+
+    #[test]
+    fn runs_needed_for_the_permutation_test() {
+        let at = |alpha| {
+            min_runs(&DetectConfig {
+                alpha,
+                ..DetectConfig::default()
+            })
+        };
+        assert_eq!(central_binomial(10), 252.0);
+        assert_eq!(at(0.01), 10);
+        assert_eq!(at(0.05), 8);
+        assert_eq!(at(0.5), 6);
+        // Nine runs cannot beat α = 0.01 even with a huge step.
+        let mut z = vec![1.0; 5];
+        z.extend([100.0; 4]);
+        assert!(detect(&z, &DetectConfig::default()).is_empty());
+        z.push(100.0);
+        assert_eq!(detect(&z, &DetectConfig::default())[0].index, 5);
     }
 
     #[test]

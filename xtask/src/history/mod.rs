@@ -98,11 +98,12 @@ pub fn analyze(input: SeriesInput, config: &DetectConfig) -> Series {
         .filter(|d| d.kind != crate::run_record::MetricKind::Info)
         .map(|d| d.higher_is_better);
     let values: Vec<f64> = input.points.iter().map(|p| p.value).collect();
-    let min_points = 2 * config.min_segment.max(2);
+    let min_points = edivisive::min_runs(config);
     let not_searched = (values.len() < min_points).then(|| {
         format!(
-            "{} runs; finding a change point needs at least {min_points} (2 × --min-segment)",
-            values.len()
+            "{} runs; a change point at α = {} needs at least {min_points}",
+            values.len(),
+            config.alpha
         )
     });
     let found = if not_searched.is_some() {
