@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use workloads::suite::SuiteDevice;
-use workloads::{BenchSummary, RequestRecord, StepLogEntry};
+use workloads::{BenchSummary, RequestRecord, StepLogEntry, WorkloadSpec};
 
 use crate::cli::{BenchArgs, DeviceArg};
 use crate::engine_info::{self, EngineInfo};
@@ -20,7 +20,8 @@ use crate::model;
 use crate::progress::Progress;
 use crate::report;
 use crate::run_record::{
-    Fingerprint, RunRecord, TrialStatus, TrialSummary, WorkloadRun, RUN_SCHEMA_VERSION,
+    FailureClass, Fingerprint, RunRecord, TrialStatus, TrialSummary, WorkloadRun,
+    RUN_SCHEMA_VERSION,
 };
 use crate::store::Store;
 use crate::trial::{self, EngineBench, ProcessOutcome, TrialFiles};
@@ -40,25 +41,17 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         workload_plan::select(&catalogue, args.suite.as_deref(), &args.workloads, "")?;
     }
 
-    let (engine, build) = match &args.engine_bin {
-        Some(bin) => {
-            if !bin.is_file() {
-                bail!("--engine-bin {}: no such file", bin.display());
-            }
-            let mut build = BuildInfo::prebuilt(bin);
-            if let Some(profile) = &args.engine_profile {
-                build.profile = profile.clone();
-            }
-            (bin.clone(), build)
-        }
-        None => {
-            let built = crate::build::build_engine(root)?;
-            (built.binary, built.info)
-        }
-    };
-    let info = engine_info::query(&engine)?;
-    let device = choose_device(args.device, &info)?;
-    let cuda = device == "cuda";
+    let ctx = BenchContext::prepare(
+        root,
+        &EngineChoice {
+            engine_bin: args.engine_bin.clone(),
+            engine_profile: args.engine_profile.clone(),
+            device: args.device,
+            results: args.results.clone(),
+            timeout_s: args.timeout_s,
+        },
+    )?;
+    let cuda = ctx.is_cuda();
 
     let default_suite = if cuda { "pr" } else { "smoke" };
     let selection = workload_plan::select(
@@ -70,99 +63,45 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
     let sized_for_cuda = selection.suite_device.map(|d| d == SuiteDevice::Cuda);
     if sized_for_cuda.is_some_and(|c| c != cuda) {
         eprintln!(
-            "warning: suite {} is sized for {}, and runs on {device} here",
+            "warning: suite {} is sized for {}, and runs on {} here",
             selection.suite.as_deref().unwrap_or("?"),
-            if cuda { "cpu" } else { "cuda" }
+            if cuda { "cpu" } else { "cuda" },
+            ctx.device
         );
     }
-
-    let monitor = if cuda {
-        GpuMonitor::open()
-    } else {
-        GpuMonitor::none()
-    };
-    // The fingerprint and the clock samples are of the GPU the engine runs
-    // on, not of every GPU in the host.
-    let all_gpus = monitor.devices();
-    let uuids: Vec<&str> = all_gpus.iter().map(|g| g.uuid.as_str()).collect();
-    let gpu_index = engine_info::nvml_index_in_use(&info, &uuids);
-    let mut gpus: Vec<_> = all_gpus.get(gpu_index).cloned().into_iter().collect();
-    for g in &mut gpus {
-        g.sm_count = info.sm_count(&g.uuid);
-    }
-    if cuda && gpus.is_empty() {
-        eprintln!(
-            "warning: NVML is not available ({}): GPU properties come from the engine, and clocks, temperature and throttling are not recorded",
-            monitor.unavailable_reason().unwrap_or("unknown")
-        );
-        gpus = info.all_gpus().iter().map(|g| g.fingerprint()).collect();
-    }
-    let source = fingerprint::source(root, &engine, &build);
-    let host = fingerprint::host();
-    let results = args.results.clone().unwrap_or_else(|| root.join("results"));
-    let store = Store::open(&results)?;
-    let trials = args.trials.or(selection.suite_trials).unwrap_or(if cuda {
-        DEFAULT_TRIALS_GPU
-    } else {
-        DEFAULT_TRIALS_CPU
-    });
+    let trials = args
+        .trials
+        .or(selection.suite_trials)
+        .unwrap_or(ctx.default_trials());
 
     // One run per model: a run has one fingerprint, and the model is in it.
     let mut outcomes = Vec::new();
     let mut code = 0;
     for (model_name, specs) in selection.by_model(args.model.as_deref()) {
-        let model = model::resolve(&model_name, &engine, &root.join(".models"))?;
-        let vocab = model::vocab(&model.dir)?;
-        let planned = specs
-            .iter()
-            .map(|s| workload_plan::plan(s, &vocab))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let fingerprint = Fingerprint {
-            source: source.clone(),
-            host: host.clone(),
-            gpus: gpus.clone(),
-            device: device.to_string(),
-            model: model.name.clone(),
-            model_hash: fingerprint::hash_dir(&model.dir)
-                .with_context(|| format!("hashing the model {}", model.dir.display()))?,
-        };
-        let created_at = chrono::Utc::now();
-        let runner = TrialRunner {
-            engine: engine.clone(),
-            model_dir: model.dir.clone(),
-            device: device.to_string(),
-            trials,
-            timeout: Duration::from_secs_f64(args.timeout_s.max(0.001)),
-            work_dir: work_root(root).join(format!(
-                "{}-{}-{}",
-                created_at.format("%Y%m%dT%H%M%S%.3fZ"),
-                std::process::id(),
-                file_name_safe(&model_name)
-            )),
-            monitor: &monitor,
-            gpu_index: gpu_index as u32,
-            keep_records: args.export_vllm.is_some(),
-        };
-        let header = RunRecord {
-            schema: RUN_SCHEMA_VERSION,
-            created_at: created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            suite: selection.suite.clone(),
-            fingerprint,
-            workloads: Vec::new(),
-        };
-        let outcome = runner.run_all(header, &planned, &store)?;
+        let progress = Progress::trials(u64::from(trials) * specs.len() as u64);
+        let outcome = ctx.run_specs(
+            &model_name,
+            &specs,
+            &RunOptions {
+                trials,
+                suite: selection.suite.clone(),
+                keep_records: args.export_vllm.is_some(),
+            },
+            &progress,
+        )?;
+        progress.done();
         report::print_summary(&outcome.run, &outcome.run_id);
         println!(
             "\nstored run {} in {} (engine logs in {})",
             outcome.run_id,
-            results.display(),
-            runner.work_dir.display()
+            ctx.results.display(),
+            outcome.work_dir.display()
         );
         code = code.max(exit_code(&outcome.run));
         // The verdict against the committed baseline of this run's
         // fingerprint class; None when there is none.
         if let Some(verdict) =
-            crate::compare::against_baseline(&store, &outcome.run_id, &outcome.run, root)?
+            crate::compare::against_baseline(&ctx.store, &outcome.run_id, &outcome.run, root)?
         {
             code = code.max(verdict);
         }
@@ -182,6 +121,207 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         }
     }
     Ok(code)
+}
+
+/// Which engine binary runs where: the flags `bench` and `sweep` share.
+#[derive(Debug, Clone)]
+pub struct EngineChoice {
+    /// A prebuilt engine; `None` builds one with cargo.
+    pub engine_bin: Option<PathBuf>,
+    pub engine_profile: Option<String>,
+    pub device: DeviceArg,
+    /// The store (default `<root>/results`).
+    pub results: Option<PathBuf>,
+    pub timeout_s: f64,
+}
+
+/// What one stored run is made of besides its workloads.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub trials: u32,
+    /// Recorded in the run (`suite` field); a sweep writes `sweep:<name>`.
+    pub suite: Option<String>,
+    /// Keep each Ok trial's records in memory (for the vLLM export).
+    pub keep_records: bool,
+}
+
+/// Everything runs share that does not depend on the workloads: the engine
+/// binary and its device, the GPU monitor, the fingerprint's source and
+/// host parts, and the store. `bench` makes one and runs a suite with it;
+/// `sweep` makes one and runs each point as its own run.
+pub struct BenchContext {
+    pub root: PathBuf,
+    pub engine: PathBuf,
+    pub info: EngineInfo,
+    /// "cpu" or "cuda".
+    pub device: &'static str,
+    pub monitor: GpuMonitor,
+    /// NVML index of the GPU the engine runs on.
+    pub gpu_index: usize,
+    pub gpus: Vec<crate::run_record::GpuFingerprint>,
+    pub source: crate::run_record::SourceFingerprint,
+    pub host: crate::run_record::HostFingerprint,
+    pub results: PathBuf,
+    pub store: Store,
+    pub timeout: Duration,
+    /// Resolved models and their hashes, by name (hashing a checkpoint
+    /// takes a while; a sweep runs many points on one model).
+    models: std::cell::RefCell<std::collections::BTreeMap<String, ResolvedModel>>,
+}
+
+#[derive(Debug, Clone)]
+struct ResolvedModel {
+    model: model::Model,
+    vocab: model::Vocab,
+    hash: String,
+}
+
+impl BenchContext {
+    /// Builds the engine (or takes the prebuilt one), asks it what it runs
+    /// on, picks the device and captures the fingerprint's fixed parts.
+    pub fn prepare(root: &Path, choice: &EngineChoice) -> anyhow::Result<BenchContext> {
+        let (engine, build) = match &choice.engine_bin {
+            Some(bin) => {
+                if !bin.is_file() {
+                    bail!("--engine-bin {}: no such file", bin.display());
+                }
+                let mut build = BuildInfo::prebuilt(bin);
+                if let Some(profile) = &choice.engine_profile {
+                    build.profile = profile.clone();
+                }
+                (bin.clone(), build)
+            }
+            None => {
+                let built = crate::build::build_engine(root)?;
+                (built.binary, built.info)
+            }
+        };
+        let info = engine_info::query(&engine)?;
+        let device = choose_device(choice.device, &info)?;
+        let cuda = device == "cuda";
+        let monitor = if cuda {
+            GpuMonitor::open()
+        } else {
+            GpuMonitor::none()
+        };
+        // The fingerprint and the clock samples are of the GPU the engine runs
+        // on, not of every GPU in the host.
+        let all_gpus = monitor.devices();
+        let uuids: Vec<&str> = all_gpus.iter().map(|g| g.uuid.as_str()).collect();
+        let gpu_index = engine_info::nvml_index_in_use(&info, &uuids);
+        let mut gpus: Vec<_> = all_gpus.get(gpu_index).cloned().into_iter().collect();
+        for g in &mut gpus {
+            g.sm_count = info.sm_count(&g.uuid);
+        }
+        if cuda && gpus.is_empty() {
+            eprintln!(
+                "warning: NVML is not available ({}): GPU properties come from the engine, and clocks, temperature and throttling are not recorded",
+                monitor.unavailable_reason().unwrap_or("unknown")
+            );
+            gpus = info.all_gpus().iter().map(|g| g.fingerprint()).collect();
+        }
+        let source = fingerprint::source(root, &engine, &build);
+        let host = fingerprint::host();
+        let results = choice
+            .results
+            .clone()
+            .unwrap_or_else(|| root.join("results"));
+        let store = Store::open(&results)?;
+        Ok(BenchContext {
+            root: root.to_path_buf(),
+            engine,
+            info,
+            device,
+            monitor,
+            gpu_index,
+            gpus,
+            source,
+            host,
+            results,
+            store,
+            timeout: Duration::from_secs_f64(choice.timeout_s.max(0.001)),
+            models: Default::default(),
+        })
+    }
+
+    pub fn is_cuda(&self) -> bool {
+        self.device == "cuda"
+    }
+
+    /// Trials when neither the command line nor the suite says.
+    pub fn default_trials(&self) -> u32 {
+        if self.is_cuda() {
+            DEFAULT_TRIALS_GPU
+        } else {
+            DEFAULT_TRIALS_CPU
+        }
+    }
+
+    fn resolve_model(&self, name: &str) -> anyhow::Result<ResolvedModel> {
+        if let Some(m) = self.models.borrow().get(name) {
+            return Ok(m.clone());
+        }
+        let model = model::resolve(name, &self.engine, &self.root.join(".models"))?;
+        let vocab = model::vocab(&model.dir)?;
+        let hash = fingerprint::hash_dir(&model.dir)
+            .with_context(|| format!("hashing the model {}", model.dir.display()))?;
+        let resolved = ResolvedModel { model, vocab, hash };
+        self.models
+            .borrow_mut()
+            .insert(name.to_string(), resolved.clone());
+        Ok(resolved)
+    }
+
+    /// Runs `specs` (each with its own `[engine]` knobs) on one model as
+    /// repeated trials and stores them as one run. A failing trial is part
+    /// of the run; an `Err` is a failure of the pipeline itself (the run
+    /// is stored with what finished before it, see [`TrialRunner::run_all`]).
+    pub fn run_specs(
+        &self,
+        model_name: &str,
+        specs: &[&WorkloadSpec],
+        options: &RunOptions,
+        progress: &Progress,
+    ) -> anyhow::Result<BenchOutcome> {
+        let resolved = self.resolve_model(model_name)?;
+        let planned = specs
+            .iter()
+            .map(|s| workload_plan::plan(s, &resolved.vocab))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let fingerprint = Fingerprint {
+            source: self.source.clone(),
+            host: self.host.clone(),
+            gpus: self.gpus.clone(),
+            device: self.device.to_string(),
+            model: resolved.model.name.clone(),
+            model_hash: resolved.hash.clone(),
+        };
+        let created_at = chrono::Utc::now();
+        let runner = TrialRunner {
+            engine: self.engine.clone(),
+            model_dir: resolved.model.dir.clone(),
+            device: self.device.to_string(),
+            trials: options.trials,
+            timeout: self.timeout,
+            work_dir: work_root(&self.root).join(format!(
+                "{}-{}-{}",
+                created_at.format("%Y%m%dT%H%M%S%.3fZ"),
+                std::process::id(),
+                file_name_safe(model_name)
+            )),
+            monitor: &self.monitor,
+            gpu_index: self.gpu_index as u32,
+            keep_records: options.keep_records,
+        };
+        let header = RunRecord {
+            schema: RUN_SCHEMA_VERSION,
+            created_at: created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            suite: options.suite.clone(),
+            fingerprint,
+            workloads: Vec::new(),
+        };
+        runner.run_all(header, &planned, &self.store, progress)
+    }
 }
 
 /// 0 when every trial succeeded, 1 when any failed or timed out (after
@@ -257,6 +397,8 @@ pub struct BenchOutcome {
     /// Per workload, the records of each Ok trial (trial index, records),
     /// for the vLLM export; empty unless `keep_records`.
     pub kept_records: Vec<Vec<(u32, Vec<RequestRecord>)>>,
+    /// Where the trials' engine logs are.
+    pub work_dir: PathBuf,
 }
 
 /// Runs trials: everything they share.
@@ -286,24 +428,23 @@ impl TrialRunner<'_> {
         mut run: RunRecord,
         planned: &[PlannedWorkload],
         store: &Store,
+        progress: &Progress,
     ) -> anyhow::Result<BenchOutcome> {
-        let progress = Progress::new(u64::from(self.trials) * planned.len() as u64);
         let mut kept_records = Vec::new();
         for w in planned {
             let mut kept = Vec::new();
-            let result = self.run_workload(w, store, &progress, &mut run, &mut kept);
+            let result = self.run_workload(w, store, progress, &mut run, &mut kept);
             kept_records.push(kept);
             if let Err(err) = result {
-                progress.done();
                 return Err(store_partial(store, &run, err));
             }
         }
-        progress.done();
         let run_id = store.add_run(&run).context("storing the run")?;
         Ok(BenchOutcome {
             run_id,
             run,
             kept_records,
+            work_dir: self.work_dir.clone(),
         })
     }
 
@@ -394,8 +535,12 @@ impl TrialRunner<'_> {
                 summary.wall_s = after_s;
                 Ok((summary, None))
             }
-            ProcessOutcome::Failed { reason, wall_s } => {
-                summary.status = TrialStatus::Failed { reason };
+            ProcessOutcome::Failed {
+                reason,
+                class,
+                wall_s,
+            } => {
+                summary.status = TrialStatus::failed(reason, class);
                 summary.wall_s = wall_s;
                 Ok((summary, None))
             }
@@ -404,7 +549,7 @@ impl TrialRunner<'_> {
                 let (records, steps) = match read_outputs(files) {
                     Ok(outputs) => outputs,
                     Err(reason) => {
-                        summary.status = TrialStatus::Failed { reason };
+                        summary.status = TrialStatus::failed(reason, FailureClass::Crash);
                         return Ok((summary, None));
                     }
                 };
@@ -417,9 +562,10 @@ impl TrialRunner<'_> {
                         Ok((summary, Some(records)))
                     }
                     Err(e) => {
-                        summary.status = TrialStatus::Failed {
-                            reason: format!("{}: {e}", files.records.display()),
-                        };
+                        summary.status = TrialStatus::failed(
+                            format!("{}: {e}", files.records.display()),
+                            FailureClass::Crash,
+                        );
                         Ok((summary, None))
                     }
                 }
@@ -462,7 +608,7 @@ fn trial_line(workload: &str, t: &TrialSummary, trials: u32) -> String {
             t.metrics.get("mean_ttft_ms").copied().unwrap_or(f64::NAN),
             t.wall_s
         ),
-        TrialStatus::Failed { reason } => {
+        TrialStatus::Failed { reason, .. } => {
             format!("{workload} trial {n}/{trials}: FAILED: {reason}")
         }
         TrialStatus::TimedOut { after_s } => {

@@ -27,6 +27,11 @@ pub enum Command {
     /// Manage the committed baselines (baselines/<class>/).
     #[command(subcommand)]
     Baseline(crate::baseline::BaselineCmd),
+    /// Run a sweep file: many workloads × engine configs, each point a
+    /// stored run, resumable; B_sat, SLO capacity, tiers, reports. Exit
+    /// code: 0 every point done, 1 a point failed (recorded), 2 the sweep
+    /// itself could not run.
+    Sweep(crate::sweep::SweepArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

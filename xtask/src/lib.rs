@@ -16,6 +16,7 @@ pub mod progress;
 pub mod report;
 pub mod run_record;
 pub mod store;
+pub mod sweep;
 pub mod trial;
 pub mod workload_plan;
 

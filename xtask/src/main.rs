@@ -11,6 +11,7 @@ fn main() -> std::process::ExitCode {
         Command::Store(cmd) => xtask::store::cli::run(cmd, &root.join("results")),
         Command::Compare(args) => xtask::compare::run_cli(args, &root),
         Command::Baseline(cmd) => xtask::baseline::run_cli(cmd, &root),
+        Command::Sweep(args) => xtask::sweep::run_cli(&args, &root),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),

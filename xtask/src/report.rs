@@ -118,7 +118,7 @@ pub fn workload_summary(w: &WorkloadRun) -> (Table, Vec<String>) {
     for t in &w.trials {
         match &t.status {
             TrialStatus::Ok => {}
-            TrialStatus::Failed { reason } => {
+            TrialStatus::Failed { reason, .. } => {
                 warnings.push(format!("trial {} failed: {reason}", t.index + 1))
             }
             TrialStatus::TimedOut { after_s } => warnings.push(format!(
@@ -414,6 +414,7 @@ mod tests {
         let mut failed = trial(2, 0.0, "a");
         failed.status = TrialStatus::Failed {
             reason: "boom".into(),
+            class: None,
         };
         failed.metrics.clear();
         failed.output_hash = None;
