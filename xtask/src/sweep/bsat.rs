@@ -232,20 +232,12 @@ fn weighted_least_squares(rows: &[([f64; 3], f64, f64)]) -> Option<[f64; 3]> {
 }
 
 fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    quantile(&s, 0.5)
+    crate::stats::percentiles(v, &[50.0])[0]
 }
 
-/// Linear-interpolation quantile (numpy's default) of sorted values.
+/// numpy-linear quantile (`q` in 0..=1) of sorted values.
 fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let pos = q * (sorted.len() - 1) as f64;
-    let i = pos.floor() as usize;
-    let j = (i + 1).min(sorted.len() - 1);
-    sorted[i] + (sorted[j] - sorted[i]) * (pos - i as f64)
+    crate::stats::percentile_of_sorted(sorted, q * 100.0)
 }
 
 #[cfg(test)]

@@ -17,7 +17,6 @@
 
 pub mod bsat;
 pub mod capacity;
-pub mod cli;
 pub mod ledger;
 pub mod report;
 pub mod results;
@@ -30,15 +29,11 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use workloads::sweep::{Experiment, Load, Profile, SearchAxis};
 
-pub use cli::SweepArgs;
 pub use ledger::{Ledger, PointRecord, PointStatus};
 pub use results::PointResult;
 pub use workloads::sweep::{Objective, Point, SweepFile};
 
-use crate::bench::{
-    BenchContext, EngineChoice, RunOptions, DEFAULT_TRIALS_CPU, DEFAULT_TRIALS_GPU,
-};
-use crate::cli::DeviceArg;
+use crate::bench::{BenchContext, RunOptions, DEFAULT_TRIALS_CPU, DEFAULT_TRIALS_GPU};
 use crate::progress::Progress;
 use crate::run_record::{FailureClass, TrialStatus};
 use crate::store::{Store, StoreError};
@@ -411,7 +406,7 @@ fn execute(
             record
                 .run_id
                 .as_deref()
-                .map(crate::compare::side::short_id)
+                .map(crate::side::short_id)
                 .unwrap_or("-")
         ),
         PointStatus::Failed { class, message } => format!(
@@ -676,86 +671,6 @@ impl<'a, 'b> Walk<'a, 'b> {
             u64::from_str_radix(points.first().map(|p| &p.id[..8]).unwrap_or("0"), 16).unwrap_or(0);
         Ok(bsat::fit(&steps, seed).map_err(|e| e.to_string()))
     }
-}
-
-/// `cargo xtask sweep`.
-pub fn run_cli(args: &SweepArgs, root: &Path) -> anyhow::Result<i32> {
-    let results = args.results.clone().unwrap_or_else(|| root.join("results"));
-    let policy = RetryPolicy::from_flags(&args.retry, &args.skip_failure_reasons)?;
-    // Parse the file before anything slow.
-    let file = SweepFile::load(&args.file)?;
-    let choice = EngineChoice {
-        engine_bin: args.engine_bin.clone(),
-        engine_profile: args.engine_profile.clone(),
-        device: args.device,
-        results: Some(results.clone()),
-        timeout_s: args.timeout_s,
-    };
-    // Lookups need the device (the ledger is per device) but not the engine
-    // unless the device must be detected.
-    let lookup_only = args.dry_run || args.report_only;
-    let (ctx, device) = if lookup_only {
-        let device = match (args.device, file.device) {
-            (DeviceArg::Cpu, _) => "cpu".to_string(),
-            (DeviceArg::Cuda, _) => "cuda".to_string(),
-            (DeviceArg::Auto, Some(workloads::SuiteDevice::Cuda)) => "cuda".to_string(),
-            (DeviceArg::Auto, Some(workloads::SuiteDevice::Cpu)) => "cpu".to_string(),
-            (DeviceArg::Auto, None) if args.engine_bin.is_some() => {
-                BenchContext::prepare(root, &choice)?.device.to_string()
-            }
-            (DeviceArg::Auto, None) => "cpu".to_string(),
-        };
-        (None, device)
-    } else {
-        let ctx = BenchContext::prepare(root, &choice)?;
-        let device = ctx.device.to_string();
-        (Some(ctx), device)
-    };
-    let mut sweep = Sweep::open(&args.file, &results, &device, args.trials, policy)?;
-    for name in &args.experiments {
-        if sweep.file.experiment(name).is_none() {
-            bail!(
-                "--experiment {name}: no such experiment in {}; experiments: {}",
-                args.file.display(),
-                sweep
-                    .file
-                    .experiments
-                    .iter()
-                    .map(|e| e.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        sweep.only.insert(name.clone());
-    }
-
-    if args.dry_run {
-        let (listed, outcome) = sweep.listing()?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&listed)?);
-        } else {
-            report::print_dry_run(&sweep, &listed, &outcome, args.timeout_s);
-        }
-        return Ok(0);
-    }
-    let out_dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| sweep.ledger.dir().join("report"));
-    if let Some(prefix) = &args.point {
-        let ctx = ctx.context("no engine")?;
-        let record = sweep.run_point(&ctx, prefix)?;
-        return Ok(if record.is_done() { 0 } else { 1 });
-    }
-    let outcome = match &ctx {
-        Some(ctx) if !args.report_only => sweep.run(ctx)?,
-        _ => sweep.outcome()?,
-    };
-    let written = report::write_all(&outcome, &sweep.store, &out_dir)?;
-    report::print_summary(&outcome);
-    println!("\nreports in {}: {}", out_dir.display(), written.join(", "));
-    let failed = outcome.points.iter().any(|p| !p.record.is_done());
-    Ok(i32::from(failed))
 }
 
 /// The reports' default folder for a sweep on a device.

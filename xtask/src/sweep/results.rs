@@ -8,8 +8,9 @@ use workloads::sweep::Objective;
 use workloads::RequestRecord;
 
 use super::ledger::PointRecord;
-use crate::report::{derived, spread, Spread};
+use crate::report::derived;
 use crate::run_record::{metric_def, RunRecord, TrialStatus, WorkloadRun};
+use crate::stats::{spread, Spread};
 use crate::store::Store;
 
 /// GPUs one point runs on: the engine runs a model on one device. (A
@@ -215,11 +216,11 @@ mod tests {
 
     #[test]
     fn derived_numbers_come_per_trial() {
-        let mut w = crate::compare::fixtures::workload(
+        let mut w = crate::fixtures::workload(
             "w",
             vec![
-                crate::compare::fixtures::ok_trial(0, &[("output_throughput", 1000.0)], "h"),
-                crate::compare::fixtures::ok_trial(1, &[("output_throughput", 2000.0)], "h"),
+                crate::fixtures::ok_trial(0, &[("output_throughput", 1000.0)], "h"),
+                crate::fixtures::ok_trial(1, &[("output_throughput", 2000.0)], "h"),
             ],
         );
         w.name = "w".into();

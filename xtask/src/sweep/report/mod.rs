@@ -342,16 +342,7 @@ fn fmt_spread(p: &PointResult, metric: &str) -> String {
 }
 
 fn short(v: f64) -> String {
-    let a = v.abs();
-    if a >= 1e5 {
-        format!("{v:.3e}")
-    } else if a >= 100.0 {
-        format!("{v:.0}")
-    } else if a >= 1.0 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.4}")
-    }
+    crate::format::value(v)
 }
 
 /// Columns of the point tables (terminal, Markdown, HTML).
@@ -715,7 +706,7 @@ pub fn print_dry_run(
         .map(|p| p.record.wall_s / f64::from(p.record.trials))
         .collect();
     let trials = f64::from(sweep.trials) * to_run as f64;
-    match crate::report::spread(&per_trial) {
+    match crate::stats::spread(&per_trial) {
         Some(s) => println!(
             "estimated time: {:.0} s ({to_run} points × {} trials × {:.1} s per trial, the mean of {} finished points); at most {:.0} s at the {timeout_s:.0} s timeout",
             trials * s.mean,
