@@ -459,15 +459,6 @@ impl<'a, 'b> Walk<'a, 'b> {
         let mut existing = self.sweep.ledger.get(&p.id)?;
         let will_run = self.sweep.policy.should_run(existing.as_ref());
         if self.seen.insert(p.id.clone()) {
-            self.listed.push(ListedPoint {
-                id: p.id.clone(),
-                experiment: p.experiment.clone(),
-                tier: p.tier,
-                label: p.label.clone(),
-                model: p.spec.model.clone(),
-                state: state_of(existing.as_ref()),
-                will_run,
-            });
             if let (Mode::Run { ctx, progress }, true) =
                 (&self.mode, will_run && self.sweep.selected(&p.experiment))
             {
@@ -487,6 +478,17 @@ impl<'a, 'b> Walk<'a, 'b> {
                 self.update_counts(progress);
                 existing = Some(record);
             }
+            // Listed with its state after this walk (a later tier waits for
+            // every lower-tier point to have one).
+            self.listed.push(ListedPoint {
+                id: p.id.clone(),
+                experiment: p.experiment.clone(),
+                tier: p.tier,
+                label: p.label.clone(),
+                model: p.spec.model.clone(),
+                state: state_of(existing.as_ref()),
+                will_run,
+            });
         }
         let Some(record) = existing else {
             return Ok(None);
