@@ -675,6 +675,59 @@ impl<'a, 'b> Walk<'a, 'b> {
     }
 }
 
+/// Records in their sweeps' ledgers the sweep points a suite's run measured
+/// (a suite's sweeps run their points as workloads of the suite's run), so
+/// that `cargo xtask sweep FILE --report-only` reports them and a later
+/// `cargo xtask sweep FILE` does not measure them again.
+pub fn record_suite_points(
+    catalogue: &workloads::Catalogue,
+    suite: Option<&str>,
+    run_id: &str,
+    run: &crate::run_record::RunRecord,
+    trials: u32,
+    results: &Path,
+) -> anyhow::Result<usize> {
+    let Some(suite) = suite.and_then(|s| catalogue.suite(s).ok()) else {
+        return Ok(0);
+    };
+    let mut recorded = 0;
+    for name in &suite.sweeps {
+        let Some(file) = catalogue.sweep(name) else {
+            continue;
+        };
+        let mut file = file.clone();
+        file.trials = Some(trials);
+        let ledger = Ledger::open(results, &file.name, &run.fingerprint.device);
+        for exp in &file.experiments {
+            for point in file.static_points(exp).unwrap_or_default() {
+                let Some(w) = run.workloads.iter().find(|w| w.name == point.spec.name) else {
+                    continue;
+                };
+                let mut record = PointRecord::new(&point, &run.fingerprint.device, trials);
+                record.run_id = Some(run_id.to_string());
+                record.attempts = 1;
+                record.wall_s = w.trials.iter().map(|t| t.wall_s).sum();
+                record.updated_at = run.created_at.clone();
+                if let Some(t) = w.trials.iter().find(|t| t.status != TrialStatus::Ok) {
+                    record.status = PointStatus::Failed {
+                        class: t.status.failure_class().unwrap_or(FailureClass::Crash),
+                        message: match &t.status {
+                            TrialStatus::Failed { reason, .. } => reason.clone(),
+                            TrialStatus::TimedOut { after_s } => {
+                                format!("timed out after {after_s:.1} s")
+                            }
+                            TrialStatus::Ok => String::new(),
+                        },
+                    };
+                }
+                ledger.put(&record)?;
+                recorded += 1;
+            }
+        }
+    }
+    Ok(recorded)
+}
+
 /// The reports' default folder for a sweep on a device.
 pub fn default_report_dir(results: &Path, sweep: &str, device: &str) -> PathBuf {
     Ledger::open(results, sweep, device).dir().join("report")
