@@ -115,6 +115,22 @@ mod tests {
     }
 
     #[test]
+    fn suites_may_list_sweeps_and_unknown_ones_are_named() {
+        let parse_with = |text: &str| {
+            parse_suites(text, Path::new("suites.toml"), &["a"], &["sw"]).map_err(|e| e.to_string())
+        };
+        let s = parse_with("[x]\ndescription = \"d\"\nsweeps = [\"sw\"]\n").unwrap();
+        assert!(s["x"].workloads.is_empty() && s["x"].sweeps == ["sw"]);
+        let e = parse_with("[x]\ndescription = \"d\"\nsweeps = [\"nope\"]\n").unwrap_err();
+        assert!(
+            e.starts_with("suites.toml:3: field `x.sweeps[0]`: unknown sweep `nope`"),
+            "{e}"
+        );
+        let e = parse_with("[x]\ndescription = \"d\"\n").unwrap_err();
+        assert!(e.contains("lists no workloads"), "{e}");
+    }
+
+    #[test]
     fn unknown_workloads_are_named_with_the_known_ones() {
         let e = parse("[x]\ndescription = \"d\"\nworkloads = [\"a\",\n  \"c\"]\n").unwrap_err();
         assert!(

@@ -732,3 +732,85 @@ pub fn record_suite_points(
 pub fn default_report_dir(results: &Path, sweep: &str, device: &str) -> PathBuf {
     Ledger::open(results, sweep, device).dir().join("report")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(status: PointStatus) -> PointRecord {
+        serde_json::from_value(serde_json::json!({
+            "point_id": "p", "sweep": "s", "experiment": "e", "tier": 0, "label": "l",
+            "device": "cpu", "status": status, "run_id": null, "workload": "w",
+            "model": null, "engine": {}, "axes": {}, "trials": 1, "attempts": 1,
+            "wall_s": 1.0, "updated_at": ""
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn retry_policy_follows_both_flag_forms() {
+        let oom = record(PointStatus::Failed {
+            class: FailureClass::Oom,
+            message: "m".into(),
+        });
+        let timeout = record(PointStatus::Failed {
+            class: FailureClass::Timeout,
+            message: "m".into(),
+        });
+        let done = record(PointStatus::Done);
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+
+        let default = RetryPolicy::from_flags(&[], &[]).unwrap();
+        assert!(default.should_run(None));
+        assert!(!default.should_run(Some(&done)));
+        assert!(!default.should_run(Some(&oom)));
+
+        let retry = RetryPolicy::from_flags(&s(&["oom"]), &[]).unwrap();
+        assert!(retry.should_run(Some(&oom)) && !retry.should_run(Some(&timeout)));
+
+        // Seed 004's spelling: retry everything but OOM.
+        let skip = RetryPolicy::from_flags(&[], &s(&["OOM"])).unwrap();
+        assert!(!skip.should_run(Some(&oom)) && skip.should_run(Some(&timeout)));
+        let none = RetryPolicy::from_flags(&[], &s(&["none"])).unwrap();
+        assert!(none.should_run(Some(&oom)) && !none.should_run(Some(&done)));
+        let all = RetryPolicy::from_flags(&s(&["all"]), &[]).unwrap();
+        assert_eq!(all.retry.len(), FailureClass::ALL.len());
+
+        let e = RetryPolicy::from_flags(&s(&["segfault"]), &[]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("unknown failure class `segfault`"),
+            "{e:#}"
+        );
+    }
+
+    #[test]
+    fn objectives_naming_unknown_metrics_are_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        std::fs::write(
+            &file,
+            "name = \"s\"\ndescription = \"d\"\n[fixed]\nrequests = 2\nprompt_len = 4\noutput_len = 4\n\n[objective.o]\nmaximize = \"tokens_per_banana\"\n\n[[experiment]]\nname = \"e\"\n",
+        )
+        .unwrap();
+        let e = Sweep::open(&file, dir.path(), "cpu", None, RetryPolicy::default())
+            .err()
+            .unwrap();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains(
+                "s.toml:9: field `objective.o.maximize`: unknown metric `tokens_per_banana`"
+            ),
+            "{e}"
+        );
+        std::fs::write(
+            &file,
+            "name = \"s\"\ndescription = \"d\"\n[fixed]\nrequests = 2\nprompt_len = 4\noutput_len = 4\n\n[objective.o]\nmaximize = \"output_tps_per_gpu\"\n\n[[experiment]]\nname = \"e\"\n",
+        )
+        .unwrap();
+        let sweep = Sweep::open(&file, dir.path(), "cpu", Some(2), RetryPolicy::default()).unwrap();
+        assert_eq!(sweep.trials, 2);
+        let (listed, _) = sweep.listing().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].state, "pending");
+    }
+}
