@@ -7,6 +7,7 @@ pub mod baseline;
 pub mod compare;
 pub mod history;
 pub mod store;
+pub mod sweep;
 
 use std::path::Path;
 
@@ -20,5 +21,6 @@ pub fn run(command: Command, root: &Path) -> anyhow::Result<i32> {
         Command::Compare(args) => compare::run_cli(args, root),
         Command::Baseline(cmd) => baseline::run_cli(cmd, root),
         Command::History(args) => history::run_cli(args, root),
+        Command::Sweep(args) => sweep::run_cli(&args, root),
     }
 }
