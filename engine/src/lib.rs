@@ -13,6 +13,7 @@ pub mod block_manager;
 pub mod config;
 pub mod engine;
 pub mod engine_config;
+pub mod gguf;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;
