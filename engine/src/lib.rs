@@ -19,4 +19,5 @@ pub mod scheduler;
 pub mod sequence;
 pub mod synth;
 pub mod testing;
+pub mod tokenizer;
 pub mod weights;
