@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use engine::bench::{self, ArrivalMode};
 use engine::engine::Engine;
 use engine::engine_config::{DeviceKind, EngineConfig};
+use engine::tokenizer::{ChatMessage, TextTokenizer};
 use engine::weights::Checkpoint;
 use workloads::{Request, SamplingParams};
 
@@ -39,7 +40,8 @@ impl From<DeviceArg> for DeviceKind {
 /// Flags every model-running subcommand takes.
 #[derive(clap::Args)]
 struct ModelArgs {
-    /// Hugging Face checkpoint directory (config.json + safetensors).
+    /// Hugging Face checkpoint directory (config.json + safetensors) or a
+    /// GGUF file.
     #[arg(long)]
     model: PathBuf,
     /// Engine knobs (engine.toml); defaults when absent.
@@ -72,13 +74,25 @@ enum Command {
         #[arg(long)]
         max_concurrency: Option<usize>,
     },
-    /// Generate from token ids and print the tokens with their timings.
+    /// Generate from text or token ids and print the tokens with their
+    /// timings (and the text, when the model has a tokenizer).
+    #[command(group(clap::ArgGroup::new("input").required(true).args(["prompt_ids", "prompt"])))]
     Generate {
         #[command(flatten)]
         model: ModelArgs,
         /// Comma-separated prompt token ids, e.g. 1,2,3.
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(long, value_delimiter = ',')]
         prompt_ids: Vec<u32>,
+        /// Prompt text, tokenized with the model's tokenizer (GGUF metadata
+        /// or tokenizer.json).
+        #[arg(long)]
+        prompt: Option<String>,
+        /// Send --prompt as a user message through the model's chat template.
+        #[arg(long, requires = "prompt")]
+        chat: bool,
+        /// With --chat: a system message before the user's.
+        #[arg(long, requires = "chat")]
+        system: Option<String>,
         #[arg(long, default_value_t = 16)]
         max_tokens: u32,
         #[arg(long, default_value_t = 0.0)]
@@ -143,6 +157,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate {
             model,
             prompt_ids,
+            prompt,
+            chat,
+            system,
             max_tokens,
             temperature,
             top_k,
@@ -159,7 +176,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ignore_eos,
                 stop_token_ids: Vec::new(),
             };
-            run_generate(&model, prompt_ids, sampling)
+            let input = match prompt {
+                Some(text) => PromptInput::Text { text, chat, system },
+                None => PromptInput::Ids(prompt_ids),
+            };
+            run_generate(&model, input, sampling)
         }
         Command::Synth { preset, seed, out } => {
             let written = engine::synth::write_preset(&preset, seed, &out)
@@ -247,12 +268,47 @@ fn run_bench(
     Ok(())
 }
 
+enum PromptInput {
+    Ids(Vec<u32>),
+    Text {
+        text: String,
+        chat: bool,
+        system: Option<String>,
+    },
+}
+
 fn run_generate(
     model: &ModelArgs,
-    prompt_ids: Vec<u32>,
+    input: PromptInput,
     sampling: SamplingParams,
 ) -> anyhow::Result<()> {
     let cfg = load_config(model)?;
+    // Text needs the tokenizer before anything slow; ids print text when
+    // the model has one.
+    let checkpoint = Checkpoint::open(&model.model)
+        .with_context(|| format!("opening model {}", model.model.display()))?;
+    let tokenizer = TextTokenizer::from_checkpoint(&checkpoint);
+    let prompt_ids = match input {
+        PromptInput::Ids(ids) => ids,
+        PromptInput::Text { text, chat, system } => {
+            let tokenizer = tokenizer
+                .as_ref()
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .context("--prompt needs the model's tokenizer")?;
+            let text = if chat {
+                let mut messages = Vec::new();
+                if let Some(system) = system {
+                    messages.push(ChatMessage::new("system", &system));
+                }
+                messages.push(ChatMessage::new("user", &text));
+                tokenizer.apply_chat_template(&messages)?
+            } else {
+                text
+            };
+            tokenizer.encode(&text)?
+        }
+    };
+    drop(checkpoint);
     let (mut engine, _) = build_engine(model, &cfg)?;
     let info = engine.backend().info();
     println!(
@@ -284,6 +340,9 @@ fn run_generate(
     }
     let ids: Vec<String> = record.output_token_ids.iter().map(u32::to_string).collect();
     println!("output_ids: {}", ids.join(","));
+    if let Ok(tokenizer) = &tokenizer {
+        println!("text: {}", tokenizer.decode(&record.output_token_ids, true)?);
+    }
     let times = &record.token_times_s;
     if let (Some(first), Some(last)) = (times.first(), times.last()) {
         print!("ttft: {:.3} ms", first * 1e3);
