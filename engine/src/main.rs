@@ -341,7 +341,10 @@ fn run_generate(
     let ids: Vec<String> = record.output_token_ids.iter().map(u32::to_string).collect();
     println!("output_ids: {}", ids.join(","));
     if let Ok(tokenizer) = &tokenizer {
-        println!("text: {}", tokenizer.decode(&record.output_token_ids, true)?);
+        println!(
+            "text: {}",
+            tokenizer.decode(&record.output_token_ids, true)?
+        );
     }
     let times = &record.token_times_s;
     if let (Some(first), Some(last)) = (times.first(), times.last()) {

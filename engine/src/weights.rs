@@ -36,7 +36,11 @@ impl TensorView<'_> {
     pub fn to_f32(&self) -> Vec<f32> {
         let mut values = self.encoding.dequantize(self.data);
         if let Some(heads) = self.unpermute_heads {
-            let cols = if self.shape.len() == 1 { 1 } else { self.shape[1] };
+            let cols = if self.shape.len() == 1 {
+                1
+            } else {
+                self.shape[1]
+            };
             gguf::names::unpermute_rows(&mut values, cols, heads);
         }
         values
@@ -264,7 +268,11 @@ impl Checkpoint {
                     format!(
                         "tensor {name}: shape {:?}, expected {shape:?} from {}",
                         entry.shape,
-                        if self.gguf_metadata.is_some() { "the GGUF metadata" } else { "config.json" }
+                        if self.gguf_metadata.is_some() {
+                            "the GGUF metadata"
+                        } else {
+                            "config.json"
+                        }
                     ),
                 ));
             }

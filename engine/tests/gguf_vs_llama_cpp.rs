@@ -62,14 +62,20 @@ fn greedy_matches_llama_cpp_up_to_near_ties() {
         let fx: Value = serde_json::from_str(line).unwrap();
         let messages: Vec<ChatMessage> = serde_json::from_value(fx["messages"].clone()).unwrap();
         let prompt = tokenizer.apply_chat_template(&messages).unwrap();
-        assert_eq!(prompt, fx["prompt"].as_str().unwrap(), "prompt {n}: template");
+        assert_eq!(
+            prompt,
+            fx["prompt"].as_str().unwrap(),
+            "prompt {n}: template"
+        );
         let ids = tokenizer.encode(&prompt).unwrap();
         let want_prompt: Vec<u32> = serde_json::from_value(fx["prompt_token_ids"].clone()).unwrap();
         assert_eq!(ids, want_prompt, "prompt {n}: tokenizer");
         let want: Vec<u32> = serde_json::from_value(fx["output_token_ids"].clone()).unwrap();
 
         let total = ids.len() + want.len();
-        backend.allocate_kv_cache(total.div_ceil(BLOCK_SIZE), BLOCK_SIZE).unwrap();
+        backend
+            .allocate_kv_cache(total.div_ceil(BLOCK_SIZE), BLOCK_SIZE)
+            .unwrap();
         let table: Vec<u32> = (0..total.div_ceil(BLOCK_SIZE) as u32).collect();
         let gaps: Vec<f32> = serde_json::from_value(fx["top2_gaps"].clone()).unwrap();
         // Teacher forcing: dyno reads llama.cpp's tokens, so every step is

@@ -84,7 +84,8 @@ impl GgufFile {
             for _ in 0..n_dims {
                 let d = c.u64(&what("dims"))?;
                 dims.push(
-                    usize::try_from(d).map_err(|_| format!("tensor {name}: dimension {d} too large"))?,
+                    usize::try_from(d)
+                        .map_err(|_| format!("tensor {name}: dimension {d} too large"))?,
                 );
             }
             let ty = c.u32(&what("type"))?;

@@ -65,7 +65,11 @@ pub(crate) fn index(bytes: &[u8]) -> Result<Indexed, String> {
         };
         if let Some(heads) = unpermute_heads {
             // [rows] for a bias, [cols, rows] for a weight (ggml order).
-            let rows = if info.dims.len() == 1 { info.dims[0] } else { info.dims[1] };
+            let rows = if info.dims.len() == 1 {
+                info.dims[0]
+            } else {
+                info.dims[1]
+            };
             if rows != heads * config.head_dim {
                 return Err(format!(
                     "tensor {}: {rows} rows, expected {heads} heads × head_dim {}",
@@ -85,4 +89,3 @@ pub(crate) fn index(bytes: &[u8]) -> Result<Indexed, String> {
         tensors,
     })
 }
-

@@ -166,7 +166,10 @@ fn fit_llama3(
 ) -> Result<Llama3RopeScaling, String> {
     let half = head_dim / 2;
     if factors.len() != half {
-        return Err(format!("{} values, expected head_dim / 2 = {half}", factors.len()));
+        return Err(format!(
+            "{} values, expected head_dim / 2 = {half}",
+            factors.len()
+        ));
     }
     let x: Vec<f64> = (0..half)
         .map(|i| {

@@ -103,8 +103,14 @@ mod tests {
         assert_eq!(hf_name("output.weight").unwrap(), "lm_head.weight");
         assert_eq!(hf_name("rope_freqs.weight"), None);
         assert_eq!(hf_name("blk.x.attn_q.weight"), None);
-        assert_eq!(rope_permuted("model.layers.3.self_attn.k_proj.bias"), Some(false));
-        assert_eq!(rope_permuted("model.layers.3.self_attn.v_proj.weight"), None);
+        assert_eq!(
+            rope_permuted("model.layers.3.self_attn.k_proj.bias"),
+            Some(false)
+        );
+        assert_eq!(
+            rope_permuted("model.layers.3.self_attn.v_proj.weight"),
+            None
+        );
     }
 
     /// The converter's permutation, written as in `LlamaModel.permute`, then

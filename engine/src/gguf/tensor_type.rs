@@ -254,7 +254,9 @@ mod tests {
 
     #[test]
     fn quantize_round_trips_within_half_a_step() {
-        let values: Vec<f32> = (0..96).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
+        let values: Vec<f32> = (0..96)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+            .collect();
         for (enc, steps) in [
             (TensorEncoding::Q8_0, 127.0),
             (TensorEncoding::Q4_0, 8.0),

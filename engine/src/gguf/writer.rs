@@ -38,7 +38,13 @@ impl GgufWriter {
 
     /// Adds a tensor with raw ggml `dims`, type id and bytes (for files that
     /// are wrong on purpose).
-    pub fn raw_tensor(&mut self, name: &str, dims: Vec<usize>, ty: u32, bytes: Vec<u8>) -> &mut Self {
+    pub fn raw_tensor(
+        &mut self,
+        name: &str,
+        dims: Vec<usize>,
+        ty: u32,
+        bytes: Vec<u8>,
+    ) -> &mut Self {
         self.tensors.push((name.to_string(), dims, ty, bytes));
         self
     }

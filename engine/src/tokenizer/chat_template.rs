@@ -34,9 +34,12 @@ pub fn render(
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |message: String| -> Result<String, Error> {
-        Err(Error::new(ErrorKind::InvalidOperation, message))
-    });
+    env.add_function(
+        "raise_exception",
+        |message: String| -> Result<String, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, message))
+        },
+    );
     env.add_template("chat", template)
         .map_err(|e| TokenizerError::Template(e.to_string()))?;
     let tmpl = env
@@ -68,7 +71,10 @@ mod tests {
     #[test]
     fn python_methods_and_raise_exception() {
         let t = "{% if messages[0].content.strip().startswith('x') %}{{ raise_exception('no x') }}{% endif %}{{ messages[0].content.strip() }}";
-        assert_eq!(render(t, &[ChatMessage::new("user", " hi ")], "", "").unwrap(), "hi");
+        assert_eq!(
+            render(t, &[ChatMessage::new("user", " hi ")], "", "").unwrap(),
+            "hi"
+        );
         let err = render(t, &[ChatMessage::new("user", "xy")], "", "").unwrap_err();
         assert!(err.to_string().contains("no x"), "{err}");
         assert!(render("{% if %}", &[], "", "").is_err());

@@ -31,10 +31,9 @@ pub(super) enum BuildError {
 
 pub(super) fn from_metadata(m: &Metadata) -> Result<TextTokenizer, BuildError> {
     let inv = BuildError::Invalid;
-    let model = m
-        .str("tokenizer.ggml.model")
-        .map_err(inv)?
-        .ok_or_else(|| BuildError::Missing("tokenizer.ggml.model: missing from the GGUF metadata".into()))?;
+    let model = m.str("tokenizer.ggml.model").map_err(inv)?.ok_or_else(|| {
+        BuildError::Missing("tokenizer.ggml.model: missing from the GGUF metadata".into())
+    })?;
     if model != "gpt2" {
         return Err(BuildError::Invalid(format!(
             "tokenizer.ggml.model: {model:?} is not supported (supported: gpt2, byte-level BPE)"
@@ -82,7 +81,10 @@ pub(super) fn from_metadata(m: &Metadata) -> Result<TextTokenizer, BuildError> {
         .build()
         .map_err(|e| BuildError::Invalid(format!("tokenizer.ggml.merges: {e}")))?;
     let mut inner = tokenizers::Tokenizer::new(bpe);
-    let pre = m.str("tokenizer.ggml.pre").map_err(BuildError::Invalid)?.unwrap_or("default");
+    let pre = m
+        .str("tokenizer.ggml.pre")
+        .map_err(BuildError::Invalid)?
+        .unwrap_or("default");
     inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
     inner.with_decoder(Some(ByteLevelDecoder::default()));
     let (mut special, mut user) = (Vec::new(), Vec::new());
@@ -113,7 +115,10 @@ pub(super) fn from_metadata(m: &Metadata) -> Result<TextTokenizer, BuildError> {
         .bool("tokenizer.ggml.add_bos_token")
         .map_err(BuildError::Invalid)?
         .unwrap_or(true);
-    let text = |id: Option<u32>| id.map(|i| tokens[i as usize].to_string()).unwrap_or_default();
+    let text = |id: Option<u32>| {
+        id.map(|i| tokens[i as usize].to_string())
+            .unwrap_or_default()
+    };
     Ok(TextTokenizer {
         inner,
         add_bos: if add_bos { bos } else { None },
@@ -134,7 +139,11 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, BuildError> {
             false,
         )
         .map_err(|e| BuildError::Invalid(format!("tokenizer.ggml.pre {pre:?}: {e}")))?;
-        Ok(Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into())
+        Ok(Sequence::new(vec![
+            split.into(),
+            ByteLevel::new(false, true, false).into(),
+        ])
+        .into())
     };
     match pre {
         "default" | "gpt2" | "gpt-2" => Ok(ByteLevel::new(false, true, true).into()),
