@@ -67,7 +67,7 @@ pub(crate) fn rope_permuted(hf: &str) -> Option<bool> {
 /// rows of `cols` values, `rows` = `n_heads` × head_dim.
 pub(crate) fn unpermute_rows(values: &mut [f32], cols: usize, n_heads: usize) {
     let rows = values.len() / cols.max(1);
-    if n_heads == 0 || rows % n_heads != 0 || (rows / n_heads) % 2 != 0 {
+    if n_heads == 0 || !rows.is_multiple_of(n_heads) || !(rows / n_heads).is_multiple_of(2) {
         debug_assert!(false, "validated at open: {rows} rows, {n_heads} heads");
         return;
     }
