@@ -189,5 +189,8 @@ fn text_prompt_to_a_model_without_tokenizer_is_a_clear_error() {
     ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("tokenizer") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("tokenizer") && !err.contains("panicked"),
+        "{err}"
+    );
 }
