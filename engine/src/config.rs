@@ -233,7 +233,7 @@ fn parse_object(obj: &Map<String, Value>) -> Result<ModelConfig, String> {
     Ok(cfg)
 }
 
-fn validate(cfg: &ModelConfig) -> Result<(), String> {
+pub(crate) fn validate(cfg: &ModelConfig) -> Result<(), String> {
     let positive = [
         ("vocab_size", cfg.vocab_size),
         ("hidden_size", cfg.hidden_size),

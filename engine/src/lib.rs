@@ -13,9 +13,12 @@ pub mod block_manager;
 pub mod config;
 pub mod engine;
 pub mod engine_config;
+pub mod gguf;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;
 pub mod synth;
 pub mod testing;
+#[cfg(feature = "text")]
+pub mod tokenizer;
 pub mod weights;

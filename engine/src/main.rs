@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use engine::bench::{self, ArrivalMode};
 use engine::engine::Engine;
 use engine::engine_config::{DeviceKind, EngineConfig};
+#[cfg(feature = "text")]
+use engine::tokenizer::{ChatMessage, TextTokenizer};
 use engine::weights::Checkpoint;
 use workloads::{Request, SamplingParams};
 
@@ -39,7 +41,8 @@ impl From<DeviceArg> for DeviceKind {
 /// Flags every model-running subcommand takes.
 #[derive(clap::Args)]
 struct ModelArgs {
-    /// Hugging Face checkpoint directory (config.json + safetensors).
+    /// Hugging Face checkpoint directory (config.json + safetensors) or a
+    /// GGUF file.
     #[arg(long)]
     model: PathBuf,
     /// Engine knobs (engine.toml); defaults when absent.
@@ -72,13 +75,25 @@ enum Command {
         #[arg(long)]
         max_concurrency: Option<usize>,
     },
-    /// Generate from token ids and print the tokens with their timings.
+    /// Generate from text or token ids and print the tokens with their
+    /// timings (and the text, when the model has a tokenizer).
+    #[command(group(clap::ArgGroup::new("input").required(true).args(["prompt_ids", "prompt"])))]
     Generate {
         #[command(flatten)]
         model: ModelArgs,
         /// Comma-separated prompt token ids, e.g. 1,2,3.
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(long, value_delimiter = ',')]
         prompt_ids: Vec<u32>,
+        /// Prompt text, tokenized with the model's tokenizer (GGUF metadata
+        /// or tokenizer.json).
+        #[arg(long)]
+        prompt: Option<String>,
+        /// Send --prompt as a user message through the model's chat template.
+        #[arg(long, requires = "prompt")]
+        chat: bool,
+        /// With --chat: a system message before the user's.
+        #[arg(long, requires = "chat")]
+        system: Option<String>,
         #[arg(long, default_value_t = 16)]
         max_tokens: u32,
         #[arg(long, default_value_t = 0.0)]
@@ -172,6 +187,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate {
             model,
             prompt_ids,
+            prompt,
+            chat,
+            system,
             max_tokens,
             temperature,
             top_k,
@@ -188,7 +206,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ignore_eos,
                 stop_token_ids: Vec::new(),
             };
-            run_generate(&model, prompt_ids, sampling)
+            let input = match prompt {
+                Some(text) => PromptInput::Text { text, chat, system },
+                None => PromptInput::Ids(prompt_ids),
+            };
+            run_generate(&model, input, sampling)
         }
         Command::Synth { preset, seed, out } => {
             let written = engine::synth::write_preset(&preset, seed, &out)
@@ -276,12 +298,26 @@ fn run_bench(
     Ok(())
 }
 
+enum PromptInput {
+    Ids(Vec<u32>),
+    Text {
+        text: String,
+        chat: bool,
+        system: Option<String>,
+    },
+}
+
 fn run_generate(
     model: &ModelArgs,
-    prompt_ids: Vec<u32>,
+    input: PromptInput,
     sampling: SamplingParams,
 ) -> anyhow::Result<()> {
     let cfg = load_config(model)?;
+    let text_out = TextOut::new(model, &input)?;
+    let prompt_ids = match input {
+        PromptInput::Ids(ids) => ids,
+        PromptInput::Text { text, chat, system } => text_out.encode(text, chat, system)?,
+    };
     let (mut engine, _) = build_engine(model, &cfg)?;
     let info = engine.backend().info();
     println!(
@@ -313,6 +349,9 @@ fn run_generate(
     }
     let ids: Vec<String> = record.output_token_ids.iter().map(u32::to_string).collect();
     println!("output_ids: {}", ids.join(","));
+    if let Some(text) = text_out.decode(&record.output_token_ids)? {
+        println!("text: {text}");
+    }
     let times = &record.token_times_s;
     if let (Some(first), Some(last)) = (times.first(), times.last()) {
         print!("ttft: {:.3} ms", first * 1e3);
@@ -327,6 +366,77 @@ fn run_generate(
         println!(", finish: {:?}", record.finish_reason);
     }
     Ok(())
+}
+
+/// The model's tokenizer for `generate` (built with the `text` feature):
+/// required for `--prompt`, used to print the output's text when present.
+#[cfg(feature = "text")]
+struct TextOut(Result<TextTokenizer, engine::tokenizer::TokenizerError>);
+
+#[cfg(feature = "text")]
+impl TextOut {
+    fn new(model: &ModelArgs, _input: &PromptInput) -> anyhow::Result<TextOut> {
+        let checkpoint = Checkpoint::open(&model.model)
+            .with_context(|| format!("opening model {}", model.model.display()))?;
+        Ok(TextOut(TextTokenizer::from_checkpoint(&checkpoint)))
+    }
+
+    fn encode(&self, text: String, chat: bool, system: Option<String>) -> anyhow::Result<Vec<u32>> {
+        let tokenizer = self
+            .0
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("--prompt needs the model's tokenizer")?;
+        let text = if chat {
+            let mut messages = Vec::new();
+            if let Some(system) = system {
+                messages.push(ChatMessage::new("system", &system));
+            }
+            messages.push(ChatMessage::new("user", &text));
+            tokenizer.apply_chat_template(&messages)?
+        } else {
+            text
+        };
+        Ok(tokenizer.encode(&text)?)
+    }
+
+    fn decode(&self, ids: &[u32]) -> anyhow::Result<Option<String>> {
+        match &self.0 {
+            Ok(tokenizer) => Ok(Some(tokenizer.decode(ids, true)?)),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+/// Without the `text` feature: token ids only, and a clear error for text.
+#[cfg(not(feature = "text"))]
+struct TextOut;
+
+#[cfg(not(feature = "text"))]
+impl TextOut {
+    fn new(_model: &ModelArgs, input: &PromptInput) -> anyhow::Result<TextOut> {
+        if matches!(input, PromptInput::Text { .. }) {
+            bail!(
+                "--prompt needs a tokenizer, and this engine was built without the `text` \
+                 feature: rebuild with `cargo build --release -p engine --features text`, \
+                 or pass --prompt-ids"
+            );
+        }
+        Ok(TextOut)
+    }
+
+    fn encode(
+        &self,
+        _text: String,
+        _chat: bool,
+        _system: Option<String>,
+    ) -> anyhow::Result<Vec<u32>> {
+        bail!("built without the `text` feature")
+    }
+
+    fn decode(&self, _ids: &[u32]) -> anyhow::Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 fn run_info(json: bool) -> anyhow::Result<()> {

@@ -53,6 +53,14 @@ pub fn preset_names() -> &'static [&'static str] {
         "qwen2.5-0.5b",
         "qwen3-0.6b",
         "llama-3.2-1b",
+        "smollm2-360m",
+        "smollm2-1.7b",
+        "qwen3-1.7b",
+        "qwen3-4b",
+        "qwen3-8b",
+        "qwen2.5-7b",
+        "llama-3.2-3b",
+        "llama-3.1-8b",
     ]
 }
 
@@ -119,6 +127,53 @@ pub fn preset(name: &str) -> Result<ModelConfig, SynthError> {
         bos: 1,
         eos: 2,
         init: 0.02,
+    };
+    // Qwen3 dense models: 151,936-token vocabulary, head_dim 128, 8 KV heads.
+    let qwen3 = |hidden, inter, layers, heads, tied| {
+        Shape {
+            arch: Architecture::Qwen3,
+            vocab: 151936,
+            hidden,
+            inter,
+            layers,
+            heads,
+            kv_heads: 8,
+            head_dim: 128,
+            theta: 1000000.0,
+            eps: 1e-6,
+            max_pos: 40960,
+            tied,
+            bos: 151643,
+            eos: 151645,
+            init: 0.02,
+        }
+        .config(None)
+    };
+    // Llama 3.x: 128,256-token vocabulary, head_dim 128, 8 KV heads, llama3 RoPE.
+    let llama3 = |hidden, inter, layers, heads, tied, factor| {
+        Shape {
+            arch: Architecture::Llama,
+            vocab: 128256,
+            hidden,
+            inter,
+            layers,
+            heads,
+            kv_heads: 8,
+            head_dim: 128,
+            theta: 500000.0,
+            eps: 1e-5,
+            max_pos: 131072,
+            tied,
+            bos: 128000,
+            eos: 128001,
+            init: 0.02,
+        }
+        .config(Some(Llama3RopeScaling {
+            factor,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        }))
     };
     let cfg = match name {
         // Untied lm_head, and llama3 RoPE scaling with a short original
@@ -209,6 +264,65 @@ pub fn preset(name: &str) -> Result<ModelConfig, SynthError> {
             high_freq_factor: 4.0,
             original_max_position_embeddings: 8192,
         })),
+        "smollm2-360m" => Shape {
+            arch: Architecture::Llama,
+            vocab: 49152,
+            hidden: 960,
+            inter: 2560,
+            layers: 32,
+            heads: 15,
+            kv_heads: 5,
+            head_dim: 64,
+            theta: 100000.0,
+            eps: 1e-5,
+            max_pos: 8192,
+            tied: true,
+            bos: 0,
+            eos: 0,
+            init: 0.02,
+        }
+        .config(None),
+        "smollm2-1.7b" => Shape {
+            arch: Architecture::Llama,
+            vocab: 49152,
+            hidden: 2048,
+            inter: 8192,
+            layers: 24,
+            heads: 32,
+            kv_heads: 32,
+            head_dim: 64,
+            theta: 130000.0,
+            eps: 1e-5,
+            max_pos: 8192,
+            tied: true,
+            bos: 0,
+            eos: 0,
+            init: 0.02,
+        }
+        .config(None),
+        "qwen3-1.7b" => qwen3(2048, 6144, 28, 16, true),
+        "qwen3-4b" => qwen3(2560, 9728, 36, 32, true),
+        "qwen3-8b" => qwen3(4096, 12288, 36, 32, false),
+        "qwen2.5-7b" => Shape {
+            arch: Architecture::Qwen2,
+            vocab: 152064,
+            hidden: 3584,
+            inter: 18944,
+            layers: 28,
+            heads: 28,
+            kv_heads: 4,
+            head_dim: 128,
+            theta: 1000000.0,
+            eps: 1e-6,
+            max_pos: 32768,
+            tied: false,
+            bos: 151643,
+            eos: 151645,
+            init: 0.02,
+        }
+        .config(None),
+        "llama-3.2-3b" => llama3(3072, 8192, 28, 24, true, 32.0),
+        "llama-3.1-8b" => llama3(4096, 14336, 32, 32, false, 8.0),
         _ => {
             return Err(SynthError::UnknownPreset {
                 name: name.to_string(),
@@ -429,6 +543,21 @@ mod tests {
         assert!((490_000_000..500_000_000).contains(&params("qwen2.5-0.5b")));
         assert!((590_000_000..600_000_000).contains(&params("qwen3-0.6b")));
         assert!((1_230_000_000..1_240_000_000).contains(&params("llama-3.2-1b")));
+        // Parameter counts of the published checkpoints (safetensors
+        // metadata of the HF repos): the shapes agree exactly. Qwen3-1.7B's
+        // files store the tied lm_head as a second copy (2,031,739,904).
+        for (name, published) in [
+            ("smollm2-360m", 361_821_120usize),
+            ("smollm2-1.7b", 1_711_376_384),
+            ("qwen3-1.7b", 2_031_739_904 - 151_936 * 2_048),
+            ("qwen3-4b", 4_022_468_096),
+            ("qwen3-8b", 8_190_735_360),
+            ("qwen2.5-7b", 7_615_616_512),
+            ("llama-3.2-3b", 3_212_749_824),
+            ("llama-3.1-8b", 8_030_261_248),
+        ] {
+            assert_eq!(params(name), published, "{name}");
+        }
         assert!(preset("gpt2").unwrap_err().to_string().contains("tiny"));
     }
 

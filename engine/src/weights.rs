@@ -1,11 +1,14 @@
-//! Safetensors checkpoints through mmap: single file or sharded
-//! (`model.safetensors.index.json`), f32/f16/bf16, validated against the
-//! config. CONTRACT: `Checkpoint` and `TensorView` are what backends consume.
+//! Checkpoints through mmap: a Hugging Face directory (config.json +
+//! safetensors, single file or sharded `model.safetensors.index.json`,
+//! f32/f16/bf16) or a llama.cpp GGUF file (see [`crate::gguf`]), validated
+//! against the config. CONTRACT: `Checkpoint` and `TensorView` are what
+//! backends consume; tensors are named and shaped as in HF either way.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use crate::config::{ConfigError, DType, ModelConfig};
+use crate::config::{ConfigError, ModelConfig};
+use crate::gguf::{self, TensorEncoding};
 
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const SHARD_INDEX: &str = "model.safetensors.index.json";
@@ -13,10 +16,12 @@ pub const SHARD_INDEX: &str = "model.safetensors.index.json";
 /// A tensor in the checkpoint, borrowed from the mmap.
 pub struct TensorView<'a> {
     pub name: &'a str,
-    pub dtype: DType,
+    pub encoding: TensorEncoding,
     pub shape: &'a [usize],
-    /// Raw little-endian bytes.
+    /// Raw little-endian bytes in `encoding`.
     pub data: &'a [u8],
+    /// GGUF Llama q/k: llama.cpp's row order, undone with this many heads.
+    unpermute_heads: Option<usize>,
 }
 
 impl TensorView<'_> {
@@ -27,30 +32,23 @@ impl TensorView<'_> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Values upcast to f32.
+    /// Values upcast or dequantized to f32, in HF row order.
     pub fn to_f32(&self) -> Vec<f32> {
-        match self.dtype {
-            DType::F32 => self
-                .data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            DType::F16 => self
-                .data
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            DType::BF16 => self
-                .data
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+        let mut values = self.encoding.dequantize(self.data);
+        if let Some(heads) = self.unpermute_heads {
+            let cols = if self.shape.len() == 1 {
+                1
+            } else {
+                self.shape[1]
+            };
+            gguf::names::unpermute_rows(&mut values, cols, heads);
         }
+        values
     }
     /// Values converted to bf16.
     pub fn to_bf16(&self) -> Vec<half::bf16> {
-        match self.dtype {
-            DType::BF16 => self
+        match self.encoding {
+            TensorEncoding::BF16 if self.unpermute_heads.is_none() => self
                 .data
                 .chunks_exact(2)
                 .map(|b| half::bf16::from_le_bytes([b[0], b[1]]))
@@ -128,27 +126,88 @@ struct MappedFile {
 
 struct TensorEntry {
     file: usize,
-    dtype: DType,
+    encoding: TensorEncoding,
+    unpermute_heads: Option<usize>,
     shape: Vec<usize>,
     /// Absolute byte range inside the mmap.
     start: usize,
     end: usize,
 }
 
-/// A validated checkpoint directory: config + memory-mapped tensors.
+/// A validated checkpoint: config + memory-mapped tensors.
 pub struct Checkpoint {
     pub config: ModelConfig,
     config_path: PathBuf,
-    /// config.json as read at open, for the content hash.
+    /// config.json as read at open, for the content hash (empty for GGUF).
     config_bytes: Vec<u8>,
     files: Vec<MappedFile>,
     tensors: HashMap<String, TensorEntry>,
+    /// A GGUF file's metadata (tokenizer, chat template).
+    gguf_metadata: Option<gguf::Metadata>,
 }
 
 impl Checkpoint {
-    /// Opens `dir` (config.json + model.safetensors or sharded index) and
-    /// validates every expected tensor's presence, dtype and shape.
-    pub fn open(dir: &Path) -> Result<Checkpoint, WeightsError> {
+    /// Opens a HF directory (config.json + model.safetensors or sharded
+    /// index) or a GGUF file, and validates every expected tensor's
+    /// presence and shape.
+    pub fn open(path: &Path) -> Result<Checkpoint, WeightsError> {
+        if path.is_file() {
+            return Checkpoint::open_gguf(path);
+        }
+        Checkpoint::open_dir(path)
+    }
+
+    /// The path the checkpoint was opened from: the GGUF file, or the
+    /// directory of config.json.
+    pub fn source_path(&self) -> &Path {
+        if self.gguf_metadata.is_some() {
+            &self.config_path
+        } else {
+            self.config_path.parent().unwrap_or(&self.config_path)
+        }
+    }
+
+    /// The GGUF metadata, when the checkpoint is a GGUF file.
+    pub fn gguf_metadata(&self) -> Option<&gguf::Metadata> {
+        self.gguf_metadata.as_ref()
+    }
+
+    fn open_gguf(path: &Path) -> Result<Checkpoint, WeightsError> {
+        let map = map_file(path)?;
+        let indexed = gguf::index(&map).map_err(|e| invalid(path, e))?;
+        let mut tensors = HashMap::with_capacity(indexed.tensors.len());
+        for t in indexed.tensors {
+            let entry = TensorEntry {
+                file: 0,
+                encoding: t.info.encoding,
+                unpermute_heads: t.unpermute_heads,
+                shape: t.info.shape(),
+                start: t.info.start,
+                end: t.info.end,
+            };
+            if tensors.insert(t.hf_name.clone(), entry).is_some() {
+                return Err(invalid(
+                    path,
+                    format!("tensor {}: appears twice", t.info.name),
+                ));
+            }
+        }
+        let checkpoint = Checkpoint {
+            config: indexed.config,
+            config_path: path.to_path_buf(),
+            config_bytes: Vec::new(),
+            files: vec![MappedFile {
+                path: path.to_path_buf(),
+                map,
+            }],
+            tensors,
+            gguf_metadata: Some(indexed.metadata),
+        };
+        checkpoint.validate(path)?;
+        Ok(checkpoint)
+    }
+
+    fn open_dir(dir: &Path) -> Result<Checkpoint, WeightsError> {
         let config_path = dir.join("config.json");
         let config_bytes = std::fs::read(&config_path).map_err(|source| ConfigError::Io {
             path: config_path.display().to_string(),
@@ -189,6 +248,7 @@ impl Checkpoint {
             config_bytes,
             files,
             tensors,
+            gguf_metadata: None,
         };
         checkpoint.validate(dir)?;
         Ok(checkpoint)
@@ -206,8 +266,13 @@ impl Checkpoint {
                 return Err(invalid(
                     &self.files[entry.file].path,
                     format!(
-                        "tensor {name}: shape {:?}, expected {shape:?} from config.json",
-                        entry.shape
+                        "tensor {name}: shape {:?}, expected {shape:?} from {}",
+                        entry.shape,
+                        if self.gguf_metadata.is_some() {
+                            "the GGUF metadata"
+                        } else {
+                            "config.json"
+                        }
                     ),
                 ));
             }
@@ -225,9 +290,10 @@ impl Checkpoint {
         })?;
         Ok(TensorView {
             name: key,
-            dtype: entry.dtype,
+            encoding: entry.encoding,
             shape: &entry.shape,
             data: &self.files[entry.file].map[entry.start..entry.end],
+            unpermute_heads: entry.unpermute_heads,
         })
     }
 
@@ -238,9 +304,16 @@ impl Checkpoint {
         names
     }
 
-    /// blake3 over config.json and the safetensors files, hex.
+    /// blake3 over config.json and the safetensors files (or the GGUF
+    /// file), hex.
     pub fn content_hash(&self) -> String {
         let mut hasher = blake3::Hasher::new();
+        if self.gguf_metadata.is_some() {
+            for file in &self.files {
+                hash_part(&mut hasher, "gguf", &file.map);
+            }
+            return hasher.finalize().to_hex().to_string();
+        }
         hash_part(&mut hasher, "config.json", &self.config_bytes);
         let mut files: Vec<&MappedFile> = self.files.iter().collect();
         files.sort_by(|a, b| a.path.file_name().cmp(&b.path.file_name()));
@@ -337,10 +410,10 @@ fn index_file(
     })?;
     let data_start = 8 + header_len;
     for (name, info) in metadata.tensors() {
-        let dtype = match info.dtype {
-            safetensors::Dtype::F32 => DType::F32,
-            safetensors::Dtype::F16 => DType::F16,
-            safetensors::Dtype::BF16 => DType::BF16,
+        let encoding = match info.dtype {
+            safetensors::Dtype::F32 => TensorEncoding::F32,
+            safetensors::Dtype::F16 => TensorEncoding::F16,
+            safetensors::Dtype::BF16 => TensorEncoding::BF16,
             other => {
                 return Err(invalid(
                     path,
@@ -359,7 +432,8 @@ fn index_file(
             name,
             TensorEntry {
                 file,
-                dtype,
+                encoding,
+                unpermute_heads: None,
                 shape: info.shape.clone(),
                 start: data_start + start,
                 end: data_start + end,

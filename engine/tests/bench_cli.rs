@@ -173,3 +173,24 @@ fn too_long_prompt_is_rejected_in_its_record_and_the_others_run() {
     assert_eq!(summary.num_rejected, 1);
     assert!(summary.peak_memory_bytes.unwrap() > 0);
 }
+
+#[test]
+fn text_prompt_to_a_model_without_tokenizer_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let out = engine(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--prompt",
+        "hello",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tokenizer") && !err.contains("panicked"),
+        "{err}"
+    );
+}
