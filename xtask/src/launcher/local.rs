@@ -136,7 +136,8 @@ pub enum LocalOutcome {
 
 /// Starts one point's process on the given slots (UUIDs for GPUs, empty on
 /// a CPU); returns the child and its log file.
-pub type Spawn<'a> = dyn FnMut(&LocalJob, &[String]) -> std::io::Result<(Child, Option<PathBuf>)> + 'a;
+pub type Spawn<'a> =
+    dyn FnMut(&LocalJob, &[String]) -> std::io::Result<(Child, Option<PathBuf>)> + 'a;
 
 /// Runs `jobs` on `slots` (GPU UUIDs; empty for a CPU, which has one slot),
 /// at most one point per slot at a time. Jobs start in order; a job that
@@ -377,7 +378,10 @@ mod tests {
             for b in &rows[i + 1..] {
                 let share = a.2.iter().any(|g| b.2.contains(g));
                 let overlap = a.0 < b.1 && b.0 < a.1;
-                assert!(!(share && overlap), "two points on one GPU at once: {a:?} {b:?}");
+                assert!(
+                    !(share && overlap),
+                    "two points on one GPU at once: {a:?} {b:?}"
+                );
             }
         }
         // The wide point held both GPUs.
@@ -401,13 +405,14 @@ mod tests {
             },
         ];
         let slots = vec!["GPU-a".to_string(), "GPU-b".to_string()];
-        let mut spawn = |_: &LocalJob, _: &[String]| {
-            Ok((Command::new("true").spawn()?, None))
-        };
+        let mut spawn = |_: &LocalJob, _: &[String]| Ok((Command::new("true").spawn()?, None));
         let outcomes = run_jobs(&jobs, &slots, &mut spawn, &mut |_, _| {});
         match &outcomes[0] {
             LocalOutcome::NotRun { reason } => {
-                assert!(reason.contains("wide") && reason.contains("needs 4 GPUs"), "{reason}");
+                assert!(
+                    reason.contains("wide") && reason.contains("needs 4 GPUs"),
+                    "{reason}"
+                );
                 assert!(reason.contains("has 2"), "{reason}");
             }
             other => panic!("{other:?}"),

@@ -5,4 +5,6 @@
 //! point run in-process.
 
 pub mod local;
+pub mod slurm;
 pub mod slurm_script;
+pub mod slurm_state;

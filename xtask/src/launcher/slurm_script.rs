@@ -66,7 +66,15 @@ impl SlurmOptions {
         macro_rules! take {
             ($($f:ident),*) => {$(if flags.$f.is_some() { self.$f = flags.$f.clone(); })*};
         }
-        take!(partition, account, qos, time, gpus_per_point, cpus_per_task, mem);
+        take!(
+            partition,
+            account,
+            qos,
+            time,
+            gpus_per_point,
+            cpus_per_task,
+            mem
+        );
         self.sbatch.extend(flags.sbatch.iter().cloned());
         self.setup.extend(flags.setup.iter().cloned());
         self
@@ -100,7 +108,9 @@ impl SlurmOptions {
             sbatch_line(line).map_err(|e| format!("sbatch: {e}"))?;
         }
         if let Some(line) = self.setup.iter().find(|l| l.contains('\n')) {
-            return Err(format!("setup: '{line}' spans several lines; give one line each"));
+            return Err(format!(
+                "setup: '{line}' spans several lines; give one line each"
+            ));
         }
         Ok(())
     }
@@ -168,16 +178,6 @@ pub struct PointCommand {
     pub args: Vec<String>,
 }
 
-/// Where one point's job files live: `<store>/sweeps/<sweep>/jobs/<point>/`
-/// (`job.sh`, `slurm-<jobid>.out`, `submission.json`).
-pub fn job_dir(store_root: &Path, sweep: &str, point_id: &str) -> PathBuf {
-    store_root
-        .join("sweeps")
-        .join(sweep)
-        .join("jobs")
-        .join(point_id)
-}
-
 /// The job name: `dyno.<sweep>.<point id>`, which is how `squeue` finds a
 /// sweep's jobs even without the submission record.
 pub fn job_name(sweep: &str, point_id: &str) -> String {
@@ -198,11 +198,13 @@ pub struct JobScript<'a> {
     pub options: &'a SlurmOptions,
     pub command: &'a PointCommand,
     pub store_root: &'a Path,
+    /// The point's folder for `job.sh` and the job logs.
+    pub job_dir: &'a Path,
 }
 
 impl JobScript<'_> {
     pub fn render(&self) -> String {
-        let dir = job_dir(self.store_root, self.sweep, self.point_id);
+        let dir = self.job_dir;
         let o = self.options;
         let mut s = String::from("#!/bin/bash\n");
         let mut directive = |line: String| {
@@ -210,7 +212,10 @@ impl JobScript<'_> {
             s.push_str(&line);
             s.push('\n');
         };
-        directive(format!("--job-name={}", job_name(self.sweep, self.point_id)));
+        directive(format!(
+            "--job-name={}",
+            job_name(self.sweep, self.point_id)
+        ));
         // One log per job, next to the point; stderr goes to the same file.
         directive(format!(
             "--output={}",
@@ -414,12 +419,13 @@ mod tests {
             options: &options,
             command: &cmd,
             store_root: Path::new("/shared/results"),
+            job_dir: Path::new("/shared/results/sweeps/tier0/cuda/jobs/0123456789abcdef"),
         }
         .render();
         for line in [
             "#!/bin/bash\n",
             "#SBATCH --job-name=dyno.tier0.0123456789abcdef\n",
-            "#SBATCH --output=/shared/results/sweeps/tier0/jobs/0123456789abcdef/slurm-%j.out\n",
+            "#SBATCH --output=/shared/results/sweeps/tier0/cuda/jobs/0123456789abcdef/slurm-%j.out\n",
             "#SBATCH --partition=gpu\n",
             "#SBATCH --account=acct\n",
             "#SBATCH --qos=high\n",
@@ -459,10 +465,75 @@ mod tests {
             options: &options,
             command: &cmd,
             store_root: Path::new("/r"),
+            job_dir: Path::new("/r/sweeps/s/cpu/jobs/p"),
         }
         .render();
         assert!(!script.contains("--gres"));
         assert!(!script.contains("--partition"));
+    }
+
+    /// Runs a rendered script with bash (as the node would, minus SLURM):
+    /// a store the node cannot write, a missing binary, and the happy path.
+    #[test]
+    fn the_script_checks_the_node_before_running_the_point() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let xtask = dir.path().join("xtask");
+        std::fs::write(&xtask, "#!/bin/sh\necho \"ran $*\"\n").unwrap();
+        std::fs::set_permissions(&xtask, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir_all(&store).unwrap();
+        let run = |command: &PointCommand, store: &Path| {
+            let options = SlurmOptions::default();
+            let script = JobScript {
+                sweep: "s",
+                point_id: "p1",
+                label: "l",
+                gpus: 0,
+                options: &options,
+                command,
+                store_root: store,
+                job_dir: &store.join("jobs"),
+            }
+            .render();
+            let path = dir.path().join("job.sh");
+            std::fs::write(&path, script).unwrap();
+            std::process::Command::new("bash")
+                .arg(&path)
+                .env("SLURM_JOB_ID", "7")
+                .output()
+                .unwrap()
+        };
+        let mut command = PointCommand {
+            xtask: xtask.clone(),
+            root: dir.path().to_path_buf(),
+            sweep_file: dir.path().join("s.toml"),
+            args: vec!["--results".into(), store.display().to_string()],
+        };
+        let ok = run(&command, &store);
+        assert!(ok.status.success());
+        let stdout = String::from_utf8_lossy(&ok.stdout);
+        assert!(stdout.contains("ran sweep"), "{stdout}");
+        assert!(stdout.contains("--point p1"), "{stdout}");
+
+        // A store whose tmp/ cannot be created (a file is in the way; the
+        // tests may run as root, for whom permissions block nothing).
+        let blocked = dir.path().join("blocked");
+        std::fs::create_dir_all(&blocked).unwrap();
+        std::fs::write(blocked.join("tmp"), "").unwrap();
+        let out = run(&command, &blocked);
+        assert_eq!(out.status.code(), Some(3));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("dyno: error: point p1: the store") && stderr.contains("not writable"),
+            "{stderr}"
+        );
+
+        command.xtask = dir.path().join("no-such-xtask");
+        let out = run(&command, &store);
+        assert_eq!(out.status.code(), Some(3));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("point p1: the xtask binary"), "{stderr}");
     }
 
     #[test]

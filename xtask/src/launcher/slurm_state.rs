@@ -212,7 +212,10 @@ mod tests {
         assert_eq!(SlurmState::parse("PD"), SlurmState::Pending);
         assert_eq!(SlurmState::parse("R"), SlurmState::Running);
         assert_eq!(SlurmState::parse("COMPLETING"), SlurmState::Running);
-        assert_eq!(SlurmState::parse("CANCELLED by 1000"), SlurmState::Cancelled);
+        assert_eq!(
+            SlurmState::parse("CANCELLED by 1000"),
+            SlurmState::Cancelled
+        );
         assert_eq!(SlurmState::parse("CANCELLED+"), SlurmState::Cancelled);
         assert_eq!(SlurmState::parse("TIMEOUT"), SlurmState::Timeout);
         assert_eq!(SlurmState::parse("OUT_OF_MEMORY"), SlurmState::OutOfMemory);
