@@ -12,7 +12,7 @@ use workloads::suite::SuiteDevice;
 use workloads::{BenchSummary, RequestRecord, StepLogEntry};
 
 use crate::cli::{BenchArgs, DeviceArg};
-use crate::engine_info::{self, EngineInfo};
+use crate::engine_info;
 use crate::fingerprint::{self, BuildInfo};
 use crate::gpu_monitor::GpuMonitor;
 use crate::metrics;
@@ -24,7 +24,9 @@ use crate::run_record::{
 };
 use crate::store::Store;
 use crate::trial::{self, EngineBench, ProcessOutcome, TrialFiles};
+use crate::warnings::{self, Warning};
 use crate::workload_plan::{self, PlannedWorkload};
+use workloads::EngineInfo;
 
 pub const DEFAULT_TRIALS_GPU: u32 = 5;
 pub const DEFAULT_TRIALS_CPU: u32 = 3;
@@ -69,11 +71,11 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
     )?;
     let sized_for_cuda = selection.suite_device.map(|d| d == SuiteDevice::Cuda);
     if sized_for_cuda.is_some_and(|c| c != cuda) {
-        eprintln!(
-            "warning: suite {} is sized for {}, and runs on {device} here",
-            selection.suite.as_deref().unwrap_or("?"),
-            if cuda { "cpu" } else { "cuda" }
-        );
+        warnings::emit(&Warning::SuiteSizedForOtherDevice {
+            suite: selection.suite.clone().unwrap_or_else(|| "?".into()),
+            sized_for: if cuda { "cpu" } else { "cuda" }.into(),
+            running_on: device.to_string(),
+        });
     }
 
     let monitor = if cuda {
@@ -91,11 +93,13 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         g.sm_count = info.sm_count(&g.uuid);
     }
     if cuda && gpus.is_empty() {
-        eprintln!(
-            "warning: NVML is not available ({}): GPU properties come from the engine, and clocks, temperature and throttling are not recorded",
-            monitor.unavailable_reason().unwrap_or("unknown")
-        );
-        gpus = info.all_gpus().iter().map(|g| g.fingerprint()).collect();
+        warnings::emit(&Warning::NvmlUnavailable {
+            reason: monitor
+                .unavailable_reason()
+                .unwrap_or("unknown")
+                .to_string(),
+        });
+        gpus = info.gpus.iter().map(engine_info::gpu_fingerprint).collect();
     }
     let source = fingerprint::source(root, &engine, &build);
     let host = fingerprint::host();
@@ -149,6 +153,7 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
             suite: selection.suite.clone(),
             fingerprint,
             workloads: Vec::new(),
+            interleaved: None,
         };
         let outcome = runner.run_all(header, &planned, &store)?;
         report::print_summary(&outcome.run, &outcome.run_id);
@@ -162,7 +167,7 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         // The verdict against the committed baseline of this run's
         // fingerprint class; None when there is none.
         if let Some(verdict) =
-            crate::compare::against_baseline(&store, &outcome.run_id, &outcome.run, root)?
+            crate::compare::against_baseline(&outcome.run_id, &outcome.run, root)?
         {
             code = code.max(verdict);
         }
@@ -206,8 +211,11 @@ fn choose_device(arg: DeviceArg, info: &EngineInfo) -> anyhow::Result<&'static s
         DeviceArg::Auto => "cpu",
         DeviceArg::Cuda if info.has_gpu() => "cuda",
         DeviceArg::Cuda => bail!(
-            "--device cuda, but `engine info` reports no GPU: {}",
-            info.raw
+            "--device cuda, but `engine info` reports no GPU{}",
+            info.gpu_error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
         ),
     })
 }
@@ -238,7 +246,9 @@ fn work_root(root: &Path) -> PathBuf {
 fn export_vllm(dir: &Path, outcome: &BenchOutcome) -> anyhow::Result<()> {
     for (w, kept) in outcome.run.workloads.iter().zip(&outcome.kept_records) {
         let Some(trial) = report::median_trial(w) else {
-            eprintln!("warning: no successful trial of {} to export", w.name);
+            warnings::emit(&Warning::NothingToExport {
+                workload: w.name.clone(),
+            });
             continue;
         };
         let Some((_, records)) = kept.iter().find(|(i, _)| *i == trial) else {
@@ -387,6 +397,7 @@ impl TrialRunner<'_> {
             gpu_before,
             gpu_after,
             wall_s: 0.0,
+            block: None,
         };
         match outcome {
             ProcessOutcome::TimedOut { after_s } => {

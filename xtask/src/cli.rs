@@ -20,13 +20,13 @@ pub enum Command {
     Bench(BenchArgs),
     /// Look at, check and move what is in the results store.
     #[command(subcommand)]
-    Store(crate::store::cli::StoreCmd),
+    Store(StoreCmd),
     /// Judge a run against the committed baselines, or two runs against
     /// each other: regression verdicts per metric and workload.
-    Compare(crate::compare::CompareArgs),
+    Compare(CompareArgs),
     /// Manage the committed baselines (baselines/<class>/).
     #[command(subcommand)]
-    Baseline(crate::baseline::BaselineCmd),
+    Baseline(BaselineCmd),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -94,6 +94,103 @@ pub struct BenchArgs {
     /// directory (`<workload>.json`).
     #[arg(long, value_name = "DIR")]
     pub export_vllm: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Markdown,
+    Json,
+}
+
+/// Compare two stored runs, or one run against the committed baselines.
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// With one run: the run to check against baselines/. With two: the
+    /// baseline run (id, unique prefix, or "latest").
+    pub run: String,
+    /// The candidate run, compared against the first.
+    pub candidate: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Write the report to this file instead of stdout.
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+    /// The content-addressed store (default: `results/` in the workspace).
+    #[arg(long, value_name = "DIR")]
+    pub results: Option<PathBuf>,
+    /// Do not append the Markdown to `$GITHUB_STEP_SUMMARY` (when the job
+    /// summary already has it, e.g. from `cargo xtask bench`).
+    #[arg(long)]
+    pub no_step_summary: bool,
+    /// Compare two runs although this class field differs (repeatable; e.g.
+    /// `engine_config` to measure a config change). Never for baselines.
+    #[arg(long, value_name = "FIELD", requires = "candidate")]
+    pub across: Vec<String>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum BaselineCmd {
+    /// Make a stored run the committed baseline of each of its workloads'
+    /// classes (overwrites baselines/<class>/); review and commit the diff.
+    Promote {
+        /// Run id, unique id prefix, or "latest".
+        #[arg(default_value = "latest")]
+        run: String,
+        /// The content-addressed store (default: `results/` in the workspace).
+        #[arg(long, value_name = "DIR")]
+        results: Option<PathBuf>,
+        /// Runs each baseline keeps in its history, this one included (the
+        /// run-to-run spread needs at least 3).
+        #[arg(long, default_value_t = crate::baseline::file::DEFAULT_HISTORY_RUNS,
+              value_parser = parse_keep)]
+        keep: usize,
+    },
+    /// List the committed baselines.
+    Ls,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCmd {
+    /// List the runs in the store.
+    Ls,
+    /// Show one run: its fingerprint and every trial's key metrics.
+    Show {
+        /// Run id, unique id prefix, or "latest".
+        run: String,
+        /// Print the stored run object as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every object and check the index; exits 1 on any problem.
+    Verify,
+    /// Remove objects that no indexed run references.
+    Gc {
+        /// Only report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep unreferenced objects younger than this many seconds: they
+        /// may belong to a bench run still in progress. Default: one day.
+        #[arg(long, value_name = "SECS")]
+        grace_secs: Option<u64>,
+    },
+    /// Write one run and every object it references to a single file.
+    Export {
+        /// Run id, unique id prefix, or "latest".
+        run: String,
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Add a run from a file written by `export`, after checking every object.
+    Import { file: PathBuf },
+}
+
+/// `--keep`: a history of at least one run.
+fn parse_keep(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{text}`: a whole number of runs, at least 1")),
+    }
 }
 
 #[cfg(test)]
