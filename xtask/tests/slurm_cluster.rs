@@ -226,6 +226,7 @@ fn a_job_killed_at_its_time_limit_is_a_timeout() {
         return;
     }
     let dir = workdir("timeout");
+    let real_engine = engine();
     let engine = dir.path().join("hanging-engine");
     std::fs::write(
         &engine,
@@ -260,7 +261,7 @@ time = "1"
     let results = dir.path().join("results");
     // The model must exist before the job starts: the stand-in cannot
     // synthesize it.
-    xtask::model::resolve("tiny", &engine(), &root().join(".models")).unwrap();
+    xtask::model::resolve("tiny", &real_engine, &root().join(".models")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .arg("sweep")
         .arg(&sweep)
