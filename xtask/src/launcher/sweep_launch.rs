@@ -399,6 +399,11 @@ fn print_status(sweep: &Sweep, listed: &[ListedPoint], views: &[PointView]) {
         .load_preset(UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic)
         .set_header(vec!["point", "experiment", "label", "state", "class", "job", "detail"]);
+    // Wrap long causes (engine logs) at a readable width when stdout is not
+    // a terminal (CI logs, pipes); a terminal's own width wins.
+    if table.width().is_none() {
+        table.set_width(160);
+    }
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
     for (p, v) in listed.iter().zip(views) {
         let (class, job, detail) = match v {
