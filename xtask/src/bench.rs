@@ -4,6 +4,7 @@
 //! each), store raw records as each trial finishes and the run at the end,
 //! then report and compare against the baseline.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,6 +43,9 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         workload_plan::select(&catalogue, args.suite.as_deref(), &args.workloads, "")?;
     }
 
+    // The base of an A/B is built first: a base that does not build fails
+    // before anything else runs.
+    let ab_plan = crate::ab::AbPlan::from_args(args, root)?;
     let (engine, build) = match &args.engine_bin {
         Some(bin) => {
             if !bin.is_file() {
@@ -146,6 +150,8 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
             monitor: &monitor,
             gpu_index: gpu_index as u32,
             keep_records: args.export_vllm.is_some(),
+            env: BTreeMap::new(),
+            engine_overrides: toml::Table::new(),
         };
         let header = RunRecord {
             schema: RUN_SCHEMA_VERSION,
@@ -155,6 +161,16 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
             workloads: Vec::new(),
             interleaved: None,
         };
+        if let Some(plan) = &ab_plan {
+            let ab = crate::ab::run_session(plan, &runner, header, &planned, &store)?;
+            code = code.max(ab.code);
+            outcomes.push(BenchOutcome {
+                run_id: ab.b_id,
+                run: ab.b_run,
+                kept_records: Vec::new(),
+            });
+            continue;
+        }
         let outcome = runner.run_all(header, &planned, &store)?;
         report::print_summary(&outcome.run, &outcome.run_id);
         println!(
@@ -191,7 +207,7 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
 
 /// 0 when every trial succeeded, 1 when any failed or timed out (after
 /// everything was stored and reported).
-fn exit_code(run: &RunRecord) -> i32 {
+pub(crate) fn exit_code(run: &RunRecord) -> i32 {
     let all_ok = run
         .workloads
         .iter()
@@ -222,7 +238,7 @@ fn choose_device(arg: DeviceArg, info: &EngineInfo) -> anyhow::Result<&'static s
 
 /// `name` with every character that is not alphanumeric, `-` or `.`
 /// replaced by `_` (model names may be paths).
-fn file_name_safe(name: &str) -> String {
+pub(crate) fn file_name_safe(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
@@ -236,7 +252,7 @@ fn file_name_safe(name: &str) -> String {
 
 /// Trial files live beside the build outputs (git-ignored), not in the
 /// store: the store keeps the records, these keep the engine's logs.
-fn work_root(root: &Path) -> PathBuf {
+pub(crate) fn work_root(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
@@ -270,6 +286,7 @@ pub struct BenchOutcome {
 }
 
 /// Runs trials: everything they share.
+#[derive(Clone)]
 pub struct TrialRunner<'a> {
     pub engine: PathBuf,
     pub model_dir: PathBuf,
@@ -284,6 +301,11 @@ pub struct TrialRunner<'a> {
     pub gpu_index: u32,
     /// Keep each Ok trial's records in memory (for the vLLM export).
     pub keep_records: bool,
+    /// Environment variables for every engine process (an A/B side's).
+    pub env: BTreeMap<String, String>,
+    /// Engine config keys set on top of each workload's `[engine]` table
+    /// (an A/B side's `--a-set`/`--b-set`).
+    pub engine_overrides: toml::Table,
 }
 
 impl TrialRunner<'_> {
@@ -325,10 +347,36 @@ impl TrialRunner<'_> {
         run: &mut RunRecord,
         kept: &mut Vec<(u32, Vec<RequestRecord>)>,
     ) -> anyhow::Result<()> {
+        let bench = self.prepare(w, run)?;
+        for index in 0..self.trials {
+            progress.start_trial(&w.name, index, self.trials);
+            let (summary, records) = self.trial(w, &bench, index, store)?;
+            progress.finish_trial(trial_line(&w.name, &summary, self.trials));
+            if let Some(records) = records.filter(|_| self.keep_records) {
+                kept.push((index, records));
+            }
+            if let Some(last) = run.workloads.last_mut() {
+                last.trials.push(summary);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the workload's requests and engine config under the work
+    /// folder, adds the workload (no trials yet) to `run`, and returns the
+    /// engine invocation its trials share.
+    pub(crate) fn prepare(
+        &self,
+        w: &PlannedWorkload,
+        run: &mut RunRecord,
+    ) -> anyhow::Result<EngineBench> {
         let dir = self.work_dir.join(&w.name);
         let requests = dir.join("requests.jsonl");
         workloads::jsonl::write_atomic(&requests, &w.requests)?;
         let mut engine_config = w.engine_overrides.clone();
+        for (key, value) in &self.engine_overrides {
+            engine_config.insert(key.clone(), value.clone());
+        }
         let config = if engine_config.is_empty() {
             None
         } else {
@@ -348,32 +396,32 @@ impl TrialRunner<'_> {
             engine_config: serde_json::to_value(&engine_config)?,
             trials: Vec::new(),
         });
-        let bench = EngineBench {
+        Ok(EngineBench {
             engine: self.engine.clone(),
             model: self.model_dir.clone(),
             requests,
             config,
             device: self.device.clone(),
             max_concurrency: w.max_concurrency,
-        };
-        for index in 0..self.trials {
-            progress.start_trial(&w.name, index, self.trials);
-            let files = TrialFiles::in_dir(&dir.join(format!("trial-{index}")));
-            let (summary, records) = self.run_trial(w, &bench, &files, index, store)?;
-            progress.finish_trial(trial_line(&w.name, &summary, self.trials));
-            if let Some(records) = records.filter(|_| self.keep_records) {
-                kept.push((index, records));
-            }
-            if let Some(last) = run.workloads.last_mut() {
-                last.trials.push(summary);
-            }
-        }
-        Ok(())
+            env: self.env.clone(),
+        })
+    }
+
+    /// Trial `index` of a prepared workload, in its own folder.
+    pub(crate) fn trial(
+        &self,
+        w: &PlannedWorkload,
+        bench: &EngineBench,
+        index: u32,
+        store: &Store,
+    ) -> anyhow::Result<(TrialSummary, Option<Vec<RequestRecord>>)> {
+        let files = TrialFiles::in_dir(&self.work_dir.join(&w.name).join(format!("trial-{index}")));
+        self.run_trial(w, bench, &files, index, store)
     }
 
     /// One trial. A failing engine is a recorded outcome; an `Err` here
     /// means the pipeline itself failed (e.g. the store cannot be written).
-    fn run_trial(
+    pub(crate) fn run_trial(
         &self,
         w: &PlannedWorkload,
         bench: &EngineBench,
@@ -461,7 +509,7 @@ fn peak_memory(files: &TrialFiles) -> Option<u64> {
     summary.peak_memory_bytes
 }
 
-fn trial_line(workload: &str, t: &TrialSummary, trials: u32) -> String {
+pub(crate) fn trial_line(workload: &str, t: &TrialSummary, trials: u32) -> String {
     let n = t.index + 1;
     match &t.status {
         TrialStatus::Ok => format!(
@@ -484,7 +532,7 @@ fn trial_line(workload: &str, t: &TrialSummary, trials: u32) -> String {
 
 /// Stores what finished before a pipeline error, then returns the error
 /// with the partial run's id (or why it could not be stored) attached.
-fn store_partial(store: &Store, run: &RunRecord, err: anyhow::Error) -> anyhow::Error {
+pub(crate) fn store_partial(store: &Store, run: &RunRecord, err: anyhow::Error) -> anyhow::Error {
     let finished = run.workloads.iter().map(|w| w.trials.len()).sum::<usize>();
     if finished == 0 {
         return err;

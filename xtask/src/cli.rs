@@ -17,7 +17,7 @@ pub enum Command {
     /// print a summary. Exit code: 0 all trials ok and no regression, 1 a
     /// trial failed or timed out or the baseline comparison flagged a
     /// regression, 2 the bench itself could not run.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
     /// Look at, check and move what is in the results store.
     #[command(subcommand)]
     Store(StoreCmd),
@@ -94,6 +94,56 @@ pub struct BenchArgs {
     /// directory (`<workload>.json`).
     #[arg(long, value_name = "DIR")]
     pub export_vllm: Option<PathBuf>,
+
+    /// Interleaved A/B: build REV (a git worktree under target/ab/) as side
+    /// A and run its trials alternately with this tree's (side B) on this
+    /// machine; the verdict pairs them by block. What pull requests use.
+    #[arg(
+        long,
+        value_name = "REV",
+        help_heading = "Interleaved A/B",
+        conflicts_with = "a_engine_bin"
+    )]
+    pub against: Option<String>,
+    /// Interleaved A/B with this prebuilt engine as side A (side B is the
+    /// bench's engine: built, or `--engine-bin`).
+    #[arg(long, value_name = "PATH", help_heading = "Interleaved A/B")]
+    pub a_engine_bin: Option<PathBuf>,
+    /// Interleaved A/B of the same engine on both sides (an A/A check, or
+    /// with --a-env/--b-env/--a-set/--b-set to measure a setting).
+    #[arg(long, help_heading = "Interleaved A/B")]
+    pub ab: bool,
+    /// KEY=VALUE in side A's engine environment (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", help_heading = "Interleaved A/B")]
+    pub a_env: Vec<String>,
+    /// KEY=VALUE in side B's engine environment (repeatable), e.g.
+    /// DYNO_CUDA_PDL=0.
+    #[arg(long, value_name = "KEY=VALUE", help_heading = "Interleaved A/B")]
+    pub b_env: Vec<String>,
+    /// engine.toml KEY=VALUE for side A only (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", help_heading = "Interleaved A/B")]
+    pub a_set: Vec<String>,
+    /// engine.toml KEY=VALUE for side B only (repeatable), e.g.
+    /// max_num_seqs=64.
+    #[arg(long, value_name = "KEY=VALUE", help_heading = "Interleaved A/B")]
+    pub b_set: Vec<String>,
+    /// Name side A in reports (default: the revision or binary).
+    #[arg(long, value_name = "TEXT", help_heading = "Interleaved A/B")]
+    pub a_label: Option<String>,
+    /// Name side B in reports (default: "head").
+    #[arg(long, value_name = "TEXT", help_heading = "Interleaved A/B")]
+    pub b_label: Option<String>,
+    /// Seed of the block orders (default: from the clock; recorded).
+    #[arg(long, value_name = "N", help_heading = "Interleaved A/B")]
+    pub ab_seed: Option<u64>,
+    /// Unrecorded warm-up trials per side before the first block.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        help_heading = "Interleaved A/B"
+    )]
+    pub ab_warmup: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

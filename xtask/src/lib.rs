@@ -6,7 +6,8 @@
 //!
 //! 1. commands: `cli` (every flag) and `commands::*` (one module per
 //!    command: flags in, exit code out);
-//! 2. run and report: `bench` (build, fingerprint, trials), `trial`,
+//! 2. run and report: `bench` (build, fingerprint, trials), `ab` (an
+//!    interleaved A/B session), `trial`,
 //!    `report` (tables, exports), `progress`;
 //! 3. judgement and keeping: `compare`, `baseline`, `store`, `metrics`;
 //! 4. records: `run_record` (the stored run and the metric names), `side`
@@ -14,6 +15,7 @@
 //!    and the leaf helpers `stats`, `format`, `warnings`;
 //! 5. the `workloads` crate (specs, requests, records, `engine info`).
 
+pub mod ab;
 pub mod baseline;
 pub mod bench;
 pub mod build;

@@ -128,7 +128,7 @@ impl Fixture {
         }
         argv.extend(extra.iter().map(|s| s.to_string()));
         match Cli::parse_from(argv).command {
-            Command::Bench(args) => args,
+            Command::Bench(args) => *args,
             other => panic!("parsed as {other:?}"),
         }
     }
