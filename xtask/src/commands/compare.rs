@@ -66,6 +66,22 @@ fn compare(args: &CompareArgs, results_root: &Path, repo_root: &Path) -> anyhow:
     if !args.no_step_summary {
         report::append_step_summary(&comparison).context("appending to $GITHUB_STEP_SUMMARY")?;
     }
+    // Two runs named on purpose that share no class: nothing was judged,
+    // and a clean exit would read as "no regression".
+    if args.candidate.is_some() && !comparison.has_verdicts() {
+        let fields: std::collections::BTreeSet<&str> = comparison
+            .workloads
+            .iter()
+            .flat_map(|w| w.class_differences.iter().map(|d| d.field.as_str()))
+            .collect();
+        if fields.is_empty() {
+            anyhow::bail!("the two runs share no workload: nothing to compare");
+        }
+        anyhow::bail!(
+            "the runs are of different fingerprint classes (they differ in {}): not comparable; `--across FIELD` compares across a field on purpose",
+            fields.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
     Ok(comparison.exit_code())
 }
 
