@@ -9,8 +9,8 @@ use std::path::Path;
 
 use xtask::bench::{BenchContext, EngineChoice};
 use xtask::cli::DeviceArg;
+use xtask::launcher::parallel::ParallelRunner;
 use xtask::launcher::slurm_script::PointCommand;
-use xtask::launcher::sweep_launch::ParallelRunner;
 use xtask::sweep::{RetryPolicy, Sweep};
 
 /// `engine info` / `engine bench` stand-in: each bench writes a few
@@ -18,7 +18,7 @@ use xtask::sweep::{RetryPolicy, Sweep};
 const FAKE_ENGINE: &str = r#"#!/bin/sh
 here=$(dirname "$0")
 case "$1" in
-  info) echo '{"backend":"cpu","gpus":[]}'; exit 0 ;;
+  info) echo '{"engine_version":"0.0.0","backends":["cpu"],"cuda_available":false,"cpu_threads":2,"gpus":[]}'; exit 0 ;;
   bench) shift ;;
   *) echo "fake engine: unknown command $1" >&2; exit 2 ;;
 esac
@@ -98,15 +98,9 @@ max_num_seqs = [2, 4, 8, 16]
         timeout_s: 60.0,
     };
     let ctx = BenchContext::prepare(p, &choice).unwrap();
-    let mut sweep = Sweep::open(
-        &sweep_file,
-        &results,
-        "cpu",
-        None,
-        RetryPolicy::default(),
-    )
-    .unwrap();
-    sweep.parallel = Some(ParallelRunner {
+    let mut sweep =
+        Sweep::open(&sweep_file, &results, "cpu", None, RetryPolicy::default()).unwrap();
+    sweep.parallel = Some(Box::new(ParallelRunner {
         slots: vec!["GPU-slot-a".into(), "GPU-slot-b".into()],
         command: PointCommand {
             xtask: env!("CARGO_BIN_EXE_xtask").into(),
@@ -126,7 +120,7 @@ max_num_seqs = [2, 4, 8, 16]
             .to_vec(),
         },
         gpus_per_point: None,
-    });
+    }));
     let outcome = sweep.run(&ctx).unwrap();
     assert_eq!(outcome.points.len(), 4);
     assert!(
@@ -144,7 +138,11 @@ max_num_seqs = [2, 4, 8, 16]
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].to_string())
+            (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].to_string(),
+            )
         })
         .collect();
     assert_eq!(rows.len(), 4, "{trace}");

@@ -191,7 +191,11 @@ time = "10"
     let rerun = xtask(&sweep, &results, &engine, &[]);
     assert!(rerun.status.success(), "{}", text(&rerun));
     assert_eq!(text(&rerun).matches("submitted point").count(), 0);
-    assert!(text(&rerun).contains("nothing to submit"), "{}", text(&rerun));
+    assert!(
+        text(&rerun).contains("nothing to submit"),
+        "{}",
+        text(&rerun)
+    );
 
     // Many jobs wrote into one store: it verifies.
     let verify = Command::new(env!("CARGO_BIN_EXE_xtask"))
@@ -230,7 +234,7 @@ fn a_job_killed_at_its_time_limit_is_a_timeout() {
     let engine = dir.path().join("hanging-engine");
     std::fs::write(
         &engine,
-        "#!/bin/sh\ncase \"$1\" in\n  info) echo '{\"backend\":\"cpu\",\"gpus\":[]}' ;;\n  *) exec sleep 600 ;;\nesac\n",
+        "#!/bin/sh\ncase \"$1\" in\n  info) echo '{\"engine_version\":\"0.0.0\",\"backends\":[\"cpu\"],\"cuda_available\":false,\"cpu_threads\":2,\"gpus\":[]}' ;;\n  *) exec sleep 600 ;;\nesac\n",
     )
     .unwrap();
     std::fs::set_permissions(&engine, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -280,7 +284,12 @@ time = "1"
     assert!(s.contains("1 failed (timeout)"), "{s}");
     assert!(s.contains("TIMEOUT"), "{s}");
     let rerun = xtask(&sweep, &results, &engine, &[]);
-    assert_eq!(text(&rerun).matches("submitted point").count(), 0, "{}", text(&rerun));
+    assert_eq!(
+        text(&rerun).matches("submitted point").count(),
+        0,
+        "{}",
+        text(&rerun)
+    );
 }
 
 /// SLURM refuses what it cannot run: a partition that does not exist, a

@@ -177,8 +177,14 @@ fn submits_each_point_once_follows_the_jobs_and_resubmits_only_what_is_left() {
     assert_eq!(dry_text.matches("#!/bin/bash").count(), 3, "{dry_text}");
     assert!(dry_text.contains("#SBATCH --partition=ci"), "{dry_text}");
     assert!(dry_text.contains("#SBATCH --time=5"), "{dry_text}");
-    assert!(dry_text.contains("#SBATCH --job-name=dyno.fake-slurm."), "{dry_text}");
-    assert!(!dry_text.contains("--gres"), "a CPU sweep asks for no GPU: {dry_text}");
+    assert!(
+        dry_text.contains("#SBATCH --job-name=dyno.fake-slurm."),
+        "{dry_text}"
+    );
+    assert!(
+        !dry_text.contains("--gres"),
+        "a CPU sweep asks for no GPU: {dry_text}"
+    );
     assert!(fake.state().is_empty());
 
     let first = fake.xtask(&[], &[]);
@@ -190,10 +196,7 @@ fn submits_each_point_once_follows_the_jobs_and_resubmits_only_what_is_left() {
         let dir = fake.jobs_dir().join(point);
         let script = std::fs::read_to_string(dir.join("job.sh")).unwrap();
         assert!(script.contains(&format!("--point {point}")), "{script}");
-        assert!(script.contains(&format!(
-            "#SBATCH --output={}/slurm-%j.out",
-            dir.display()
-        )));
+        assert!(script.contains(&format!("#SBATCH --output={}/slurm-%j.out", dir.display())));
     }
 
     // A re-run while they are queued submits nothing.
@@ -211,7 +214,10 @@ fn submits_each_point_once_follows_the_jobs_and_resubmits_only_what_is_left() {
     assert!(status.status.success(), "{}", text(&status));
     let s = text(&status);
     assert!(s.contains("timeout"), "{s}");
-    assert!(s.contains(&format!("SLURM ended job {} with TIMEOUT", timed_out.0)), "{s}");
+    assert!(
+        s.contains(&format!("SLURM ended job {} with TIMEOUT", timed_out.0)),
+        "{s}"
+    );
     assert!(s.contains("running"), "{s}");
     assert!(s.contains("pending"), "{s}");
     // The timeout is in the ledger now, as the point's failure.
@@ -226,14 +232,23 @@ fn submits_each_point_once_follows_the_jobs_and_resubmits_only_what_is_left() {
     let third = fake.xtask(&[], &[]);
     assert!(third.status.success(), "{}", text(&third));
     let t = text(&third);
-    assert!(t.contains(&format!("submitted point {}", cancelled.1)), "{t}");
+    assert!(
+        t.contains(&format!("submitted point {}", cancelled.1)),
+        "{t}"
+    );
     assert_eq!(t.matches("submitted point").count(), 1, "{t}");
-    assert!(t.contains(&format!("skipped point {}: already running", running.1)), "{t}");
+    assert!(
+        t.contains(&format!("skipped point {}: already running", running.1)),
+        "{t}"
+    );
 
     // --retry timeout submits the timed-out point again.
     let retry = fake.xtask(&["--retry", "timeout"], &[]);
     let r = text(&retry);
-    assert!(r.contains(&format!("submitted point {}", timed_out.1)), "{r}");
+    assert!(
+        r.contains(&format!("submitted point {}", timed_out.1)),
+        "{r}"
+    );
 
     // --cancel cancels what is queued or running, nothing else.
     let cancel = fake.xtask(&["--cancel"], &[]);
@@ -257,7 +272,9 @@ fn a_rejected_job_names_its_point_and_the_others_go_ahead() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let t = text(&out);
     assert!(
-        t.contains(&format!("error: point {first_point}: SLURM rejected the job")),
+        t.contains(&format!(
+            "error: point {first_point}: SLURM rejected the job"
+        )),
         "{t}"
     );
     assert!(t.contains("Invalid account"), "{t}");
@@ -307,7 +324,11 @@ fn a_slurm_sweep_must_name_its_device_and_slurm_flags_need_the_slurm_launcher() 
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out).contains("say --device cuda or --device cpu"), "{}", text(&out));
+    assert!(
+        text(&out).contains("say --device cuda or --device cpu"),
+        "{}",
+        text(&out)
+    );
 
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .arg("sweep")
@@ -316,7 +337,11 @@ fn a_slurm_sweep_must_name_its_device_and_slurm_flags_need_the_slurm_launcher() 
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out).contains("--partition is a SLURM setting"), "{}", text(&out));
+    assert!(
+        text(&out).contains("--partition is a SLURM setting"),
+        "{}",
+        text(&out)
+    );
 
     let bad = fake.path("bad.toml");
     std::fs::write(&bad, SWEEP.replace("time = \"5\"", "time = \"soon\"")).unwrap();

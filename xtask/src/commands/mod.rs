@@ -7,6 +7,7 @@ pub mod baseline;
 pub mod compare;
 pub mod store;
 pub mod sweep;
+pub mod sweep_launch;
 
 use std::path::Path;
 

@@ -1,21 +1,22 @@
-//! The launchers inside `cargo xtask sweep`: `--status`, `--cancel`,
-//! `--launcher slurm` (submit), and the local runner that spreads a
-//! sweep's points over every GPU of this machine.
+//! The launchers inside `cargo xtask sweep` (command glue): `--status`,
+//! `--cancel`, `--launcher slurm` (submit), and setting up the local
+//! runner that spreads a sweep's points over every GPU of this machine.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
 
-use super::local::{run_jobs, visible_gpus, LocalJob, LocalOutcome};
-use super::slurm::{find_on_path, LedgerState, PointJob, PointView, SlurmLauncher, SlurmTools};
-use super::slurm_script::{PointCommand, SlurmOptions};
 use crate::bench::BenchContext;
-use crate::cli::DeviceArg;
-use crate::progress::Progress;
-use crate::sweep::{ListedPoint, Point, PointRecord, PointStatus, Sweep, SweepArgs, SweepFile};
+use crate::cli::{DeviceArg, LauncherKind, SweepArgs};
+use crate::launcher::gpus_for;
+use crate::launcher::local::visible_gpus;
+use crate::launcher::parallel::ParallelRunner;
+use crate::launcher::slurm::{
+    find_on_path, LedgerState, PointJob, PointView, SlurmLauncher, SlurmTools,
+};
+use crate::launcher::slurm_script::{PointCommand, SlurmOptions};
+use crate::sweep::{ListedPoint, PointRecord, PointStatus, Sweep, SweepFile};
 
 /// Checks made before anything slow: a SLURM sweep must say its device
 /// (the submit host cannot tell what the nodes have).
@@ -73,7 +74,10 @@ pub fn dispatch(
     if launch.cancel {
         for tool in [&slurm.tools.squeue, &slurm.tools.scancel] {
             if find_on_path(tool).is_none() {
-                bail!("no `{}` on PATH: --cancel needs SLURM's client commands", tool.display());
+                bail!(
+                    "no `{}` on PATH: --cancel needs SLURM's client commands",
+                    tool.display()
+                );
             }
         }
         let ids = slurm.cancel()?;
@@ -206,7 +210,11 @@ fn slurm_launcher(
         options = SlurmOptions::from_table(table, &sweep.file.path).map_err(|e| {
             // The field's line, when the file can say it.
             let text = format!("{e:#}");
-            match text.split("[slurm].").nth(1).and_then(|f| f.split(':').next()) {
+            match text
+                .split("[slurm].")
+                .nth(1)
+                .and_then(|f| f.split(':').next())
+            {
                 Some(field) => anyhow::anyhow!(
                     "{}",
                     sweep.file.invalid_field(
@@ -221,8 +229,8 @@ fn slurm_launcher(
     let flags = args.launch.slurm_flags();
     flags.validate().map_err(|e| anyhow::anyhow!("--{e}"))?;
     let options = options.overlaid(&flags);
-    let results = std::path::absolute(results)
-        .with_context(|| format!("resolving {}", results.display()))?;
+    let results =
+        std::path::absolute(results).with_context(|| format!("resolving {}", results.display()))?;
     let (engine, xtask) = if need_binaries {
         let engine = match &args.engine_bin {
             Some(bin) if bin.is_file() => bin.clone(),
@@ -292,24 +300,6 @@ fn forwarded_args(
         ]);
     }
     out
-}
-
-/// GPUs a point holds: `--gpus-per-point` / `[slurm] gpus_per_point`, else
-/// the point's `tensor_parallel_size` knob where it has one, else 1 on
-/// cuda and none on cpu.
-fn gpus_for(device: &str, configured: Option<u32>, engine: &toml::Table) -> u32 {
-    if device != "cuda" {
-        return 0;
-    }
-    configured
-        .or_else(|| {
-            engine
-                .get("tensor_parallel_size")
-                .and_then(toml::Value::as_integer)
-                .and_then(|n| u32::try_from(n).ok())
-        })
-        .unwrap_or(1)
-        .max(1)
 }
 
 fn point_jobs(
@@ -398,7 +388,15 @@ fn print_status(sweep: &Sweep, listed: &[ListedPoint], views: &[PointView]) {
     table
         .load_preset(UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(vec!["point", "experiment", "label", "state", "class", "job", "detail"]);
+        .set_header(vec![
+            "point",
+            "experiment",
+            "label",
+            "state",
+            "class",
+            "job",
+            "detail",
+        ]);
     // Wrap long causes (engine logs) at a readable width when stdout is not
     // a terminal (CI logs, pipes); a terminal's own width wins.
     if table.width().is_none() {
@@ -450,14 +448,6 @@ fn print_status(sweep: &Sweep, listed: &[ListedPoint], views: &[PointView]) {
     );
 }
 
-/// Runs a sweep's points as parallel workers, one per GPU.
-pub struct ParallelRunner {
-    /// GPU UUIDs, one slot each.
-    pub slots: Vec<String>,
-    pub command: PointCommand,
-    pub gpus_per_point: Option<u32>,
-}
-
 /// The parallel runner when this machine has more than one visible GPU and
 /// the sweep runs on cuda; `None` otherwise (points then run one at a time
 /// in this process).
@@ -468,7 +458,7 @@ pub fn local_runner(
     ctx: &BenchContext,
     sweep: &Sweep,
 ) -> anyhow::Result<Option<ParallelRunner>> {
-    if ctx.device != "cuda" || args.launch.launcher != super::cli::LauncherKind::Local {
+    if ctx.device != "cuda" || args.launch.launcher != LauncherKind::Local {
         return Ok(None);
     }
     let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
@@ -499,124 +489,4 @@ pub fn local_runner(
         },
         gpus_per_point: args.launch.gpus_per_point,
     }))
-}
-
-impl ParallelRunner {
-    /// Runs the points the policy allows, each as `xtask sweep FILE --point
-    /// ID` with `CUDA_VISIBLE_DEVICES` set to the GPUs it holds; each
-    /// records itself in the ledger. Returns the ids it started (the walk
-    /// then only looks them up).
-    pub fn run(
-        &self,
-        sweep: &Sweep,
-        ctx: &BenchContext,
-        points: &[Point],
-        progress: &Progress,
-    ) -> anyhow::Result<BTreeSet<String>> {
-        let mut jobs = Vec::new();
-        let mut models = BTreeSet::new();
-        for p in points {
-            if !selected(sweep, &p.experiment)
-                || !sweep.policy.should_run(sweep.ledger.get(&p.id)?.as_ref())
-            {
-                continue;
-            }
-            models.insert(p.spec.model.clone());
-            jobs.push(LocalJob {
-                point_id: p.id.clone(),
-                label: p.label.clone(),
-                slots: gpus_for(&sweep.device, self.gpus_per_point, &p.engine()) as usize,
-            });
-        }
-        if jobs.is_empty() {
-            return Ok(BTreeSet::new());
-        }
-        // Synthesize each model once here rather than in racing workers.
-        for model in models {
-            let name = model.unwrap_or_else(|| crate::workload_plan::DEFAULT_MODEL.to_string());
-            crate::model::resolve(&name, &ctx.engine, &ctx.root.join(".models"))?;
-        }
-        let jobs_dir = sweep.ledger.dir().join("jobs");
-        let mut spawn = |job: &LocalJob, uuids: &[String]| {
-            let dir = jobs_dir.join(&job.point_id);
-            std::fs::create_dir_all(&dir)?;
-            let log_path = dir.join("local.log");
-            let log = std::fs::File::create(&log_path)?;
-            let child = Command::new(&self.command.xtask)
-                .arg("sweep")
-                .arg(&self.command.sweep_file)
-                .arg("--point")
-                .arg(&job.point_id)
-                .args(&self.command.args)
-                .env("CUDA_VISIBLE_DEVICES", uuids.join(","))
-                .env("DYNO_ROOT", &self.command.root)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()?;
-            progress.println(format!(
-                "point {} ({}) started on {}",
-                job.point_id,
-                job.label,
-                uuids.join(",")
-            ));
-            Ok((child, Some(log_path)))
-        };
-        let mut on_done = |job: &LocalJob, outcome: &LocalOutcome| {
-            let line = match outcome {
-                LocalOutcome::NotRun { reason } => format!("error: {reason}"),
-                LocalOutcome::Exited {
-                    status,
-                    gpus,
-                    wall_s,
-                    log,
-                } => {
-                    let recorded = sweep.ledger.get(&job.point_id).ok().flatten();
-                    let log = log
-                        .as_ref()
-                        .map(|l| l.display().to_string())
-                        .unwrap_or_default();
-                    match recorded.map(|r| r.status) {
-                        Some(PointStatus::Done) => format!(
-                            "point {} ({}) done on {} ({wall_s:.1} s)",
-                            job.point_id,
-                            job.label,
-                            gpus.join(",")
-                        ),
-                        Some(PointStatus::Failed { class, message }) => format!(
-                            "point {} ({}) FAILED ({class}) on {}: {message}",
-                            job.point_id,
-                            job.label,
-                            gpus.join(",")
-                        ),
-                        None => format!(
-                            "error: point {} ({}): its worker exited ({status}) without recording it; log {log}",
-                            job.point_id, job.label
-                        ),
-                    }
-                }
-            };
-            progress.println(line);
-            progress.point_finished();
-        };
-        run_jobs(&jobs, &self.slots, &mut spawn, &mut on_done);
-        Ok(jobs.into_iter().map(|j| j.point_id).collect())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gpus_per_point() {
-        let none = toml::Table::new();
-        assert_eq!(gpus_for("cpu", Some(4), &none), 0);
-        assert_eq!(gpus_for("cuda", None, &none), 1);
-        assert_eq!(gpus_for("cuda", Some(2), &none), 2);
-        let mut tp = toml::Table::new();
-        tp.insert("tensor_parallel_size".into(), toml::Value::Integer(4));
-        assert_eq!(gpus_for("cuda", None, &tp), 4);
-        assert_eq!(gpus_for("cuda", Some(1), &tp), 1);
-    }
 }
