@@ -31,7 +31,7 @@ pub enum Command {
     /// stored run, resumable; B_sat, SLO capacity, tiers, reports. Exit
     /// code: 0 every point done, 1 a point failed (recorded), 2 the sweep
     /// itself could not run.
-    Sweep(SweepArgs),
+    Sweep(Box<SweepArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
