@@ -259,6 +259,23 @@ fn submits_each_point_once_follows_the_jobs_and_resubmits_only_what_is_left() {
 }
 
 #[test]
+fn report_only_and_point_are_not_submissions() {
+    let fake = Fake::new();
+    let report = fake.xtask(&["--report-only"], &[]);
+    assert!(report.status.success(), "{}", text(&report));
+    assert!(text(&report).contains("reports in"), "{}", text(&report));
+    assert!(fake.state().is_empty(), "--report-only submitted jobs");
+    let point = fake.xtask(&["--point", "abc"], &[]);
+    assert_eq!(point.status.code(), Some(2));
+    assert!(
+        text(&point).contains("--point runs one point here"),
+        "{}",
+        text(&point)
+    );
+    assert!(fake.state().is_empty());
+}
+
+#[test]
 fn a_rejected_job_names_its_point_and_the_others_go_ahead() {
     let fake = Fake::new();
     let listing = fake.xtask(&["--dry-run"], &[]);

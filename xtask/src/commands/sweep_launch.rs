@@ -22,6 +22,12 @@ use crate::sweep::{ListedPoint, PointRecord, PointStatus, Sweep, SweepFile};
 /// (the submit host cannot tell what the nodes have).
 pub fn check_args(args: &SweepArgs, file: &SweepFile) -> anyhow::Result<()> {
     let launch = &args.launch;
+    if launch.is_slurm() && args.point.is_some() {
+        bail!(
+            "--point runs one point here (what a SLURM job runs); with --launcher slurm every \
+             pending point is submitted"
+        );
+    }
     if launch.cancel && !launch.is_slurm() {
         bail!("--cancel cancels SLURM jobs: use it with --launcher slurm");
     }
@@ -58,7 +64,9 @@ pub fn dispatch(
     sweep: &Sweep,
 ) -> anyhow::Result<Option<i32>> {
     let launch = &args.launch;
-    if !launch.looks_up_only() {
+    // --report-only makes the reports from what the jobs recorded, like
+    // any sweep.
+    if !launch.looks_up_only() || (args.report_only && !launch.status && !launch.cancel) {
         return Ok(None);
     }
     if launch.status && !launch.is_slurm() {
@@ -119,11 +127,16 @@ pub fn dispatch(
     // What SLURM decided (time limit, memory, node failure) goes into the
     // ledger first, so that resume and --retry see it as a failure. (A dry
     // run on a machine without SLURM only prints the scripts.)
+    let mut decided = std::collections::BTreeMap::new();
     if have_squeue {
         let jobs = point_jobs(sweep, &slurm, &listed, args)?;
         let (views, failures) = slurm.status(&jobs)?;
-        for f in &failures {
-            record_failure(sweep, &f.point_id, f.class, &f.message)?;
+        for f in failures {
+            // A dry run writes nothing; it only leaves those points out.
+            if !args.dry_run {
+                record_failure(sweep, &f.point_id, f.class, &f.message)?;
+            }
+            decided.insert(f.point_id, f.class);
         }
         if launch.status {
             print_status(sweep, &listed, &views);
@@ -135,6 +148,11 @@ pub fn dispatch(
         .into_iter()
         .zip(&listed)
         .filter(|(_, p)| p.will_run && selected(sweep, &p.experiment))
+        .filter(|(_, p)| {
+            decided
+                .get(&p.id)
+                .is_none_or(|class| sweep.policy.retry.contains(class))
+        })
         .map(|(j, _)| j)
         .collect();
     let waiting: Vec<String> = outcome
