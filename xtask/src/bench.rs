@@ -122,6 +122,20 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
             runner.work_dir.display()
         );
         code = code.max(exit_code(&outcome.run));
+        let recorded = crate::sweep::record_suite_points(
+            &catalogue,
+            selection.suite.as_deref(),
+            &outcome.run_id,
+            &outcome.run,
+            trials,
+            results,
+        )?;
+        if recorded > 0 {
+            println!(
+                "recorded {recorded} sweep points in {} (cargo xtask sweep FILE --report-only reports them)",
+                results.join("sweeps").display()
+            );
+        }
         // The verdict against the committed baseline of this run's
         // fingerprint class; None when there is none.
         if let Some(verdict) =

@@ -498,15 +498,6 @@ impl<'a, 'b> Walk<'a, 'b> {
         let mut existing = self.sweep.ledger.get(&p.id)?;
         let will_run = self.sweep.policy.should_run(existing.as_ref());
         if self.seen.insert(p.id.clone()) {
-            self.listed.push(ListedPoint {
-                id: p.id.clone(),
-                experiment: p.experiment.clone(),
-                tier: p.tier,
-                label: p.label.clone(),
-                model: p.spec.model.clone(),
-                state: state_of(existing.as_ref()),
-                will_run,
-            });
             if let (Mode::Run { ctx, progress }, true) = (
                 &self.mode,
                 will_run && self.sweep.selected(&p.experiment) && !self.launched.contains(&p.id),
@@ -527,6 +518,17 @@ impl<'a, 'b> Walk<'a, 'b> {
                 self.update_counts(progress);
                 existing = Some(record);
             }
+            // Listed with its state after this walk (a later tier waits for
+            // every lower-tier point to have one).
+            self.listed.push(ListedPoint {
+                id: p.id.clone(),
+                experiment: p.experiment.clone(),
+                tier: p.tier,
+                label: p.label.clone(),
+                model: p.spec.model.clone(),
+                state: state_of(existing.as_ref()),
+                will_run,
+            });
         }
         let Some(record) = existing else {
             return Ok(None);
@@ -714,7 +716,142 @@ impl<'a, 'b> Walk<'a, 'b> {
     }
 }
 
+/// Records in their sweeps' ledgers the sweep points a suite's run measured
+/// (a suite's sweeps run their points as workloads of the suite's run), so
+/// that `cargo xtask sweep FILE --report-only` reports them and a later
+/// `cargo xtask sweep FILE` does not measure them again.
+pub fn record_suite_points(
+    catalogue: &workloads::Catalogue,
+    suite: Option<&str>,
+    run_id: &str,
+    run: &crate::run_record::RunRecord,
+    trials: u32,
+    results: &Path,
+) -> anyhow::Result<usize> {
+    let Some(suite) = suite.and_then(|s| catalogue.suite(s).ok()) else {
+        return Ok(0);
+    };
+    let mut recorded = 0;
+    for name in &suite.sweeps {
+        let Some(file) = catalogue.sweep(name) else {
+            continue;
+        };
+        let mut file = file.clone();
+        file.trials = Some(trials);
+        let ledger = Ledger::open(results, &file.name, &run.fingerprint.device);
+        for exp in &file.experiments {
+            for point in file.static_points(exp).unwrap_or_default() {
+                let Some(w) = run.workloads.iter().find(|w| w.name == point.spec.name) else {
+                    continue;
+                };
+                let mut record = PointRecord::new(&point, &run.fingerprint.device, trials);
+                record.run_id = Some(run_id.to_string());
+                record.attempts = 1;
+                record.wall_s = w.trials.iter().map(|t| t.wall_s).sum();
+                record.updated_at = run.created_at.clone();
+                if let Some(t) = w.trials.iter().find(|t| t.status != TrialStatus::Ok) {
+                    record.status = PointStatus::Failed {
+                        class: t.status.failure_class().unwrap_or(FailureClass::Crash),
+                        message: match &t.status {
+                            TrialStatus::Failed { reason, .. } => reason.clone(),
+                            TrialStatus::TimedOut { after_s } => {
+                                format!("timed out after {after_s:.1} s")
+                            }
+                            TrialStatus::Ok => String::new(),
+                        },
+                    };
+                }
+                ledger.put(&record)?;
+                recorded += 1;
+            }
+        }
+    }
+    Ok(recorded)
+}
+
 /// The reports' default folder for a sweep on a device.
 pub fn default_report_dir(results: &Path, sweep: &str, device: &str) -> PathBuf {
     Ledger::open(results, sweep, device).dir().join("report")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(status: PointStatus) -> PointRecord {
+        serde_json::from_value(serde_json::json!({
+            "point_id": "p", "sweep": "s", "experiment": "e", "tier": 0, "label": "l",
+            "device": "cpu", "status": status, "run_id": null, "workload": "w",
+            "model": null, "engine": {}, "axes": {}, "trials": 1, "attempts": 1,
+            "wall_s": 1.0, "updated_at": ""
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn retry_policy_follows_both_flag_forms() {
+        let oom = record(PointStatus::Failed {
+            class: FailureClass::Oom,
+            message: "m".into(),
+        });
+        let timeout = record(PointStatus::Failed {
+            class: FailureClass::Timeout,
+            message: "m".into(),
+        });
+        let done = record(PointStatus::Done);
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+
+        let default = RetryPolicy::from_flags(&[], &[]).unwrap();
+        assert!(default.should_run(None));
+        assert!(!default.should_run(Some(&done)));
+        assert!(!default.should_run(Some(&oom)));
+
+        let retry = RetryPolicy::from_flags(&s(&["oom"]), &[]).unwrap();
+        assert!(retry.should_run(Some(&oom)) && !retry.should_run(Some(&timeout)));
+
+        // Seed 004's spelling: retry everything but OOM.
+        let skip = RetryPolicy::from_flags(&[], &s(&["OOM"])).unwrap();
+        assert!(!skip.should_run(Some(&oom)) && skip.should_run(Some(&timeout)));
+        let none = RetryPolicy::from_flags(&[], &s(&["none"])).unwrap();
+        assert!(none.should_run(Some(&oom)) && !none.should_run(Some(&done)));
+        let all = RetryPolicy::from_flags(&s(&["all"]), &[]).unwrap();
+        assert_eq!(all.retry.len(), FailureClass::ALL.len());
+
+        let e = RetryPolicy::from_flags(&s(&["segfault"]), &[]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("unknown failure class `segfault`"),
+            "{e:#}"
+        );
+    }
+
+    #[test]
+    fn objectives_naming_unknown_metrics_are_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        std::fs::write(
+            &file,
+            "name = \"s\"\ndescription = \"d\"\n[fixed]\nrequests = 2\nprompt_len = 4\noutput_len = 4\n\n[objective.o]\nmaximize = \"tokens_per_banana\"\n\n[[experiment]]\nname = \"e\"\n",
+        )
+        .unwrap();
+        let e = Sweep::open(&file, dir.path(), "cpu", None, RetryPolicy::default())
+            .err()
+            .unwrap();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains(
+                "s.toml:9: field `objective.o.maximize`: unknown metric `tokens_per_banana`"
+            ),
+            "{e}"
+        );
+        std::fs::write(
+            &file,
+            "name = \"s\"\ndescription = \"d\"\n[fixed]\nrequests = 2\nprompt_len = 4\noutput_len = 4\n\n[objective.o]\nmaximize = \"output_tps_per_gpu\"\n\n[[experiment]]\nname = \"e\"\n",
+        )
+        .unwrap();
+        let sweep = Sweep::open(&file, dir.path(), "cpu", Some(2), RetryPolicy::default()).unwrap();
+        assert_eq!(sweep.trials, 2);
+        let (listed, _) = sweep.listing().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].state, "pending");
+    }
 }

@@ -193,13 +193,7 @@ pub fn optimization_rows(outcome: &SweepOutcome) -> Vec<OptimizationRow> {
         let stdev = |p: &PointResult| p.metrics.get("output_tps_per_gpu").map(|s| s.stdev);
         rows.push(OptimizationRow {
             model,
-            workload: best
-                .record
-                .workload
-                .split('.')
-                .take(2)
-                .collect::<Vec<_>>()
-                .join("."),
+            workload: workload_label(best),
             base_point: base.map(|p| p.record.point_id.clone()),
             base_tps_per_gpu: base.and_then(|p| tps(p)),
             base_tps_per_gpu_stdev: base.and_then(|p| stdev(p)),
@@ -218,6 +212,23 @@ pub fn optimization_rows(outcome: &SweepOutcome) -> Vec<OptimizationRow> {
         });
     }
     rows
+}
+
+/// The experiment and the point's axes that are not engine knobs: what
+/// the points of one optimization row have in common.
+fn workload_label(p: &PointResult) -> String {
+    let mut parts = vec![p.record.experiment.clone()];
+    parts.extend(
+        p.record
+            .label
+            .split('.')
+            .filter(|part| {
+                let key = part.rsplit_once('-').map(|(k, _)| k).unwrap_or(part);
+                !workloads::engine_knobs::is_knob(key)
+            })
+            .map(str::to_string),
+    );
+    parts.join(" ")
 }
 
 /// RFC 4180 quoting: a field with a comma, quote or line break is quoted,

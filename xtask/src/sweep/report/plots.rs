@@ -29,6 +29,8 @@ struct Series {
     name: String,
     points: Vec<(f64, f64, f64)>,
     dashed: bool,
+    /// Palette index: series of one group (its p50 and p99) share a colour.
+    color: usize,
 }
 
 struct Chart<'a> {
@@ -87,7 +89,12 @@ pub fn render_all(outcome: &SweepOutcome, store: &Store) -> anyhow::Result<Vec<P
         }
         let series = groups
             .iter()
-            .map(|(group, points)| series_of(group, points, load, "output_throughput", false))
+            .enumerate()
+            .map(|(g, (group, points))| {
+                let mut s = series_of(group, points, load, "output_throughput", false);
+                s.color = g;
+                s
+            })
             .collect();
         let title = format!("output throughput vs {load}");
         plots.push(plot(
@@ -155,11 +162,13 @@ pub fn render_all(outcome: &SweepOutcome, store: &Store) -> anyhow::Result<Vec<P
                             name: "goodput (requests meeting every SLO)".into(),
                             points,
                             dashed: false,
+                            color: 0,
                         },
                         Series {
                             name: "request throughput".into(),
                             points: offered,
                             dashed: true,
+                            color: 1,
                         },
                     ],
                     markers,
@@ -177,6 +186,7 @@ pub fn render_all(outcome: &SweepOutcome, store: &Store) -> anyhow::Result<Vec<P
                     .map(|p| (f64::from(p.batch_size), p.median_step_ms, 0.0))
                     .collect(),
                 dashed: false,
+                color: 0,
             };
             let lo = fit
                 .points
@@ -197,6 +207,7 @@ pub fn render_all(outcome: &SweepOutcome, store: &Store) -> anyhow::Result<Vec<P
                     })
                     .collect(),
                 dashed: true,
+                color: 1,
             };
             let title = format!("decode step time vs batch size ({})", e.name);
             plots.push(plot(
@@ -279,6 +290,7 @@ fn series_of(
         name: name.to_string(),
         points: out,
         dashed,
+        color: 0,
     }
 }
 
@@ -322,6 +334,7 @@ fn pareto(outcome: &SweepOutcome) -> anyhow::Result<Option<Plot>> {
                 name: "points".into(),
                 points: all,
                 dashed: false,
+                color: 0,
             }],
             markers: vec![],
             band: None,
@@ -329,6 +342,7 @@ fn pareto(outcome: &SweepOutcome) -> anyhow::Result<Option<Plot>> {
                 name: "Pareto front".into(),
                 points: front,
                 dashed: false,
+                color: 0,
             }),
         },
     )?))
@@ -415,8 +429,8 @@ fn draw(svg: &mut String, c: &Chart) -> Result<(), Box<dyn std::error::Error>> {
                         )
                     });
             }
-            for (i, s) in c.series.iter().enumerate() {
-                let color = style(i);
+            for s in &c.series {
+                let color = style(s.color);
                 let pts: Vec<(f64, f64)> = s.points.iter().map(|p| (p.0, p.1)).collect();
                 let line_style = if s.dashed {
                     color.mix(0.6).stroke_width(1)
