@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::store::Store;
 use crate::sweep::results::PointResult;
@@ -460,15 +461,21 @@ fn draw(svg: &mut String, c: &Chart) -> Result<(), Box<dyn std::error::Error>> {
                         PathElement::new(vec![(x, y), (x + 16, y)], BLACK.stroke_width(1))
                     });
             }
-            for (x, label) in &c.markers {
+            for (i, (x, label)) in c.markers.iter().enumerate() {
                 $chart.draw_series(std::iter::once(PathElement::new(
                     vec![(*x, 0.0), (*x, y1)],
                     RED.stroke_width(1),
                 )))?;
                 $chart.draw_series(std::iter::once(Text::new(
                     label.clone(),
-                    (*x, y1 * 0.95),
-                    ("sans-serif", 12).into_font().color(&RED),
+                    // Right-aligned, left of its line: a marker at the
+                    // right edge keeps its label inside the plot; markers
+                    // step down so two close ones do not overlap.
+                    (*x, y1 * (0.95 - 0.07 * i as f64)),
+                    ("sans-serif", 12)
+                        .into_font()
+                        .color(&RED)
+                        .pos(Pos::new(HPos::Right, VPos::Top)),
                 )))?;
             }
             $chart
