@@ -27,6 +27,9 @@ pub enum Command {
     /// Manage the committed baselines (baselines/<class>/).
     #[command(subcommand)]
     Baseline(BaselineCmd),
+    /// Each headline metric of a fingerprint class over the stored runs,
+    /// its change points and where each shift began; SVG trend plots.
+    History(HistoryArgs),
     /// Run a sweep file: many workloads × engine configs, each point a
     /// stored run, resumable; B_sat, SLO capacity, tiers, reports. Exit
     /// code: 0 every point done, 1 a point failed (recorded), 2 the sweep
@@ -182,6 +185,68 @@ pub struct CompareArgs {
     /// `engine_config` to measure a config change). Never for baselines.
     #[arg(long, value_name = "FIELD", requires = "candidate")]
     pub across: Vec<String>,
+}
+
+/// How the runs of a history are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Order {
+    /// By when each run was made (`created_at`).
+    Run,
+    /// By the committer time of each run's commit, from this git repository
+    /// (runs of one commit by run time).
+    Commit,
+}
+
+/// Each headline metric of a fingerprint class over the stored runs, its
+/// change points (e-divisive means), and SVG trend plots.
+#[derive(Debug, Clone, Args)]
+pub struct HistoryArgs {
+    /// Fingerprint class hash or a unique prefix of one (as `baseline ls`
+    /// and `compare` show it). Default: every class of the newest run and
+    /// of the other runs of its commit (one run per model of a suite).
+    #[arg(long, value_name = "HASH")]
+    pub class: Option<String>,
+    /// Only this workload (repeatable).
+    #[arg(long = "workload", value_name = "NAME")]
+    pub workloads: Vec<String>,
+    /// Metric to follow (repeatable; names as in `store show`). Default:
+    /// output_throughput, p50_ttft_ms, p50_tpot_ms, p99_e2el_ms.
+    #[arg(long = "metric", value_name = "NAME")]
+    pub metrics: Vec<String>,
+    /// Order of the runs: when they were made, or when their commits were.
+    #[arg(long, value_enum, default_value_t = Order::Run)]
+    pub order: Order,
+    /// Write one SVG trend plot per workload and metric into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub svg: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Same as `--format json`.
+    #[arg(long, conflicts_with = "format")]
+    pub json: bool,
+    /// Write the report to this file instead of stdout.
+    #[arg(long, short, value_name = "PATH")]
+    pub out: Option<PathBuf>,
+    /// The content-addressed store (default: `results/` in the workspace).
+    #[arg(long, value_name = "DIR")]
+    pub results: Option<PathBuf>,
+    /// Also use runs made from a work tree with uncommitted changes (they
+    /// have no commit to name).
+    #[arg(long)]
+    pub include_dirty: bool,
+    /// Significance level of a change point (its permutation p-value).
+    #[arg(long, default_value_t = crate::history::edivisive::DetectConfig::default().alpha, value_name = "P")]
+    pub alpha: f64,
+    /// Permutations per significance test.
+    #[arg(long, default_value_t = crate::history::edivisive::DetectConfig::default().permutations, value_name = "N")]
+    pub permutations: u32,
+    /// Fewest runs on each side of a change point (at least 2).
+    #[arg(long, default_value_t = crate::history::edivisive::DetectConfig::default().min_segment, value_name = "N")]
+    pub min_segment: usize,
+    /// Do not append the Markdown report to `$GITHUB_STEP_SUMMARY` (when
+    /// the variable is set, e.g. in a GitHub Actions job).
+    #[arg(long)]
+    pub no_step_summary: bool,
 }
 
 #[derive(Debug, Clone, Subcommand)]

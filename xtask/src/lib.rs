@@ -28,6 +28,7 @@ pub mod fingerprint;
 pub mod fixtures;
 pub mod format;
 pub mod gpu_monitor;
+pub mod history;
 pub mod launcher;
 pub mod metrics;
 pub mod model;

@@ -60,6 +60,19 @@ pub enum Warning {
         runs: usize,
         needed: usize,
     },
+    /// `history`: runs from a dirty work tree were not used.
+    HistoryDirtyRunsLeftOut {
+        workload: String,
+        class: String,
+        runs: usize,
+    },
+    /// `history`: a series with fewer than 2 runs was not shown.
+    HistoryTooShort {
+        workload: String,
+        class: String,
+        metric: String,
+        runs: usize,
+    },
 }
 
 impl fmt::Display for Warning {
@@ -141,6 +154,23 @@ impl fmt::Display for Warning {
             } => write!(
                 f,
                 "baseline class {class} holds {runs} run(s): the run-to-run spread needs {needed}, so no metric can be flagged against it; promote more runs (`cargo xtask baseline promote RUN`) or use an interleaved A/B (`cargo xtask bench --against REV`)"
+            ),
+            Warning::HistoryDirtyRunsLeftOut {
+                workload,
+                class,
+                runs,
+            } => write!(
+                f,
+                "`{workload}` (class {class}): {runs} run(s) from a dirty work tree left out of the history, having no commit to name; --include-dirty uses them"
+            ),
+            Warning::HistoryTooShort {
+                workload,
+                class,
+                metric,
+                runs,
+            } => write!(
+                f,
+                "`{workload}` (class {class}) has {runs} run(s) with {metric}; a history needs at least 2: left out; bench again or import nightly exports (`cargo xtask store import FILE`)"
             ),
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod baseline;
 pub mod compare;
+pub mod history;
 pub mod store;
 pub mod sweep;
 pub mod sweep_launch;
@@ -20,6 +21,7 @@ pub fn run(command: Command, root: &Path) -> anyhow::Result<i32> {
         Command::Store(cmd) => store::run(cmd, &root.join("results")),
         Command::Compare(args) => compare::run_cli(args, root),
         Command::Baseline(cmd) => baseline::run_cli(cmd, root),
+        Command::History(args) => history::run_cli(args, root),
         Command::Sweep(args) => sweep::run_cli(&args, root),
     }
 }

@@ -14,7 +14,7 @@ use super::{Comparison, Summary, WorkloadComparison};
 use crate::side::Side;
 
 /// Shown in the terminal even when unchanged: what a reader looks for first.
-const HEADLINE: [&str; 4] = [
+pub(crate) const HEADLINE: [&str; 4] = [
     "output_throughput",
     "p50_ttft_ms",
     "p50_tpot_ms",
