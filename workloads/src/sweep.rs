@@ -122,6 +122,9 @@ pub struct SweepFile {
     pub device: Option<SuiteDevice>,
     pub experiments: Vec<Experiment>,
     pub objectives: BTreeMap<String, Objective>,
+    /// `[slurm]`: settings of the SLURM launcher (partition, qos, time,
+    /// ...), read and checked by xtask's launcher (docs/CLUSTER.md).
+    pub slurm: Option<Table>,
     /// The file's text, to locate problems found later (objective metrics).
     text: String,
 }
@@ -279,6 +282,8 @@ struct RawSweep {
     experiments: Vec<Table>,
     #[serde(default, rename = "objective")]
     objectives: BTreeMap<String, RawObjective>,
+    #[serde(default)]
+    slurm: Option<Table>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -381,6 +386,7 @@ impl SweepFile {
             device: raw.device,
             experiments,
             objectives,
+            slurm: raw.slurm,
             text: text.to_string(),
         };
         // Build every point once (with the lowest load a profile would use)

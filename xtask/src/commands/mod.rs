@@ -8,6 +8,7 @@ pub mod compare;
 pub mod history;
 pub mod store;
 pub mod sweep;
+pub mod sweep_launch;
 
 use std::path::Path;
 

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 
 use crate::bench::{BenchContext, EngineChoice};
 use crate::cli::{DeviceArg, SweepArgs};
+use crate::launcher::gpu_breakdown;
 use crate::sweep::{report, RetryPolicy, Sweep, SweepFile};
 
 /// Runs `cargo xtask sweep`.
@@ -16,6 +17,7 @@ pub fn run_cli(args: &SweepArgs, root: &Path) -> anyhow::Result<i32> {
     let policy = RetryPolicy::from_flags(&args.retry, &args.skip_failure_reasons)?;
     // Parse the file before anything slow.
     let file = SweepFile::load(&args.file)?;
+    super::sweep_launch::check_args(args, &file)?;
     let choice = EngineChoice {
         engine_bin: args.engine_bin.clone(),
         engine_profile: args.engine_profile.clone(),
@@ -25,7 +27,8 @@ pub fn run_cli(args: &SweepArgs, root: &Path) -> anyhow::Result<i32> {
     };
     // Lookups need the device (the ledger is per device) but not the engine
     // unless the device must be detected.
-    let lookup_only = args.dry_run || args.report_only;
+    // SLURM submissions, --status and --cancel run no engine here.
+    let lookup_only = args.dry_run || args.report_only || args.launch.looks_up_only();
     let (ctx, device) = if lookup_only {
         let device = match (args.device, file.device) {
             (DeviceArg::Cpu, _) => "cpu".to_string(),
@@ -61,6 +64,17 @@ pub fn run_cli(args: &SweepArgs, root: &Path) -> anyhow::Result<i32> {
         sweep.only.insert(name.clone());
     }
 
+    // --status, --cancel, --launcher slurm (docs/CLUSTER.md).
+    if let Some(code) = super::sweep_launch::dispatch(args, root, &results, &sweep)? {
+        return Ok(code);
+    }
+    // Several GPUs: the points run side by side, one per GPU.
+    if let Some(ctx) = &ctx {
+        if let Some(runner) = super::sweep_launch::local_runner(args, root, &results, ctx, &sweep)?
+        {
+            sweep.parallel = Some(Box::new(runner));
+        }
+    }
     if args.dry_run {
         let (listed, outcome) = sweep.listing()?;
         if args.json {
@@ -83,8 +97,15 @@ pub fn run_cli(args: &SweepArgs, root: &Path) -> anyhow::Result<i32> {
         Some(ctx) if !args.report_only => sweep.run(ctx)?,
         _ => sweep.outcome()?,
     };
-    let written = report::write_all(&outcome, &sweep.store, &out_dir)?;
+    let mut written = report::write_all(&outcome, &sweep.store, &out_dir)?;
     report::print_summary(&outcome);
+    // Which GPU ran which points (printed when there were several).
+    let gpus = gpu_breakdown::rows(&outcome, &sweep.store)?;
+    gpu_breakdown::print(&gpus);
+    let gpus_csv = out_dir.join("gpus.csv");
+    workloads::jsonl::write_bytes_atomic(&gpus_csv, gpu_breakdown::csv(&gpus).as_bytes())
+        .with_context(|| format!("writing {}", gpus_csv.display()))?;
+    written.push("gpus.csv".into());
     println!("\nreports in {}: {}", out_dir.display(), written.join(", "));
     let failed = outcome.points.iter().any(|p| !p.record.is_done());
     Ok(i32::from(failed))

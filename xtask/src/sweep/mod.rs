@@ -160,6 +160,21 @@ pub struct Sweep {
     pub policy: RetryPolicy,
     /// Run only these experiments (empty: all).
     pub only: BTreeSet<String>,
+    /// Runs several points at once (the local launcher on a machine with
+    /// several GPUs, `crate::launcher`); `None`: one at a time in process.
+    pub parallel: Option<Box<dyn PointRunner>>,
+}
+
+/// Runs a batch of points side by side, each recording itself in the
+/// ledger; returns the ids it ran. The walk then only looks them up.
+pub trait PointRunner {
+    fn run(
+        &self,
+        sweep: &Sweep,
+        ctx: &BenchContext,
+        points: &[Point],
+        progress: &Progress,
+    ) -> anyhow::Result<BTreeSet<String>>;
 }
 
 /// Counts of what a run did, for the progress bar and the exit code.
@@ -179,6 +194,8 @@ struct Walk<'a, 'b> {
     counts: Counts,
     /// Every point met, by id (to run one by id).
     found_points: BTreeMap<String, Point>,
+    /// Points the parallel runner ran in this walk (looked up only).
+    launched: BTreeSet<String>,
 }
 
 impl Sweep {
@@ -232,6 +249,7 @@ impl Sweep {
             trials,
             policy,
             only: BTreeSet::new(),
+            parallel: None,
             file,
         })
     }
@@ -320,7 +338,7 @@ impl Sweep {
     }
 
     /// The point with this id among the points known now.
-    fn find_point(&self, id: &str) -> anyhow::Result<Option<Point>> {
+    pub fn find_point(&self, id: &str) -> anyhow::Result<Option<Point>> {
         let mut walk = Walk::new(self, Mode::Lookup);
         walk.walk()?;
         Ok(walk.found_points.remove(id))
@@ -428,7 +446,28 @@ impl<'a, 'b> Walk<'a, 'b> {
             listed: Vec::new(),
             counts: Counts::default(),
             found_points: BTreeMap::new(),
+            launched: BTreeSet::new(),
         }
+    }
+
+    /// With a parallel runner, a grid's or batch's points run side by side
+    /// first; the walk then finds them in the ledger.
+    fn run_in_parallel(&mut self, points: &[Point]) -> anyhow::Result<()> {
+        let (Mode::Run { ctx, progress }, Some(parallel)) = (&self.mode, &self.sweep.parallel)
+        else {
+            return Ok(());
+        };
+        let (ctx, progress) = (*ctx, *progress);
+        for id in parallel.run(self.sweep, ctx, points, progress)? {
+            if self.sweep.ledger.get(&id)?.is_some_and(|r| r.is_done()) {
+                self.counts.ran_ok += 1;
+            } else {
+                self.counts.ran_failed += 1;
+            }
+            self.launched.insert(id);
+        }
+        self.update_counts(progress);
+        Ok(())
     }
 
     fn update_counts(&self, progress: &Progress) {
@@ -459,9 +498,10 @@ impl<'a, 'b> Walk<'a, 'b> {
         let mut existing = self.sweep.ledger.get(&p.id)?;
         let will_run = self.sweep.policy.should_run(existing.as_ref());
         if self.seen.insert(p.id.clone()) {
-            if let (Mode::Run { ctx, progress }, true) =
-                (&self.mode, will_run && self.sweep.selected(&p.experiment))
-            {
+            if let (Mode::Run { ctx, progress }, true) = (
+                &self.mode,
+                will_run && self.sweep.selected(&p.experiment) && !self.launched.contains(&p.id),
+            ) {
                 let (ctx, progress) = (*ctx, *progress);
                 // Points made at run time were not in the first listing.
                 if self.counts.ran_ok + self.counts.ran_failed >= self.counts.to_run {
@@ -566,6 +606,7 @@ impl<'a, 'b> Walk<'a, 'b> {
                 let points = file
                     .planned_points(exp, base)
                     .context("expanding the experiment's points")?;
+                self.run_in_parallel(&points)?;
                 for p in &points {
                     self.point(p)?;
                     out.point_ids.push(p.id.clone());
