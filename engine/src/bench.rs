@@ -6,6 +6,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use workloads::request::MAX_ARRIVAL_S;
 use workloads::{BenchSummary, RecordStatus, Request, RequestRecord, StepLogEntry};
 
 use crate::engine::{Engine, EngineError};
@@ -32,8 +33,14 @@ pub struct BenchResult {
 pub enum BenchError {
     #[error("request id {0} appears more than once")]
     DuplicateId(u64),
-    #[error("request {id}: arrival_s must be a finite number >= 0, got {value}")]
+    #[error("request {id}: arrival_s must be a finite number in [0, {max}], got {value}", max = MAX_ARRIVAL_S)]
     BadArrival { id: u64, value: f64 },
+    #[error("request {id}: sampling.{field} {message}")]
+    BadSampling {
+        id: u64,
+        field: &'static str,
+        message: String,
+    },
     #[error("--max-concurrency must be at least 1")]
     ZeroConcurrency,
     #[error(transparent)]
@@ -47,10 +54,17 @@ pub fn validate_requests(requests: &[Request]) -> Result<(), BenchError> {
         if !seen.insert(r.id) {
             return Err(BenchError::DuplicateId(r.id));
         }
-        if !(r.arrival_s.is_finite() && r.arrival_s >= 0.0) {
+        if !(r.arrival_s.is_finite() && (0.0..=MAX_ARRIVAL_S).contains(&r.arrival_s)) {
             return Err(BenchError::BadArrival {
                 id: r.id,
                 value: r.arrival_s,
+            });
+        }
+        if let Some((field, message)) = r.sampling.problem() {
+            return Err(BenchError::BadSampling {
+                id: r.id,
+                field,
+                message,
             });
         }
     }
@@ -105,9 +119,10 @@ fn open_loop(engine: &mut Engine, mut requests: Vec<Request>) -> Result<BenchRes
             result.records.extend(outcome.finished);
             result.steps.extend(outcome.log);
         } else if let Some(next) = pending.front() {
-            let wait = next.arrival_s - engine.now_s();
-            if wait > 0.0 {
-                std::thread::sleep(Duration::from_secs_f64(wait));
+            // Arrivals are validated finite and bounded; a wait that still
+            // does not convert is skipped rather than panicking.
+            if let Ok(wait) = Duration::try_from_secs_f64(next.arrival_s - engine.now_s()) {
+                std::thread::sleep(wait);
             }
         } else {
             return Ok(result);
@@ -173,6 +188,11 @@ pub fn summarize(
             .records
             .iter()
             .filter(|r| matches!(r.status, RecordStatus::Rejected { .. }))
+            .count() as u64,
+        num_nonfinite: result
+            .records
+            .iter()
+            .filter(|r| r.status == RecordStatus::NonfiniteLogits)
             .count() as u64,
         output_tokens: result.records.iter().map(|r| u64::from(r.output_len)).sum(),
         num_steps: result.steps.len() as u64,

@@ -98,11 +98,10 @@ pub struct ModelConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
@@ -118,7 +117,7 @@ impl ModelConfig {
         };
         let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Io {
             path: file.display().to_string(),
-            source,
+            cause: source,
         })?;
         ModelConfig::parse(&text).map_err(|message| ConfigError::Invalid {
             path: file.display().to_string(),

@@ -10,7 +10,7 @@ use std::time::Instant;
 use workloads::record::hash_tokens;
 use workloads::{FinishReason, RecordStatus, Request, RequestRecord, StepLogEntry};
 
-use crate::backend::{Backend, BackendError, SampleSpec, SeqStep};
+use crate::backend::{Backend, BackendError, SampleSpec, SeqStep, NONFINITE_LOGITS};
 use crate::block_manager::BlockManager;
 use crate::config::ModelConfig;
 use crate::engine_config::EngineConfig;
@@ -81,6 +81,13 @@ impl Engine {
             let per_block = backend.kv_block_bytes(cfg.block_size).max(1) as u64;
             (budget / per_block) as usize
         };
+        if num_blocks > crate::engine_config::MAX_KV_BLOCKS {
+            return Err(EngineError::Config(format!(
+                "the KV budget makes {num_blocks} blocks, more than {}; lower \
+                 cpu_kv_cache_bytes / gpu_memory_utilization or set num_kv_blocks",
+                crate::engine_config::MAX_KV_BLOCKS
+            )));
+        }
         if num_blocks == 0 {
             return Err(EngineError::Config(format!(
                 "the KV budget holds no block of {} tokens ({} bytes each); raise \
@@ -162,6 +169,9 @@ impl Engine {
     }
 
     fn admissibility(&self, request: &Request) -> Result<(), String> {
+        if let Some((field, message)) = request.sampling.problem() {
+            return Err(format!("sampling.{field} {message}"));
+        }
         if let Some(&bad) = request
             .prompt_token_ids
             .iter()
@@ -236,6 +246,14 @@ impl Engine {
         }
         self.scheduler.commit(&batch);
         for (seq_id, token) in to_sample.into_iter().zip(sampled) {
+            if token == NONFINITE_LOGITS {
+                if let Some(done) = self.scheduler.finish(seq_id, t) {
+                    let mut record = finished_record(&done, FinishReason::Error);
+                    record.status = RecordStatus::NonfiniteLogits;
+                    outcome.finished.push(record);
+                }
+                continue;
+            }
             let seq = self
                 .scheduler
                 .seq_mut(seq_id)

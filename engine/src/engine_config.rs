@@ -58,13 +58,19 @@ impl Default for EngineConfig {
     }
 }
 
+/// Upper bounds far past any real setting, so that a typo is an error at
+/// load rather than an allocation failure or a stall later.
+pub const MAX_BLOCK_SIZE: usize = 1024;
+pub const MAX_NUM_SEQS: usize = 1 << 16;
+pub const MAX_BATCHED_TOKENS: usize = 1 << 24;
+pub const MAX_KV_BLOCKS: usize = 1 << 28;
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineConfigError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
@@ -74,17 +80,27 @@ impl EngineConfig {
     pub fn load(path: &std::path::Path) -> Result<EngineConfig, EngineConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| EngineConfigError::Io {
             path: path.display().to_string(),
-            source,
+            cause: source,
         })?;
-        let cfg: EngineConfig = toml::from_str(&text).map_err(|e| EngineConfigError::Invalid {
+        Self::parse(&text).map_err(|message| EngineConfigError::Invalid {
             path: path.display().to_string(),
-            message: e.to_string(),
+            message,
+        })
+    }
+
+    /// Parses and validates engine.toml text; the error names the line
+    /// and the field.
+    pub fn parse(text: &str) -> Result<EngineConfig, String> {
+        let cfg: EngineConfig = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            match line {
+                Some(line) => format!("line {line}: {}", e.message().trim()),
+                None => e.message().trim().to_string(),
+            }
         })?;
-        cfg.validate()
-            .map_err(|message| EngineConfigError::Invalid {
-                path: path.display().to_string(),
-                message,
-            })?;
+        cfg.validate()?;
         Ok(cfg)
     }
 
@@ -95,8 +111,36 @@ impl EngineConfig {
                 self.block_size
             ));
         }
-        if self.max_num_seqs == 0 {
-            return Err("max_num_seqs: must be at least 1".into());
+        if self.block_size > MAX_BLOCK_SIZE {
+            return Err(format!(
+                "block_size: must be at most {MAX_BLOCK_SIZE}, got {}",
+                self.block_size
+            ));
+        }
+        if !(1..=MAX_NUM_SEQS).contains(&self.max_num_seqs) {
+            return Err(format!(
+                "max_num_seqs: must be in 1..={MAX_NUM_SEQS}, got {}",
+                self.max_num_seqs
+            ));
+        }
+        if self.max_num_batched_tokens > MAX_BATCHED_TOKENS {
+            return Err(format!(
+                "max_num_batched_tokens: must be at most {MAX_BATCHED_TOKENS}, got {}",
+                self.max_num_batched_tokens
+            ));
+        }
+        if self.num_kv_blocks > MAX_KV_BLOCKS {
+            return Err(format!(
+                "num_kv_blocks: must be at most {MAX_KV_BLOCKS} (0 = derive), got {}",
+                self.num_kv_blocks
+            ));
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if self.num_threads > cores {
+            return Err(format!(
+                "num_threads: must be at most the {cores} cores of this machine (0 = all), got {}",
+                self.num_threads
+            ));
         }
         if self.max_num_batched_tokens < self.max_num_seqs {
             return Err(format!(

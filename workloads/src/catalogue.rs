@@ -11,16 +11,17 @@ use crate::suite::{parse_suites, Suite};
 #[derive(Debug, Clone)]
 pub struct Catalogue {
     workloads: BTreeMap<String, WorkloadSpec>,
+    /// The file each workload was read from.
+    paths: BTreeMap<String, PathBuf>,
     suites: BTreeMap<String, Suite>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogueError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(transparent)]
     Spec(#[from] SpecError),
@@ -45,7 +46,7 @@ impl Catalogue {
         let specs_dir = dir.join("specs");
         let io = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| CatalogueError::Io { path, source }
+            move |source| CatalogueError::Io { path, cause: source }
         };
         let mut paths = Vec::new();
         for entry in std::fs::read_dir(&specs_dir).map_err(io(&specs_dir))? {
@@ -59,16 +60,22 @@ impl Catalogue {
         }
         paths.sort();
         let mut workloads = BTreeMap::new();
+        let mut spec_paths = BTreeMap::new();
         for path in paths {
             // `load` checks that the name is the file's stem, so names are unique.
             let spec = WorkloadSpec::load(&path)?;
+            spec_paths.insert(spec.name.clone(), path);
             workloads.insert(spec.name.clone(), spec);
         }
         let suites_path = dir.join("suites.toml");
         let text = std::fs::read_to_string(&suites_path).map_err(io(&suites_path))?;
         let known: Vec<&str> = workloads.keys().map(String::as_str).collect();
         let suites = parse_suites(&text, &suites_path, &known).map_err(CatalogueError::Suites)?;
-        Ok(Catalogue { workloads, suites })
+        Ok(Catalogue {
+            workloads,
+            paths: spec_paths,
+            suites,
+        })
     }
 
     pub fn workload(&self, name: &str) -> Result<&WorkloadSpec, CatalogueError> {
@@ -78,6 +85,11 @@ impl Catalogue {
                 name: name.to_string(),
                 known: self.workloads.keys().cloned().collect(),
             })
+    }
+
+    /// The spec file of workload `name`, for errors that name its lines.
+    pub fn spec_path(&self, name: &str) -> Option<&Path> {
+        self.paths.get(name).map(PathBuf::as_path)
     }
 
     pub fn suite(&self, name: &str) -> Result<&Suite, CatalogueError> {

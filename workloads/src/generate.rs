@@ -14,6 +14,7 @@ use std::path::Path;
 use crate::jsonl::{self, JsonlError};
 use crate::rng::{Purpose, Stream};
 use crate::spec::WorkloadSpec;
+use crate::request::MAX_ARRIVAL_S;
 use crate::{Request, SamplingParams};
 
 /// The token ids prompts may use: `0..vocab_size` minus `excluded` (EOS and
@@ -28,6 +29,12 @@ pub struct TokenSpace {
 pub enum GenerateError {
     #[error("token space is empty: vocab_size {vocab_size} with {excluded} ids excluded")]
     EmptyTokenSpace { vocab_size: u32, excluded: usize },
+    #[error(
+        "request {id} would arrive at {arrival_s:.3e} s, past the limit of {max:.0} s; \
+         raise the arrival rate (or burstiness)",
+        max = MAX_ARRIVAL_S
+    )]
+    ArrivalTooLate { id: u64, arrival_s: f64 },
     #[error(transparent)]
     Write(#[from] JsonlError),
 }
@@ -91,6 +98,17 @@ impl WorkloadSpec {
         let mut out = Vec::with_capacity((self.warmup_requests + self.requests) as usize);
         for (warmup, count) in [(true, self.warmup_requests), (false, self.requests)] {
             self.generate_phase(&drawer, warmup, count as usize, &mut out);
+        }
+        // Validation bounds the expected span; a heavy-tailed draw (gamma of
+        // tiny burstiness) can still land past the limit.
+        if let Some(late) = out
+            .iter()
+            .find(|r| !(r.arrival_s.is_finite() && r.arrival_s <= MAX_ARRIVAL_S))
+        {
+            return Err(GenerateError::ArrivalTooLate {
+                id: late.id,
+                arrival_s: late.arrival_s,
+            });
         }
         Ok(out)
     }

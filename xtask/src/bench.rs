@@ -17,12 +17,13 @@ use crate::fingerprint::{self, BuildInfo};
 use crate::gpu_monitor::GpuMonitor;
 use crate::metrics;
 use crate::model;
+use crate::preflight;
 use crate::progress::Progress;
 use crate::report;
 use crate::run_record::{
     Fingerprint, RunRecord, TrialStatus, TrialSummary, WorkloadRun, RUN_SCHEMA_VERSION,
 };
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::trial::{self, EngineBench, ProcessOutcome, TrialFiles};
 use crate::workload_plan::{self, PlannedWorkload};
 
@@ -35,9 +36,21 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         .clone()
         .unwrap_or_else(|| root.join("workloads"));
     let catalogue = workload_plan::load(&catalogue_dir)?;
-    // Unknown names fail now, not after a long build.
+    // The store first: a run that cannot be stored is not worth measuring.
+    let results = args.results.clone().unwrap_or_else(|| root.join("results"));
+    let store = Store::open(&results)
+        .and_then(|s| s.preflight().map(|()| s))
+        .with_context(|| {
+            format!(
+                "the store {} cannot take a run, so nothing was measured",
+                results.display()
+            )
+        })?;
+    // Unknown names and bad specs fail now, not after a long build.
     if args.suite.is_some() || !args.workloads.is_empty() {
-        workload_plan::select(&catalogue, args.suite.as_deref(), &args.workloads, "")?;
+        let selection =
+            workload_plan::select(&catalogue, args.suite.as_deref(), &args.workloads, "")?;
+        preflight::check_thresholds(&catalogue, &selection.specs)?;
     }
 
     let (engine, build) = match &args.engine_bin {
@@ -66,6 +79,13 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         args.suite.as_deref(),
         &args.workloads,
         default_suite,
+    )?;
+    preflight::check_thresholds(&catalogue, &selection.specs)?;
+    preflight::check_engine_overrides(
+        &engine,
+        &catalogue,
+        &selection.specs,
+        &work_root(root).join(format!("preflight-{}", std::process::id())),
     )?;
     let sized_for_cuda = selection.suite_device.map(|d| d == SuiteDevice::Cuda);
     if sized_for_cuda.is_some_and(|c| c != cuda) {
@@ -99,8 +119,6 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
     }
     let source = fingerprint::source(root, &engine, &build);
     let host = fingerprint::host();
-    let results = args.results.clone().unwrap_or_else(|| root.join("results"));
-    let store = Store::open(&results)?;
     let trials = args.trials.or(selection.suite_trials).unwrap_or(if cuda {
         DEFAULT_TRIALS_GPU
     } else {
@@ -184,15 +202,20 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
     Ok(code)
 }
 
-/// 0 when every trial succeeded, 1 when any failed or timed out (after
-/// everything was stored and reported).
+/// 0 when every trial succeeded, 1 when any failed or timed out or had
+/// requests rejected that its spec does not expect (after everything was
+/// stored and reported).
 fn exit_code(run: &RunRecord) -> i32 {
     let all_ok = run
         .workloads
         .iter()
         .flat_map(|w| &w.trials)
         .all(|t| t.status == TrialStatus::Ok);
-    if all_ok {
+    let rejections = run
+        .workloads
+        .iter()
+        .any(|w| !report::unexpected_rejections(w).is_empty());
+    if all_ok && !rejections {
         0
     } else {
         1
@@ -299,12 +322,48 @@ impl TrialRunner<'_> {
             }
         }
         progress.done();
-        let run_id = store.add_run(&run).context("storing the run")?;
+        let run_id = self.store_run(&run, store)?;
         Ok(BenchOutcome {
             run_id,
             run,
             kept_records,
         })
+    }
+
+    /// Stores the finished run. If that fails, the measurement is not lost:
+    /// the summary is printed, and the error says where the run is kept and
+    /// the one command that lists it in the store.
+    fn store_run(&self, run: &RunRecord, store: &Store) -> anyhow::Result<String> {
+        let err = match store.add_run(run) {
+            Ok(id) => return Ok(id),
+            Err(e) => e,
+        };
+        if let StoreError::NotIndexed { id, .. } = &err {
+            report::print_summary(run, id);
+            return Err(anyhow::Error::new(err).context("the run was measured and stored"));
+        }
+        let saved = self.work_dir.join("run-export.json");
+        match store.export_unstored(run, &saved) {
+            Ok(id) => {
+                report::print_summary(run, &id);
+                Err(anyhow::anyhow!(
+                    "storing the run failed: {err}; the measured run is kept in {}: once the \
+                     store is fixed, `cargo xtask store import {} --results {}` adds it",
+                    saved.display(),
+                    saved.display(),
+                    store.root().display()
+                ))
+            }
+            Err(export_err) => {
+                let plain = self.work_dir.join("run.json");
+                let kept = report::write_json(&plain, run)
+                    .map(|()| format!("the run record is kept in {}", plain.display()))
+                    .unwrap_or_else(|e| format!("and it could not be saved either: {e:#}"));
+                Err(anyhow::anyhow!(
+                    "storing the run failed: {err}; exporting it failed too ({export_err}); {kept}"
+                ))
+            }
+        }
     }
 
     fn run_workload(
@@ -411,6 +470,18 @@ impl TrialRunner<'_> {
                 summary.records_object = Some(store.put(&records).context("storing records")?);
                 summary.step_log_object = Some(store.put(&steps).context("storing the step log")?);
                 match metrics::compute(&records, &steps, peak_memory(files), &w.slos) {
+                    Ok(m) if m.failed > 0 => {
+                        summary.status = TrialStatus::Failed {
+                            reason: format!(
+                                "{} of {} requests stopped with status nonfinite_logits (the \
+                                 model produced NaN or infinite logits); {}",
+                                m.failed,
+                                records.len(),
+                                files.records.display()
+                            ),
+                        };
+                        Ok((summary, None))
+                    }
                     Ok(m) => {
                         summary.metrics = m.values;
                         summary.output_hash = Some(m.output_hash);
@@ -454,13 +525,17 @@ fn trial_line(workload: &str, t: &TrialSummary, trials: u32) -> String {
     let n = t.index + 1;
     match &t.status {
         TrialStatus::Ok => format!(
-            "{workload} trial {n}/{trials}: {:.1} output tok/s, mean TTFT {:.1} ms ({:.1} s)",
+            "{workload} trial {n}/{trials}: {:.1} output tok/s, mean TTFT {:.1} ms ({:.1} s){}",
             t.metrics
                 .get("output_throughput")
                 .copied()
                 .unwrap_or(f64::NAN),
             t.metrics.get("mean_ttft_ms").copied().unwrap_or(f64::NAN),
-            t.wall_s
+            t.wall_s,
+            match t.metrics.get("rejected_requests").copied() {
+                Some(n) if n > 0.0 => format!("; {n:.0} requests REJECTED"),
+                _ => String::new(),
+            }
         ),
         TrialStatus::Failed { reason } => {
             format!("{workload} trial {n}/{trials}: FAILED: {reason}")

@@ -19,8 +19,7 @@ pub enum Command {
     /// regression, 2 the bench itself could not run.
     Bench(BenchArgs),
     /// Look at, check and move what is in the results store.
-    #[command(subcommand)]
-    Store(crate::store::cli::StoreCmd),
+    Store(crate::store::cli::StoreArgs),
     /// Judge a run against the committed baselines, or two runs against
     /// each other: regression verdicts per metric and workload.
     Compare(crate::compare::CompareArgs),

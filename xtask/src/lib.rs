@@ -12,6 +12,7 @@ pub mod fingerprint;
 pub mod gpu_monitor;
 pub mod metrics;
 pub mod model;
+pub mod preflight;
 pub mod progress;
 pub mod report;
 pub mod run_record;

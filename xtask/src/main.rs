@@ -8,7 +8,7 @@ fn main() -> std::process::ExitCode {
     let root = xtask::repo_root();
     let result = match cli.command {
         Command::Bench(args) => xtask::bench::run(&args, &root),
-        Command::Store(cmd) => xtask::store::cli::run(cmd, &root.join("results")),
+        Command::Store(args) => xtask::store::cli::run_cli(args, &root),
         Command::Compare(args) => xtask::compare::run_cli(args, &root),
         Command::Baseline(cmd) => xtask::baseline::run_cli(cmd, &root),
     };

@@ -35,6 +35,7 @@ const SHOWN: &[&str] = &[
     "mean_queue_ms",
     "mean_step_ms",
     "mean_batch_size",
+    "rejected_requests",
     "decode_throughput",
     "peak_memory_bytes",
 ];
@@ -142,6 +143,9 @@ pub fn workload_summary(w: &WorkloadRun) -> (Table, Vec<String>) {
             ));
         }
     }
+    if let Some(warning) = rejection_warning(w) {
+        warnings.push(warning);
+    }
     let mut hashes: Vec<&str> = w
         .trials
         .iter()
@@ -156,6 +160,43 @@ pub fn workload_summary(w: &WorkloadRun) -> (Table, Vec<String>) {
         ));
     }
     (table, warnings)
+}
+
+/// Whether the workload's spec says some requests are meant to be rejected
+/// (`expect_rejections = true`).
+pub fn expects_rejections(w: &WorkloadRun) -> bool {
+    w.spec.get("expect_rejections") == Some(&serde_json::Value::Bool(true))
+}
+
+/// The Ok trials of `w` in which the engine rejected requests although the
+/// spec does not expect it: their throughput is that of the requests that
+/// ran, not of the workload.
+pub fn unexpected_rejections(w: &WorkloadRun) -> Vec<(u32, f64)> {
+    if expects_rejections(w) {
+        return Vec::new();
+    }
+    w.trials
+        .iter()
+        .filter(|t| t.status == TrialStatus::Ok)
+        .filter_map(|t| {
+            let n = t.metrics.get("rejected_requests").copied()?;
+            (n > 0.0).then_some((t.index, n))
+        })
+        .collect()
+}
+
+fn rejection_warning(w: &WorkloadRun) -> Option<String> {
+    let flagged = unexpected_rejections(w);
+    let (_, most) = flagged.iter().copied().reduce(|a, b| if b.1 > a.1 { b } else { a })?;
+    let requests = w.spec.get("requests").and_then(|v| v.as_u64());
+    Some(format!(
+        "REJECTED requests in {} of {} trials (up to {most:.0}{} per trial; e.g. prompts past the \
+         model's context): the metrics are of the requests that ran, not of the workload. Fix the \
+         spec, or set `expect_rejections = true` in it if this is intended",
+        flagged.len(),
+        w.trials.len(),
+        requests.map_or(String::new(), |n| format!(" of {n}"))
+    ))
 }
 
 fn format_value(v: f64) -> String {
@@ -319,6 +360,7 @@ pub fn vllm_result(
         "errors": sorted.iter().map(|r| match &r.status {
             RecordStatus::Ok => String::new(),
             RecordStatus::Rejected { reason } => reason.clone(),
+            RecordStatus::NonfiniteLogits => "nonfinite_logits".to_string(),
         }).collect::<Vec<_>>(),
         "output_tps_per_gpu": m("output_throughput").map(|v| derived(v).output_tps_per_gpu),
         "gpu_days_to_process_1b_tokens": m("output_throughput").map(|v| derived(v).gpu_days_to_process_1b_tokens),

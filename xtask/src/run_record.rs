@@ -200,7 +200,7 @@ const LAT_ITL: [MetricDef; 5] = latency!("itl");
 const LAT_E2EL: [MetricDef; 5] = latency!("e2el");
 const LAT_QUEUE: [MetricDef; 5] = latency!("queue");
 
-const OTHER: [MetricDef; 11] = [
+const OTHER: [MetricDef; 12] = [
     m("request_throughput", "req/s", true, MetricKind::Throughput),
     m("output_throughput", "tok/s", true, MetricKind::Throughput),
     m(
@@ -217,6 +217,7 @@ const OTHER: [MetricDef; 11] = [
     m("max_batch_size", "seqs", true, MetricKind::Info),
     m("decode_throughput", "tok/s", true, MetricKind::Info),
     m("peak_memory_bytes", "B", false, MetricKind::Info),
+    m("rejected_requests", "req", false, MetricKind::Info),
 ];
 
 /// Every metric a trial may carry, by name. A trial's `metrics` map uses

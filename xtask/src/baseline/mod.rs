@@ -98,13 +98,13 @@ fn same_workload_classes(
     let entries = match std::fs::read_dir(&root) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(source) => return Err(BaselineError::Io { path: root, source }),
+        Err(source) => return Err(BaselineError::Io { path: root, cause: source }),
     };
     let mut out = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|source| BaselineError::Io {
             path: root.clone(),
-            source,
+            cause: source,
         })?;
         let dir = entry.path();
         if dir.join(file::CLASS_FILE).is_file() {

@@ -227,7 +227,13 @@ impl Backend for CpuBackend {
         Ok(logits
             .iter()
             .zip(specs)
-            .map(|(row, spec)| crate::sampler::sample(row, spec))
+            .map(|(row, spec)| {
+                if row.iter().all(|v| v.is_finite()) {
+                    crate::sampler::sample(row, spec)
+                } else {
+                    crate::backend::NONFINITE_LOGITS
+                }
+            })
             .collect())
     }
 
