@@ -269,6 +269,26 @@ mod tests {
     }
 
     #[test]
+    fn huge_arrivals_and_bad_sampling_are_errors_not_panics() {
+        let mut e = engine();
+        // 1e300 s cannot become a Duration: it must be refused, not slept on.
+        for arrival in [1e300, MAX_ARRIVAL_S * 2.0, f64::INFINITY, -1.0] {
+            let err = run(&mut e, vec![request(7, arrival, false)], ArrivalMode::OpenLoop)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("request 7: arrival_s"), "{err}");
+        }
+        let mut r = request(8, 0.0, false);
+        r.sampling.temperature = f32::NAN;
+        let err = validate_requests(&[r]).unwrap_err().to_string();
+        assert!(err.contains("request 8: sampling.temperature"), "{err}");
+        let mut r = request(9, 0.0, false);
+        r.sampling.top_p = 5.0;
+        let err = validate_requests(&[r]).unwrap_err().to_string();
+        assert!(err.contains("request 9: sampling.top_p"), "{err}");
+    }
+
+    #[test]
     fn peak_rss_is_read_on_linux() {
         if cfg!(target_os = "linux") {
             assert!(peak_rss_bytes().unwrap() > 0);

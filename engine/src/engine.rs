@@ -386,7 +386,7 @@ mod tests {
         records.sort_by_key(|r| r.id);
         let reason = |r: &RequestRecord| match &r.status {
             RecordStatus::Rejected { reason } => reason.clone(),
-            RecordStatus::Ok => String::new(),
+            _ => String::new(),
         };
         assert!(reason(&records[0]).contains("max_model_len"), "{records:?}");
         assert!(reason(&records[1]).contains("vocabulary"));
@@ -430,6 +430,54 @@ mod tests {
         assert_eq!(records[1].finish_reason, FinishReason::Length);
         assert_eq!(records[1].output_token_ids, out);
         assert_eq!(records[2].finish_reason, FinishReason::StopToken);
+    }
+
+    #[test]
+    fn nonfinite_logits_stop_that_request_with_its_status_others_run() {
+        let model = mock_model_config(32, 64, &[]);
+        let mut backend = MockBackend::new(32);
+        backend.nan_seqs.insert(1); // the second request added
+        let mut e = Engine::new(Box::new(backend), &model, &EngineConfig::default()).unwrap();
+        e.add_request(request(10, vec![1, 2, 3], SamplingParams::greedy(4)));
+        e.add_request(request(11, vec![1, 2, 3], SamplingParams::greedy(4)));
+        let mut records = run_all(&mut e);
+        records.sort_by_key(|r| r.id);
+        assert_eq!(records[0].status, RecordStatus::Ok);
+        assert_eq!(records[0].output_len, 4);
+        assert_eq!(records[1].status, RecordStatus::NonfiniteLogits);
+        assert_eq!(records[1].finish_reason, FinishReason::Error);
+        assert_eq!(records[1].output_len, 0, "no token is made up from NaN");
+        assert_eq!(e.kv_blocks_in_use(), 0, "its KV blocks are freed");
+    }
+
+    #[test]
+    fn out_of_range_sampling_parameters_are_rejected_naming_the_field() {
+        let mut e = engine(EngineConfig::default(), &[]);
+        let bad = [
+            (f32::NAN, 1.0, "temperature"),
+            (-1.0, 1.0, "temperature"),
+            (f32::INFINITY, 1.0, "temperature"),
+            (0.5, 5.0, "top_p"),
+            (0.5, f32::NAN, "top_p"),
+        ];
+        for (i, (temperature, top_p, _)) in bad.iter().enumerate() {
+            let sampling = SamplingParams {
+                temperature: *temperature,
+                top_p: *top_p,
+                ..SamplingParams::greedy(3)
+            };
+            e.add_request(request(i as u64, vec![1, 2], sampling));
+        }
+        let mut records = run_all(&mut e);
+        records.sort_by_key(|r| r.id);
+        for (record, (_, _, field)) in records.iter().zip(bad) {
+            match &record.status {
+                RecordStatus::Rejected { reason } => {
+                    assert!(reason.contains(&format!("sampling.{field}")), "{reason}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

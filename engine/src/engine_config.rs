@@ -177,5 +177,24 @@ mod tests {
             ..Default::default()
         };
         assert!(cfg.validate().unwrap_err().contains("block_size"));
+        for (text, field) in [
+            ("num_threads = 10000", "num_threads"),
+            ("block_size = 1099511627776", "block_size"),
+            ("max_num_seqs = 0", "max_num_seqs"),
+            ("num_kv_blocks = 1000000000000", "num_kv_blocks"),
+            ("gpu_memory_utilization = nan", "gpu_memory_utilization"),
+            ("max_num_batched_tokens = 100000000000", "max_num_batched_tokens"),
+        ] {
+            let err = EngineConfig::parse(text).unwrap_err();
+            assert!(err.starts_with(field), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn parse_errors_name_the_line() {
+        let err = EngineConfig::parse("block_size = 16\nmax_num_seq = 3\n").unwrap_err();
+        assert!(err.starts_with("line 2:") && err.contains("max_num_seq"), "{err}");
+        let err = EngineConfig::parse("block_size = \"x\"\n").unwrap_err();
+        assert!(err.starts_with("line 1:"), "{err}");
     }
 }

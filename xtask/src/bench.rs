@@ -39,7 +39,7 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
     // The store first: a run that cannot be stored is not worth measuring.
     let results = args.results.clone().unwrap_or_else(|| root.join("results"));
     let store = Store::open(&results)
-        .and_then(|s| s.preflight().map(|()| s))
+        .and_then(|s| s.preflight(crate::store::lock_timeout()).map(|()| s))
         .with_context(|| {
             format!(
                 "the store {} cannot take a run, so nothing was measured",
@@ -125,6 +125,9 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         DEFAULT_TRIALS_CPU
     });
 
+    // From here on Ctrl-C stops the run cleanly: the trial in progress is
+    // stopped, the finished ones are stored.
+    trial::catch_interrupts();
     // One run per model: a run has one fingerprint, and the model is in it.
     let mut outcomes = Vec::new();
     let mut code = 0;
@@ -406,6 +409,9 @@ impl TrialRunner<'_> {
             max_concurrency: w.max_concurrency,
         };
         for index in 0..self.trials {
+            if trial::interrupted() {
+                bail!("interrupted (Ctrl-C) before trial {} of workload `{}`", index + 1, w.name);
+            }
             progress.start_trial(&w.name, index, self.trials);
             let files = TrialFiles::in_dir(&dir.join(format!("trial-{index}")));
             let (summary, records) = self.run_trial(w, &bench, &files, index, store)?;
@@ -448,6 +454,11 @@ impl TrialRunner<'_> {
             wall_s: 0.0,
         };
         match outcome {
+            ProcessOutcome::Interrupted => bail!(
+                "interrupted (Ctrl-C): trial {} of workload `{}` was stopped and not recorded",
+                index + 1,
+                w.name
+            ),
             ProcessOutcome::TimedOut { after_s } => {
                 summary.status = TrialStatus::TimedOut { after_s };
                 summary.wall_s = after_s;

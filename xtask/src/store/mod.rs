@@ -116,10 +116,11 @@ impl Store {
     /// Checks, before anything is measured, that a run can be stored at the
     /// end: the index reads, its lock can be taken (waiting visibly for a
     /// holder, up to the lock timeout), and the store's directories accept
-    /// a file. Nothing is written that stays.
-    pub fn preflight(&self) -> Result<(), StoreError> {
+    /// a file. Nothing is written that stays. Bench passes
+    /// [`lock_timeout`].
+    pub fn preflight(&self, lock_timeout: std::time::Duration) -> Result<(), StoreError> {
         self.index.read()?;
-        drop(self.index.lock()?);
+        drop(self.index.lock_within(lock_timeout)?);
         let tmp = self.root.join("tmp");
         let probe = tmp.join(format!("preflight-{}.tmp", std::process::id()));
         fs::write(&probe, b"probe").map_err(|e| StoreError::io("writing", &probe, e))?;

@@ -227,13 +227,7 @@ impl Backend for CpuBackend {
         Ok(logits
             .iter()
             .zip(specs)
-            .map(|(row, spec)| {
-                if row.iter().all(|v| v.is_finite()) {
-                    crate::sampler::sample(row, spec)
-                } else {
-                    crate::backend::NONFINITE_LOGITS
-                }
-            })
+            .map(|(row, spec)| crate::sampler::sample_checked(row, spec))
             .collect())
     }
 
