@@ -214,8 +214,7 @@ fn generate_refuses_out_of_range_sampling_flags() {
             "/nonexistent",
             "--prompt-ids",
             "1,2",
-            flag,
-            value,
+            &format!("{flag}={value}"),
         ]);
         let stderr = String::from_utf8_lossy(&res.stderr);
         assert_eq!(res.status.code(), Some(1), "{flag} {value}: {stderr}");
