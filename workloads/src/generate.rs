@@ -216,6 +216,44 @@ mod tests {
     }
 
     #[test]
+    fn an_arrival_past_the_limit_is_an_error() {
+        // Expected span exactly at the limit: validation passes, and about
+        // half the seeds draw a last arrival past it.
+        let space = TokenSpace {
+            vocab_size: 100,
+            excluded: vec![],
+        };
+        let mut refused = 0;
+        for seed in 0..20 {
+            let spec = WorkloadSpec::parse(
+                &format!(
+                    r#"
+name = "g"
+description = "d"
+seed = {seed}
+requests = 1001
+warmup_requests = 0
+prompt_len = {{ fixed = 4 }}
+output_len = {{ fixed = 2 }}
+arrival = {{ poisson = {{ rate = 0.001 }} }}
+"#
+                ),
+                Path::new("g.toml"),
+            )
+            .unwrap();
+            match spec.generate(&space) {
+                Err(GenerateError::ArrivalTooLate { arrival_s, .. }) => {
+                    assert!(arrival_s > MAX_ARRIVAL_S);
+                    refused += 1;
+                }
+                Ok(requests) => assert!(requests.iter().all(|r| r.arrival_s <= MAX_ARRIVAL_S)),
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert!((1..20).contains(&refused), "{refused} of 20 refused");
+    }
+
+    #[test]
     fn an_empty_token_space_is_an_error() {
         let space = TokenSpace {
             vocab_size: 2,

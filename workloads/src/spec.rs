@@ -406,6 +406,28 @@ arrival = { poisson = { rate = 4.0 } }
     }
 
     #[test]
+    fn an_arrival_rate_so_low_the_requests_never_arrive_is_an_error() {
+        for rate in ["1e-300", "1e-6"] {
+            let e = parse(&GOOD.replace("rate = 4.0", &format!("rate = {rate}"))).unwrap_err();
+            assert!(
+                e.starts_with("dir/t.toml:9: field `arrival.poisson.rate`") && e.contains("raise"),
+                "{e}"
+            );
+        }
+        assert!(parse(&GOOD.replace("rate = 4.0", "rate = 0.001")).is_ok());
+    }
+
+    #[test]
+    fn expect_rejections_defaults_off_and_stays_out_of_the_json() {
+        let s = parse(GOOD).unwrap();
+        assert!(!s.expect_rejections);
+        assert!(serde_json::to_value(&s).unwrap().get("expect_rejections").is_none());
+        let s = parse(&GOOD.replace("seed = 1", "seed = 1\nexpect_rejections = true")).unwrap();
+        assert!(s.expect_rejections);
+        assert_eq!(serde_json::to_value(&s).unwrap()["expect_rejections"], true);
+    }
+
+    #[test]
     fn closed_loop_exposes_its_concurrency() {
         let s =
             parse(&GOOD.replace("{ poisson = { rate = 4.0 } }", "{ concurrency = 8 }")).unwrap();
