@@ -4,6 +4,7 @@
 //! each), store raw records as each trial finishes and the run at the end,
 //! then report and compare against the baseline.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use workloads::suite::SuiteDevice;
 use workloads::{BenchSummary, RequestRecord, StepLogEntry};
 
 use crate::cli::{BenchArgs, DeviceArg};
-use crate::engine_info::{self, EngineInfo};
+use crate::engine_info;
 use crate::fingerprint::{self, BuildInfo};
 use crate::gpu_monitor::GpuMonitor;
 use crate::metrics;
@@ -25,7 +26,9 @@ use crate::run_record::{
 };
 use crate::store::{Store, StoreError};
 use crate::trial::{self, EngineBench, ProcessOutcome, TrialFiles};
+use crate::warnings::{self, Warning};
 use crate::workload_plan::{self, PlannedWorkload};
+use workloads::EngineInfo;
 
 pub const DEFAULT_TRIALS_GPU: u32 = 5;
 pub const DEFAULT_TRIALS_CPU: u32 = 3;
@@ -53,6 +56,9 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         preflight::check_thresholds(&catalogue, &selection.specs)?;
     }
 
+    // The base of an A/B is built first: a base that does not build fails
+    // before anything else runs.
+    let ab_plan = crate::ab::AbPlan::from_args(args, root)?;
     let (engine, build) = match &args.engine_bin {
         Some(bin) => {
             if !bin.is_file() {
@@ -89,11 +95,11 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
     )?;
     let sized_for_cuda = selection.suite_device.map(|d| d == SuiteDevice::Cuda);
     if sized_for_cuda.is_some_and(|c| c != cuda) {
-        eprintln!(
-            "warning: suite {} is sized for {}, and runs on {device} here",
-            selection.suite.as_deref().unwrap_or("?"),
-            if cuda { "cpu" } else { "cuda" }
-        );
+        warnings::emit(&Warning::SuiteSizedForOtherDevice {
+            suite: selection.suite.clone().unwrap_or_else(|| "?".into()),
+            sized_for: if cuda { "cpu" } else { "cuda" }.into(),
+            running_on: device.to_string(),
+        });
     }
 
     let monitor = if cuda {
@@ -111,11 +117,13 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         g.sm_count = info.sm_count(&g.uuid);
     }
     if cuda && gpus.is_empty() {
-        eprintln!(
-            "warning: NVML is not available ({}): GPU properties come from the engine, and clocks, temperature and throttling are not recorded",
-            monitor.unavailable_reason().unwrap_or("unknown")
-        );
-        gpus = info.all_gpus().iter().map(|g| g.fingerprint()).collect();
+        warnings::emit(&Warning::NvmlUnavailable {
+            reason: monitor
+                .unavailable_reason()
+                .unwrap_or("unknown")
+                .to_string(),
+        });
+        gpus = info.gpus.iter().map(engine_info::gpu_fingerprint).collect();
     }
     let source = fingerprint::source(root, &engine, &build);
     let host = fingerprint::host();
@@ -163,6 +171,8 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
             monitor: &monitor,
             gpu_index: gpu_index as u32,
             keep_records: args.export_vllm.is_some(),
+            env: BTreeMap::new(),
+            engine_overrides: toml::Table::new(),
         };
         let header = RunRecord {
             schema: RUN_SCHEMA_VERSION,
@@ -170,7 +180,18 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
             suite: selection.suite.clone(),
             fingerprint,
             workloads: Vec::new(),
+            interleaved: None,
         };
+        if let Some(plan) = &ab_plan {
+            let ab = crate::ab::run_session(plan, &runner, header, &planned, &store)?;
+            code = code.max(ab.code);
+            outcomes.push(BenchOutcome {
+                run_id: ab.b_id,
+                run: ab.b_run,
+                kept_records: Vec::new(),
+            });
+            continue;
+        }
         let outcome = runner.run_all(header, &planned, &store)?;
         report::print_summary(&outcome.run, &outcome.run_id);
         println!(
@@ -183,7 +204,7 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         // The verdict against the committed baseline of this run's
         // fingerprint class; None when there is none.
         if let Some(verdict) =
-            crate::compare::against_baseline(&store, &outcome.run_id, &outcome.run, root)?
+            crate::compare::against_baseline(&outcome.run_id, &outcome.run, root)?
         {
             code = code.max(verdict);
         }
@@ -208,7 +229,7 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
 /// 0 when every trial succeeded, 1 when any failed or timed out or had
 /// requests rejected that its spec does not expect (after everything was
 /// stored and reported).
-fn exit_code(run: &RunRecord) -> i32 {
+pub(crate) fn exit_code(run: &RunRecord) -> i32 {
     let all_ok = run
         .workloads
         .iter()
@@ -232,15 +253,18 @@ fn choose_device(arg: DeviceArg, info: &EngineInfo) -> anyhow::Result<&'static s
         DeviceArg::Auto => "cpu",
         DeviceArg::Cuda if info.has_gpu() => "cuda",
         DeviceArg::Cuda => bail!(
-            "--device cuda, but `engine info` reports no GPU: {}",
-            info.raw
+            "--device cuda, but `engine info` reports no GPU{}",
+            info.gpu_error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
         ),
     })
 }
 
 /// `name` with every character that is not alphanumeric, `-` or `.`
 /// replaced by `_` (model names may be paths).
-fn file_name_safe(name: &str) -> String {
+pub(crate) fn file_name_safe(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
@@ -254,7 +278,7 @@ fn file_name_safe(name: &str) -> String {
 
 /// Trial files live beside the build outputs (git-ignored), not in the
 /// store: the store keeps the records, these keep the engine's logs.
-fn work_root(root: &Path) -> PathBuf {
+pub(crate) fn work_root(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
@@ -264,7 +288,9 @@ fn work_root(root: &Path) -> PathBuf {
 fn export_vllm(dir: &Path, outcome: &BenchOutcome) -> anyhow::Result<()> {
     for (w, kept) in outcome.run.workloads.iter().zip(&outcome.kept_records) {
         let Some(trial) = report::median_trial(w) else {
-            eprintln!("warning: no successful trial of {} to export", w.name);
+            warnings::emit(&Warning::NothingToExport {
+                workload: w.name.clone(),
+            });
             continue;
         };
         let Some((_, records)) = kept.iter().find(|(i, _)| *i == trial) else {
@@ -286,6 +312,7 @@ pub struct BenchOutcome {
 }
 
 /// Runs trials: everything they share.
+#[derive(Clone)]
 pub struct TrialRunner<'a> {
     pub engine: PathBuf,
     pub model_dir: PathBuf,
@@ -300,6 +327,11 @@ pub struct TrialRunner<'a> {
     pub gpu_index: u32,
     /// Keep each Ok trial's records in memory (for the vLLM export).
     pub keep_records: bool,
+    /// Environment variables for every engine process (an A/B side's).
+    pub env: BTreeMap<String, String>,
+    /// Engine config keys set on top of each workload's `[engine]` table
+    /// (an A/B side's `--a-set`/`--b-set`).
+    pub engine_overrides: toml::Table,
 }
 
 impl TrialRunner<'_> {
@@ -377,10 +409,43 @@ impl TrialRunner<'_> {
         run: &mut RunRecord,
         kept: &mut Vec<(u32, Vec<RequestRecord>)>,
     ) -> anyhow::Result<()> {
+        let bench = self.prepare(w, run)?;
+        for index in 0..self.trials {
+            if trial::interrupted() {
+                bail!(
+                    "interrupted (Ctrl-C) before trial {} of workload `{}`",
+                    index + 1,
+                    w.name
+                );
+            }
+            progress.start_trial(&w.name, index, self.trials);
+            let (summary, records) = self.trial(w, &bench, index, store)?;
+            progress.finish_trial(trial_line(&w.name, &summary, self.trials));
+            if let Some(records) = records.filter(|_| self.keep_records) {
+                kept.push((index, records));
+            }
+            if let Some(last) = run.workloads.last_mut() {
+                last.trials.push(summary);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the workload's requests and engine config under the work
+    /// folder, adds the workload (no trials yet) to `run`, and returns the
+    /// engine invocation its trials share.
+    pub(crate) fn prepare(
+        &self,
+        w: &PlannedWorkload,
+        run: &mut RunRecord,
+    ) -> anyhow::Result<EngineBench> {
         let dir = self.work_dir.join(&w.name);
         let requests = dir.join("requests.jsonl");
         workloads::jsonl::write_atomic(&requests, &w.requests)?;
         let mut engine_config = w.engine_overrides.clone();
+        for (key, value) in &self.engine_overrides {
+            engine_config.insert(key.clone(), value.clone());
+        }
         let config = if engine_config.is_empty() {
             None
         } else {
@@ -400,35 +465,32 @@ impl TrialRunner<'_> {
             engine_config: serde_json::to_value(&engine_config)?,
             trials: Vec::new(),
         });
-        let bench = EngineBench {
+        Ok(EngineBench {
             engine: self.engine.clone(),
             model: self.model_dir.clone(),
             requests,
             config,
             device: self.device.clone(),
             max_concurrency: w.max_concurrency,
-        };
-        for index in 0..self.trials {
-            if trial::interrupted() {
-                bail!("interrupted (Ctrl-C) before trial {} of workload `{}`", index + 1, w.name);
-            }
-            progress.start_trial(&w.name, index, self.trials);
-            let files = TrialFiles::in_dir(&dir.join(format!("trial-{index}")));
-            let (summary, records) = self.run_trial(w, &bench, &files, index, store)?;
-            progress.finish_trial(trial_line(&w.name, &summary, self.trials));
-            if let Some(records) = records.filter(|_| self.keep_records) {
-                kept.push((index, records));
-            }
-            if let Some(last) = run.workloads.last_mut() {
-                last.trials.push(summary);
-            }
-        }
-        Ok(())
+            env: self.env.clone(),
+        })
+    }
+
+    /// Trial `index` of a prepared workload, in its own folder.
+    pub(crate) fn trial(
+        &self,
+        w: &PlannedWorkload,
+        bench: &EngineBench,
+        index: u32,
+        store: &Store,
+    ) -> anyhow::Result<(TrialSummary, Option<Vec<RequestRecord>>)> {
+        let files = TrialFiles::in_dir(&self.work_dir.join(&w.name).join(format!("trial-{index}")));
+        self.run_trial(w, bench, &files, index, store)
     }
 
     /// One trial. A failing engine is a recorded outcome; an `Err` here
     /// means the pipeline itself failed (e.g. the store cannot be written).
-    fn run_trial(
+    pub(crate) fn run_trial(
         &self,
         w: &PlannedWorkload,
         bench: &EngineBench,
@@ -452,6 +514,7 @@ impl TrialRunner<'_> {
             gpu_before,
             gpu_after,
             wall_s: 0.0,
+            block: None,
         };
         match outcome {
             ProcessOutcome::Interrupted => bail!(
@@ -532,7 +595,7 @@ fn peak_memory(files: &TrialFiles) -> Option<u64> {
     summary.peak_memory_bytes
 }
 
-fn trial_line(workload: &str, t: &TrialSummary, trials: u32) -> String {
+pub(crate) fn trial_line(workload: &str, t: &TrialSummary, trials: u32) -> String {
     let n = t.index + 1;
     match &t.status {
         TrialStatus::Ok => format!(
@@ -559,7 +622,7 @@ fn trial_line(workload: &str, t: &TrialSummary, trials: u32) -> String {
 
 /// Stores what finished before a pipeline error, then returns the error
 /// with the partial run's id (or why it could not be stored) attached.
-fn store_partial(store: &Store, run: &RunRecord, err: anyhow::Error) -> anyhow::Error {
+pub(crate) fn store_partial(store: &Store, run: &RunRecord, err: anyhow::Error) -> anyhow::Error {
     let finished = run.workloads.iter().map(|w| w.trials.len()).sum::<usize>();
     if finished == 0 {
         return err;

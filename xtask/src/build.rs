@@ -16,9 +16,20 @@ pub struct BuiltEngine {
 }
 
 pub fn build_engine(repo_root: &Path) -> anyhow::Result<BuiltEngine> {
+    build(repo_root, None)
+}
+
+/// Builds the engine of the workspace at `repo_root` (e.g. a worktree of
+/// another revision) into `target_dir`, so that it shares compiled
+/// dependencies with the main workspace.
+pub fn build_engine_into(repo_root: &Path, target_dir: &Path) -> anyhow::Result<BuiltEngine> {
+    build(repo_root, Some(target_dir))
+}
+
+fn build(repo_root: &Path, target_dir: Option<&Path>) -> anyhow::Result<BuiltEngine> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("building the engine ({PROFILE}) with {cargo}");
-    let output = duct::cmd(
+    let mut command = duct::cmd(
         &cargo,
         [
             "build",
@@ -30,11 +41,15 @@ pub fn build_engine(repo_root: &Path) -> anyhow::Result<BuiltEngine> {
             "--message-format=json-render-diagnostics",
         ],
     )
-    .dir(repo_root)
-    .stdout_capture()
-    .unchecked()
-    .run()
-    .with_context(|| format!("cannot run {cargo}"))?;
+    .dir(repo_root);
+    if let Some(dir) = target_dir {
+        command = command.env("CARGO_TARGET_DIR", dir);
+    }
+    let output = command
+        .stdout_capture()
+        .unchecked()
+        .run()
+        .with_context(|| format!("cannot run {cargo}"))?;
     if !output.status.success() {
         bail!(
             "building the engine failed ({}); cargo's errors are above",

@@ -18,7 +18,7 @@ const FAKE_ENGINE: &str = r#"#!/bin/sh
 # folder unwritable: a failure of the pipeline itself, not of a trial).
 here=$(dirname "$0")
 case "$1" in
-  info) echo '{"backend":"cpu","gpus":[]}'; exit 0 ;;
+  info) echo '{"engine_version":"0.0.0","backends":["cpu"],"cuda_available":false,"cpu_threads":2,"gpus":[]}'; exit 0 ;;
   check-config)
     if grep -q bogus "$3"; then echo "error: $3: line 1: unknown field \`bogus\`" >&2; exit 1; fi
     echo "$3: ok"; exit 0 ;;
@@ -143,7 +143,7 @@ impl Fixture {
         }
         argv.extend(extra.iter().map(|s| s.to_string()));
         match Cli::parse_from(argv).command {
-            Command::Bench(args) => args,
+            Command::Bench(args) => *args,
             other => panic!("parsed as {other:?}"),
         }
     }
