@@ -63,7 +63,7 @@ impl Default for EngineConfig {
 pub const MAX_BLOCK_SIZE: usize = 1024;
 pub const MAX_NUM_SEQS: usize = 1 << 16;
 pub const MAX_BATCHED_TOKENS: usize = 1 << 24;
-pub const MAX_KV_BLOCKS: usize = 1 << 28;
+pub const MAX_KV_BLOCKS: usize = 1 << 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineConfigError {
