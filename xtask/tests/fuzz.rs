@@ -1,9 +1,8 @@
 //! Property tests that feed what xtask reads back from disk damaged and
 //! random input: committed baseline files and store objects (run objects,
 //! the index, export files). Each must give a value or an error, never a
-//! panic. CI runs 300 cases per target (each writes files);
-//! `DYNO_FUZZ_CASES=1000000 cargo test --release -p xtask --test
-//! fuzz`
+//! panic. CI runs 300 cases per target (each case writes files);
+//! `DYNO_FUZZ_CASES=1000000 cargo test --release -p xtask --test fuzz`
 //! runs a million.
 
 use std::path::Path;
