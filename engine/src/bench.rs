@@ -273,9 +273,13 @@ mod tests {
         let mut e = engine();
         // 1e300 s cannot become a Duration: it must be refused, not slept on.
         for arrival in [1e300, MAX_ARRIVAL_S * 2.0, f64::INFINITY, -1.0] {
-            let err = run(&mut e, vec![request(7, arrival, false)], ArrivalMode::OpenLoop)
-                .unwrap_err()
-                .to_string();
+            let err = run(
+                &mut e,
+                vec![request(7, arrival, false)],
+                ArrivalMode::OpenLoop,
+            )
+            .unwrap_err()
+            .to_string();
             assert!(err.contains("request 7: arrival_s"), "{err}");
         }
         let mut r = request(8, 0.0, false);

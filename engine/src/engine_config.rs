@@ -68,10 +68,7 @@ pub const MAX_KV_BLOCKS: usize = 1 << 24;
 #[derive(Debug, thiserror::Error)]
 pub enum EngineConfigError {
     #[error("{path}: {cause}")]
-    Io {
-        path: String,
-        cause: std::io::Error,
-    },
+    Io { path: String, cause: std::io::Error },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
 }
@@ -183,7 +180,10 @@ mod tests {
             ("max_num_seqs = 0", "max_num_seqs"),
             ("num_kv_blocks = 1000000000000", "num_kv_blocks"),
             ("gpu_memory_utilization = nan", "gpu_memory_utilization"),
-            ("max_num_batched_tokens = 100000000000", "max_num_batched_tokens"),
+            (
+                "max_num_batched_tokens = 100000000000",
+                "max_num_batched_tokens",
+            ),
         ] {
             let err = EngineConfig::parse(text).unwrap_err();
             assert!(err.starts_with(field), "{text}: {err}");
@@ -193,7 +193,10 @@ mod tests {
     #[test]
     fn parse_errors_name_the_line() {
         let err = EngineConfig::parse("block_size = 16\nmax_num_seq = 3\n").unwrap_err();
-        assert!(err.starts_with("line 2:") && err.contains("max_num_seq"), "{err}");
+        assert!(
+            err.starts_with("line 2:") && err.contains("max_num_seq"),
+            "{err}"
+        );
         let err = EngineConfig::parse("block_size = \"x\"\n").unwrap_err();
         assert!(err.starts_with("line 1:"), "{err}");
     }

@@ -244,7 +244,10 @@ mod tests {
                 assert_eq!(sample_checked(&[0.5, bad, 0.1], &s), NONFINITE_LOGITS);
             }
         }
-        assert_eq!(sample_checked(&[0.5, 0.7, 0.1], &spec(0.0, 0, 1.0, 1, 0)), 1);
+        assert_eq!(
+            sample_checked(&[0.5, 0.7, 0.1], &spec(0.0, 0, 1.0, 1, 0)),
+            1
+        );
     }
 
     #[test]

@@ -28,10 +28,7 @@ pub enum SynthError {
     #[error("unknown preset {name:?}; known presets: {known}")]
     UnknownPreset { name: String, known: String },
     #[error("{path}: {cause}")]
-    Io {
-        path: String,
-        cause: std::io::Error,
-    },
+    Io { path: String, cause: std::io::Error },
 }
 
 /// What `write_preset` wrote.

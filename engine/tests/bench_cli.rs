@@ -236,7 +236,11 @@ fn check_config_names_the_line_and_field() {
 
     std::fs::write(&config, "max_num_seqs = 4\n").unwrap();
     let res = engine(&["check-config", "--config", config.to_str().unwrap()]);
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
 
     let missing = dir.path().join("missing.toml");
     let res = engine(&["check-config", "--config", missing.to_str().unwrap()]);

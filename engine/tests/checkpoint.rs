@@ -229,8 +229,7 @@ fn tensors_of_layers_past_the_config_are_an_error() {
     std::fs::write(&config_path, config.to_string()).unwrap();
     let err = open_err(dir.path());
     assert!(
-        err.contains(&format!("model.layers.{}.", layers - 1))
-            && err.contains("num_hidden_layers"),
+        err.contains(&format!("model.layers.{}.", layers - 1)) && err.contains("num_hidden_layers"),
         "{err}"
     );
 }

@@ -35,7 +35,11 @@ fn mutated_bytes(base: Vec<u8>, window: usize) -> impl Strategy<Value = Vec<u8>>
         const ODD: &[u8] = b"0123456789.-+eE\"'[]{}=,:#\n \t\\_abcnNiIfu";
         let mut bytes = base.clone();
         for (pos, op, b) in edits {
-            let b = if b < 128 { ODD[b as usize % ODD.len()] } else { b };
+            let b = if b < 128 {
+                ODD[b as usize % ODD.len()]
+            } else {
+                b
+            };
             let span = bytes.len().min(window).max(1);
             let at = pos % span;
             match op {
@@ -109,12 +113,9 @@ fn tiny_safetensors() -> Vec<u8> {
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
         .map(|(name, shape, data)| {
-            let view = safetensors::tensor::TensorView::new(
-                safetensors::Dtype::BF16,
-                shape.clone(),
-                data,
-            )
-            .unwrap();
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, shape.clone(), data)
+                    .unwrap();
             (name.clone(), view)
         })
         .collect();

@@ -46,7 +46,10 @@ impl Catalogue {
         let specs_dir = dir.join("specs");
         let io = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| CatalogueError::Io { path, cause: source }
+            move |source| CatalogueError::Io {
+                path,
+                cause: source,
+            }
         };
         let mut paths = Vec::new();
         for entry in std::fs::read_dir(&specs_dir).map_err(io(&specs_dir))? {

@@ -12,9 +12,9 @@
 use std::path::Path;
 
 use crate::jsonl::{self, JsonlError};
+use crate::request::MAX_ARRIVAL_S;
 use crate::rng::{Purpose, Stream};
 use crate::spec::WorkloadSpec;
-use crate::request::MAX_ARRIVAL_S;
 use crate::{Request, SamplingParams};
 
 /// The token ids prompts may use: `0..vocab_size` minus `excluded` (EOS and

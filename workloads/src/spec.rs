@@ -263,7 +263,7 @@ impl WorkloadSpec {
         }
         let requests = self.requests.max(self.warmup_requests);
         if let Some((sub, span_s)) = self.arrival.expected_span_s(requests) {
-            if !(span_s <= MAX_ARRIVAL_S) {
+            if span_s.is_nan() || span_s > MAX_ARRIVAL_S {
                 add(
                     &format!("arrival.{sub}"),
                     format!(
@@ -421,7 +421,10 @@ arrival = { poisson = { rate = 4.0 } }
     fn expect_rejections_defaults_off_and_stays_out_of_the_json() {
         let s = parse(GOOD).unwrap();
         assert!(!s.expect_rejections);
-        assert!(serde_json::to_value(&s).unwrap().get("expect_rejections").is_none());
+        assert!(serde_json::to_value(&s)
+            .unwrap()
+            .get("expect_rejections")
+            .is_none());
         let s = parse(&GOOD.replace("seed = 1", "seed = 1\nexpect_rejections = true")).unwrap();
         assert!(s.expect_rejections);
         assert_eq!(serde_json::to_value(&s).unwrap()["expect_rejections"], true);

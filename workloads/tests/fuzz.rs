@@ -29,8 +29,16 @@ fn mutated(base: &'static str) -> impl Strategy<Value = String> {
         const ODD: &[u8] = b"0123456789.-+eE\"'[]{}=,#\n \t\\_abcnNiI";
         let mut bytes = base.as_bytes().to_vec();
         for (pos, op, b) in edits {
-            let b = if b < 128 { ODD[b as usize % ODD.len()] } else { b };
-            let at = if bytes.is_empty() { 0 } else { pos % bytes.len() };
+            let b = if b < 128 {
+                ODD[b as usize % ODD.len()]
+            } else {
+                b
+            };
+            let at = if bytes.is_empty() {
+                0
+            } else {
+                pos % bytes.len()
+            };
             match op {
                 0 if !bytes.is_empty() => bytes[at] = b,
                 1 => bytes.insert(at, b),
@@ -90,10 +98,7 @@ fn check_spec(text: &str) {
             excluded: vec![2],
         };
         if let Ok(requests) = spec.generate(&space) {
-            assert_eq!(
-                requests.len() as u32,
-                spec.requests + spec.warmup_requests
-            );
+            assert_eq!(requests.len() as u32, spec.requests + spec.warmup_requests);
             for r in &requests {
                 assert!(r.arrival_s.is_finite() && r.arrival_s <= MAX_ARRIVAL_S);
                 assert!(r.sampling.problem().is_none(), "{r:?}");

@@ -87,13 +87,20 @@ fn check_config(engine: &Path, table: &toml::Table, scratch: &Path) -> anyhow::R
     let path = scratch.join("engine-overrides.toml");
     let text = toml::to_string(table).context("serializing [engine] overrides")?;
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    let out = duct::cmd(engine, ["check-config".as_ref(), "--config".as_ref(), path.as_os_str()])
-        .stdin_null()
-        .stdout_capture()
-        .stderr_capture()
-        .unchecked()
-        .run()
-        .with_context(|| format!("running {} check-config", engine.display()))?;
+    let out = duct::cmd(
+        engine,
+        [
+            "check-config".as_ref(),
+            "--config".as_ref(),
+            path.as_os_str(),
+        ],
+    )
+    .stdin_null()
+    .stdout_capture()
+    .stderr_capture()
+    .unchecked()
+    .run()
+    .with_context(|| format!("running {} check-config", engine.display()))?;
     if out.status.success() {
         return Ok(Checked::Ok);
     }
@@ -111,7 +118,12 @@ fn check_config(engine: &Path, table: &toml::Table, scratch: &Path) -> anyhow::R
 
 /// `spec`'s file, line and `field` with `message`, as the workloads crate
 /// reports its own spec errors.
-fn located(catalogue: &Catalogue, spec: &WorkloadSpec, field: &str, message: String) -> anyhow::Error {
+fn located(
+    catalogue: &Catalogue,
+    spec: &WorkloadSpec,
+    field: &str,
+    message: String,
+) -> anyhow::Error {
     match catalogue.spec_path(&spec.name) {
         Some(path) => {
             let text = std::fs::read_to_string(path).unwrap_or_default();

@@ -73,9 +73,16 @@ impl EngineBench {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProcessOutcome {
-    Exited { wall_s: f64 },
-    Failed { reason: String, wall_s: f64 },
-    TimedOut { after_s: f64 },
+    Exited {
+        wall_s: f64,
+    },
+    Failed {
+        reason: String,
+        wall_s: f64,
+    },
+    TimedOut {
+        after_s: f64,
+    },
     /// The user interrupted the bench (Ctrl-C); the engine was stopped.
     Interrupted,
 }

@@ -550,7 +550,10 @@ fn ctrl_c_stops_the_run_and_keeps_the_finished_trials() {
         stderr.contains("interrupted") && stderr.contains("1 finished trials are stored"),
         "{stderr}"
     );
-    assert!(wait_gone(engine), "the interrupted trial's engine still runs");
+    assert!(
+        wait_gone(engine),
+        "the interrupted trial's engine still runs"
+    );
     let store = Store::open(&fx.path("results")).unwrap();
     let (_, run) = store.resolve_run("latest").unwrap();
     assert_eq!(run.workloads[0].trials.len(), 1);

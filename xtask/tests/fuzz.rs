@@ -36,8 +36,16 @@ fn mutated(base: String) -> impl Strategy<Value = Vec<u8>> {
         const ODD: &[u8] = b"0123456789.-+eE\"[]{},:\n \\nulltrfase";
         let mut bytes = base.as_bytes().to_vec();
         for (pos, op, b) in edits {
-            let b = if b < 128 { ODD[b as usize % ODD.len()] } else { b };
-            let at = if bytes.is_empty() { 0 } else { pos % bytes.len() };
+            let b = if b < 128 {
+                ODD[b as usize % ODD.len()]
+            } else {
+                b
+            };
+            let at = if bytes.is_empty() {
+                0
+            } else {
+                pos % bytes.len()
+            };
             match op {
                 0 if !bytes.is_empty() => bytes[at] = b,
                 1 => bytes.insert(at, b),

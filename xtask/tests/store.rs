@@ -645,12 +645,18 @@ fn a_held_lock_times_out_with_a_message_naming_its_holder() {
     let err = store.preflight(Duration::from_millis(300)).unwrap_err();
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert!(matches!(err, StoreError::Locked { .. }), "{err}");
-    assert!(err.to_string().contains("pid 4242 (cargo xtask store gc)"), "{err}");
+    assert!(
+        err.to_string().contains("pid 4242 (cargo xtask store gc)"),
+        "{err}"
+    );
     drop(holder);
     store.preflight(Duration::from_millis(300)).unwrap();
     // The lock file now names this process while it holds the lock.
     let text = fs::read_to_string(&lock_path).unwrap();
-    assert!(text.contains(&format!("pid {}", std::process::id())), "{text}");
+    assert!(
+        text.contains(&format!("pid {}", std::process::id())),
+        "{text}"
+    );
 }
 
 #[test]
@@ -736,7 +742,11 @@ fn fsck_reports_then_repairs_what_it_can() {
     let (corrupt, _) = add_full_run(&store, "2026-01-02T00:00:00Z", 2);
     fs::write(object_path(dir.path(), &corrupt), b"garbage").unwrap();
     // A run object stored but never indexed (its bench's index write failed).
-    let unlisted_run = run_record("2026-01-03T00:00:00Z", "smoke", vec![trial(0, 5.0, None, None)]);
+    let unlisted_run = run_record(
+        "2026-01-03T00:00:00Z",
+        "smoke",
+        vec![trial(0, 5.0, None, None)],
+    );
     let unlisted = store.put(&unlisted_run).unwrap();
 
     let report = store.fsck(false).unwrap();
@@ -744,9 +754,15 @@ fn fsck_reports_then_repairs_what_it_can() {
     assert_eq!(report.broken_entries.len(), 1);
     assert_eq!(report.unindexed_runs, vec![unlisted.clone()]);
     assert!(!report.repaired);
-    assert_eq!(cli::run(StoreCmd::Fsck { repair: false }, dir.path()).unwrap(), 1);
+    assert_eq!(
+        cli::run(StoreCmd::Fsck { repair: false }, dir.path()).unwrap(),
+        1
+    );
 
-    assert_eq!(cli::run(StoreCmd::Fsck { repair: true }, dir.path()).unwrap(), 0);
+    assert_eq!(
+        cli::run(StoreCmd::Fsck { repair: true }, dir.path()).unwrap(),
+        0
+    );
     assert!(dir.path().join("quarantine").join(&corrupt).is_file());
     let ids: Vec<String> = store.runs().unwrap().into_iter().map(|r| r.id).collect();
     assert_eq!(ids, vec![good, unlisted]);

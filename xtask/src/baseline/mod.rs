@@ -35,8 +35,7 @@ pub enum Lookup {
 pub fn lookup(repo_root: &Path, class: &FingerprintClass) -> Result<Lookup, BaselineError> {
     let hash = class.hash();
     let dir = baselines_dir(repo_root).join(&hash);
-    let class_only =
-        dir.join(file::CLASS_FILE).exists() && !dir.join(file::BASELINE_FILE).exists();
+    let class_only = dir.join(file::CLASS_FILE).exists() && !dir.join(file::BASELINE_FILE).exists();
     if class_only {
         // Half a baseline: treating it as "no baseline" would quietly turn
         // the regression check off for this class.
@@ -139,7 +138,12 @@ fn same_workload_classes(
     let entries = match std::fs::read_dir(&root) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(source) => return Err(BaselineError::Io { path: root, cause: source }),
+        Err(source) => {
+            return Err(BaselineError::Io {
+                path: root,
+                cause: source,
+            })
+        }
     };
     let mut out = Vec::new();
     for entry in entries {

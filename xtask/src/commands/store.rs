@@ -314,9 +314,18 @@ fn reindex(store: &Store) -> anyhow::Result<i32> {
 
 fn fsck(store: &Store, repair: bool) -> anyhow::Result<i32> {
     let report = store.fsck(repair)?;
-    let fixed = |done: &str, todo: &str| if report.repaired { done.to_string() } else { todo.to_string() };
+    let fixed = |done: &str, todo: &str| {
+        if report.repaired {
+            done.to_string()
+        } else {
+            todo.to_string()
+        }
+    };
     if let Some(e) = &report.index_error {
-        println!("INDEX    {e} ({})", fixed("rebuilt from the objects", "--repair rebuilds it"));
+        println!(
+            "INDEX    {e} ({})",
+            fixed("rebuilt from the objects", "--repair rebuilds it")
+        );
     }
     for c in &report.corrupt {
         println!(
@@ -346,14 +355,22 @@ fn fsck(store: &Store, repair: bool) -> anyhow::Result<i32> {
         );
     }
     for s in &report.stray {
-        println!("STRAY    {} is not an object; move it out of objects/", s.display());
+        println!(
+            "STRAY    {} is not an object; move it out of objects/",
+            s.display()
+        );
     }
     let summary = format!(
         "{} objects checked in {}",
         report.objects_checked,
         store.root().display()
     );
-    let left = report.manual() + if report.repaired { 0 } else { report.repairable() };
+    let left = report.manual()
+        + if report.repaired {
+            0
+        } else {
+            report.repairable()
+        };
     if left == 0 {
         let done = if report.repaired {
             format!("repaired {} problems; ", report.repairable())
