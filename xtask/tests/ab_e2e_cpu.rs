@@ -126,6 +126,23 @@ fn same_engine_is_not_flagged_and_a_slower_side_b_is_regressed() {
         OutputVerdict::Same
     );
     assert_eq!(code, 0);
+    // `compare latest` finds the session's other side by itself
+    let out = tmp.path().join("latest.json");
+    let args = xtask::cli::CompareArgs {
+        run: "latest".into(),
+        candidate: None,
+        format: xtask::cli::Format::Json,
+        out: Some(out.clone()),
+        results: Some(tmp.path().join("results")),
+        no_step_summary: true,
+        across: vec![],
+    };
+    assert_eq!(
+        xtask::commands::compare::run_cli(args, tmp.path()).unwrap(),
+        0
+    );
+    let json = std::fs::read_to_string(&out).unwrap();
+    assert!(json.contains("\"design\": \"paired\""), "{json}");
 
     // side B one sequence at a time: slower, and flagged
     let tmp = tempfile::tempdir().unwrap();
