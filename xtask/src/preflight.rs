@@ -41,6 +41,18 @@ pub fn check_engine_overrides(
     scratch: &Path,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let result = check_each(engine, catalogue, specs, scratch);
+    // Best effort: the scratch file says nothing once checked.
+    let _ = std::fs::remove_dir_all(scratch);
+    result
+}
+
+fn check_each(
+    engine: &Path,
+    catalogue: &Catalogue,
+    specs: &[WorkloadSpec],
+    scratch: &Path,
+) -> anyhow::Result<()> {
     for spec in specs {
         let Some(table) = spec.engine.as_ref().filter(|t| !t.is_empty()) else {
             continue;
