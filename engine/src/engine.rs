@@ -21,6 +21,9 @@ use crate::sequence::Sequence;
 pub enum EngineError {
     #[error("engine config: {0}")]
     Config(String),
+    /// The memory budget holds no KV block: the pool does not fit.
+    #[error("out of memory: {0}")]
+    KvCacheTooSmall(String),
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
@@ -89,7 +92,7 @@ impl Engine {
             )));
         }
         if num_blocks == 0 {
-            return Err(EngineError::Config(format!(
+            return Err(EngineError::KvCacheTooSmall(format!(
                 "the KV budget holds no block of {} tokens ({} bytes each); raise \
                  cpu_kv_cache_bytes / gpu_memory_utilization or set num_kv_blocks",
                 cfg.block_size,

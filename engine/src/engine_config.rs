@@ -168,6 +168,27 @@ mod tests {
     }
 
     #[test]
+    fn the_knob_contract_lists_every_knob() {
+        let table = toml::Table::try_from(EngineConfig::default()).unwrap();
+        let mut fields: Vec<&str> = table
+            .keys()
+            .map(String::as_str)
+            .filter(|k| *k != "device")
+            .collect();
+        fields.sort_unstable();
+        let mut knobs = workloads::engine_knobs::KNOBS.to_vec();
+        knobs.sort_unstable();
+        assert_eq!(fields, knobs, "update workloads::engine_knobs::KNOBS");
+        let mut defaults = table.clone();
+        defaults.remove("device");
+        assert_eq!(
+            defaults,
+            workloads::engine_knobs::defaults(),
+            "update workloads::engine_knobs::DEFAULTS_TOML"
+        );
+    }
+
+    #[test]
     fn validate_rejects_bad_values() {
         let cfg = EngineConfig {
             block_size: 12,

@@ -120,9 +120,38 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// The exit code the pipeline classifies a failure by (a sweep records a
+/// rejected config as `invalid-config` and a failed allocation as `oom`).
+fn exit_code(e: &anyhow::Error) -> u8 {
+    use engine::backend::BackendError;
+    use engine::engine::EngineError;
+    use engine::engine_config::EngineConfigError;
+    use workloads::engine_knobs::{EXIT_INVALID_CONFIG, EXIT_OUT_OF_MEMORY};
+    let oom = |b: &BackendError| match b {
+        BackendError::OutOfMemory(_) => true,
+        BackendError::Cuda(m) => m.contains("OUT_OF_MEMORY") || m.contains("out of memory"),
+        _ => false,
+    };
+    for cause in e.chain() {
+        if cause.downcast_ref::<EngineConfigError>().is_some() {
+            return EXIT_INVALID_CONFIG as u8;
+        }
+        match cause.downcast_ref::<EngineError>() {
+            Some(EngineError::KvCacheTooSmall(_)) => return EXIT_OUT_OF_MEMORY as u8,
+            Some(EngineError::Config(_)) => return EXIT_INVALID_CONFIG as u8,
+            Some(EngineError::Backend(b)) if oom(b) => return EXIT_OUT_OF_MEMORY as u8,
+            _ => {}
+        }
+        if cause.downcast_ref::<BackendError>().is_some_and(oom) {
+            return EXIT_OUT_OF_MEMORY as u8;
+        }
+    }
+    1
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

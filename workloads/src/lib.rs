@@ -10,6 +10,7 @@ pub mod arrival;
 pub mod catalogue;
 pub mod distribution;
 pub mod engine_info;
+pub mod engine_knobs;
 pub mod generate;
 pub mod jsonl;
 pub mod location;
@@ -18,6 +19,7 @@ pub mod request;
 mod rng;
 pub mod spec;
 pub mod suite;
+pub mod sweep;
 
 pub use record::{BenchSummary, FinishReason, RecordStatus, RequestRecord, StepLogEntry};
 pub use request::{Request, SamplingParams};

@@ -192,6 +192,13 @@ impl WorkloadSpec {
         self.arrival.max_concurrency()
     }
 
+    /// Every semantic problem of a spec built in memory (a sweep point),
+    /// as (dotted field, message); the name is checked as an identifier but
+    /// not against a file name.
+    pub fn problems_in_memory(&self) -> Vec<(String, String)> {
+        self.problems(Path::new(&format!("{}.toml", self.name)))
+    }
+
     /// Every semantic problem, as (dotted field, message).
     fn problems(&self, path: &Path) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = Vec::new();

@@ -23,7 +23,13 @@ pub struct Suite {
     pub device: Option<SuiteDevice>,
     #[serde(default)]
     pub trials: Option<u32>,
+    #[serde(default)]
     pub workloads: Vec<String>,
+    /// Sweep files (`sweeps/<name>.toml`) whose points run as workloads of
+    /// the suite; each must know its points from the file alone (tier 0,
+    /// grid or batch profiles).
+    #[serde(default)]
+    pub sweeps: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +45,7 @@ pub(crate) fn parse_suites(
     text: &str,
     path: &Path,
     known: &[&str],
+    known_sweeps: &[&str],
 ) -> Result<BTreeMap<String, Suite>, InvalidToml> {
     let map = SourceMap::new(path, text);
     let suites: BTreeMap<String, Suite> =
@@ -47,8 +54,26 @@ pub(crate) fn parse_suites(
         return Err(map.invalid_document("defines no suites"));
     }
     for (name, suite) in &suites {
-        if suite.workloads.is_empty() {
-            return Err(map.invalid_field(&format!("{name}.workloads"), "lists no workloads"));
+        if suite.workloads.is_empty() && suite.sweeps.is_empty() {
+            return Err(map.invalid_field(
+                &format!("{name}.workloads"),
+                "lists no workloads (and no sweeps)",
+            ));
+        }
+        for (i, sweep) in suite.sweeps.iter().enumerate() {
+            if !known_sweeps.contains(&sweep.as_str()) {
+                return Err(map.invalid_field(
+                    &format!("{name}.sweeps[{i}]"),
+                    format!(
+                        "unknown sweep `{sweep}`; known (sweeps/*.toml): {}",
+                        if known_sweeps.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known_sweeps.join(", ")
+                        }
+                    ),
+                ));
+            }
         }
         if suite.trials == Some(0) {
             return Err(map.invalid_field(&format!("{name}.trials"), "must be at least 1"));
@@ -76,7 +101,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<BTreeMap<String, Suite>, String> {
-        parse_suites(text, Path::new("suites.toml"), &["a", "b"]).map_err(|e| e.to_string())
+        parse_suites(text, Path::new("suites.toml"), &["a", "b"], &[]).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -87,6 +112,22 @@ mod tests {
         .unwrap();
         assert_eq!(s["x"].device, Some(SuiteDevice::Cpu));
         assert_eq!(s["x"].workloads, ["a", "b"]);
+    }
+
+    #[test]
+    fn suites_may_list_sweeps_and_unknown_ones_are_named() {
+        let parse_with = |text: &str| {
+            parse_suites(text, Path::new("suites.toml"), &["a"], &["sw"]).map_err(|e| e.to_string())
+        };
+        let s = parse_with("[x]\ndescription = \"d\"\nsweeps = [\"sw\"]\n").unwrap();
+        assert!(s["x"].workloads.is_empty() && s["x"].sweeps == ["sw"]);
+        let e = parse_with("[x]\ndescription = \"d\"\nsweeps = [\"nope\"]\n").unwrap_err();
+        assert!(
+            e.starts_with("suites.toml:3: field `x.sweeps[0]`: unknown sweep `nope`"),
+            "{e}"
+        );
+        let e = parse_with("[x]\ndescription = \"d\"\n").unwrap_err();
+        assert!(e.contains("lists no workloads"), "{e}");
     }
 
     #[test]

@@ -335,7 +335,7 @@ pub(crate) fn run_session(
         plan.seed,
         plan.warmup
     );
-    let progress = Progress::new(2 * u64::from(blocks) * planned.len() as u64);
+    let progress = Progress::trials(2 * u64::from(blocks) * planned.len() as u64);
     let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
     for (wi, w) in planned.iter().enumerate() {
         let bench_a = runner_a.prepare(w, &mut run_a)?;

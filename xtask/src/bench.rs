@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use workloads::suite::SuiteDevice;
-use workloads::{BenchSummary, RequestRecord, StepLogEntry};
+use workloads::{BenchSummary, RequestRecord, StepLogEntry, WorkloadSpec};
 
 use crate::cli::{BenchArgs, DeviceArg};
 use crate::engine_info;
@@ -22,7 +22,8 @@ use crate::preflight;
 use crate::progress::Progress;
 use crate::report;
 use crate::run_record::{
-    Fingerprint, RunRecord, TrialStatus, TrialSummary, WorkloadRun, RUN_SCHEMA_VERSION,
+    FailureClass, Fingerprint, GpuFingerprint, HostFingerprint, RunRecord, SourceFingerprint,
+    TrialStatus, TrialSummary, WorkloadRun, RUN_SCHEMA_VERSION,
 };
 use crate::store::{Store, StoreError};
 use crate::trial::{self, EngineBench, ProcessOutcome, TrialFiles};
@@ -41,8 +42,8 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
     let catalogue = workload_plan::load(&catalogue_dir)?;
     // The store first: a run that cannot be stored is not worth measuring.
     let results = args.results.clone().unwrap_or_else(|| root.join("results"));
-    let store = Store::open(&results)
-        .and_then(|s| s.preflight(crate::store::lock_timeout()).map(|()| s))
+    Store::open(&results)
+        .and_then(|s| s.preflight(crate::store::lock_timeout()))
         .with_context(|| {
             format!(
                 "the store {} cannot take a run, so nothing was measured",
@@ -59,25 +60,18 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
     // The base of an A/B is built first: a base that does not build fails
     // before anything else runs.
     let ab_plan = crate::ab::AbPlan::from_args(args, root)?;
-    let (engine, build) = match &args.engine_bin {
-        Some(bin) => {
-            if !bin.is_file() {
-                bail!("--engine-bin {}: no such file", bin.display());
-            }
-            let mut build = BuildInfo::prebuilt(bin);
-            if let Some(profile) = &args.engine_profile {
-                build.profile = profile.clone();
-            }
-            (bin.clone(), build)
-        }
-        None => {
-            let built = crate::build::build_engine(root)?;
-            (built.binary, built.info)
-        }
-    };
-    let info = engine_info::query(&engine)?;
-    let device = choose_device(args.device, &info)?;
-    let cuda = device == "cuda";
+    let ctx = BenchContext::prepare(
+        root,
+        &EngineChoice {
+            engine_bin: args.engine_bin.clone(),
+            engine_profile: args.engine_profile.clone(),
+            device: args.device,
+            results: args.results.clone(),
+            timeout_s: args.timeout_s,
+        },
+    )?;
+    let device = ctx.device;
+    let cuda = ctx.is_cuda();
 
     let default_suite = if cuda { "pr" } else { "smoke" };
     let selection = workload_plan::select(
@@ -88,7 +82,7 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
     )?;
     preflight::check_thresholds(&catalogue, &selection.specs)?;
     preflight::check_engine_overrides(
-        &engine,
+        &ctx.engine,
         &catalogue,
         &selection.specs,
         &work_root(root).join(format!("preflight-{}", std::process::id())),
@@ -101,37 +95,12 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
             running_on: device.to_string(),
         });
     }
-
-    let monitor = if cuda {
-        GpuMonitor::open()
-    } else {
-        GpuMonitor::none()
-    };
-    // The fingerprint and the clock samples are of the GPU the engine runs
-    // on, not of every GPU in the host.
-    let all_gpus = monitor.devices();
-    let uuids: Vec<&str> = all_gpus.iter().map(|g| g.uuid.as_str()).collect();
-    let gpu_index = engine_info::nvml_index_in_use(&info, &uuids);
-    let mut gpus: Vec<_> = all_gpus.get(gpu_index).cloned().into_iter().collect();
-    for g in &mut gpus {
-        g.sm_count = info.sm_count(&g.uuid);
-    }
-    if cuda && gpus.is_empty() {
-        warnings::emit(&Warning::NvmlUnavailable {
-            reason: monitor
-                .unavailable_reason()
-                .unwrap_or("unknown")
-                .to_string(),
-        });
-        gpus = info.gpus.iter().map(engine_info::gpu_fingerprint).collect();
-    }
-    let source = fingerprint::source(root, &engine, &build);
-    let host = fingerprint::host();
-    let trials = args.trials.or(selection.suite_trials).unwrap_or(if cuda {
-        DEFAULT_TRIALS_GPU
-    } else {
-        DEFAULT_TRIALS_CPU
-    });
+    let trials = args
+        .trials
+        .or(selection.suite_trials)
+        .unwrap_or(ctx.default_trials());
+    let store = &ctx.store;
+    let results = &ctx.results;
 
     // From here on Ctrl-C stops the run cleanly: the trial in progress is
     // stopped, the finished ones are stored.
@@ -140,59 +109,34 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
     let mut outcomes = Vec::new();
     let mut code = 0;
     for (model_name, specs) in selection.by_model(args.model.as_deref()) {
-        let model = model::resolve(&model_name, &engine, &root.join(".models"))?;
-        let vocab = model::vocab(&model.dir)?;
-        let planned = specs
-            .iter()
-            .map(|s| workload_plan::plan(s, &vocab))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let fingerprint = Fingerprint {
-            source: source.clone(),
-            host: host.clone(),
-            gpus: gpus.clone(),
-            device: device.to_string(),
-            model: model.name.clone(),
-            model_hash: fingerprint::hash_dir(&model.dir)
-                .with_context(|| format!("hashing the model {}", model.dir.display()))?,
-        };
-        let created_at = chrono::Utc::now();
-        let runner = TrialRunner {
-            engine: engine.clone(),
-            model_dir: model.dir.clone(),
-            device: device.to_string(),
-            trials,
-            timeout: Duration::from_secs_f64(args.timeout_s.max(0.001)),
-            work_dir: work_root(root).join(format!(
-                "{}-{}-{}",
-                created_at.format("%Y%m%dT%H%M%S%.3fZ"),
-                std::process::id(),
-                file_name_safe(&model_name)
-            )),
-            monitor: &monitor,
-            gpu_index: gpu_index as u32,
-            keep_records: args.export_vllm.is_some(),
-            env: BTreeMap::new(),
-            engine_overrides: toml::Table::new(),
-        };
-        let header = RunRecord {
-            schema: RUN_SCHEMA_VERSION,
-            created_at: created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            suite: selection.suite.clone(),
-            fingerprint,
-            workloads: Vec::new(),
-            interleaved: None,
-        };
+        let PreparedRun {
+            runner,
+            header,
+            planned,
+        } = ctx.prepare_run(
+            &model_name,
+            &specs,
+            &RunOptions {
+                trials,
+                suite: selection.suite.clone(),
+                keep_records: args.export_vllm.is_some(),
+            },
+        )?;
         if let Some(plan) = &ab_plan {
-            let ab = crate::ab::run_session(plan, &runner, header, &planned, &store)?;
+            let ab = crate::ab::run_session(plan, &runner, header, &planned, store)?;
             code = code.max(ab.code);
             outcomes.push(BenchOutcome {
                 run_id: ab.b_id,
                 run: ab.b_run,
                 kept_records: Vec::new(),
+                work_dir: runner.work_dir.clone(),
             });
             continue;
         }
-        let outcome = runner.run_all(header, &planned, &store)?;
+        let progress = Progress::trials(u64::from(trials) * planned.len() as u64);
+        let outcome = runner.run_all(header, &planned, store, &progress);
+        progress.done();
+        let outcome = outcome?;
         report::print_summary(&outcome.run, &outcome.run_id);
         println!(
             "\nstored run {} in {} (engine logs in {})",
@@ -201,6 +145,20 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
             runner.work_dir.display()
         );
         code = code.max(exit_code(&outcome.run));
+        let recorded = crate::sweep::record_suite_points(
+            &catalogue,
+            selection.suite.as_deref(),
+            &outcome.run_id,
+            &outcome.run,
+            trials,
+            results,
+        )?;
+        if recorded > 0 {
+            println!(
+                "recorded {recorded} sweep points in {} (cargo xtask sweep FILE --report-only reports them)",
+                results.join("sweeps").display()
+            );
+        }
         // The verdict against the committed baseline of this run's
         // fingerprint class; None when there is none.
         if let Some(verdict) =
@@ -224,6 +182,246 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         }
     }
     Ok(code)
+}
+
+/// Which engine binary runs where: the flags `bench` and `sweep` share.
+#[derive(Debug, Clone)]
+pub struct EngineChoice {
+    /// A prebuilt engine; `None` builds one with cargo.
+    pub engine_bin: Option<PathBuf>,
+    pub engine_profile: Option<String>,
+    pub device: DeviceArg,
+    /// The store (default `<root>/results`).
+    pub results: Option<PathBuf>,
+    pub timeout_s: f64,
+}
+
+/// What one stored run is made of besides its workloads.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub trials: u32,
+    /// Recorded in the run (`suite` field); a sweep writes `sweep:<name>`.
+    pub suite: Option<String>,
+    /// Keep each Ok trial's records in memory (for the vLLM export).
+    pub keep_records: bool,
+}
+
+/// Everything runs share that does not depend on the workloads: the engine
+/// binary and its device, the GPU monitor, the fingerprint's source and
+/// host parts, and the store. `bench` makes one and runs a suite with it;
+/// `sweep` makes one and runs each point as its own run.
+pub struct BenchContext {
+    pub root: PathBuf,
+    pub engine: PathBuf,
+    pub info: EngineInfo,
+    /// "cpu" or "cuda".
+    pub device: &'static str,
+    pub monitor: GpuMonitor,
+    /// NVML index of the GPU the engine runs on.
+    pub gpu_index: usize,
+    pub gpus: Vec<GpuFingerprint>,
+    pub source: SourceFingerprint,
+    pub host: HostFingerprint,
+    pub results: PathBuf,
+    pub store: Store,
+    pub timeout: Duration,
+    /// Resolved models and their hashes, by name (hashing a checkpoint
+    /// takes a while; a sweep runs many points on one model).
+    models: std::cell::RefCell<BTreeMap<String, ResolvedModel>>,
+}
+
+#[derive(Debug, Clone)]
+struct ResolvedModel {
+    model: model::Model,
+    vocab: model::Vocab,
+    hash: String,
+}
+
+/// A run ready to start: its trial runner, its header (no workloads yet)
+/// and its planned workloads.
+pub struct PreparedRun<'a> {
+    pub runner: TrialRunner<'a>,
+    pub header: RunRecord,
+    pub planned: Vec<PlannedWorkload>,
+}
+
+impl BenchContext {
+    /// Builds the engine (or takes the prebuilt one), asks it what it runs
+    /// on, picks the device and captures the fingerprint's fixed parts.
+    pub fn prepare(root: &Path, choice: &EngineChoice) -> anyhow::Result<BenchContext> {
+        let (engine, build) = match &choice.engine_bin {
+            Some(bin) => {
+                if !bin.is_file() {
+                    bail!("--engine-bin {}: no such file", bin.display());
+                }
+                let mut build = BuildInfo::prebuilt(bin);
+                if let Some(profile) = &choice.engine_profile {
+                    build.profile = profile.clone();
+                }
+                (bin.clone(), build)
+            }
+            None => {
+                let built = crate::build::build_engine(root)?;
+                (built.binary, built.info)
+            }
+        };
+        let info = engine_info::query(&engine)?;
+        let device = choose_device(choice.device, &info)?;
+        let cuda = device == "cuda";
+        let monitor = if cuda {
+            GpuMonitor::open()
+        } else {
+            GpuMonitor::none()
+        };
+        // The fingerprint and the clock samples are of the GPU the engine
+        // runs on, not of every GPU in the host.
+        let all_gpus = monitor.devices();
+        let uuids: Vec<&str> = all_gpus.iter().map(|g| g.uuid.as_str()).collect();
+        let gpu_index = engine_info::nvml_index_in_use(&info, &uuids);
+        let mut gpus: Vec<_> = all_gpus.get(gpu_index).cloned().into_iter().collect();
+        for g in &mut gpus {
+            g.sm_count = info.sm_count(&g.uuid);
+        }
+        if cuda && gpus.is_empty() {
+            warnings::emit(&Warning::NvmlUnavailable {
+                reason: monitor
+                    .unavailable_reason()
+                    .unwrap_or("unknown")
+                    .to_string(),
+            });
+            gpus = info.gpus.iter().map(engine_info::gpu_fingerprint).collect();
+        }
+        let source = fingerprint::source(root, &engine, &build);
+        let host = fingerprint::host();
+        let results = choice
+            .results
+            .clone()
+            .unwrap_or_else(|| root.join("results"));
+        // Checked again here for `sweep`, which has no earlier check: a run
+        // that cannot be stored is not measured.
+        let store = Store::open(&results)
+            .and_then(|s| s.preflight(crate::store::lock_timeout()).map(|()| s))
+            .with_context(|| {
+                format!(
+                    "the store {} cannot take a run, so nothing was measured",
+                    results.display()
+                )
+            })?;
+        Ok(BenchContext {
+            root: root.to_path_buf(),
+            engine,
+            info,
+            device,
+            monitor,
+            gpu_index,
+            gpus,
+            source,
+            host,
+            results,
+            store,
+            timeout: Duration::from_secs_f64(choice.timeout_s.max(0.001)),
+            models: Default::default(),
+        })
+    }
+
+    pub fn is_cuda(&self) -> bool {
+        self.device == "cuda"
+    }
+
+    /// Trials when neither the command line nor the suite says.
+    pub fn default_trials(&self) -> u32 {
+        if self.is_cuda() {
+            DEFAULT_TRIALS_GPU
+        } else {
+            DEFAULT_TRIALS_CPU
+        }
+    }
+
+    fn resolve_model(&self, name: &str) -> anyhow::Result<ResolvedModel> {
+        if let Some(m) = self.models.borrow().get(name) {
+            return Ok(m.clone());
+        }
+        let model = model::resolve(name, &self.engine, &self.root.join(".models"))?;
+        let vocab = model::vocab(&model.dir)?;
+        let hash = fingerprint::hash_dir(&model.dir)
+            .with_context(|| format!("hashing the model {}", model.dir.display()))?;
+        let resolved = ResolvedModel { model, vocab, hash };
+        self.models
+            .borrow_mut()
+            .insert(name.to_string(), resolved.clone());
+        Ok(resolved)
+    }
+
+    /// Resolves the model, plans `specs` for it and makes the trial runner
+    /// and the run's header.
+    pub fn prepare_run(
+        &self,
+        model_name: &str,
+        specs: &[&WorkloadSpec],
+        options: &RunOptions,
+    ) -> anyhow::Result<PreparedRun<'_>> {
+        let resolved = self.resolve_model(model_name)?;
+        let planned = specs
+            .iter()
+            .map(|s| workload_plan::plan(s, &resolved.vocab))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let fingerprint = Fingerprint {
+            source: self.source.clone(),
+            host: self.host.clone(),
+            gpus: self.gpus.clone(),
+            device: self.device.to_string(),
+            model: resolved.model.name.clone(),
+            model_hash: resolved.hash.clone(),
+        };
+        let created_at = chrono::Utc::now();
+        let runner = TrialRunner {
+            engine: self.engine.clone(),
+            model_dir: resolved.model.dir.clone(),
+            device: self.device.to_string(),
+            trials: options.trials,
+            timeout: self.timeout,
+            work_dir: work_root(&self.root).join(format!(
+                "{}-{}-{}",
+                created_at.format("%Y%m%dT%H%M%S%.3fZ"),
+                std::process::id(),
+                file_name_safe(model_name)
+            )),
+            monitor: &self.monitor,
+            gpu_index: self.gpu_index as u32,
+            keep_records: options.keep_records,
+            env: BTreeMap::new(),
+            engine_overrides: toml::Table::new(),
+        };
+        let header = RunRecord {
+            schema: RUN_SCHEMA_VERSION,
+            created_at: created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            suite: options.suite.clone(),
+            fingerprint,
+            workloads: Vec::new(),
+            interleaved: None,
+        };
+        Ok(PreparedRun {
+            runner,
+            header,
+            planned,
+        })
+    }
+
+    /// Runs `specs` (each with its own `[engine]` knobs) on one model as
+    /// repeated trials and stores them as one run. A failing trial is part
+    /// of the run; an `Err` is a failure of the pipeline itself (the run is
+    /// stored with what finished before it, see [`TrialRunner::run_all`]).
+    pub fn run_specs(
+        &self,
+        model_name: &str,
+        specs: &[&WorkloadSpec],
+        options: &RunOptions,
+        progress: &Progress,
+    ) -> anyhow::Result<BenchOutcome> {
+        let run = self.prepare_run(model_name, specs, options)?;
+        run.runner
+            .run_all(run.header, &run.planned, &self.store, progress)
+    }
 }
 
 /// 0 when every trial succeeded, 1 when any failed or timed out or had
@@ -309,6 +507,8 @@ pub struct BenchOutcome {
     /// Per workload, the records of each Ok trial (trial index, records),
     /// for the vLLM export; empty unless `keep_records`.
     pub kept_records: Vec<Vec<(u32, Vec<RequestRecord>)>>,
+    /// Where the trials' engine logs are.
+    pub work_dir: PathBuf,
 }
 
 /// Runs trials: everything they share.
@@ -344,24 +544,23 @@ impl TrialRunner<'_> {
         mut run: RunRecord,
         planned: &[PlannedWorkload],
         store: &Store,
+        progress: &Progress,
     ) -> anyhow::Result<BenchOutcome> {
-        let progress = Progress::new(u64::from(self.trials) * planned.len() as u64);
         let mut kept_records = Vec::new();
         for w in planned {
             let mut kept = Vec::new();
-            let result = self.run_workload(w, store, &progress, &mut run, &mut kept);
+            let result = self.run_workload(w, store, progress, &mut run, &mut kept);
             kept_records.push(kept);
             if let Err(err) = result {
-                progress.done();
                 return Err(store_partial(store, &run, err));
             }
         }
-        progress.done();
         let run_id = self.store_run(&run, store)?;
         Ok(BenchOutcome {
             run_id,
             run,
             kept_records,
+            work_dir: self.work_dir.clone(),
         })
     }
 
@@ -527,8 +726,12 @@ impl TrialRunner<'_> {
                 summary.wall_s = after_s;
                 Ok((summary, None))
             }
-            ProcessOutcome::Failed { reason, wall_s } => {
-                summary.status = TrialStatus::Failed { reason };
+            ProcessOutcome::Failed {
+                reason,
+                class,
+                wall_s,
+            } => {
+                summary.status = TrialStatus::failed(reason, class);
                 summary.wall_s = wall_s;
                 Ok((summary, None))
             }
@@ -537,7 +740,7 @@ impl TrialRunner<'_> {
                 let (records, steps) = match read_outputs(files) {
                     Ok(outputs) => outputs,
                     Err(reason) => {
-                        summary.status = TrialStatus::Failed { reason };
+                        summary.status = TrialStatus::failed(reason, FailureClass::Crash);
                         return Ok((summary, None));
                     }
                 };
@@ -545,15 +748,16 @@ impl TrialRunner<'_> {
                 summary.step_log_object = Some(store.put(&steps).context("storing the step log")?);
                 match metrics::compute(&records, &steps, peak_memory(files), &w.slos) {
                     Ok(m) if m.failed > 0 => {
-                        summary.status = TrialStatus::Failed {
-                            reason: format!(
+                        summary.status = TrialStatus::failed(
+                            format!(
                                 "{} of {} requests stopped with status nonfinite_logits (the \
                                  model produced NaN or infinite logits); {}",
                                 m.failed,
                                 records.len(),
                                 files.records.display()
                             ),
-                        };
+                            FailureClass::Crash,
+                        );
                         Ok((summary, None))
                     }
                     Ok(m) => {
@@ -562,9 +766,10 @@ impl TrialRunner<'_> {
                         Ok((summary, Some(records)))
                     }
                     Err(e) => {
-                        summary.status = TrialStatus::Failed {
-                            reason: format!("{}: {e}", files.records.display()),
-                        };
+                        summary.status = TrialStatus::failed(
+                            format!("{}: {e}", files.records.display()),
+                            FailureClass::Crash,
+                        );
                         Ok((summary, None))
                     }
                 }
@@ -611,7 +816,7 @@ pub(crate) fn trial_line(workload: &str, t: &TrialSummary, trials: u32) -> Strin
                 _ => String::new(),
             }
         ),
-        TrialStatus::Failed { reason } => {
+        TrialStatus::Failed { reason, .. } => {
             format!("{workload} trial {n}/{trials}: FAILED: {reason}")
         }
         TrialStatus::TimedOut { after_s } => {

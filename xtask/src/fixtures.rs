@@ -75,6 +75,7 @@ pub fn failed_trial(index: u32, reason: &str) -> TrialSummary {
         index,
         status: TrialStatus::Failed {
             reason: reason.to_string(),
+            class: None,
         },
         metrics: BTreeMap::new(),
         output_hash: None,

@@ -37,6 +37,7 @@ pub mod run_record;
 pub mod side;
 pub mod stats;
 pub mod store;
+pub mod sweep;
 pub mod trial;
 pub mod warnings;
 pub mod workload_plan;

@@ -89,7 +89,7 @@ pub fn workload_summary(w: &WorkloadRun) -> (Table, Vec<Warning>) {
     for t in &w.trials {
         match &t.status {
             TrialStatus::Ok => {}
-            TrialStatus::Failed { reason } => warnings.push(Warning::TrialFailed {
+            TrialStatus::Failed { reason, .. } => warnings.push(Warning::TrialFailed {
                 workload: workload.clone(),
                 trial: t.index,
                 reason: reason.clone(),
@@ -401,6 +401,7 @@ mod tests {
         let mut failed = trial(2, 0.0, "a");
         failed.status = TrialStatus::Failed {
             reason: "boom".into(),
+            class: None,
         };
         failed.metrics.clear();
         failed.output_hash = None;

@@ -77,8 +77,86 @@ pub struct GpuSample {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TrialStatus {
     Ok,
-    Failed { reason: String },
-    TimedOut { after_s: f64 },
+    Failed {
+        reason: String,
+        /// What kind of failure (absent in runs stored before classes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        class: Option<FailureClass>,
+    },
+    TimedOut {
+        after_s: f64,
+    },
+}
+
+impl TrialStatus {
+    /// A failure with its class.
+    pub fn failed(reason: impl Into<String>, class: FailureClass) -> TrialStatus {
+        TrialStatus::Failed {
+            reason: reason.into(),
+            class: Some(class),
+        }
+    }
+
+    /// The failure class: `None` for Ok; a timeout is `Timeout`; a failure
+    /// stored without a class is a `Crash`.
+    pub fn failure_class(&self) -> Option<FailureClass> {
+        match self {
+            TrialStatus::Ok => None,
+            TrialStatus::Failed { class, .. } => Some(class.unwrap_or(FailureClass::Crash)),
+            TrialStatus::TimedOut { .. } => Some(FailureClass::Timeout),
+        }
+    }
+}
+
+/// Why a trial (and so a sweep point) failed; the names are seed 004's
+/// `--skip-failure-reasons` vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureClass {
+    /// The weights or the KV pool do not fit; a device allocation failed.
+    Oom,
+    /// Killed at the deadline.
+    Timeout,
+    /// Died by a signal, or exited with an error that is none of the others
+    /// (including unreadable outputs).
+    Crash,
+    /// The engine rejected its configuration.
+    InvalidConfig,
+    /// An HTTP target failed to start or answer.
+    ServerFail,
+}
+
+impl FailureClass {
+    pub const ALL: [FailureClass; 5] = [
+        FailureClass::Oom,
+        FailureClass::Timeout,
+        FailureClass::Crash,
+        FailureClass::InvalidConfig,
+        FailureClass::ServerFail,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureClass::Oom => "oom",
+            FailureClass::Timeout => "timeout",
+            FailureClass::Crash => "crash",
+            FailureClass::InvalidConfig => "invalid-config",
+            FailureClass::ServerFail => "server-fail",
+        }
+    }
+
+    /// Parses a class name, case-insensitively, accepting `_` for `-`
+    /// (seed 004 writes `OOM`, `server_fail`).
+    pub fn parse(name: &str) -> Option<FailureClass> {
+        let n = name.trim().to_ascii_lowercase().replace('_', "-");
+        FailureClass::ALL.into_iter().find(|c| c.name() == n)
+    }
+}
+
+impl std::fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// One trial: a fresh engine process.

@@ -143,7 +143,7 @@ impl Side {
             .iter()
             .filter_map(|t| match &t.status {
                 TrialStatus::Ok => None,
-                TrialStatus::Failed { reason } => Some(format!("trial {}: {reason}", t.index)),
+                TrialStatus::Failed { reason, .. } => Some(format!("trial {}: {reason}", t.index)),
                 TrialStatus::TimedOut { after_s } => {
                     Some(format!("trial {}: timed out after {after_s:.0} s", t.index))
                 }

@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use workloads::engine_knobs::{EXIT_INVALID_CONFIG, EXIT_OUT_OF_MEMORY};
+
+use crate::run_record::FailureClass;
+
 /// Where one trial reads and writes.
 #[derive(Debug, Clone)]
 pub struct TrialFiles {
@@ -78,6 +82,7 @@ pub enum ProcessOutcome {
     },
     Failed {
         reason: String,
+        class: FailureClass,
         wall_s: f64,
     },
     TimedOut {
@@ -156,6 +161,7 @@ pub fn run_engine(bench: &EngineBench, files: &TrialFiles, timeout: Duration) ->
     if let Err(e) = std::fs::create_dir_all(&files.dir) {
         return ProcessOutcome::Failed {
             reason: format!("cannot create {}: {e}", files.dir.display()),
+            class: FailureClass::Crash,
             wall_s: 0.0,
         };
     }
@@ -175,6 +181,7 @@ pub fn run_engine(bench: &EngineBench, files: &TrialFiles, timeout: Duration) ->
         Err(e) => {
             return ProcessOutcome::Failed {
                 reason: format!("cannot start {}: {e}", bench.engine.display()),
+                class: FailureClass::Crash,
                 wall_s: elapsed(),
             }
         }
@@ -194,6 +201,7 @@ pub fn run_engine(bench: &EngineBench, files: &TrialFiles, timeout: Duration) ->
                             files.log.display(),
                             log_tail(&files.log)
                         ),
+                        class: classify_exit(output.status.code(), &files.log),
                         wall_s,
                     }
                 };
@@ -212,8 +220,29 @@ pub fn run_engine(bench: &EngineBench, files: &TrialFiles, timeout: Duration) ->
                 let _ = handle.kill();
                 return ProcessOutcome::Failed {
                     reason: format!("waiting for the engine failed: {e}"),
+                    class: FailureClass::Crash,
                     wall_s: elapsed(),
                 };
+            }
+        }
+    }
+}
+
+/// The class of a failed engine process: the engine's own exit codes for a
+/// rejected config and for memory, else an "out of memory" in its log
+/// (an allocator or driver message the engine did not classify), else a
+/// crash (a signal has no exit code).
+fn classify_exit(code: Option<i32>, log: &Path) -> FailureClass {
+    match code {
+        Some(EXIT_INVALID_CONFIG) => FailureClass::InvalidConfig,
+        Some(EXIT_OUT_OF_MEMORY) => FailureClass::Oom,
+        _ => {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lower = text.to_ascii_lowercase();
+            if lower.contains("out of memory") || lower.contains("out_of_memory") {
+                FailureClass::Oom
+            } else {
+                FailureClass::Crash
             }
         }
     }
@@ -272,13 +301,28 @@ mod tests {
         ));
         assert_eq!(std::fs::read_to_string(&files.log).unwrap(), "hello\n");
 
-        let crash = sh("echo boom >&2; exit 3", dir.path());
+        let crash = sh("echo boom >&2; exit 7", dir.path());
         match run_engine(&crash, &files, Duration::from_secs(10)) {
-            ProcessOutcome::Failed { reason, .. } => {
+            ProcessOutcome::Failed { reason, class, .. } => {
                 assert!(reason.contains("boom"), "{reason}");
-                assert!(reason.contains('3'), "{reason}");
+                assert!(reason.contains('7'), "{reason}");
+                assert_eq!(class, FailureClass::Crash);
             }
             other => panic!("{other:?}"),
+        }
+        for (script, want) in [
+            ("exit 3", FailureClass::InvalidConfig),
+            ("exit 4", FailureClass::Oom),
+            (
+                "echo 'CUDA_ERROR_OUT_OF_MEMORY' >&2; exit 1",
+                FailureClass::Oom,
+            ),
+            ("kill -9 $$", FailureClass::Crash),
+        ] {
+            match run_engine(&sh(script, dir.path()), &files, Duration::from_secs(10)) {
+                ProcessOutcome::Failed { class, .. } => assert_eq!(class, want, "{script}"),
+                other => panic!("{script}: {other:?}"),
+            }
         }
 
         let slow = sh("exec sleep 30", dir.path());

@@ -182,7 +182,7 @@ fn crash_and_timeout_are_recorded_and_good_trials_stored() {
     assert_eq!(trials.len(), 4, "no trial is dropped");
     assert_eq!(trials[0].status, TrialStatus::Ok);
     match &trials[1].status {
-        TrialStatus::Failed { reason } => assert!(reason.contains("out of memory"), "{reason}"),
+        TrialStatus::Failed { reason, .. } => assert!(reason.contains("out of memory"), "{reason}"),
         other => panic!("trial 1: {other:?}"),
     }
     match &trials[2].status {
@@ -243,7 +243,7 @@ fn unreadable_records_fail_the_trial_with_file_and_line() {
     let (_, run) = store.resolve_run("latest").unwrap();
     let trials = &run.workloads[0].trials;
     match &trials[0].status {
-        TrialStatus::Failed { reason } => {
+        TrialStatus::Failed { reason, .. } => {
             assert!(reason.contains("records.jsonl:1:"), "{reason}")
         }
         other => panic!("{other:?}"),

@@ -57,7 +57,9 @@ fn clear_drop_is_regressed_with_exit_code_1() {
     assert_eq!(c.exit_code(), 1);
     let md = report::markdown(&c);
     assert!(md.starts_with("### ❌"), "{md}");
-    assert!(md.lines().nth(2).unwrap().contains("2 regressed"), "{md}");
+    // title, the design's note, then the counts
+    assert!(md.lines().nth(2).unwrap().contains("trial-level"), "{md}");
+    assert!(md.lines().nth(4).unwrap().contains("2 regressed"), "{md}");
     // the other direction is an improvement and exits 0
     let back = compare(&b, &a);
     assert_eq!(
@@ -282,9 +284,18 @@ fn against_committed_baselines() {
     let root = tempfile::tempdir().unwrap();
     let mut r = rng(7);
     let fp = gpu_fingerprint();
-    let base = simulated_run(&mut r, &fp, &GPU_NOISE, 5, &|_, _| 1.0);
-    let promoted = baseline::promote(root.path(), "base-run", &base).unwrap();
-    assert_eq!(promoted.promoted.len(), WORKLOADS.len());
+    // a full history (5 runs): the run-to-run spread is known
+    for id in [
+        "base-run-1",
+        "base-run-2",
+        "base-run-3",
+        "base-run-4",
+        "base-run",
+    ] {
+        let base = simulated_run(&mut r, &fp, &GPU_NOISE, 5, &|_, _| 1.0);
+        let promoted = baseline::promote(root.path(), id, &base).unwrap();
+        assert_eq!(promoted.promoted.len(), WORKLOADS.len());
+    }
 
     let slower = simulated_run(&mut r, &fp, &GPU_NOISE, 5, &|w, m| {
         if w == "chat" && m.contains("throughput") {

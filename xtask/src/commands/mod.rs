@@ -6,6 +6,7 @@
 pub mod baseline;
 pub mod compare;
 pub mod store;
+pub mod sweep;
 
 use std::path::Path;
 
@@ -18,5 +19,6 @@ pub fn run(command: Command, root: &Path) -> anyhow::Result<i32> {
         Command::Store(args) => store::run_cli(args, root),
         Command::Compare(args) => compare::run_cli(args, root),
         Command::Baseline(cmd) => baseline::run_cli(cmd, root),
+        Command::Sweep(args) => sweep::run_cli(&args, root),
     }
 }

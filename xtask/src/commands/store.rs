@@ -212,7 +212,7 @@ fn print_workload(workload: &WorkloadRun) {
     for trial in &workload.trials {
         let status = match &trial.status {
             TrialStatus::Ok => "ok".to_string(),
-            TrialStatus::Failed { reason } => format!("failed: {reason}"),
+            TrialStatus::Failed { reason, .. } => format!("failed: {reason}"),
             TrialStatus::TimedOut { after_s } => format!("timed out after {after_s:.0} s"),
         };
         let mut row = vec![

@@ -1,0 +1,67 @@
+//! CONTRACT between the engine (its `engine.toml`) and the pipeline (sweep
+//! files, workload `[engine]` tables): the names of the engine knobs a user
+//! may set, and the exit codes `engine bench` uses for failures the
+//! pipeline classifies. The engine's tests check that [`KNOBS`] is exactly
+//! its config's field set (less `device`, which the pipeline sets itself).
+
+/// Every engine knob, as spelled in `engine.toml`.
+pub const KNOBS: &[&str] = &[
+    "block_size",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "enable_chunked_prefill",
+    "max_model_len",
+    "gpu_memory_utilization",
+    "cpu_kv_cache_bytes",
+    "num_kv_blocks",
+    "enforce_eager",
+    "num_threads",
+];
+
+pub fn is_knob(name: &str) -> bool {
+    KNOBS.contains(&name)
+}
+
+/// The engine's default value of every knob, as `engine.toml` would spell
+/// them (the engine's tests check them against its defaults). Reports use
+/// them to fill a point's effective config and to find the default-config
+/// point of a sweep.
+pub const DEFAULTS_TOML: &str = r#"
+block_size = 16
+max_num_seqs = 256
+max_num_batched_tokens = 8192
+enable_chunked_prefill = true
+max_model_len = 0
+gpu_memory_utilization = 0.9
+cpu_kv_cache_bytes = 1073741824
+num_kv_blocks = 0
+enforce_eager = false
+num_threads = 0
+"#;
+
+/// [`DEFAULTS_TOML`] as a table.
+pub fn defaults() -> toml::Table {
+    toml::from_str(DEFAULTS_TOML).unwrap_or_default()
+}
+
+/// `knobs` over the defaults: the config a point actually ran with.
+pub fn effective(knobs: &toml::Table) -> toml::Table {
+    let mut t = defaults();
+    for (k, v) in knobs {
+        t.insert(k.clone(), v.clone());
+    }
+    t
+}
+
+/// Whether `knobs` set nothing that differs from the defaults.
+pub fn is_default(knobs: &toml::Table) -> bool {
+    effective(knobs) == defaults()
+}
+
+/// Exit code of `engine bench` when the engine config is rejected (a knob
+/// out of range, a value of the wrong type, an unknown knob).
+pub const EXIT_INVALID_CONFIG: i32 = 3;
+
+/// Exit code of `engine bench` when memory runs out: the weights or the KV
+/// pool do not fit, or a device allocation fails.
+pub const EXIT_OUT_OF_MEMORY: i32 = 4;

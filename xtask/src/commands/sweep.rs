@@ -1,0 +1,91 @@
+//! `cargo xtask sweep`: flags in, a sweep run (or a dry run, one point, or
+//! reports only) and an exit code out: 0 every point done, 1 a point failed
+//! (recorded), 2 the sweep itself could not run.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+
+use crate::bench::{BenchContext, EngineChoice};
+use crate::cli::{DeviceArg, SweepArgs};
+use crate::sweep::{report, RetryPolicy, Sweep, SweepFile};
+
+/// Runs `cargo xtask sweep`.
+pub fn run_cli(args: &SweepArgs, root: &Path) -> anyhow::Result<i32> {
+    let results = args.results.clone().unwrap_or_else(|| root.join("results"));
+    let policy = RetryPolicy::from_flags(&args.retry, &args.skip_failure_reasons)?;
+    // Parse the file before anything slow.
+    let file = SweepFile::load(&args.file)?;
+    let choice = EngineChoice {
+        engine_bin: args.engine_bin.clone(),
+        engine_profile: args.engine_profile.clone(),
+        device: args.device,
+        results: Some(results.clone()),
+        timeout_s: args.timeout_s,
+    };
+    // Lookups need the device (the ledger is per device) but not the engine
+    // unless the device must be detected.
+    let lookup_only = args.dry_run || args.report_only;
+    let (ctx, device) = if lookup_only {
+        let device = match (args.device, file.device) {
+            (DeviceArg::Cpu, _) => "cpu".to_string(),
+            (DeviceArg::Cuda, _) => "cuda".to_string(),
+            (DeviceArg::Auto, Some(workloads::SuiteDevice::Cuda)) => "cuda".to_string(),
+            (DeviceArg::Auto, Some(workloads::SuiteDevice::Cpu)) => "cpu".to_string(),
+            (DeviceArg::Auto, None) if args.engine_bin.is_some() => {
+                BenchContext::prepare(root, &choice)?.device.to_string()
+            }
+            (DeviceArg::Auto, None) => "cpu".to_string(),
+        };
+        (None, device)
+    } else {
+        let ctx = BenchContext::prepare(root, &choice)?;
+        let device = ctx.device.to_string();
+        (Some(ctx), device)
+    };
+    let mut sweep = Sweep::open(&args.file, &results, &device, args.trials, policy)?;
+    for name in &args.experiments {
+        if sweep.file.experiment(name).is_none() {
+            bail!(
+                "--experiment {name}: no such experiment in {}; experiments: {}",
+                args.file.display(),
+                sweep
+                    .file
+                    .experiments
+                    .iter()
+                    .map(|e| e.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        sweep.only.insert(name.clone());
+    }
+
+    if args.dry_run {
+        let (listed, outcome) = sweep.listing()?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&listed)?);
+        } else {
+            report::print_dry_run(&sweep, &listed, &outcome, args.timeout_s);
+        }
+        return Ok(0);
+    }
+    let out_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| sweep.ledger.dir().join("report"));
+    if let Some(prefix) = &args.point {
+        let ctx = ctx.context("no engine")?;
+        let record = sweep.run_point(&ctx, prefix)?;
+        return Ok(if record.is_done() { 0 } else { 1 });
+    }
+    let outcome = match &ctx {
+        Some(ctx) if !args.report_only => sweep.run(ctx)?,
+        _ => sweep.outcome()?,
+    };
+    let written = report::write_all(&outcome, &sweep.store, &out_dir)?;
+    report::print_summary(&outcome);
+    println!("\nreports in {}: {}", out_dir.display(), written.join(", "));
+    let failed = outcome.points.iter().any(|p| !p.record.is_done());
+    Ok(i32::from(failed))
+}
