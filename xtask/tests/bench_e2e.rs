@@ -460,7 +460,9 @@ fn nonfinite_logits_fail_the_trial() {
     let (_, run) = store.resolve_run("latest").unwrap();
     let trials = &run.workloads[0].trials;
     match &trials[0].status {
-        TrialStatus::Failed { reason } => assert!(reason.contains("nonfinite_logits"), "{reason}"),
+        TrialStatus::Failed { reason, .. } => {
+            assert!(reason.contains("nonfinite_logits"), "{reason}")
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(trials[1].status, TrialStatus::Ok);
