@@ -171,6 +171,16 @@ __device__ int first_crossing(int vocab, float target, bool strict, W weight) {
     return r;
 }
 
+// Whether any logit of the row is NaN or infinite (broken weights or
+// numerics). Such a row is not sampled: its output is 0xFFFFFFFF
+// (backend::NONFINITE_LOGITS) and the engine stops the request. The result
+// is the same in every thread, so the early return is block-uniform.
+__device__ bool row_nonfinite(const float* row, int vocab) {
+    int bad = 0;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) bad |= !isfinite(row[i]);
+    return __syncthreads_or(bad) != 0;
+}
+
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     sample_rows(const float* __restrict__ logits, int vocab, const float* __restrict__ temperature,
                 const int* __restrict__ top_k, const float* __restrict__ top_p,
@@ -181,6 +191,10 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     pdl_launch();
     const int s = blockIdx.x;
     const float* row = logits + (long)s * vocab;
+    if (row_nonfinite(row, vocab)) {
+        if (threadIdx.x == 0) out[s] = 0xFFFFFFFFu;
+        return;
+    }
     const float temp = temperature[s];
     if (!(temp > 0.0f)) {
         const int best = block_argmax(row, vocab);

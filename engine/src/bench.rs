@@ -6,6 +6,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use workloads::request::MAX_ARRIVAL_S;
 use workloads::{BenchSummary, RecordStatus, Request, RequestRecord, StepLogEntry};
 
 use crate::engine::{Engine, EngineError};
@@ -32,8 +33,14 @@ pub struct BenchResult {
 pub enum BenchError {
     #[error("request id {0} appears more than once")]
     DuplicateId(u64),
-    #[error("request {id}: arrival_s must be a finite number >= 0, got {value}")]
+    #[error("request {id}: arrival_s must be a finite number in [0, {max}], got {value}", max = MAX_ARRIVAL_S)]
     BadArrival { id: u64, value: f64 },
+    #[error("request {id}: sampling.{field} {message}")]
+    BadSampling {
+        id: u64,
+        field: &'static str,
+        message: String,
+    },
     #[error("--max-concurrency must be at least 1")]
     ZeroConcurrency,
     #[error(transparent)]
@@ -47,10 +54,17 @@ pub fn validate_requests(requests: &[Request]) -> Result<(), BenchError> {
         if !seen.insert(r.id) {
             return Err(BenchError::DuplicateId(r.id));
         }
-        if !(r.arrival_s.is_finite() && r.arrival_s >= 0.0) {
+        if !(r.arrival_s.is_finite() && (0.0..=MAX_ARRIVAL_S).contains(&r.arrival_s)) {
             return Err(BenchError::BadArrival {
                 id: r.id,
                 value: r.arrival_s,
+            });
+        }
+        if let Some((field, message)) = r.sampling.problem() {
+            return Err(BenchError::BadSampling {
+                id: r.id,
+                field,
+                message,
             });
         }
     }
@@ -105,9 +119,10 @@ fn open_loop(engine: &mut Engine, mut requests: Vec<Request>) -> Result<BenchRes
             result.records.extend(outcome.finished);
             result.steps.extend(outcome.log);
         } else if let Some(next) = pending.front() {
-            let wait = next.arrival_s - engine.now_s();
-            if wait > 0.0 {
-                std::thread::sleep(Duration::from_secs_f64(wait));
+            // Arrivals are validated finite and bounded; a wait that still
+            // does not convert is skipped rather than panicking.
+            if let Ok(wait) = Duration::try_from_secs_f64(next.arrival_s - engine.now_s()) {
+                std::thread::sleep(wait);
             }
         } else {
             return Ok(result);
@@ -173,6 +188,11 @@ pub fn summarize(
             .records
             .iter()
             .filter(|r| matches!(r.status, RecordStatus::Rejected { .. }))
+            .count() as u64,
+        num_nonfinite: result
+            .records
+            .iter()
+            .filter(|r| r.status == RecordStatus::NonfiniteLogits)
             .count() as u64,
         output_tokens: result.records.iter().map(|r| u64::from(r.output_len)).sum(),
         num_steps: result.steps.len() as u64,
@@ -246,6 +266,30 @@ mod tests {
         assert!(err.to_string().contains("id 1"));
         let bad = vec![request(1, f64::NAN, false)];
         assert!(run(&mut e, bad, ArrivalMode::OpenLoop).is_err());
+    }
+
+    #[test]
+    fn huge_arrivals_and_bad_sampling_are_errors_not_panics() {
+        let mut e = engine();
+        // 1e300 s cannot become a Duration: it must be refused, not slept on.
+        for arrival in [1e300, MAX_ARRIVAL_S * 2.0, f64::INFINITY, -1.0] {
+            let err = run(
+                &mut e,
+                vec![request(7, arrival, false)],
+                ArrivalMode::OpenLoop,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("request 7: arrival_s"), "{err}");
+        }
+        let mut r = request(8, 0.0, false);
+        r.sampling.temperature = f32::NAN;
+        let err = validate_requests(&[r]).unwrap_err().to_string();
+        assert!(err.contains("request 8: sampling.temperature"), "{err}");
+        let mut r = request(9, 0.0, false);
+        r.sampling.top_p = 5.0;
+        let err = validate_requests(&[r]).unwrap_err().to_string();
+        assert!(err.contains("request 9: sampling.top_p"), "{err}");
     }
 
     #[test]

@@ -98,12 +98,8 @@ pub struct ModelConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
 }
@@ -118,7 +114,7 @@ impl ModelConfig {
         };
         let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Io {
             path: file.display().to_string(),
-            source,
+            cause: source,
         })?;
         ModelConfig::parse(&text).map_err(|message| ConfigError::Invalid {
             path: file.display().to_string(),
@@ -233,6 +229,12 @@ fn parse_object(obj: &Map<String, Value>) -> Result<ModelConfig, String> {
     Ok(cfg)
 }
 
+/// The largest size config.json may give any dimension (vocabulary,
+/// hidden size, heads, context).
+pub const MAX_DIMENSION: usize = 1 << 24;
+/// The most layers config.json may give (real models have a few hundred).
+pub const MAX_LAYERS: usize = 4096;
+
 pub(crate) fn validate(cfg: &ModelConfig) -> Result<(), String> {
     let positive = [
         ("vocab_size", cfg.vocab_size),
@@ -248,6 +250,19 @@ pub(crate) fn validate(cfg: &ModelConfig) -> Result<(), String> {
         if value == 0 {
             return Err(format!("{name}: must be positive"));
         }
+        // Far above any real model, and low enough that products of two
+        // sizes cannot overflow.
+        if value > MAX_DIMENSION {
+            return Err(format!(
+                "{name}: must be at most {MAX_DIMENSION}, got {value}"
+            ));
+        }
+    }
+    if cfg.num_hidden_layers > MAX_LAYERS {
+        return Err(format!(
+            "num_hidden_layers: must be at most {MAX_LAYERS}, got {}",
+            cfg.num_hidden_layers
+        ));
     }
     if !cfg
         .num_attention_heads
@@ -264,13 +279,13 @@ pub(crate) fn validate(cfg: &ModelConfig) -> Result<(), String> {
             cfg.head_dim
         ));
     }
-    if cfg.rms_norm_eps.is_nan() || cfg.rms_norm_eps <= 0.0 {
+    if !(cfg.rms_norm_eps.is_finite() && cfg.rms_norm_eps > 0.0) {
         return Err(format!(
             "rms_norm_eps: must be positive, got {}",
             cfg.rms_norm_eps
         ));
     }
-    if cfg.rope_theta.is_nan() || cfg.rope_theta <= 0.0 {
+    if !(cfg.rope_theta.is_finite() && cfg.rope_theta > 0.0) {
         return Err(format!(
             "rope_theta: must be positive, got {}",
             cfg.rope_theta

@@ -10,7 +10,7 @@ use std::time::Instant;
 use workloads::record::hash_tokens;
 use workloads::{FinishReason, RecordStatus, Request, RequestRecord, StepLogEntry};
 
-use crate::backend::{Backend, BackendError, SampleSpec, SeqStep};
+use crate::backend::{Backend, BackendError, SampleSpec, SeqStep, NONFINITE_LOGITS};
 use crate::block_manager::BlockManager;
 use crate::config::ModelConfig;
 use crate::engine_config::EngineConfig;
@@ -84,6 +84,13 @@ impl Engine {
             let per_block = backend.kv_block_bytes(cfg.block_size).max(1) as u64;
             (budget / per_block) as usize
         };
+        if num_blocks > crate::engine_config::MAX_KV_BLOCKS {
+            return Err(EngineError::Config(format!(
+                "the KV budget makes {num_blocks} blocks, more than {}; lower \
+                 cpu_kv_cache_bytes / gpu_memory_utilization or set num_kv_blocks",
+                crate::engine_config::MAX_KV_BLOCKS
+            )));
+        }
         if num_blocks == 0 {
             return Err(EngineError::KvCacheTooSmall(format!(
                 "the KV budget holds no block of {} tokens ({} bytes each); raise \
@@ -165,6 +172,9 @@ impl Engine {
     }
 
     fn admissibility(&self, request: &Request) -> Result<(), String> {
+        if let Some((field, message)) = request.sampling.problem() {
+            return Err(format!("sampling.{field} {message}"));
+        }
         if let Some(&bad) = request
             .prompt_token_ids
             .iter()
@@ -239,6 +249,14 @@ impl Engine {
         }
         self.scheduler.commit(&batch);
         for (seq_id, token) in to_sample.into_iter().zip(sampled) {
+            if token == NONFINITE_LOGITS {
+                if let Some(done) = self.scheduler.finish(seq_id, t) {
+                    let mut record = finished_record(&done, FinishReason::Error);
+                    record.status = RecordStatus::NonfiniteLogits;
+                    outcome.finished.push(record);
+                }
+                continue;
+            }
             let seq = self
                 .scheduler
                 .seq_mut(seq_id)
@@ -371,7 +389,7 @@ mod tests {
         records.sort_by_key(|r| r.id);
         let reason = |r: &RequestRecord| match &r.status {
             RecordStatus::Rejected { reason } => reason.clone(),
-            RecordStatus::Ok => String::new(),
+            _ => String::new(),
         };
         assert!(reason(&records[0]).contains("max_model_len"), "{records:?}");
         assert!(reason(&records[1]).contains("vocabulary"));
@@ -415,6 +433,54 @@ mod tests {
         assert_eq!(records[1].finish_reason, FinishReason::Length);
         assert_eq!(records[1].output_token_ids, out);
         assert_eq!(records[2].finish_reason, FinishReason::StopToken);
+    }
+
+    #[test]
+    fn nonfinite_logits_stop_that_request_with_its_status_others_run() {
+        let model = mock_model_config(32, 64, &[]);
+        let mut backend = MockBackend::new(32);
+        backend.nan_seqs.insert(1); // the second request added
+        let mut e = Engine::new(Box::new(backend), &model, &EngineConfig::default()).unwrap();
+        e.add_request(request(10, vec![1, 2, 3], SamplingParams::greedy(4)));
+        e.add_request(request(11, vec![1, 2, 3], SamplingParams::greedy(4)));
+        let mut records = run_all(&mut e);
+        records.sort_by_key(|r| r.id);
+        assert_eq!(records[0].status, RecordStatus::Ok);
+        assert_eq!(records[0].output_len, 4);
+        assert_eq!(records[1].status, RecordStatus::NonfiniteLogits);
+        assert_eq!(records[1].finish_reason, FinishReason::Error);
+        assert_eq!(records[1].output_len, 0, "no token is made up from NaN");
+        assert_eq!(e.kv_blocks_in_use(), 0, "its KV blocks are freed");
+    }
+
+    #[test]
+    fn out_of_range_sampling_parameters_are_rejected_naming_the_field() {
+        let mut e = engine(EngineConfig::default(), &[]);
+        let bad = [
+            (f32::NAN, 1.0, "temperature"),
+            (-1.0, 1.0, "temperature"),
+            (f32::INFINITY, 1.0, "temperature"),
+            (0.5, 5.0, "top_p"),
+            (0.5, f32::NAN, "top_p"),
+        ];
+        for (i, (temperature, top_p, _)) in bad.iter().enumerate() {
+            let sampling = SamplingParams {
+                temperature: *temperature,
+                top_p: *top_p,
+                ..SamplingParams::greedy(3)
+            };
+            e.add_request(request(i as u64, vec![1, 2], sampling));
+        }
+        let mut records = run_all(&mut e);
+        records.sort_by_key(|r| r.id);
+        for (record, (_, _, field)) in records.iter().zip(bad) {
+            match &record.status {
+                RecordStatus::Rejected { reason } => {
+                    assert!(reason.contains(&format!("sampling.{field}")), "{reason}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

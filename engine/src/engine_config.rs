@@ -58,14 +58,17 @@ impl Default for EngineConfig {
     }
 }
 
+/// Upper bounds far past any real setting, so that a typo is an error at
+/// load rather than an allocation failure or a stall later.
+pub const MAX_BLOCK_SIZE: usize = 1024;
+pub const MAX_NUM_SEQS: usize = 1 << 16;
+pub const MAX_BATCHED_TOKENS: usize = 1 << 24;
+pub const MAX_KV_BLOCKS: usize = 1 << 24;
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineConfigError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
 }
@@ -74,17 +77,27 @@ impl EngineConfig {
     pub fn load(path: &std::path::Path) -> Result<EngineConfig, EngineConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| EngineConfigError::Io {
             path: path.display().to_string(),
-            source,
+            cause: source,
         })?;
-        let cfg: EngineConfig = toml::from_str(&text).map_err(|e| EngineConfigError::Invalid {
+        Self::parse(&text).map_err(|message| EngineConfigError::Invalid {
             path: path.display().to_string(),
-            message: e.to_string(),
+            message,
+        })
+    }
+
+    /// Parses and validates engine.toml text; the error names the line
+    /// and the field.
+    pub fn parse(text: &str) -> Result<EngineConfig, String> {
+        let cfg: EngineConfig = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            match line {
+                Some(line) => format!("line {line}: {}", e.message().trim()),
+                None => e.message().trim().to_string(),
+            }
         })?;
-        cfg.validate()
-            .map_err(|message| EngineConfigError::Invalid {
-                path: path.display().to_string(),
-                message,
-            })?;
+        cfg.validate()?;
         Ok(cfg)
     }
 
@@ -95,8 +108,36 @@ impl EngineConfig {
                 self.block_size
             ));
         }
-        if self.max_num_seqs == 0 {
-            return Err("max_num_seqs: must be at least 1".into());
+        if self.block_size > MAX_BLOCK_SIZE {
+            return Err(format!(
+                "block_size: must be at most {MAX_BLOCK_SIZE}, got {}",
+                self.block_size
+            ));
+        }
+        if !(1..=MAX_NUM_SEQS).contains(&self.max_num_seqs) {
+            return Err(format!(
+                "max_num_seqs: must be in 1..={MAX_NUM_SEQS}, got {}",
+                self.max_num_seqs
+            ));
+        }
+        if self.max_num_batched_tokens > MAX_BATCHED_TOKENS {
+            return Err(format!(
+                "max_num_batched_tokens: must be at most {MAX_BATCHED_TOKENS}, got {}",
+                self.max_num_batched_tokens
+            ));
+        }
+        if self.num_kv_blocks > MAX_KV_BLOCKS {
+            return Err(format!(
+                "num_kv_blocks: must be at most {MAX_KV_BLOCKS} (0 = derive), got {}",
+                self.num_kv_blocks
+            ));
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if self.num_threads > cores {
+            return Err(format!(
+                "num_threads: must be at most the {cores} cores of this machine (0 = all), got {}",
+                self.num_threads
+            ));
         }
         if self.max_num_batched_tokens < self.max_num_seqs {
             return Err(format!(
@@ -154,5 +195,30 @@ mod tests {
             ..Default::default()
         };
         assert!(cfg.validate().unwrap_err().contains("block_size"));
+        for (text, field) in [
+            ("num_threads = 10000", "num_threads"),
+            ("block_size = 1099511627776", "block_size"),
+            ("max_num_seqs = 0", "max_num_seqs"),
+            ("num_kv_blocks = 1000000000000", "num_kv_blocks"),
+            ("gpu_memory_utilization = nan", "gpu_memory_utilization"),
+            (
+                "max_num_batched_tokens = 100000000000",
+                "max_num_batched_tokens",
+            ),
+        ] {
+            let err = EngineConfig::parse(text).unwrap_err();
+            assert!(err.starts_with(field), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn parse_errors_name_the_line() {
+        let err = EngineConfig::parse("block_size = 16\nmax_num_seq = 3\n").unwrap_err();
+        assert!(
+            err.starts_with("line 2:") && err.contains("max_num_seq"),
+            "{err}"
+        );
+        let err = EngineConfig::parse("block_size = \"x\"\n").unwrap_err();
+        assert!(err.starts_with("line 1:"), "{err}");
     }
 }

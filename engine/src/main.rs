@@ -116,6 +116,12 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Check an engine.toml without loading a model: exit 0 when it is
+    /// valid, else print what is wrong (line and field) and exit 1.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Report backend availability and GPU properties.
     Info {
         /// Print JSON (for the pipeline's fingerprint).
@@ -206,6 +212,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ignore_eos,
                 stop_token_ids: Vec::new(),
             };
+            if let Some((field, message)) = sampling.problem() {
+                bail!("--{} {message}", field.replace('_', "-"));
+            }
             let input = match prompt {
                 Some(text) => PromptInput::Text { text, chat, system },
                 None => PromptInput::Ids(prompt_ids),
@@ -221,6 +230,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 written.num_parameters,
                 written.bytes
             );
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            EngineConfig::load(&config)?;
+            println!("{}: ok", config.display());
             Ok(())
         }
         Command::Info { json } => run_info(json),
@@ -287,9 +301,10 @@ fn run_bench(
     workloads::jsonl::write_bytes_atomic(summary_path, &summary_json)
         .with_context(|| format!("writing {}", summary_path.display()))?;
     eprintln!(
-        "{} records ({} rejected), {} output tokens in {:.3} s over {} steps → {}",
+        "{} records ({} rejected, {} stopped by non-finite logits), {} output tokens in {:.3} s over {} steps → {}",
         summary.num_requests,
         summary.num_rejected,
+        summary.num_nonfinite,
         summary.output_tokens,
         summary.measured_duration_s,
         summary.num_steps,
@@ -344,8 +359,14 @@ fn run_generate(
         record = outcome.finished.into_iter().next().or(record);
     }
     let record = record.context("the engine finished without a record")?;
-    if let workloads::RecordStatus::Rejected { reason } = &record.status {
-        bail!("request rejected: {reason}");
+    match &record.status {
+        workloads::RecordStatus::Ok => {}
+        workloads::RecordStatus::Rejected { reason } => bail!("request rejected: {reason}"),
+        workloads::RecordStatus::NonfiniteLogits => bail!(
+            "the model produced non-finite logits (NaN or infinity) after {} tokens; \
+             its outputs cannot be trusted",
+            record.output_len
+        ),
     }
     let ids: Vec<String> = record.output_token_ids.iter().map(u32::to_string).collect();
     println!("output_ids: {}", ids.join(","));

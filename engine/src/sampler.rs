@@ -56,6 +56,17 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// [`sample`] for a backend: a row holding a NaN or an infinity is not
+/// sampled (its NaN-skipping rules would pick a token from garbage) but
+/// answered with [`crate::backend::NONFINITE_LOGITS`].
+pub fn sample_checked(logits: &[f32], spec: &SampleSpec) -> u32 {
+    if logits.iter().all(|v| v.is_finite()) {
+        sample(logits, spec)
+    } else {
+        crate::backend::NONFINITE_LOGITS
+    }
+}
+
 /// Samples one token from `logits` under `spec` (see the module docs).
 pub fn sample(logits: &[f32], spec: &SampleSpec) -> u32 {
     if spec.temperature <= 0.0 || logits.is_empty() {
@@ -222,6 +233,21 @@ mod tests {
         };
         assert_eq!(run(1), run(1));
         assert_ne!(run(1), run(2));
+    }
+
+    #[test]
+    fn a_row_with_nan_or_inf_is_flagged_not_sampled() {
+        use crate::backend::NONFINITE_LOGITS;
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for temperature in [0.0, 1.0] {
+                let s = spec(temperature, 0, 1.0, 1, 0);
+                assert_eq!(sample_checked(&[0.5, bad, 0.1], &s), NONFINITE_LOGITS);
+            }
+        }
+        assert_eq!(
+            sample_checked(&[0.5, 0.7, 0.1], &spec(0.0, 0, 1.0, 1, 0)),
+            1
+        );
     }
 
     #[test]

@@ -27,12 +27,8 @@ const CHUNK: usize = 1 << 16;
 pub enum SynthError {
     #[error("unknown preset {name:?}; known presets: {known}")]
     UnknownPreset { name: String, known: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
 }
 
 /// What `write_preset` wrote.
@@ -352,7 +348,7 @@ pub fn write_checkpoint(
         let path = path.display().to_string();
         move |source| SynthError::Io {
             path: path.clone(),
-            source,
+            cause: source,
         }
     };
     std::fs::create_dir_all(out).map_err(io(out))?;

@@ -28,6 +28,9 @@ pub struct MockBackend {
     kv: std::collections::HashMap<usize, Slot>,
     /// Number of `forward` calls so far.
     pub forward_calls: u64,
+    /// Sequences whose logits hold a NaN (a broken model, for tests of
+    /// what the engine does with it).
+    pub nan_seqs: std::collections::HashSet<u64>,
 }
 
 impl MockBackend {
@@ -39,6 +42,7 @@ impl MockBackend {
             num_slots: 0,
             kv: std::collections::HashMap::new(),
             forward_calls: 0,
+            nan_seqs: std::collections::HashSet::new(),
         }
     }
 
@@ -145,9 +149,13 @@ impl Backend for MockBackend {
             .iter()
             .zip(prefixes)
             .filter_map(|(s, prefix)| {
+                let mut logits = self.logits(&prefix);
+                if self.nan_seqs.contains(&s.seq_id) {
+                    logits[0] = f32::NAN;
+                }
                 s.sample
                     .as_ref()
-                    .map(|spec| sampler::sample(&self.logits(&prefix), spec))
+                    .map(|spec| sampler::sample_checked(&logits, spec))
             })
             .collect())
     }

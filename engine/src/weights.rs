@@ -119,6 +119,53 @@ pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     out
 }
 
+/// `model.layers.<i>.…` → i.
+fn layer_index(name: &str) -> Option<usize> {
+    name.strip_prefix("model.layers.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The index of the first NaN or infinite element of little-endian `data`,
+/// with which it is. Works on the bits: an all-ones exponent. For the
+/// quantized GGUF encodings the f16 scales (and minimums) of each 32-element
+/// block are checked: a non-finite scale makes its whole block non-finite,
+/// and the quantized values themselves are integers.
+fn first_nonfinite(encoding: TensorEncoding, data: &[u8]) -> Option<(usize, &'static str)> {
+    let f16_at = |b: &[u8], at: usize| {
+        let bits = u16::from_le_bytes([b[at], b[at + 1]]);
+        (bits & 0x7c00 == 0x7c00).then_some(bits & 0x03ff != 0)
+    };
+    let blocks = |size: usize, scales: &'static [usize]| {
+        data.chunks_exact(size).enumerate().find_map(|(i, b)| {
+            scales
+                .iter()
+                .find_map(|&at| f16_at(b, at))
+                .map(|nan| (i * 32, nan))
+        })
+    };
+    let (index, nan) = match encoding {
+        TensorEncoding::F32 => data.chunks_exact(4).enumerate().find_map(|(i, b)| {
+            let bits = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            (bits & 0x7f80_0000 == 0x7f80_0000).then_some((i, bits & 0x007f_ffff != 0))
+        }),
+        TensorEncoding::F16 => data
+            .chunks_exact(2)
+            .enumerate()
+            .find_map(|(i, b)| f16_at(b, 0).map(|nan| (i, nan))),
+        TensorEncoding::BF16 => data.chunks_exact(2).enumerate().find_map(|(i, b)| {
+            let bits = u16::from_le_bytes([b[0], b[1]]);
+            (bits & 0x7f80 == 0x7f80).then_some((i, bits & 0x007f != 0))
+        }),
+        TensorEncoding::Q8_0 => blocks(34, &[0]),
+        TensorEncoding::Q4_0 => blocks(18, &[0]),
+        TensorEncoding::Q4_1 => blocks(20, &[0, 2]),
+    }?;
+    Some((index, if nan { "NaN" } else { "infinite" }))
+}
+
 struct MappedFile {
     path: PathBuf,
     map: memmap2::Mmap,
@@ -211,7 +258,7 @@ impl Checkpoint {
         let config_path = dir.join("config.json");
         let config_bytes = std::fs::read(&config_path).map_err(|source| ConfigError::Io {
             path: config_path.display().to_string(),
-            source,
+            cause: source,
         })?;
         let config = String::from_utf8(config_bytes.clone())
             .map_err(|_| "not UTF-8 text".to_string())
@@ -255,14 +302,32 @@ impl Checkpoint {
     }
 
     fn validate(&self, dir: &Path) -> Result<(), WeightsError> {
-        for (name, shape) in expected_tensors(&self.config) {
-            let Some(entry) = self.tensors.get(&name) else {
+        let layers = self.config.num_hidden_layers;
+        let mut extra: Vec<&String> = self
+            .tensors
+            .keys()
+            .filter(|name| layer_index(name).is_some_and(|l| l >= layers))
+            .collect();
+        extra.sort();
+        if let Some(name) = extra.first() {
+            return Err(invalid(
+                &self.files[self.tensors[*name].file].path,
+                format!(
+                    "tensor {name}: belongs to a layer past the {layers} of config.json's \
+                     num_hidden_layers ({} such tensors); the config does not match the weights",
+                    extra.len()
+                ),
+            ));
+        }
+        let expected = expected_tensors(&self.config);
+        for (name, shape) in &expected {
+            let Some(entry) = self.tensors.get(name) else {
                 return Err(invalid(
                     dir,
                     format!("tensor {name}: missing from the checkpoint"),
                 ));
             };
-            if entry.shape != shape {
+            if &entry.shape != shape {
                 return Err(invalid(
                     &self.files[entry.file].path,
                     format!(
@@ -277,7 +342,29 @@ impl Checkpoint {
                 ));
             }
         }
-        Ok(())
+        self.check_finite(&expected)
+    }
+
+    /// Every weight is finite: one NaN or infinity makes every output
+    /// garbage, so it is an error at load (one pass over the weights, in
+    /// parallel), naming the tensor, rather than nonsense tokens later.
+    fn check_finite(&self, expected: &[(String, Vec<usize>)]) -> Result<(), WeightsError> {
+        use rayon::prelude::*;
+        let bad = expected
+            .par_iter()
+            .filter_map(|(name, _)| {
+                let entry = &self.tensors[name];
+                let data = &self.files[entry.file].map[entry.start..entry.end];
+                first_nonfinite(entry.encoding, data).map(|(index, what)| (name, index, what))
+            })
+            .min_by(|a, b| a.0.cmp(b.0));
+        match bad {
+            None => Ok(()),
+            Some((name, index, what)) => Err(invalid(
+                &self.files[self.tensors[name].file].path,
+                format!("tensor {name}: element {index} is {what}; the weights are corrupt"),
+            )),
+        }
     }
 
     /// The tensor named exactly as in HF (`model.layers.0.self_attn.q_proj.weight`).

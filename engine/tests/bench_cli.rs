@@ -175,6 +175,86 @@ fn too_long_prompt_is_rejected_in_its_record_and_the_others_run() {
 }
 
 #[test]
+fn a_huge_arrival_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let requests = dir.path().join("requests.jsonl");
+    std::fs::write(
+        &requests,
+        "{\"id\":1,\"arrival_s\":1e300,\"prompt_token_ids\":[1,2],\"sampling\":{\"max_tokens\":2}}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("records.jsonl");
+    let res = engine(&[
+        "bench",
+        "--model",
+        dir.path().join("no-model").to_str().unwrap(),
+        "--requests",
+        requests.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("request 1: arrival_s"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn generate_refuses_out_of_range_sampling_flags() {
+    for (flag, value) in [
+        ("--temperature", "NaN"),
+        ("--temperature", "-1"),
+        ("--temperature", "inf"),
+        ("--top-p", "5"),
+    ] {
+        let res = engine(&[
+            "generate",
+            "--model",
+            "/nonexistent",
+            "--prompt-ids",
+            "1,2",
+            &format!("{flag}={value}"),
+        ]);
+        let stderr = String::from_utf8_lossy(&res.stderr);
+        assert_eq!(res.status.code(), Some(1), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
+    }
+}
+
+#[test]
+fn check_config_names_the_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("engine.toml");
+    std::fs::write(&config, "max_num_seqs = 4\nnum_threads = 10000\n").unwrap();
+    let res = engine(&["check-config", "--config", config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(
+        res.status.code(),
+        Some(workloads::engine_knobs::EXIT_INVALID_CONFIG),
+        "{stderr}"
+    );
+    assert!(stderr.contains("num_threads"), "{stderr}");
+    // Printed once: the cause is not repeated by the error chain.
+    assert_eq!(stderr.matches("num_threads").count(), 1, "{stderr}");
+
+    std::fs::write(&config, "max_num_seqs = 4\n").unwrap();
+    let res = engine(&["check-config", "--config", config.to_str().unwrap()]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+
+    let missing = dir.path().join("missing.toml");
+    let res = engine(&["check-config", "--config", missing.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success());
+    // "No such file or directory" once, not once per level of the chain.
+    assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
+}
+
+#[test]
 fn text_prompt_to_a_model_without_tokenizer_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(tmp.path());

@@ -194,3 +194,42 @@ fn content_hash_tracks_bytes() {
     write_preset("tiny", 12, c.path()).unwrap();
     assert_ne!(ha, Checkpoint::open(c.path()).unwrap().content_hash());
 }
+
+#[test]
+fn a_nan_or_infinite_weight_is_an_error_naming_the_tensor() {
+    let name = "model.layers.0.mlp.down_proj.weight";
+    for (value, what) in [(f32::NAN, "NaN"), (f32::INFINITY, "infinite")] {
+        let dir = synth("tiny");
+        let mut tensors = read_all(dir.path());
+        let t = tensors.iter_mut().find(|t| t.0 == name).unwrap();
+        // One element, whatever the stored dtype.
+        match t.1 {
+            Dtype::F32 => t.3[4..8].copy_from_slice(&value.to_le_bytes()),
+            Dtype::BF16 => t.3[2..4].copy_from_slice(&half::bf16::from_f32(value).to_le_bytes()),
+            Dtype::F16 => t.3[2..4].copy_from_slice(&half::f16::from_f32(value).to_le_bytes()),
+            other => panic!("unexpected dtype {other:?}"),
+        }
+        write_file(&dir.path().join(SINGLE_FILE), &tensors);
+        let err = open_err(dir.path());
+        assert!(
+            err.contains(name) && err.contains("element 1") && err.contains(what),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn tensors_of_layers_past_the_config_are_an_error() {
+    let dir = synth("tiny");
+    let config_path = dir.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let layers = config["num_hidden_layers"].as_u64().unwrap();
+    config["num_hidden_layers"] = (layers - 1).into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let err = open_err(dir.path());
+    assert!(
+        err.contains(&format!("model.layers.{}.", layers - 1)) && err.contains("num_hidden_layers"),
+        "{err}"
+    );
+}

@@ -58,6 +58,17 @@ impl Arrival {
         }
     }
 
+    /// The expected time for `n` open-loop requests to arrive, with the
+    /// sub-field that sets it (the rate); None for closed loop and offline.
+    pub fn expected_span_s(&self, n: u32) -> Option<(&'static str, f64)> {
+        let gaps = f64::from(n.saturating_sub(1));
+        match self {
+            Arrival::Poisson { rate } => Some(("poisson.rate", gaps / rate)),
+            Arrival::Gamma { rate, .. } => Some(("gamma.rate", gaps / rate)),
+            Arrival::Offline | Arrival::Concurrency(_) => None,
+        }
+    }
+
     /// Arrival times in seconds of `n` requests, non-decreasing from 0.
     pub(crate) fn times(&self, n: usize, rng: &mut Stream) -> Vec<f64> {
         let mut t = 0.0;

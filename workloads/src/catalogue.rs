@@ -12,6 +12,8 @@ use crate::sweep::{Profile, SweepFile};
 #[derive(Debug, Clone)]
 pub struct Catalogue {
     workloads: BTreeMap<String, WorkloadSpec>,
+    /// The file each workload was read from.
+    paths: BTreeMap<String, PathBuf>,
     suites: BTreeMap<String, Suite>,
     /// `sweeps/*.toml`, by name.
     sweeps: BTreeMap<String, SweepFile>,
@@ -22,11 +24,10 @@ pub struct Catalogue {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogueError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(transparent)]
     Spec(#[from] SpecError),
@@ -51,7 +52,10 @@ impl Catalogue {
         let specs_dir = dir.join("specs");
         let io = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| CatalogueError::Io { path, source }
+            move |source| CatalogueError::Io {
+                path,
+                cause: source,
+            }
         };
         let mut paths = Vec::new();
         for entry in std::fs::read_dir(&specs_dir).map_err(io(&specs_dir))? {
@@ -65,9 +69,11 @@ impl Catalogue {
         }
         paths.sort();
         let mut workloads = BTreeMap::new();
+        let mut spec_paths = BTreeMap::new();
         for path in paths {
             // `load` checks that the name is the file's stem, so names are unique.
             let spec = WorkloadSpec::load(&path)?;
+            spec_paths.insert(spec.name.clone(), path);
             workloads.insert(spec.name.clone(), spec);
         }
         let (sweeps, sweep_points) = load_sweeps(&dir.join("sweeps"))?;
@@ -80,6 +86,7 @@ impl Catalogue {
             .map_err(CatalogueError::Suites)?;
         Ok(Catalogue {
             workloads,
+            paths: spec_paths,
             suites,
             sweeps,
             sweep_points,
@@ -100,6 +107,11 @@ impl Catalogue {
                 name: name.to_string(),
                 known: self.workloads.keys().cloned().collect(),
             })
+    }
+
+    /// The spec file of workload `name`, for errors that name its lines.
+    pub fn spec_path(&self, name: &str) -> Option<&Path> {
+        self.paths.get(name).map(PathBuf::as_path)
     }
 
     pub fn suite(&self, name: &str) -> Result<&Suite, CatalogueError> {
@@ -163,7 +175,7 @@ fn load_sweeps(dir: &Path) -> Result<LoadedSweeps, CatalogueError> {
         Err(source) => {
             return Err(CatalogueError::Io {
                 path: dir.to_path_buf(),
-                source,
+                cause: source,
             })
         }
     };
@@ -172,7 +184,7 @@ fn load_sweeps(dir: &Path) -> Result<LoadedSweeps, CatalogueError> {
         let path = entry
             .map_err(|source| CatalogueError::Io {
                 path: dir.to_path_buf(),
-                source,
+                cause: source,
             })?
             .path();
         if path.extension().is_some_and(|e| e == "toml") {

@@ -67,11 +67,10 @@ impl From<PathBuf> for LengthList {
 /// A problem reading a lengths file: the message names the file and line.
 #[derive(Debug, thiserror::Error)]
 pub enum ListError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}:{line}: `{word}` is not a token length (a positive integer)", path.display())]
     Value {
@@ -89,7 +88,7 @@ impl LengthList {
         let path = spec_dir.join(&self.path);
         let text = std::fs::read_to_string(&path).map_err(|source| ListError::Io {
             path: path.clone(),
-            source,
+            cause: source,
         })?;
         self.values = parse_lengths(&path, &text)?;
         Ok(())

@@ -12,6 +12,7 @@
 use std::path::Path;
 
 use crate::jsonl::{self, JsonlError};
+use crate::request::MAX_ARRIVAL_S;
 use crate::rng::{Purpose, Stream};
 use crate::spec::WorkloadSpec;
 use crate::{Request, SamplingParams};
@@ -28,6 +29,12 @@ pub struct TokenSpace {
 pub enum GenerateError {
     #[error("token space is empty: vocab_size {vocab_size} with {excluded} ids excluded")]
     EmptyTokenSpace { vocab_size: u32, excluded: usize },
+    #[error(
+        "request {id} would arrive at {arrival_s:.3e} s, past the limit of {max:.0} s; \
+         raise the arrival rate (or burstiness)",
+        max = MAX_ARRIVAL_S
+    )]
+    ArrivalTooLate { id: u64, arrival_s: f64 },
     #[error(transparent)]
     Write(#[from] JsonlError),
 }
@@ -91,6 +98,17 @@ impl WorkloadSpec {
         let mut out = Vec::with_capacity((self.warmup_requests + self.requests) as usize);
         for (warmup, count) in [(true, self.warmup_requests), (false, self.requests)] {
             self.generate_phase(&drawer, warmup, count as usize, &mut out);
+        }
+        // Validation bounds the expected span; a heavy-tailed draw (gamma of
+        // tiny burstiness) can still land past the limit.
+        if let Some(late) = out
+            .iter()
+            .find(|r| !(r.arrival_s.is_finite() && r.arrival_s <= MAX_ARRIVAL_S))
+        {
+            return Err(GenerateError::ArrivalTooLate {
+                id: late.id,
+                arrival_s: late.arrival_s,
+            });
         }
         Ok(out)
     }
@@ -195,6 +213,44 @@ mod tests {
                 assert!(count > 1_500, "id {id} drawn {count} times of ~1667");
             }
         }
+    }
+
+    #[test]
+    fn an_arrival_past_the_limit_is_an_error() {
+        // Expected span exactly at the limit: validation passes, and about
+        // half the seeds draw a last arrival past it.
+        let space = TokenSpace {
+            vocab_size: 100,
+            excluded: vec![],
+        };
+        let mut refused = 0;
+        for seed in 0..20 {
+            let spec = WorkloadSpec::parse(
+                &format!(
+                    r#"
+name = "g"
+description = "d"
+seed = {seed}
+requests = 1001
+warmup_requests = 0
+prompt_len = {{ fixed = 4 }}
+output_len = {{ fixed = 2 }}
+arrival = {{ poisson = {{ rate = 0.001 }} }}
+"#
+                ),
+                Path::new("g.toml"),
+            )
+            .unwrap();
+            match spec.generate(&space) {
+                Err(GenerateError::ArrivalTooLate { arrival_s, .. }) => {
+                    assert!(arrival_s > MAX_ARRIVAL_S);
+                    refused += 1;
+                }
+                Ok(requests) => assert!(requests.iter().all(|r| r.arrival_s <= MAX_ARRIVAL_S)),
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert!((1..20).contains(&refused), "{refused} of 20 refused");
     }
 
     #[test]

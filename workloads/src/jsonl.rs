@@ -9,11 +9,10 @@ use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JsonlError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}:{line}: {message}")]
     Parse {
@@ -28,7 +27,7 @@ pub enum JsonlError {
 pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, JsonlError> {
     let io = |source| JsonlError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let file = std::fs::File::open(path).map_err(io)?;
     let mut out = Vec::new();
@@ -61,7 +60,7 @@ pub fn write_atomic<T: Serialize>(path: &Path, items: &[T]) -> Result<(), JsonlE
     }
     write_bytes_atomic(path, &buf).map_err(|source| JsonlError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })
 }
 

@@ -33,6 +33,16 @@ impl fmt::Display for InvalidToml {
     }
 }
 
+impl InvalidToml {
+    /// A problem with the field at dotted `path` of the TOML document
+    /// `text` read from `file`: for checks made outside this crate (the
+    /// pipeline knows the metric names and the engine's knobs) that still
+    /// name the file, line and field.
+    pub fn at_field(file: &Path, text: &str, path: &str, message: impl Into<String>) -> Self {
+        SourceMap::new(file, text).invalid_field(path, message)
+    }
+}
+
 /// One key of the document with the spans of its key and of its value.
 struct Entry {
     path: String,

@@ -15,6 +15,8 @@ pub enum FinishReason {
     StopToken,
     /// Never ran: see `RecordStatus::Rejected`.
     Rejected,
+    /// Stopped by an error: see `RecordStatus::NonfiniteLogits`.
+    Error,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +28,11 @@ pub enum RecordStatus {
     Rejected {
         reason: String,
     },
+    /// The model produced a NaN or infinite logit for this request (broken
+    /// weights or a numerical bug): the request was stopped there, and its
+    /// tokens so far are not to be trusted. The pipeline counts it as a
+    /// failed request.
+    NonfiniteLogits,
 }
 
 /// One finished (or rejected) request.
@@ -105,6 +112,9 @@ pub struct BenchSummary {
     pub measured_duration_s: f64,
     pub num_requests: u64,
     pub num_rejected: u64,
+    /// Requests stopped because their logits were not finite.
+    #[serde(default)]
+    pub num_nonfinite: u64,
     pub output_tokens: u64,
     pub num_steps: u64,
     /// The engine config the run used, as JSON.

@@ -47,7 +47,27 @@ impl SamplingParams {
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0
     }
+
+    /// The first out-of-range parameter, as (field, message): temperature
+    /// must be finite and >= 0, top_p in (0, 1].
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Some((
+                "temperature",
+                format!("must be a finite number >= 0, got {}", self.temperature),
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Some(("top_p", format!("must be in (0, 1], got {}", self.top_p)));
+        }
+        None
+    }
 }
+
+/// Latest arrival a request may have, in seconds (about 11.6 days): far
+/// beyond any benchmark, and small enough that every arrival converts to a
+/// wait on the clock. The generator and the engine both enforce it.
+pub const MAX_ARRIVAL_S: f64 = 1e6;
 
 /// One request of a workload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

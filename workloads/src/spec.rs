@@ -50,6 +50,7 @@ use serde::{Deserialize, Serialize};
 use crate::arrival::Arrival;
 use crate::distribution::{LengthDist, ListError};
 use crate::location::{InvalidToml, SourceMap};
+use crate::request::MAX_ARRIVAL_S;
 
 /// Most measured (and, separately, warmup) requests a spec may ask for.
 pub const MAX_REQUESTS: u32 = 10_000_000;
@@ -83,6 +84,11 @@ pub struct WorkloadSpec {
     /// Engine-knob overrides, merged by the pipeline into engine.toml.
     #[serde(default)]
     pub engine: Option<toml::Table>,
+    /// The workload means some requests to be rejected (e.g. prompts past
+    /// the context, to measure admission): the pipeline then does not flag
+    /// its trials for rejections.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expect_rejections: bool,
 }
 
 /// Shared-prefix groups: every request of a group starts with the same
@@ -137,11 +143,10 @@ pub struct Slo {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{0}")]
     Invalid(InvalidToml),
@@ -153,7 +158,7 @@ impl WorkloadSpec {
     pub fn load(path: &Path) -> Result<Self, SpecError> {
         let text = std::fs::read_to_string(path).map_err(|source| SpecError::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
         Self::parse(&text, path)
     }
@@ -262,6 +267,18 @@ impl WorkloadSpec {
         }
         for (sub, message) in self.arrival.problems() {
             add(&format!("arrival.{sub}"), message);
+        }
+        let requests = self.requests.max(self.warmup_requests);
+        if let Some((sub, span_s)) = self.arrival.expected_span_s(requests) {
+            if span_s.is_nan() || span_s > MAX_ARRIVAL_S {
+                add(
+                    &format!("arrival.{sub}"),
+                    format!(
+                        "{requests} requests would take about {span_s:.3e} s to arrive, past the \
+                         limit of {MAX_ARRIVAL_S:.0} s; raise the rate"
+                    ),
+                );
+            }
         }
         let s = &self.sampling;
         if !(s.temperature.is_finite() && s.temperature >= 0.0) {
@@ -393,6 +410,31 @@ arrival = { poisson = { rate = 4.0 } }
             with("[thresholds]\noutput_throughput = 0.05\n[engine]\nmax_num_seqs = 4\n").unwrap();
         assert_eq!(s.thresholds["output_throughput"], 0.05);
         assert_eq!(s.engine.unwrap()["max_num_seqs"].as_integer(), Some(4));
+    }
+
+    #[test]
+    fn an_arrival_rate_so_low_the_requests_never_arrive_is_an_error() {
+        for rate in ["1e-300", "1e-6"] {
+            let e = parse(&GOOD.replace("rate = 4.0", &format!("rate = {rate}"))).unwrap_err();
+            assert!(
+                e.starts_with("dir/t.toml:9: field `arrival.poisson.rate`") && e.contains("raise"),
+                "{e}"
+            );
+        }
+        assert!(parse(&GOOD.replace("rate = 4.0", "rate = 0.001")).is_ok());
+    }
+
+    #[test]
+    fn expect_rejections_defaults_off_and_stays_out_of_the_json() {
+        let s = parse(GOOD).unwrap();
+        assert!(!s.expect_rejections);
+        assert!(serde_json::to_value(&s)
+            .unwrap()
+            .get("expect_rejections")
+            .is_none());
+        let s = parse(&GOOD.replace("seed = 1", "seed = 1\nexpect_rejections = true")).unwrap();
+        assert!(s.expect_rejections);
+        assert_eq!(serde_json::to_value(&s).unwrap()["expect_rejections"], true);
     }
 
     #[test]

@@ -303,7 +303,7 @@ impl SweepFile {
     pub fn load(path: &Path) -> Result<SweepFile, SpecError> {
         let text = std::fs::read_to_string(path).map_err(|source| SpecError::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
         Self::parse(&text, path)
     }
@@ -713,6 +713,8 @@ impl SweepFile {
             slo,
             thresholds,
             engine: (!engine.is_empty()).then_some(engine),
+            // A sweep point's rejections are flagged like any workload's.
+            expect_rejections: false,
         };
         if let Some((field, message)) = spec.problems_in_memory().into_iter().next() {
             // Spec fields map back to settings: arrival.* is the load,

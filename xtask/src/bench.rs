@@ -18,13 +18,14 @@ use crate::fingerprint::{self, BuildInfo};
 use crate::gpu_monitor::GpuMonitor;
 use crate::metrics;
 use crate::model;
+use crate::preflight;
 use crate::progress::Progress;
 use crate::report;
 use crate::run_record::{
     FailureClass, Fingerprint, GpuFingerprint, HostFingerprint, RunRecord, SourceFingerprint,
     TrialStatus, TrialSummary, WorkloadRun, RUN_SCHEMA_VERSION,
 };
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::trial::{self, EngineBench, ProcessOutcome, TrialFiles};
 use crate::warnings::{self, Warning};
 use crate::workload_plan::{self, PlannedWorkload};
@@ -39,9 +40,21 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         .clone()
         .unwrap_or_else(|| root.join("workloads"));
     let catalogue = workload_plan::load(&catalogue_dir)?;
-    // Unknown names fail now, not after a long build.
+    // The store first: a run that cannot be stored is not worth measuring.
+    let results = args.results.clone().unwrap_or_else(|| root.join("results"));
+    Store::open(&results)
+        .and_then(|s| s.preflight(crate::store::lock_timeout()))
+        .with_context(|| {
+            format!(
+                "the store {} cannot take a run, so nothing was measured",
+                results.display()
+            )
+        })?;
+    // Unknown names and bad specs fail now, not after a long build.
     if args.suite.is_some() || !args.workloads.is_empty() {
-        workload_plan::select(&catalogue, args.suite.as_deref(), &args.workloads, "")?;
+        let selection =
+            workload_plan::select(&catalogue, args.suite.as_deref(), &args.workloads, "")?;
+        preflight::check_thresholds(&catalogue, &selection.specs)?;
     }
 
     // The base of an A/B is built first: a base that does not build fails
@@ -67,6 +80,13 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         &args.workloads,
         default_suite,
     )?;
+    preflight::check_thresholds(&catalogue, &selection.specs)?;
+    preflight::check_engine_overrides(
+        &ctx.engine,
+        &catalogue,
+        &selection.specs,
+        &work_root(root).join(format!("preflight-{}", std::process::id())),
+    )?;
     let sized_for_cuda = selection.suite_device.map(|d| d == SuiteDevice::Cuda);
     if sized_for_cuda.is_some_and(|c| c != cuda) {
         warnings::emit(&Warning::SuiteSizedForOtherDevice {
@@ -82,6 +102,9 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
     let store = &ctx.store;
     let results = &ctx.results;
 
+    // From here on Ctrl-C stops the run cleanly: the trial in progress is
+    // stopped, the finished ones are stored.
+    trial::catch_interrupts();
     // One run per model: a run has one fingerprint, and the model is in it.
     let mut outcomes = Vec::new();
     let mut code = 0;
@@ -274,7 +297,16 @@ impl BenchContext {
             .results
             .clone()
             .unwrap_or_else(|| root.join("results"));
-        let store = Store::open(&results)?;
+        // Checked again here for `sweep`, which has no earlier check: a run
+        // that cannot be stored is not measured.
+        let store = Store::open(&results)
+            .and_then(|s| s.preflight(crate::store::lock_timeout()).map(|()| s))
+            .with_context(|| {
+                format!(
+                    "the store {} cannot take a run, so nothing was measured",
+                    results.display()
+                )
+            })?;
         Ok(BenchContext {
             root: root.to_path_buf(),
             engine,
@@ -392,15 +424,20 @@ impl BenchContext {
     }
 }
 
-/// 0 when every trial succeeded, 1 when any failed or timed out (after
-/// everything was stored and reported).
+/// 0 when every trial succeeded, 1 when any failed or timed out or had
+/// requests rejected that its spec does not expect (after everything was
+/// stored and reported).
 pub(crate) fn exit_code(run: &RunRecord) -> i32 {
     let all_ok = run
         .workloads
         .iter()
         .flat_map(|w| &w.trials)
         .all(|t| t.status == TrialStatus::Ok);
-    if all_ok {
+    let rejections = run
+        .workloads
+        .iter()
+        .any(|w| !report::unexpected_rejections(w).is_empty());
+    if all_ok && !rejections {
         0
     } else {
         1
@@ -518,13 +555,49 @@ impl TrialRunner<'_> {
                 return Err(store_partial(store, &run, err));
             }
         }
-        let run_id = store.add_run(&run).context("storing the run")?;
+        let run_id = self.store_run(&run, store)?;
         Ok(BenchOutcome {
             run_id,
             run,
             kept_records,
             work_dir: self.work_dir.clone(),
         })
+    }
+
+    /// Stores the finished run. If that fails, the measurement is not lost:
+    /// the summary is printed, and the error says where the run is kept and
+    /// the one command that lists it in the store.
+    fn store_run(&self, run: &RunRecord, store: &Store) -> anyhow::Result<String> {
+        let err = match store.add_run(run) {
+            Ok(id) => return Ok(id),
+            Err(e) => e,
+        };
+        if let StoreError::NotIndexed { id, .. } = &err {
+            report::print_summary(run, id);
+            return Err(anyhow::Error::new(err).context("the run was measured and stored"));
+        }
+        let saved = self.work_dir.join("run-export.json");
+        match store.export_unstored(run, &saved) {
+            Ok(id) => {
+                report::print_summary(run, &id);
+                Err(anyhow::anyhow!(
+                    "storing the run failed: {err}; the measured run is kept in {}: once the \
+                     store is fixed, `cargo xtask store import {} --results {}` adds it",
+                    saved.display(),
+                    saved.display(),
+                    store.root().display()
+                ))
+            }
+            Err(export_err) => {
+                let plain = self.work_dir.join("run.json");
+                let kept = report::write_json(&plain, run)
+                    .map(|()| format!("the run record is kept in {}", plain.display()))
+                    .unwrap_or_else(|e| format!("and it could not be saved either: {e:#}"));
+                Err(anyhow::anyhow!(
+                    "storing the run failed: {err}; exporting it failed too ({export_err}); {kept}"
+                ))
+            }
+        }
     }
 
     fn run_workload(
@@ -537,6 +610,13 @@ impl TrialRunner<'_> {
     ) -> anyhow::Result<()> {
         let bench = self.prepare(w, run)?;
         for index in 0..self.trials {
+            if trial::interrupted() {
+                bail!(
+                    "interrupted (Ctrl-C) before trial {} of workload `{}`",
+                    index + 1,
+                    w.name
+                );
+            }
             progress.start_trial(&w.name, index, self.trials);
             let (summary, records) = self.trial(w, &bench, index, store)?;
             progress.finish_trial(trial_line(&w.name, &summary, self.trials));
@@ -636,6 +716,11 @@ impl TrialRunner<'_> {
             block: None,
         };
         match outcome {
+            ProcessOutcome::Interrupted => bail!(
+                "interrupted (Ctrl-C): trial {} of workload `{}` was stopped and not recorded",
+                index + 1,
+                w.name
+            ),
             ProcessOutcome::TimedOut { after_s } => {
                 summary.status = TrialStatus::TimedOut { after_s };
                 summary.wall_s = after_s;
@@ -662,6 +747,19 @@ impl TrialRunner<'_> {
                 summary.records_object = Some(store.put(&records).context("storing records")?);
                 summary.step_log_object = Some(store.put(&steps).context("storing the step log")?);
                 match metrics::compute(&records, &steps, peak_memory(files), &w.slos) {
+                    Ok(m) if m.failed > 0 => {
+                        summary.status = TrialStatus::failed(
+                            format!(
+                                "{} of {} requests stopped with status nonfinite_logits (the \
+                                 model produced NaN or infinite logits); {}",
+                                m.failed,
+                                records.len(),
+                                files.records.display()
+                            ),
+                            FailureClass::Crash,
+                        );
+                        Ok((summary, None))
+                    }
                     Ok(m) => {
                         summary.metrics = m.values;
                         summary.output_hash = Some(m.output_hash);
@@ -706,13 +804,17 @@ pub(crate) fn trial_line(workload: &str, t: &TrialSummary, trials: u32) -> Strin
     let n = t.index + 1;
     match &t.status {
         TrialStatus::Ok => format!(
-            "{workload} trial {n}/{trials}: {:.1} output tok/s, mean TTFT {:.1} ms ({:.1} s)",
+            "{workload} trial {n}/{trials}: {:.1} output tok/s, mean TTFT {:.1} ms ({:.1} s){}",
             t.metrics
                 .get("output_throughput")
                 .copied()
                 .unwrap_or(f64::NAN),
             t.metrics.get("mean_ttft_ms").copied().unwrap_or(f64::NAN),
-            t.wall_s
+            t.wall_s,
+            match t.metrics.get("rejected_requests").copied() {
+                Some(n) if n > 0.0 => format!("; {n:.0} requests REJECTED"),
+                _ => String::new(),
+            }
         ),
         TrialStatus::Failed { reason, .. } => {
             format!("{workload} trial {n}/{trials}: FAILED: {reason}")

@@ -19,8 +19,7 @@ pub enum Command {
     /// regression, 2 the bench itself could not run.
     Bench(Box<BenchArgs>),
     /// Look at, check and move what is in the results store.
-    #[command(subcommand)]
-    Store(StoreCmd),
+    Store(StoreArgs),
     /// Judge a run against the committed baselines, or two runs against
     /// each other: regression verdicts per metric and workload.
     Compare(CompareArgs),
@@ -270,6 +269,17 @@ pub enum BaselineCmd {
     Ls,
 }
 
+/// `cargo xtask store [--results DIR] COMMAND`.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The content-addressed store (default: `results/` in the workspace),
+    /// as given to `cargo xtask bench --results`.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub results: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: StoreCmd,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum StoreCmd {
     /// List the runs in the store.
@@ -284,6 +294,23 @@ pub enum StoreCmd {
     },
     /// Re-hash every object and check the index; exits 1 on any problem.
     Verify,
+    /// Check everything `verify` does, plus run objects missing from the
+    /// index; with `--repair`, move corrupt objects to `quarantine/` and
+    /// rebuild the index. Exits 1 while a problem remains.
+    Fsck {
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Rebuild `index.json` from the objects, verifying each: lists every
+    /// intact run (e.g. one whose bench could not write the index) and
+    /// drops entries whose run object is missing or corrupt.
+    Reindex,
+    /// Remove a run from the index and delete its run object (its records
+    /// are left for `gc`). Works on runs that no longer read.
+    Rm {
+        /// Run id, unique id prefix, or "latest".
+        run: String,
+    },
     /// Remove objects that no indexed run references.
     Gc {
         /// Only report what would be removed.

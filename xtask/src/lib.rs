@@ -32,6 +32,7 @@ pub mod history;
 pub mod launcher;
 pub mod metrics;
 pub mod model;
+pub mod preflight;
 pub mod progress;
 pub mod report;
 pub mod run_record;

@@ -48,8 +48,12 @@ pub struct TrialMetrics {
     /// Catalogue metric name → value.
     pub values: BTreeMap<String, f64>,
     pub completed: usize,
-    /// Rejected requests: counted here, kept out of every latency.
+    /// Rejected requests: counted here (and as `rejected_requests`), kept
+    /// out of every latency.
     pub rejected: usize,
+    /// Requests the engine stopped because their logits were not finite
+    /// (`nonfinite_logits`): failed requests, kept out of every metric.
+    pub failed: usize,
     /// blake3 over every record's `output_hash` in id order.
     pub output_hash: String,
 }
@@ -113,7 +117,11 @@ pub fn compute(
         .iter()
         .filter(|r| r.status == RecordStatus::Ok)
         .collect();
-    let rejected = records.len() - completed.len();
+    let rejected = records
+        .iter()
+        .filter(|r| matches!(r.status, RecordStatus::Rejected { .. }))
+        .count();
+    let failed = records.len() - completed.len() - rejected;
     if completed.is_empty() {
         return Err(MetricsError::NothingCompleted {
             rejected,
@@ -141,6 +149,7 @@ pub fn compute(
     let input_tokens: u64 = completed.iter().map(|r| u64::from(r.prompt_len)).sum();
     let output_tokens: u64 = completed.iter().map(|r| u64::from(r.output_len)).sum();
     values.insert(names::DURATION_S.into(), duration);
+    values.insert(names::REJECTED_REQUESTS.into(), rejected as f64);
     values.insert(
         names::REQUEST_THROUGHPUT.into(),
         completed.len() as f64 / duration,
@@ -206,6 +215,7 @@ pub fn compute(
         values,
         completed: completed.len(),
         rejected,
+        failed,
         output_hash: output_hash(records),
     })
 }

@@ -34,6 +34,7 @@ const SHOWN: &[&str] = &[
     names::MEAN_QUEUE_MS,
     names::MEAN_STEP_MS,
     names::MEAN_BATCH_SIZE,
+    names::REJECTED_REQUESTS,
     names::DECODE_THROUGHPUT,
     names::PEAK_MEMORY_BYTES,
 ];
@@ -115,6 +116,9 @@ pub fn workload_summary(w: &WorkloadRun) -> (Table, Vec<Warning>) {
             });
         }
     }
+    if let Some(warning) = rejection_warning(w) {
+        warnings.push(warning);
+    }
     let mut hashes: Vec<&str> = w
         .trials
         .iter()
@@ -129,6 +133,41 @@ pub fn workload_summary(w: &WorkloadRun) -> (Table, Vec<Warning>) {
         });
     }
     (table, warnings)
+}
+
+/// Whether the workload's spec says some requests are meant to be rejected
+/// (`expect_rejections = true`).
+pub fn expects_rejections(w: &WorkloadRun) -> bool {
+    w.spec.get("expect_rejections") == Some(&serde_json::Value::Bool(true))
+}
+
+/// The Ok trials of `w` in which the engine rejected requests although the
+/// spec does not expect it: their throughput is that of the requests that
+/// ran, not of the workload.
+pub fn unexpected_rejections(w: &WorkloadRun) -> Vec<(u32, f64)> {
+    if expects_rejections(w) {
+        return Vec::new();
+    }
+    w.trials
+        .iter()
+        .filter(|t| t.status == TrialStatus::Ok)
+        .filter_map(|t| {
+            let n = t.metrics.get(names::REJECTED_REQUESTS).copied()?;
+            (n > 0.0).then_some((t.index, n))
+        })
+        .collect()
+}
+
+fn rejection_warning(w: &WorkloadRun) -> Option<Warning> {
+    let flagged = unexpected_rejections(w);
+    let most = flagged.iter().map(|(_, n)| *n).fold(0.0, f64::max);
+    (!flagged.is_empty()).then(|| Warning::UnexpectedRejections {
+        workload: w.name.clone(),
+        trials: flagged.len(),
+        of_trials: w.trials.len(),
+        most: most as u64,
+        requests: w.spec.get("requests").and_then(|v| v.as_u64()),
+    })
 }
 
 /// Prints every workload's summary to stdout.
@@ -286,6 +325,7 @@ pub fn vllm_result(
         "errors": sorted.iter().map(|r| match &r.status {
             RecordStatus::Ok => String::new(),
             RecordStatus::Rejected { reason } => reason.clone(),
+            RecordStatus::NonfiniteLogits => "nonfinite_logits".to_string(),
         }).collect::<Vec<_>>(),
         "output_tps_per_gpu": m("output_throughput").map(|v| derived(v).output_tps_per_gpu),
         "gpu_days_to_process_1b_tokens": m("output_throughput").map(|v| derived(v).gpu_days_to_process_1b_tokens),

@@ -272,6 +272,8 @@ pub mod names {
     pub const MAX_BATCH_SIZE: &str = "max_batch_size";
     pub const DECODE_THROUGHPUT: &str = "decode_throughput";
     pub const PEAK_MEMORY_BYTES: &str = "peak_memory_bytes";
+    /// Requests the engine refused (e.g. longer than the context).
+    pub const REJECTED_REQUESTS: &str = "rejected_requests";
     pub const MEAN_TTFT_MS: &str = "mean_ttft_ms";
     pub const P50_TTFT_MS: &str = "p50_ttft_ms";
     pub const P90_TTFT_MS: &str = "p90_ttft_ms";
@@ -378,7 +380,7 @@ const LAT_QUEUE: [MetricDef; 5] = latency_group([
     names::P99_QUEUE_MS,
 ]);
 
-const OTHER: [MetricDef; 11] = [
+const OTHER: [MetricDef; 12] = [
     m(
         names::REQUEST_THROUGHPUT,
         "req/s",
@@ -410,6 +412,7 @@ const OTHER: [MetricDef; 11] = [
     m(names::MAX_BATCH_SIZE, "seqs", true, MetricKind::Info),
     m(names::DECODE_THROUGHPUT, "tok/s", true, MetricKind::Info),
     m(names::PEAK_MEMORY_BYTES, "B", false, MetricKind::Info),
+    m(names::REJECTED_REQUESTS, "req", false, MetricKind::Info),
 ];
 
 /// Every metric a trial may carry, by name. A trial's `metrics` map uses

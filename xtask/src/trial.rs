@@ -3,6 +3,7 @@
 //! the orchestrator down. Its stdout and stderr go to the trial's log.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use workloads::engine_knobs::{EXIT_INVALID_CONFIG, EXIT_OUT_OF_MEMORY};
@@ -87,6 +88,70 @@ pub enum ProcessOutcome {
     TimedOut {
         after_s: f64,
     },
+    /// The user interrupted the bench (Ctrl-C); the engine was stopped.
+    Interrupted,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    if INTERRUPTED.swap(true, Ordering::SeqCst) {
+        // A second Ctrl-C: stop at once, the default way. Both calls are
+        // async-signal-safe.
+        // SAFETY: restoring the default disposition and re-raising.
+        unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::raise(libc::SIGINT);
+        }
+    }
+}
+
+/// From now on the first Ctrl-C (SIGINT) asks the bench to stop cleanly
+/// (the running trial's engine is stopped, finished trials are stored); a
+/// second one stops it at once. Engines run in their own process group, so
+/// the terminal's SIGINT reaches only xtask.
+pub fn catch_interrupts() {
+    let handler: extern "C" fn(libc::c_int) = on_sigint;
+    // SAFETY: the handler only touches an atomic and async-signal-safe calls.
+    unsafe {
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+    }
+}
+
+/// Whether Ctrl-C was pressed since [`catch_interrupts`].
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Makes the child die with xtask (SIGKILL when the thread that spawned it
+/// ends, however xtask ends) and puts it in its own process group, so
+/// Ctrl-C in the terminal stops xtask cleanly instead of killing the
+/// engine mid-trial.
+fn tie_to_parent(cmd: &mut std::process::Command) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            #[cfg(target_os = "linux")]
+            {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before prctl took effect.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+            }
+            #[cfg(not(target_os = "linux"))]
+            let _ = parent;
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 /// Runs one trial's engine process to completion or to `timeout`.
@@ -109,6 +174,7 @@ pub fn run_engine(bench: &EngineBench, files: &TrialFiles, timeout: Duration) ->
         .stdout_path(&files.log)
         .stdin_null()
         .unchecked()
+        .before_spawn(tie_to_parent)
         .start()
     {
         Ok(h) => h,
@@ -139,6 +205,10 @@ pub fn run_engine(bench: &EngineBench, files: &TrialFiles, timeout: Duration) ->
                         wall_s,
                     }
                 };
+            }
+            Ok(None) if interrupted() => {
+                let _ = handle.kill();
+                return ProcessOutcome::Interrupted;
             }
             Ok(None) if Instant::now() >= deadline => {
                 // Killing also reaps the child: nothing is left running.
@@ -178,10 +248,20 @@ fn classify_exit(code: Option<i32>, log: &Path) -> FailureClass {
     }
 }
 
-/// The last lines of the log, to make a failure readable in the table.
+/// What the log says went wrong, to make a failure readable in the table:
+/// a panic's message, else the last `error:` line, else the last lines.
+/// (With RUST_BACKTRACE=1 the last lines are stack frames.)
 fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if let Some(i) = lines.iter().rposition(|l| l.contains("panicked at")) {
+        // "thread 'main' panicked at src/x.rs:1:2:" then the message.
+        let end = (i + 2).min(lines.len());
+        return format!(": {}", lines[i..end].join(" "));
+    }
+    if let Some(line) = lines.iter().rev().find(|l| l.starts_with("error")) {
+        return format!(": {line}");
+    }
     let tail = &lines[lines.len().saturating_sub(3)..];
     if tail.is_empty() {
         String::new()
@@ -250,6 +330,39 @@ mod tests {
         let outcome = run_engine(&slow, &files, Duration::from_millis(300));
         assert!(matches!(outcome, ProcessOutcome::TimedOut { .. }));
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_panic_with_a_backtrace_reports_the_message_not_the_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TrialFiles::in_dir(&dir.path().join("t"));
+        let panics = sh(
+            "echo \"thread 'main' panicked at engine/src/bench.rs:117:29:\" >&2
+echo 'cannot convert float seconds to Duration: value is either too big or NaN' >&2
+echo 'stack backtrace:' >&2
+for i in 0 1 2 3 4 5; do echo \"   $i: std::rt::lang_start\" >&2; echo '      at /rustc/library/std/src/rt.rs:195:5' >&2; done
+exit 101",
+            dir.path(),
+        );
+        match run_engine(&panics, &files, Duration::from_secs(10)) {
+            ProcessOutcome::Failed { reason, .. } => {
+                assert!(reason.contains("cannot convert float seconds"), "{reason}");
+                assert!(reason.contains("bench.rs:117"), "{reason}");
+                assert!(!reason.contains("lang_start"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let errors = sh(
+            "echo 'error: opening model /m: config.json: No such file' >&2; echo '   0: frame' >&2; exit 1",
+            dir.path(),
+        );
+        match run_engine(&errors, &files, Duration::from_secs(10)) {
+            ProcessOutcome::Failed { reason, .. } => {
+                assert!(reason.contains("error: opening model"), "{reason}");
+                assert!(!reason.contains("frame"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -54,6 +54,15 @@ pub enum Warning {
     NothingToExport {
         workload: String,
     },
+    /// The engine rejected requests in Ok trials of a workload whose spec
+    /// does not say `expect_rejections = true`.
+    UnexpectedRejections {
+        workload: String,
+        trials: usize,
+        of_trials: usize,
+        most: u64,
+        requests: Option<u64>,
+    },
     /// Baseline history too short to know the run-to-run spread.
     ShortBaselineHistory {
         class: String,
@@ -146,6 +155,17 @@ impl fmt::Display for Warning {
             Warning::NothingToExport { workload } => write!(
                 f,
                 "no successful trial of {workload} to export; fix the failing trials first"
+            ),
+            Warning::UnexpectedRejections {
+                workload,
+                trials,
+                of_trials,
+                most,
+                requests,
+            } => write!(
+                f,
+                "{workload}: requests REJECTED in {trials} of {of_trials} trials (up to {most}{} per trial, e.g. prompts past the model's context): the metrics are of the requests that ran, not of the workload; fix the spec, or set `expect_rejections = true` in it if this is intended",
+                requests.map_or(String::new(), |n| format!(" of {n}"))
             ),
             Warning::ShortBaselineHistory {
                 class,

@@ -19,6 +19,9 @@ const FAKE_ENGINE: &str = r#"#!/bin/sh
 here=$(dirname "$0")
 case "$1" in
   info) echo '{"engine_version":"0.0.0","backends":["cpu"],"cuda_available":false,"cpu_threads":2,"gpus":[]}'; exit 0 ;;
+  check-config)
+    if grep -q bogus "$3"; then echo "error: $3: line 1: unknown field \`bogus\`" >&2; exit 1; fi
+    echo "$3: ok"; exit 0 ;;
   bench) shift ;;
   *) echo "fake engine: unknown command $1" >&2; exit 2 ;;
 esac
@@ -33,18 +36,30 @@ while [ $# -gt 0 ]; do
 done
 n=$(cat "$here/count" 2>/dev/null || echo 0); n=$((n + 1)); echo "$n" > "$here/count"
 mode=$(sed -n "${n}p" "$here/plan")
+bad=""
 case "$mode" in
   crash) echo "fake engine: CUDA error: out of memory" >&2; exit 101 ;;
-  hang) exec sleep 60 ;;
+  hang) echo $$ > "$here/engine.pid"; exec sleep 60 ;;
+  breakindex) echo broken > "$(cat "$here/index_path")" ;;
+  reject) bad=rejected ;;
+  nonfinite) bad=nonfinite ;;
   garbage) echo "not json" > "$out"; exit 0 ;;
   block) run_dir=$(dirname "$(dirname "$(dirname "$out")")"); touch "$run_dir/fake2" ;;
 esac
 # Each trial a little slower than the last, so trials spread.
-awk -v k="$n" '
+awk -v k="$n" -v bad="$bad" '
   /"warmup":true/ { next }
   {
     match($0, /"id":[0-9]+/); id = substr($0, RSTART + 5, RLENGTH - 5) + 0
     f = 1 + 0.01 * k; a = id * 0.01; s = a + 0.001 * f
+    if (bad != "" && !done) {
+      done = 1
+      st = bad == "rejected" ? "{\"kind\":\"rejected\",\"reason\":\"prompt past max_model_len\"}" : "{\"kind\":\"nonfinite_logits\"}"
+      fr = bad == "rejected" ? "rejected" : "error"
+      printf "{\"id\":%d,\"status\":%s,\"arrival_s\":%.6f,\"scheduled_s\":null,\"first_token_s\":null,", id, st, a
+      printf "\"token_times_s\":[],\"finish_s\":null,\"finish_reason\":\"%s\",\"prompt_len\":8,\"output_len\":0,\"output_hash\":\"none\"}\n", fr
+      next
+    }
     t1 = s + 0.010 * f; t2 = t1 + 0.005 * f; t3 = t2 + 0.005 * f
     printf "{\"id\":%d,\"status\":{\"kind\":\"ok\"},\"arrival_s\":%.6f,\"scheduled_s\":%.6f,", id, a, s
     printf "\"first_token_s\":%.6f,\"token_times_s\":[%.6f,%.6f,%.6f],\"finish_s\":%.6f,", t1, t1, t2, t3, t3
@@ -303,4 +318,246 @@ fn a_pipeline_failure_midway_stores_the_trials_finished_so_far() {
         .trials
         .iter()
         .all(|t| t.status == TrialStatus::Ok && t.records_object.is_some()));
+}
+
+// ---- fail early, never lose a run, flag what is wrong (issue 10) ----
+
+fn count_file(fx: &Fixture) -> PathBuf {
+    fx.path("fake/count")
+}
+
+#[test]
+fn an_unreadable_index_fails_before_any_trial() {
+    let fx = Fixture::new(&["ok", "ok"]);
+    std::fs::create_dir_all(fx.path("results")).unwrap();
+    std::fs::write(fx.path("results/index.json"), b"").unwrap();
+    let args = fx.args(&["--workload", "fake", "--trials", "2"]);
+    let text = format!("{:#}", xtask::bench::run(&args, fx.root()).unwrap_err());
+    assert!(
+        text.contains("index.json") && text.contains("nothing was measured"),
+        "{text}"
+    );
+    assert!(!count_file(&fx).exists(), "no trial ran");
+}
+
+#[test]
+fn a_lock_that_is_a_directory_fails_before_any_trial() {
+    let fx = Fixture::new(&["ok", "ok"]);
+    std::fs::create_dir_all(fx.path("results/index.lock")).unwrap();
+    let args = fx.args(&["--workload", "fake", "--trials", "2"]);
+    let text = format!("{:#}", xtask::bench::run(&args, fx.root()).unwrap_err());
+    assert!(text.contains("index.lock"), "{text}");
+    assert!(!count_file(&fx).exists(), "no trial ran");
+}
+
+#[test]
+fn a_run_whose_index_breaks_meanwhile_is_kept_and_reindex_lists_it() {
+    let fx = Fixture::new(&["ok", "breakindex"]);
+    std::fs::write(
+        fx.path("fake/index_path"),
+        fx.path("results/index.json").to_str().unwrap(),
+    )
+    .unwrap();
+    let args = fx.args(&["--workload", "fake", "--trials", "2"]);
+    let text = format!("{:#}", xtask::bench::run(&args, fx.root()).unwrap_err());
+    let command = format!(
+        "cargo xtask store reindex --results {}",
+        fx.path("results").display()
+    );
+    assert!(text.contains(&command), "{text}");
+    let store = Store::open(&fx.path("results")).unwrap();
+    store.reindex().unwrap();
+    let (_, run) = store.resolve_run("latest").unwrap();
+    assert_eq!(run.workloads[0].trials.len(), 2);
+    assert!(run.workloads[0]
+        .trials
+        .iter()
+        .all(|t| t.status == TrialStatus::Ok));
+}
+
+#[test]
+fn an_unknown_threshold_metric_fails_at_load_with_file_and_line() {
+    let fx = Fixture::new(&["ok"]);
+    std::fs::write(
+        fx.path("catalogue/specs/fake.toml"),
+        format!("{SPEC}[thresholds]\nno_such_metric = 0.05\n"),
+    )
+    .unwrap();
+    for args in [
+        fx.args(&["--workload", "fake", "--trials", "1"]),
+        fx.args(&["--suite", "quick", "--trials", "1"]),
+    ] {
+        let text = format!("{:#}", xtask::bench::run(&args, fx.root()).unwrap_err());
+        assert!(
+            text.contains("fake.toml:14") && text.contains("thresholds.no_such_metric"),
+            "{text}"
+        );
+    }
+    assert!(!count_file(&fx).exists(), "no trial ran");
+}
+
+#[test]
+fn bad_engine_overrides_fail_at_load_naming_the_key() {
+    let fx = Fixture::new(&["ok"]);
+    std::fs::write(
+        fx.path("catalogue/specs/fake.toml"),
+        format!("{SPEC}[engine]\nmax_num_seqs = 4\nbogus = 1\n"),
+    )
+    .unwrap();
+    let args = fx.args(&["--workload", "fake", "--trials", "1"]);
+    let text = format!("{:#}", xtask::bench::run(&args, fx.root()).unwrap_err());
+    assert!(
+        text.contains("fake.toml:15") && text.contains("engine.bogus"),
+        "{text}"
+    );
+    assert!(!count_file(&fx).exists(), "no trial ran");
+    // Valid overrides pass the check and reach the trials.
+    std::fs::write(
+        fx.path("catalogue/specs/fake.toml"),
+        format!("{SPEC}[engine]\nmax_num_seqs = 4\n"),
+    )
+    .unwrap();
+    assert_eq!(xtask::bench::run(&args, fx.root()).unwrap(), 0);
+}
+
+#[test]
+fn rejected_requests_are_stored_and_flagged_unless_expected() {
+    let fx = Fixture::new(&["reject", "reject", "reject", "reject"]);
+    let args = fx.args(&["--workload", "fake", "--trials", "2"]);
+    assert_eq!(
+        xtask::bench::run(&args, fx.root()).unwrap(),
+        1,
+        "unexpected rejections fail the bench"
+    );
+    let store = Store::open(&fx.path("results")).unwrap();
+    let (_, run) = store.resolve_run("latest").unwrap();
+    for t in &run.workloads[0].trials {
+        assert_eq!(t.status, TrialStatus::Ok);
+        assert_eq!(t.metrics["rejected_requests"], 1.0);
+    }
+    assert_eq!(
+        xtask::report::unexpected_rejections(&run.workloads[0]).len(),
+        2
+    );
+
+    std::fs::write(
+        fx.path("catalogue/specs/fake.toml"),
+        SPEC.replace(
+            "arrival = \"offline\"",
+            "arrival = \"offline\"\nexpect_rejections = true",
+        ),
+    )
+    .unwrap();
+    assert_eq!(xtask::bench::run(&args, fx.root()).unwrap(), 0);
+}
+
+#[test]
+fn nonfinite_logits_fail_the_trial() {
+    let fx = Fixture::new(&["nonfinite", "ok"]);
+    let args = fx.args(&["--workload", "fake", "--trials", "2"]);
+    assert_eq!(xtask::bench::run(&args, fx.root()).unwrap(), 1);
+    let store = Store::open(&fx.path("results")).unwrap();
+    let (_, run) = store.resolve_run("latest").unwrap();
+    let trials = &run.workloads[0].trials;
+    match &trials[0].status {
+        TrialStatus::Failed { reason, .. } => {
+            assert!(reason.contains("nonfinite_logits"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(trials[1].status, TrialStatus::Ok);
+}
+
+/// `cargo xtask bench` as a separate process, for signals.
+fn spawn_xtask(fx: &Fixture, extra: &[&str]) -> std::process::Child {
+    let p = |rel: &str| fx.path(rel).to_string_lossy().into_owned();
+    let mut argv: Vec<String> = vec!["bench".into()];
+    for (flag, value) in [
+        ("--engine-bin", p("fake/engine")),
+        ("--catalogue", p("catalogue")),
+        ("--model", p("model")),
+        ("--results", p("results")),
+        ("--device", "cpu".into()),
+    ] {
+        argv.push(flag.into());
+        argv.push(value);
+    }
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(&argv)
+        .current_dir(fx.root())
+        .env("DYNO_ROOT", fx.root())
+        .env_remove("CARGO_TARGET_DIR")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The pid of the fake engine once its hanging trial has started.
+fn wait_for_engine(fx: &Fixture) -> i32 {
+    let path = fx.path("fake/engine.pid");
+    for _ in 0..600 {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Ok(pid) = text.trim().parse() {
+                return pid;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("the engine's hanging trial never started");
+}
+
+/// Whether `pid` is gone (or a zombie nobody reaped yet).
+fn is_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+fn wait_gone(pid: i32) -> bool {
+    (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        is_gone(pid)
+    })
+}
+
+#[test]
+fn killing_xtask_kills_its_engine() {
+    let fx = Fixture::new(&["hang"]);
+    let mut xtask = spawn_xtask(&fx, &["--workload", "fake", "--trials", "1"]);
+    let engine = wait_for_engine(&fx);
+    assert!(!is_gone(engine));
+    xtask.kill().unwrap(); // SIGKILL: no handler runs
+    xtask.wait().unwrap();
+    assert!(wait_gone(engine), "engine {engine} outlived its parent");
+}
+
+#[test]
+fn ctrl_c_stops_the_run_and_keeps_the_finished_trials() {
+    let fx = Fixture::new(&["ok", "hang", "ok"]);
+    let xtask = spawn_xtask(&fx, &["--workload", "fake", "--trials", "3"]);
+    let engine = wait_for_engine(&fx);
+    // SAFETY: signalling a child we spawned.
+    assert_eq!(unsafe { libc::kill(xtask.id() as i32, libc::SIGINT) }, 0);
+    let out = xtask.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("interrupted") && stderr.contains("1 finished trials are stored"),
+        "{stderr}"
+    );
+    assert!(
+        wait_gone(engine),
+        "the interrupted trial's engine still runs"
+    );
+    let store = Store::open(&fx.path("results")).unwrap();
+    let (_, run) = store.resolve_run("latest").unwrap();
+    assert_eq!(run.workloads[0].trials.len(), 1);
+    assert_eq!(run.workloads[0].trials[0].status, TrialStatus::Ok);
 }

@@ -608,3 +608,199 @@ fn concurrent_imports_of_one_export_list_the_run_once() {
     assert!(dst.verify().unwrap().is_clean());
     assert_eq!(fs::read_dir(dst_dir.path().join("tmp")).unwrap().count(), 0);
 }
+
+// ---- fail early, repair with the tools (issue 10) ----
+
+#[test]
+fn preflight_refuses_an_unreadable_index_or_a_lock_that_is_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.preflight(Duration::from_secs(1)).unwrap();
+    add_full_run(&store, "2026-01-01T00:00:00Z", 1);
+    fs::write(dir.path().join("index.json"), b"").unwrap();
+    let err = store.preflight(Duration::from_secs(1)).unwrap_err();
+    assert!(matches!(err, StoreError::Index { .. }), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    fs::create_dir(dir.path().join("index.lock")).unwrap();
+    let err = store.preflight(Duration::from_secs(1)).unwrap_err();
+    assert!(err.to_string().contains("index.lock"), "{err}");
+}
+
+#[test]
+fn a_held_lock_times_out_with_a_message_naming_its_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let lock_path = dir.path().join("index.lock");
+    let holder = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
+    holder.lock().unwrap();
+    fs::write(&lock_path, "pid 4242 (cargo xtask store gc)").unwrap();
+    let started = std::time::Instant::now();
+    let err = store.preflight(Duration::from_millis(300)).unwrap_err();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    assert!(
+        err.to_string().contains("pid 4242 (cargo xtask store gc)"),
+        "{err}"
+    );
+    drop(holder);
+    store.preflight(Duration::from_millis(300)).unwrap();
+    // The lock file now names this process while it holds the lock.
+    let text = fs::read_to_string(&lock_path).unwrap();
+    assert!(
+        text.contains(&format!("pid {}", std::process::id())),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_run_whose_index_write_fails_is_kept_and_reindex_lists_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (first, _) = add_full_run(&store, "2026-01-01T00:00:00Z", 1);
+    // The index breaks while the run is measured.
+    fs::write(dir.path().join("index.json"), b"{ truncated").unwrap();
+    let records = store.put(&vec![json!({"id": 9})]).unwrap();
+    let run = run_record(
+        "2026-01-02T00:00:00Z",
+        "smoke",
+        vec![trial(0, 99.0, Some(records), None)],
+    );
+    let err = store.add_run(&run).unwrap_err();
+    let text = err.to_string();
+    let StoreError::NotIndexed { id, .. } = &err else {
+        panic!("{text}")
+    };
+    assert!(
+        text.contains(&format!(
+            "cargo xtask store reindex --results {}",
+            dir.path().display()
+        )),
+        "{text}"
+    );
+    let report = store.reindex().unwrap();
+    assert!(report.old_index_error.is_some());
+    assert_eq!(report.indexed.len(), 2, "{report:?}");
+    let ids: Vec<String> = store.runs().unwrap().into_iter().map(|r| r.id).collect();
+    assert!(ids.contains(id) && ids.contains(&first), "{ids:?}");
+    assert_eq!(store.resolve_run("latest").unwrap().1, run);
+    assert!(store.verify().unwrap().is_clean());
+}
+
+#[test]
+fn latest_skips_a_broken_newest_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (old, _) = add_full_run(&store, "2026-01-01T00:00:00Z", 1);
+    let (new, _) = add_full_run(&store, "2026-01-02T00:00:00Z", 2);
+    assert_eq!(store.resolve_run("latest").unwrap().0, new);
+    fs::write(object_path(dir.path(), &new), b"corrupted").unwrap();
+    assert_eq!(store.resolve_run("latest").unwrap().0, old);
+    fs::remove_file(object_path(dir.path(), &new)).unwrap();
+    assert_eq!(store.resolve_run("latest").unwrap().0, old);
+    fs::remove_file(object_path(dir.path(), &old)).unwrap();
+    let err = store.resolve_run("latest").unwrap_err().to_string();
+    assert!(err.contains("no indexed run is readable"), "{err}");
+}
+
+#[test]
+fn rm_unblocks_gc_after_a_run_is_corrupted_or_deleted() {
+    for delete in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (keep, _) = add_full_run(&store, "2026-01-01T00:00:00Z", 1);
+        let (broken, broken_run) = add_full_run(&store, "2026-01-02T00:00:00Z", 2);
+        let its_records = xtask::store::run_references(&broken_run).len();
+        if delete {
+            fs::remove_file(object_path(dir.path(), &broken)).unwrap();
+        } else {
+            fs::write(object_path(dir.path(), &broken), b"{}").unwrap();
+        }
+        let err = store.gc_with_grace(false, Duration::ZERO).unwrap_err();
+        assert!(err.to_string().contains("store rm"), "{err}");
+        assert_eq!(store.remove_run(&broken[..10]).unwrap(), broken);
+        assert!(!object_path(dir.path(), &broken).exists());
+        let report = store.gc_with_grace(false, Duration::ZERO).unwrap();
+        assert_eq!(report.removed.len(), its_records, "{report:?}");
+        let ids: Vec<String> = store.runs().unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec![keep]);
+        assert!(store.verify().unwrap().is_clean());
+    }
+}
+
+#[test]
+fn fsck_reports_then_repairs_what_it_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (good, _) = add_full_run(&store, "2026-01-01T00:00:00Z", 1);
+    let (corrupt, _) = add_full_run(&store, "2026-01-02T00:00:00Z", 2);
+    fs::write(object_path(dir.path(), &corrupt), b"garbage").unwrap();
+    // A run object stored but never indexed (its bench's index write failed).
+    let unlisted_run = run_record(
+        "2026-01-03T00:00:00Z",
+        "smoke",
+        vec![trial(0, 5.0, None, None)],
+    );
+    let unlisted = store.put(&unlisted_run).unwrap();
+
+    let report = store.fsck(false).unwrap();
+    assert_eq!(report.corrupt.len(), 1);
+    assert_eq!(report.broken_entries.len(), 1);
+    assert_eq!(report.unindexed_runs, vec![unlisted.clone()]);
+    assert!(!report.repaired);
+    assert_eq!(
+        cli::run(StoreCmd::Fsck { repair: false }, dir.path()).unwrap(),
+        1
+    );
+
+    assert_eq!(
+        cli::run(StoreCmd::Fsck { repair: true }, dir.path()).unwrap(),
+        0
+    );
+    assert!(dir.path().join("quarantine").join(&corrupt).is_file());
+    let ids: Vec<String> = store.runs().unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(ids, vec![good, unlisted]);
+    let again = store.fsck(false).unwrap();
+    assert_eq!(again.repairable() + again.manual(), 0, "{again:?}");
+    assert!(store.verify().unwrap().is_clean());
+    store.gc_with_grace(false, Duration::ZERO).unwrap();
+}
+
+#[test]
+fn every_store_command_takes_results_dir() {
+    use clap::Parser;
+    use xtask::cli::{Cli, Command as XCommand};
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("elsewhere");
+    add_full_run(&Store::open(&results).unwrap(), "2026-01-01T00:00:00Z", 1);
+    let results = results.to_str().unwrap();
+    for argv in [
+        vec!["ls", "--results", results],
+        vec!["--results", results, "show", "latest"],
+        vec!["verify", "--results", results],
+        vec!["fsck", "--results", results],
+        vec!["reindex", "--results", results],
+        vec!["gc", "--dry-run", "--results", results],
+        vec!["rm", "latest", "--results", results],
+    ] {
+        let mut full = vec!["xtask", "store"];
+        full.extend(&argv);
+        let XCommand::Store(args) = Cli::try_parse_from(&full).unwrap().command else {
+            panic!("{argv:?}")
+        };
+        // The workspace root would be `dir`: the store must be `results`.
+        assert_eq!(cli::run_cli(args, dir.path()).unwrap(), 0, "{argv:?}");
+    }
+    assert!(!dir.path().join("results").exists());
+    assert!(Store::open(std::path::Path::new(results))
+        .unwrap()
+        .runs()
+        .unwrap()
+        .is_empty());
+}

@@ -13,6 +13,10 @@ pub mod cuda;
 use crate::engine_config::{DeviceKind, EngineConfig};
 use crate::weights::Checkpoint;
 
+/// What `forward` returns in place of a token when the row of logits it
+/// would sample from is not all finite: no vocabulary is this large.
+pub const NONFINITE_LOGITS: u32 = u32::MAX;
+
 /// What to sample after the last token of a chunk.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampleSpec {
@@ -77,7 +81,8 @@ pub trait Backend {
         block_size: usize,
     ) -> Result<(), BackendError>;
     /// Runs one step; returns one sampled token for each entry whose `sample`
-    /// is `Some`, in batch order.
+    /// is `Some`, in batch order, or [`NONFINITE_LOGITS`] for an entry whose
+    /// logits hold a NaN or an infinity (the request cannot go on).
     fn forward(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<u32>, BackendError>;
     /// Like `forward` but returns the f32 logits of *every* token in the batch
     /// (in batch order, then position order); used by golden tests.

@@ -23,17 +23,17 @@ pub const BASELINE_FILE: &str = "baseline.json";
 
 #[derive(Debug, Error)]
 pub enum BaselineError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{path}: line {line}, column {column}: {source}")]
+    #[error("{path}: line {line}, column {column}: {cause}")]
     Parse {
         path: PathBuf,
         line: usize,
         column: usize,
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
@@ -243,13 +243,13 @@ impl BaselineFile {
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, BaselineError> {
     let text = std::fs::read_to_string(path).map_err(|source| BaselineError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     })?;
     serde_json::from_str(&text).map_err(|source| BaselineError::Parse {
         path: path.to_path_buf(),
         line: source.line(),
         column: source.column(),
-        source,
+        cause: source,
     })
 }
 
@@ -268,7 +268,7 @@ pub fn read_baseline(dir: &Path) -> Result<BaselineFile, BaselineError> {
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), BaselineError> {
     let io = |source| BaselineError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     let mut bytes = Vec::new();
     let mut ser = serde_json::Serializer::with_formatter(&mut bytes, ReviewFormatter::default());

@@ -35,6 +35,20 @@ pub enum Lookup {
 pub fn lookup(repo_root: &Path, class: &FingerprintClass) -> Result<Lookup, BaselineError> {
     let hash = class.hash();
     let dir = baselines_dir(repo_root).join(&hash);
+    let class_only = dir.join(file::CLASS_FILE).exists() && !dir.join(file::BASELINE_FILE).exists();
+    if class_only {
+        // Half a baseline: treating it as "no baseline" would quietly turn
+        // the regression check off for this class.
+        return Err(BaselineError::Invalid {
+            path: dir.join(file::BASELINE_FILE),
+            message: format!(
+                "is missing, but {} is there: restore it (`git checkout -- {}`), re-promote, \
+                 or remove the folder",
+                file::CLASS_FILE,
+                dir.display()
+            ),
+        });
+    }
     if dir.join(file::BASELINE_FILE).is_file() {
         let class_file = file::read_class(&dir)?;
         if &class_file.class != class {
@@ -51,7 +65,26 @@ pub fn lookup(repo_root: &Path, class: &FingerprintClass) -> Result<Lookup, Base
                 ),
             });
         }
+        if class_file.class_hash != hash {
+            return Err(BaselineError::Invalid {
+                path: dir.join(file::CLASS_FILE),
+                message: format!(
+                    "class_hash is {} but the folder is class {hash}; was it edited by hand? re-promote instead",
+                    class_file.class_hash
+                ),
+            });
+        }
         let baseline = file::read_baseline(&dir)?;
+        if baseline.class_hash != hash || baseline.workload != class.workload {
+            return Err(BaselineError::Invalid {
+                path: dir.join(file::BASELINE_FILE),
+                message: format!(
+                    "says class {} of workload `{}`, but the folder is class {hash} of workload \
+                     `{}`; was it edited by hand? re-promote instead",
+                    baseline.class_hash, baseline.workload, class.workload
+                ),
+            });
+        }
         return Ok(Lookup::Found {
             class: Box::new(class_file),
             baseline: Box::new(baseline),
@@ -73,6 +106,15 @@ pub fn lookup(repo_root: &Path, class: &FingerprintClass) -> Result<Lookup, Base
             ),
             nearest: vec![],
         },
+        Some((other, diff)) if diff.is_empty() => {
+            return Err(BaselineError::Invalid {
+                path: baselines_dir(repo_root).join(&other).join(file::CLASS_FILE),
+                message: format!(
+                    "describes the class of this run ({hash}) under another folder name; was it \
+                     edited or moved by hand? re-promote instead"
+                ),
+            })
+        }
         Some((other, diff)) => Lookup::Missing {
             explanation: format!(
                 "no baseline of class {hash}; the nearest baseline of `{}` is class {other}, which differs in {}",
@@ -96,13 +138,18 @@ fn same_workload_classes(
     let entries = match std::fs::read_dir(&root) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(source) => return Err(BaselineError::Io { path: root, source }),
+        Err(source) => {
+            return Err(BaselineError::Io {
+                path: root,
+                cause: source,
+            })
+        }
     };
     let mut out = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|source| BaselineError::Io {
             path: root.clone(),
-            source,
+            cause: source,
         })?;
         let dir = entry.path();
         if dir.join(file::CLASS_FILE).is_file() {
@@ -328,6 +375,49 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_deleted_baseline_json_is_an_error_not_a_missing_baseline() {
+        let root = tempfile::tempdir().unwrap();
+        let r = run(cpu_fingerprint(), vec![two_ok("a")]);
+        let dir = &promote(root.path(), "run1", &r).unwrap().promoted[0].dir;
+        std::fs::remove_file(dir.join(file::BASELINE_FILE)).unwrap();
+        let class = FingerprintClass::of(&r.fingerprint, &r.workloads[0]);
+        let err = lookup(root.path(), &class).unwrap_err().to_string();
+        assert!(
+            err.contains("baseline.json") && err.contains("is missing"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_edited_class_hash_or_workload_in_baseline_json_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let r = run(cpu_fingerprint(), vec![two_ok("a")]);
+        let dir = promote(root.path(), "run1", &r).unwrap().promoted[0]
+            .dir
+            .clone();
+        let class = FingerprintClass::of(&r.fingerprint, &r.workloads[0]);
+        let path = dir.join(file::BASELINE_FILE);
+        let original = std::fs::read_to_string(&path).unwrap();
+        let hash = class.hash();
+        for edited in [
+            original.replace(&hash, "0123456789abcdef"),
+            original.replace("\"workload\": \"a\"", "\"workload\": \"b\""),
+        ] {
+            assert_ne!(edited, original);
+            std::fs::write(&path, &edited).unwrap();
+            let err = lookup(root.path(), &class).unwrap_err().to_string();
+            assert!(err.contains("edited by hand"), "{err}");
+        }
+        // class.json's class_hash too.
+        std::fs::write(&path, &original).unwrap();
+        let class_path = dir.join(file::CLASS_FILE);
+        let class_text = std::fs::read_to_string(&class_path).unwrap();
+        std::fs::write(&class_path, class_text.replace(&hash, "0123456789abcdef")).unwrap();
+        let err = lookup(root.path(), &class).unwrap_err().to_string();
+        assert!(err.contains("class_hash"), "{err}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::cli::Command;
 pub fn run(command: Command, root: &Path) -> anyhow::Result<i32> {
     match command {
         Command::Bench(args) => crate::bench::run(&args, root),
-        Command::Store(cmd) => store::run(cmd, &root.join("results")),
+        Command::Store(args) => store::run_cli(args, root),
         Command::Compare(args) => compare::run_cli(args, root),
         Command::Baseline(cmd) => baseline::run_cli(cmd, root),
         Command::History(args) => history::run_cli(args, root),

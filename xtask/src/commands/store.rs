@@ -6,11 +6,17 @@ use std::time::Duration;
 use anyhow::Context;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 
-use crate::cli::StoreCmd;
+use crate::cli::{StoreArgs, StoreCmd};
 use crate::run_record::names;
 use crate::run_record::{metric_def, RunRecord, TrialStatus, WorkloadRun};
 use crate::store::{Store, DEFAULT_GC_GRACE};
 use crate::{format, stats};
+
+/// `cargo xtask store ...` in the workspace at `repo_root`.
+pub fn run_cli(args: StoreArgs, repo_root: &Path) -> anyhow::Result<i32> {
+    let root = args.results.unwrap_or_else(|| repo_root.join("results"));
+    run(args.command, &root)
+}
 
 /// Runs `cmd` on the store at `root`; returns the process exit code.
 pub fn run(cmd: StoreCmd, root: &Path) -> anyhow::Result<i32> {
@@ -19,6 +25,16 @@ pub fn run(cmd: StoreCmd, root: &Path) -> anyhow::Result<i32> {
         StoreCmd::Ls => ls(&store),
         StoreCmd::Show { run, json } => show(&store, &run, json),
         StoreCmd::Verify => verify(&store),
+        StoreCmd::Fsck { repair } => fsck(&store, repair),
+        StoreCmd::Reindex => reindex(&store),
+        StoreCmd::Rm { run } => {
+            let id = store.remove_run(&run)?;
+            println!(
+                "removed run {id}; `cargo xtask store gc --results {}` frees the records only it referenced",
+                store.root().display()
+            );
+            Ok(0)
+        }
         StoreCmd::Gc {
             dry_run,
             grace_secs,
@@ -263,6 +279,113 @@ fn verify(store: &Store) -> anyhow::Result<i32> {
             + report.broken_runs.len()
             + report.stray.len();
         println!("FAILED: {problems} problems; {summary}");
+        Ok(1)
+    }
+}
+
+fn reindex(store: &Store) -> anyhow::Result<i32> {
+    let report = store.reindex()?;
+    if let Some(e) = &report.old_index_error {
+        println!("the old index was unreadable ({e}); rebuilt from the objects");
+    }
+    for id in &report.added {
+        println!("added    run {id}");
+    }
+    for (id, why) in &report.dropped {
+        println!("dropped  run {id}: {why}");
+    }
+    for c in &report.corrupt {
+        println!(
+            "CORRUPT  {} ({}); `cargo xtask store fsck --repair` moves it aside",
+            c.id,
+            c.path.display()
+        );
+    }
+    println!(
+        "indexed {} runs ({} added, {} dropped) from {} objects in {}",
+        report.indexed.len(),
+        report.added.len(),
+        report.dropped.len(),
+        report.objects_checked,
+        store.root().display()
+    );
+    Ok(0)
+}
+
+fn fsck(store: &Store, repair: bool) -> anyhow::Result<i32> {
+    let report = store.fsck(repair)?;
+    let fixed = |done: &str, todo: &str| {
+        if report.repaired {
+            done.to_string()
+        } else {
+            todo.to_string()
+        }
+    };
+    if let Some(e) = &report.index_error {
+        println!(
+            "INDEX    {e} ({})",
+            fixed("rebuilt from the objects", "--repair rebuilds it")
+        );
+    }
+    for c in &report.corrupt {
+        println!(
+            "CORRUPT  {} ({}) now hashes to {} ({})",
+            c.id,
+            c.path.display(),
+            c.actual,
+            fixed("moved to quarantine/", "--repair moves it to quarantine/")
+        );
+    }
+    for (id, why) in &report.broken_entries {
+        println!(
+            "BROKEN   indexed run {id}: {why} ({})",
+            fixed("dropped from the index", "--repair drops it from the index")
+        );
+    }
+    for id in &report.unindexed_runs {
+        println!(
+            "UNLISTED run {id} is not in the index ({})",
+            fixed("added", "--repair adds it")
+        );
+    }
+    for m in &report.missing {
+        println!(
+            "MISSING  {} referenced by {}; its trial summaries stand, `cargo xtask store rm RUN` removes the run",
+            m.id, m.referenced_by
+        );
+    }
+    for s in &report.stray {
+        println!(
+            "STRAY    {} is not an object; move it out of objects/",
+            s.display()
+        );
+    }
+    let summary = format!(
+        "{} objects checked in {}",
+        report.objects_checked,
+        store.root().display()
+    );
+    let left = report.manual()
+        + if report.repaired {
+            0
+        } else {
+            report.repairable()
+        };
+    if left == 0 {
+        let done = if report.repaired {
+            format!("repaired {} problems; ", report.repairable())
+        } else {
+            String::new()
+        };
+        println!("ok: {done}{summary}");
+        Ok(0)
+    } else {
+        let hint = if !report.repaired && report.repairable() > 0 {
+            "; `--repair` fixes the repairable ones"
+        } else {
+            ""
+        };
+        println!("FAILED: {left} problems{hint}; {summary}");
         Ok(1)
     }
 }

@@ -45,6 +45,27 @@ pub enum StoreError {
     #[error("run index {path} is unreadable: {reason}")]
     Index { path: PathBuf, reason: String },
 
+    #[error(
+        "{path} is held by {holder}; gave up after {waited_s} s; let that process finish \
+         (or stop it) and try again, or set DYNO_STORE_LOCK_TIMEOUT_S to wait longer"
+    )]
+    Locked {
+        path: PathBuf,
+        holder: String,
+        waited_s: u64,
+    },
+
+    #[error(
+        "run {id} is stored but not in the index ({reason}); once that is fixed, \
+         `cargo xtask store reindex --results {}` lists it again",
+        root.display()
+    )]
+    NotIndexed {
+        id: String,
+        root: PathBuf,
+        reason: String,
+    },
+
     #[error("the store has no runs yet")]
     NoRuns,
 
@@ -64,7 +85,8 @@ pub enum StoreError {
 
     #[error(
         "gc refused: indexed run {id} cannot be read ({reason}), so the objects it \
-         references cannot be told apart from garbage; run `cargo xtask store verify`"
+         references cannot be told apart from garbage; `cargo xtask store fsck --repair` \
+         drops it from the index (or `cargo xtask store rm {id}`), then gc can run"
     )]
     GcBlocked { id: String, reason: String },
 

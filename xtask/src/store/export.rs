@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::canonical::{hash_hex, is_object_id, value_to_canonical_bytes};
+use super::canonical::{hash_hex, is_object_id, to_canonical_bytes, value_to_canonical_bytes};
 use super::error::StoreError;
 use super::index::RunIndexEntry;
 use super::object::write_atomic;
@@ -46,27 +46,52 @@ impl Store {
     /// references to `out`, atomically. Returns the run's id.
     pub fn export_run(&self, spec: &str, out: &Path) -> Result<ObjectId, StoreError> {
         let (run_id, run) = self.resolve_run(spec)?;
-        let mut objects = BTreeMap::new();
-        let wanted = std::iter::once(run_id.clone())
-            .chain(run_references(&run).into_iter().map(|(_, id)| id));
-        for id in wanted {
-            let bytes = self.objects.read(&id).map_err(|e| StoreError::Export {
-                run: run_id.clone(),
-                reason: e.to_string(),
-            })?;
-            let raw = String::from_utf8(bytes)
+        let run_bytes = self.objects.read(&run_id)?;
+        self.write_export(&run_id, run_bytes, &run, out)?;
+        Ok(run_id)
+    }
+
+    /// Writes `run`, which the store could not take, with the objects it
+    /// references (already in the store) to the export file `out`, so that
+    /// `store import` adds it later. Returns the run's id.
+    pub fn export_unstored(&self, run: &RunRecord, out: &Path) -> Result<ObjectId, StoreError> {
+        let bytes = to_canonical_bytes(run).map_err(StoreError::Serialize)?;
+        let run_id = hash_hex(&bytes);
+        self.write_export(&run_id, bytes, run, out)?;
+        Ok(run_id)
+    }
+
+    fn write_export(
+        &self,
+        run_id: &str,
+        run_bytes: Vec<u8>,
+        run: &RunRecord,
+        out: &Path,
+    ) -> Result<(), StoreError> {
+        let export_error = |reason: String| StoreError::Export {
+            run: run_id.to_string(),
+            reason,
+        };
+        let to_raw = |id: &str, bytes: Vec<u8>| {
+            String::from_utf8(bytes)
                 .map_err(|e| e.to_string())
                 .and_then(|text| RawValue::from_string(text).map_err(|e| e.to_string()))
-                .map_err(|e| StoreError::Export {
-                    run: run_id.clone(),
-                    reason: format!("object {id} is not JSON: {e}"),
-                })?;
+                .map_err(|e| export_error(format!("object {id} is not JSON: {e}")))
+        };
+        let mut objects = BTreeMap::new();
+        objects.insert(run_id.to_string(), to_raw(run_id, run_bytes)?);
+        for (_, id) in run_references(run) {
+            let bytes = self
+                .objects
+                .read(&id)
+                .map_err(|e| export_error(e.to_string()))?;
+            let raw = to_raw(&id, bytes)?;
             objects.insert(id, raw);
         }
         let file = ExportFile {
             format: FORMAT.to_string(),
             version: VERSION,
-            run: run_id.clone(),
+            run: run_id.to_string(),
             objects,
         };
         let mut bytes = serde_json::to_vec(&file).map_err(StoreError::Serialize)?;
@@ -75,8 +100,7 @@ impl Store {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        write_atomic(&dir, out, &bytes)?;
-        Ok(run_id)
+        write_atomic(&dir, out, &bytes)
     }
 
     /// Adds the run in export file `file` to this store. Every object is

@@ -7,8 +7,9 @@
 //! (readers need no lock).
 
 use std::fs;
-use std::io::ErrorKind;
-use std::path::PathBuf;
+use std::io::{ErrorKind, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +18,29 @@ use super::object::write_atomic;
 use crate::run_record::{ObjectId, RunRecord};
 
 const INDEX_VERSION: u32 = 1;
+
+/// Seconds to wait for another process's index lock before giving up.
+pub const LOCK_TIMEOUT_ENV: &str = "DYNO_STORE_LOCK_TIMEOUT_S";
+const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(120);
+const LOCK_POLL: Duration = Duration::from_millis(50);
+
+/// How long `lock` waits: `$DYNO_STORE_LOCK_TIMEOUT_S` or two minutes
+/// (index writes take milliseconds; a longer hold is a stuck process).
+pub fn lock_timeout() -> Duration {
+    std::env::var(LOCK_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
+        .map_or(DEFAULT_LOCK_TIMEOUT, Duration::from_secs_f64)
+}
+
+/// What the holder of the lock wrote into it, or "another process".
+fn read_holder(lock_path: &Path) -> String {
+    match fs::read_to_string(lock_path) {
+        Ok(text) if !text.trim().is_empty() => text.trim().chars().take(300).collect(),
+        _ => "another process".to_string(),
+    }
+}
 
 /// One line of `store ls`: enough to pick a run without loading it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,19 +100,68 @@ impl RunIndex {
         }
     }
 
-    /// Blocks until this process holds the index lock exclusively.
-    // File::lock is stable since Rust 1.89; the toolchain in use is newer than
-    // the workspace's declared rust-version.
+    /// Takes the index lock, waiting up to [`lock_timeout`] for another
+    /// process to release it. While it waits it says so on stderr, naming
+    /// the holder (the pid and command it wrote into the lock file); after
+    /// the timeout the error names the holder too.
+    // File::lock / try_lock are stable since Rust 1.89; the toolchain in use
+    // is newer than the workspace's declared rust-version.
     #[allow(clippy::incompatible_msrv)]
     pub fn lock(&self) -> Result<IndexLock, StoreError> {
-        let file = fs::OpenOptions::new()
+        self.lock_within(lock_timeout())
+    }
+
+    #[allow(clippy::incompatible_msrv)]
+    pub fn lock_within(&self, timeout: Duration) -> Result<IndexLock, StoreError> {
+        let mut file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(&self.lock_path)
             .map_err(|e| StoreError::io("opening lock file", &self.lock_path, e))?;
-        file.lock()
-            .map_err(|e| StoreError::io("locking", &self.lock_path, e))?;
+        let started = Instant::now();
+        let mut announced = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) => {
+                    let holder = read_holder(&self.lock_path);
+                    if started.elapsed() >= timeout {
+                        return Err(StoreError::Locked {
+                            path: self.lock_path.clone(),
+                            holder,
+                            waited_s: started.elapsed().as_secs(),
+                        });
+                    }
+                    if !announced {
+                        eprintln!(
+                            "waiting for {} (held by {holder}); giving up after {} s \
+                             (set {LOCK_TIMEOUT_ENV} to change)",
+                            self.lock_path.display(),
+                            timeout.as_secs()
+                        );
+                        announced = true;
+                    }
+                    std::thread::sleep(LOCK_POLL);
+                }
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(StoreError::io("locking", &self.lock_path, e))
+                }
+            }
+        }
+        // Who holds it, for anyone who has to wait: best effort, the lock
+        // itself is what excludes.
+        let me = format!(
+            "pid {} ({}) since {}",
+            std::process::id(),
+            std::env::args().collect::<Vec<_>>().join(" "),
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        let _ = file
+            .set_len(0)
+            .and_then(|()| file.seek(SeekFrom::Start(0)))
+            .and_then(|_| file.write_all(me.as_bytes()));
         Ok(IndexLock { _file: file })
     }
 
@@ -129,8 +202,21 @@ impl RunIndex {
         Ok(true)
     }
 
+    /// Removes the run `id` from the index. Returns whether it was listed.
+    pub fn remove(&self, id: &str) -> Result<bool, StoreError> {
+        let _lock = self.lock()?;
+        let mut runs = self.read()?;
+        let before = runs.len();
+        runs.retain(|r| r.id != id);
+        if runs.len() == before {
+            return Ok(false);
+        }
+        self.write_locked(runs)?;
+        Ok(true)
+    }
+
     /// Replaces the index. The caller must hold the lock.
-    fn write_locked(&self, runs: Vec<RunIndexEntry>) -> Result<(), StoreError> {
+    pub(super) fn write_locked(&self, runs: Vec<RunIndexEntry>) -> Result<(), StoreError> {
         let file = IndexFile {
             version: INDEX_VERSION,
             runs,

@@ -19,6 +19,7 @@ mod export;
 mod gc;
 mod index;
 mod object;
+mod repair;
 mod verify;
 
 use std::fs;
@@ -30,7 +31,8 @@ use serde::Serialize;
 pub use canonical::{hash_hex, to_canonical_bytes};
 pub use error::StoreError;
 pub use gc::{GcReport, DEFAULT_GC_GRACE};
-pub use index::RunIndexEntry;
+pub use index::{lock_timeout, RunIndexEntry, LOCK_TIMEOUT_ENV};
+pub use repair::{FsckReport, ReindexReport};
 pub use verify::{BrokenRun, CorruptObject, MissingObject, VerifyReport};
 
 use crate::run_record::{ObjectId, RunRecord};
@@ -97,9 +99,32 @@ impl Store {
                 });
             }
         }
+        // The run object first, the index last: if indexing fails the run
+        // is still in the store, and `reindex` finds it from the objects.
         let id = self.put(run)?;
-        self.index.add(RunIndexEntry::new(id.clone(), run))?;
+        self.index
+            .add(RunIndexEntry::new(id.clone(), run))
+            .map_err(|e| StoreError::NotIndexed {
+                id: id.clone(),
+                root: self.root.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(id)
+    }
+
+    /// Checks, before anything is measured, that a run can be stored at the
+    /// end: the index reads, its lock can be taken (waiting visibly for a
+    /// holder, up to the lock timeout), and the store's directories accept
+    /// a file. Nothing is written that stays. Bench passes
+    /// [`lock_timeout`].
+    pub fn preflight(&self, lock_timeout: std::time::Duration) -> Result<(), StoreError> {
+        self.index.read()?;
+        drop(self.index.lock_within(lock_timeout)?);
+        let tmp = self.root.join("tmp");
+        let probe = tmp.join(format!("preflight-{}.tmp", std::process::id()));
+        fs::write(&probe, b"probe").map_err(|e| StoreError::io("writing", &probe, e))?;
+        fs::remove_file(&probe).map_err(|e| StoreError::io("removing", &probe, e))?;
+        Ok(())
     }
 
     /// The indexed runs, in the order they were added.
@@ -111,42 +136,77 @@ impl Store {
     /// `created_at`; among equal times, the one added last).
     pub fn resolve_run(&self, spec: &str) -> Result<(ObjectId, RunRecord), StoreError> {
         let runs = self.runs()?;
-        let id = if spec == "latest" {
-            latest(&runs).ok_or(StoreError::NoRuns)?.id.clone()
-        } else {
-            let candidates: Vec<&RunIndexEntry> = if spec.is_empty() {
-                Vec::new()
-            } else {
-                runs.iter().filter(|r| r.id.starts_with(spec)).collect()
-            };
-            match candidates.as_slice() {
-                [one] => one.id.clone(),
-                [] => {
-                    return Err(StoreError::UnknownRun {
-                        spec: spec.to_string(),
-                        count: runs.len(),
-                    })
-                }
-                many => {
-                    return Err(StoreError::AmbiguousRun {
-                        spec: spec.to_string(),
-                        candidates: many.iter().map(|r| r.id.clone()).collect(),
-                    })
-                }
-            }
-        };
+        if spec == "latest" {
+            return self.latest_readable(&runs);
+        }
+        let id = resolve_prefix(&runs, spec)?;
         let run = self.get(&id)?;
         Ok((id, run))
     }
 }
 
-fn latest(runs: &[RunIndexEntry]) -> Option<&RunIndexEntry> {
-    // max_by_key keeps the last of equal keys, i.e. the one added last.
-    runs.iter().max_by_key(|r| {
+/// The one indexed run whose id starts with `spec`.
+fn resolve_prefix(runs: &[RunIndexEntry], spec: &str) -> Result<ObjectId, StoreError> {
+    let candidates: Vec<&RunIndexEntry> = if spec.is_empty() {
+        Vec::new()
+    } else {
+        runs.iter().filter(|r| r.id.starts_with(spec)).collect()
+    };
+    match candidates.as_slice() {
+        [one] => Ok(one.id.clone()),
+        [] => Err(StoreError::UnknownRun {
+            spec: spec.to_string(),
+            count: runs.len(),
+        }),
+        many => Err(StoreError::AmbiguousRun {
+            spec: spec.to_string(),
+            candidates: many.iter().map(|r| r.id.clone()).collect(),
+        }),
+    }
+}
+
+impl Store {
+    /// The newest run that reads. A broken newest run (object corrupt or
+    /// deleted) is skipped with a warning rather than blocking every
+    /// `latest` until the store is repaired.
+    fn latest_readable(&self, runs: &[RunIndexEntry]) -> Result<(ObjectId, RunRecord), StoreError> {
+        let mut skipped = Vec::new();
+        for entry in newest_first(runs) {
+            match self.get::<RunRecord>(&entry.id) {
+                Ok(run) => {
+                    for (id, reason) in &skipped {
+                        eprintln!(
+                            "warning: skipped the newer run {id} for `latest`: {reason}; \
+                             `cargo xtask store fsck --repair --results {}` drops it from the index",
+                            self.root.display()
+                        );
+                    }
+                    return Ok((entry.id.clone(), run));
+                }
+                Err(e) => skipped.push((entry.id.clone(), e.to_string())),
+            }
+        }
+        match skipped.into_iter().next() {
+            // Every run is broken: say why the newest one is.
+            Some((id, reason)) => Err(StoreError::InvalidRun {
+                reason: format!("no indexed run is readable; the newest, {id}: {reason}"),
+            }),
+            None => Err(StoreError::NoRuns),
+        }
+    }
+}
+
+/// Index entries from newest `created_at` to oldest; among equal times,
+/// the one added last first.
+fn newest_first(runs: &[RunIndexEntry]) -> Vec<&RunIndexEntry> {
+    let mut order: Vec<(usize, &RunIndexEntry)> = runs.iter().enumerate().collect();
+    let time = |r: &RunIndexEntry| {
         chrono::DateTime::parse_from_rfc3339(&r.created_at)
             .map(|t| t.timestamp_nanos_opt().unwrap_or(i64::MAX))
             .unwrap_or(i64::MIN)
-    })
+    };
+    order.sort_by(|(ia, a), (ib, b)| time(b).cmp(&time(a)).then(ib.cmp(ia)));
+    order.into_iter().map(|(_, r)| r).collect()
 }
 
 /// Every object a run references, with where the reference is (for messages).

@@ -227,7 +227,7 @@ impl Backend for CpuBackend {
         Ok(logits
             .iter()
             .zip(specs)
-            .map(|(row, spec)| crate::sampler::sample(row, spec))
+            .map(|(row, spec)| crate::sampler::sample_checked(row, spec))
             .collect())
     }
 
