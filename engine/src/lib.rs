@@ -15,6 +15,8 @@ pub mod engine;
 pub mod engine_config;
 pub mod sampler;
 pub mod scheduler;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod sequence;
 pub mod synth;
 pub mod testing;

@@ -18,7 +18,9 @@ mod rng;
 pub mod spec;
 pub mod suite;
 
-pub use record::{BenchSummary, FinishReason, RecordStatus, RequestRecord, StepLogEntry};
+pub use record::{
+    BenchSummary, ClientTiming, FinishReason, ItlBasis, RecordStatus, RequestRecord, StepLogEntry,
+};
 pub use request::{Request, SamplingParams};
 
 pub use arrival::Arrival;
