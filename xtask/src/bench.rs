@@ -52,7 +52,9 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
             (bin.clone(), build)
         }
         None => {
-            let built = crate::build::build_engine(root)?;
+            // Only `--serve` needs the HTTP server compiled in.
+            let features: &[&str] = if args.serve { &["serve"] } else { &[] };
+            let built = crate::build::build_engine_with(root, features)?;
             (built.binary, built.info)
         }
     };
@@ -107,6 +109,10 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         DEFAULT_TRIALS_CPU
     });
 
+    // A server started once for the whole run (`--target` + `--launch`),
+    // stopped whatever happens below.
+    let mut http = http_setup(args, root)?;
+
     // One run per model: a run has one fingerprint, and the model is in it.
     let mut outcomes = Vec::new();
     let mut code = 0;
@@ -125,6 +131,7 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
             model: model.name.clone(),
             model_hash: fingerprint::hash_dir(&model.dir)
                 .with_context(|| format!("hashing the model {}", model.dir.display()))?,
+            target: http.as_ref().map(|h| h.fingerprint.clone()),
         };
         let created_at = chrono::Utc::now();
         let runner = TrialRunner {
@@ -142,6 +149,7 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
             monitor: &monitor,
             gpu_index: gpu_index as u32,
             keep_records: args.export_vllm.is_some(),
+            http: http.as_ref().map(|h| &h.driver),
         };
         let header = RunRecord {
             schema: RUN_SCHEMA_VERSION,
@@ -150,7 +158,14 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
             fingerprint,
             workloads: Vec::new(),
         };
-        let outcome = runner.run_all(header, &planned, &store)?;
+        let outcome = runner.run_all(header, &planned, &store);
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                stop_launched(&mut http);
+                return Err(e);
+            }
+        };
         report::print_summary(&outcome.run, &outcome.run_id);
         println!(
             "\nstored run {} in {} (engine logs in {})",
@@ -168,6 +183,8 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         }
         outcomes.push(outcome);
     }
+
+    stop_launched(&mut http);
 
     if let Some(path) = &args.json {
         let runs: Vec<&RunRecord> = outcomes.iter().map(|o| &o.run).collect();
@@ -274,6 +291,8 @@ pub struct TrialRunner<'a> {
     pub gpu_index: u32,
     /// Keep each Ok trial's records in memory (for the vLLM export).
     pub keep_records: bool,
+    /// Drive a server over HTTP instead of running `engine bench`.
+    pub http: Option<&'a HttpDriver>,
 }
 
 impl TrialRunner<'_> {
@@ -331,11 +350,24 @@ impl TrialRunner<'_> {
             Some(path)
         };
         engine_config.insert("device".into(), toml::Value::String(self.device.clone()));
+        let external = self.http.is_some_and(|h| h.fixed.is_some());
+        if external && !w.engine_overrides.is_empty() {
+            eprintln!(
+                "warning: workload {}'s [engine] settings do not reach a --target server;                  configure the server itself (--launch)",
+                w.name
+            );
+        }
         run.workloads.push(WorkloadRun {
             name: w.name.clone(),
             workload_hash: w.requests_hash.clone(),
             spec: w.spec_json.clone(),
-            engine_config: serde_json::to_value(&engine_config)?,
+            // An external server's settings are its own (in its launch
+            // command, in the fingerprint), not the workload's.
+            engine_config: if external {
+                serde_json::json!({})
+            } else {
+                serde_json::to_value(&engine_config)?
+            },
             trials: Vec::new(),
         });
         let bench = EngineBench {
@@ -349,7 +381,10 @@ impl TrialRunner<'_> {
         for index in 0..self.trials {
             progress.start_trial(&w.name, index, self.trials);
             let files = TrialFiles::in_dir(&dir.join(format!("trial-{index}")));
-            let (summary, records) = self.run_trial(w, &bench, &files, index, store)?;
+            let (summary, records) = match self.http {
+                Some(http) => self.run_http_trial(http, w, &bench, &files, index, store)?,
+                None => self.run_trial(w, &bench, &files, index, store)?,
+            };
             progress.finish_trial(trial_line(&w.name, &summary, self.trials));
             if let Some(records) = records.filter(|_| self.keep_records) {
                 kept.push((index, records));
@@ -359,6 +394,98 @@ impl TrialRunner<'_> {
             }
         }
         Ok(())
+    }
+
+    /// One trial over HTTP: against the fixed target, or against a fresh
+    /// `engine serve` (`--serve`). A server that does not come up is the
+    /// trial's `server-fail`; an `Err` is the pipeline's own failure.
+    fn run_http_trial(
+        &self,
+        http: &HttpDriver,
+        w: &PlannedWorkload,
+        bench: &EngineBench,
+        files: &TrialFiles,
+        index: u32,
+        store: &Store,
+    ) -> anyhow::Result<(TrialSummary, Option<Vec<RequestRecord>>)> {
+        let _ = std::fs::remove_dir_all(&files.dir);
+        std::fs::create_dir_all(&files.dir)
+            .with_context(|| format!("creating {}", files.dir.display()))?;
+        let gpu_before = self.monitor.sample(self.gpu_index);
+        let started = std::time::Instant::now();
+        let mut summary = TrialSummary {
+            index,
+            status: TrialStatus::Ok,
+            metrics: Default::default(),
+            output_hash: None,
+            records_object: None,
+            step_log_object: None,
+            gpu_before,
+            gpu_after: None,
+            wall_s: 0.0,
+        };
+        let (target, server) = match &http.fixed {
+            Some(t) => (t.clone(), None),
+            None => match http.start_engine_serve(bench, files, self.timeout) {
+                Ok(pair) => pair,
+                Err(fail) => {
+                    summary.status = TrialStatus::Failed {
+                        reason: fail.to_string(),
+                    };
+                    summary.wall_s = started.elapsed().as_secs_f64();
+                    return Ok((summary, None));
+                }
+            },
+        };
+        let trial = crate::http::driver::run(&target, &w.requests, w.max_concurrency);
+        if let Some(server) = server {
+            if !server.stop(Duration::from_secs(30)) {
+                eprintln!(
+                    "warning: engine serve did not exit within 30 s of SIGTERM and was killed; log {}",
+                    files.log.display()
+                );
+            }
+        }
+        summary.gpu_after = self.monitor.sample(self.gpu_index);
+        summary.wall_s = started.elapsed().as_secs_f64();
+        workloads::jsonl::write_atomic(&files.records, &trial.records)?;
+        let steps: Vec<StepLogEntry> = Vec::new();
+        summary.records_object = Some(store.put(&trial.records).context("storing records")?);
+        summary.step_log_object = Some(store.put(&steps).context("storing the step log")?);
+        match metrics::compute(&trial.records, &steps, None, &w.slos) {
+            Ok(m) => {
+                summary.metrics = m.values;
+                for (name, value) in crate::http::generator_metrics(&trial) {
+                    summary.metrics.insert(name.to_string(), value);
+                }
+                let p50_e2el = summary.metrics.get("p50_e2el_ms").copied();
+                for warning in crate::http::generator_warnings(&w.name, &trial, p50_e2el) {
+                    eprintln!("warning: {warning}");
+                }
+                if index == 0 {
+                    eprintln!(
+                        "{}: {}",
+                        w.name,
+                        crate::http::itl_basis_summary(&trial.records)
+                    );
+                }
+                summary.output_hash = Some(m.output_hash);
+                Ok((summary, Some(trial.records)))
+            }
+            Err(e) => {
+                let first_error = trial.records.iter().find_map(|r| match &r.status {
+                    workloads::RecordStatus::Rejected { reason } => Some(reason.clone()),
+                    workloads::RecordStatus::Ok => None,
+                });
+                summary.status = TrialStatus::Failed {
+                    reason: match first_error {
+                        Some(reason) => format!("{e}; first error: {reason}"),
+                        None => e.to_string(),
+                    },
+                };
+                Ok((summary, None))
+            }
+        }
     }
 
     /// One trial. A failing engine is a recorded outcome; an `Err` here
@@ -424,6 +551,162 @@ impl TrialRunner<'_> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// How trials reach the server under test.
+pub struct HttpDriver {
+    /// `--target`: one server for the whole run. `None` for `--serve`.
+    pub fixed: Option<crate::http::client::Target>,
+    pub api_key_env: String,
+    pub served_model: Option<String>,
+    pub stream: bool,
+    pub launch_timeout: Duration,
+}
+
+impl HttpDriver {
+    /// Starts `engine serve` on a free port with the trial's engine
+    /// settings, and waits until it is healthy.
+    fn start_engine_serve(
+        &self,
+        bench: &EngineBench,
+        files: &TrialFiles,
+        request_timeout: Duration,
+    ) -> Result<
+        (crate::http::client::Target, Option<crate::http::server::Server>),
+        crate::http::server::ServerFail,
+    > {
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--model".into(),
+            bench.model.display().to_string(),
+            "--device".into(),
+            bench.device.clone(),
+            "--port".into(),
+            "0".into(),
+        ];
+        if let Some(config) = &bench.config {
+            args.push("--config".into());
+            args.push(config.display().to_string());
+        }
+        let mut server = crate::http::server::Server::start(&bench.engine, &args, &files.log)?;
+        let fail = |e: anyhow::Error| crate::http::server::ServerFail(format!("{e:#}"));
+        let ready = (|| {
+            let url = server.wait_for_address(SERVE_MARKER, self.launch_timeout)?;
+            let mut target = crate::http::client::Target::new(
+                &url,
+                &self.api_key_env,
+                self.stream,
+                request_timeout,
+            )
+            .map_err(fail)?;
+            server.wait_healthy(&target, self.launch_timeout)?;
+            target
+                .describe(self.served_model.as_deref())
+                .map_err(fail)?;
+            Ok(target)
+        })();
+        match ready {
+            Ok(target) => Ok((target, Some(server))),
+            Err(e) => {
+                server.stop(Duration::from_secs(5));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// What `engine serve` prints before its address.
+const SERVE_MARKER: &str = "engine serve: listening on ";
+
+/// The HTTP side of a run, if any: its driver, the target's fingerprint,
+/// and the server `--launch` started.
+struct HttpSetup {
+    driver: HttpDriver,
+    fingerprint: crate::run_record::TargetFingerprint,
+    launched: Option<crate::http::server::Server>,
+}
+
+fn http_setup(args: &BenchArgs, root: &Path) -> anyhow::Result<Option<HttpSetup>> {
+    if !args.over_http() {
+        return Ok(None);
+    }
+    let stream = !args.no_stream;
+    let launch_timeout = Duration::from_secs_f64(args.launch_timeout_s.max(0.001));
+    let request_timeout = Duration::from_secs_f64(args.timeout_s.max(0.001));
+    let mut driver = HttpDriver {
+        fixed: None,
+        api_key_env: args.api_key_env.clone(),
+        served_model: args.served_model.clone(),
+        stream,
+        launch_timeout,
+    };
+    let Some(url) = &args.target else {
+        // --serve: a fresh engine serve per trial.
+        let fingerprint = crate::run_record::TargetFingerprint {
+            url: "engine serve on 127.0.0.1 (a fresh server per trial)".into(),
+            model: args.served_model.clone().unwrap_or_default(),
+            models: serde_json::Value::Null,
+            server_header: None,
+            server_kind: "dyno".into(),
+            stream,
+            launch: Some("engine serve --port 0 (per trial)".into()),
+        };
+        return Ok(Some(HttpSetup {
+            driver,
+            fingerprint,
+            launched: None,
+        }));
+    };
+    let mut target =
+        crate::http::client::Target::new(url, &args.api_key_env, stream, request_timeout)?;
+    let mut launched = None;
+    if let Some(cmd) = &args.launch {
+        let log = work_root(root).join(format!(
+            "launch-{}-{}.log",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S"),
+            std::process::id()
+        ));
+        eprintln!("starting the server under test (log {})", log.display());
+        let mut server = crate::http::server::Server::start_shell(cmd, &log)?;
+        if let Err(fail) = server.wait_healthy(&target, launch_timeout) {
+            server.stop(Duration::from_secs(10));
+            return Err(fail.into());
+        }
+        launched = Some(server);
+    } else if !target.healthy() {
+        eprintln!(
+            "warning: {}/health did not answer 200; trying the run anyway",
+            target.base
+        );
+    }
+    let mut fingerprint = match target.describe(args.served_model.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            if let Some(server) = launched {
+                server.stop(Duration::from_secs(10));
+            }
+            return Err(e);
+        }
+    };
+    fingerprint.launch = args.launch.as_deref().map(crate::http::server::redact);
+    driver.fixed = Some(target);
+    Ok(Some(HttpSetup {
+        driver,
+        fingerprint,
+        launched,
+    }))
+}
+
+fn stop_launched(http: &mut Option<HttpSetup>) {
+    if let Some(server) = http.as_mut().and_then(|h| h.launched.take()) {
+        let log = server.log.clone();
+        if !server.stop(Duration::from_secs(30)) {
+            eprintln!(
+                "warning: the launched server did not exit within 30 s of SIGTERM and was killed; log {}",
+                log.display()
+            );
         }
     }
 }

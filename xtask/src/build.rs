@@ -16,20 +16,35 @@ pub struct BuiltEngine {
 }
 
 pub fn build_engine(repo_root: &Path) -> anyhow::Result<BuiltEngine> {
+    build_engine_with(repo_root, &[])
+}
+
+/// The release engine with cargo `features` of the engine crate (e.g.
+/// `serve`; none for `engine bench`, which keeps that build lean).
+pub fn build_engine_with(repo_root: &Path, features: &[&str]) -> anyhow::Result<BuiltEngine> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("building the engine ({PROFILE}) with {cargo}");
-    let output = duct::cmd(
-        &cargo,
-        [
-            "build",
-            "--release",
-            "--package",
-            "engine",
-            "--bin",
-            "engine",
-            "--message-format=json-render-diagnostics",
-        ],
-    )
+    let mut args = vec![
+        "build".to_string(),
+        "--release".into(),
+        "--package".into(),
+        "engine".into(),
+        "--bin".into(),
+        "engine".into(),
+        "--message-format=json-render-diagnostics".into(),
+    ];
+    if !features.is_empty() {
+        args.push("--features".into());
+        args.push(features.join(","));
+    }
+    eprintln!(
+        "building the engine ({PROFILE}{}) with {cargo}",
+        if features.is_empty() {
+            String::new()
+        } else {
+            format!(", features {}", features.join(","))
+        }
+    );
+    let output = duct::cmd(&cargo, args)
     .dir(repo_root)
     .stdout_capture()
     .unchecked()
@@ -48,7 +63,7 @@ pub fn build_engine(repo_root: &Path) -> anyhow::Result<BuiltEngine> {
         binary,
         info: BuildInfo {
             profile: PROFILE.into(),
-            features: Vec::new(),
+            features: features.iter().map(|f| f.to_string()).collect(),
         },
     })
 }

@@ -10,6 +10,7 @@ pub mod compare;
 pub mod engine_info;
 pub mod fingerprint;
 pub mod gpu_monitor;
+pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod progress;

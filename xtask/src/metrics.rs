@@ -60,7 +60,13 @@ pub struct Latencies {
     /// Per request, its gaps between consecutive tokens.
     pub itl_s: Vec<Vec<f64>>,
     pub e2el_s: Vec<f64>,
+    /// Server-side queueing; only records that know when they were
+    /// scheduled (the engine's, not an HTTP client's).
     pub queue_s: Vec<f64>,
+    /// HTTP client records only: time waiting for a concurrency slot, and
+    /// E2E with that wait included.
+    pub client_queue_s: Vec<f64>,
+    pub e2el_including_client_queue_s: Vec<f64>,
 }
 
 pub fn latencies(completed: &[&RequestRecord]) -> Result<Latencies, MetricsError> {
@@ -74,10 +80,17 @@ pub fn latencies(completed: &[&RequestRecord]) -> Result<Latencies, MetricsError
             id: r.id,
             field: "finish_s",
         })?;
-        let scheduled = r.scheduled_s.ok_or(MetricsError::MissingTime {
-            id: r.id,
-            field: "scheduled_s",
-        })?;
+        // An HTTP client cannot see when the server scheduled a request.
+        let scheduled = match (r.scheduled_s, &r.client) {
+            (Some(s), _) => Some(s),
+            (None, Some(_)) => None,
+            (None, None) => {
+                return Err(MetricsError::MissingTime {
+                    id: r.id,
+                    field: "scheduled_s",
+                })
+            }
+        };
         if finish < r.arrival_s || first < r.arrival_s {
             return Err(MetricsError::Inconsistent {
                 id: r.id,
@@ -88,7 +101,13 @@ pub fn latencies(completed: &[&RequestRecord]) -> Result<Latencies, MetricsError
         let e2el = finish - r.arrival_s;
         out.ttft_s.push(ttft);
         out.e2el_s.push(e2el);
-        out.queue_s.push(scheduled - r.arrival_s);
+        if let Some(s) = scheduled {
+            out.queue_s.push(s - r.arrival_s);
+        }
+        if let Some(c) = &r.client {
+            out.client_queue_s.push(c.slot_wait_s);
+            out.e2el_including_client_queue_s.push(e2el + c.slot_wait_s);
+        }
         if r.output_len > 1 {
             out.tpot_s.push((e2el - ttft) / f64::from(r.output_len - 1));
         }
@@ -162,6 +181,11 @@ pub fn compute(
         ("itl", &itl),
         ("e2el", &lat.e2el_s),
         ("queue", &lat.queue_s),
+        ("client_queue", &lat.client_queue_s),
+        (
+            "e2el_including_client_queue",
+            &lat.e2el_including_client_queue_s,
+        ),
     ] {
         insert_distribution(&mut values, base, samples);
     }
@@ -286,6 +310,7 @@ mod tests {
             preemptions: 0,
             output_hash: format!("h{id}"),
             output_token_ids: vec![],
+            client: None,
         }
     }
 
@@ -306,6 +331,7 @@ mod tests {
             preemptions: 0,
             output_hash: String::new(),
             output_token_ids: vec![],
+            client: None,
         }
     }
 

@@ -60,6 +60,32 @@ pub struct Fingerprint {
     /// Model preset or directory, and blake3 of its files.
     pub model: String,
     pub model_hash: String,
+    /// The server under test when an HTTP client drove the run
+    /// (`--target` / `--serve`); absent for in-process `engine bench` runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetFingerprint>,
+}
+
+/// An OpenAI-compatible server as the client saw it. No credentials: the
+/// URL is stripped of them and the API key is never recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetFingerprint {
+    /// `http://host:port`.
+    pub url: String,
+    /// The `model` the client sent.
+    pub model: String,
+    /// `GET /v1/models` as the server answered it.
+    pub models: serde_json::Value,
+    /// The `Server` response header, if any.
+    pub server_header: Option<String>,
+    /// `owned_by` of the first model and the `Server` header: which kind of
+    /// server this is (part of the fingerprint class).
+    pub server_kind: String,
+    /// Requests were streamed (SSE) rather than answered whole.
+    pub stream: bool,
+    /// The `--launch` command (with `--api-key` values redacted), or
+    /// `engine serve ...` for `--serve`.
+    pub launch: Option<String>,
 }
 
 /// GPU state sampled before and after each trial.
@@ -199,8 +225,10 @@ const LAT_TPOT: [MetricDef; 5] = latency!("tpot");
 const LAT_ITL: [MetricDef; 5] = latency!("itl");
 const LAT_E2EL: [MetricDef; 5] = latency!("e2el");
 const LAT_QUEUE: [MetricDef; 5] = latency!("queue");
+const LAT_CLIENT_QUEUE: [MetricDef; 5] = latency!("client_queue");
+const LAT_E2EL_CLIENT: [MetricDef; 5] = latency!("e2el_including_client_queue");
 
-const OTHER: [MetricDef; 11] = [
+const OTHER: [MetricDef; 14] = [
     m("request_throughput", "req/s", true, MetricKind::Throughput),
     m("output_throughput", "tok/s", true, MetricKind::Throughput),
     m(
@@ -217,6 +245,10 @@ const OTHER: [MetricDef; 11] = [
     m("max_batch_size", "seqs", true, MetricKind::Info),
     m("decode_throughput", "tok/s", true, MetricKind::Info),
     m("peak_memory_bytes", "B", false, MetricKind::Info),
+    // The HTTP load generator's own health (see docs/SERVING.md).
+    m("p99_send_lag_ms", "ms", false, MetricKind::Info),
+    m("max_send_lag_ms", "ms", false, MetricKind::Info),
+    m("client_cpu_percent", "%", false, MetricKind::Info),
 ];
 
 /// Every metric a trial may carry, by name. A trial's `metrics` map uses
@@ -224,7 +256,15 @@ const OTHER: [MetricDef; 11] = [
 pub fn metric_catalog() -> Vec<MetricDef> {
     let mut v = Vec::new();
     v.extend_from_slice(&OTHER[..4]);
-    for group in [LAT_TTFT, LAT_TPOT, LAT_ITL, LAT_E2EL, LAT_QUEUE] {
+    for group in [
+        LAT_TTFT,
+        LAT_TPOT,
+        LAT_ITL,
+        LAT_E2EL,
+        LAT_QUEUE,
+        LAT_CLIENT_QUEUE,
+        LAT_E2EL_CLIENT,
+    ] {
         v.extend_from_slice(&group);
     }
     v.extend_from_slice(&OTHER[4..]);
