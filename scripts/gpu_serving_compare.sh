@@ -64,7 +64,7 @@ scripts/llama_server.sh --cuda --work "$OUT/llama" --sdist "$SDIST" --wheel "$WH
   --results "$OUT/results" --json "$OUT/llama.json" 2>&1 | tee "$OUT/llama.log" || true
 
 log "4/4 load generator: streamed events/s with the client on CPUs $CLIENT_CPUS, engine serve on $SERVER_CPUS"
-models=$root/.models/smollm2-135m
+models=$root/.models/smollm2-135m-seed0
 [ -f "$models/config.json" ] || "$ENGINE" synth --preset smollm2-135m --seed 0 --out "$models" > /dev/null
 taskset -c "$CLIENT_CPUS" "$XTASK" bench --engine-bin "$ENGINE" --engine-profile release \
   --model smollm2-135m --device cuda --trials 1 --results "$OUT/results" \

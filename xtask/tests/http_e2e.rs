@@ -124,7 +124,7 @@ fn the_pipeline_benchmarks_engine_serve_over_http() {
 
     // --target + --launch, whole answers: one server for the run.
     let port = free_port();
-    let model_dir = root.join(".models/tiny");
+    let model_dir = root.join(".models/tiny-seed0");
     let launch = format!(
         "{engine} serve --model {} --device cpu --port {port} --api-key s3cret",
         model_dir.display()

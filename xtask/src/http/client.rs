@@ -307,6 +307,7 @@ impl Completion {
         let mut counted: u64 = 0;
         let mut last_usage: Option<u64> = None;
         let mut all_counts_known = true;
+        let mut continuous_usage: Option<bool> = None;
         let mut done = false;
         loop {
             line.clear();
@@ -360,8 +361,17 @@ impl Completion {
             if let Some(reason) = choice["finish_reason"].as_str() {
                 self.finish_reason = Some(map_finish(reason));
             }
+            // Per-chunk usage only when the server sends it from the first
+            // chunk on (continuous_usage_stats); usage that shows up later
+            // (llama.cpp puts it in the last chunk) is the final total.
+            let continuous = *continuous_usage.get_or_insert(usage_total.is_some());
+            if !continuous {
+                if let Some(total) = usage_total {
+                    self.output_len = Some(total);
+                }
+            }
             // How many tokens this chunk carries, if the server says.
-            let new_tokens = match (usage_total, &ids) {
+            let new_tokens = match (usage_total.filter(|_| continuous), &ids) {
                 (Some(total), _) => {
                     let k = total.saturating_sub(last_usage.unwrap_or(0));
                     last_usage = Some(total);

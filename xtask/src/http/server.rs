@@ -134,31 +134,55 @@ impl Server {
         ServerFail(format!("{what}; log {}{}", self.log.display(), log_tail(&self.log)))
     }
 
-    /// SIGTERM to the server's process group, then SIGKILL after `grace`.
-    /// Returns whether it exited on SIGTERM.
+    /// SIGTERM to the server's process group (so a server started through
+    /// `sh -c` drains too), then SIGKILL to whatever of the group is left
+    /// after `grace`. Returns once the whole group is gone (or after a
+    /// last 5 s), and whether SIGTERM alone ended it.
     pub fn stop(mut self, grace: Duration) -> bool {
         let pid = self.child.id();
         signal_group(pid, "TERM");
         let deadline = Instant::now() + grace;
         loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) => {
-                    // Whatever else it started goes too.
-                    signal_group(pid, "KILL");
-                    return true;
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                _ => {
-                    signal_group(pid, "KILL");
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    return false;
-                }
+            // Reap our own child, so a zombie does not count as alive.
+            let _ = self.child.try_wait();
+            if !group_alive(pid) {
+                let _ = self.child.wait();
+                return true;
             }
+            if Instant::now() >= deadline {
+                signal_group(pid, "KILL");
+                let _ = self.child.kill();
+                return self.stop_after_kill(pid);
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// Waits (at most 5 s) for the kernel to take a killed group down.
+    fn stop_after_kill(mut self, pid: u32) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let _ = self.child.try_wait();
+            if !group_alive(pid) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.wait();
+        false
+    }
+}
+
+/// Whether any process of the group led by `pid` still exists.
+fn group_alive(pid: u32) -> bool {
+    Command::new("kill")
+        .arg("-0")
+        .arg("--")
+        .arg(format!("-{pid}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Signals the process group led by `pid` (through `kill(1)`: xtask has no
