@@ -464,8 +464,12 @@ mod tests {
             .try_add_request(request(1, vec![1, 99], SamplingParams::greedy(2)), 0.0, 0)
             .unwrap_err();
         assert!(err.contains("vocabulary"), "{err}");
-        e.try_add_request(request(2, vec![1, 2, 3], SamplingParams::greedy(20)), 0.0, 0)
-            .unwrap();
+        e.try_add_request(
+            request(2, vec![1, 2, 3], SamplingParams::greedy(20)),
+            0.0,
+            0,
+        )
+        .unwrap();
         e.try_add_request(request(3, vec![1, 2, 3], SamplingParams::greedy(3)), 0.0, 0)
             .unwrap();
         e.step().unwrap();

@@ -15,9 +15,9 @@ pub mod engine;
 pub mod engine_config;
 pub mod sampler;
 pub mod scheduler;
+pub mod sequence;
 #[cfg(feature = "serve")]
 pub mod serve;
-pub mod sequence;
 pub mod synth;
 pub mod testing;
 pub mod weights;

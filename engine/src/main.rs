@@ -382,21 +382,21 @@ fn run_info(json: bool) -> anyhow::Result<()> {
         Ok(gpus) => (gpus, None),
         Err(e) => (Vec::new(), Some(e.to_string())),
     };
-    let mut backends = vec!["cpu"];
+    let mut backends = vec!["cpu".to_string()];
     if cuda_available {
-        backends.push("cuda");
+        backends.push("cuda".to_string());
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if json {
-        let value = serde_json::json!({
-            "engine_version": env!("CARGO_PKG_VERSION"),
-            "backends": backends,
-            "cuda_available": cuda_available,
-            "cpu_threads": cpus,
-            "gpus": gpus,
-            "gpu_error": gpu_error,
-        });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        let info = workloads::EngineInfo {
+            engine_version: env!("CARGO_PKG_VERSION").to_string(),
+            backends,
+            cuda_available,
+            cpu_threads: cpus,
+            gpus,
+            gpu_error,
+        };
+        println!("{}", serde_json::to_string_pretty(&info)?);
     } else {
         println!("engine {}", env!("CARGO_PKG_VERSION"));
         println!("backends: {}", backends.join(", "));

@@ -19,7 +19,11 @@ fn tiny_model(dir: &Path) -> PathBuf {
         .arg(&model)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     model
 }
 
@@ -70,7 +74,10 @@ impl Server {
             .unwrap();
         let status = resp.status().as_u16();
         let text = resp.into_body().read_to_string().unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// The `data:` payloads of a streamed completion.
@@ -81,7 +88,10 @@ impl Server {
             .unwrap();
         assert_eq!(resp.status(), 200);
         let mut text = String::new();
-        resp.into_body().into_reader().read_to_string(&mut text).unwrap();
+        resp.into_body()
+            .into_reader()
+            .read_to_string(&mut text)
+            .unwrap();
         text.lines()
             .filter_map(|l| l.strip_prefix("data: ").map(str::to_string))
             .collect()
@@ -148,13 +158,22 @@ fn completions_stream_and_whole_bad_requests_get_400_disconnects_free_blocks() {
         });
         for (body, needle) in [
             (json!({"prompt": [1], "max_tokenz": 3}), "max_tokenz"),
-            (json!({"prompt": [1, 999_999], "max_tokens": 3}), "vocabulary"),
-            (json!({"prompt": vec![1; 2040], "max_tokens": 16}), "max_model_len"),
+            (
+                json!({"prompt": [1, 999_999], "max_tokens": 3}),
+                "vocabulary",
+            ),
+            (
+                json!({"prompt": vec![1; 2040], "max_tokens": 16}),
+                "max_model_len",
+            ),
             (json!({"prompt": "text", "max_tokens": 3}), "tokenizer"),
         ] {
             let (status, v) = server.post(&body);
             assert_eq!(status, 400, "{body}: {v}");
-            assert!(v["error"]["message"].as_str().unwrap().contains(needle), "{v}");
+            assert!(
+                v["error"]["message"].as_str().unwrap().contains(needle),
+                "{v}"
+            );
             assert_eq!(v["error"]["type"], "invalid_request_error");
         }
         let raw = Server::agent()
@@ -169,12 +188,24 @@ fn completions_stream_and_whole_bad_requests_get_400_disconnects_free_blocks() {
         .iter()
         .map(|d| serde_json::from_str(d).unwrap())
         .collect();
-    let tokens: Vec<&Value> = chunks.iter().filter(|c| !c["choices"][0].is_null()).collect();
+    let tokens: Vec<&Value> = chunks
+        .iter()
+        .filter(|c| !c["choices"][0].is_null())
+        .collect();
     assert_eq!(tokens.len(), 200, "one chunk per token");
-    assert_eq!(tokens[5]["usage"]["completion_tokens"], 6, "continuous usage");
+    assert_eq!(
+        tokens[5]["usage"]["completion_tokens"], 6,
+        "continuous usage"
+    );
     assert_eq!(tokens[199]["choices"][0]["finish_reason"], "length");
     let usage = &chunks.last().unwrap()["usage"];
-    assert_eq!((usage["prompt_tokens"].as_u64(), usage["completion_tokens"].as_u64()), (Some(3), Some(200)));
+    assert_eq!(
+        (
+            usage["prompt_tokens"].as_u64(),
+            usage["completion_tokens"].as_u64()
+        ),
+        (Some(3), Some(200))
+    );
 
     // Whole answers, one and several prompts; greedy is deterministic.
     let body = json!({"prompt": [[4, 5, 6], [7, 8]], "max_tokens": 5, "temperature": 0});
@@ -184,7 +215,10 @@ fn completions_stream_and_whole_bad_requests_get_400_disconnects_free_blocks() {
     assert_eq!(v["usage"]["prompt_tokens"], 5);
     assert_eq!(v["usage"]["completion_tokens"], 10);
     let (_, again) = server.post(&body);
-    assert_eq!(v["choices"][0]["token_ids"], again["choices"][0]["token_ids"]);
+    assert_eq!(
+        v["choices"][0]["token_ids"],
+        again["choices"][0]["token_ids"]
+    );
     assert_eq!(server.metric("dyno:kv_cache_blocks_used"), 0.0);
 
     // A client that goes away mid-stream: its blocks come back.
@@ -201,7 +235,9 @@ fn completions_stream_and_whole_bad_requests_get_400_disconnects_free_blocks() {
     let mut first = String::new();
     reader.read_line(&mut first).unwrap();
     assert!(first.starts_with("data: "), "{first}");
-    server.wait_for("blocks in use", || server.metric("dyno:kv_cache_blocks_used") > 0.0);
+    server.wait_for("blocks in use", || {
+        server.metric("dyno:kv_cache_blocks_used") > 0.0
+    });
     drop(reader);
     server.wait_for("the aborted request's blocks to be freed", || {
         server.metric("dyno:kv_cache_blocks_used") == 0.0
@@ -230,13 +266,21 @@ fn a_full_queue_answers_503_and_sigterm_drains() {
         });
         let resp = Server::agent()
             .post(format!("{}/v1/completions", server.url))
-            .send(json!({"prompt": [1], "max_tokens": 2}).to_string().as_bytes())
+            .send(
+                json!({"prompt": [1], "max_tokens": 2})
+                    .to_string()
+                    .as_bytes(),
+            )
             .unwrap();
         assert_eq!(resp.status(), 503);
         assert_eq!(resp.headers().get("retry-after").unwrap(), "1");
         // SIGTERM while the first request runs: it still completes.
         let pid = server.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
         let (status, v) = first.join().unwrap();
         assert_eq!(status, 200, "{v}");
         assert_eq!(v["usage"]["completion_tokens"], 300);
@@ -246,7 +290,10 @@ fn a_full_queue_answers_503_and_sigterm_drains() {
         if let Some(status) = server.child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "engine serve did not exit after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "engine serve did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status}");
@@ -271,7 +318,11 @@ fn the_openai_python_client_streams_a_completion() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), CONFIG, &["--served-model-name", "tiny", "--api-key", "k1"]);
+    let server = Server::start(
+        dir.path(),
+        CONFIG,
+        &["--served-model-name", "tiny", "--api-key", "k1"],
+    );
     let script = r#"
 import sys, openai
 client = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="k1")

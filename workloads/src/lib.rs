@@ -9,6 +9,7 @@
 pub mod arrival;
 pub mod catalogue;
 pub mod distribution;
+pub mod engine_info;
 pub mod generate;
 pub mod jsonl;
 pub mod location;
@@ -26,6 +27,7 @@ pub use request::{Request, SamplingParams};
 pub use arrival::Arrival;
 pub use catalogue::{Catalogue, CatalogueError};
 pub use distribution::LengthDist;
+pub use engine_info::{EngineInfo, GpuProperties};
 pub use generate::{GenerateError, TokenSpace};
 pub use location::InvalidToml;
 pub use spec::{SpecError, WorkloadSpec};

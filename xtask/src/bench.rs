@@ -4,6 +4,7 @@
 //! each), store raw records as each trial finishes and the run at the end,
 //! then report and compare against the baseline.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,19 +13,24 @@ use workloads::suite::SuiteDevice;
 use workloads::{BenchSummary, RequestRecord, StepLogEntry};
 
 use crate::cli::{BenchArgs, DeviceArg};
-use crate::engine_info::{self, EngineInfo};
+use crate::engine_info;
 use crate::fingerprint::{self, BuildInfo};
 use crate::gpu_monitor::GpuMonitor;
+use crate::http::client::Target;
+use crate::http::server::{Server, ServerFail};
 use crate::metrics;
 use crate::model;
 use crate::progress::Progress;
 use crate::report;
 use crate::run_record::{
-    Fingerprint, RunRecord, TrialStatus, TrialSummary, WorkloadRun, RUN_SCHEMA_VERSION,
+    names, Fingerprint, RunRecord, TargetFingerprint, TrialStatus, TrialSummary, WorkloadRun,
+    RUN_SCHEMA_VERSION,
 };
 use crate::store::Store;
 use crate::trial::{self, EngineBench, ProcessOutcome, TrialFiles};
+use crate::warnings::{self, Warning};
 use crate::workload_plan::{self, PlannedWorkload};
+use workloads::EngineInfo;
 
 pub const DEFAULT_TRIALS_GPU: u32 = 5;
 pub const DEFAULT_TRIALS_CPU: u32 = 3;
@@ -40,6 +46,9 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         workload_plan::select(&catalogue, args.suite.as_deref(), &args.workloads, "")?;
     }
 
+    // The base of an A/B is built first: a base that does not build fails
+    // before anything else runs.
+    let ab_plan = crate::ab::AbPlan::from_args(args, root)?;
     let (engine, build) = match &args.engine_bin {
         Some(bin) => {
             if !bin.is_file() {
@@ -71,11 +80,11 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
     )?;
     let sized_for_cuda = selection.suite_device.map(|d| d == SuiteDevice::Cuda);
     if sized_for_cuda.is_some_and(|c| c != cuda) {
-        eprintln!(
-            "warning: suite {} is sized for {}, and runs on {device} here",
-            selection.suite.as_deref().unwrap_or("?"),
-            if cuda { "cpu" } else { "cuda" }
-        );
+        warnings::emit(&Warning::SuiteSizedForOtherDevice {
+            suite: selection.suite.clone().unwrap_or_else(|| "?".into()),
+            sized_for: if cuda { "cpu" } else { "cuda" }.into(),
+            running_on: device.to_string(),
+        });
     }
 
     let monitor = if cuda {
@@ -93,11 +102,13 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         g.sm_count = info.sm_count(&g.uuid);
     }
     if cuda && gpus.is_empty() {
-        eprintln!(
-            "warning: NVML is not available ({}): GPU properties come from the engine, and clocks, temperature and throttling are not recorded",
-            monitor.unavailable_reason().unwrap_or("unknown")
-        );
-        gpus = info.all_gpus().iter().map(|g| g.fingerprint()).collect();
+        warnings::emit(&Warning::NvmlUnavailable {
+            reason: monitor
+                .unavailable_reason()
+                .unwrap_or("unknown")
+                .to_string(),
+        });
+        gpus = info.gpus.iter().map(engine_info::gpu_fingerprint).collect();
     }
     let source = fingerprint::source(root, &engine, &build);
     let host = fingerprint::host();
@@ -112,7 +123,77 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
     // A server started once for the whole run (`--target` + `--launch`),
     // stopped whatever happens below.
     let mut http = http_setup(args, root)?;
+    let result = run_models(
+        args,
+        root,
+        &selection,
+        &engine,
+        &monitor,
+        &store,
+        &results,
+        &mut http,
+        RunContext {
+            source,
+            host,
+            gpus,
+            device,
+            gpu_index,
+            trials,
+            ab_plan,
+        },
+    );
+    stop_launched(&mut http);
+    let (outcomes, code) = result?;
 
+    if let Some(path) = &args.json {
+        let runs: Vec<&RunRecord> = outcomes.iter().map(|o| &o.run).collect();
+        match runs.as_slice() {
+            [one] => report::write_json(path, one)?,
+            many => report::write_json(path, &many)?,
+        }
+    }
+    if let Some(dir) = &args.export_vllm {
+        for outcome in &outcomes {
+            export_vllm(dir, outcome)?;
+        }
+    }
+    Ok(code)
+}
+
+/// What every run of a bench invocation shares.
+struct RunContext {
+    source: crate::run_record::SourceFingerprint,
+    host: crate::run_record::HostFingerprint,
+    gpus: Vec<crate::run_record::GpuFingerprint>,
+    device: &'static str,
+    gpu_index: usize,
+    trials: u32,
+    ab_plan: Option<crate::ab::AbPlan>,
+}
+
+/// One run per model; returns the runs and the exit code so far.
+#[allow(clippy::too_many_arguments)]
+fn run_models(
+    args: &BenchArgs,
+    root: &Path,
+    selection: &workload_plan::Selection,
+    engine: &Path,
+    monitor: &GpuMonitor,
+    store: &Store,
+    results: &Path,
+    http: &mut Option<HttpSetup>,
+    ctx: RunContext,
+) -> anyhow::Result<(Vec<BenchOutcome>, i32)> {
+    let RunContext {
+        source,
+        host,
+        gpus,
+        device,
+        gpu_index,
+        trials,
+        ab_plan,
+    } = ctx;
+    let engine = engine.to_path_buf();
     // One run per model: a run has one fingerprint, and the model is in it.
     let mut outcomes = Vec::new();
     let mut code = 0;
@@ -146,9 +227,11 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
                 std::process::id(),
                 file_name_safe(&model_name)
             )),
-            monitor: &monitor,
+            monitor,
             gpu_index: gpu_index as u32,
             keep_records: args.export_vllm.is_some(),
+            env: BTreeMap::new(),
+            engine_overrides: toml::Table::new(),
             http: http.as_ref().map(|h| &h.driver),
         };
         let header = RunRecord {
@@ -157,15 +240,19 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
             suite: selection.suite.clone(),
             fingerprint,
             workloads: Vec::new(),
+            interleaved: None,
         };
-        let outcome = runner.run_all(header, &planned, &store);
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(e) => {
-                stop_launched(&mut http);
-                return Err(e);
-            }
-        };
+        if let Some(plan) = &ab_plan {
+            let ab = crate::ab::run_session(plan, &runner, header, &planned, store)?;
+            code = code.max(ab.code);
+            outcomes.push(BenchOutcome {
+                run_id: ab.b_id,
+                run: ab.b_run,
+                kept_records: Vec::new(),
+            });
+            continue;
+        }
+        let outcome = runner.run_all(header, &planned, store)?;
         report::print_summary(&outcome.run, &outcome.run_id);
         println!(
             "\nstored run {} in {} (engine logs in {})",
@@ -177,33 +264,18 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         // The verdict against the committed baseline of this run's
         // fingerprint class; None when there is none.
         if let Some(verdict) =
-            crate::compare::against_baseline(&store, &outcome.run_id, &outcome.run, root)?
+            crate::compare::against_baseline(&outcome.run_id, &outcome.run, root)?
         {
             code = code.max(verdict);
         }
         outcomes.push(outcome);
     }
-
-    stop_launched(&mut http);
-
-    if let Some(path) = &args.json {
-        let runs: Vec<&RunRecord> = outcomes.iter().map(|o| &o.run).collect();
-        match runs.as_slice() {
-            [one] => report::write_json(path, one)?,
-            many => report::write_json(path, &many)?,
-        }
-    }
-    if let Some(dir) = &args.export_vllm {
-        for outcome in &outcomes {
-            export_vllm(dir, outcome)?;
-        }
-    }
-    Ok(code)
+    Ok((outcomes, code))
 }
 
 /// 0 when every trial succeeded, 1 when any failed or timed out (after
 /// everything was stored and reported).
-fn exit_code(run: &RunRecord) -> i32 {
+pub(crate) fn exit_code(run: &RunRecord) -> i32 {
     let all_ok = run
         .workloads
         .iter()
@@ -223,15 +295,18 @@ fn choose_device(arg: DeviceArg, info: &EngineInfo) -> anyhow::Result<&'static s
         DeviceArg::Auto => "cpu",
         DeviceArg::Cuda if info.has_gpu() => "cuda",
         DeviceArg::Cuda => bail!(
-            "--device cuda, but `engine info` reports no GPU: {}",
-            info.raw
+            "--device cuda, but `engine info` reports no GPU{}",
+            info.gpu_error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
         ),
     })
 }
 
 /// `name` with every character that is not alphanumeric, `-` or `.`
 /// replaced by `_` (model names may be paths).
-fn file_name_safe(name: &str) -> String {
+pub(crate) fn file_name_safe(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
@@ -245,7 +320,7 @@ fn file_name_safe(name: &str) -> String {
 
 /// Trial files live beside the build outputs (git-ignored), not in the
 /// store: the store keeps the records, these keep the engine's logs.
-fn work_root(root: &Path) -> PathBuf {
+pub(crate) fn work_root(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
@@ -255,7 +330,9 @@ fn work_root(root: &Path) -> PathBuf {
 fn export_vllm(dir: &Path, outcome: &BenchOutcome) -> anyhow::Result<()> {
     for (w, kept) in outcome.run.workloads.iter().zip(&outcome.kept_records) {
         let Some(trial) = report::median_trial(w) else {
-            eprintln!("warning: no successful trial of {} to export", w.name);
+            warnings::emit(&Warning::NothingToExport {
+                workload: w.name.clone(),
+            });
             continue;
         };
         let Some((_, records)) = kept.iter().find(|(i, _)| *i == trial) else {
@@ -277,6 +354,7 @@ pub struct BenchOutcome {
 }
 
 /// Runs trials: everything they share.
+#[derive(Clone)]
 pub struct TrialRunner<'a> {
     pub engine: PathBuf,
     pub model_dir: PathBuf,
@@ -291,6 +369,11 @@ pub struct TrialRunner<'a> {
     pub gpu_index: u32,
     /// Keep each Ok trial's records in memory (for the vLLM export).
     pub keep_records: bool,
+    /// Environment variables for every engine process (an A/B side's).
+    pub env: BTreeMap<String, String>,
+    /// Engine config keys set on top of each workload's `[engine]` table
+    /// (an A/B side's `--a-set`/`--b-set`).
+    pub engine_overrides: toml::Table,
     /// Drive a server over HTTP instead of running `engine bench`.
     pub http: Option<&'a HttpDriver>,
 }
@@ -334,10 +417,36 @@ impl TrialRunner<'_> {
         run: &mut RunRecord,
         kept: &mut Vec<(u32, Vec<RequestRecord>)>,
     ) -> anyhow::Result<()> {
+        let bench = self.prepare(w, run)?;
+        for index in 0..self.trials {
+            progress.start_trial(&w.name, index, self.trials);
+            let (summary, records) = self.trial(w, &bench, index, store)?;
+            progress.finish_trial(trial_line(&w.name, &summary, self.trials));
+            if let Some(records) = records.filter(|_| self.keep_records) {
+                kept.push((index, records));
+            }
+            if let Some(last) = run.workloads.last_mut() {
+                last.trials.push(summary);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the workload's requests and engine config under the work
+    /// folder, adds the workload (no trials yet) to `run`, and returns the
+    /// engine invocation its trials share.
+    pub(crate) fn prepare(
+        &self,
+        w: &PlannedWorkload,
+        run: &mut RunRecord,
+    ) -> anyhow::Result<EngineBench> {
         let dir = self.work_dir.join(&w.name);
         let requests = dir.join("requests.jsonl");
         workloads::jsonl::write_atomic(&requests, &w.requests)?;
         let mut engine_config = w.engine_overrides.clone();
+        for (key, value) in &self.engine_overrides {
+            engine_config.insert(key.clone(), value.clone());
+        }
         let config = if engine_config.is_empty() {
             None
         } else {
@@ -352,10 +461,9 @@ impl TrialRunner<'_> {
         engine_config.insert("device".into(), toml::Value::String(self.device.clone()));
         let external = self.http.is_some_and(|h| h.fixed.is_some());
         if external && !w.engine_overrides.is_empty() {
-            eprintln!(
-                "warning: workload {}'s [engine] settings do not reach a --target server;                  configure the server itself (--launch)",
-                w.name
-            );
+            warnings::emit(&Warning::EngineSettingsNotApplied {
+                workload: w.name.clone(),
+            });
         }
         run.workloads.push(WorkloadRun {
             name: w.name.clone(),
@@ -370,30 +478,30 @@ impl TrialRunner<'_> {
             },
             trials: Vec::new(),
         });
-        let bench = EngineBench {
+        Ok(EngineBench {
             engine: self.engine.clone(),
             model: self.model_dir.clone(),
             requests,
             config,
             device: self.device.clone(),
             max_concurrency: w.max_concurrency,
-        };
-        for index in 0..self.trials {
-            progress.start_trial(&w.name, index, self.trials);
-            let files = TrialFiles::in_dir(&dir.join(format!("trial-{index}")));
-            let (summary, records) = match self.http {
-                Some(http) => self.run_http_trial(http, w, &bench, &files, index, store)?,
-                None => self.run_trial(w, &bench, &files, index, store)?,
-            };
-            progress.finish_trial(trial_line(&w.name, &summary, self.trials));
-            if let Some(records) = records.filter(|_| self.keep_records) {
-                kept.push((index, records));
-            }
-            if let Some(last) = run.workloads.last_mut() {
-                last.trials.push(summary);
-            }
+            env: self.env.clone(),
+        })
+    }
+
+    /// Trial `index` of a prepared workload, in its own folder.
+    pub(crate) fn trial(
+        &self,
+        w: &PlannedWorkload,
+        bench: &EngineBench,
+        index: u32,
+        store: &Store,
+    ) -> anyhow::Result<(TrialSummary, Option<Vec<RequestRecord>>)> {
+        let files = TrialFiles::in_dir(&self.work_dir.join(&w.name).join(format!("trial-{index}")));
+        match self.http {
+            Some(http) => self.run_http_trial(http, w, bench, &files, index, store),
+            None => self.run_trial(w, bench, &files, index, store),
         }
-        Ok(())
     }
 
     /// One trial over HTTP: against the fixed target, or against a fresh
@@ -423,6 +531,7 @@ impl TrialRunner<'_> {
             gpu_before,
             gpu_after: None,
             wall_s: 0.0,
+            block: None,
         };
         let (target, server) = match &http.fixed {
             Some(t) => (t.clone(), None),
@@ -440,10 +549,9 @@ impl TrialRunner<'_> {
         let trial = crate::http::driver::run(&target, &w.requests, w.max_concurrency);
         if let Some(server) = server {
             if !server.stop(Duration::from_secs(30)) {
-                eprintln!(
-                    "warning: engine serve did not exit within 30 s of SIGTERM and was killed; log {}",
-                    files.log.display()
-                );
+                warnings::emit(&Warning::ServerKilled {
+                    log: files.log.display().to_string(),
+                });
             }
         }
         summary.gpu_after = self.monitor.sample(self.gpu_index);
@@ -458,9 +566,9 @@ impl TrialRunner<'_> {
                 for (name, value) in crate::http::generator_metrics(&trial) {
                     summary.metrics.insert(name.to_string(), value);
                 }
-                let p50_e2el = summary.metrics.get("p50_e2el_ms").copied();
+                let p50_e2el = summary.metrics.get(names::P50_E2EL_MS).copied();
                 for warning in crate::http::generator_warnings(&w.name, &trial, p50_e2el) {
-                    eprintln!("warning: {warning}");
+                    warnings::emit(&warning);
                 }
                 if index == 0 {
                     eprintln!(
@@ -490,7 +598,7 @@ impl TrialRunner<'_> {
 
     /// One trial. A failing engine is a recorded outcome; an `Err` here
     /// means the pipeline itself failed (e.g. the store cannot be written).
-    fn run_trial(
+    pub(crate) fn run_trial(
         &self,
         w: &PlannedWorkload,
         bench: &EngineBench,
@@ -514,6 +622,7 @@ impl TrialRunner<'_> {
             gpu_before,
             gpu_after,
             wall_s: 0.0,
+            block: None,
         };
         match outcome {
             ProcessOutcome::TimedOut { after_s } => {
@@ -565,18 +674,18 @@ pub struct HttpDriver {
     pub launch_timeout: Duration,
 }
 
+/// What `engine serve` prints before its address.
+const SERVE_MARKER: &str = "engine serve: listening on ";
+
 impl HttpDriver {
     /// Starts `engine serve` on a free port with the trial's engine
-    /// settings, and waits until it is healthy.
+    /// settings (and environment), and waits until it is healthy.
     fn start_engine_serve(
         &self,
         bench: &EngineBench,
         files: &TrialFiles,
         request_timeout: Duration,
-    ) -> Result<
-        (crate::http::client::Target, Option<crate::http::server::Server>),
-        crate::http::server::ServerFail,
-    > {
+    ) -> Result<(Target, Option<Server>), ServerFail> {
         let mut args: Vec<String> = vec![
             "serve".into(),
             "--model".into(),
@@ -590,17 +699,12 @@ impl HttpDriver {
             args.push("--config".into());
             args.push(config.display().to_string());
         }
-        let mut server = crate::http::server::Server::start(&bench.engine, &args, &files.log)?;
-        let fail = |e: anyhow::Error| crate::http::server::ServerFail(format!("{e:#}"));
+        let mut server = Server::start(&bench.engine, &args, &bench.env, &files.log)?;
+        let fail = |e: anyhow::Error| ServerFail(format!("{e:#}"));
         let ready = (|| {
             let url = server.wait_for_address(SERVE_MARKER, self.launch_timeout)?;
-            let mut target = crate::http::client::Target::new(
-                &url,
-                &self.api_key_env,
-                self.stream,
-                request_timeout,
-            )
-            .map_err(fail)?;
+            let mut target =
+                Target::new(&url, &self.api_key_env, self.stream, request_timeout).map_err(fail)?;
             server.wait_healthy(&target, self.launch_timeout)?;
             target
                 .describe(self.served_model.as_deref())
@@ -617,15 +721,12 @@ impl HttpDriver {
     }
 }
 
-/// What `engine serve` prints before its address.
-const SERVE_MARKER: &str = "engine serve: listening on ";
-
 /// The HTTP side of a run, if any: its driver, the target's fingerprint,
 /// and the server `--launch` started.
 struct HttpSetup {
     driver: HttpDriver,
-    fingerprint: crate::run_record::TargetFingerprint,
-    launched: Option<crate::http::server::Server>,
+    fingerprint: TargetFingerprint,
+    launched: Option<Server>,
 }
 
 fn http_setup(args: &BenchArgs, root: &Path) -> anyhow::Result<Option<HttpSetup>> {
@@ -644,7 +745,7 @@ fn http_setup(args: &BenchArgs, root: &Path) -> anyhow::Result<Option<HttpSetup>
     };
     let Some(url) = &args.target else {
         // --serve: a fresh engine serve per trial.
-        let fingerprint = crate::run_record::TargetFingerprint {
+        let fingerprint = TargetFingerprint {
             url: "engine serve on 127.0.0.1 (a fresh server per trial)".into(),
             model: args.served_model.clone().unwrap_or_default(),
             models: serde_json::Value::Null,
@@ -659,8 +760,13 @@ fn http_setup(args: &BenchArgs, root: &Path) -> anyhow::Result<Option<HttpSetup>
             launched: None,
         }));
     };
-    let mut target =
-        crate::http::client::Target::new(url, &args.api_key_env, stream, request_timeout)?;
+    let (mut target, had_credentials) =
+        Target::new_checked(url, &args.api_key_env, stream, request_timeout)?;
+    if had_credentials {
+        warnings::emit(&Warning::CredentialsInUrl {
+            env: args.api_key_env.clone(),
+        });
+    }
     let mut launched = None;
     if let Some(cmd) = &args.launch {
         let log = work_root(root).join(format!(
@@ -669,17 +775,16 @@ fn http_setup(args: &BenchArgs, root: &Path) -> anyhow::Result<Option<HttpSetup>
             std::process::id()
         ));
         eprintln!("starting the server under test (log {})", log.display());
-        let mut server = crate::http::server::Server::start_shell(cmd, &log)?;
+        let mut server = Server::start_shell(cmd, &log)?;
         if let Err(fail) = server.wait_healthy(&target, launch_timeout) {
             server.stop(Duration::from_secs(10));
             return Err(fail.into());
         }
         launched = Some(server);
     } else if !target.healthy() {
-        eprintln!(
-            "warning: {}/health did not answer 200; trying the run anyway",
-            target.base
-        );
+        warnings::emit(&Warning::TargetUnhealthy {
+            url: target.base.clone(),
+        });
     }
     let mut fingerprint = match target.describe(args.served_model.as_deref()) {
         Ok(f) => f,
@@ -701,12 +806,9 @@ fn http_setup(args: &BenchArgs, root: &Path) -> anyhow::Result<Option<HttpSetup>
 
 fn stop_launched(http: &mut Option<HttpSetup>) {
     if let Some(server) = http.as_mut().and_then(|h| h.launched.take()) {
-        let log = server.log.clone();
+        let log = server.log.display().to_string();
         if !server.stop(Duration::from_secs(30)) {
-            eprintln!(
-                "warning: the launched server did not exit within 30 s of SIGTERM and was killed; log {}",
-                log.display()
-            );
+            warnings::emit(&Warning::ServerKilled { log });
         }
     }
 }
@@ -733,7 +835,7 @@ fn peak_memory(files: &TrialFiles) -> Option<u64> {
     summary.peak_memory_bytes
 }
 
-fn trial_line(workload: &str, t: &TrialSummary, trials: u32) -> String {
+pub(crate) fn trial_line(workload: &str, t: &TrialSummary, trials: u32) -> String {
     let n = t.index + 1;
     match &t.status {
         TrialStatus::Ok => format!(
@@ -756,7 +858,7 @@ fn trial_line(workload: &str, t: &TrialSummary, trials: u32) -> String {
 
 /// Stores what finished before a pipeline error, then returns the error
 /// with the partial run's id (or why it could not be stored) attached.
-fn store_partial(store: &Store, run: &RunRecord, err: anyhow::Error) -> anyhow::Error {
+pub(crate) fn store_partial(store: &Store, run: &RunRecord, err: anyhow::Error) -> anyhow::Error {
     let finished = run.workloads.iter().map(|w| w.trials.len()).sum::<usize>();
     if finished == 0 {
         return err;

@@ -16,12 +16,28 @@ pub struct BuiltEngine {
 }
 
 pub fn build_engine(repo_root: &Path) -> anyhow::Result<BuiltEngine> {
-    build_engine_with(repo_root, &[])
+    build(repo_root, None, &[])
 }
 
 /// The release engine with cargo `features` of the engine crate (e.g.
-/// `serve`; none for `engine bench`, which keeps that build lean).
+/// `serve` for `--serve`; none for `engine bench`, which keeps that build
+/// lean).
 pub fn build_engine_with(repo_root: &Path, features: &[&str]) -> anyhow::Result<BuiltEngine> {
+    build(repo_root, None, features)
+}
+
+/// Builds the engine of the workspace at `repo_root` (e.g. a worktree of
+/// another revision) into `target_dir`, so that it shares compiled
+/// dependencies with the main workspace.
+pub fn build_engine_into(repo_root: &Path, target_dir: &Path) -> anyhow::Result<BuiltEngine> {
+    build(repo_root, Some(target_dir), &[])
+}
+
+fn build(
+    repo_root: &Path,
+    target_dir: Option<&Path>,
+    features: &[&str],
+) -> anyhow::Result<BuiltEngine> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut args = vec![
         "build".to_string(),
@@ -44,12 +60,15 @@ pub fn build_engine_with(repo_root: &Path, features: &[&str]) -> anyhow::Result<
             format!(", features {}", features.join(","))
         }
     );
-    let output = duct::cmd(&cargo, args)
-    .dir(repo_root)
-    .stdout_capture()
-    .unchecked()
-    .run()
-    .with_context(|| format!("cannot run {cargo}"))?;
+    let mut command = duct::cmd(&cargo, args).dir(repo_root);
+    if let Some(dir) = target_dir {
+        command = command.env("CARGO_TARGET_DIR", dir);
+    }
+    let output = command
+        .stdout_capture()
+        .unchecked()
+        .run()
+        .with_context(|| format!("cannot run {cargo}"))?;
     if !output.status.success() {
         bail!(
             "building the engine failed ({}); cargo's errors are above",

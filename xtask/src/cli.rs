@@ -17,16 +17,16 @@ pub enum Command {
     /// print a summary. Exit code: 0 all trials ok and no regression, 1 a
     /// trial failed or timed out or the baseline comparison flagged a
     /// regression, 2 the bench itself could not run.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
     /// Look at, check and move what is in the results store.
     #[command(subcommand)]
-    Store(crate::store::cli::StoreCmd),
+    Store(StoreCmd),
     /// Judge a run against the committed baselines, or two runs against
     /// each other: regression verdicts per metric and workload.
-    Compare(crate::compare::CompareArgs),
+    Compare(CompareArgs),
     /// Manage the committed baselines (baselines/<class>/).
     #[command(subcommand)]
-    Baseline(crate::baseline::BaselineCmd),
+    Baseline(BaselineCmd),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -95,39 +95,113 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR")]
     pub export_vllm: Option<PathBuf>,
 
+    /// Interleaved A/B: build REV (a git worktree under target/ab/) as side
+    /// A and run its trials alternately with this tree's (side B) on this
+    /// machine; the verdict pairs them by block. What pull requests use.
+    #[arg(
+        long,
+        value_name = "REV",
+        help_heading = "Interleaved A/B",
+        conflicts_with = "a_engine_bin"
+    )]
+    pub against: Option<String>,
+    /// Interleaved A/B with this prebuilt engine as side A (side B is the
+    /// bench's engine: built, or `--engine-bin`).
+    #[arg(long, value_name = "PATH", help_heading = "Interleaved A/B")]
+    pub a_engine_bin: Option<PathBuf>,
+    /// Interleaved A/B of the same engine on both sides (an A/A check, or
+    /// with --a-env/--b-env/--a-set/--b-set to measure a setting).
+    #[arg(long, help_heading = "Interleaved A/B")]
+    pub ab: bool,
+    /// KEY=VALUE in side A's engine environment (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", help_heading = "Interleaved A/B")]
+    pub a_env: Vec<String>,
+    /// KEY=VALUE in side B's engine environment (repeatable), e.g.
+    /// DYNO_CUDA_PDL=0.
+    #[arg(long, value_name = "KEY=VALUE", help_heading = "Interleaved A/B")]
+    pub b_env: Vec<String>,
+    /// engine.toml KEY=VALUE for side A only (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", help_heading = "Interleaved A/B")]
+    pub a_set: Vec<String>,
+    /// engine.toml KEY=VALUE for side B only (repeatable), e.g.
+    /// max_num_seqs=64.
+    #[arg(long, value_name = "KEY=VALUE", help_heading = "Interleaved A/B")]
+    pub b_set: Vec<String>,
+    /// Name side A in reports (default: the revision or binary).
+    #[arg(long, value_name = "TEXT", help_heading = "Interleaved A/B")]
+    pub a_label: Option<String>,
+    /// Name side B in reports (default: "head").
+    #[arg(long, value_name = "TEXT", help_heading = "Interleaved A/B")]
+    pub b_label: Option<String>,
+    /// Seed of the block orders (default: from the clock; recorded).
+    #[arg(long, value_name = "N", help_heading = "Interleaved A/B")]
+    pub ab_seed: Option<u64>,
+    /// Unrecorded warm-up trials per side before the first block.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        help_heading = "Interleaved A/B"
+    )]
+    pub ab_warmup: u32,
+
     /// Benchmark the OpenAI-compatible server at this URL
     /// (`http://HOST:PORT`) over HTTP, with client-side timing, instead of
     /// running the engine in process. See docs/SERVING.md.
-    #[arg(long, value_name = "URL", conflicts_with = "serve")]
+    #[arg(
+        long,
+        value_name = "URL",
+        help_heading = "Serving over HTTP",
+        conflicts_with_all = ["serve", "against", "a_engine_bin", "ab"]
+    )]
     pub target: Option<String>,
 
     /// Start the server under test with this shell command, wait for its
     /// `/health`, and stop it (SIGTERM) after the run.
-    #[arg(long, value_name = "CMD", requires = "target")]
+    #[arg(
+        long,
+        value_name = "CMD",
+        requires = "target",
+        help_heading = "Serving over HTTP"
+    )]
     pub launch: Option<String>,
 
     /// Seconds to wait for a started server's `/health` before the run
     /// (`--launch`) or the trial (`--serve`) fails as `server-fail`.
-    #[arg(long, default_value_t = 300.0, value_name = "S")]
+    #[arg(
+        long,
+        default_value_t = 300.0,
+        value_name = "S",
+        help_heading = "Serving over HTTP"
+    )]
     pub launch_timeout_s: f64,
 
     /// Build the engine with `engine serve` and benchmark it over HTTP: a
     /// fresh server per trial, driven like any `--target`.
-    #[arg(long)]
+    #[arg(
+        long,
+        help_heading = "Serving over HTTP",
+        conflicts_with_all = ["against", "a_engine_bin", "ab"]
+    )]
     pub serve: bool,
 
     /// Environment variable that holds the API key for the server (sent as
     /// `Authorization: Bearer`, never stored).
-    #[arg(long, default_value = "OPENAI_API_KEY", value_name = "VAR")]
+    #[arg(
+        long,
+        default_value = "OPENAI_API_KEY",
+        value_name = "VAR",
+        help_heading = "Serving over HTTP"
+    )]
     pub api_key_env: String,
 
     /// The `model` to send (default: the first one `/v1/models` lists).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", help_heading = "Serving over HTTP")]
     pub served_model: Option<String>,
 
     /// HTTP runs: ask for whole answers instead of streams (then TTFT is
     /// the whole answer's time and there is no ITL).
-    #[arg(long)]
+    #[arg(long, help_heading = "Serving over HTTP")]
     pub no_stream: bool,
 }
 
@@ -135,6 +209,103 @@ impl BenchArgs {
     /// Whether this run drives a server over HTTP.
     pub fn over_http(&self) -> bool {
         self.target.is_some() || self.serve
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Markdown,
+    Json,
+}
+
+/// Compare two stored runs, or one run against the committed baselines.
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// With one run: the run to check against baselines/. With two: the
+    /// baseline run (id, unique prefix, or "latest").
+    pub run: String,
+    /// The candidate run, compared against the first.
+    pub candidate: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Write the report to this file instead of stdout.
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+    /// The content-addressed store (default: `results/` in the workspace).
+    #[arg(long, value_name = "DIR")]
+    pub results: Option<PathBuf>,
+    /// Do not append the Markdown to `$GITHUB_STEP_SUMMARY` (when the job
+    /// summary already has it, e.g. from `cargo xtask bench`).
+    #[arg(long)]
+    pub no_step_summary: bool,
+    /// Compare two runs although this class field differs (repeatable; e.g.
+    /// `engine_config` to measure a config change). Never for baselines.
+    #[arg(long, value_name = "FIELD", requires = "candidate")]
+    pub across: Vec<String>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum BaselineCmd {
+    /// Make a stored run the committed baseline of each of its workloads'
+    /// classes (overwrites baselines/<class>/); review and commit the diff.
+    Promote {
+        /// Run id, unique id prefix, or "latest".
+        #[arg(default_value = "latest")]
+        run: String,
+        /// The content-addressed store (default: `results/` in the workspace).
+        #[arg(long, value_name = "DIR")]
+        results: Option<PathBuf>,
+        /// Runs each baseline keeps in its history, this one included (the
+        /// run-to-run spread needs at least 3).
+        #[arg(long, default_value_t = crate::baseline::file::DEFAULT_HISTORY_RUNS,
+              value_parser = parse_keep)]
+        keep: usize,
+    },
+    /// List the committed baselines.
+    Ls,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCmd {
+    /// List the runs in the store.
+    Ls,
+    /// Show one run: its fingerprint and every trial's key metrics.
+    Show {
+        /// Run id, unique id prefix, or "latest".
+        run: String,
+        /// Print the stored run object as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every object and check the index; exits 1 on any problem.
+    Verify,
+    /// Remove objects that no indexed run references.
+    Gc {
+        /// Only report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep unreferenced objects younger than this many seconds: they
+        /// may belong to a bench run still in progress. Default: one day.
+        #[arg(long, value_name = "SECS")]
+        grace_secs: Option<u64>,
+    },
+    /// Write one run and every object it references to a single file.
+    Export {
+        /// Run id, unique id prefix, or "latest".
+        run: String,
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Add a run from a file written by `export`, after checking every object.
+    Import { file: PathBuf },
+}
+
+/// `--keep`: a history of at least one run.
+fn parse_keep(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{text}`: a whole number of runs, at least 1")),
     }
 }
 
@@ -157,9 +328,7 @@ mod tests {
     #[test]
     fn launch_needs_a_target_and_serve_excludes_one() {
         assert!(Cli::try_parse_from(["x", "bench", "--launch", "srv"]).is_err());
-        assert!(
-            Cli::try_parse_from(["x", "bench", "--serve", "--target", "http://h:1"]).is_err()
-        );
+        assert!(Cli::try_parse_from(["x", "bench", "--serve", "--target", "http://h:1"]).is_err());
         assert!(
             Cli::try_parse_from(["x", "bench", "--target", "http://h:1", "--launch", "s"]).is_ok()
         );

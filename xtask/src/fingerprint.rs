@@ -76,11 +76,10 @@ fn resolve_commit(
             (g.commit, g.diff_hash)
         }
         Some(g) => {
-            eprintln!(
-                "warning: DYNO_GIT_COMMIT={declared} is not the repository's HEAD ({}): recording \
-                 {declared}; the tree's changes against it cannot be checked",
-                g.commit.as_deref().unwrap_or("none")
-            );
+            crate::warnings::emit(&crate::warnings::Warning::DeclaredCommitNotHead {
+                declared: declared.clone(),
+                head: g.commit.clone().unwrap_or_else(|| "none".into()),
+            });
             (Some(declared), None)
         }
         None => (Some(declared), None),

@@ -1,14 +1,32 @@
 //! dyno's benchmark pipeline (`cargo xtask ...`): build the engine, pin the
 //! environment's fingerprint, run workloads as repeated trials, compute
 //! metrics, store them content-addressed, compare and report.
+//!
+//! Layers, each depending only on the ones below it (no cycles):
+//!
+//! 1. commands: `cli` (every flag) and `commands::*` (one module per
+//!    command: flags in, exit code out);
+//! 2. run and report: `bench` (build, fingerprint, trials), `ab` (an
+//!    interleaved A/B session), `trial`,
+//!    `report` (tables, exports), `progress`;
+//! 3. judgement and keeping: `compare`, `baseline`, `store`, `metrics`;
+//! 4. records: `run_record` (the stored run and the metric names), `side`
+//!    (one side of a comparison), `baseline::class` (fingerprint classes);
+//!    and the leaf helpers `stats`, `format`, `warnings`;
+//! 5. the `workloads` crate (specs, requests, records, `engine info`).
 
+pub mod ab;
 pub mod baseline;
 pub mod bench;
 pub mod build;
 pub mod cli;
+pub mod commands;
 pub mod compare;
 pub mod engine_info;
 pub mod fingerprint;
+#[doc(hidden)]
+pub mod fixtures;
+pub mod format;
 pub mod gpu_monitor;
 pub mod http;
 pub mod metrics;
@@ -16,8 +34,11 @@ pub mod model;
 pub mod progress;
 pub mod report;
 pub mod run_record;
+pub mod side;
+pub mod stats;
 pub mod store;
 pub mod trial;
+pub mod warnings;
 pub mod workload_plan;
 
 use std::path::{Path, PathBuf};

@@ -1,17 +1,12 @@
 //! `cargo xtask`: a thin entry point; the work lives in the library.
 
 use clap::Parser;
-use xtask::cli::{Cli, Command};
+use xtask::cli::Cli;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let root = xtask::repo_root();
-    let result = match cli.command {
-        Command::Bench(args) => xtask::bench::run(&args, &root),
-        Command::Store(cmd) => xtask::store::cli::run(cmd, &root.join("results")),
-        Command::Compare(args) => xtask::compare::run_cli(args, &root),
-        Command::Baseline(cmd) => xtask::baseline::run_cli(cmd, &root),
-    };
+    let result = xtask::commands::run(cli.command, &root);
     match result {
         Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
         // 1 is reserved for "a regression was found"; every error (bad

@@ -6,13 +6,16 @@
 //! request with more than one output token, ITL = every gap between
 //! consecutive tokens pooled over requests, queue = scheduled − arrival.
 //! Throughputs are over the benchmark duration, first arrival → last finish.
-//! Percentiles come from an hdrhistogram recorded in microseconds with three
-//! significant digits; means are exact (from the raw values).
+//! Percentiles and means come from the raw values, percentiles with numpy's
+//! default linear interpolation (`stats::percentiles`), exactly as
+//! `vllm bench serve` computes them.
 
 use std::collections::BTreeMap;
 
-use hdrhistogram::Histogram;
 use workloads::{RecordStatus, RequestRecord, StepLogEntry};
+
+use crate::run_record::names;
+use crate::stats;
 
 /// Service-level objectives for goodput, in milliseconds. A request counts
 /// towards goodput when it meets every objective that is set.
@@ -156,14 +159,17 @@ pub fn compute(
     }
     let input_tokens: u64 = completed.iter().map(|r| u64::from(r.prompt_len)).sum();
     let output_tokens: u64 = completed.iter().map(|r| u64::from(r.output_len)).sum();
-    values.insert("duration_s".into(), duration);
+    values.insert(names::DURATION_S.into(), duration);
     values.insert(
-        "request_throughput".into(),
+        names::REQUEST_THROUGHPUT.into(),
         completed.len() as f64 / duration,
     );
-    values.insert("output_throughput".into(), output_tokens as f64 / duration);
     values.insert(
-        "total_token_throughput".into(),
+        names::OUTPUT_THROUGHPUT.into(),
+        output_tokens as f64 / duration,
+    );
+    values.insert(
+        names::TOTAL_TOKEN_THROUGHPUT.into(),
         (input_tokens + output_tokens) as f64 / duration,
     );
 
@@ -171,34 +177,34 @@ pub fn compute(
         let good = (0..completed.len())
             .filter(|&i| meets_slos(&lat, completed[i], i, slos))
             .count();
-        values.insert("request_goodput".into(), good as f64 / duration);
+        values.insert(names::REQUEST_GOODPUT.into(), good as f64 / duration);
     }
 
     let itl: Vec<f64> = lat.itl_s.iter().flatten().copied().collect();
-    for (base, samples) in [
-        ("ttft", &lat.ttft_s),
-        ("tpot", &lat.tpot_s),
-        ("itl", &itl),
-        ("e2el", &lat.e2el_s),
-        ("queue", &lat.queue_s),
-        ("client_queue", &lat.client_queue_s),
-        (
-            "e2el_including_client_queue",
-            &lat.e2el_including_client_queue_s,
-        ),
-    ] {
+    for (base, samples) in names::LATENCY_BASES.into_iter().zip([
+        &lat.ttft_s,
+        &lat.tpot_s,
+        &itl,
+        &lat.e2el_s,
+        &lat.queue_s,
+        &lat.client_queue_s,
+        &lat.e2el_including_client_queue_s,
+    ]) {
         insert_distribution(&mut values, base, samples);
     }
 
     let busy: Vec<&StepLogEntry> = steps.iter().filter(|s| s.batch_size > 0).collect();
     if !busy.is_empty() {
         let step_s: Vec<f64> = busy.iter().map(|s| s.duration_s).collect();
-        values.insert("mean_step_ms".into(), mean(&step_s) * 1e3);
-        values.insert("p99_step_ms".into(), percentiles_ms(&step_s, &[0.99])[0]);
-        let sizes: Vec<f64> = busy.iter().map(|s| f64::from(s.batch_size)).collect();
-        values.insert("mean_batch_size".into(), mean(&sizes));
+        values.insert(names::MEAN_STEP_MS.into(), stats::mean(&step_s) * 1e3);
         values.insert(
-            "max_batch_size".into(),
+            names::P99_STEP_MS.into(),
+            percentiles_ms(&step_s, &[99.0])[0],
+        );
+        let sizes: Vec<f64> = busy.iter().map(|s| f64::from(s.batch_size)).collect();
+        values.insert(names::MEAN_BATCH_SIZE.into(), stats::mean(&sizes));
+        values.insert(
+            names::MAX_BATCH_SIZE.into(),
             sizes.iter().copied().fold(0.0, f64::max),
         );
         // Decode speed alone: tokens of pure decode steps over their time, so
@@ -210,11 +216,11 @@ pub fn compute(
                 (t + f64::from(s.decode_tokens), d + s.duration_s)
             });
         if secs > 0.0 {
-            values.insert("decode_throughput".into(), tokens / secs);
+            values.insert(names::DECODE_THROUGHPUT.into(), tokens / secs);
         }
     }
     if let Some(bytes) = peak_memory_bytes {
-        values.insert("peak_memory_bytes".into(), bytes as f64);
+        values.insert(names::PEAK_MEMORY_BYTES.into(), bytes as f64);
     }
 
     Ok(TrialMetrics {
@@ -258,33 +264,24 @@ fn insert_distribution(values: &mut BTreeMap<String, f64>, base: &str, samples_s
     if samples_s.is_empty() {
         return;
     }
-    values.insert(format!("mean_{base}_ms"), mean(samples_s) * 1e3);
-    let qs = [0.50, 0.90, 0.95, 0.99];
-    for (q, v) in qs.iter().zip(percentiles_ms(samples_s, &qs)) {
-        values.insert(format!("p{}_{base}_ms", (q * 100.0).round()), v);
+    let mut sorted = samples_s.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    for (stat, percent) in names::LATENCY_STATS {
+        let seconds = match percent {
+            None => stats::mean(&sorted),
+            Some(p) => stats::percentile_of_sorted(&sorted, p),
+        };
+        // vLLM takes the percentile of seconds, then scales to ms.
+        values.insert(names::latency(stat, base), seconds * 1e3);
     }
 }
 
-fn mean(xs: &[f64]) -> f64 {
-    xs.iter().sum::<f64>() / xs.len() as f64
-}
-
-/// Quantiles of `samples_s` (seconds) in milliseconds, through an
-/// hdrhistogram of microseconds with 3 significant digits.
-pub fn percentiles_ms(samples_s: &[f64], quantiles: &[f64]) -> Vec<f64> {
-    // Up to ~11.6 days in microseconds: longer latencies saturate.
-    let mut h = match Histogram::<u64>::new_with_bounds(1, 1_000_000_000_000, 3) {
-        Ok(h) => h,
-        // Only invalid bounds or sigfig > 5 fail, and these are constants.
-        Err(_) => return vec![f64::NAN; quantiles.len()],
-    };
-    for s in samples_s {
-        let us = (s * 1e6).round().max(0.0) as u64;
-        h.saturating_record(us);
-    }
-    quantiles
-        .iter()
-        .map(|&q| h.value_at_quantile(q) as f64 / 1e3)
+/// Percentiles (0..=100) of `samples_s` (seconds) in milliseconds, numpy's
+/// linear method on the raw values (what `vllm bench serve` reports).
+pub fn percentiles_ms(samples_s: &[f64], percents: &[f64]) -> Vec<f64> {
+    stats::percentiles(samples_s, percents)
+        .into_iter()
+        .map(|s| s * 1e3)
         .collect()
 }
 
@@ -363,10 +360,11 @@ mod tests {
         // ITL pooled: 100, 200, 100 ms.
         assert!(close(v["mean_itl_ms"], 400.0 / 3.0));
         assert!(close(v["p50_itl_ms"], 100.0), "{v:?}");
-        assert!(close(v["p99_itl_ms"], 200.0));
+        // numpy linear: [100, 100, 200], h = 2 * 0.99 = 1.98 -> 198
+        assert!(close(v["p99_itl_ms"], 198.0));
         // Queue 100 and 0 ms.
         assert!(close(v["mean_queue_ms"], 50.0));
-        assert!(close(v["p99_queue_ms"], 100.0));
+        assert!(close(v["p99_queue_ms"], 99.0));
         assert!(!v.contains_key("request_goodput"));
         assert_eq!(m.completed, 2);
         assert_eq!(m.rejected, 0);
@@ -375,8 +373,9 @@ mod tests {
     #[test]
     fn percentiles_of_one_to_hundred_ms() {
         let samples: Vec<f64> = (1..=100).map(|i| i as f64 / 1e3).collect();
-        let p = percentiles_ms(&samples, &[0.5, 0.9, 0.95, 0.99]);
-        for (got, want) in p.iter().zip([50.0, 90.0, 95.0, 99.0]) {
+        let p = percentiles_ms(&samples, &[50.0, 90.0, 95.0, 99.0]);
+        // numpy: h = 99 * q -> 50.5, 90.1, 95.05, 99.01 ms
+        for (got, want) in p.iter().zip([50.5, 90.1, 95.05, 99.01]) {
             assert!(close(*got, want), "{got} vs {want}");
         }
     }
@@ -444,7 +443,7 @@ mod tests {
         assert!(close(m.values["decode_throughput"], 200.0));
         let m = compute(&records, &steps, Some(1234), &Slos::default()).unwrap();
         assert!(close(m.values["mean_step_ms"], 15.0));
-        assert!(close(m.values["p99_step_ms"], 20.0));
+        assert!(close(m.values["p99_step_ms"], 19.9));
         assert!(close(m.values["mean_batch_size"], 3.0));
         assert_eq!(m.values["max_batch_size"], 4.0);
         assert_eq!(m.values["peak_memory_bytes"], 1234.0);
@@ -497,7 +496,37 @@ mod tests {
         for k in m.values.keys() {
             assert!(names.contains(&k.as_str()), "{k} not in catalogue");
         }
-        assert_eq!(m.values.len(), names.len());
+        // Only an HTTP client measures its own queue, lag and CPU.
+        let in_process = names
+            .iter()
+            .filter(|n| !n.contains("client") && !n.contains("send_lag"))
+            .count();
+        assert_eq!(m.values.len(), in_process);
+    }
+
+    #[test]
+    fn client_records_have_client_queue_and_no_server_queue() {
+        let mut r = rec(0, 1.0, 1.0, &[1.1, 1.2], 1);
+        r.scheduled_s = None;
+        r.client = Some(workloads::ClientTiming {
+            intended_s: 0.0,
+            slot_wait_s: 1.0,
+            send_lag_s: 0.0,
+            itl_basis: workloads::ItlBasis::Token,
+            chunks: 2,
+        });
+        let m = compute(&[r], &[], None, &Slos::default()).unwrap();
+        assert!(!m.values.contains_key(names::MEAN_QUEUE_MS));
+        assert!(close(m.values[names::MEAN_CLIENT_QUEUE_MS], 1000.0));
+        assert!(close(m.values[names::MEAN_E2EL_MS], 200.0));
+        assert!(close(
+            m.values[names::MEAN_E2EL_INCLUDING_CLIENT_QUEUE_MS],
+            1200.0
+        ));
+        // An engine record without a scheduling time is still an error.
+        let mut bad = rec(1, 0.0, 0.0, &[0.1], 1);
+        bad.scheduled_s = None;
+        assert!(compute(&[bad], &[], None, &Slos::default()).is_err());
     }
 
     #[test]

@@ -8,65 +8,35 @@ use std::path::Path;
 use anyhow::Context;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 use serde_json::{json, Value};
-use statrs::statistics::Statistics;
 use workloads::{RecordStatus, RequestRecord};
 
-use crate::compare::side::short_id;
+use crate::format;
 use crate::metrics::{self, Latencies};
-use crate::run_record::{metric_def, RunRecord, TrialStatus, WorkloadRun};
-
-/// Above this coefficient of variation a metric is flagged as noisy.
-pub const HIGH_CV: f64 = 0.05;
+use crate::run_record::{metric_def, names, RunRecord, TrialStatus, WorkloadRun};
+use crate::side::short_id;
+use crate::stats::{self, spread};
+use crate::warnings::{self, Warning, HIGH_CV};
 
 /// The metrics shown in the terminal, in order.
 const SHOWN: &[&str] = &[
-    "output_throughput",
-    "total_token_throughput",
-    "request_throughput",
-    "request_goodput",
-    "mean_ttft_ms",
-    "p99_ttft_ms",
-    "mean_tpot_ms",
-    "p99_tpot_ms",
-    "mean_itl_ms",
-    "p99_itl_ms",
-    "mean_e2el_ms",
-    "p99_e2el_ms",
-    "mean_queue_ms",
-    "mean_step_ms",
-    "mean_batch_size",
-    "decode_throughput",
-    "peak_memory_bytes",
+    names::OUTPUT_THROUGHPUT,
+    names::TOTAL_TOKEN_THROUGHPUT,
+    names::REQUEST_THROUGHPUT,
+    names::REQUEST_GOODPUT,
+    names::MEAN_TTFT_MS,
+    names::P99_TTFT_MS,
+    names::MEAN_TPOT_MS,
+    names::P99_TPOT_MS,
+    names::MEAN_ITL_MS,
+    names::P99_ITL_MS,
+    names::MEAN_E2EL_MS,
+    names::P99_E2EL_MS,
+    names::MEAN_QUEUE_MS,
+    names::MEAN_STEP_MS,
+    names::MEAN_BATCH_SIZE,
+    names::DECODE_THROUGHPUT,
+    names::PEAK_MEMORY_BYTES,
 ];
-
-/// Mean, sample standard deviation and coefficient of variation of the
-/// values a metric took across the successful trials.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Spread {
-    pub n: usize,
-    pub mean: f64,
-    pub stdev: f64,
-    pub cv: f64,
-}
-
-pub fn spread(values: &[f64]) -> Option<Spread> {
-    if values.is_empty() {
-        return None;
-    }
-    let mean = values.mean();
-    let stdev = if values.len() > 1 {
-        values.std_dev()
-    } else {
-        0.0
-    };
-    let cv = if mean != 0.0 { stdev / mean.abs() } else { 0.0 };
-    Some(Spread {
-        n: values.len(),
-        mean,
-        stdev,
-        cv,
-    })
-}
 
 /// A metric's value in every Ok trial.
 pub fn trial_values(w: &WorkloadRun, metric: &str) -> Vec<f64> {
@@ -78,7 +48,7 @@ pub fn trial_values(w: &WorkloadRun, metric: &str) -> Vec<f64> {
 }
 
 /// The table and the warnings for one workload.
-pub fn workload_summary(w: &WorkloadRun) -> (Table, Vec<String>) {
+pub fn workload_summary(w: &WorkloadRun) -> (Table, Vec<Warning>) {
     let mut table = Table::new();
     table
         .load_preset(UTF8_FULL_CONDENSED)
@@ -92,15 +62,15 @@ pub fn workload_summary(w: &WorkloadRun) -> (Table, Vec<String>) {
         let unit = metric_def(name).map(|d| d.unit).unwrap_or("");
         let noisy = s.n > 1 && s.cv > HIGH_CV;
         if noisy {
-            noisy_metrics.push(format!("{name} {:.1}%", s.cv * 100.0));
+            noisy_metrics.push((name.to_string(), s.cv));
         }
         table.add_row(vec![
             Cell::new(name),
-            Cell::new(format_value(s.mean)).set_alignment(CellAlignment::Right),
-            Cell::new(format_value(s.stdev)).set_alignment(CellAlignment::Right),
+            Cell::new(format::value(s.mean)).set_alignment(CellAlignment::Right),
+            Cell::new(format::value(s.stdev)).set_alignment(CellAlignment::Right),
             Cell::new(format!(
-                "{:.1}%{}",
-                s.cv * 100.0,
+                "{}{}",
+                format::cv(s.cv),
                 if noisy { " !" } else { "" }
             ))
             .set_alignment(CellAlignment::Right),
@@ -108,38 +78,41 @@ pub fn workload_summary(w: &WorkloadRun) -> (Table, Vec<String>) {
             Cell::new(s.n).set_alignment(CellAlignment::Right),
         ]);
     }
+    let workload = w.name.clone();
     if !noisy_metrics.is_empty() {
-        warnings.push(format!(
-            "trial-to-trial spread above {:.0}% (CV): {}; a quieter machine or more trials (--trials) would tighten it",
-            HIGH_CV * 100.0,
-            noisy_metrics.join(", ")
-        ));
+        warnings.push(Warning::NoisyMetrics {
+            workload: workload.clone(),
+            metrics: noisy_metrics,
+        });
     }
     for t in &w.trials {
         match &t.status {
             TrialStatus::Ok => {}
-            TrialStatus::Failed { reason } => {
-                warnings.push(format!("trial {} failed: {reason}", t.index + 1))
-            }
-            TrialStatus::TimedOut { after_s } => warnings.push(format!(
-                "trial {} timed out after {after_s:.1} s and was killed",
-                t.index + 1
-            )),
+            TrialStatus::Failed { reason } => warnings.push(Warning::TrialFailed {
+                workload: workload.clone(),
+                trial: t.index,
+                reason: reason.clone(),
+            }),
+            TrialStatus::TimedOut { after_s } => warnings.push(Warning::TrialTimedOut {
+                workload: workload.clone(),
+                trial: t.index,
+                after_s: *after_s,
+            }),
         }
     }
     for t in &w.trials {
-        let reasons: Vec<&str> = [&t.gpu_before, &t.gpu_after]
+        let reasons: Vec<String> = [&t.gpu_before, &t.gpu_after]
             .into_iter()
             .flatten()
-            .flat_map(|g| g.throttle_reasons.iter().map(String::as_str))
-            .filter(|r| *r != "gpu_idle")
+            .flat_map(|g| g.throttle_reasons.iter().cloned())
+            .filter(|r| r != "gpu_idle")
             .collect();
         if !reasons.is_empty() {
-            warnings.push(format!(
-                "trial {}: the GPU was throttled ({}); its numbers may be low",
-                t.index + 1,
-                reasons.join(", ")
-            ));
+            warnings.push(Warning::GpuThrottled {
+                workload: workload.clone(),
+                trial: t.index,
+                reasons,
+            });
         }
     }
     let mut hashes: Vec<&str> = w
@@ -150,23 +123,12 @@ pub fn workload_summary(w: &WorkloadRun) -> (Table, Vec<String>) {
     hashes.sort_unstable();
     hashes.dedup();
     if hashes.len() > 1 {
-        warnings.push(format!(
-            "the trials produced {} different outputs (output hashes differ)",
-            hashes.len()
-        ));
+        warnings.push(Warning::OutputsDiffer {
+            workload,
+            distinct: hashes.len(),
+        });
     }
     (table, warnings)
-}
-
-fn format_value(v: f64) -> String {
-    let a = v.abs();
-    if a >= 1e6 {
-        format!("{v:.4e}")
-    } else if a >= 100.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.3}")
-    }
 }
 
 /// Prints every workload's summary to stdout.
@@ -206,7 +168,8 @@ pub fn print_summary(run: &RunRecord, run_id: &str) {
             println!("no successful trial: nothing was measured");
         }
         if f.device == "cuda" {
-            if let Some(d) = spread(&trial_values(w, "output_throughput")).map(|s| derived(s.mean))
+            if let Some(d) =
+                spread(&trial_values(w, names::OUTPUT_THROUGHPUT)).map(|s| derived(s.mean))
             {
                 println!(
                     "derived (1 GPU): {:.0} output tok/s per GPU, {:.2} GPU-days per 1B output tokens, {:.1} GPUs for 1B tokens/hour",
@@ -214,8 +177,8 @@ pub fn print_summary(run: &RunRecord, run_id: &str) {
                 );
             }
         }
-        for warning in warnings {
-            println!("warning: {warning}");
+        for warning in &warnings {
+            warnings::emit(warning);
         }
     }
 }
@@ -253,7 +216,11 @@ pub fn median_trial(w: &WorkloadRun) -> Option<u32> {
         .trials
         .iter()
         .filter(|t| t.status == TrialStatus::Ok)
-        .filter_map(|t| t.metrics.get("output_throughput").map(|v| (*v, t.index)))
+        .filter_map(|t| {
+            t.metrics
+                .get(names::OUTPUT_THROUGHPUT)
+                .map(|v| (*v, t.index))
+        })
         .collect();
     ok.sort_by(|a, b| a.0.total_cmp(&b.0));
     ok.get(ok.len().saturating_sub(1) / 2).map(|(_, i)| *i)
@@ -335,11 +302,11 @@ pub fn vllm_result(
         ("e2el", &lat.e2el_s),
     ] {
         let ms: Vec<f64> = samples.iter().map(|s| s * 1e3).collect();
-        let median = metrics::percentiles_ms(samples, &[0.5])[0];
+        let median = stats::median(samples) * 1e3;
         let fields = [
             (format!("mean_{base}_ms"), spread(&ms).map(|s| s.mean)),
             (format!("median_{base}_ms"), Some(median)),
-            (format!("std_{base}_ms"), Some(population_std(&ms))),
+            (format!("std_{base}_ms"), Some(stats::population_stdev(&ms))),
             (format!("p90_{base}_ms"), m(&format!("p90_{base}_ms"))),
             (format!("p95_{base}_ms"), m(&format!("p95_{base}_ms"))),
             (format!("p99_{base}_ms"), m(&format!("p99_{base}_ms"))),
@@ -351,31 +318,10 @@ pub fn vllm_result(
     Ok(out)
 }
 
-/// numpy's `std` (population), which vLLM reports.
-fn population_std(xs: &[f64]) -> f64 {
-    if xs.is_empty() {
-        0.0
-    } else {
-        xs.population_std_dev()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::run_record::TrialSummary;
-
-    #[test]
-    fn spread_known_answers() {
-        let s = spread(&[9.0, 10.0, 11.0]).unwrap();
-        assert_eq!(s.n, 3);
-        assert!((s.mean - 10.0).abs() < 1e-12);
-        assert!((s.stdev - 1.0).abs() < 1e-12);
-        assert!((s.cv - 0.1).abs() < 1e-12);
-        let one = spread(&[5.0]).unwrap();
-        assert_eq!((one.stdev, one.cv), (0.0, 0.0));
-        assert!(spread(&[]).is_none());
-    }
 
     fn trial(index: u32, tps: f64, hash: &str) -> TrialSummary {
         TrialSummary {
@@ -388,6 +334,7 @@ mod tests {
             gpu_before: None,
             gpu_after: None,
             wall_s: 1.0,
+            block: None,
         }
     }
 
@@ -427,7 +374,8 @@ mod tests {
         });
         let w = workload(vec![trial(0, 100.0, "a"), throttled, failed]);
         let (_, warnings) = workload_summary(&w);
-        let all = warnings.join("\n");
+        let all: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+        let all = all.join("\n");
         assert!(all.contains("output_throughput 18.4%"), "{all}");
         assert!(all.contains("trial 3 failed: boom"), "{all}");
         assert!(
@@ -446,11 +394,5 @@ mod tests {
         assert_eq!(d.output_tps_per_gpu, 10_000.0);
         assert!((d.gpu_days_to_process_1b_tokens - 100_000.0 / 86_400.0).abs() < 1e-9);
         assert!((d.gpus_for_1b_tokens_per_hour - 27.777_777_777_777_78).abs() < 1e-9);
-    }
-
-    #[test]
-    fn population_std_matches_numpy() {
-        // numpy.std([1, 2, 3, 4]) = 1.118033988749895
-        assert!((population_std(&[1.0, 2.0, 3.0, 4.0]) - 1.118033988749895).abs() < 1e-12);
     }
 }

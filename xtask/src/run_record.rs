@@ -121,6 +121,10 @@ pub struct TrialSummary {
     pub gpu_before: Option<GpuSample>,
     pub gpu_after: Option<GpuSample>,
     pub wall_s: f64,
+    /// In an interleaved A/B session: the block this trial belongs to (the
+    /// other side's trial of the same block is its pair).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block: Option<u32>,
 }
 
 /// One workload inside a run.
@@ -145,6 +149,39 @@ pub struct RunRecord {
     pub suite: Option<String>,
     pub fingerprint: Fingerprint,
     pub workloads: Vec<WorkloadRun>,
+    /// Set when the run is one side of an interleaved A/B session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interleaved: Option<Interleaved>,
+}
+
+/// Which side of an interleaved A/B session a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AbSide {
+    /// The reference (the base revision of a pull request).
+    A,
+    /// The candidate.
+    B,
+}
+
+/// One side of an interleaved A/B session: both sides' trials ran
+/// alternately on one machine in one sitting, in randomized balanced blocks
+/// (one trial of each side per block, in AB or BA order).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Interleaved {
+    /// Shared by the two runs of one session.
+    pub session: String,
+    pub side: AbSide,
+    /// What this side is, for people: "base 1a2b3c4 (origin/main)", a
+    /// binary's path, "head".
+    pub label: String,
+    /// Seed of the block orders.
+    pub seed: u64,
+    /// Environment variables set for this side's engine only.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Engine config keys set for this side only (`--a-set`/`--b-set`).
+    #[serde(default)]
+    pub engine_overrides: BTreeMap<String, String>,
 }
 
 /// How a metric is judged by `compare` (default practical thresholds:
@@ -169,6 +206,87 @@ pub struct MetricDef {
     pub kind: MetricKind,
 }
 
+/// Metric names: the keys of `TrialSummary::metrics` and of baseline
+/// files. Use these constants, never the string literals.
+pub mod names {
+    pub const REQUEST_THROUGHPUT: &str = "request_throughput";
+    pub const OUTPUT_THROUGHPUT: &str = "output_throughput";
+    pub const TOTAL_TOKEN_THROUGHPUT: &str = "total_token_throughput";
+    pub const REQUEST_GOODPUT: &str = "request_goodput";
+    pub const DURATION_S: &str = "duration_s";
+    pub const MEAN_STEP_MS: &str = "mean_step_ms";
+    pub const P99_STEP_MS: &str = "p99_step_ms";
+    pub const MEAN_BATCH_SIZE: &str = "mean_batch_size";
+    pub const MAX_BATCH_SIZE: &str = "max_batch_size";
+    pub const DECODE_THROUGHPUT: &str = "decode_throughput";
+    pub const PEAK_MEMORY_BYTES: &str = "peak_memory_bytes";
+    pub const MEAN_TTFT_MS: &str = "mean_ttft_ms";
+    pub const P50_TTFT_MS: &str = "p50_ttft_ms";
+    pub const P90_TTFT_MS: &str = "p90_ttft_ms";
+    pub const P95_TTFT_MS: &str = "p95_ttft_ms";
+    pub const P99_TTFT_MS: &str = "p99_ttft_ms";
+    pub const MEAN_TPOT_MS: &str = "mean_tpot_ms";
+    pub const P50_TPOT_MS: &str = "p50_tpot_ms";
+    pub const P90_TPOT_MS: &str = "p90_tpot_ms";
+    pub const P95_TPOT_MS: &str = "p95_tpot_ms";
+    pub const P99_TPOT_MS: &str = "p99_tpot_ms";
+    pub const MEAN_ITL_MS: &str = "mean_itl_ms";
+    pub const P50_ITL_MS: &str = "p50_itl_ms";
+    pub const P90_ITL_MS: &str = "p90_itl_ms";
+    pub const P95_ITL_MS: &str = "p95_itl_ms";
+    pub const P99_ITL_MS: &str = "p99_itl_ms";
+    pub const MEAN_E2EL_MS: &str = "mean_e2el_ms";
+    pub const P50_E2EL_MS: &str = "p50_e2el_ms";
+    pub const P90_E2EL_MS: &str = "p90_e2el_ms";
+    pub const P95_E2EL_MS: &str = "p95_e2el_ms";
+    pub const P99_E2EL_MS: &str = "p99_e2el_ms";
+    pub const MEAN_QUEUE_MS: &str = "mean_queue_ms";
+    pub const P50_QUEUE_MS: &str = "p50_queue_ms";
+    pub const P90_QUEUE_MS: &str = "p90_queue_ms";
+    pub const P95_QUEUE_MS: &str = "p95_queue_ms";
+    pub const P99_QUEUE_MS: &str = "p99_queue_ms";
+    // HTTP runs (docs/SERVING.md): the closed loop's wait for a slot, E2E
+    // with it, and the load generator's own health.
+    pub const MEAN_CLIENT_QUEUE_MS: &str = "mean_client_queue_ms";
+    pub const P50_CLIENT_QUEUE_MS: &str = "p50_client_queue_ms";
+    pub const P90_CLIENT_QUEUE_MS: &str = "p90_client_queue_ms";
+    pub const P95_CLIENT_QUEUE_MS: &str = "p95_client_queue_ms";
+    pub const P99_CLIENT_QUEUE_MS: &str = "p99_client_queue_ms";
+    pub const MEAN_E2EL_INCLUDING_CLIENT_QUEUE_MS: &str = "mean_e2el_including_client_queue_ms";
+    pub const P50_E2EL_INCLUDING_CLIENT_QUEUE_MS: &str = "p50_e2el_including_client_queue_ms";
+    pub const P90_E2EL_INCLUDING_CLIENT_QUEUE_MS: &str = "p90_e2el_including_client_queue_ms";
+    pub const P95_E2EL_INCLUDING_CLIENT_QUEUE_MS: &str = "p95_e2el_including_client_queue_ms";
+    pub const P99_E2EL_INCLUDING_CLIENT_QUEUE_MS: &str = "p99_e2el_including_client_queue_ms";
+    pub const P99_SEND_LAG_MS: &str = "p99_send_lag_ms";
+    pub const MAX_SEND_LAG_MS: &str = "max_send_lag_ms";
+    pub const CLIENT_CPU_PERCENT: &str = "client_cpu_percent";
+
+    /// The latency distributions, by base name (`ttft` → `mean_ttft_ms`, ...).
+    pub const LATENCY_BASES: [&str; 7] = [
+        "ttft",
+        "tpot",
+        "itl",
+        "e2el",
+        "queue",
+        "client_queue",
+        "e2el_including_client_queue",
+    ];
+    /// The statistics of each latency distribution, with the percentile
+    /// each stands for (None for the mean).
+    pub const LATENCY_STATS: [(&str, Option<f64>); 5] = [
+        ("mean", None),
+        ("p50", Some(50.0)),
+        ("p90", Some(90.0)),
+        ("p95", Some(95.0)),
+        ("p99", Some(99.0)),
+    ];
+
+    /// `<stat>_<base>_ms`, e.g. `latency("p99", "ttft")` = `p99_ttft_ms`.
+    pub fn latency(stat: &str, base: &str) -> String {
+        format!("{stat}_{base}_ms")
+    }
+}
+
 const fn m(
     name: &'static str,
     unit: &'static str,
@@ -183,72 +301,104 @@ const fn m(
     }
 }
 
-macro_rules! latency {
-    ($base:literal) => {
-        [
-            m(
-                concat!("mean_", $base, "_ms"),
-                "ms",
-                false,
-                MetricKind::LatencyCentral,
-            ),
-            m(
-                concat!("p50_", $base, "_ms"),
-                "ms",
-                false,
-                MetricKind::LatencyCentral,
-            ),
-            m(
-                concat!("p90_", $base, "_ms"),
-                "ms",
-                false,
-                MetricKind::LatencyTail,
-            ),
-            m(
-                concat!("p95_", $base, "_ms"),
-                "ms",
-                false,
-                MetricKind::LatencyTail,
-            ),
-            m(
-                concat!("p99_", $base, "_ms"),
-                "ms",
-                false,
-                MetricKind::LatencyTail,
-            ),
-        ]
-    };
+/// One latency distribution's five metrics: mean and p50 are central, the
+/// upper percentiles tail.
+const fn latency_group(names: [&'static str; 5]) -> [MetricDef; 5] {
+    [
+        m(names[0], "ms", false, MetricKind::LatencyCentral),
+        m(names[1], "ms", false, MetricKind::LatencyCentral),
+        m(names[2], "ms", false, MetricKind::LatencyTail),
+        m(names[3], "ms", false, MetricKind::LatencyTail),
+        m(names[4], "ms", false, MetricKind::LatencyTail),
+    ]
 }
 
-const LAT_TTFT: [MetricDef; 5] = latency!("ttft");
-const LAT_TPOT: [MetricDef; 5] = latency!("tpot");
-const LAT_ITL: [MetricDef; 5] = latency!("itl");
-const LAT_E2EL: [MetricDef; 5] = latency!("e2el");
-const LAT_QUEUE: [MetricDef; 5] = latency!("queue");
-const LAT_CLIENT_QUEUE: [MetricDef; 5] = latency!("client_queue");
-const LAT_E2EL_CLIENT: [MetricDef; 5] = latency!("e2el_including_client_queue");
+const LAT_TTFT: [MetricDef; 5] = latency_group([
+    names::MEAN_TTFT_MS,
+    names::P50_TTFT_MS,
+    names::P90_TTFT_MS,
+    names::P95_TTFT_MS,
+    names::P99_TTFT_MS,
+]);
+const LAT_TPOT: [MetricDef; 5] = latency_group([
+    names::MEAN_TPOT_MS,
+    names::P50_TPOT_MS,
+    names::P90_TPOT_MS,
+    names::P95_TPOT_MS,
+    names::P99_TPOT_MS,
+]);
+const LAT_ITL: [MetricDef; 5] = latency_group([
+    names::MEAN_ITL_MS,
+    names::P50_ITL_MS,
+    names::P90_ITL_MS,
+    names::P95_ITL_MS,
+    names::P99_ITL_MS,
+]);
+const LAT_E2EL: [MetricDef; 5] = latency_group([
+    names::MEAN_E2EL_MS,
+    names::P50_E2EL_MS,
+    names::P90_E2EL_MS,
+    names::P95_E2EL_MS,
+    names::P99_E2EL_MS,
+]);
+const LAT_QUEUE: [MetricDef; 5] = latency_group([
+    names::MEAN_QUEUE_MS,
+    names::P50_QUEUE_MS,
+    names::P90_QUEUE_MS,
+    names::P95_QUEUE_MS,
+    names::P99_QUEUE_MS,
+]);
+
+const LAT_CLIENT_QUEUE: [MetricDef; 5] = latency_group([
+    names::MEAN_CLIENT_QUEUE_MS,
+    names::P50_CLIENT_QUEUE_MS,
+    names::P90_CLIENT_QUEUE_MS,
+    names::P95_CLIENT_QUEUE_MS,
+    names::P99_CLIENT_QUEUE_MS,
+]);
+const LAT_E2EL_CLIENT: [MetricDef; 5] = latency_group([
+    names::MEAN_E2EL_INCLUDING_CLIENT_QUEUE_MS,
+    names::P50_E2EL_INCLUDING_CLIENT_QUEUE_MS,
+    names::P90_E2EL_INCLUDING_CLIENT_QUEUE_MS,
+    names::P95_E2EL_INCLUDING_CLIENT_QUEUE_MS,
+    names::P99_E2EL_INCLUDING_CLIENT_QUEUE_MS,
+]);
 
 const OTHER: [MetricDef; 14] = [
-    m("request_throughput", "req/s", true, MetricKind::Throughput),
-    m("output_throughput", "tok/s", true, MetricKind::Throughput),
     m(
-        "total_token_throughput",
+        names::REQUEST_THROUGHPUT,
+        "req/s",
+        true,
+        MetricKind::Throughput,
+    ),
+    m(
+        names::OUTPUT_THROUGHPUT,
         "tok/s",
         true,
         MetricKind::Throughput,
     ),
-    m("request_goodput", "req/s", true, MetricKind::Throughput),
-    m("duration_s", "s", false, MetricKind::Info),
-    m("mean_step_ms", "ms", false, MetricKind::Info),
-    m("p99_step_ms", "ms", false, MetricKind::Info),
-    m("mean_batch_size", "seqs", true, MetricKind::Info),
-    m("max_batch_size", "seqs", true, MetricKind::Info),
-    m("decode_throughput", "tok/s", true, MetricKind::Info),
-    m("peak_memory_bytes", "B", false, MetricKind::Info),
-    // The HTTP load generator's own health (see docs/SERVING.md).
-    m("p99_send_lag_ms", "ms", false, MetricKind::Info),
-    m("max_send_lag_ms", "ms", false, MetricKind::Info),
-    m("client_cpu_percent", "%", false, MetricKind::Info),
+    m(
+        names::TOTAL_TOKEN_THROUGHPUT,
+        "tok/s",
+        true,
+        MetricKind::Throughput,
+    ),
+    m(
+        names::REQUEST_GOODPUT,
+        "req/s",
+        true,
+        MetricKind::Throughput,
+    ),
+    m(names::DURATION_S, "s", false, MetricKind::Info),
+    m(names::MEAN_STEP_MS, "ms", false, MetricKind::Info),
+    m(names::P99_STEP_MS, "ms", false, MetricKind::Info),
+    m(names::MEAN_BATCH_SIZE, "seqs", true, MetricKind::Info),
+    m(names::MAX_BATCH_SIZE, "seqs", true, MetricKind::Info),
+    m(names::DECODE_THROUGHPUT, "tok/s", true, MetricKind::Info),
+    m(names::PEAK_MEMORY_BYTES, "B", false, MetricKind::Info),
+    m(names::P99_SEND_LAG_MS, "ms", false, MetricKind::Info),
+    m(names::MAX_SEND_LAG_MS, "ms", false, MetricKind::Info),
+    m(names::CLIENT_CPU_PERCENT, "%", false, MetricKind::Info),
 ];
 
 /// Every metric a trial may carry, by name. A trial's `metrics` map uses

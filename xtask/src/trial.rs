@@ -37,6 +37,8 @@ pub struct EngineBench {
     /// "cpu" or "cuda".
     pub device: String,
     pub max_concurrency: Option<u32>,
+    /// Extra environment variables for the engine process.
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 impl EngineBench {
@@ -85,7 +87,11 @@ pub fn run_engine(bench: &EngineBench, files: &TrialFiles, timeout: Duration) ->
             wall_s: 0.0,
         };
     }
-    let handle = match duct::cmd(&bench.engine, bench.args(files))
+    let mut command = duct::cmd(&bench.engine, bench.args(files));
+    for (key, value) in &bench.env {
+        command = command.env(key, value);
+    }
+    let handle = match command
         .stderr_to_stdout()
         .stdout_path(&files.log)
         .stdin_null()
@@ -164,6 +170,7 @@ mod tests {
             config: None,
             device: "cpu".into(),
             max_concurrency: Some(4),
+            env: Default::default(),
         }
     }
 

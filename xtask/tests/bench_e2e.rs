@@ -18,7 +18,7 @@ const FAKE_ENGINE: &str = r#"#!/bin/sh
 # folder unwritable: a failure of the pipeline itself, not of a trial).
 here=$(dirname "$0")
 case "$1" in
-  info) echo '{"backend":"cpu","gpus":[]}'; exit 0 ;;
+  info) echo '{"engine_version":"0.0.0","backends":["cpu"],"cuda_available":false,"cpu_threads":2,"gpus":[]}'; exit 0 ;;
   bench) shift ;;
   *) echo "fake engine: unknown command $1" >&2; exit 2 ;;
 esac
@@ -128,7 +128,7 @@ impl Fixture {
         }
         argv.extend(extra.iter().map(|s| s.to_string()));
         match Cli::parse_from(argv).command {
-            Command::Bench(args) => args,
+            Command::Bench(args) => *args,
             other => panic!("parsed as {other:?}"),
         }
     }

@@ -53,7 +53,7 @@ fn args(extra: &[&str]) -> BenchArgs {
         .collect();
     argv.extend(extra.iter().map(|s| s.to_string()));
     match Cli::parse_from(argv).command {
-        Command::Bench(a) => a,
+        Command::Bench(a) => *a,
         _ => unreachable!(),
     }
 }
@@ -91,17 +91,29 @@ fn the_pipeline_benchmarks_engine_serve_over_http() {
     let code = xtask::bench::run(&a, &root).unwrap();
     assert!(code <= 1, "bench failed to run");
     let run: RunRecord = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    let target = run.fingerprint.target.as_ref().expect("an HTTP run has a target");
+    let target = run
+        .fingerprint
+        .target
+        .as_ref()
+        .expect("an HTTP run has a target");
     assert!(target.stream);
     assert_eq!(target.server_kind, "dyno");
     let store = Store::open(Path::new(results)).unwrap();
     for w in &run.workloads {
         let t = &w.trials[0];
         assert_eq!(t.status, TrialStatus::Ok, "{}: {:?}", w.name, t.status);
-        for metric in ["p50_ttft_ms", "p50_itl_ms", "output_throughput", "client_cpu_percent"] {
+        for metric in [
+            "p50_ttft_ms",
+            "p50_itl_ms",
+            "output_throughput",
+            "client_cpu_percent",
+        ] {
             assert!(t.metrics.contains_key(metric), "{}: no {metric}", w.name);
         }
-        assert!(!t.metrics.contains_key("p50_queue_ms"), "a client cannot see server queueing");
+        assert!(
+            !t.metrics.contains_key("p50_queue_ms"),
+            "a client cannot see server queueing"
+        );
         let recs = records(&store, t.records_object.as_ref().unwrap());
         assert!(!recs.is_empty());
         for r in &recs {
@@ -115,10 +127,11 @@ fn the_pipeline_benchmarks_engine_serve_over_http() {
             assert!(r.first_token_s.unwrap() >= r.arrival_s);
         }
         if w.name == "smoke-closed-loop" {
-            assert!(t.metrics["p99_client_queue_ms"] > 0.0, "later requests wait for a slot");
             assert!(
-                t.metrics["mean_e2el_including_client_queue_ms"] > t.metrics["mean_e2el_ms"]
+                t.metrics["p99_client_queue_ms"] > 0.0,
+                "later requests wait for a slot"
             );
+            assert!(t.metrics["mean_e2el_including_client_queue_ms"] > t.metrics["mean_e2el_ms"]);
         }
     }
 

@@ -7,11 +7,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use xtask::cli::StoreCmd;
+use xtask::commands::store as cli;
 use xtask::run_record::{
     Fingerprint, HostFingerprint, ObjectId, RunRecord, SourceFingerprint, TrialStatus,
     TrialSummary, WorkloadRun, RUN_SCHEMA_VERSION,
 };
-use xtask::store::cli::{self, StoreCmd};
 use xtask::store::{Store, StoreError};
 
 fn run_record(created_at: &str, suite: &str, trials: Vec<TrialSummary>) -> RunRecord {
@@ -51,6 +52,7 @@ fn run_record(created_at: &str, suite: &str, trials: Vec<TrialSummary>) -> RunRe
             engine_config: json!({"max_batch": 4}),
             trials,
         }],
+        interleaved: None,
     }
 }
 
@@ -73,6 +75,7 @@ fn trial(
         gpu_before: None,
         gpu_after: None,
         wall_s: 1.25,
+        block: None,
     }
 }
 

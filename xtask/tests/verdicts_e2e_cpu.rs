@@ -88,7 +88,7 @@ fn bench(root: &Path, engine: &Path, catalogue: &Path) -> (i32, String, RunRecor
         s(&root.join("results")),
     ];
     let args: BenchArgs = match Cli::parse_from(argv).command {
-        Command::Bench(args) => args,
+        Command::Bench(args) => *args,
         other => panic!("parsed as {other:?}"),
     };
     let code = xtask::bench::run(&args, root).expect("bench runs");

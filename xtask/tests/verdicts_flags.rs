@@ -5,11 +5,9 @@ mod verdicts_common;
 
 use verdicts_common::*;
 use xtask::baseline::{self, class::FingerprintClass};
-use xtask::compare::fixtures::{
-    cpu_fingerprint, failed_trial, gpu_fingerprint, ok_trial, run, workload,
-};
 use xtask::compare::verdict::{OutputVerdict, Policy, Verdict};
 use xtask::compare::{compare_runs, compare_with_baselines, report, Comparison};
+use xtask::fixtures::{cpu_fingerprint, failed_trial, gpu_fingerprint, ok_trial, run, workload};
 use xtask::run_record::{RunRecord, WorkloadRun};
 
 fn tput(values: &[f64], hash: &str) -> Vec<xtask::run_record::TrialSummary> {

@@ -6,8 +6,8 @@ mod verdicts_common;
 
 use verdicts_common::*;
 use xtask::compare::compare_runs;
-use xtask::compare::fixtures::{cpu_fingerprint, gpu_fingerprint};
 use xtask::compare::verdict::{Policy, Verdict};
+use xtask::fixtures::{cpu_fingerprint, gpu_fingerprint};
 
 const SEEDS: u64 = 1000;
 

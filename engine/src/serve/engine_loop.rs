@@ -67,13 +67,29 @@ pub(crate) fn run(
                 return Ok(());
             }
             match commands.recv() {
-                Ok(cmd) => handle(cmd, &mut engine, &mut streams, &mut draining, origin, &metrics, &in_system),
+                Ok(cmd) => handle(
+                    cmd,
+                    &mut engine,
+                    &mut streams,
+                    &mut draining,
+                    origin,
+                    &metrics,
+                    &in_system,
+                ),
                 Err(_) => return Ok(()),
             }
         }
         loop {
             match commands.try_recv() {
-                Ok(cmd) => handle(cmd, &mut engine, &mut streams, &mut draining, origin, &metrics, &in_system),
+                Ok(cmd) => handle(
+                    cmd,
+                    &mut engine,
+                    &mut streams,
+                    &mut draining,
+                    origin,
+                    &metrics,
+                    &in_system,
+                ),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     draining = true;

@@ -148,7 +148,11 @@ where
     let max_model_len = match ready {
         Ok(Ok(n)) => n,
         Ok(Err(e)) => return Err(ServeError::Engine(e)),
-        Err(_) => return Err(ServeError::Engine("the engine thread ended while starting".into())),
+        Err(_) => {
+            return Err(ServeError::Engine(
+                "the engine thread ended while starting".into(),
+            ))
+        }
     };
 
     let addr = format!("{}:{}", opts.host, opts.port);

@@ -140,7 +140,9 @@ pub(crate) fn parse_completion(
         if model != served_model {
             return Err(ApiError {
                 status: 404,
-                message: format!("the model `{model}` does not exist; this server serves `{served_model}`"),
+                message: format!(
+                    "the model `{model}` does not exist; this server serves `{served_model}`"
+                ),
                 kind: "NotFoundError",
                 param: Some("model"),
             });
@@ -150,11 +152,23 @@ pub(crate) fn parse_completion(
         ("n", req.n.is_some_and(|n| n != 1)),
         ("best_of", req.best_of.is_some_and(|n| n != 1)),
         ("echo", req.echo),
-        ("logprobs", req.logprobs.as_ref().is_some_and(|v| !v.is_null())),
+        (
+            "logprobs",
+            req.logprobs.as_ref().is_some_and(|v| !v.is_null()),
+        ),
         ("stop", req.stop.as_ref().is_some_and(|v| !is_empty_stop(v))),
-        ("presence_penalty", req.presence_penalty.is_some_and(|p| p != 0.0)),
-        ("frequency_penalty", req.frequency_penalty.is_some_and(|p| p != 0.0)),
-        ("logit_bias", req.logit_bias.as_ref().is_some_and(|m| !m.is_empty())),
+        (
+            "presence_penalty",
+            req.presence_penalty.is_some_and(|p| p != 0.0),
+        ),
+        (
+            "frequency_penalty",
+            req.frequency_penalty.is_some_and(|p| p != 0.0),
+        ),
+        (
+            "logit_bias",
+            req.logit_bias.as_ref().is_some_and(|m| !m.is_empty()),
+        ),
         ("suffix", req.suffix.as_ref().is_some_and(|s| !s.is_empty())),
     ];
     if let Some((name, _)) = neutral.iter().find(|(_, set)| *set) {
@@ -184,12 +198,18 @@ pub(crate) fn parse_completion(
 
     let max_tokens = req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
     if max_tokens == 0 {
-        return Err(ApiError::invalid(Some("max_tokens"), "max_tokens must be at least 1"));
+        return Err(ApiError::invalid(
+            Some("max_tokens"),
+            "max_tokens must be at least 1",
+        ));
     }
     if req.min_tokens > max_tokens {
         return Err(ApiError::invalid(
             Some("min_tokens"),
-            format!("min_tokens ({}) exceeds max_tokens ({max_tokens})", req.min_tokens),
+            format!(
+                "min_tokens ({}) exceeds max_tokens ({max_tokens})",
+                req.min_tokens
+            ),
         ));
     }
     let temperature = req.temperature.unwrap_or(1.0);
@@ -258,9 +278,9 @@ fn is_empty_stop(v: &Value) -> bool {
 
 fn encode(codec: Option<&dyn TextCodec>, text: &str) -> Result<Vec<u32>, ApiError> {
     match codec {
-        Some(c) => c
-            .encode(text)
-            .map_err(|e| ApiError::invalid(Some("prompt"), format!("cannot tokenize the prompt: {e}"))),
+        Some(c) => c.encode(text).map_err(|e| {
+            ApiError::invalid(Some("prompt"), format!("cannot tokenize the prompt: {e}"))
+        }),
         None => Err(ApiError::invalid(
             Some("prompt"),
             "this model has no tokenizer: send the prompt as a list of token ids \
@@ -336,8 +356,14 @@ mod tests {
             (r#"{"prompt":[1],"n":2}"#, "`n`"),
             (r#"{"prompt":[1],"stop":["x"]}"#, "stop_token_ids"),
             (r#"{"prompt":[1],"temperature":3}"#, "temperature"),
-            (r#"{"prompt":[1],"max_tokens":2,"min_tokens":3}"#, "min_tokens"),
-            (r#"{"prompt":[1],"stream_options":{"include_usage":true}}"#, "stream"),
+            (
+                r#"{"prompt":[1],"max_tokens":2,"min_tokens":3}"#,
+                "min_tokens",
+            ),
+            (
+                r#"{"prompt":[1],"stream_options":{"include_usage":true}}"#,
+                "stream",
+            ),
             (r#"{"prompt":[1],"top_k":-5}"#, "top_k"),
         ];
         for (body, needle) in cases {

@@ -62,6 +62,18 @@ impl FingerprintClass {
 
     /// A stable short name: the first 16 hex digits of the blake3 of the
     /// class's canonical JSON (keys sorted at every level).
+    /// The machine in a few words, as `side::machine` writes it for a run.
+    pub fn machine(&self) -> String {
+        match &self.gpu_model {
+            Some(gpu) => format!(
+                "{gpu}, driver {}, CUDA {}",
+                self.driver_major.as_deref().unwrap_or("?"),
+                self.cuda_version.as_deref().unwrap_or("?")
+            ),
+            None => self.host_cpu.clone().unwrap_or_else(|| self.device.clone()),
+        }
+    }
+
     pub fn hash(&self) -> String {
         let value = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
         let bytes = canonical(&value).to_string();
@@ -135,7 +147,7 @@ pub fn canonical(value: &serde_json::Value) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::fixtures::{cpu_fingerprint, gpu_fingerprint, workload};
+    use crate::fixtures::{cpu_fingerprint, gpu_fingerprint, workload};
 
     #[test]
     fn commit_binary_and_clocks_do_not_change_the_class() {

@@ -10,10 +10,14 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::class::FingerprintClass;
-use crate::compare::side::{Side, TrialData};
 use crate::run_record::{ObjectId, TrialStatus};
+use crate::side::{RunTrials, Side, TrialData};
 
-pub const BASELINE_SCHEMA: u32 = 1;
+/// 2 added `earlier_runs`; schema 1 files (one run) are still read.
+pub const BASELINE_SCHEMA: u32 = 2;
+/// Runs a baseline keeps by default (the newest and up to 4 earlier): enough
+/// to estimate the run-to-run spread, few enough to review.
+pub const DEFAULT_HISTORY_RUNS: usize = 5;
 pub const CLASS_FILE: &str = "class.json";
 pub const BASELINE_FILE: &str = "baseline.json";
 
@@ -60,6 +64,68 @@ pub struct BaselineFile {
     pub trials: TrialColumns,
     /// Metric name → value per trial (null where a trial has none).
     pub metrics: BTreeMap<String, Vec<Option<f64>>>,
+    /// The runs promoted before this one, newest first: the history the
+    /// run-to-run spread is estimated from.
+    #[serde(default)]
+    pub earlier_runs: Vec<EarlierRun>,
+}
+
+/// One earlier run of a baseline's history, in the same column layout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EarlierRun {
+    pub source_run: ObjectId,
+    pub commit: Option<String>,
+    pub git_dirty: bool,
+    pub run_created_at: String,
+    pub trials: TrialColumns,
+    pub metrics: BTreeMap<String, Vec<Option<f64>>>,
+}
+
+impl EarlierRun {
+    fn trial_data(&self) -> Vec<TrialData> {
+        trial_data(&self.trials, &self.metrics)
+    }
+}
+
+fn trial_data(
+    trials: &TrialColumns,
+    metrics: &BTreeMap<String, Vec<Option<f64>>>,
+) -> Vec<TrialData> {
+    (0..trials.index.len())
+        .map(|i| TrialData {
+            index: trials.index[i],
+            status: trials.status[i].clone(),
+            output_hash: trials.output_hash[i].clone(),
+            metrics: metrics
+                .iter()
+                .filter_map(|(k, col)| col.get(i).copied().flatten().map(|v| (k.clone(), v)))
+                .collect(),
+            block: None,
+        })
+        .collect()
+}
+
+/// Checks that every column of one run has one entry per trial.
+fn validate_columns(
+    trials: &TrialColumns,
+    metrics: &BTreeMap<String, Vec<Option<f64>>>,
+    what: &str,
+) -> Result<(), String> {
+    let n = trials.index.len();
+    if trials.status.len() != n || trials.output_hash.len() != n {
+        return Err(format!(
+            "{what}trials.status and trials.output_hash must have {n} entries, like trials.index"
+        ));
+    }
+    for (name, column) in metrics {
+        if column.len() != n {
+            return Err(format!(
+                "{what}metrics.{name} has {} values for {n} trials",
+                column.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,52 +171,52 @@ impl BaselineFile {
                 output_hash: side.trials.iter().map(|t| t.output_hash.clone()).collect(),
             },
             metrics,
+            earlier_runs: Vec::new(),
         }
+    }
+
+    /// This file's newest run as an earlier run of a newer baseline.
+    pub fn as_earlier_run(&self) -> EarlierRun {
+        EarlierRun {
+            source_run: self.source_run.clone(),
+            commit: self.commit.clone(),
+            git_dirty: self.git_dirty,
+            run_created_at: self.run_created_at.clone(),
+            trials: self.trials.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// Every run of the history, newest first.
+    pub fn run_ids(&self) -> Vec<&str> {
+        std::iter::once(self.source_run.as_str())
+            .chain(self.earlier_runs.iter().map(|r| r.source_run.as_str()))
+            .collect()
     }
 
     /// Checks that every column has one entry per trial.
     fn validate(&self, path: &Path) -> Result<(), BaselineError> {
-        let n = self.trials.index.len();
         let invalid = |message: String| BaselineError::Invalid {
             path: path.to_path_buf(),
             message,
         };
-        if self.schema != BASELINE_SCHEMA {
+        if self.schema == 0 || self.schema > BASELINE_SCHEMA {
             return Err(invalid(format!(
-                "schema {} (this xtask reads {BASELINE_SCHEMA}); re-promote the baseline",
+                "schema {} (this xtask reads 1 to {BASELINE_SCHEMA}); re-promote the baseline",
                 self.schema
             )));
         }
-        if self.trials.status.len() != n || self.trials.output_hash.len() != n {
-            return Err(invalid(format!(
-                "trials.status and trials.output_hash must have {n} entries, like trials.index"
-            )));
-        }
-        for (name, column) in &self.metrics {
-            if column.len() != n {
-                return Err(invalid(format!(
-                    "metrics.{name} has {} values for {n} trials",
-                    column.len()
-                )));
-            }
+        validate_columns(&self.trials, &self.metrics, "").map_err(&invalid)?;
+        for (i, run) in self.earlier_runs.iter().enumerate() {
+            validate_columns(&run.trials, &run.metrics, &format!("earlier_runs[{i}]."))
+                .map_err(&invalid)?;
         }
         Ok(())
     }
 
     /// The baseline as a comparison side.
     pub fn to_side(&self, class: &FingerprintClass) -> Side {
-        let trials = (0..self.trials.index.len())
-            .map(|i| TrialData {
-                index: self.trials.index[i],
-                status: self.trials.status[i].clone(),
-                output_hash: self.trials.output_hash[i].clone(),
-                metrics: self
-                    .metrics
-                    .iter()
-                    .filter_map(|(k, col)| col[i].map(|v| (k.clone(), v)))
-                    .collect(),
-            })
-            .collect();
+        let trials = trial_data(&self.trials, &self.metrics);
         Side {
             label: format!("class {}", self.class_hash),
             run_id: self.source_run.clone(),
@@ -159,6 +225,17 @@ impl BaselineFile {
             created_at: self.run_created_at.clone(),
             class: class.clone(),
             trials,
+            earlier_runs: self
+                .earlier_runs
+                .iter()
+                .map(|r| RunTrials {
+                    run_id: r.source_run.clone(),
+                    commit: r.commit.clone(),
+                    created_at: r.run_created_at.clone(),
+                    trials: r.trial_data(),
+                })
+                .collect(),
+            machine: class.machine(),
         }
     }
 }
@@ -277,7 +354,7 @@ impl serde_json::ser::Formatter for ReviewFormatter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::fixtures::{cpu_fingerprint, failed_trial, ok_trial, run, workload};
+    use crate::fixtures::{cpu_fingerprint, failed_trial, ok_trial, run, workload};
 
     fn side() -> Side {
         let w = workload(

@@ -3,17 +3,15 @@
 //! model, engine config and build profile).
 
 pub mod class;
-pub mod cli;
 pub mod file;
 
 use std::path::{Path, PathBuf};
 
 use class::{FieldDifference, FingerprintClass};
-pub use cli::{run_cli, BaselineCmd};
 use file::{BaselineError, BaselineFile, ClassFile};
 
-use crate::compare::side::Side;
 use crate::run_record::RunRecord;
+use crate::side::Side;
 
 pub fn baselines_dir(repo_root: &Path) -> PathBuf {
     repo_root.join("baselines")
@@ -126,6 +124,8 @@ pub struct Promoted {
     pub dir: PathBuf,
     pub ok_trials: usize,
     pub replaced: bool,
+    /// Runs in the class's history after this promotion.
+    pub history_runs: usize,
 }
 
 /// What `promote` did.
@@ -145,6 +145,20 @@ pub fn promote(
     run_id: &str,
     run: &RunRecord,
 ) -> Result<PromoteReport, BaselineError> {
+    promote_keeping(repo_root, run_id, run, file::DEFAULT_HISTORY_RUNS)
+}
+
+/// `promote`, keeping the newest `keep` runs of each baseline's history
+/// (this one included): the run becomes the newest, the one it replaces
+/// moves into `earlier_runs`, the oldest beyond `keep` are dropped. A run
+/// already in a history is not added twice.
+pub fn promote_keeping(
+    repo_root: &Path,
+    run_id: &str,
+    run: &RunRecord,
+    keep: usize,
+) -> Result<PromoteReport, BaselineError> {
+    let keep = keep.max(1);
     let sides: Vec<Side> = run
         .workloads
         .iter()
@@ -177,17 +191,40 @@ pub fn promote(
         });
     }
     let mut promoted = Vec::new();
+    let mut skipped = skipped;
     for side in good {
         let hash = side.class.hash();
         let dir = baselines_dir(repo_root).join(&hash);
-        let replaced = dir.join(file::BASELINE_FILE).exists();
+        let previous = if dir.join(file::BASELINE_FILE).exists() {
+            Some(file::read_baseline(&dir)?)
+        } else {
+            None
+        };
+        if previous
+            .as_ref()
+            .is_some_and(|p| p.run_ids().contains(&run_id))
+        {
+            skipped.push(format!(
+                "`{}`: run {run_id} is already in the history of class {hash}",
+                side.class.workload
+            ));
+            continue;
+        }
+        let replaced = previous.is_some();
         let class_file = ClassFile {
             class_hash: hash.clone(),
             model: run.fingerprint.model.clone(),
             class: side.class.clone(),
         };
         file::write_json(&dir.join(file::CLASS_FILE), &class_file)?;
-        let baseline = BaselineFile::from_side(side, &hash, run.suite.clone());
+        let mut baseline = BaselineFile::from_side(side, &hash, run.suite.clone());
+        if let Some(prev) = previous {
+            baseline.earlier_runs = std::iter::once(prev.as_earlier_run())
+                .chain(prev.earlier_runs)
+                .take(keep - 1)
+                .collect();
+        }
+        let history_runs = 1 + baseline.earlier_runs.len();
         file::write_json(&dir.join(file::BASELINE_FILE), &baseline)?;
         promoted.push(Promoted {
             workload: side.class.workload.clone(),
@@ -195,6 +232,7 @@ pub fn promote(
             dir,
             ok_trials: side.ok_count(),
             replaced,
+            history_runs,
         });
     }
     Ok(PromoteReport { promoted, skipped })
@@ -203,7 +241,7 @@ pub fn promote(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::fixtures::{cpu_fingerprint, failed_trial, ok_trial, run, workload};
+    use crate::fixtures::{cpu_fingerprint, failed_trial, ok_trial, run, workload};
 
     fn two_ok(name: &str) -> crate::run_record::WorkloadRun {
         workload(
@@ -235,7 +273,31 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(promote(root.path(), "run1", &r).unwrap().promoted[0].replaced);
+        let again = promote(root.path(), "run1", &r).unwrap();
+        assert!(again.promoted.is_empty(), "a run is not added twice");
+        assert!(again.skipped[0].contains("already in the history"));
+    }
+
+    #[test]
+    fn promotions_build_a_history_of_at_most_keep_runs() {
+        let root = tempfile::tempdir().unwrap();
+        let r = run(cpu_fingerprint(), vec![two_ok("a")]);
+        for (i, id) in ["r1", "r2", "r3", "r4"].iter().enumerate() {
+            let p = promote_keeping(root.path(), id, &r, 3).unwrap().promoted;
+            assert_eq!(p[0].replaced, i > 0);
+            assert_eq!(p[0].history_runs, (i + 1).min(3));
+        }
+        let class = FingerprintClass::of(&r.fingerprint, &r.workloads[0]);
+        let Lookup::Found { baseline, .. } = lookup(root.path(), &class).unwrap() else {
+            panic!("no baseline");
+        };
+        assert_eq!(baseline.run_ids(), vec!["r4", "r3", "r2"]);
+        let side = baseline.to_side(&class);
+        assert_eq!(side.earlier_runs.len(), 2);
+        assert_eq!(
+            side.values_by_run("output_throughput"),
+            vec![vec![10.0, 11.0]; 3]
+        );
     }
 
     #[test]

@@ -5,10 +5,10 @@
 use std::fmt::Write as _;
 
 use super::report::{ci, output_text, p, pct, summary_line, unit, value};
-use super::side::{short_id, Side};
 use super::verdict::{MetricResult, OutputVerdict, Verdict};
 use super::{Comparison, WorkloadComparison};
 use crate::run_record::metric_catalog;
+use crate::side::{short_id, Side};
 
 /// GitHub refuses comments over 65,536 characters.
 const MARKDOWN_LIMIT: usize = 60_000;
@@ -55,13 +55,19 @@ fn md_side(out: &mut String, role: &str, s: &Side) {
     };
     let _ = writeln!(
         out,
-        "- {role}: {origin}run `{}` · commit `{}`{} · {} · {}/{} trials ok",
+        "- {role}: {origin}run `{}` · commit `{}`{} · {} · {} · {}/{} trials ok{}",
         short_id(&s.run_id),
         s.commit.as_deref().map(short_id).unwrap_or("unknown"),
         if s.git_dirty { " (dirty)" } else { "" },
+        md_escape(&s.machine),
         s.created_at,
         s.ok_count(),
-        s.trials.len()
+        s.trials.len(),
+        if s.earlier_runs.is_empty() {
+            String::new()
+        } else {
+            format!(" · {} earlier run(s) in its history", s.earlier_runs.len())
+        }
     );
 }
 
@@ -151,6 +157,7 @@ pub fn markdown(c: &Comparison) -> String {
     };
     let mut out = String::new();
     let _ = writeln!(out, "### {status} dyno bench: {}\n", md_escape(&c.title));
+    let _ = writeln!(out, "_{}_\n", md_escape(c.design.describe()));
     let _ = writeln!(out, "**{}**\n", summary_line(&s));
     let flagged: Vec<(&str, &MetricResult)> = c
         .workloads

@@ -3,14 +3,11 @@
 //!
 //! stats (Welch on logs, intervals, TOST, MDE, Holm) → verdict (per metric,
 //! per workload, one correction family per comparison) → report (terminal,
-//! Markdown, JSON, GitHub step summary). cli wires it to the store.
+//! Markdown, JSON, GitHub step summary). `commands::compare` wires it to
+//! the store.
 
-pub mod cli;
-#[doc(hidden)]
-pub mod fixtures;
 mod markdown;
 pub mod report;
-pub mod side;
 pub mod stats;
 pub mod thresholds;
 pub mod verdict;
@@ -22,11 +19,11 @@ use serde::{Deserialize, Serialize};
 use crate::baseline::class::FieldDifference;
 use crate::baseline::{self, Lookup};
 use crate::run_record::{RunRecord, WorkloadRun};
-pub use cli::{against_baseline, run_cli, CompareArgs};
-use side::{is_greedy, short_id, Side};
+use crate::side::{is_greedy, short_id, Side};
 use thresholds::{ThresholdError, Thresholds};
 use verdict::{
-    judge, MetricResult, OutputCheck, OutputVerdict, Policy, TrialCheck, Verdict, WorkloadPair,
+    judge, Design, MetricResult, OutputCheck, OutputVerdict, Policy, TrialCheck, Verdict,
+    WorkloadPair,
 };
 
 /// One workload of a comparison: its verdicts, or why it has none.
@@ -49,6 +46,8 @@ pub struct WorkloadComparison {
 pub struct Comparison {
     /// "run X against committed baselines" or "run B against run A".
     pub title: String,
+    /// How the sides relate, and so what the tests cover.
+    pub design: Design,
     pub policy: Policy,
     /// Tests in the Holm family (judged metrics of all compared workloads).
     pub family_size: usize,
@@ -150,6 +149,7 @@ fn pair_for(
     candidate: Side,
     spec_of_candidate: &WorkloadRun,
     across: &[String],
+    design: Design,
 ) -> Result<Slot, ThresholdError> {
     let name = candidate.class.workload.clone();
     let (allowed, diff): (Vec<FieldDifference>, Vec<FieldDifference>) = baseline
@@ -171,6 +171,7 @@ fn pair_for(
         )));
     }
     Ok(Slot::Pair(WorkloadPair {
+        design,
         allowed_differences: allowed,
         name,
         baseline,
@@ -180,7 +181,7 @@ fn pair_for(
     }))
 }
 
-fn finish(title: String, slots: Vec<Slot>, policy: &Policy) -> Comparison {
+fn finish(title: String, design: Design, slots: Vec<Slot>, policy: &Policy) -> Comparison {
     let pairs: Vec<WorkloadPair> = slots
         .iter()
         .filter_map(|s| match s {
@@ -214,6 +215,7 @@ fn finish(title: String, slots: Vec<Slot>, policy: &Policy) -> Comparison {
         .collect();
     Comparison {
         title,
+        design,
         policy: *policy,
         family_size,
         workloads,
@@ -252,6 +254,10 @@ pub fn compare_runs(
     }
     let (a_id, a_run) = a;
     let (b_id, b_run) = b;
+    let design = match (&a_run.interleaved, &b_run.interleaved) {
+        (Some(x), Some(y)) if x.session == y.session && x.side != y.side => Design::Paired,
+        _ => Design::TrialLevel,
+    };
     let mut slots = Vec::new();
     for w in &b_run.workloads {
         let candidate = Side::from_run(b_id, b_run, w);
@@ -261,6 +267,7 @@ pub fn compare_runs(
                 candidate,
                 w,
                 across,
+                design,
             )?),
             None => slots.push(Slot::Skip(no_verdict(
                 &w.name,
@@ -284,11 +291,17 @@ pub fn compare_runs(
             vec![],
         )));
     }
-    let mut title = format!("run {} against run {}", short_id(b_id), short_id(a_id));
+    let label = |run: &RunRecord, id: &str| match &run.interleaved {
+        Some(i) if design == Design::Paired => {
+            format!("{:?} = run {} ({})", i.side, short_id(id), i.label)
+        }
+        _ => format!("run {}", short_id(id)),
+    };
+    let mut title = format!("{} against {}", label(b_run, b_id), label(a_run, a_id));
     if !across.is_empty() {
         title.push_str(&format!(" (across {})", across.join(", ")));
     }
-    Ok(finish(title, slots, policy))
+    Ok(finish(title, design, slots, policy))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -312,9 +325,13 @@ pub fn compare_with_baselines(
     for w in &run.workloads {
         let candidate = Side::from_run(run_id, run, w);
         match baseline::lookup(repo_root, &candidate.class)? {
-            Lookup::Found { class, baseline } => {
-                slots.push(pair_for(baseline.to_side(&class.class), candidate, w, &[])?)
-            }
+            Lookup::Found { class, baseline } => slots.push(pair_for(
+                baseline.to_side(&class.class),
+                candidate,
+                w,
+                &[],
+                Design::Nested,
+            )?),
             Lookup::Missing {
                 explanation,
                 nearest,
@@ -329,7 +346,25 @@ pub fn compare_with_baselines(
     }
     Ok(finish(
         format!("run {} against committed baselines", short_id(run_id)),
+        Design::Nested,
         slots,
         policy,
     ))
+}
+
+/// For `cargo xtask bench`: checks a just-stored run against the committed
+/// baselines, prints the table (and the GitHub job summary when set), and
+/// returns the exit code, or None when no workload has a baseline of its
+/// class (the printed table says why for each).
+pub fn against_baseline(
+    run_id: &str,
+    run: &RunRecord,
+    repo_root: &Path,
+) -> anyhow::Result<Option<i32>> {
+    use anyhow::Context;
+    let comparison = compare_with_baselines(repo_root, run_id, run, &Policy::default())
+        .context("comparing against committed baselines")?;
+    report::print_out(&report::terminal(&comparison))?;
+    report::append_step_summary(&comparison).context("appending to $GITHUB_STEP_SUMMARY")?;
+    Ok(comparison.has_verdicts().then(|| comparison.exit_code()))
 }

@@ -1,6 +1,6 @@
 //! A comparison as a terminal table, JSON, and the GitHub job summary; the
-//! Markdown for a PR comment is in `markdown.rs`. Number formatting shared
-//! by all of them lives here.
+//! Markdown for a PR comment is in `markdown.rs`. Numbers are formatted by
+//! `crate::format`.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -9,9 +9,9 @@ use std::path::Path;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, ContentArrangement, Table};
 
 pub use super::markdown::markdown;
-use super::side::Side;
-use super::verdict::{describe_change, MetricResult, OutputVerdict, Verdict};
+use super::verdict::{MetricResult, OutputVerdict, Verdict};
 use super::{Comparison, Summary, WorkloadComparison};
+use crate::side::Side;
 
 /// Shown in the terminal even when unchanged: what a reader looks for first.
 const HEADLINE: [&str; 4] = [
@@ -21,41 +21,13 @@ const HEADLINE: [&str; 4] = [
     "p99_e2el_ms",
 ];
 
-pub fn value(v: Option<f64>) -> String {
-    match v {
-        None => "–".into(),
-        Some(v) if v.abs() >= 1000.0 => format!("{v:.0}"),
-        Some(v) if v.abs() >= 100.0 => format!("{v:.1}"),
-        Some(v) if v.abs() >= 1.0 => format!("{v:.2}"),
-        Some(v) => format!("{v:.4}"),
-    }
-}
-
-/// A signed relative change; beyond +900% as a factor ("×35").
-pub(super) fn signed(v: f64) -> String {
-    if v >= 9.0 {
-        format!("×{:.0}", v + 1.0)
-    } else {
-        format!("{:+.1}%", v * 100.0)
-    }
-}
-
-pub(super) fn pct(v: Option<f64>) -> String {
-    v.map(signed).unwrap_or_else(|| "–".into())
-}
+use crate::format::{magnitude, signed};
+pub(super) use crate::format::{opt_value as value, p_value as p, pct};
 
 pub(super) fn ci(m: &MetricResult) -> String {
     match (m.ci_low, m.ci_high) {
         (Some(lo), Some(hi)) => format!("[{}, {}]", signed(lo), signed(hi)),
         _ => "–".into(),
-    }
-}
-
-pub(super) fn p(v: Option<f64>) -> String {
-    match v {
-        None => "–".into(),
-        Some(v) if v < 0.001 => "<0.001".into(),
-        Some(v) => format!("{v:.3}"),
     }
 }
 
@@ -73,7 +45,7 @@ pub(super) fn unit(m: &MetricResult) -> String {
 fn verdict_text(m: &MetricResult) -> String {
     match (m.verdict, m.mde) {
         (Verdict::Inconclusive, Some(mde)) => {
-            format!("INCONCLUSIVE (MDE {})", describe_change(mde))
+            format!("INCONCLUSIVE (MDE {})", magnitude(mde))
         }
         (Verdict::Inconclusive, None) => "INCONCLUSIVE (no test)".into(),
         (v, _) => v.to_string(),
@@ -143,6 +115,7 @@ pub(super) fn output_text(w: &WorkloadComparison) -> Option<String> {
 pub fn terminal(c: &Comparison) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}", c.title);
+    let _ = writeln!(out, "test: {}", c.design.describe());
     let _ = writeln!(out, "{}", summary_line(&c.summary()));
     for w in &c.workloads {
         let _ = writeln!(
@@ -250,4 +223,13 @@ pub fn append_markdown(path: &Path, c: &Comparison) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(markdown(c).as_bytes())?;
     f.write_all(b"\n")
+}
+
+/// Prints to stdout; a closed pipe (`| head`) is not an error.
+pub fn print_out(text: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(()),
+    }
 }

@@ -11,12 +11,16 @@
 use statrs::distribution::{ContinuousCDF, StudentsT};
 use thiserror::Error;
 
+use crate::stats::mean_var;
+
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum StatsError {
     #[error("fewer than 2 values on a side (baseline {baseline}, candidate {candidate})")]
     TooFewValues { baseline: usize, candidate: usize },
     #[error("non-positive or non-finite value {value}: the log scale is undefined")]
     NotPositive { value: f64 },
+    #[error("the baseline holds {runs} run(s); the run-to-run spread needs {needed}")]
+    ShortHistory { runs: usize, needed: usize },
 }
 
 /// Welch's t-test of `log(candidate)` against `log(baseline)`.
@@ -30,18 +34,6 @@ pub struct LogComparison {
     pub se: f64,
     /// Welch–Satterthwaite degrees of freedom.
     pub df: f64,
-}
-
-fn mean_var(xs: &[f64]) -> (f64, f64) {
-    // Repeated values have exactly zero variance; summing them can leave a
-    // rounding residue that would pass for a (tiny) measured spread.
-    if xs.iter().all(|x| *x == xs[0]) {
-        return (xs[0], 0.0);
-    }
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, var)
 }
 
 fn logs(xs: &[f64]) -> Result<Vec<f64>, StatsError> {
@@ -164,6 +156,115 @@ impl LogComparison {
         ((t_alpha + t_beta) * self.se).exp_m1()
     }
 }
+
+impl LogComparison {
+    /// A paired comparison: `pairs` holds (baseline, candidate) values of
+    /// the same block of an interleaved A/B session. Each block's log ratio
+    /// is one observation, so whatever drifted during the session (clocks,
+    /// temperature, neighbours) cancels within the block, and the test is a
+    /// one-sample t-test of the mean log ratio (df = blocks − 1).
+    pub fn paired(pairs: &[(f64, f64)]) -> Result<Self, StatsError> {
+        if pairs.len() < 2 {
+            return Err(StatsError::TooFewValues {
+                baseline: pairs.len(),
+                candidate: pairs.len(),
+            });
+        }
+        let b: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+        let c: Vec<f64> = pairs.iter().map(|p| p.1).collect();
+        let diffs: Vec<f64> = logs(&c)?
+            .into_iter()
+            .zip(logs(&b)?)
+            .map(|(lc, lb)| lc - lb)
+            .collect();
+        let (mean, var) = mean_var(&diffs);
+        let n = diffs.len() as f64;
+        Ok(LogComparison {
+            n_baseline: pairs.len(),
+            n_candidate: pairs.len(),
+            log_diff: mean,
+            se: (var / n).sqrt(),
+            df: n - 1.0,
+        })
+    }
+
+    /// A candidate run against a baseline history of several runs, with
+    /// trials nested in runs: log value = run effect + trial noise. The
+    /// run-to-run variance σ²_b is what makes two back-to-back runs of one
+    /// binary differ by more than their trials suggest; it can only be
+    /// estimated from several runs, so fewer than `MIN_HISTORY_RUNS` is an
+    /// error (the caller reports INCONCLUSIVE and says why).
+    ///
+    /// With R baseline runs of n_r trials, run means m_r, their variance
+    /// s²_m (df R − 1), the pooled within-run variance MSW (baseline and
+    /// candidate trials, df N − R − 1) and h = mean(1/n_r):
+    /// σ²_b ≈ s²_m − h·MSW, and the variance of (candidate mean − mean of
+    /// run means) is σ²_b(1 + 1/R) + MSW(1/n_c + h/R)
+    /// = (1 + 1/R)·s²_m + (1/n_c − h)·MSW, with Satterthwaite's df. When
+    /// the history shows no run-level spread beyond its trials (s²_m below
+    /// h·MSW) the trial-level variance MSW(1/n_c + h/R) is used instead.
+    pub fn nested(history: &[Vec<f64>], candidate: &[f64]) -> Result<Self, StatsError> {
+        let runs: Vec<&Vec<f64>> = history.iter().filter(|r| !r.is_empty()).collect();
+        let n_c = candidate.len();
+        if runs.len() < MIN_HISTORY_RUNS || n_c < 1 {
+            return Err(StatsError::ShortHistory {
+                runs: runs.len(),
+                needed: MIN_HISTORY_RUNS,
+            });
+        }
+        let run_logs: Vec<Vec<f64>> = runs.iter().map(|r| logs(r)).collect::<Result<_, _>>()?;
+        let cand_logs = logs(candidate)?;
+        let r = run_logs.len() as f64;
+        let run_means: Vec<f64> = run_logs.iter().map(|l| mean_var(l).0).collect();
+        let (grand, s2_m) = mean_var(&run_means);
+        let (cand_mean, _) = mean_var(&cand_logs);
+        // Pooled within-run sum of squares over every run with 2+ trials,
+        // the candidate's included.
+        let mut ss_w = 0.0;
+        let mut df_w = 0.0;
+        for l in run_logs.iter().chain(std::iter::once(&cand_logs)) {
+            if l.len() >= 2 {
+                let (_, v) = mean_var(l);
+                ss_w += v * (l.len() as f64 - 1.0);
+                df_w += l.len() as f64 - 1.0;
+            }
+        }
+        let msw = if df_w > 0.0 { ss_w / df_w } else { 0.0 };
+        let h = run_logs.iter().map(|l| 1.0 / l.len() as f64).sum::<f64>() / r;
+        let nc = n_c as f64;
+        let trial_only = msw * (1.0 / nc + h / r);
+        let a = 1.0 + 1.0 / r;
+        let b = 1.0 / nc - h;
+        let with_runs = a * s2_m + b * msw;
+        let (var, df) = if s2_m > h * msw && with_runs > trial_only {
+            let denom = (a * s2_m).powi(2) / (r - 1.0)
+                + if df_w > 0.0 {
+                    (b * msw).powi(2) / df_w
+                } else {
+                    0.0
+                };
+            let df = if denom > 0.0 {
+                with_runs * with_runs / denom
+            } else {
+                r - 1.0
+            };
+            (with_runs, df)
+        } else {
+            (trial_only, df_w.max(1.0))
+        };
+        Ok(LogComparison {
+            n_baseline: run_logs.iter().map(Vec::len).sum(),
+            n_candidate: n_c,
+            log_diff: cand_mean - grand,
+            se: var.max(0.0).sqrt(),
+            df,
+        })
+    }
+}
+
+/// Baseline runs needed before the run-to-run spread is estimated at all
+/// (two runs give one degree of freedom: an estimate too wild to act on).
+pub const MIN_HISTORY_RUNS: usize = 3;
 
 /// Holm's step-down adjustment with weights: adjusted p-values in the
 /// input order; reject where the adjusted value is below α.
@@ -328,5 +429,52 @@ mod tests {
             holm_adjust(&[0.01, 0.2], &[2.0, 6.0]),
             holm_adjust(&[0.01, 0.2], &[1.0, 3.0])
         );
+    }
+
+    #[test]
+    fn paired_test_cancels_a_shared_drift() {
+        // both sides drift by the same factor per block: the ratio is 1.05 throughout
+        let pairs: Vec<(f64, f64)> = (0..5)
+            .map(|i| {
+                let drift = 1.0 + 0.01 * i as f64;
+                (
+                    100.0 * drift,
+                    105.0 * drift * (1.0 + 0.001 * (i % 2) as f64),
+                )
+            })
+            .collect();
+        let c = LogComparison::paired(&pairs).unwrap();
+        assert_eq!(c.df, 4.0);
+        assert!((c.relative_change() - 0.0505).abs() < 0.002);
+        assert!(c.p_value() < 1e-6, "{}", c.p_value());
+        // Welch on the same values sees the drift as noise
+        let (a, b): (Vec<f64>, Vec<f64>) = pairs.iter().copied().unzip();
+        assert!(LogComparison::new(&a, &b).unwrap().se > 5.0 * c.se);
+        assert!(LogComparison::paired(&pairs[..1]).is_err());
+    }
+
+    #[test]
+    fn nested_test_needs_three_runs_and_widens_with_run_spread() {
+        let tight = vec![vec![100.0, 100.1, 99.9]; 3];
+        assert!(matches!(
+            LogComparison::nested(&tight[..2], &[100.0, 100.0]),
+            Err(StatsError::ShortHistory { runs: 2, needed: 3 })
+        ));
+        let c = LogComparison::nested(&tight, &[102.0, 102.1, 101.9]).unwrap();
+        assert!(c.p_value() < 0.001, "identical runs: trial noise only");
+        // the same trial noise, but the run means spread by ~1%
+        let spread = vec![
+            vec![99.0, 99.1, 98.9],
+            vec![101.0, 101.1, 100.9],
+            vec![100.0, 100.1, 99.9],
+        ];
+        let w = LogComparison::nested(&spread, &[102.0, 102.1, 101.9]).unwrap();
+        assert!(w.se > 5.0 * c.se, "{} vs {}", w.se, c.se);
+        assert!(
+            w.p_value() > 0.05,
+            "a 2% change within 1% run spread: {}",
+            w.p_value()
+        );
+        assert!((w.relative_change() - 0.02).abs() < 0.001);
     }
 }

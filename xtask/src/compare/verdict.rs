@@ -3,10 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::side::Side;
 use super::stats::{holm_adjust, LogComparison, StatsError};
 use super::thresholds::Thresholds;
 use crate::run_record::{metric_catalog, MetricKind};
+use crate::side::Side;
+use crate::stats;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -51,9 +52,38 @@ impl Default for Policy {
     }
 }
 
+/// How the two sides' values are related, which decides the test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Design {
+    /// Two separate runs: Welch's t-test on their trials. Covers the
+    /// trial-to-trial noise only, not what differs from one run (one
+    /// sitting) to the next.
+    TrialLevel,
+    /// One interleaved A/B session: each block's log ratio is one paired
+    /// observation, so drift during the session cancels.
+    Paired,
+    /// A run against a committed baseline's history of runs: trials nested
+    /// in runs, so the run-to-run spread is part of the test.
+    Nested,
+}
+
+impl Design {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Design::TrialLevel => {
+                "trial-level test of two separate runs: run-to-run drift is not covered (prefer an interleaved A/B)"
+            }
+            Design::Paired => "interleaved A/B on one machine, paired by block",
+            Design::Nested => "against the baseline's run history (trials nested in runs)",
+        }
+    }
+}
+
 /// Two sides of one workload that share a fingerprint class.
 #[derive(Debug, Clone)]
 pub struct WorkloadPair {
+    pub design: Design,
     pub name: String,
     /// Class differences the caller allowed (`compare --across`).
     pub allowed_differences: Vec<crate::baseline::class::FieldDifference>,
@@ -134,17 +164,6 @@ pub struct WorkloadVerdicts {
     pub trials: TrialCheck,
 }
 
-fn geometric_mean(xs: &[f64]) -> Option<f64> {
-    if xs.is_empty() {
-        return None;
-    }
-    if xs.iter().all(|x| *x > 0.0) {
-        Some((xs.iter().map(|x| x.ln()).sum::<f64>() / xs.len() as f64).exp())
-    } else {
-        Some(xs.iter().sum::<f64>() / xs.len() as f64)
-    }
-}
-
 /// One judged metric before the family's correction is known.
 struct Pending {
     result: MetricResult,
@@ -162,8 +181,26 @@ fn pending_for(pair: &WorkloadPair) -> Vec<Pending> {
         if b.is_empty() && c.is_empty() {
             continue;
         }
-        let test = match LogComparison::new(&b, &c) {
+        let test = match pair.design {
+            Design::TrialLevel => LogComparison::new(&b, &c),
+            Design::Paired => {
+                let cb = pair.candidate.values_by_block(def.name);
+                let pairs: Vec<(f64, f64)> = pair
+                    .baseline
+                    .values_by_block(def.name)
+                    .into_iter()
+                    .filter_map(|(block, vb)| Some((vb, *cb.get(&block)?)))
+                    .collect();
+                LogComparison::paired(&pairs)
+            }
+            Design::Nested => LogComparison::nested(&pair.baseline.values_by_run(def.name), &c),
+        };
+        let test = match test {
             Ok(t) => Ok(t),
+            Err(StatsError::TooFewValues { .. }) if pair.design == Design::Paired => Err(format!(
+                "{} block(s) with this metric ok on both sides; a paired test needs 2",
+                b.len().min(c.len())
+            )),
             Err(StatsError::TooFewValues { .. }) => Err(format!(
                 "{} ok trial(s) with this metric in the baseline, {} in the candidate; a test needs 2 per side",
                 b.len(),
@@ -172,9 +209,12 @@ fn pending_for(pair: &WorkloadPair) -> Vec<Pending> {
             Err(StatsError::NotPositive { value }) => Err(format!(
                 "a trial value is {value}: relative change undefined at zero"
             )),
+            Err(StatsError::ShortHistory { runs, needed }) => Err(format!(
+                "the baseline holds {runs} run(s) with this metric: the run-to-run spread needs {needed}, so no flag (promote more runs, or run an interleaved A/B)"
+            )),
         };
         let identical = b.len() >= 2 && c.len() >= 2 && b.iter().chain(&c).all(|v| *v == b[0]);
-        let (bm, cm) = (geometric_mean(&b), geometric_mean(&c));
+        let (bm, cm) = (stats::geometric_mean(&b), stats::geometric_mean(&c));
         out.push(Pending {
             result: MetricResult {
                 metric: def.name.to_string(),
@@ -270,20 +310,11 @@ fn decide(
             "{}+{} trials at this noise detect only changes beyond {}",
             test.n_baseline,
             test.n_candidate,
-            describe_change(mde)
+            crate::format::magnitude(mde)
         ))
     } else {
         None
     };
-}
-
-/// A relative change for people: "12.3%", or "×15" when it is huge.
-pub fn describe_change(relative: f64) -> String {
-    if relative >= 9.0 {
-        format!("×{:.0}", relative + 1.0)
-    } else {
-        format!("{:.1}%", relative * 100.0)
-    }
 }
 
 fn output_check(pair: &WorkloadPair) -> OutputCheck {
@@ -454,11 +485,5 @@ mod tests {
         assert!((w[0][3] - 0.1).abs() < 1e-12);
         // no throughput metric: central and tail share the whole workload 3:2
         assert!((w[1][0] - 0.6).abs() < 1e-12 && (w[1][1] - 0.4).abs() < 1e-12);
-    }
-
-    #[test]
-    fn huge_changes_read_as_factors() {
-        assert_eq!(describe_change(0.123), "12.3%");
-        assert_eq!(describe_change(14.0), "×15");
     }
 }

@@ -75,13 +75,18 @@ impl Target {
         stream: bool,
         request_timeout: Duration,
     ) -> anyhow::Result<Target> {
+        Ok(Self::new_checked(url, api_key_env, stream, request_timeout)?.0)
+    }
+
+    /// [`Target::new`], also saying whether the URL carried credentials
+    /// (dropped: neither sent nor stored).
+    pub fn new_checked(
+        url: &str,
+        api_key_env: &str,
+        stream: bool,
+        request_timeout: Duration,
+    ) -> anyhow::Result<(Target, bool)> {
         let (base, had_credentials) = clean_url(url)?;
-        if had_credentials {
-            eprintln!(
-                "warning: --target had credentials in its URL; they are dropped (not sent, not \
-                 stored): put an API key in ${api_key_env}"
-            );
-        }
         let api_key = std::env::var(api_key_env).ok().filter(|k| !k.is_empty());
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -90,13 +95,14 @@ impl Target {
             .max_idle_connections_per_host(4096)
             .build()
             .into();
-        Ok(Target {
+        let target = Target {
             base,
             model: String::new(),
             stream,
             api_key,
             agent,
-        })
+        };
+        Ok((target, had_credentials))
     }
 
     fn get(&self, path: &str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
@@ -149,7 +155,10 @@ impl Target {
         self.model = match model {
             Some(m) => m.to_string(),
             None => listed.first().cloned().with_context(|| {
-                format!("{}/v1/models lists no model; pass --served-model", self.base)
+                format!(
+                    "{}/v1/models lists no model; pass --served-model",
+                    self.base
+                )
             })?,
         };
         let owned_by = models["data"][0]["owned_by"].as_str().map(str::to_string);
@@ -286,7 +295,11 @@ impl Completion {
         Completion {
             sent,
             token_times: Vec::new(),
-            itl_basis: if stream { ItlBasis::Token } else { ItlBasis::None },
+            itl_basis: if stream {
+                ItlBasis::Token
+            } else {
+                ItlBasis::None
+            },
             first_output: None,
             last_output: None,
             chunks: 0,
@@ -509,7 +522,10 @@ mod tests {
             clean_url("http://localhost:1").unwrap(),
             ("http://localhost:1".to_string(), false)
         );
-        assert!(clean_url("https://x").unwrap_err().to_string().contains("TLS"));
+        assert!(clean_url("https://x")
+            .unwrap_err()
+            .to_string()
+            .contains("TLS"));
         assert!(clean_url("ftp://x").is_err());
     }
 
@@ -548,7 +564,10 @@ mod tests {
 
     #[test]
     fn broken_streams_are_errors_not_panics() {
-        assert!(stream("data: {not json\n\n").error.unwrap().contains("JSON"));
+        assert!(stream("data: {not json\n\n")
+            .error
+            .unwrap()
+            .contains("JSON"));
         assert!(stream("data: {\"error\":{\"message\":\"boom\"}}\n\n")
             .error
             .unwrap()

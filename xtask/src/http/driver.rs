@@ -303,7 +303,9 @@ mod tests {
         };
         let c = Completion::failed(origin, "HTTP 400: too long".into());
         let rec = to_record(&r, &c, &d);
-        assert!(matches!(rec.status, RecordStatus::Rejected { ref reason } if reason.contains("400")));
+        assert!(
+            matches!(rec.status, RecordStatus::Rejected { ref reason } if reason.contains("400"))
+        );
         assert_eq!(rec.prompt_len, 2);
         assert_eq!(rec.client.unwrap().intended_s, 0.5);
     }

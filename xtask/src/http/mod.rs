@@ -11,6 +11,8 @@ pub mod server;
 use workloads::RequestRecord;
 
 use crate::metrics::percentiles_ms;
+use crate::run_record::names;
+use crate::warnings::Warning;
 
 /// When the load generator's p99 send lag reaches this share of the
 /// workload's pace (the mean gap between arrivals in an open loop, the
@@ -29,14 +31,14 @@ pub fn generator_metrics(trial: &driver::HttpTrial) -> Vec<(&'static str, f64)> 
     let lags = trial.send_lags_s();
     let mut out = Vec::new();
     if !lags.is_empty() {
-        out.push(("p99_send_lag_ms", percentiles_ms(&lags, &[0.99])[0]));
+        out.push((names::P99_SEND_LAG_MS, percentiles_ms(&lags, &[99.0])[0]));
         out.push((
-            "max_send_lag_ms",
+            names::MAX_SEND_LAG_MS,
             lags.iter().copied().fold(0.0, f64::max) * 1e3,
         ));
     }
     if let Some(cpu) = trial.cpu_percent() {
-        out.push(("client_cpu_percent", cpu));
+        out.push((names::CLIENT_CPU_PERCENT, cpu));
     }
     out
 }
@@ -57,38 +59,37 @@ fn pace_ms(records: &[RequestRecord], p50_e2el_ms: Option<f64>) -> Option<f64> {
     }
 }
 
-/// Warnings about the generator distorting a trial, each with its fix.
+/// Warnings about the generator distorting a trial.
 pub fn generator_warnings(
     workload: &str,
     trial: &driver::HttpTrial,
     p50_e2el_ms: Option<f64>,
-) -> Vec<String> {
+) -> Vec<Warning> {
     let mut out = Vec::new();
     let lags = trial.send_lags_s();
     if !lags.is_empty() {
-        let p99 = percentiles_ms(&lags, &[0.99])[0];
-        let limit = pace_ms(&trial.records, p50_e2el_ms)
+        let p99_ms = percentiles_ms(&lags, &[99.0])[0];
+        let limit_ms = pace_ms(&trial.records, p50_e2el_ms)
             .map_or(LAG_FLOOR_MS, |p| (p * LAG_SHARE_OF_PACE).max(LAG_FLOOR_MS));
-        if p99 > limit {
-            out.push(format!(
-                "{workload}: the load generator sent requests late (p99 {p99:.2} ms after they \
-                 were due, over {limit:.2} ms): the load is not what the workload says. Run \
-                 the client on another machine, or lower the rate or concurrency"
-            ));
+        if p99_ms > limit_ms {
+            out.push(Warning::GeneratorLate {
+                workload: workload.to_string(),
+                p99_ms,
+                limit_ms,
+            });
         }
     }
-    if let Some(cpu) = trial.cpu_percent().filter(|&c| c > CPU_WARN_PERCENT) {
-        out.push(format!(
-            "{workload}: the load generator used {cpu:.0}% of a core: its own reads may delay \
-             token timestamps. Run it on another machine or lower the request rate"
-        ));
+    if let Some(cpu_percent) = trial.cpu_percent().filter(|&c| c > CPU_WARN_PERCENT) {
+        out.push(Warning::GeneratorBusy {
+            workload: workload.to_string(),
+            cpu_percent,
+        });
     }
     if trial.prompt_len_mismatches > 0 {
-        out.push(format!(
-            "{workload}: for {} requests the server counted a different prompt length than \
-             sent (usage.prompt_tokens; e.g. it adds BOS): records use the server's count",
-            trial.prompt_len_mismatches
-        ));
+        out.push(Warning::PromptLengthDiffers {
+            workload: workload.to_string(),
+            requests: trial.prompt_len_mismatches,
+        });
     }
     out
 }
@@ -160,9 +161,12 @@ mod tests {
         };
         let warnings = generator_warnings("w", &late, None);
         assert_eq!(warnings.len(), 2, "{warnings:?}");
-        assert!(warnings[0].contains("late"));
-        assert!(warnings[1].contains("90%"));
+        assert!(matches!(warnings[0], Warning::GeneratorLate { .. }));
+        assert!(warnings[1].to_string().contains("90%"));
         let m: Vec<&str> = generator_metrics(&late).iter().map(|(n, _)| *n).collect();
-        assert_eq!(m, ["p99_send_lag_ms", "max_send_lag_ms", "client_cpu_percent"]);
+        assert_eq!(
+            m,
+            ["p99_send_lag_ms", "max_send_lag_ms", "client_cpu_percent"]
+        );
     }
 }

@@ -45,10 +45,16 @@ fn is_key_flag(word: &str) -> bool {
 }
 
 impl Server {
-    /// Starts `program args` with stdout and stderr into `log`.
-    pub fn start(program: &Path, args: &[String], log: &Path) -> Result<Server, ServerFail> {
+    /// Starts `program args` (with `env` added to its environment) with
+    /// stdout and stderr into `log`.
+    pub fn start(
+        program: &Path,
+        args: &[String],
+        env: &std::collections::BTreeMap<String, String>,
+        log: &Path,
+    ) -> Result<Server, ServerFail> {
         let mut cmd = Command::new(program);
-        cmd.args(args);
+        cmd.args(args).envs(env);
         Self::spawn(cmd, log)
     }
 
@@ -89,11 +95,18 @@ impl Server {
 
     /// Waits for the `http://...` address the server prints after
     /// `marker` (`engine serve: listening on `) in its log.
-    pub fn wait_for_address(&mut self, marker: &str, timeout: Duration) -> Result<String, ServerFail> {
+    pub fn wait_for_address(
+        &mut self,
+        marker: &str,
+        timeout: Duration,
+    ) -> Result<String, ServerFail> {
         let deadline = Instant::now() + timeout;
         loop {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if let Some(rest) = text.lines().find_map(|l| l.split_once(marker).map(|(_, r)| r)) {
+            if let Some(rest) = text
+                .lines()
+                .find_map(|l| l.split_once(marker).map(|(_, r)| r))
+            {
                 return Ok(rest.trim().to_string());
             }
             self.check_alive()?;
@@ -131,7 +144,11 @@ impl Server {
     }
 
     fn fail(&self, what: String) -> ServerFail {
-        ServerFail(format!("{what}; log {}{}", self.log.display(), log_tail(&self.log)))
+        ServerFail(format!(
+            "{what}; log {}{}",
+            self.log.display(),
+            log_tail(&self.log)
+        ))
     }
 
     /// SIGTERM to the server's process group (so a server started through
@@ -237,8 +254,8 @@ mod tests {
     fn stop_ends_the_process_group() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("server.log");
-        let mut s = Server::start_shell("echo 'listening on http://x'; sleep 30 & wait", &log)
-            .unwrap();
+        let mut s =
+            Server::start_shell("echo 'listening on http://x'; sleep 30 & wait", &log).unwrap();
         assert_eq!(
             s.wait_for_address("listening on ", Duration::from_secs(10))
                 .unwrap(),

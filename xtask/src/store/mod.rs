@@ -14,7 +14,6 @@
 //! follow those references.
 
 mod canonical;
-pub mod cli;
 mod error;
 mod export;
 mod gc;

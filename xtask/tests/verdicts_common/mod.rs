@@ -5,7 +5,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use xtask::compare::fixtures::{ok_trial, run, workload};
+use xtask::fixtures::{ok_trial, run, workload};
 use xtask::run_record::{metric_catalog, Fingerprint, MetricKind, RunRecord, TrialSummary};
 
 /// Trial-to-trial coefficient of variation per metric kind, and how much of

@@ -457,15 +457,5 @@ pub struct MemoryBreakdown {
 }
 
 /// Static properties of one GPU, for the pipeline's fingerprint
-/// (`engine info --json`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct GpuProperties {
-    pub ordinal: usize,
-    pub name: String,
-    pub uuid: String,
-    pub compute_capability: (i32, i32),
-    pub sm_count: i32,
-    pub total_memory_bytes: u64,
-    /// cuDriverGetVersion, e.g. 13000.
-    pub cuda_driver_version: i32,
-}
+/// (`engine info --json`): the contract type lives in `workloads`.
+pub use workloads::engine_info::GpuProperties;

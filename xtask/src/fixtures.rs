@@ -67,6 +67,7 @@ pub fn ok_trial(index: u32, metrics: &[(&str, f64)], output_hash: &str) -> Trial
         gpu_before: None,
         gpu_after: None,
         wall_s: 1.0,
+        block: None,
     }
 }
 
@@ -83,6 +84,7 @@ pub fn failed_trial(index: u32, reason: &str) -> TrialSummary {
         gpu_before: None,
         gpu_after: None,
         wall_s: 1.0,
+        block: None,
     }
 }
 
@@ -103,5 +105,6 @@ pub fn run(fingerprint: Fingerprint, workloads: Vec<WorkloadRun>) -> RunRecord {
         suite: Some("test".into()),
         fingerprint,
         workloads,
+        interleaved: None,
     }
 }

@@ -1,34 +1,20 @@
 //! `cargo xtask baseline promote|ls`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 
-use super::{baselines_dir, file, promote};
+use crate::baseline::{baselines_dir, file, promote_keeping};
+use crate::cli::BaselineCmd;
 use crate::store::Store;
-
-#[derive(Debug, Clone, clap::Subcommand)]
-pub enum BaselineCmd {
-    /// Make a stored run the committed baseline of each of its workloads'
-    /// classes (overwrites baselines/<class>/); review and commit the diff.
-    Promote {
-        /// Run id, unique id prefix, or "latest".
-        #[arg(default_value = "latest")]
-        run: String,
-        /// The content-addressed store (default: `results/` in the workspace).
-        #[arg(long, value_name = "DIR")]
-        results: Option<PathBuf>,
-    },
-    /// List the committed baselines.
-    Ls,
-}
+use crate::warnings::{self, Warning};
 
 /// Runs a baseline command. Errors are printed here and give exit code 2.
 pub fn run_cli(cmd: BaselineCmd, repo_root: &Path) -> anyhow::Result<i32> {
     let result = match cmd {
-        BaselineCmd::Promote { run, results } => {
+        BaselineCmd::Promote { run, results, keep } => {
             let results = results.unwrap_or_else(|| repo_root.join("results"));
-            promote_cmd(&run, &results, repo_root)
+            promote_cmd(&run, &results, repo_root, keep)
         }
         BaselineCmd::Ls => ls(repo_root),
     };
@@ -41,23 +27,29 @@ pub fn run_cli(cmd: BaselineCmd, repo_root: &Path) -> anyhow::Result<i32> {
     })
 }
 
-fn promote_cmd(spec: &str, results_root: &Path, repo_root: &Path) -> anyhow::Result<()> {
+fn promote_cmd(
+    spec: &str,
+    results_root: &Path,
+    repo_root: &Path,
+    keep: usize,
+) -> anyhow::Result<()> {
     let store = Store::open(results_root)
         .with_context(|| format!("opening store {}", results_root.display()))?;
     let (id, run) = store.resolve_run(spec)?;
     if run.fingerprint.source.git_dirty {
-        eprintln!("warning: run {id} was made from a dirty tree; its commit does not describe it");
+        warnings::emit(&Warning::DirtyTreePromoted { run: id.clone() });
     }
-    let report = promote(repo_root, &id, &run)?;
+    let report = promote_keeping(repo_root, &id, &run, keep)?;
     for why in &report.skipped {
-        eprintln!("warning: skipped {why}");
+        warnings::emit(&Warning::PromotionSkipped { why: why.clone() });
     }
     for p in &report.promoted {
         println!(
-            "{} {} ({} ok trials) -> {}",
-            if p.replaced { "replaced" } else { "created " },
+            "{} {} ({} ok trials; {} run(s) in its history) -> {}",
+            if p.replaced { "updated" } else { "created" },
             p.workload,
             p.ok_trials,
+            p.history_runs,
             p.dir.display()
         );
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::baseline::class::FingerprintClass;
-use crate::run_record::{ObjectId, RunRecord, TrialStatus, TrialSummary, WorkloadRun};
+use crate::run_record::{Fingerprint, ObjectId, RunRecord, TrialStatus, TrialSummary, WorkloadRun};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrialData {
@@ -14,6 +14,9 @@ pub struct TrialData {
     pub status: TrialStatus,
     pub output_hash: Option<String>,
     pub metrics: BTreeMap<String, f64>,
+    /// The interleaved A/B block, when the trial ran in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block: Option<u32>,
 }
 
 impl From<&TrialSummary> for TrialData {
@@ -23,8 +26,18 @@ impl From<&TrialSummary> for TrialData {
             status: t.status.clone(),
             output_hash: t.output_hash.clone(),
             metrics: t.metrics.clone(),
+            block: t.block,
         }
     }
+}
+
+/// The trials of one earlier run in a baseline's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunTrials {
+    pub run_id: ObjectId,
+    pub commit: Option<String>,
+    pub created_at: String,
+    pub trials: Vec<TrialData>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +50,14 @@ pub struct Side {
     pub created_at: String,
     pub class: FingerprintClass,
     pub trials: Vec<TrialData>,
+    /// A committed baseline's earlier runs (newest first), for the
+    /// run-to-run spread; empty for a stored run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_runs: Vec<RunTrials>,
+    /// Short description of the machine, for the report ("NVIDIA H200,
+    /// driver 580, CUDA 13.0"; the host CPU for CPU runs).
+    #[serde(default)]
+    pub machine: String,
 }
 
 pub fn short_id(id: &str) -> &str {
@@ -53,7 +74,30 @@ impl Side {
             created_at: run.created_at.clone(),
             class: FingerprintClass::of(&run.fingerprint, workload),
             trials: workload.trials.iter().map(TrialData::from).collect(),
+            earlier_runs: Vec::new(),
+            machine: machine(&run.fingerprint),
         }
+    }
+
+    /// Values of `metric` per run of the history (this side's trials first,
+    /// then each earlier run), ok trials only.
+    pub fn values_by_run(&self, metric: &str) -> Vec<Vec<f64>> {
+        let ok = |ts: &[TrialData]| -> Vec<f64> {
+            ts.iter()
+                .filter(|t| matches!(t.status, TrialStatus::Ok))
+                .filter_map(|t| t.metrics.get(metric).copied())
+                .collect()
+        };
+        std::iter::once(ok(&self.trials))
+            .chain(self.earlier_runs.iter().map(|r| ok(&r.trials)))
+            .collect()
+    }
+
+    /// The metric's value per interleaved block, for ok trials that have it.
+    pub fn values_by_block(&self, metric: &str) -> BTreeMap<u32, f64> {
+        self.ok_trials()
+            .filter_map(|t| Some((t.block?, *t.metrics.get(metric)?)))
+            .collect()
     }
 
     fn ok_trials(&self) -> impl Iterator<Item = &TrialData> {
@@ -108,6 +152,17 @@ impl Side {
     }
 }
 
+/// The machine of a run in a few words: GPU, driver and CUDA, or the CPU.
+pub fn machine(f: &Fingerprint) -> String {
+    match f.gpus.first() {
+        Some(g) => format!(
+            "{}, driver {}, CUDA {}",
+            g.name, g.driver_version, g.cuda_driver_version
+        ),
+        None => format!("{} ({} cores)", f.host.cpu_model, f.host.cores),
+    }
+}
+
 /// Greedy unless the spec sets a positive `temperature` anywhere (the
 /// request default is 0, i.e. greedy). Only greedy outputs must be
 /// bit-identical between builds, so only they fail a check on change.
@@ -133,7 +188,7 @@ pub fn is_greedy(spec: &serde_json::Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::fixtures::{cpu_fingerprint, failed_trial, ok_trial, run, workload};
+    use crate::fixtures::{cpu_fingerprint, failed_trial, ok_trial, run, workload};
 
     #[test]
     fn failed_trials_are_counted_not_dropped() {

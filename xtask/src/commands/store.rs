@@ -1,49 +1,16 @@
 //! `cargo xtask store ...`: look at, check and move what is in the store.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Subcommand;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 
-use super::{Store, DEFAULT_GC_GRACE};
+use crate::cli::StoreCmd;
+use crate::run_record::names;
 use crate::run_record::{metric_def, RunRecord, TrialStatus, WorkloadRun};
-
-#[derive(Debug, Subcommand)]
-pub enum StoreCmd {
-    /// List the runs in the store.
-    Ls,
-    /// Show one run: its fingerprint and every trial's key metrics.
-    Show {
-        /// Run id, unique id prefix, or "latest".
-        run: String,
-        /// Print the stored run object as JSON instead.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Re-hash every object and check the index; exits 1 on any problem.
-    Verify,
-    /// Remove objects that no indexed run references.
-    Gc {
-        /// Only report what would be removed.
-        #[arg(long)]
-        dry_run: bool,
-        /// Keep unreferenced objects younger than this many seconds: they
-        /// may belong to a bench run still in progress. Default: one day.
-        #[arg(long, value_name = "SECS")]
-        grace_secs: Option<u64>,
-    },
-    /// Write one run and every object it references to a single file.
-    Export {
-        /// Run id, unique id prefix, or "latest".
-        run: String,
-        #[arg(long, short)]
-        out: PathBuf,
-    },
-    /// Add a run from a file written by `export`, after checking every object.
-    Import { file: PathBuf },
-}
+use crate::store::{Store, DEFAULT_GC_GRACE};
+use crate::{format, stats};
 
 /// Runs `cmd` on the store at `root`; returns the process exit code.
 pub fn run(cmd: StoreCmd, root: &Path) -> anyhow::Result<i32> {
@@ -251,29 +218,15 @@ fn print_workload(workload: &WorkloadRun) {
     }
     println!("{table}");
 
-    let throughputs = crate::report::trial_values(workload, "output_throughput");
-    if let Some((mean, cv)) = mean_and_cv(&throughputs) {
+    let throughputs = crate::report::trial_values(workload, names::OUTPUT_THROUGHPUT);
+    if let Some(sp) = stats::spread(&throughputs).filter(|s| s.n > 1) {
         println!(
-            "output_throughput over {} ok trials: mean {mean:.2} tok/s, CV {:.2}%",
-            throughputs.len(),
-            cv * 100.0
+            "output_throughput over {} ok trials: mean {} tok/s, CV {}",
+            sp.n,
+            format::value(sp.mean),
+            format::cv(sp.cv)
         );
     }
-}
-
-/// Mean and coefficient of variation (sample standard deviation / mean);
-/// needs two samples and a non-zero mean.
-fn mean_and_cv(xs: &[f64]) -> Option<(f64, f64)> {
-    if xs.len() < 2 {
-        return None;
-    }
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    if mean == 0.0 {
-        return None;
-    }
-    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    Some((mean, var.sqrt() / mean))
 }
 
 fn verify(store: &Store) -> anyhow::Result<i32> {
@@ -373,15 +326,6 @@ fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cv_of_constant_samples_is_zero_and_needs_two_samples() {
-        assert_eq!(mean_and_cv(&[5.0, 5.0, 5.0]), Some((5.0, 0.0)));
-        assert_eq!(mean_and_cv(&[5.0]), None);
-        let (mean, cv) = mean_and_cv(&[9.0, 11.0]).unwrap();
-        assert_eq!(mean, 10.0);
-        assert!((cv - 2f64.sqrt() / 10.0).abs() < 1e-12);
-    }
 
     #[test]
     fn human_bytes_picks_a_unit() {
