@@ -17,6 +17,9 @@ use workloads::{Request, RequestRecord};
 use super::prom::ServerMetrics;
 use crate::engine::Engine;
 
+/// Where each live request's events go: its prompt index and channel.
+type Streams = HashMap<u64, (usize, UnboundedSender<(usize, Event)>)>;
+
 /// What a handler asks of the engine thread.
 pub(crate) enum Command {
     /// Queue one prompt. Its events go to `events`, tagged with `index`
@@ -56,7 +59,7 @@ pub(crate) fn run(
     metrics: Arc<ServerMetrics>,
     in_system: Arc<AtomicUsize>,
 ) -> Result<(), String> {
-    let mut streams: HashMap<u64, (usize, UnboundedSender<(usize, Event)>)> = HashMap::new();
+    let mut streams: Streams = HashMap::new();
     let mut draining = false;
     let origin = Instant::now();
     engine.set_clock_origin(origin);
@@ -153,7 +156,7 @@ pub(crate) fn run(
 fn handle(
     cmd: Command,
     engine: &mut Engine,
-    streams: &mut HashMap<u64, (usize, UnboundedSender<(usize, Event)>)>,
+    streams: &mut Streams,
     draining: &mut bool,
     origin: Instant,
     metrics: &ServerMetrics,

@@ -251,7 +251,8 @@ fn server_error(status: StatusCode, kind: &'static str, message: String) -> Resp
     error_response(&e)
 }
 
-fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+/// `Err` holds the 401 to answer (boxed: a response is large).
+fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let Some(key) = &state.api_key else {
         return Ok(());
     };
@@ -262,11 +263,11 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     if given == Some(key.as_str()) {
         Ok(())
     } else {
-        Err(server_error(
+        Err(Box::new(server_error(
             StatusCode::UNAUTHORIZED,
             "authentication_error",
             "missing or wrong API key (Authorization: Bearer <key>)".into(),
-        ))
+        )))
     }
 }
 
@@ -291,7 +292,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
 
 async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorized(&state, &headers) {
-        return r;
+        return *r;
     }
     axum::Json(json!({
         "object": "list",
@@ -309,7 +310,7 @@ async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
 
 async fn chat_completions(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorized(&state, &headers) {
-        return r;
+        return *r;
     }
     let message = if state.codec.is_none() {
         "this model has no tokenizer or chat template, so /v1/chat/completions cannot build \
@@ -345,7 +346,7 @@ async fn completions(
 ) -> Response {
     let arrival = Instant::now();
     if let Err(r) = authorized(&state, &headers) {
-        return r;
+        return *r;
     }
     let codec = state.codec.as_deref();
     let seed_source = || {

@@ -174,12 +174,6 @@ impl ServerMetrics {
         self.with(|m| m.success[2].1 += 1);
     }
 
-    /// KV blocks in use now (tests watch this fall after a disconnect).
-    #[cfg(test)]
-    pub fn kv_blocks_used(&self) -> usize {
-        self.with(|m| m.kv_blocks_used)
-    }
-
     pub fn render(&self) -> String {
         let m = self.with(|m| m.clone());
         let l = &self.labels;
