@@ -171,6 +171,47 @@ impl Engine {
         self.scheduler.add(seq);
     }
 
+    /// Queues a request that arrived at `arrival_s`, or says why it can
+    /// never run here (no record is produced for a refused request: the
+    /// caller answers it). `min_tokens` holds off EOS and stop tokens until
+    /// that many tokens were generated. For servers, which answer bad
+    /// requests themselves.
+    pub fn try_add_request(
+        &mut self,
+        request: Request,
+        arrival_s: f64,
+        min_tokens: u32,
+    ) -> Result<(), String> {
+        self.admissibility(&request)?;
+        let mut seq = Sequence::new(self.next_seq_id, request, arrival_s);
+        seq.min_tokens = min_tokens;
+        self.next_seq_id += 1;
+        self.scheduler.add(seq);
+        Ok(())
+    }
+
+    /// Ends a queued or running request now (its client went away) and
+    /// frees its KV blocks. Returns whether the request was live.
+    pub fn abort_request(&mut self, request_id: u64) -> bool {
+        let Some(seq_id) = self.scheduler.seq_id_of(request_id) else {
+            return false;
+        };
+        let now = self.now_s();
+        self.scheduler.finish(seq_id, now).is_some()
+    }
+
+    pub fn num_running(&self) -> usize {
+        self.scheduler.num_running()
+    }
+
+    pub fn num_waiting(&self) -> usize {
+        self.scheduler.num_waiting()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
     fn admissibility(&self, request: &Request) -> Result<(), String> {
         if let Some((field, message)) = request.sampling.problem() {
             return Err(format!("sampling.{field} {message}"));
@@ -308,6 +349,7 @@ fn finished_record(seq: &Sequence, reason: FinishReason) -> RequestRecord {
         preemptions: seq.preemptions,
         output_hash: hash_tokens(seq.output()),
         output_token_ids: seq.output().to_vec(),
+        client: None,
     }
 }
 
@@ -326,6 +368,7 @@ fn rejected_record(request: &Request, now: f64, reason: String) -> RequestRecord
         preemptions: 0,
         output_hash: hash_tokens(&[]),
         output_token_ids: Vec::new(),
+        client: None,
     }
 }
 
@@ -481,6 +524,32 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn abort_frees_blocks_and_refusals_name_the_reason() {
+        let mut e = engine(EngineConfig::default(), &[]);
+        let err = e
+            .try_add_request(request(1, vec![1, 99], SamplingParams::greedy(2)), 0.0, 0)
+            .unwrap_err();
+        assert!(err.contains("vocabulary"), "{err}");
+        e.try_add_request(
+            request(2, vec![1, 2, 3], SamplingParams::greedy(20)),
+            0.0,
+            0,
+        )
+        .unwrap();
+        e.try_add_request(request(3, vec![1, 2, 3], SamplingParams::greedy(3)), 0.0, 0)
+            .unwrap();
+        e.step().unwrap();
+        assert!(e.kv_blocks_in_use() > 0);
+        assert_eq!(e.num_running(), 2);
+        assert!(e.abort_request(2));
+        assert!(!e.abort_request(2), "already gone");
+        let records = run_all(&mut e);
+        assert_eq!(records.len(), 1, "an aborted request leaves no record");
+        assert_eq!(records[0].id, 3);
+        assert_eq!(e.kv_blocks_in_use(), 0);
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub mod gguf;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod synth;
 pub mod testing;
 #[cfg(feature = "text")]

@@ -1,4 +1,5 @@
-//! The `engine` binary: `bench`, `generate`, `synth`, `info`.
+//! The `engine` binary: `bench`, `generate`, `synth`, `info`, and `serve`
+//! (with the cargo feature `serve`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -122,6 +123,32 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Serve the model over an OpenAI-compatible HTTP API (built with the
+    /// cargo feature `serve`).
+    #[cfg(feature = "serve")]
+    Serve {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// 0 picks a free port (the address is printed on stdout).
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// Require `Authorization: Bearer KEY` on /v1/* (default: the
+        /// DYNO_API_KEY environment variable, if set, else no key).
+        #[arg(long)]
+        api_key: Option<String>,
+        /// The model name clients use (default: the model directory's name).
+        #[arg(long)]
+        served_model_name: Option<String>,
+        /// Requests that may wait beyond the running batch before new ones
+        /// get 503 with Retry-After.
+        #[arg(long, default_value_t = 4096)]
+        max_waiting: usize,
+        /// Tokio worker threads for HTTP (the engine runs on its own).
+        #[arg(long, default_value_t = 2)]
+        http_threads: usize,
+    },
     /// Report backend availability and GPU properties.
     Info {
         /// Print JSON (for the pipeline's fingerprint).
@@ -238,6 +265,55 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Info { json } => run_info(json),
+        #[cfg(feature = "serve")]
+        Command::Serve {
+            model,
+            host,
+            port,
+            api_key,
+            served_model_name,
+            max_waiting,
+            http_threads,
+        } => {
+            let cfg = load_config(&model)?;
+            let name = served_model_name.unwrap_or_else(|| {
+                model
+                    .model
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| model.model.display().to_string())
+            });
+            let api_key = api_key.or_else(|| std::env::var("DYNO_API_KEY").ok());
+            let max_num_seqs = cfg.max_num_seqs;
+            let label = name.clone();
+            // The engine is built on its own thread (backends stay on the
+            // thread that made them).
+            let make_engine = move || {
+                let (engine, _) = build_engine(&model, &cfg).map_err(|e| format!("{e:#}"))?;
+                let info = engine.backend().info();
+                eprintln!(
+                    "engine serve: {label} on {} ({}, {}), {} KV blocks of {} tokens, max_model_len {}",
+                    info.kind,
+                    info.device_name,
+                    info.dtype,
+                    engine.num_kv_blocks(),
+                    engine.block_size(),
+                    engine.max_model_len()
+                );
+                Ok(engine)
+            };
+            // No loader produces a tokenizer yet: prompts are token ids.
+            let opts = engine::serve::ServeOptions {
+                host,
+                port,
+                api_key,
+                served_model_name: name,
+                max_waiting,
+                http_threads,
+                codec: None,
+            };
+            engine::serve::run(make_engine, max_num_seqs, opts).context("engine serve")
+        }
     }
 }
 

@@ -169,6 +169,14 @@ impl Scheduler {
         !self.seqs.is_empty()
     }
 
+    /// The engine-internal id of the live sequence serving `request_id`.
+    pub fn seq_id_of(&self, request_id: u64) -> Option<u64> {
+        self.seqs
+            .values()
+            .find(|s| s.request_id == request_id)
+            .map(|s| s.seq_id)
+    }
+
     /// Builds the next step. `now` stamps first scheduling times.
     pub fn schedule(&mut self, now: f64) -> SchedulerOutput {
         let mut out = SchedulerOutput::default();

@@ -22,6 +22,9 @@ pub struct Sequence {
     pub token_times_s: Vec<f64>,
     pub finish_s: Option<f64>,
     pub preemptions: u32,
+    /// EOS and stop tokens do not end the sequence before it has this many
+    /// output tokens (the OpenAI API's `min_tokens`; 0 for bench requests).
+    pub min_tokens: u32,
 }
 
 impl Sequence {
@@ -40,6 +43,7 @@ impl Sequence {
             token_times_s: Vec::new(),
             finish_s: None,
             preemptions: 0,
+            min_tokens: 0,
         }
     }
 
@@ -96,10 +100,11 @@ impl Sequence {
     /// EOS and stop tokens take precedence over the length limit.
     pub fn stop_reason(&self, eos_token_ids: &[u32]) -> Option<FinishReason> {
         let last = *self.output().last()?;
-        if self.sampling.stop_token_ids.contains(&last) {
+        let may_stop = self.output_len() >= self.min_tokens as usize;
+        if may_stop && self.sampling.stop_token_ids.contains(&last) {
             return Some(FinishReason::StopToken);
         }
-        if !self.sampling.ignore_eos && eos_token_ids.contains(&last) {
+        if may_stop && !self.sampling.ignore_eos && eos_token_ids.contains(&last) {
             return Some(FinishReason::Eos);
         }
         if self.output_len() >= self.sampling.max_tokens as usize {
@@ -146,6 +151,16 @@ mod tests {
         s.tokens.pop();
         s.push_token(11, 0.3);
         assert_eq!(s.stop_reason(&[2]), Some(FinishReason::Length));
+    }
+
+    #[test]
+    fn min_tokens_holds_off_eos_and_stop_tokens() {
+        let mut s = seq(5);
+        s.min_tokens = 2;
+        s.push_token(2, 0.1);
+        assert_eq!(s.stop_reason(&[2]), None, "EOS before min_tokens");
+        s.push_token(42, 0.2);
+        assert_eq!(s.stop_reason(&[2]), Some(FinishReason::StopToken));
     }
 
     #[test]

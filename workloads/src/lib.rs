@@ -21,7 +21,9 @@ pub mod spec;
 pub mod suite;
 pub mod sweep;
 
-pub use record::{BenchSummary, FinishReason, RecordStatus, RequestRecord, StepLogEntry};
+pub use record::{
+    BenchSummary, ClientTiming, FinishReason, ItlBasis, RecordStatus, RequestRecord, StepLogEntry,
+};
 pub use request::{Request, SamplingParams};
 
 pub use arrival::Arrival;

@@ -60,6 +60,46 @@ pub struct RequestRecord {
     /// The output tokens themselves (for checks and golden comparisons).
     #[serde(default)]
     pub output_token_ids: Vec<u32>,
+    /// Client-side timing, when an HTTP client measured the request
+    /// (`cargo xtask bench --target`); absent for `engine bench` records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<ClientTiming>,
+}
+
+/// How the times in `token_times_s` of an HTTP-measured record map to
+/// tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItlBasis {
+    /// One time per output token: the server said how many tokens each
+    /// streamed chunk held, and a chunk of k tokens spreads its gap since
+    /// the previous chunk evenly over its k tokens.
+    Token,
+    /// One time per streamed chunk with text (the server did not say how
+    /// many tokens a chunk held): ITL is per chunk, as vLLM's client does.
+    Chunk,
+    /// Not streamed: only the time the whole answer arrived.
+    None,
+}
+
+/// What the HTTP client saw of one request, beyond the shared times (which
+/// are then client times: `arrival_s` is when the request was sent,
+/// token times when each SSE event arrived, before parsing).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientTiming {
+    /// When the schedule wanted the request: its arrival offset (open
+    /// loop), or the start of the measured phase (closed loop: every
+    /// request is ready at once and waits for a slot).
+    pub intended_s: f64,
+    /// Time spent waiting for a concurrency slot (closed loop), included in
+    /// `e2el_including_client_queue`.
+    pub slot_wait_s: f64,
+    /// How late the load generator sent the request after it could have
+    /// (open loop: after `intended_s`; closed loop: after its slot freed).
+    pub send_lag_s: f64,
+    pub itl_basis: ItlBasis,
+    /// Streamed chunks that carried output.
+    pub chunks: u32,
 }
 
 /// One engine step.

@@ -16,14 +16,17 @@ use crate::cli::{BenchArgs, DeviceArg};
 use crate::engine_info;
 use crate::fingerprint::{self, BuildInfo};
 use crate::gpu_monitor::GpuMonitor;
+use crate::http::client::Target;
+use crate::http::server::{Server, ServerFail};
 use crate::metrics;
 use crate::model;
 use crate::preflight;
 use crate::progress::Progress;
 use crate::report;
 use crate::run_record::{
-    FailureClass, Fingerprint, GpuFingerprint, HostFingerprint, RunRecord, SourceFingerprint,
-    TrialStatus, TrialSummary, WorkloadRun, RUN_SCHEMA_VERSION,
+    names, FailureClass, Fingerprint, GpuFingerprint, HostFingerprint, RunRecord,
+    SourceFingerprint, TargetFingerprint, TrialStatus, TrialSummary, WorkloadRun,
+    RUN_SCHEMA_VERSION,
 };
 use crate::store::{Store, StoreError};
 use crate::trial::{self, EngineBench, ProcessOutcome, TrialFiles};
@@ -68,6 +71,12 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
             device: args.device,
             results: args.results.clone(),
             timeout_s: args.timeout_s,
+            // Only `--serve` needs the HTTP server compiled in.
+            features: if args.serve {
+                vec!["serve"]
+            } else {
+                Vec::new()
+            },
         },
     )?;
     let device = ctx.device;
@@ -99,19 +108,67 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         .trials
         .or(selection.suite_trials)
         .unwrap_or(ctx.default_trials());
-    let store = &ctx.store;
-    let results = &ctx.results;
-
     // From here on Ctrl-C stops the run cleanly: the trial in progress is
     // stopped, the finished ones are stored.
     trial::catch_interrupts();
+    // A server started once for the whole run (`--target` + `--launch`),
+    // stopped whatever happens below.
+    let mut http = http_setup(args, root)?;
+    let result = run_models(
+        args,
+        root,
+        &ctx,
+        http.as_ref(),
+        ModelsSetup {
+            catalogue: &catalogue,
+            selection: &selection,
+            trials,
+            ab_plan: ab_plan.as_ref(),
+        },
+    );
+    stop_launched(&mut http);
+    let (outcomes, code) = result?;
+
+    if let Some(path) = &args.json {
+        let runs: Vec<&RunRecord> = outcomes.iter().map(|o| &o.run).collect();
+        match runs.as_slice() {
+            [one] => report::write_json(path, one)?,
+            many => report::write_json(path, &many)?,
+        }
+    }
+    if let Some(dir) = &args.export_vllm {
+        for outcome in &outcomes {
+            export_vllm(dir, outcome)?;
+        }
+    }
+    Ok(code)
+}
+
+/// What `run_models` needs of the selection.
+struct ModelsSetup<'a> {
+    catalogue: &'a workloads::Catalogue,
+    selection: &'a workload_plan::Selection,
+    trials: u32,
+    ab_plan: Option<&'a crate::ab::AbPlan>,
+}
+
+/// One run per model; returns the runs and the exit code so far.
+fn run_models(
+    args: &BenchArgs,
+    root: &Path,
+    ctx: &BenchContext,
+    http: Option<&HttpSetup>,
+    setup: ModelsSetup<'_>,
+) -> anyhow::Result<(Vec<BenchOutcome>, i32)> {
     // One run per model: a run has one fingerprint, and the model is in it.
+    let (catalogue, selection, trials) = (setup.catalogue, setup.selection, setup.trials);
+    let (store, results) = (&ctx.store, &ctx.results);
     let mut outcomes = Vec::new();
     let mut code = 0;
     for (model_name, specs) in selection.by_model(args.model.as_deref()) {
         let PreparedRun {
-            runner,
-            header,
+            mut runner,
+            mut header,
             planned,
         } = ctx.prepare_run(
             &model_name,
@@ -122,7 +179,11 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
                 keep_records: args.export_vllm.is_some(),
             },
         )?;
-        if let Some(plan) = &ab_plan {
+        // Over HTTP: the trials drive the server, and the run's fingerprint
+        // names it.
+        runner.http = http.map(|h| &h.driver);
+        header.fingerprint.target = http.map(|h| h.fingerprint.clone());
+        if let Some(plan) = setup.ab_plan {
             let ab = crate::ab::run_session(plan, &runner, header, &planned, store)?;
             code = code.max(ab.code);
             outcomes.push(BenchOutcome {
@@ -146,7 +207,7 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         );
         code = code.max(exit_code(&outcome.run));
         let recorded = crate::sweep::record_suite_points(
-            &catalogue,
+            catalogue,
             selection.suite.as_deref(),
             &outcome.run_id,
             &outcome.run,
@@ -168,20 +229,7 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         }
         outcomes.push(outcome);
     }
-
-    if let Some(path) = &args.json {
-        let runs: Vec<&RunRecord> = outcomes.iter().map(|o| &o.run).collect();
-        match runs.as_slice() {
-            [one] => report::write_json(path, one)?,
-            many => report::write_json(path, &many)?,
-        }
-    }
-    if let Some(dir) = &args.export_vllm {
-        for outcome in &outcomes {
-            export_vllm(dir, outcome)?;
-        }
-    }
-    Ok(code)
+    Ok((outcomes, code))
 }
 
 /// Which engine binary runs where: the flags `bench` and `sweep` share.
@@ -194,6 +242,8 @@ pub struct EngineChoice {
     /// The store (default `<root>/results`).
     pub results: Option<PathBuf>,
     pub timeout_s: f64,
+    /// Engine cargo features to build with (`serve` for `--serve`).
+    pub features: Vec<&'static str>,
 }
 
 /// What one stored run is made of besides its workloads.
@@ -261,7 +311,7 @@ impl BenchContext {
                 (bin.clone(), build)
             }
             None => {
-                let built = crate::build::build_engine(root)?;
+                let built = crate::build::build_engine_with(root, &choice.features)?;
                 (built.binary, built.info)
             }
         };
@@ -372,6 +422,7 @@ impl BenchContext {
             device: self.device.to_string(),
             model: resolved.model.name.clone(),
             model_hash: resolved.hash.clone(),
+            target: None,
         };
         let created_at = chrono::Utc::now();
         let runner = TrialRunner {
@@ -391,6 +442,7 @@ impl BenchContext {
             keep_records: options.keep_records,
             env: BTreeMap::new(),
             engine_overrides: toml::Table::new(),
+            http: None,
         };
         let header = RunRecord {
             schema: RUN_SCHEMA_VERSION,
@@ -532,6 +584,8 @@ pub struct TrialRunner<'a> {
     /// Engine config keys set on top of each workload's `[engine]` table
     /// (an A/B side's `--a-set`/`--b-set`).
     pub engine_overrides: toml::Table,
+    /// Drive a server over HTTP instead of running `engine bench`.
+    pub http: Option<&'a HttpDriver>,
 }
 
 impl TrialRunner<'_> {
@@ -657,11 +711,23 @@ impl TrialRunner<'_> {
             Some(path)
         };
         engine_config.insert("device".into(), toml::Value::String(self.device.clone()));
+        let external = self.http.is_some_and(|h| h.fixed.is_some());
+        if external && !w.engine_overrides.is_empty() {
+            warnings::emit(&Warning::EngineSettingsNotApplied {
+                workload: w.name.clone(),
+            });
+        }
         run.workloads.push(WorkloadRun {
             name: w.name.clone(),
             workload_hash: w.requests_hash.clone(),
             spec: w.spec_json.clone(),
-            engine_config: serde_json::to_value(&engine_config)?,
+            // An external server's settings are its own (in its launch
+            // command, in the fingerprint), not the workload's.
+            engine_config: if external {
+                serde_json::json!({})
+            } else {
+                serde_json::to_value(&engine_config)?
+            },
             trials: Vec::new(),
         });
         Ok(EngineBench {
@@ -684,7 +750,104 @@ impl TrialRunner<'_> {
         store: &Store,
     ) -> anyhow::Result<(TrialSummary, Option<Vec<RequestRecord>>)> {
         let files = TrialFiles::in_dir(&self.work_dir.join(&w.name).join(format!("trial-{index}")));
-        self.run_trial(w, bench, &files, index, store)
+        match self.http {
+            Some(http) => self.run_http_trial(http, w, bench, &files, index, store),
+            None => self.run_trial(w, bench, &files, index, store),
+        }
+    }
+
+    /// One trial over HTTP: against the fixed target, or against a fresh
+    /// `engine serve` (`--serve`). A server that does not come up is the
+    /// trial's `server-fail`; an `Err` is the pipeline's own failure.
+    fn run_http_trial(
+        &self,
+        http: &HttpDriver,
+        w: &PlannedWorkload,
+        bench: &EngineBench,
+        files: &TrialFiles,
+        index: u32,
+        store: &Store,
+    ) -> anyhow::Result<(TrialSummary, Option<Vec<RequestRecord>>)> {
+        let _ = std::fs::remove_dir_all(&files.dir);
+        std::fs::create_dir_all(&files.dir)
+            .with_context(|| format!("creating {}", files.dir.display()))?;
+        let gpu_before = self.monitor.sample(self.gpu_index);
+        let started = std::time::Instant::now();
+        let mut summary = TrialSummary {
+            index,
+            status: TrialStatus::Ok,
+            metrics: Default::default(),
+            output_hash: None,
+            records_object: None,
+            step_log_object: None,
+            gpu_before,
+            gpu_after: None,
+            wall_s: 0.0,
+            block: None,
+        };
+        let (target, server) = match &http.fixed {
+            Some(t) => (t.clone(), None),
+            None => match http.start_engine_serve(bench, files, self.timeout) {
+                Ok(pair) => pair,
+                Err(fail) => {
+                    summary.status = TrialStatus::Failed {
+                        reason: fail.to_string(),
+                        class: Some(FailureClass::ServerFail),
+                    };
+                    summary.wall_s = started.elapsed().as_secs_f64();
+                    return Ok((summary, None));
+                }
+            },
+        };
+        let trial = crate::http::driver::run(&target, &w.requests, w.max_concurrency);
+        if let Some(server) = server {
+            if !server.stop(Duration::from_secs(30)) {
+                warnings::emit(&Warning::ServerKilled {
+                    log: files.log.display().to_string(),
+                });
+            }
+        }
+        summary.gpu_after = self.monitor.sample(self.gpu_index);
+        summary.wall_s = started.elapsed().as_secs_f64();
+        workloads::jsonl::write_atomic(&files.records, &trial.records)?;
+        let steps: Vec<StepLogEntry> = Vec::new();
+        summary.records_object = Some(store.put(&trial.records).context("storing records")?);
+        summary.step_log_object = Some(store.put(&steps).context("storing the step log")?);
+        match metrics::compute(&trial.records, &steps, None, &w.slos) {
+            Ok(m) => {
+                summary.metrics = m.values;
+                for (name, value) in crate::http::generator_metrics(&trial) {
+                    summary.metrics.insert(name.to_string(), value);
+                }
+                let p50_e2el = summary.metrics.get(names::P50_E2EL_MS).copied();
+                for warning in crate::http::generator_warnings(&w.name, &trial, p50_e2el) {
+                    warnings::emit(&warning);
+                }
+                if index == 0 {
+                    eprintln!(
+                        "{}: {}",
+                        w.name,
+                        crate::http::itl_basis_summary(&trial.records)
+                    );
+                }
+                summary.output_hash = Some(m.output_hash);
+                Ok((summary, Some(trial.records)))
+            }
+            Err(e) => {
+                let first_error = trial.records.iter().find_map(|r| match &r.status {
+                    workloads::RecordStatus::Rejected { reason } => Some(reason.clone()),
+                    _ => None,
+                });
+                summary.status = TrialStatus::Failed {
+                    reason: match first_error {
+                        Some(reason) => format!("{e}; first error: {reason}"),
+                        None => e.to_string(),
+                    },
+                    class: Some(FailureClass::ServerFail),
+                };
+                Ok((summary, None))
+            }
+        }
     }
 
     /// One trial. A failing engine is a recorded outcome; an `Err` here
@@ -774,6 +937,155 @@ impl TrialRunner<'_> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// How trials reach the server under test.
+pub struct HttpDriver {
+    /// `--target`: one server for the whole run. `None` for `--serve`.
+    pub fixed: Option<crate::http::client::Target>,
+    pub api_key_env: String,
+    pub served_model: Option<String>,
+    pub stream: bool,
+    pub launch_timeout: Duration,
+}
+
+/// What `engine serve` prints before its address.
+const SERVE_MARKER: &str = "engine serve: listening on ";
+
+impl HttpDriver {
+    /// Starts `engine serve` on a free port with the trial's engine
+    /// settings (and environment), and waits until it is healthy.
+    fn start_engine_serve(
+        &self,
+        bench: &EngineBench,
+        files: &TrialFiles,
+        request_timeout: Duration,
+    ) -> Result<(Target, Option<Server>), ServerFail> {
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--model".into(),
+            bench.model.display().to_string(),
+            "--device".into(),
+            bench.device.clone(),
+            "--port".into(),
+            "0".into(),
+        ];
+        if let Some(config) = &bench.config {
+            args.push("--config".into());
+            args.push(config.display().to_string());
+        }
+        let mut server = Server::start(&bench.engine, &args, &bench.env, &files.log)?;
+        let fail = |e: anyhow::Error| ServerFail(format!("{e:#}"));
+        let ready = (|| {
+            let url = server.wait_for_address(SERVE_MARKER, self.launch_timeout)?;
+            let mut target =
+                Target::new(&url, &self.api_key_env, self.stream, request_timeout).map_err(fail)?;
+            server.wait_healthy(&target, self.launch_timeout)?;
+            target
+                .describe(self.served_model.as_deref())
+                .map_err(fail)?;
+            Ok(target)
+        })();
+        match ready {
+            Ok(target) => Ok((target, Some(server))),
+            Err(e) => {
+                server.stop(Duration::from_secs(5));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The HTTP side of a run, if any: its driver, the target's fingerprint,
+/// and the server `--launch` started.
+struct HttpSetup {
+    driver: HttpDriver,
+    fingerprint: TargetFingerprint,
+    launched: Option<Server>,
+}
+
+fn http_setup(args: &BenchArgs, root: &Path) -> anyhow::Result<Option<HttpSetup>> {
+    if !args.over_http() {
+        return Ok(None);
+    }
+    let stream = !args.no_stream;
+    let launch_timeout = Duration::from_secs_f64(args.launch_timeout_s.max(0.001));
+    let request_timeout = Duration::from_secs_f64(args.timeout_s.max(0.001));
+    let mut driver = HttpDriver {
+        fixed: None,
+        api_key_env: args.api_key_env.clone(),
+        served_model: args.served_model.clone(),
+        stream,
+        launch_timeout,
+    };
+    let Some(url) = &args.target else {
+        // --serve: a fresh engine serve per trial.
+        let fingerprint = TargetFingerprint {
+            url: "engine serve on 127.0.0.1 (a fresh server per trial)".into(),
+            model: args.served_model.clone().unwrap_or_default(),
+            models: serde_json::Value::Null,
+            server_header: None,
+            server_kind: "dyno".into(),
+            stream,
+            launch: Some("engine serve --port 0 (per trial)".into()),
+        };
+        return Ok(Some(HttpSetup {
+            driver,
+            fingerprint,
+            launched: None,
+        }));
+    };
+    let (mut target, had_credentials) =
+        Target::new_checked(url, &args.api_key_env, stream, request_timeout)?;
+    if had_credentials {
+        warnings::emit(&Warning::CredentialsInUrl {
+            env: args.api_key_env.clone(),
+        });
+    }
+    let mut launched = None;
+    if let Some(cmd) = &args.launch {
+        let log = work_root(root).join(format!(
+            "launch-{}-{}.log",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S"),
+            std::process::id()
+        ));
+        eprintln!("starting the server under test (log {})", log.display());
+        let mut server = Server::start_shell(cmd, &log)?;
+        if let Err(fail) = server.wait_healthy(&target, launch_timeout) {
+            server.stop(Duration::from_secs(10));
+            return Err(fail.into());
+        }
+        launched = Some(server);
+    } else if !target.healthy() {
+        warnings::emit(&Warning::TargetUnhealthy {
+            url: target.base.clone(),
+        });
+    }
+    let mut fingerprint = match target.describe(args.served_model.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            if let Some(server) = launched {
+                server.stop(Duration::from_secs(10));
+            }
+            return Err(e);
+        }
+    };
+    fingerprint.launch = args.launch.as_deref().map(crate::http::server::redact);
+    driver.fixed = Some(target);
+    Ok(Some(HttpSetup {
+        driver,
+        fingerprint,
+        launched,
+    }))
+}
+
+fn stop_launched(http: &mut Option<HttpSetup>) {
+    if let Some(server) = http.as_mut().and_then(|h| h.launched.take()) {
+        let log = server.log.display().to_string();
+        if !server.stop(Duration::from_secs(30)) {
+            warnings::emit(&Warning::ServerKilled { log });
         }
     }
 }

@@ -16,32 +16,51 @@ pub struct BuiltEngine {
 }
 
 pub fn build_engine(repo_root: &Path) -> anyhow::Result<BuiltEngine> {
-    build(repo_root, None)
+    build(repo_root, None, &[])
+}
+
+/// The release engine with cargo `features` of the engine crate (e.g.
+/// `serve` for `--serve`; none for `engine bench`, which keeps that build
+/// lean).
+pub fn build_engine_with(repo_root: &Path, features: &[&str]) -> anyhow::Result<BuiltEngine> {
+    build(repo_root, None, features)
 }
 
 /// Builds the engine of the workspace at `repo_root` (e.g. a worktree of
 /// another revision) into `target_dir`, so that it shares compiled
 /// dependencies with the main workspace.
 pub fn build_engine_into(repo_root: &Path, target_dir: &Path) -> anyhow::Result<BuiltEngine> {
-    build(repo_root, Some(target_dir))
+    build(repo_root, Some(target_dir), &[])
 }
 
-fn build(repo_root: &Path, target_dir: Option<&Path>) -> anyhow::Result<BuiltEngine> {
+fn build(
+    repo_root: &Path,
+    target_dir: Option<&Path>,
+    features: &[&str],
+) -> anyhow::Result<BuiltEngine> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("building the engine ({PROFILE}) with {cargo}");
-    let mut command = duct::cmd(
-        &cargo,
-        [
-            "build",
-            "--release",
-            "--package",
-            "engine",
-            "--bin",
-            "engine",
-            "--message-format=json-render-diagnostics",
-        ],
-    )
-    .dir(repo_root);
+    let mut args = vec![
+        "build".to_string(),
+        "--release".into(),
+        "--package".into(),
+        "engine".into(),
+        "--bin".into(),
+        "engine".into(),
+        "--message-format=json-render-diagnostics".into(),
+    ];
+    if !features.is_empty() {
+        args.push("--features".into());
+        args.push(features.join(","));
+    }
+    eprintln!(
+        "building the engine ({PROFILE}{}) with {cargo}",
+        if features.is_empty() {
+            String::new()
+        } else {
+            format!(", features {}", features.join(","))
+        }
+    );
+    let mut command = duct::cmd(&cargo, args).dir(repo_root);
     if let Some(dir) = target_dir {
         command = command.env("CARGO_TARGET_DIR", dir);
     }
@@ -63,7 +82,7 @@ fn build(repo_root: &Path, target_dir: Option<&Path>) -> anyhow::Result<BuiltEng
         binary,
         info: BuildInfo {
             profile: PROFILE.into(),
-            features: Vec::new(),
+            features: features.iter().map(|f| f.to_string()).collect(),
         },
     })
 }

@@ -151,6 +151,72 @@ pub struct BenchArgs {
         help_heading = "Interleaved A/B"
     )]
     pub ab_warmup: u32,
+
+    /// Benchmark the OpenAI-compatible server at this URL
+    /// (`http://HOST:PORT`) over HTTP, with client-side timing, instead of
+    /// running the engine in process. See docs/SERVING.md.
+    #[arg(
+        long,
+        value_name = "URL",
+        help_heading = "Serving over HTTP",
+        conflicts_with_all = ["serve", "against", "a_engine_bin", "ab"]
+    )]
+    pub target: Option<String>,
+
+    /// Start the server under test with this shell command, wait for its
+    /// `/health`, and stop it (SIGTERM) after the run.
+    #[arg(
+        long,
+        value_name = "CMD",
+        requires = "target",
+        help_heading = "Serving over HTTP"
+    )]
+    pub launch: Option<String>,
+
+    /// Seconds to wait for a started server's `/health` before the run
+    /// (`--launch`) or the trial (`--serve`) fails as `server-fail`.
+    #[arg(
+        long,
+        default_value_t = 300.0,
+        value_name = "S",
+        help_heading = "Serving over HTTP"
+    )]
+    pub launch_timeout_s: f64,
+
+    /// Build the engine with `engine serve` and benchmark it over HTTP: a
+    /// fresh server per trial, driven like any `--target`.
+    #[arg(
+        long,
+        help_heading = "Serving over HTTP",
+        conflicts_with_all = ["against", "a_engine_bin", "ab"]
+    )]
+    pub serve: bool,
+
+    /// Environment variable that holds the API key for the server (sent as
+    /// `Authorization: Bearer`, never stored).
+    #[arg(
+        long,
+        default_value = "OPENAI_API_KEY",
+        value_name = "VAR",
+        help_heading = "Serving over HTTP"
+    )]
+    pub api_key_env: String,
+
+    /// The `model` to send (default: the first one `/v1/models` lists).
+    #[arg(long, value_name = "NAME", help_heading = "Serving over HTTP")]
+    pub served_model: Option<String>,
+
+    /// HTTP runs: ask for whole answers instead of streams (then TTFT is
+    /// the whole answer's time and there is no ITL).
+    #[arg(long, help_heading = "Serving over HTTP")]
+    pub no_stream: bool,
+}
+
+impl BenchArgs {
+    /// Whether this run drives a server over HTTP.
+    pub fn over_http(&self) -> bool {
+        self.target.is_some() || self.serve
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -534,6 +600,15 @@ mod tests {
     fn suite_and_workload_conflict() {
         let err = Cli::try_parse_from(["x", "bench", "--suite", "a", "--workload", "b"]);
         assert!(err.is_err());
+    }
+
+    #[test]
+    fn launch_needs_a_target_and_serve_excludes_one() {
+        assert!(Cli::try_parse_from(["x", "bench", "--launch", "srv"]).is_err());
+        assert!(Cli::try_parse_from(["x", "bench", "--serve", "--target", "http://h:1"]).is_err());
+        assert!(
+            Cli::try_parse_from(["x", "bench", "--target", "http://h:1", "--launch", "s"]).is_ok()
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub fn cpu_fingerprint() -> Fingerprint {
         device: "cpu".into(),
         model: "tiny".into(),
         model_hash: "m1".into(),
+        target: None,
     }
 }
 

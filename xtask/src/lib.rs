@@ -29,6 +29,7 @@ pub mod fixtures;
 pub mod format;
 pub mod gpu_monitor;
 pub mod history;
+pub mod http;
 pub mod launcher;
 pub mod metrics;
 pub mod model;

@@ -67,7 +67,13 @@ pub struct Latencies {
     /// Per request, its gaps between consecutive tokens.
     pub itl_s: Vec<Vec<f64>>,
     pub e2el_s: Vec<f64>,
+    /// Server-side queueing; only records that know when they were
+    /// scheduled (the engine's, not an HTTP client's).
     pub queue_s: Vec<f64>,
+    /// HTTP client records only: time waiting for a concurrency slot, and
+    /// E2E with that wait included.
+    pub client_queue_s: Vec<f64>,
+    pub e2el_including_client_queue_s: Vec<f64>,
 }
 
 pub fn latencies(completed: &[&RequestRecord]) -> Result<Latencies, MetricsError> {
@@ -81,10 +87,17 @@ pub fn latencies(completed: &[&RequestRecord]) -> Result<Latencies, MetricsError
             id: r.id,
             field: "finish_s",
         })?;
-        let scheduled = r.scheduled_s.ok_or(MetricsError::MissingTime {
-            id: r.id,
-            field: "scheduled_s",
-        })?;
+        // An HTTP client cannot see when the server scheduled a request.
+        let scheduled = match (r.scheduled_s, &r.client) {
+            (Some(s), _) => Some(s),
+            (None, Some(_)) => None,
+            (None, None) => {
+                return Err(MetricsError::MissingTime {
+                    id: r.id,
+                    field: "scheduled_s",
+                })
+            }
+        };
         if finish < r.arrival_s || first < r.arrival_s {
             return Err(MetricsError::Inconsistent {
                 id: r.id,
@@ -95,7 +108,13 @@ pub fn latencies(completed: &[&RequestRecord]) -> Result<Latencies, MetricsError
         let e2el = finish - r.arrival_s;
         out.ttft_s.push(ttft);
         out.e2el_s.push(e2el);
-        out.queue_s.push(scheduled - r.arrival_s);
+        if let Some(s) = scheduled {
+            out.queue_s.push(s - r.arrival_s);
+        }
+        if let Some(c) = &r.client {
+            out.client_queue_s.push(c.slot_wait_s);
+            out.e2el_including_client_queue_s.push(e2el + c.slot_wait_s);
+        }
         if r.output_len > 1 {
             out.tpot_s.push((e2el - ttft) / f64::from(r.output_len - 1));
         }
@@ -177,6 +196,8 @@ pub fn compute(
         &itl,
         &lat.e2el_s,
         &lat.queue_s,
+        &lat.client_queue_s,
+        &lat.e2el_including_client_queue_s,
     ]) {
         insert_distribution(&mut values, base, samples);
     }
@@ -296,6 +317,7 @@ mod tests {
             preemptions: 0,
             output_hash: format!("h{id}"),
             output_token_ids: vec![],
+            client: None,
         }
     }
 
@@ -316,6 +338,7 @@ mod tests {
             preemptions: 0,
             output_hash: String::new(),
             output_token_ids: vec![],
+            client: None,
         }
     }
 
@@ -483,7 +506,37 @@ mod tests {
         for k in m.values.keys() {
             assert!(names.contains(&k.as_str()), "{k} not in catalogue");
         }
-        assert_eq!(m.values.len(), names.len());
+        // Only an HTTP client measures its own queue, lag and CPU.
+        let in_process = names
+            .iter()
+            .filter(|n| !n.contains("client") && !n.contains("send_lag"))
+            .count();
+        assert_eq!(m.values.len(), in_process);
+    }
+
+    #[test]
+    fn client_records_have_client_queue_and_no_server_queue() {
+        let mut r = rec(0, 1.0, 1.0, &[1.1, 1.2], 1);
+        r.scheduled_s = None;
+        r.client = Some(workloads::ClientTiming {
+            intended_s: 0.0,
+            slot_wait_s: 1.0,
+            send_lag_s: 0.0,
+            itl_basis: workloads::ItlBasis::Token,
+            chunks: 2,
+        });
+        let m = compute(&[r], &[], None, &Slos::default()).unwrap();
+        assert!(!m.values.contains_key(names::MEAN_QUEUE_MS));
+        assert!(close(m.values[names::MEAN_CLIENT_QUEUE_MS], 1000.0));
+        assert!(close(m.values[names::MEAN_E2EL_MS], 200.0));
+        assert!(close(
+            m.values[names::MEAN_E2EL_INCLUDING_CLIENT_QUEUE_MS],
+            1200.0
+        ));
+        // An engine record without a scheduling time is still an error.
+        let mut bad = rec(1, 0.0, 0.0, &[0.1], 1);
+        bad.scheduled_s = None;
+        assert!(compute(&[bad], &[], None, &Slos::default()).is_err());
     }
 
     #[test]

@@ -60,6 +60,32 @@ pub struct Fingerprint {
     /// Model preset or directory, and blake3 of its files.
     pub model: String,
     pub model_hash: String,
+    /// The server under test when an HTTP client drove the run
+    /// (`--target` / `--serve`); absent for in-process `engine bench` runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetFingerprint>,
+}
+
+/// An OpenAI-compatible server as the client saw it. No credentials: the
+/// URL is stripped of them and the API key is never recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetFingerprint {
+    /// `http://host:port`.
+    pub url: String,
+    /// The `model` the client sent.
+    pub model: String,
+    /// `GET /v1/models` as the server answered it.
+    pub models: serde_json::Value,
+    /// The `Server` response header, if any.
+    pub server_header: Option<String>,
+    /// `owned_by` of the first model and the `Server` header: which kind of
+    /// server this is (part of the fingerprint class).
+    pub server_kind: String,
+    /// Requests were streamed (SSE) rather than answered whole.
+    pub stream: bool,
+    /// The `--launch` command (with `--api-key` values redacted), or
+    /// `engine serve ...` for `--serve`.
+    pub launch: Option<String>,
 }
 
 /// GPU state sampled before and after each trial.
@@ -299,9 +325,32 @@ pub mod names {
     pub const P90_QUEUE_MS: &str = "p90_queue_ms";
     pub const P95_QUEUE_MS: &str = "p95_queue_ms";
     pub const P99_QUEUE_MS: &str = "p99_queue_ms";
+    // HTTP runs (docs/SERVING.md): the closed loop's wait for a slot, E2E
+    // with it, and the load generator's own health.
+    pub const MEAN_CLIENT_QUEUE_MS: &str = "mean_client_queue_ms";
+    pub const P50_CLIENT_QUEUE_MS: &str = "p50_client_queue_ms";
+    pub const P90_CLIENT_QUEUE_MS: &str = "p90_client_queue_ms";
+    pub const P95_CLIENT_QUEUE_MS: &str = "p95_client_queue_ms";
+    pub const P99_CLIENT_QUEUE_MS: &str = "p99_client_queue_ms";
+    pub const MEAN_E2EL_INCLUDING_CLIENT_QUEUE_MS: &str = "mean_e2el_including_client_queue_ms";
+    pub const P50_E2EL_INCLUDING_CLIENT_QUEUE_MS: &str = "p50_e2el_including_client_queue_ms";
+    pub const P90_E2EL_INCLUDING_CLIENT_QUEUE_MS: &str = "p90_e2el_including_client_queue_ms";
+    pub const P95_E2EL_INCLUDING_CLIENT_QUEUE_MS: &str = "p95_e2el_including_client_queue_ms";
+    pub const P99_E2EL_INCLUDING_CLIENT_QUEUE_MS: &str = "p99_e2el_including_client_queue_ms";
+    pub const P99_SEND_LAG_MS: &str = "p99_send_lag_ms";
+    pub const MAX_SEND_LAG_MS: &str = "max_send_lag_ms";
+    pub const CLIENT_CPU_PERCENT: &str = "client_cpu_percent";
 
     /// The latency distributions, by base name (`ttft` → `mean_ttft_ms`, ...).
-    pub const LATENCY_BASES: [&str; 5] = ["ttft", "tpot", "itl", "e2el", "queue"];
+    pub const LATENCY_BASES: [&str; 7] = [
+        "ttft",
+        "tpot",
+        "itl",
+        "e2el",
+        "queue",
+        "client_queue",
+        "e2el_including_client_queue",
+    ];
     /// The statistics of each latency distribution, with the percentile
     /// each stands for (None for the mean).
     pub const LATENCY_STATS: [(&str, Option<f64>); 5] = [
@@ -380,7 +429,22 @@ const LAT_QUEUE: [MetricDef; 5] = latency_group([
     names::P99_QUEUE_MS,
 ]);
 
-const OTHER: [MetricDef; 12] = [
+const LAT_CLIENT_QUEUE: [MetricDef; 5] = latency_group([
+    names::MEAN_CLIENT_QUEUE_MS,
+    names::P50_CLIENT_QUEUE_MS,
+    names::P90_CLIENT_QUEUE_MS,
+    names::P95_CLIENT_QUEUE_MS,
+    names::P99_CLIENT_QUEUE_MS,
+]);
+const LAT_E2EL_CLIENT: [MetricDef; 5] = latency_group([
+    names::MEAN_E2EL_INCLUDING_CLIENT_QUEUE_MS,
+    names::P50_E2EL_INCLUDING_CLIENT_QUEUE_MS,
+    names::P90_E2EL_INCLUDING_CLIENT_QUEUE_MS,
+    names::P95_E2EL_INCLUDING_CLIENT_QUEUE_MS,
+    names::P99_E2EL_INCLUDING_CLIENT_QUEUE_MS,
+]);
+
+const OTHER: [MetricDef; 15] = [
     m(
         names::REQUEST_THROUGHPUT,
         "req/s",
@@ -413,6 +477,9 @@ const OTHER: [MetricDef; 12] = [
     m(names::DECODE_THROUGHPUT, "tok/s", true, MetricKind::Info),
     m(names::PEAK_MEMORY_BYTES, "B", false, MetricKind::Info),
     m(names::REJECTED_REQUESTS, "req", false, MetricKind::Info),
+    m(names::P99_SEND_LAG_MS, "ms", false, MetricKind::Info),
+    m(names::MAX_SEND_LAG_MS, "ms", false, MetricKind::Info),
+    m(names::CLIENT_CPU_PERCENT, "%", false, MetricKind::Info),
 ];
 
 /// Every metric a trial may carry, by name. A trial's `metrics` map uses
@@ -420,7 +487,15 @@ const OTHER: [MetricDef; 12] = [
 pub fn metric_catalog() -> Vec<MetricDef> {
     let mut v = Vec::new();
     v.extend_from_slice(&OTHER[..4]);
-    for group in [LAT_TTFT, LAT_TPOT, LAT_ITL, LAT_E2EL, LAT_QUEUE] {
+    for group in [
+        LAT_TTFT,
+        LAT_TPOT,
+        LAT_ITL,
+        LAT_E2EL,
+        LAT_QUEUE,
+        LAT_CLIENT_QUEUE,
+        LAT_E2EL_CLIENT,
+    ] {
         v.extend_from_slice(&group);
     }
     v.extend_from_slice(&OTHER[4..]);

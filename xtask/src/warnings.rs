@@ -82,6 +82,38 @@ pub enum Warning {
         metric: String,
         runs: usize,
     },
+    /// HTTP: the load generator sent requests later than due.
+    GeneratorLate {
+        workload: String,
+        p99_ms: f64,
+        limit_ms: f64,
+    },
+    /// HTTP: the load generator was busy enough to delay its own reads.
+    GeneratorBusy {
+        workload: String,
+        cpu_percent: f64,
+    },
+    /// HTTP: the server counted other prompt lengths than were sent.
+    PromptLengthDiffers {
+        workload: String,
+        requests: usize,
+    },
+    /// HTTP: a workload's `[engine]` table cannot reach a `--target`.
+    EngineSettingsNotApplied {
+        workload: String,
+    },
+    /// HTTP: a started server ignored SIGTERM and was killed.
+    ServerKilled {
+        log: String,
+    },
+    /// HTTP: `--target` carried user:password@, which was dropped.
+    CredentialsInUrl {
+        env: String,
+    },
+    /// HTTP: `/health` did not answer 200 before the run.
+    TargetUnhealthy {
+        url: String,
+    },
 }
 
 impl fmt::Display for Warning {
@@ -191,6 +223,41 @@ impl fmt::Display for Warning {
             } => write!(
                 f,
                 "`{workload}` (class {class}) has {runs} run(s) with {metric}; a history needs at least 2: left out; bench again or import nightly exports (`cargo xtask store import FILE`)"
+            ),
+            Warning::GeneratorLate {
+                workload,
+                p99_ms,
+                limit_ms,
+            } => write!(
+                f,
+                "{workload}: the load generator sent requests late (p99 {p99_ms:.2} ms after they were due, over {limit_ms:.2} ms): the load is not what the workload says; run the client on another machine, or lower the rate or concurrency"
+            ),
+            Warning::GeneratorBusy {
+                workload,
+                cpu_percent,
+            } => write!(
+                f,
+                "{workload}: the load generator used {cpu_percent:.0}% of a core, so its own reads may delay token timestamps; run it on another machine or lower the request rate"
+            ),
+            Warning::PromptLengthDiffers { workload, requests } => write!(
+                f,
+                "{workload}: for {requests} requests the server counted a different prompt length than was sent (usage.prompt_tokens; e.g. it adds BOS): the records use the server's count"
+            ),
+            Warning::EngineSettingsNotApplied { workload } => write!(
+                f,
+                "{workload}: its [engine] settings do not reach a --target server; configure the server itself (in --launch)"
+            ),
+            Warning::ServerKilled { log } => write!(
+                f,
+                "the server did not exit within 30 s of SIGTERM and was killed; see its log {log}"
+            ),
+            Warning::CredentialsInUrl { env } => write!(
+                f,
+                "--target had credentials in its URL; they were dropped (not sent, not stored): put an API key in ${env}"
+            ),
+            Warning::TargetUnhealthy { url } => write!(
+                f,
+                "{url}/health did not answer 200; running anyway (use --launch to start the server and wait for it)"
             ),
         }
     }

@@ -96,6 +96,7 @@ max_num_seqs = [2, 4, 8, 16]
         device: DeviceArg::Cpu,
         results: Some(results.clone()),
         timeout_s: 60.0,
+        features: Vec::new(),
     };
     let ctx = BenchContext::prepare(p, &choice).unwrap();
     let mut sweep =

@@ -42,6 +42,7 @@ fn record(id: u64, ttft_s: f64) -> RequestRecord {
         preemptions: 0,
         output_hash: format!("h{id}"),
         output_token_ids: vec![],
+        client: None,
     }
 }
 

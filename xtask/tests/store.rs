@@ -43,6 +43,7 @@ fn run_record(created_at: &str, suite: &str, trials: Vec<TrialSummary>) -> RunRe
             device: "cpu".to_string(),
             model: "tiny".to_string(),
             model_hash: "ef".repeat(32),
+            target: None,
         },
         workloads: vec![WorkloadRun {
             name: "offline".to_string(),

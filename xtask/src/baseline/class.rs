@@ -27,6 +27,10 @@ pub struct FingerprintClass {
     pub workload_hash: String,
     pub engine_config: serde_json::Value,
     pub build_profile: String,
+    /// HTTP runs: the kind of server and whether it streamed. In-process
+    /// runs have none (and so keep their class hashes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 impl FingerprintClass {
@@ -49,6 +53,10 @@ impl FingerprintClass {
             workload_hash: workload.workload_hash.clone(),
             engine_config: canonical(&workload.engine_config),
             build_profile: fingerprint.source.build_profile.clone(),
+            target: fingerprint.target.as_ref().map(|t| {
+                let mode = if t.stream { "stream" } else { "whole" };
+                format!("http {} {mode}", t.server_kind)
+            }),
         }
     }
 

@@ -24,6 +24,7 @@ pub fn run_cli(args: &SweepArgs, root: &Path) -> anyhow::Result<i32> {
         device: args.device,
         results: Some(results.clone()),
         timeout_s: args.timeout_s,
+        features: Vec::new(),
     };
     // Lookups need the device (the ledger is per device) but not the engine
     // unless the device must be detected.
