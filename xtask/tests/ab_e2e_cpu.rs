@@ -170,6 +170,7 @@ fn same_engine_is_not_flagged_and_a_slower_side_b_is_regressed() {
         .contains(m)),
         "{regressed:?}"
     );
-    assert!(c.summary().improved == 0, "{:?}", c.summary());
+    // (TPOT/ITL may well improve: one sequence at a time decodes each token
+    // faster; the regression is in queueing, TTFT and throughput.)
     assert_eq!(code, 1, "the bench's own verdict");
 }
