@@ -163,6 +163,10 @@ pub fn compile(
             "--std=c++17".into(),
             format!("-DDYNO_HEAD_DIM={}", shape.head_dim),
             format!("-DDYNO_GROUP={}", shape.group),
+            format!(
+                "-DDYNO_GROUP_CHUNKS={}",
+                super::kernels::attention_group_chunks(shape.group)
+            ),
             format!("-DDYNO_HIDDEN={}", shape.hidden),
             format!("-DDYNO_QDIM={}", shape.qdim),
             format!("-DDYNO_INTER={}", shape.inter),
