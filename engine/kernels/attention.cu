@@ -27,7 +27,7 @@
 #define ATTN_MERGE_BATCH 16
 
 // Lanes per key: HD/8 rounded up to a power of two (shuffle reductions).
-constexpr int attn_lanes_per_key(int hd) {
+__host__ __device__ constexpr int attn_lanes_per_key(int hd) {
     int l = 4;
     while (l * 8 < hd) l *= 2;
     return l;
