@@ -107,7 +107,8 @@ impl Engine {
                 enable_chunked_prefill: cfg.enable_chunked_prefill,
                 max_model_len,
             },
-            BlockManager::new(num_blocks, cfg.block_size),
+            BlockManager::new(num_blocks, cfg.block_size)
+                .with_prefix_caching(cfg.enable_prefix_caching),
         );
         Ok(Engine {
             backend,
@@ -328,6 +329,8 @@ impl Engine {
             kv_blocks_used: blocks.blocks_in_use() as u32,
             kv_blocks_total: blocks.num_blocks() as u32,
             preempted: batch.preempted.len() as u32,
+            prefix_cache_queries: batch.prefix_cache_queries,
+            prefix_cache_hits: batch.prefix_cache_hits,
         });
         self.next_step += 1;
         Ok(outcome)
@@ -347,6 +350,7 @@ fn finished_record(seq: &Sequence, reason: FinishReason) -> RequestRecord {
         prompt_len: seq.prompt_len as u32,
         output_len: seq.output_len() as u32,
         preemptions: seq.preemptions,
+        num_cached_tokens: seq.num_cached_tokens,
         output_hash: hash_tokens(seq.output()),
         output_token_ids: seq.output().to_vec(),
         client: None,
@@ -366,6 +370,7 @@ fn rejected_record(request: &Request, now: f64, reason: String) -> RequestRecord
         prompt_len: request.prompt_token_ids.len() as u32,
         output_len: 0,
         preemptions: 0,
+        num_cached_tokens: None,
         output_hash: hash_tokens(&[]),
         output_token_ids: Vec::new(),
         client: None,

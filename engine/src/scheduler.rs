@@ -15,6 +15,11 @@
 //!   `admissibility` rejects any request that could not run even alone (no
 //!   deadlock).
 //! - No new sequence is admitted in a step that preempted one.
+//! - With prefix caching, a sequence being admitted (first time or after a
+//!   preemption) starts with the longest chain of cached full blocks that
+//!   matches its tokens, never all of them (the last token must run to give
+//!   logits), and its prefill starts at the first uncached token. Full blocks
+//!   are registered in the cache once computed (`commit`).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -62,6 +67,11 @@ pub struct SchedulerOutput {
     pub seqs: Vec<ScheduledSeq>,
     /// Sequences preempted (by recompute) while building this step.
     pub preempted: Vec<u64>,
+    /// Prefix caching: tokens of the sequences admitted in this step (the
+    /// lookups' queries, vLLM's definition) and how many of them were
+    /// found cached. Both 0 with caching off.
+    pub prefix_cache_queries: u64,
+    pub prefix_cache_hits: u64,
 }
 
 impl SchedulerOutput {
@@ -245,20 +255,37 @@ impl Scheduler {
     }
 
     fn admit_waiting(&mut self, now: f64, out: &mut SchedulerOutput, budget: &mut usize) {
+        let bs = self.blocks.block_size();
         while let Some(&id) = self.waiting.front() {
             if self.running.len() >= self.cfg.max_num_seqs || *budget == 0 {
                 break;
             }
             let seq = self.seqs.get_mut(&id).expect("waiting ids are live");
-            let Some(n) = self.cfg.chunk_len(seq.num_uncomputed(), *budget) else {
+            debug_assert!(seq.block_table.is_empty() && seq.num_computed == 0);
+            // Never the whole sequence: its last token must run for logits.
+            let cached = if self.blocks.prefix_caching() {
+                let lookup = (seq.len() - 1) / bs;
+                self.blocks.cached_prefix(seq.block_hashes(bs, lookup))
+            } else {
+                Vec::new()
+            };
+            let cached_tokens = cached.len() * bs;
+            let Some(n) = self.cfg.chunk_len(seq.len() - cached_tokens, *budget) else {
                 break;
             };
             if self
                 .blocks
-                .allocate(&mut seq.block_table, seq.num_computed + n)
+                .allocate_with_prefix(&mut seq.block_table, &cached, cached_tokens + n)
                 .is_err()
             {
                 break;
+            }
+            seq.num_computed = cached_tokens;
+            seq.num_registered_blocks = cached.len();
+            seq.num_cached_tokens.get_or_insert(cached_tokens as u32);
+            if self.blocks.prefix_caching() {
+                out.prefix_cache_queries += seq.len() as u64;
+                out.prefix_cache_hits += cached_tokens as u64;
             }
             seq.scheduled_s.get_or_insert(now);
             self.waiting.pop_front();
@@ -288,6 +315,18 @@ impl Scheduler {
                 .expect("scheduled ids are live");
             debug_assert_eq!(seq.num_computed, s.start_pos);
             seq.num_computed += s.num_tokens;
+            if self.blocks.prefix_caching() {
+                // Full blocks computed by now can serve later requests.
+                let bs = self.blocks.block_size();
+                let full = seq.num_computed / bs;
+                let first = seq.num_registered_blocks;
+                seq.block_hashes(bs, full);
+                for i in first..full {
+                    self.blocks
+                        .cache_block(seq.block_table[i], seq.block_hashes[i]);
+                }
+                seq.num_registered_blocks = full.max(first);
+            }
         }
     }
 

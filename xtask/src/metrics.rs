@@ -315,6 +315,7 @@ mod tests {
             prompt_len,
             output_len: times.len() as u32,
             preemptions: 0,
+            num_cached_tokens: None,
             output_hash: format!("h{id}"),
             output_token_ids: vec![],
             client: None,
@@ -336,6 +337,7 @@ mod tests {
             prompt_len: 9999,
             output_len: 0,
             preemptions: 0,
+            num_cached_tokens: None,
             output_hash: String::new(),
             output_token_ids: vec![],
             client: None,
@@ -440,6 +442,8 @@ mod tests {
             kv_blocks_used: 0,
             kv_blocks_total: 1,
             preempted: 0,
+            prefix_cache_queries: 0,
+            prefix_cache_hits: 0,
         };
         let mut prefill = step(3, 1.0, 1);
         prefill.prefill_tokens = 100;
@@ -489,6 +493,8 @@ mod tests {
             kv_blocks_used: 1,
             kv_blocks_total: 1,
             preempted: 0,
+            prefix_cache_queries: 0,
+            prefix_cache_hits: 0,
         };
         let decode = StepLogEntry {
             step: 1,

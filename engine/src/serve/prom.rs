@@ -310,6 +310,7 @@ mod tests {
             prompt_len: 4,
             output_len: 3,
             preemptions: 0,
+            num_cached_tokens: None,
             output_hash: String::new(),
             output_token_ids: vec![1, 2, 3],
             client: None,
