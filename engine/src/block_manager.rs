@@ -47,7 +47,7 @@ impl BlockManager {
     /// Turns automatic prefix caching on or off (before any allocation).
     pub fn with_prefix_caching(mut self, enabled: bool) -> Self {
         debug_assert_eq!(self.blocks_in_use(), 0, "set before use");
-        self.cache = enabled.then(|| PrefixCache::new(self.num_blocks()));
+        self.cache = enabled.then(PrefixCache::new);
         self
     }
 

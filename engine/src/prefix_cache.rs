@@ -55,25 +55,20 @@ pub fn extend_chain(hashes: &mut Vec<BlockHash>, tokens: &[u32], block_size: usi
 #[derive(Debug, Default)]
 pub struct PrefixCache {
     by_hash: HashMap<BlockHash, u32>,
-    /// `hash_of[id]`: the chain hash block `id` holds, if it is cached.
-    hash_of: Vec<Option<BlockHash>>,
+    /// The chain hash each cached block holds (sparse: memory grows with
+    /// the cached blocks, not the pool).
+    hash_of: HashMap<u32, BlockHash>,
     /// Cached blocks no sequence references, by the time they were freed
     /// (oldest first): the eviction order.
     evictable: BTreeMap<u64, u32>,
-    /// `freed_at[id]`: block `id`'s key in `evictable`, while it is there.
-    freed_at: Vec<Option<u64>>,
+    /// Each evictable block's key in `evictable`.
+    freed_at: HashMap<u32, u64>,
     clock: u64,
 }
 
 impl PrefixCache {
-    pub fn new(num_blocks: usize) -> Self {
-        PrefixCache {
-            by_hash: HashMap::new(),
-            hash_of: vec![None; num_blocks],
-            evictable: BTreeMap::new(),
-            freed_at: vec![None; num_blocks],
-            clock: 0,
-        }
+    pub fn new() -> Self {
+        PrefixCache::default()
     }
 
     /// Blocks with cached content (referenced or not).
@@ -87,7 +82,7 @@ impl PrefixCache {
     }
 
     pub fn is_cached(&self, id: u32) -> bool {
-        self.hash_of[id as usize].is_some()
+        self.hash_of.contains_key(&id)
     }
 
     pub fn lookup(&self, hash: &BlockHash) -> Option<u32> {
@@ -98,11 +93,11 @@ impl PrefixCache {
     /// already holds it (two sequences computed the same block in one
     /// step), the first stays the cached one and `id` stays plain.
     pub fn insert(&mut self, id: u32, hash: BlockHash) {
-        if self.hash_of[id as usize].is_some() || self.by_hash.contains_key(&hash) {
+        if self.hash_of.contains_key(&id) || self.by_hash.contains_key(&hash) {
             return;
         }
         self.by_hash.insert(hash, id);
-        self.hash_of[id as usize] = Some(hash);
+        self.hash_of.insert(id, hash);
     }
 
     /// A cached block lost its last reference: it becomes the most recently
@@ -111,12 +106,12 @@ impl PrefixCache {
         debug_assert!(self.is_cached(id));
         self.clock += 1;
         self.evictable.insert(self.clock, id);
-        self.freed_at[id as usize] = Some(self.clock);
+        self.freed_at.insert(id, self.clock);
     }
 
     /// An evictable block is referenced again: it leaves the LRU.
     pub fn reclaim(&mut self, id: u32) {
-        if let Some(at) = self.freed_at[id as usize].take() {
+        if let Some(at) = self.freed_at.remove(&id) {
             self.evictable.remove(&at);
         }
     }
@@ -125,8 +120,8 @@ impl PrefixCache {
     /// content and hands it out for new tokens.
     pub fn evict_lru(&mut self) -> Option<u32> {
         let (_, id) = self.evictable.pop_first()?;
-        self.freed_at[id as usize] = None;
-        if let Some(hash) = self.hash_of[id as usize].take() {
+        self.freed_at.remove(&id);
+        if let Some(hash) = self.hash_of.remove(&id) {
             self.by_hash.remove(&hash);
         }
         Some(id)
@@ -162,7 +157,7 @@ mod tests {
 
     #[test]
     fn eviction_is_least_recently_freed_first_and_forgets_the_hash() {
-        let mut c = PrefixCache::new(4);
+        let mut c = PrefixCache::new();
         for id in 0..3u32 {
             c.insert(id, block_hash(None, &[id]));
         }
@@ -181,7 +176,7 @@ mod tests {
 
     #[test]
     fn a_hash_already_held_stays_with_its_first_block() {
-        let mut c = PrefixCache::new(2);
+        let mut c = PrefixCache::new();
         let h = block_hash(None, &[7]);
         c.insert(0, h);
         c.insert(1, h);
