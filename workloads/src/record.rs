@@ -169,6 +169,13 @@ pub struct BenchSummary {
     pub num_nonfinite: u64,
     pub output_tokens: u64,
     pub num_steps: u64,
+    /// Prefix caching over the measured steps: tokens looked up and tokens
+    /// found (the step log's sums; hit rate = hits / queries). 0 with
+    /// caching off.
+    #[serde(default)]
+    pub prefix_cache_queries: u64,
+    #[serde(default)]
+    pub prefix_cache_hits: u64,
     /// The engine config the run used, as JSON.
     pub engine_config: serde_json::Value,
     /// blake3 of the checkpoint's config and weights.
