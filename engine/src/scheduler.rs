@@ -19,7 +19,8 @@
 //!   preemption) starts with the longest chain of cached full blocks that
 //!   matches its tokens, never all of them (the last token must run to give
 //!   logits), and its prefill starts at the first uncached token. Full blocks
-//!   are registered in the cache once computed (`commit`).
+//!   are registered in the cache when the step computing them is final, so
+//!   a request admitted in that same step can already reuse them.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -213,9 +214,39 @@ impl Scheduler {
         }
 
         if out.preempted.is_empty() {
+            // No chunk leaves this step any more: the full blocks its chunks
+            // complete can serve sequences admitted below (see `register`).
+            for i in 0..out.seqs.len() {
+                let e = &out.seqs[i];
+                self.register(e.seq_id, e.start_pos + e.num_tokens);
+            }
             self.admit_waiting(now, &mut out, &mut budget);
         }
         out
+    }
+
+    /// Registers the full blocks of `id` up to `num_tokens` in the prefix
+    /// cache (no-op without caching). Called once the step that computes
+    /// them is final, before it runs: a sequence admitted later in the same
+    /// step may then start with these blocks, because a backend writes the
+    /// K/V of every token of a step before any token of the step attends
+    /// (per layer; the `Backend` contract), and the writer comes first in
+    /// the batch. Preemption only happens before registration in a step,
+    /// and a preempted sequence's chunk is dropped before it registers.
+    fn register(&mut self, id: u64, num_tokens: usize) {
+        if !self.blocks.prefix_caching() {
+            return;
+        }
+        let seq = self.seqs.get_mut(&id).expect("scheduled ids are live");
+        let bs = self.blocks.block_size();
+        let full = num_tokens / bs;
+        let first = seq.num_registered_blocks;
+        seq.block_hashes(bs, full);
+        for i in first..full {
+            self.blocks
+                .cache_block(seq.block_table[i], seq.block_hashes[i]);
+        }
+        seq.num_registered_blocks = full.max(first);
     }
 
     /// Grows `id`'s block table for `n` more tokens, preempting the most
@@ -292,6 +323,7 @@ impl Scheduler {
             self.running.push(id);
             *budget -= n;
             out.seqs.push(self.entry(id, n));
+            self.register(id, cached_tokens + n);
         }
     }
 
@@ -315,18 +347,9 @@ impl Scheduler {
                 .expect("scheduled ids are live");
             debug_assert_eq!(seq.num_computed, s.start_pos);
             seq.num_computed += s.num_tokens;
-            if self.blocks.prefix_caching() {
-                // Full blocks computed by now can serve later requests.
-                let bs = self.blocks.block_size();
-                let full = seq.num_computed / bs;
-                let first = seq.num_registered_blocks;
-                seq.block_hashes(bs, full);
-                for i in first..full {
-                    self.blocks
-                        .cache_block(seq.block_table[i], seq.block_hashes[i]);
-                }
-                seq.num_registered_blocks = full.max(first);
-            }
+            // Steps that preempted register their blocks only now.
+            let computed = seq.num_computed;
+            self.register(s.seq_id, computed);
         }
     }
 

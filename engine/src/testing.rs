@@ -81,8 +81,12 @@ impl MockBackend {
             return invalid("KV cache not allocated".into());
         }
         let block_size = self.block_size;
-        // Blocks each sequence writes in this step: no other sequence of the
-        // step may hold them.
+        // Blocks each sequence writes in this step: no two sequences write
+        // the same block. Another sequence may hold it (a prefix-cache hit
+        // on a block completed in this step) if it comes later in the batch:
+        // slots are written and read in batch order, so it reads them only
+        // after they are written, as a real backend's per-layer K/V write
+        // precedes every attention of the layer.
         let mut writer = std::collections::HashMap::new();
         for s in batch {
             let end = s.start_pos + s.tokens.len();
@@ -103,20 +107,6 @@ impl MockBackend {
                             s.seq_id
                         ));
                     }
-                }
-            }
-        }
-        for s in batch {
-            let end = s.start_pos + s.tokens.len();
-            for &b in &s.block_table[..end.div_ceil(block_size)] {
-                match writer.get(&b) {
-                    Some(&w) if w != s.seq_id => {
-                        return invalid(format!(
-                            "block {b} written by seq {w} while seq {} holds it",
-                            s.seq_id
-                        ))
-                    }
-                    _ => {}
                 }
             }
         }

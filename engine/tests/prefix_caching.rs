@@ -1,7 +1,8 @@
 //! Prefix caching on the real CPU backend (synthesized `tiny` checkpoint):
 //! requests that share prompt prefixes produce exactly the greedy tokens
 //! they produce with caching off, while most of their prompts come from the
-//! cache — in one batch, with chunked prefill, and under preemption (a
+//! cache — in the step that computes the prefix, in a later batch, with
+//! chunked prefill, and under preemption (a
 //! pool too small for the batch), where a recomputed request also finds its
 //! own earlier blocks.
 
@@ -143,6 +144,9 @@ fn outputs_are_identical_with_caching_on_and_off() {
         ..tight.clone()
     };
     for (name, cfg, lead_steps) in [
+        // All at once: the followers, admitted in the leaders' step, reuse
+        // the blocks the leaders compute in that very step.
+        ("all in one step", &on, 0),
         ("one batch", &on, 1),
         ("chunked prefill", &chunked, 3),
         ("tight KV, preemption", &tight, 1),
