@@ -161,7 +161,7 @@ fn outputs_are_identical_with_caching_on_and_off() {
                 r.id
             );
             let cached = a.num_cached_tokens.unwrap() as usize;
-            assert!(cached % 16 == 0 && cached < r.prompt_token_ids.len());
+            assert!(cached.is_multiple_of(16) && cached < r.prompt_token_ids.len());
         }
         // Everyone but the leaders shares at least the prefix's 2 blocks.
         let followers_hit = reqs[GROUPS as usize..]
