@@ -57,7 +57,9 @@ pub struct RequestRecord {
     pub preemptions: u32,
     /// Prompt tokens whose K/V came from the prefix cache when the request
     /// was first scheduled (vLLM's `num_cached_tokens`): 0 with caching
-    /// off; absent when unknown (an HTTP client's records, older records).
+    /// off. An HTTP client's records take it from the server's
+    /// `usage.prompt_tokens_details.cached_tokens`; absent when unknown
+    /// (a server that does not say, older records).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_cached_tokens: Option<u32>,
     /// blake3 of the output token ids as little-endian u32, hex.

@@ -183,7 +183,8 @@ pub fn compute(
     );
 
     // The engine says how much of each prompt it found in its prefix cache
-    // (when first scheduled); an HTTP client cannot know.
+    // (when first scheduled); over HTTP only servers that report
+    // `usage.prompt_tokens_details.cached_tokens` do.
     let cache_counts: Vec<(u64, u64)> = completed
         .iter()
         .filter_map(|r| Some((u64::from(r.num_cached_tokens?), u64::from(r.prompt_len))))

@@ -299,7 +299,8 @@ pub mod names {
     pub const DECODE_THROUGHPUT: &str = "decode_throughput";
     pub const PEAK_MEMORY_BYTES: &str = "peak_memory_bytes";
     /// Prompt tokens served from the engine's prefix cache, % of all prompt
-    /// tokens (engine records only: they carry `num_cached_tokens`).
+    /// tokens (records that carry `num_cached_tokens`: the engine's, and an
+    /// HTTP server's that reports `usage.prompt_tokens_details`).
     pub const PREFIX_CACHE_HIT_RATE: &str = "prefix_cache_hit_rate";
     /// Requests the engine refused (e.g. longer than the context).
     pub const REJECTED_REQUESTS: &str = "rejected_requests";
