@@ -18,6 +18,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod rope;
 
 use crate::engine_config::{DeviceKind, EngineConfig};
 use crate::weights::Checkpoint;
