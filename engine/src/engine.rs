@@ -558,6 +558,39 @@ mod tests {
     }
 
     #[test]
+    fn aborting_a_sharer_keeps_the_shared_blocks_right() {
+        let cfg = EngineConfig {
+            num_kv_blocks: 16,
+            ..EngineConfig::default()
+        };
+        let prompt: Vec<u32> = (0..40).map(|t| t % 32).collect();
+        let solo = {
+            let mut e = engine(cfg.clone(), &[]);
+            e.add_request(request(9, prompt.clone(), SamplingParams::greedy(6)));
+            run_all(&mut e).remove(0).output_token_ids
+        };
+        let mut e = engine(cfg, &[]);
+        e.add_request(request(1, prompt.clone(), SamplingParams::greedy(20)));
+        e.step().unwrap();
+        e.add_request(request(2, prompt.clone(), SamplingParams::greedy(6)));
+        let log = e.step().unwrap().log.unwrap();
+        assert_eq!((log.prefix_cache_queries, log.prefix_cache_hits), (40, 32));
+        // 3 blocks for request 1, 2 shared + 1 own for request 2.
+        assert_eq!(e.kv_blocks_in_use(), 4);
+        assert!(e.abort_request(1));
+        assert_eq!(e.kv_blocks_in_use(), 3, "the shared blocks stay with 2");
+        let records = run_all(&mut e);
+        assert_eq!(records[0].output_token_ids, solo);
+        assert_eq!(records[0].num_cached_tokens, Some(32));
+        assert_eq!(e.kv_blocks_in_use(), 0);
+        // Freed, still cached: a third request finds the prefix again.
+        e.add_request(request(3, prompt, SamplingParams::greedy(6)));
+        let records = run_all(&mut e);
+        assert_eq!(records[0].num_cached_tokens, Some(32));
+        assert_eq!(records[0].output_token_ids, solo);
+    }
+
+    #[test]
     fn step_log_counts_prefill_and_decode_tokens() {
         let mut e = engine(EngineConfig::default(), &[]);
         e.add_request(request(1, vec![1, 2, 3], SamplingParams::greedy(3)));
