@@ -463,14 +463,19 @@ impl BenchContext {
     /// repeated trials and stores them as one run. A failing trial is part
     /// of the run; an `Err` is a failure of the pipeline itself (the run is
     /// stored with what finished before it, see [`TrialRunner::run_all`]).
+    /// With `http`, the trials drive that server over HTTP and the run's
+    /// fingerprint names it.
     pub fn run_specs(
         &self,
         model_name: &str,
         specs: &[&WorkloadSpec],
         options: &RunOptions,
         progress: &Progress,
+        http: Option<&HttpSetup>,
     ) -> anyhow::Result<BenchOutcome> {
-        let run = self.prepare_run(model_name, specs, options)?;
+        let mut run = self.prepare_run(model_name, specs, options)?;
+        run.runner.http = http.map(|h| &h.driver);
+        run.header.fingerprint.target = http.map(|h| h.fingerprint.clone());
         run.runner
             .run_all(run.header, &run.planned, &self.store, progress)
     }
@@ -1000,25 +1005,59 @@ impl HttpDriver {
 
 /// The HTTP side of a run, if any: its driver, the target's fingerprint,
 /// and the server `--launch` started.
-struct HttpSetup {
-    driver: HttpDriver,
-    fingerprint: TargetFingerprint,
+pub struct HttpSetup {
+    pub driver: HttpDriver,
+    pub fingerprint: TargetFingerprint,
     launched: Option<Server>,
+}
+
+impl HttpSetup {
+    /// Stops the server `--launch` started, if any (SIGTERM, then SIGKILL
+    /// after 30 s, with a warning).
+    pub fn stop(&mut self) {
+        if let Some(server) = self.launched.take() {
+            let log = server.log.display().to_string();
+            if !server.stop(Duration::from_secs(30)) {
+                warnings::emit(&Warning::ServerKilled { log });
+            }
+        }
+    }
+}
+
+/// The HTTP flags `bench` and `sweep` share, for [`connect`].
+#[derive(Debug, Clone)]
+pub struct HttpFlags {
+    pub api_key_env: String,
+    pub served_model: Option<String>,
+    pub stream: bool,
+    /// How long a started server may take to answer `/health`.
+    pub launch_timeout: Duration,
+    /// How long one request may take.
+    pub request_timeout: Duration,
+}
+
+impl HttpFlags {
+    fn driver(&self) -> HttpDriver {
+        HttpDriver {
+            fixed: None,
+            api_key_env: self.api_key_env.clone(),
+            served_model: self.served_model.clone(),
+            stream: self.stream,
+            launch_timeout: self.launch_timeout,
+        }
+    }
 }
 
 fn http_setup(args: &BenchArgs, root: &Path) -> anyhow::Result<Option<HttpSetup>> {
     if !args.over_http() {
         return Ok(None);
     }
-    let stream = !args.no_stream;
-    let launch_timeout = Duration::from_secs_f64(args.launch_timeout_s.max(0.001));
-    let request_timeout = Duration::from_secs_f64(args.timeout_s.max(0.001));
-    let mut driver = HttpDriver {
-        fixed: None,
+    let flags = HttpFlags {
         api_key_env: args.api_key_env.clone(),
         served_model: args.served_model.clone(),
-        stream,
-        launch_timeout,
+        stream: !args.no_stream,
+        launch_timeout: Duration::from_secs_f64(args.launch_timeout_s.max(0.001)),
+        request_timeout: Duration::from_secs_f64(args.timeout_s.max(0.001)),
     };
     let Some(url) = &args.target else {
         // --serve: a fresh engine serve per trial.
@@ -1028,32 +1067,46 @@ fn http_setup(args: &BenchArgs, root: &Path) -> anyhow::Result<Option<HttpSetup>
             models: serde_json::Value::Null,
             server_header: None,
             server_kind: "dyno".into(),
-            stream,
+            stream: flags.stream,
             launch: Some("engine serve --port 0 (per trial)".into()),
         };
         return Ok(Some(HttpSetup {
-            driver,
+            driver: flags.driver(),
             fingerprint,
             launched: None,
         }));
     };
+    connect(url, args.launch.as_deref(), &flags, root).map(Some)
+}
+
+/// The server at `url`: started with the shell command `launch` (and
+/// waited for on `/health`; a server that does not come up is a
+/// [`ServerFail`] in the error's chain), else checked for health; then
+/// described (`/v1/models`, headers) for the fingerprint.
+pub fn connect(
+    url: &str,
+    launch: Option<&str>,
+    flags: &HttpFlags,
+    root: &Path,
+) -> anyhow::Result<HttpSetup> {
+    let mut driver = flags.driver();
     let (mut target, had_credentials) =
-        Target::new_checked(url, &args.api_key_env, stream, request_timeout)?;
+        Target::new_checked(url, &flags.api_key_env, flags.stream, flags.request_timeout)?;
     if had_credentials {
         warnings::emit(&Warning::CredentialsInUrl {
-            env: args.api_key_env.clone(),
+            env: flags.api_key_env.clone(),
         });
     }
     let mut launched = None;
-    if let Some(cmd) = &args.launch {
+    if let Some(cmd) = launch {
         let log = work_root(root).join(format!(
             "launch-{}-{}.log",
-            chrono::Utc::now().format("%Y%m%dT%H%M%S"),
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f"),
             std::process::id()
         ));
         eprintln!("starting the server under test (log {})", log.display());
         let mut server = Server::start_shell(cmd, &log)?;
-        if let Err(fail) = server.wait_healthy(&target, launch_timeout) {
+        if let Err(fail) = server.wait_healthy(&target, flags.launch_timeout) {
             server.stop(Duration::from_secs(10));
             return Err(fail.into());
         }
@@ -1063,7 +1116,7 @@ fn http_setup(args: &BenchArgs, root: &Path) -> anyhow::Result<Option<HttpSetup>
             url: target.base.clone(),
         });
     }
-    let mut fingerprint = match target.describe(args.served_model.as_deref()) {
+    let mut fingerprint = match target.describe(flags.served_model.as_deref()) {
         Ok(f) => f,
         Err(e) => {
             if let Some(server) = launched {
@@ -1072,21 +1125,18 @@ fn http_setup(args: &BenchArgs, root: &Path) -> anyhow::Result<Option<HttpSetup>
             return Err(e);
         }
     };
-    fingerprint.launch = args.launch.as_deref().map(crate::http::server::redact);
+    fingerprint.launch = launch.map(crate::http::server::redact);
     driver.fixed = Some(target);
-    Ok(Some(HttpSetup {
+    Ok(HttpSetup {
         driver,
         fingerprint,
         launched,
-    }))
+    })
 }
 
 fn stop_launched(http: &mut Option<HttpSetup>) {
-    if let Some(server) = http.as_mut().and_then(|h| h.launched.take()) {
-        let log = server.log.display().to_string();
-        if !server.stop(Duration::from_secs(30)) {
-            warnings::emit(&Warning::ServerKilled { log });
-        }
+    if let Some(h) = http.as_mut() {
+        h.stop();
     }
 }
 
