@@ -776,6 +776,15 @@ impl TrialRunner<'_> {
         let _ = std::fs::remove_dir_all(&files.dir);
         std::fs::create_dir_all(&files.dir)
             .with_context(|| format!("creating {}", files.dir.display()))?;
+        // Text prompts first: a prompt that cannot be built stops the run
+        // before a server starts.
+        let text_prompts = match &http.tokenizer {
+            Some(path) => Some(std::sync::Arc::new(
+                crate::http::text_prompt::build_prompts(path, &w.requests)
+                    .with_context(|| format!("text prompts of workload `{}`", w.name))?,
+            )),
+            None => None,
+        };
         let gpu_before = self.monitor.sample(self.gpu_index);
         let started = std::time::Instant::now();
         let mut summary = TrialSummary {
@@ -804,6 +813,8 @@ impl TrialRunner<'_> {
                 }
             },
         };
+        let mut target = target;
+        target.text_prompts = text_prompts;
         let trial = crate::http::driver::run(&target, &w.requests, w.max_concurrency);
         if let Some(server) = server {
             if !server.stop(Duration::from_secs(30)) {
@@ -954,6 +965,8 @@ pub struct HttpDriver {
     pub served_model: Option<String>,
     pub stream: bool,
     pub launch_timeout: Duration,
+    /// Text prompts built with this tokenizer; token ids when `None`.
+    pub tokenizer: Option<PathBuf>,
 }
 
 /// What `engine serve` prints before its address.
@@ -1034,6 +1047,9 @@ pub struct HttpFlags {
     pub launch_timeout: Duration,
     /// How long one request may take.
     pub request_timeout: Duration,
+    /// Text prompts built with this tokenizer (`--prompt-format text`);
+    /// token ids when `None`.
+    pub tokenizer: Option<PathBuf>,
 }
 
 impl HttpFlags {
@@ -1044,15 +1060,18 @@ impl HttpFlags {
             served_model: self.served_model.clone(),
             stream: self.stream,
             launch_timeout: self.launch_timeout,
+            tokenizer: self.tokenizer.clone(),
         }
     }
 }
 
 fn http_setup(args: &BenchArgs, root: &Path) -> anyhow::Result<Option<HttpSetup>> {
+    let tokenizer = text_prompt_tokenizer(args)?;
     if !args.over_http() {
         return Ok(None);
     }
     let flags = HttpFlags {
+        tokenizer,
         api_key_env: args.api_key_env.clone(),
         served_model: args.served_model.clone(),
         stream: !args.no_stream,
@@ -1077,6 +1096,27 @@ fn http_setup(args: &BenchArgs, root: &Path) -> anyhow::Result<Option<HttpSetup>
         }));
     };
     connect(url, args.launch.as_deref(), &flags, root).map(Some)
+}
+
+/// `--prompt-format text`'s tokenizer, checked (and loaded once, so a bad
+/// file fails before anything runs).
+fn text_prompt_tokenizer(args: &BenchArgs) -> anyhow::Result<Option<PathBuf>> {
+    use crate::cli::PromptFormat;
+    use crate::http::text_prompt::{build_prompts, TextPromptError};
+    match (args.prompt_format, &args.tokenizer) {
+        (PromptFormat::Ids, None) => Ok(None),
+        (PromptFormat::Ids, Some(_)) => {
+            bail!("--tokenizer is for text prompts: add --prompt-format text")
+        }
+        (PromptFormat::Text, _) if !args.over_http() => {
+            bail!("--prompt-format text is for HTTP runs (--target or --serve)")
+        }
+        (PromptFormat::Text, None) => Err(TextPromptError::NoTokenizer.into()),
+        (PromptFormat::Text, Some(path)) => {
+            build_prompts(path, &[])?;
+            Ok(Some(path.clone()))
+        }
+    }
 }
 
 /// The server at `url`: started with the shell command `launch` (and

@@ -210,6 +210,32 @@ pub struct BenchArgs {
     /// the whole answer's time and there is no ITL).
     #[arg(long, help_heading = "Serving over HTTP")]
     pub no_stream: bool,
+
+    /// HTTP runs: send prompts as token ids (exact lengths; vLLM,
+    /// llama.cpp, SGLang and `engine serve` take them) or as text built to
+    /// the exact token length under `--tokenizer` (needs xtask's `text`
+    /// feature).
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = PromptFormat::Ids,
+        help_heading = "Serving over HTTP"
+    )]
+    pub prompt_format: PromptFormat,
+
+    /// The tokenizer text prompts are built with: a tokenizer.json, or a
+    /// model directory holding one (the server's model's).
+    #[arg(long, value_name = "PATH", help_heading = "Serving over HTTP")]
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// How prompts go to an HTTP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PromptFormat {
+    /// Token-id lists.
+    Ids,
+    /// Text of the exact token length under `--tokenizer`.
+    Text,
 }
 
 impl BenchArgs {

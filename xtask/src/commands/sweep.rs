@@ -69,6 +69,7 @@ pub fn run_cli(args: &SweepArgs, root: &Path) -> anyhow::Result<i32> {
             stream: !args.no_stream,
             launch_timeout: Duration::from_secs_f64(args.launch_timeout_s.max(0.001)),
             request_timeout: Duration::from_secs_f64(args.timeout_s.max(0.001)),
+            tokenizer: None,
         };
         sweep.http = Some(SweepTarget::new(
             url,
