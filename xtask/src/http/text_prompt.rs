@@ -12,9 +12,10 @@
 //!    (the prompt's own ids again, cyclically); repeat (at most
 //!    [`TOKEN_ROUNDS`] times);
 //! 2. character phase, if that did not settle: cut characters from the end
-//!    until the count is at most the intended one, then append `" a"` (one
-//!    token in the byte-level BPEs of Llama, Qwen and SmolLM) until it is
-//!    exact.
+//!    until the count is at most the intended one, then append the first
+//!    of `" a"`, `"a"`, `" ."`, `"."`, `" "` that adds exactly one token,
+//!    until it is exact (`" a"` is one token in the byte-level BPEs of
+//!    Llama, Qwen and SmolLM).
 //!
 //! The count is the tokenizer's with its special tokens (BOS, where its
 //! post-processor adds one), as a server counts `usage.prompt_tokens`; the
@@ -28,6 +29,9 @@ use std::path::{Path, PathBuf};
 
 /// Rounds of the token phase before the character phase takes over.
 pub const TOKEN_ROUNDS: usize = 16;
+
+/// What the character phase appends, one token at a time.
+const FILLERS: [&str; 5] = [" a", "a", " .", ".", " "];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TextPromptError {
@@ -127,11 +131,23 @@ pub fn exact_text(codec: &dyn Codec, ids: &[u32], want: usize) -> Result<Result<
         text.pop();
         n = codec.count(&text)?;
     }
-    let mut rounds = 0;
-    while n < want && rounds < 4 * want {
-        text.push_str(" a");
-        n = codec.count(&text)?;
-        rounds += 1;
+    while n < want {
+        // The first filler that adds exactly one token (after a word
+        // " a" does in most BPEs; "a" after a space or a symbol).
+        let mut grown = None;
+        for filler in FILLERS {
+            let candidate = format!("{text}{filler}");
+            let m = codec.count(&candidate)?;
+            if m == n + 1 {
+                grown = Some((candidate, m));
+                break;
+            }
+        }
+        let Some((t, m)) = grown else {
+            return Ok(Err(n));
+        };
+        text = t;
+        n = m;
     }
     Ok(if n == want { Ok(text) } else { Err(n) })
 }
@@ -324,7 +340,10 @@ mod tests {
             vocab.insert(format!("{a}{b}"), n);
         }
         let bpe = BPE::builder()
-            .vocab_and_merges(vocab.into_iter().collect(), merges)
+            .vocab_and_merges(
+                vocab.into_iter().collect::<tokenizers::models::bpe::Vocab>(),
+                merges,
+            )
             .build()
             .unwrap();
         let mut tok = tokenizers::Tokenizer::new(bpe);
