@@ -78,6 +78,9 @@ fn serve(listener: TcpListener, tokens: u32, gap: Duration) {
     .concat();
     let events = std::sync::Arc::new((events, tail));
     for stream in listener.incoming().flatten() {
+        // One line per connection, for the parent to count.
+        println!("accepted a connection");
+        let _ = std::io::stdout().flush();
         let events = events.clone();
         std::thread::spawn(move || {
             let _ = connection(stream, &events.0, &events.1, gap);
@@ -141,8 +144,11 @@ fn connection(
     }
 }
 
-/// Starts the fake server as a child process; returns it and its URL.
-fn start_server(tokens: u32, gap_us: u64) -> (Child, String) {
+type ServerOut = BufReader<std::process::ChildStdout>;
+
+/// Starts the fake server as a child process; returns it, its output and
+/// its URL.
+fn start_server(tokens: u32, gap_us: u64) -> (Child, ServerOut, String) {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
         .args([
@@ -167,7 +173,7 @@ fn start_server(tokens: u32, gap_us: u64) -> (Child, String) {
         );
         // The harness prints `test fake_sse_server ... ` before it.
         if let Some((_, url)) = line.trim().split_once("fake sse server on ") {
-            return (child, url.to_string());
+            return (child, out, url.to_string());
         }
     }
 }
@@ -192,6 +198,8 @@ fn fake_sse_server() {
 struct Measured {
     trial: HttpTrial,
     events: u64,
+    /// TCP connections the client opened.
+    connections: usize,
 }
 
 impl Measured {
@@ -202,7 +210,7 @@ impl Measured {
 
 /// `requests` streams of `tokens` events `gap_us` apart, `streams` at a time.
 fn measure(streams: u32, tokens: u32, requests: u64, gap_us: u64) -> Measured {
-    let (mut server, url) = start_server(tokens, gap_us);
+    let (mut server, mut out, url) = start_server(tokens, gap_us);
     let mut target = Target::new(&url, "DYNO_NO_SUCH_KEY", true, Duration::from_secs(120)).unwrap();
     target.model = "fake".into();
     let make = |id: u64, warmup: bool| Request {
@@ -220,13 +228,20 @@ fn measure(streams: u32, tokens: u32, requests: u64, gap_us: u64) -> Measured {
     let trial = driver::run(&target, &reqs, Some(streams));
     let _ = server.kill();
     let _ = server.wait();
+    let mut rest = String::new();
+    let _ = out.read_to_string(&mut rest);
+    let connections = rest.matches("accepted a connection").count();
     let events = trial
         .records
         .iter()
         .filter_map(|r| r.client.as_ref())
         .map(|c| u64::from(c.chunks))
         .sum();
-    Measured { trial, events }
+    Measured {
+        trial,
+        events,
+        connections,
+    }
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -246,6 +261,9 @@ fn loadgen_reads_every_event_of_a_fast_server() {
         assert_eq!(r.token_times_s.len(), 200);
     }
     assert_eq!(m.events, 8 * 200);
+    // A stream read to its end gives its connection back: 4 slots, 4
+    // connections for 12 requests (warmups included).
+    assert_eq!(m.connections, 4, "connections are reused");
     assert!(m.trial.cpu_s.is_some());
 }
 

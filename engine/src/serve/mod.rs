@@ -34,6 +34,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
+use axum::serve::ListenerExt;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use workloads::Request;
 
@@ -197,6 +198,12 @@ where
             _ = failed_rx.wait_for(|f| f.is_some()) => {}
         }
     };
+    // TCP_NODELAY: an SSE event is a small write after the response head;
+    // with Nagle's algorithm on, it may wait for the ACK of the head (or of
+    // the previous event) before it leaves, which delays the first token.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

@@ -354,6 +354,19 @@ impl Completion {
             let data = data.trim_start();
             if data == "[DONE]" {
                 done = true;
+                // Read the body to its end (the chunked encoding's last,
+                // empty chunk): only a body read to the end gives the
+                // connection back to the pool. Left unread, every request
+                // opened a new connection, and the connect counted in its
+                // TTFT.
+                let mut rest = [0u8; 1024];
+                let mut left: usize = 64 * 1024;
+                while left > 0 {
+                    match reader.read(&mut rest) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => left = left.saturating_sub(n),
+                    }
+                }
                 break;
             }
             let v: Value = match serde_json::from_str(data) {
