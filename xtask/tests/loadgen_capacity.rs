@@ -332,3 +332,30 @@ fn loadgen_sustains_30k_streamed_events_per_s() {
         paced.events_per_s()
     );
 }
+
+/// The transport's share of TTFT: one request at a time against the fake
+/// server, which answers at once, so the time to the first event is the
+/// client's send, the connection and the server's reply. Env-gated with
+/// the capacity measurement; prints p50/p90 over `DYNO_LOADGEN_SEQUENTIAL`
+/// requests (default 2000) and the connections opened.
+#[test]
+fn loadgen_first_event_latency() {
+    if std::env::var_os("DYNO_LOADGEN_CAPACITY").is_none() {
+        eprintln!("skipped: set DYNO_LOADGEN_CAPACITY=1 to measure");
+        return;
+    }
+    let requests: u64 = env_or("DYNO_LOADGEN_SEQUENTIAL", 2000);
+    let m = measure(1, 4, requests, 0);
+    let ttft: Vec<f64> = m
+        .trial
+        .records
+        .iter()
+        .filter_map(|r| Some(r.first_token_s? - r.arrival_s))
+        .collect();
+    assert_eq!(ttft.len() as u64, requests);
+    let p = xtask::metrics::percentiles_ms(&ttft, &[50.0, 90.0]);
+    eprintln!(
+        "first event, one request at a time: p50 {:.3} ms, p90 {:.3} ms over {requests} requests; {} connections",
+        p[0], p[1], m.connections
+    );
+}

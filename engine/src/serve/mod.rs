@@ -32,9 +32,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use serde_json::{json, Value};
-use axum::serve::ListenerExt;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use workloads::Request;
 

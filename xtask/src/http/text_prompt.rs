@@ -41,7 +41,9 @@ pub enum TextPromptError {
          bench ...`, or send token ids (--prompt-format ids, the default)"
     )]
     NotBuilt,
-    #[error("--prompt-format text needs --tokenizer PATH (a tokenizer.json, or a directory with one)")]
+    #[error(
+        "--prompt-format text needs --tokenizer PATH (a tokenizer.json, or a directory with one)"
+    )]
     NoTokenizer,
     #[error("--tokenizer {path}: no such file or directory")]
     Missing { path: PathBuf },
@@ -81,7 +83,10 @@ pub fn tokenizer_file(path: &Path) -> Result<PathBuf, TextPromptError> {
             path: path.to_path_buf(),
         });
     }
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
         return Err(TextPromptError::Gguf {
             path: path.to_path_buf(),
         });
@@ -99,7 +104,11 @@ pub trait Codec {
 /// A text of exactly `want` tokens under `codec`, from the prompt `ids`
 /// (see the module's comment for the method); `Err(closest count)` when
 /// neither phase gets there.
-pub fn exact_text(codec: &dyn Codec, ids: &[u32], want: usize) -> Result<Result<String, usize>, String> {
+pub fn exact_text(
+    codec: &dyn Codec,
+    ids: &[u32],
+    want: usize,
+) -> Result<Result<String, usize>, String> {
     if ids.is_empty() || want == 0 {
         return Ok(Err(0));
     }
@@ -286,7 +295,10 @@ mod tests {
         let e = tokenizer_file(&dir.path().join("nope.json")).unwrap_err();
         assert!(e.to_string().contains("nope.json: no such file"), "{e}");
         let e = tokenizer_file(dir.path()).unwrap_err();
-        assert!(e.to_string().contains("tokenizer.json: no such file"), "{e}");
+        assert!(
+            e.to_string().contains("tokenizer.json: no such file"),
+            "{e}"
+        );
         let gguf = dir.path().join("m.gguf");
         std::fs::write(&gguf, b"GGUF").unwrap();
         let e = tokenizer_file(&gguf).unwrap_err();
@@ -341,7 +353,9 @@ mod tests {
         }
         let bpe = BPE::builder()
             .vocab_and_merges(
-                vocab.into_iter().collect::<tokenizers::models::bpe::Vocab>(),
+                vocab
+                    .into_iter()
+                    .collect::<tokenizers::models::bpe::Vocab>(),
                 merges,
             )
             .build()
@@ -359,7 +373,9 @@ mod tests {
             // and invalid UTF-8 pieces.
             let ids: Vec<u32> = (0..len)
                 .map(|_| {
-                    rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    rng = rng
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     (rng >> 33) as u32 % 260
                 })
                 .collect();
