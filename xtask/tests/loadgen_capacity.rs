@@ -147,7 +147,9 @@ fn connection(
 type ServerOut = BufReader<std::process::ChildStdout>;
 
 /// Starts the fake server as a child process; returns it, its output and
-/// its URL.
+/// its URL. `measure` kills and waits for it; a panic here leaves it to
+/// the test process's end.
+#[allow(clippy::zombie_processes)]
 fn start_server(tokens: u32, gap_us: u64) -> (Child, ServerOut, String) {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
@@ -167,10 +169,10 @@ fn start_server(tokens: u32, gap_us: u64) -> (Child, ServerOut, String) {
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "the fake server exited"
-        );
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            let status = child.wait();
+            panic!("the fake server exited: {status:?}");
+        }
         // The harness prints `test fake_sse_server ... ` before it.
         if let Some((_, url)) = line.trim().split_once("fake sse server on ") {
             return (child, out, url.to_string());
