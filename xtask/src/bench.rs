@@ -1088,14 +1088,33 @@ fn http_setup(args: &BenchArgs, root: &Path) -> anyhow::Result<Option<HttpSetup>
             server_kind: "dyno".into(),
             stream: flags.stream,
             launch: Some("engine serve --port 0 (per trial)".into()),
+            text_prompts: None,
         };
-        return Ok(Some(HttpSetup {
+        let mut setup = HttpSetup {
             driver: flags.driver(),
             fingerprint,
             launched: None,
-        }));
+        };
+        setup.fingerprint.text_prompts = flags.tokenizer.as_deref().map(tokenizer_label);
+        return Ok(Some(setup));
     };
     connect(url, args.launch.as_deref(), &flags, root).map(Some)
+}
+
+/// How the fingerprint names text prompts' tokenizer: its file name and
+/// the start of its blake3.
+fn tokenizer_label(path: &Path) -> String {
+    let file = crate::http::text_prompt::tokenizer_file(path).unwrap_or_else(|_| path.into());
+    let hash = std::fs::read(&file)
+        .map(|b| blake3::hash(&b).to_hex()[..16].to_string())
+        .unwrap_or_else(|_| "unreadable".into());
+    format!(
+        "{} (blake3 {hash})",
+        file.file_name().map_or_else(
+            || file.display().to_string(),
+            |n| n.to_string_lossy().into()
+        )
+    )
 }
 
 /// `--prompt-format text`'s tokenizer, checked (and loaded once, so a bad
@@ -1166,6 +1185,7 @@ pub fn connect(
         }
     };
     fingerprint.launch = launch.map(crate::http::server::redact);
+    fingerprint.text_prompts = flags.tokenizer.as_deref().map(tokenizer_label);
     driver.fixed = Some(target);
     Ok(HttpSetup {
         driver,

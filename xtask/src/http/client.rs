@@ -174,6 +174,7 @@ impl Target {
             server_kind: server_kind(owned_by.as_deref(), server.as_deref()),
             stream: self.stream,
             launch: None,
+            text_prompts: None,
         })
     }
 
