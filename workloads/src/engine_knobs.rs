@@ -16,6 +16,7 @@ pub const KNOBS: &[&str] = &[
     "num_kv_blocks",
     "enforce_eager",
     "num_threads",
+    "enable_prefix_caching",
 ];
 
 pub fn is_knob(name: &str) -> bool {
@@ -37,6 +38,7 @@ cpu_kv_cache_bytes = 1073741824
 num_kv_blocks = 0
 enforce_eager = false
 num_threads = 0
+enable_prefix_caching = true
 "#;
 
 /// [`DEFAULTS_TOML`] as a table.
