@@ -263,9 +263,14 @@ fn loadgen_reads_every_event_of_a_fast_server() {
         assert_eq!(r.token_times_s.len(), 200);
     }
     assert_eq!(m.events, 8 * 200);
-    // A stream read to its end gives its connection back: 4 slots, 4
-    // connections for 12 requests (warmups included).
-    assert_eq!(m.connections, 4, "connections are reused");
+    // A stream read to its end gives its connection back: at most one
+    // connection per slot (4) for 12 requests (warmups included); a new
+    // connection per request would be 12.
+    assert!(
+        (1..=4).contains(&m.connections),
+        "{} connections for 12 requests: connections are not reused",
+        m.connections
+    );
     assert!(m.trial.cpu_s.is_some());
 }
 
