@@ -333,6 +333,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let label = name.clone();
             // The engine is built on its own thread (backends stay on the
             // thread that made them).
+            // The model's tokenizer (with the `text` feature): string
+            // prompts and decoded text; token ids always work.
+            let codec = serve_codec(&model.model)?;
             let make_engine = move || {
                 let (engine, _) = build_engine(&model, &cfg).map_err(|e| format!("{e:#}"))?;
                 let info = engine.backend().info();
@@ -347,7 +350,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 Ok(engine)
             };
-            // No loader produces a tokenizer yet: prompts are token ids.
             let opts = engine::serve::ServeOptions {
                 host,
                 port,
@@ -355,10 +357,72 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 served_model_name: name,
                 max_waiting,
                 http_threads,
-                codec: None,
+                codec,
             };
             engine::serve::run(make_engine, max_num_seqs, opts).context("engine serve")
         }
+    }
+}
+
+/// The served model's tokenizer as `engine serve`'s text codec, when the
+/// checkpoint carries one (a GGUF's metadata, a directory's tokenizer.json).
+#[cfg(all(feature = "serve", feature = "text"))]
+fn serve_codec(
+    model: &Path,
+) -> anyhow::Result<Option<std::sync::Arc<dyn engine::serve::text::TextCodec>>> {
+    let checkpoint =
+        Checkpoint::open(model).with_context(|| format!("opening model {}", model.display()))?;
+    match TextTokenizer::from_checkpoint(&checkpoint) {
+        Ok(tokenizer) => {
+            eprintln!("engine serve: the model's tokenizer is loaded: text prompts are accepted");
+            Ok(Some(std::sync::Arc::new(ServeCodec(tokenizer))))
+        }
+        Err(engine::tokenizer::TokenizerError::Missing { reason, .. }) => {
+            eprintln!("engine serve: no tokenizer ({reason}): prompts must be token ids");
+            Ok(None)
+        }
+        Err(e) => Err(e).context("loading the model's tokenizer"),
+    }
+}
+
+/// Without the `text` feature: prompts are token ids.
+#[cfg(all(feature = "serve", not(feature = "text")))]
+fn serve_codec(
+    _model: &Path,
+) -> anyhow::Result<Option<std::sync::Arc<dyn engine::serve::text::TextCodec>>> {
+    Ok(None)
+}
+
+#[cfg(all(feature = "serve", feature = "text"))]
+struct ServeCodec(TextTokenizer);
+
+#[cfg(all(feature = "serve", feature = "text"))]
+impl engine::serve::text::TextCodec for ServeCodec {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
+        self.0.encode(text).map_err(|e| e.to_string())
+    }
+
+    fn decode(&self, ids: &[u32]) -> String {
+        self.0.decode(ids, true).unwrap_or_default()
+    }
+
+    fn apply_chat_template(&self, messages: &serde_json::Value) -> Result<String, String> {
+        let list = messages
+            .as_array()
+            .ok_or("`messages` must be a list of {role, content}")?;
+        let messages = list
+            .iter()
+            .map(|m| {
+                let role = m["role"].as_str().ok_or("a message without a `role`")?;
+                let content = m["content"]
+                    .as_str()
+                    .ok_or("a message whose `content` is not a string")?;
+                Ok(ChatMessage::new(role, content))
+            })
+            .collect::<Result<Vec<_>, &str>>()?;
+        self.0
+            .apply_chat_template(&messages)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -107,6 +107,12 @@ pub struct ClientTiming {
     pub itl_basis: ItlBasis,
     /// Streamed chunks that carried output.
     pub chunks: u32,
+    /// The prompt length the workload intended, when the server counted
+    /// another (`usage.prompt_tokens`, which `prompt_len` then holds): a
+    /// server that adds BOS, or a text prompt its tokenizer counts
+    /// differently.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intended_prompt_len: Option<u32>,
 }
 
 /// One engine step.

@@ -462,14 +462,19 @@ impl BenchContext {
     /// repeated trials and stores them as one run. A failing trial is part
     /// of the run; an `Err` is a failure of the pipeline itself (the run is
     /// stored with what finished before it, see [`TrialRunner::run_all`]).
+    /// With `http`, the trials drive that server over HTTP and the run's
+    /// fingerprint names it.
     pub fn run_specs(
         &self,
         model_name: &str,
         specs: &[&WorkloadSpec],
         options: &RunOptions,
         progress: &Progress,
+        http: Option<&HttpSetup>,
     ) -> anyhow::Result<BenchOutcome> {
-        let run = self.prepare_run(model_name, specs, options)?;
+        let mut run = self.prepare_run(model_name, specs, options)?;
+        run.runner.http = http.map(|h| &h.driver);
+        run.header.fingerprint.target = http.map(|h| h.fingerprint.clone());
         run.runner
             .run_all(run.header, &run.planned, &self.store, progress)
     }
@@ -796,6 +801,15 @@ impl TrialRunner<'_> {
         let _ = std::fs::remove_dir_all(&files.dir);
         std::fs::create_dir_all(&files.dir)
             .with_context(|| format!("creating {}", files.dir.display()))?;
+        // Text prompts first: a prompt that cannot be built stops the run
+        // before a server starts.
+        let text_prompts = match &http.tokenizer {
+            Some(path) => Some(std::sync::Arc::new(
+                crate::http::text_prompt::build_prompts(path, &w.requests)
+                    .with_context(|| format!("text prompts of workload `{}`", w.name))?,
+            )),
+            None => None,
+        };
         let gpu_before = self.monitor.sample(self.gpu_index);
         let started = std::time::Instant::now();
         let mut summary = TrialSummary {
@@ -824,6 +838,8 @@ impl TrialRunner<'_> {
                 }
             },
         };
+        let mut target = target;
+        target.text_prompts = text_prompts;
         let trial = crate::http::driver::run(&target, &w.requests, w.max_concurrency);
         if let Some(server) = server {
             if !server.stop(Duration::from_secs(30)) {
@@ -974,6 +990,8 @@ pub struct HttpDriver {
     pub served_model: Option<String>,
     pub stream: bool,
     pub launch_timeout: Duration,
+    /// Text prompts built with this tokenizer; token ids when `None`.
+    pub tokenizer: Option<PathBuf>,
 }
 
 /// What `engine serve` prints before its address.
@@ -1025,25 +1043,65 @@ impl HttpDriver {
 
 /// The HTTP side of a run, if any: its driver, the target's fingerprint,
 /// and the server `--launch` started.
-struct HttpSetup {
-    driver: HttpDriver,
-    fingerprint: TargetFingerprint,
+pub struct HttpSetup {
+    pub driver: HttpDriver,
+    pub fingerprint: TargetFingerprint,
     launched: Option<Server>,
 }
 
+impl HttpSetup {
+    /// Stops the server `--launch` started, if any (SIGTERM, then SIGKILL
+    /// after 30 s, with a warning).
+    pub fn stop(&mut self) {
+        if let Some(server) = self.launched.take() {
+            let log = server.log.display().to_string();
+            if !server.stop(Duration::from_secs(30)) {
+                warnings::emit(&Warning::ServerKilled { log });
+            }
+        }
+    }
+}
+
+/// The HTTP flags `bench` and `sweep` share, for [`connect`].
+#[derive(Debug, Clone)]
+pub struct HttpFlags {
+    pub api_key_env: String,
+    pub served_model: Option<String>,
+    pub stream: bool,
+    /// How long a started server may take to answer `/health`.
+    pub launch_timeout: Duration,
+    /// How long one request may take.
+    pub request_timeout: Duration,
+    /// Text prompts built with this tokenizer (`--prompt-format text`);
+    /// token ids when `None`.
+    pub tokenizer: Option<PathBuf>,
+}
+
+impl HttpFlags {
+    fn driver(&self) -> HttpDriver {
+        HttpDriver {
+            fixed: None,
+            api_key_env: self.api_key_env.clone(),
+            served_model: self.served_model.clone(),
+            stream: self.stream,
+            launch_timeout: self.launch_timeout,
+            tokenizer: self.tokenizer.clone(),
+        }
+    }
+}
+
 fn http_setup(args: &BenchArgs, root: &Path) -> anyhow::Result<Option<HttpSetup>> {
+    let tokenizer = text_prompt_tokenizer(args)?;
     if !args.over_http() {
         return Ok(None);
     }
-    let stream = !args.no_stream;
-    let launch_timeout = Duration::from_secs_f64(args.launch_timeout_s.max(0.001));
-    let request_timeout = Duration::from_secs_f64(args.timeout_s.max(0.001));
-    let mut driver = HttpDriver {
-        fixed: None,
+    let flags = HttpFlags {
+        tokenizer,
         api_key_env: args.api_key_env.clone(),
         served_model: args.served_model.clone(),
-        stream,
-        launch_timeout,
+        stream: !args.no_stream,
+        launch_timeout: Duration::from_secs_f64(args.launch_timeout_s.max(0.001)),
+        request_timeout: Duration::from_secs_f64(args.timeout_s.max(0.001)),
     };
     let Some(url) = &args.target else {
         // --serve: a fresh engine serve per trial.
@@ -1053,32 +1111,86 @@ fn http_setup(args: &BenchArgs, root: &Path) -> anyhow::Result<Option<HttpSetup>
             models: serde_json::Value::Null,
             server_header: None,
             server_kind: "dyno".into(),
-            stream,
+            stream: flags.stream,
             launch: Some("engine serve --port 0 (per trial)".into()),
+            text_prompts: None,
         };
-        return Ok(Some(HttpSetup {
-            driver,
+        let mut setup = HttpSetup {
+            driver: flags.driver(),
             fingerprint,
             launched: None,
-        }));
+        };
+        setup.fingerprint.text_prompts = flags.tokenizer.as_deref().map(tokenizer_label);
+        return Ok(Some(setup));
     };
+    connect(url, args.launch.as_deref(), &flags, root).map(Some)
+}
+
+/// How the fingerprint names text prompts' tokenizer: its file name and
+/// the start of its blake3.
+fn tokenizer_label(path: &Path) -> String {
+    let file = crate::http::text_prompt::tokenizer_file(path).unwrap_or_else(|_| path.into());
+    let hash = std::fs::read(&file)
+        .map(|b| blake3::hash(&b).to_hex()[..16].to_string())
+        .unwrap_or_else(|_| "unreadable".into());
+    format!(
+        "{} (blake3 {hash})",
+        file.file_name().map_or_else(
+            || file.display().to_string(),
+            |n| n.to_string_lossy().into()
+        )
+    )
+}
+
+/// `--prompt-format text`'s tokenizer, checked (and loaded once, so a bad
+/// file fails before anything runs).
+fn text_prompt_tokenizer(args: &BenchArgs) -> anyhow::Result<Option<PathBuf>> {
+    use crate::cli::PromptFormat;
+    use crate::http::text_prompt::{build_prompts, TextPromptError};
+    match (args.prompt_format, &args.tokenizer) {
+        (PromptFormat::Ids, None) => Ok(None),
+        (PromptFormat::Ids, Some(_)) => {
+            bail!("--tokenizer is for text prompts: add --prompt-format text")
+        }
+        (PromptFormat::Text, _) if !args.over_http() => {
+            bail!("--prompt-format text is for HTTP runs (--target or --serve)")
+        }
+        (PromptFormat::Text, None) => Err(TextPromptError::NoTokenizer.into()),
+        (PromptFormat::Text, Some(path)) => {
+            build_prompts(path, &[])?;
+            Ok(Some(path.clone()))
+        }
+    }
+}
+
+/// The server at `url`: started with the shell command `launch` (and
+/// waited for on `/health`; a server that does not come up is a
+/// [`ServerFail`] in the error's chain), else checked for health; then
+/// described (`/v1/models`, headers) for the fingerprint.
+pub fn connect(
+    url: &str,
+    launch: Option<&str>,
+    flags: &HttpFlags,
+    root: &Path,
+) -> anyhow::Result<HttpSetup> {
+    let mut driver = flags.driver();
     let (mut target, had_credentials) =
-        Target::new_checked(url, &args.api_key_env, stream, request_timeout)?;
+        Target::new_checked(url, &flags.api_key_env, flags.stream, flags.request_timeout)?;
     if had_credentials {
         warnings::emit(&Warning::CredentialsInUrl {
-            env: args.api_key_env.clone(),
+            env: flags.api_key_env.clone(),
         });
     }
     let mut launched = None;
-    if let Some(cmd) = &args.launch {
+    if let Some(cmd) = launch {
         let log = work_root(root).join(format!(
             "launch-{}-{}.log",
-            chrono::Utc::now().format("%Y%m%dT%H%M%S"),
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f"),
             std::process::id()
         ));
         eprintln!("starting the server under test (log {})", log.display());
         let mut server = Server::start_shell(cmd, &log)?;
-        if let Err(fail) = server.wait_healthy(&target, launch_timeout) {
+        if let Err(fail) = server.wait_healthy(&target, flags.launch_timeout) {
             server.stop(Duration::from_secs(10));
             return Err(fail.into());
         }
@@ -1088,7 +1200,7 @@ fn http_setup(args: &BenchArgs, root: &Path) -> anyhow::Result<Option<HttpSetup>
             url: target.base.clone(),
         });
     }
-    let mut fingerprint = match target.describe(args.served_model.as_deref()) {
+    let mut fingerprint = match target.describe(flags.served_model.as_deref()) {
         Ok(f) => f,
         Err(e) => {
             if let Some(server) = launched {
@@ -1097,21 +1209,19 @@ fn http_setup(args: &BenchArgs, root: &Path) -> anyhow::Result<Option<HttpSetup>
             return Err(e);
         }
     };
-    fingerprint.launch = args.launch.as_deref().map(crate::http::server::redact);
+    fingerprint.launch = launch.map(crate::http::server::redact);
+    fingerprint.text_prompts = flags.tokenizer.as_deref().map(tokenizer_label);
     driver.fixed = Some(target);
-    Ok(Some(HttpSetup {
+    Ok(HttpSetup {
         driver,
         fingerprint,
         launched,
-    }))
+    })
 }
 
 fn stop_launched(http: &mut Option<HttpSetup>) {
-    if let Some(server) = http.as_mut().and_then(|h| h.launched.take()) {
-        let log = server.log.display().to_string();
-        if !server.stop(Duration::from_secs(30)) {
-            warnings::emit(&Warning::ServerKilled { log });
-        }
+    if let Some(h) = http.as_mut() {
+        h.stop();
     }
 }
 

@@ -211,6 +211,32 @@ pub struct BenchArgs {
     /// the whole answer's time and there is no ITL).
     #[arg(long, help_heading = "Serving over HTTP")]
     pub no_stream: bool,
+
+    /// HTTP runs: send prompts as token ids (exact lengths; vLLM,
+    /// llama.cpp, SGLang and `engine serve` take them) or as text built to
+    /// the exact token length under `--tokenizer` (needs xtask's `text`
+    /// feature).
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = PromptFormat::Ids,
+        help_heading = "Serving over HTTP"
+    )]
+    pub prompt_format: PromptFormat,
+
+    /// The tokenizer text prompts are built with: a tokenizer.json, or a
+    /// model directory holding one (the server's model's).
+    #[arg(long, value_name = "PATH", help_heading = "Serving over HTTP")]
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// How prompts go to an HTTP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PromptFormat {
+    /// Token-id lists.
+    Ids,
+    /// Text of the exact token length under `--tokenizer`.
+    Text,
 }
 
 impl BenchArgs {
@@ -488,6 +514,56 @@ pub struct SweepArgs {
     /// settings; see docs/CLUSTER.md.
     #[command(flatten)]
     pub launch: LaunchArgs,
+
+    /// Run every point against the OpenAI-compatible server at this URL
+    /// (`http://HOST:PORT`) over HTTP. Its ledger is its own
+    /// (`sweeps/<sweep>/http-HOST_PORT[-<launch hash>]/`).
+    #[arg(
+        long,
+        value_name = "URL",
+        help_heading = "Serving over HTTP",
+        conflicts_with_all = ["point"]
+    )]
+    pub target: Option<String>,
+
+    /// Start the server under test with this shell command and wait for its
+    /// `/health`. `{knob}` (an engine knob name, e.g. `{max_num_seqs}`) is
+    /// replaced by each point's value, and then every point gets a server
+    /// of its own; without placeholders one server serves the whole sweep.
+    #[arg(
+        long = "launch",
+        value_name = "CMD",
+        requires = "target",
+        help_heading = "Serving over HTTP"
+    )]
+    pub launch_cmd: Option<String>,
+
+    /// Seconds to wait for a started server's `/health` before the point
+    /// fails as `server-fail`.
+    #[arg(
+        long,
+        default_value_t = 300.0,
+        value_name = "S",
+        help_heading = "Serving over HTTP"
+    )]
+    pub launch_timeout_s: f64,
+
+    /// Environment variable that holds the API key (never stored).
+    #[arg(
+        long,
+        default_value = "OPENAI_API_KEY",
+        value_name = "VAR",
+        help_heading = "Serving over HTTP"
+    )]
+    pub api_key_env: String,
+
+    /// The `model` to send (default: the first one `/v1/models` lists).
+    #[arg(long, value_name = "NAME", help_heading = "Serving over HTTP")]
+    pub served_model: Option<String>,
+
+    /// Ask for whole answers instead of streams.
+    #[arg(long, help_heading = "Serving over HTTP")]
+    pub no_stream: bool,
 }
 
 /// Where a sweep's points run (docs/CLUSTER.md).

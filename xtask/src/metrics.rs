@@ -569,6 +569,7 @@ mod tests {
             send_lag_s: 0.0,
             itl_basis: workloads::ItlBasis::Token,
             chunks: 2,
+            intended_prompt_len: None,
         });
         let m = compute(&[r], &[], None, &Slos::default()).unwrap();
         assert!(!m.values.contains_key(names::MEAN_QUEUE_MS));

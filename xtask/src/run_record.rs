@@ -86,6 +86,10 @@ pub struct TargetFingerprint {
     /// The `--launch` command (with `--api-key` values redacted), or
     /// `engine serve ...` for `--serve`.
     pub launch: Option<String>,
+    /// Prompts went as text built with this tokenizer (`--prompt-format
+    /// text`: the file's name and blake3); absent: token ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_prompts: Option<String>,
 }
 
 /// GPU state sampled before and after each trial.

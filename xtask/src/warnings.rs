@@ -106,6 +106,12 @@ pub enum Warning {
     PromptLengthDiffers {
         workload: String,
         requests: usize,
+        of_requests: usize,
+        /// One such request's lengths: intended, counted by the server.
+        intended: u32,
+        counted: u32,
+        /// The prompts went as text built with `--tokenizer`.
+        text_prompts: bool,
     },
     /// HTTP: a workload's `[engine]` table cannot reach a `--target`.
     EngineSettingsNotApplied {
@@ -259,9 +265,21 @@ impl fmt::Display for Warning {
                 f,
                 "{workload}: the load generator used {cpu_percent:.0}% of a core, so its own reads may delay token timestamps; run it on another machine or lower the request rate"
             ),
-            Warning::PromptLengthDiffers { workload, requests } => write!(
+            Warning::PromptLengthDiffers {
+                workload,
+                requests,
+                of_requests,
+                intended,
+                counted,
+                text_prompts,
+            } => write!(
                 f,
-                "{workload}: for {requests} requests the server counted a different prompt length than was sent (usage.prompt_tokens; e.g. it adds BOS): the records use the server's count"
+                "{workload}: for {requests} of {of_requests} requests the server counted a different prompt length than intended (usage.prompt_tokens, e.g. {counted} tokens for {intended}){}: the records use the server's count and keep the intended one (client.intended_prompt_len)",
+                if *text_prompts {
+                    "; the text prompts were built for --tokenizer's count: is it the server's model's tokenizer?"
+                } else {
+                    "; e.g. the server adds BOS"
+                }
             ),
             Warning::EngineSettingsNotApplied { workload } => write!(
                 f,

@@ -32,6 +32,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -197,6 +198,12 @@ where
             _ = failed_rx.wait_for(|f| f.is_some()) => {}
         }
     };
+    // TCP_NODELAY: an SSE event is a small write after the response head;
+    // with Nagle's algorithm on, it may wait for the ACK of the head (or of
+    // the previous event) before it leaves, which delays the first token.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

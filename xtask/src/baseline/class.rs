@@ -55,7 +55,14 @@ impl FingerprintClass {
             build_profile: fingerprint.source.build_profile.clone(),
             target: fingerprint.target.as_ref().map(|t| {
                 let mode = if t.stream { "stream" } else { "whole" };
-                format!("http {} {mode}", t.server_kind)
+                // Text prompts add the server's tokenization to TTFT: their
+                // own class (token-id classes are unchanged).
+                let prompts = if t.text_prompts.is_some() {
+                    " text"
+                } else {
+                    ""
+                };
+                format!("http {} {mode}{prompts}", t.server_kind)
             }),
         }
     }

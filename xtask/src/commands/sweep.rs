@@ -3,12 +3,14 @@
 //! (recorded), 2 the sweep itself could not run.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::bench::{BenchContext, EngineChoice};
+use crate::bench::{BenchContext, EngineChoice, HttpFlags};
 use crate::cli::{DeviceArg, SweepArgs};
 use crate::launcher::gpu_breakdown;
+use crate::sweep::target::SweepTarget;
 use crate::sweep::{report, RetryPolicy, Sweep, SweepFile};
 
 /// Runs `cargo xtask sweep`.
@@ -18,6 +20,15 @@ pub fn run_cli(args: &SweepArgs, root: &Path) -> anyhow::Result<i32> {
     // Parse the file before anything slow.
     let file = SweepFile::load(&args.file)?;
     super::sweep_launch::check_args(args, &file)?;
+    if let Some(url) = &args.target {
+        if args.launch.is_slurm() {
+            bail!(
+                "--target with --launcher slurm: the jobs would all drive one server from \
+                 several nodes; run the sweep here (--launcher local)"
+            );
+        }
+        crate::sweep::target::check(&file, url, args.launch_cmd.as_deref())?;
+    }
     let choice = EngineChoice {
         engine_bin: args.engine_bin.clone(),
         engine_profile: args.engine_profile.clone(),
@@ -48,6 +59,25 @@ pub fn run_cli(args: &SweepArgs, root: &Path) -> anyhow::Result<i32> {
         (Some(ctx), device)
     };
     let mut sweep = Sweep::open(&args.file, &results, &device, args.trials, policy)?;
+    if let Some(url) = &args.target {
+        // An HTTP sweep's points are the server's: a ledger of their own.
+        let label = crate::sweep::target::ledger_label(url, args.launch_cmd.as_deref())?;
+        sweep.ledger = crate::sweep::Ledger::open(&results, &sweep.file.name, &label);
+        let flags = HttpFlags {
+            api_key_env: args.api_key_env.clone(),
+            served_model: args.served_model.clone(),
+            stream: !args.no_stream,
+            launch_timeout: Duration::from_secs_f64(args.launch_timeout_s.max(0.001)),
+            request_timeout: Duration::from_secs_f64(args.timeout_s.max(0.001)),
+            tokenizer: None,
+        };
+        sweep.http = Some(SweepTarget::new(
+            url,
+            args.launch_cmd.as_deref(),
+            flags,
+            root,
+        ));
+    }
     for name in &args.experiments {
         if sweep.file.experiment(name).is_none() {
             bail!(
@@ -69,8 +99,9 @@ pub fn run_cli(args: &SweepArgs, root: &Path) -> anyhow::Result<i32> {
     if let Some(code) = super::sweep_launch::dispatch(args, root, &results, &sweep)? {
         return Ok(code);
     }
-    // Several GPUs: the points run side by side, one per GPU.
-    if let Some(ctx) = &ctx {
+    // Several GPUs: the points run side by side, one per GPU (not against
+    // one --target server).
+    if let (Some(ctx), None) = (&ctx, &args.target) {
         if let Some(runner) = super::sweep_launch::local_runner(args, root, &results, ctx, &sweep)?
         {
             sweep.parallel = Some(Box::new(runner));
@@ -95,7 +126,16 @@ pub fn run_cli(args: &SweepArgs, root: &Path) -> anyhow::Result<i32> {
         return Ok(if record.is_done() { 0 } else { 1 });
     }
     let outcome = match &ctx {
-        Some(ctx) if !args.report_only => sweep.run(ctx)?,
+        Some(ctx) if !args.report_only => {
+            if let Some(http) = sweep.http.as_mut() {
+                http.start_shared()?;
+            }
+            let outcome = sweep.run(ctx);
+            if let Some(http) = sweep.http.as_mut() {
+                http.stop_shared();
+            }
+            outcome?
+        }
         _ => sweep.outcome()?,
     };
     let mut written = report::write_all(&outcome, &sweep.store, &out_dir)?;

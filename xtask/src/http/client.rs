@@ -27,6 +27,9 @@ pub struct Target {
     /// The `model` sent with every request.
     pub model: String,
     pub stream: bool,
+    /// Text prompts by request id (`--prompt-format text`); token ids
+    /// otherwise.
+    pub text_prompts: Option<std::sync::Arc<std::collections::BTreeMap<u64, String>>>,
     api_key: Option<String>,
     agent: ureq::Agent,
 }
@@ -99,6 +102,7 @@ impl Target {
             base,
             model: String::new(),
             stream,
+            text_prompts: None,
             api_key,
             agent,
         };
@@ -170,16 +174,27 @@ impl Target {
             server_kind: server_kind(owned_by.as_deref(), server.as_deref()),
             stream: self.stream,
             launch: None,
+            text_prompts: None,
         })
     }
 
-    /// The request body for `r`: token-id prompt, the workload's sampling,
-    /// usage in every streamed chunk where the server offers it.
+    /// Whether prompts go as text.
+    pub fn sends_text(&self) -> bool {
+        self.text_prompts.is_some()
+    }
+
+    /// The request body for `r`: token-id prompt (or its exact-length text),
+    /// the workload's sampling, usage in every streamed chunk where the
+    /// server offers it.
     pub fn body(&self, r: &Request) -> Value {
         let s = &r.sampling;
+        let prompt = match self.text_prompts.as_ref().and_then(|t| t.get(&r.id)) {
+            Some(text) => json!(text),
+            None => json!(r.prompt_token_ids),
+        };
         let mut body = json!({
             "model": self.model,
-            "prompt": r.prompt_token_ids,
+            "prompt": prompt,
             "max_tokens": s.max_tokens,
             "temperature": s.temperature,
             "stream": self.stream,
@@ -344,6 +359,19 @@ impl Completion {
             let data = data.trim_start();
             if data == "[DONE]" {
                 done = true;
+                // Read the body to its end (the chunked encoding's last,
+                // empty chunk): only a body read to the end gives the
+                // connection back to the pool. Left unread, every request
+                // opened a new connection, and the connect counted in its
+                // TTFT.
+                let mut rest = [0u8; 1024];
+                let mut left: usize = 64 * 1024;
+                while left > 0 {
+                    match reader.read(&mut rest) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => left = left.saturating_sub(n),
+                    }
+                }
                 break;
             }
             let v: Value = match serde_json::from_str(data) {

@@ -34,6 +34,10 @@ pub struct HttpTrial {
     /// Requests whose `usage.prompt_tokens` differed from the prompt sent
     /// (a server that adds BOS, or one that re-tokenized).
     pub prompt_len_mismatches: usize,
+    /// The first such request's (intended, counted) lengths.
+    pub prompt_len_example: Option<(u32, u32)>,
+    /// The prompts went as text (`--prompt-format text`).
+    pub text_prompts: bool,
 }
 
 impl HttpTrial {
@@ -90,21 +94,21 @@ pub fn run(target: &Target, requests: &[Request], max_concurrency: Option<u32>) 
     };
     let mut records = results.into_inner().unwrap_or_else(|p| p.into_inner());
     records.sort_by_key(|r| r.id);
-    let prompt_len_mismatches = records
+    let mismatches: Vec<(u32, u32)> = records
         .iter()
         .filter(|r| r.status == RecordStatus::Ok)
-        .filter(|r| {
-            measured
-                .iter()
-                .find(|m| m.id == r.id)
-                .is_some_and(|m| m.prompt_token_ids.len() as u32 != r.prompt_len)
+        .filter_map(|r| {
+            let intended = r.client.as_ref()?.intended_prompt_len?;
+            Some((intended, r.prompt_len))
         })
-        .count();
+        .collect();
     HttpTrial {
         records,
         wall_s,
         cpu_s,
-        prompt_len_mismatches,
+        prompt_len_mismatches: mismatches.len(),
+        prompt_len_example: mismatches.first().copied(),
+        text_prompts: target.sends_text(),
     }
 }
 
@@ -218,8 +222,14 @@ fn to_record(r: &Request, c: &Completion, d: &Dispatch) -> RequestRecord {
         send_lag_s: d.late_s + c.sent.saturating_duration_since(d.released).as_secs_f64(),
         itl_basis: c.itl_basis,
         chunks: c.chunks,
+        intended_prompt_len: None,
     };
     let sent_len = r.prompt_token_ids.len() as u32;
+    let counted_len = c.prompt_tokens.map_or(sent_len, |p| p as u32);
+    let client = ClientTiming {
+        intended_prompt_len: Some(sent_len).filter(|&s| s != counted_len),
+        ..client
+    };
     let base = RequestRecord {
         id: r.id,
         status: RecordStatus::Ok,
@@ -229,7 +239,7 @@ fn to_record(r: &Request, c: &Completion, d: &Dispatch) -> RequestRecord {
         token_times_s: c.token_times.iter().map(|&t| at(t)).collect(),
         finish_s: c.last_output.map(at),
         finish_reason: c.finish_reason.unwrap_or(FinishReason::Length),
-        prompt_len: c.prompt_tokens.map_or(sent_len, |p| p as u32),
+        prompt_len: counted_len,
         output_len: c.output_len.unwrap_or(0) as u32,
         preemptions: 0,
         num_cached_tokens: c.cached_tokens.map(|n| n as u32),

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod driver;
 pub mod server;
+pub mod text_prompt;
 
 use workloads::RequestRecord;
 
@@ -85,10 +86,14 @@ pub fn generator_warnings(
             cpu_percent,
         });
     }
-    if trial.prompt_len_mismatches > 0 {
+    if let Some((intended, counted)) = trial.prompt_len_example {
         out.push(Warning::PromptLengthDiffers {
             workload: workload.to_string(),
             requests: trial.prompt_len_mismatches,
+            of_requests: trial.records.len(),
+            intended,
+            counted,
+            text_prompts: trial.text_prompts,
         });
     }
     out
@@ -141,6 +146,7 @@ mod tests {
                 send_lag_s,
                 itl_basis: ItlBasis::Token,
                 chunks: 1,
+                intended_prompt_len: None,
             }),
         }
     }
@@ -153,6 +159,8 @@ mod tests {
             wall_s: 1.0,
             cpu_s: Some(0.1),
             prompt_len_mismatches: 0,
+            prompt_len_example: None,
+            text_prompts: false,
         };
         assert!(generator_warnings("w", &ok, None).is_empty());
         let late = driver::HttpTrial {

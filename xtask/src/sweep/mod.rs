@@ -20,6 +20,7 @@ pub mod capacity;
 pub mod ledger;
 pub mod report;
 pub mod results;
+pub mod target;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -163,6 +164,8 @@ pub struct Sweep {
     /// Runs several points at once (the local launcher on a machine with
     /// several GPUs, `crate::launcher`); `None`: one at a time in process.
     pub parallel: Option<Box<dyn PointRunner>>,
+    /// `--target`: every point's trials go to this server over HTTP.
+    pub http: Option<target::SweepTarget>,
 }
 
 /// Runs a batch of points side by side, each recording itself in the
@@ -250,6 +253,7 @@ impl Sweep {
             policy,
             only: BTreeSet::new(),
             parallel: None,
+            http: None,
             file,
         })
     }
@@ -369,16 +373,17 @@ fn execute(
         .clone()
         .unwrap_or_else(|| DEFAULT_MODEL.to_string());
     let started = Instant::now();
-    let outcome = ctx.run_specs(
-        &model,
-        &[&point.spec],
-        &RunOptions {
-            trials: sweep.trials,
-            suite: Some(format!("sweep:{}", sweep.file.name)),
-            keep_records: false,
-        },
-        progress,
-    );
+    let options = RunOptions {
+        trials: sweep.trials,
+        suite: Some(format!("sweep:{}", sweep.file.name)),
+        keep_records: false,
+    };
+    let outcome = match &sweep.http {
+        None => ctx.run_specs(&model, &[&point.spec], &options, progress, None),
+        Some(http) => http.with_server(point, |server| {
+            ctx.run_specs(&model, &[&point.spec], &options, progress, Some(server))
+        }),
+    };
     let mut record = PointRecord::new(point, &sweep.device, sweep.trials);
     record.attempts = existing.map(|r| r.attempts).unwrap_or(0) + 1;
     record.wall_s = started.elapsed().as_secs_f64();
@@ -408,8 +413,17 @@ fn execute(
         }
         Err(e) if e.chain().any(|c| c.downcast_ref::<StoreError>().is_some()) => return Err(e),
         Err(e) => {
+            // A server `--launch` started for the point that never came up.
+            let server_fail = e.chain().any(|c| {
+                c.downcast_ref::<crate::http::server::ServerFail>()
+                    .is_some()
+            });
             record.status = PointStatus::Failed {
-                class: FailureClass::Crash,
+                class: if server_fail {
+                    FailureClass::ServerFail
+                } else {
+                    FailureClass::Crash
+                },
                 message: format!("the point could not run: {e:#}"),
             };
         }
