@@ -6,6 +6,8 @@
 //! forward pass over the paged KV cache and samples → the engine appends the
 //! token with a monotonic timestamp and finishes sequences. [`bench`] replays a
 //! requests file through that loop and writes records and a step log.
+//! [`spec_decode`] adds n-gram speculative decoding: drafts verified in the
+//! step's one forward pass.
 
 pub mod backend;
 pub mod bench;
@@ -17,6 +19,7 @@ pub mod gguf;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;
+pub mod spec_decode;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod synth;

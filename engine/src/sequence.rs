@@ -2,6 +2,8 @@
 
 use workloads::{FinishReason, Request, SamplingParams};
 
+use crate::spec_decode::SpecCounts;
+
 #[derive(Debug, Clone)]
 pub struct Sequence {
     /// Engine-internal id (unique for the engine's lifetime).
@@ -25,6 +27,11 @@ pub struct Sequence {
     /// EOS and stop tokens do not end the sequence before it has this many
     /// output tokens (the OpenAI API's `min_tokens`; 0 for bench requests).
     pub min_tokens: u32,
+    /// Speculative decoding: draft tokens proposed for the next step (they
+    /// would follow `tokens`); empty when not speculating.
+    pub draft: Vec<u32>,
+    /// Speculative decoding counters for the record.
+    pub spec: SpecCounts,
 }
 
 impl Sequence {
@@ -44,6 +51,8 @@ impl Sequence {
             finish_s: None,
             preemptions: 0,
             min_tokens: 0,
+            draft: Vec::new(),
+            spec: SpecCounts::default(),
         }
     }
 
@@ -93,6 +102,7 @@ impl Sequence {
     pub fn reset_for_recompute(&mut self) {
         debug_assert!(self.block_table.is_empty(), "free blocks first");
         self.num_computed = 0;
+        self.draft.clear();
         self.preemptions += 1;
     }
 

@@ -16,6 +16,10 @@ pub const KNOBS: &[&str] = &[
     "num_kv_blocks",
     "enforce_eager",
     "num_threads",
+    "speculative_method",
+    "num_speculative_tokens",
+    "prompt_lookup_min",
+    "prompt_lookup_max",
 ];
 
 pub fn is_knob(name: &str) -> bool {
@@ -37,6 +41,10 @@ cpu_kv_cache_bytes = 1073741824
 num_kv_blocks = 0
 enforce_eager = false
 num_threads = 0
+speculative_method = "off"
+num_speculative_tokens = 0
+prompt_lookup_min = 5
+prompt_lookup_max = 5
 "#;
 
 /// [`DEFAULTS_TOML`] as a table.

@@ -318,6 +318,7 @@ mod tests {
             output_hash: format!("h{id}"),
             output_token_ids: vec![],
             client: None,
+            spec_decode: None,
         }
     }
 
@@ -339,6 +340,7 @@ mod tests {
             output_hash: String::new(),
             output_token_ids: vec![],
             client: None,
+            spec_decode: None,
         }
     }
 
@@ -440,6 +442,8 @@ mod tests {
             kv_blocks_used: 0,
             kv_blocks_total: 1,
             preempted: 0,
+            spec_draft_tokens: 0,
+            spec_accepted_tokens: 0,
         };
         let mut prefill = step(3, 1.0, 1);
         prefill.prefill_tokens = 100;
@@ -489,6 +493,8 @@ mod tests {
             kv_blocks_used: 1,
             kv_blocks_total: 1,
             preempted: 0,
+            spec_draft_tokens: 0,
+            spec_accepted_tokens: 0,
         };
         let decode = StepLogEntry {
             step: 1,

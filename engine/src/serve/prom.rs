@@ -313,6 +313,7 @@ mod tests {
             output_hash: String::new(),
             output_token_ids: vec![1, 2, 3],
             client: None,
+            spec_decode: None,
         });
         m.observe_abort();
         let text = m.render();

@@ -141,6 +141,7 @@ mod tests {
                 itl_basis: ItlBasis::Token,
                 chunks: 1,
             }),
+            spec_decode: None,
         }
     }
 

@@ -249,6 +249,7 @@ mod tests {
             top_p: 0.9,
             seed,
             index: 7,
+            num_drafts: 0,
         }
     }
 
