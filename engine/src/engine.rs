@@ -661,6 +661,83 @@ mod tests {
         assert_eq!(e.kv_blocks_in_use(), 0);
     }
 
+    /// A backend that does not verify drafts (the trait's default).
+    struct NoDrafts(MockBackend);
+
+    impl Backend for NoDrafts {
+        fn info(&self) -> crate::backend::BackendInfo {
+            self.0.info()
+        }
+        fn kv_block_bytes(&self, block_size: usize) -> usize {
+            self.0.kv_block_bytes(block_size)
+        }
+        fn kv_memory_budget(&self, cfg: &EngineConfig) -> Result<u64, BackendError> {
+            self.0.kv_memory_budget(cfg)
+        }
+        fn allocate_kv_cache(&mut self, blocks: usize, size: usize) -> Result<(), BackendError> {
+            self.0.allocate_kv_cache(blocks, size)
+        }
+        fn forward(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<u32>, BackendError> {
+            self.0.forward(batch)
+        }
+        fn forward_logits(
+            &mut self,
+            batch: &[SeqStep<'_>],
+        ) -> Result<Vec<Vec<f32>>, BackendError> {
+            self.0.forward_logits(batch)
+        }
+    }
+
+    fn ngram(k: usize) -> EngineConfig {
+        EngineConfig {
+            speculative_method: crate::engine_config::SpeculativeMethod::Ngram,
+            num_speculative_tokens: k,
+            prompt_lookup_min: 1,
+            prompt_lookup_max: 2,
+            ..EngineConfig::default()
+        }
+    }
+
+    #[test]
+    fn speculation_on_a_backend_that_cannot_verify_is_refused_by_name() {
+        let model = mock_model_config(32, 64, &[]);
+        let backend = Box::new(NoDrafts(MockBackend::new(32)));
+        let err = Engine::new(backend, &model, &ngram(3)).err().unwrap();
+        assert!(err.to_string().contains("speculative_method"), "{err}");
+        let backend = Box::new(NoDrafts(MockBackend::new(32)));
+        assert!(Engine::new(backend, &model, &EngineConfig::default()).is_ok());
+    }
+
+    #[test]
+    fn spec_steps_log_drafts_and_outputs_match_plain_decoding() {
+        // A prompt that repeats invites drafts from the first decode on.
+        let prompt: Vec<u32> = [3, 9, 4, 3, 9, 4, 3, 9].to_vec();
+        let sampling = SamplingParams::greedy(20);
+        let mut plain = engine(EngineConfig::default(), &[]);
+        plain.add_request(request(1, prompt.clone(), sampling.clone()));
+        let want = run_all(&mut plain).remove(0).output_token_ids;
+
+        let model = mock_model_config(32, 64, &[]);
+        let mut e = Engine::new(Box::new(MockBackend::new(32)), &model, &ngram(3)).unwrap();
+        e.add_request(request(1, prompt, sampling));
+        let mut drafted = 0;
+        let mut records = Vec::new();
+        while e.has_unfinished() {
+            let out = e.step().unwrap();
+            if let Some(log) = out.log {
+                drafted += log.spec_draft_tokens;
+                assert!(log.spec_accepted_tokens <= log.spec_draft_tokens);
+                assert!(log.decode_tokens + log.prefill_tokens + log.spec_draft_tokens > 0);
+            }
+            records.extend(out.finished);
+        }
+        assert!(drafted > 0);
+        assert_eq!(records[0].output_token_ids, want);
+        let stats = records[0].spec_decode.as_ref().unwrap();
+        assert_eq!(stats.num_draft_tokens, drafted);
+        assert_eq!(e.kv_blocks_in_use(), 0);
+    }
+
     #[test]
     fn step_log_counts_prefill_and_decode_tokens() {
         let mut e = engine(EngineConfig::default(), &[]);

@@ -307,6 +307,19 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_speculative_method_is_named() {
+        let err = EngineConfig::parse("speculative_method = \"eagle\"\n").unwrap_err();
+        assert!(err.contains("speculative_method") || err.contains("eagle"), "{err}");
+        assert!(err.starts_with("line 1:"), "{err}");
+        let ok = EngineConfig::parse(
+            "speculative_method = \"ngram\"\nnum_speculative_tokens = 6\nprompt_lookup_min = 2\n",
+        )
+        .unwrap();
+        assert!(ok.speculates());
+        assert!(!EngineConfig::default().speculates());
+    }
+
+    #[test]
     fn parse_errors_name_the_line() {
         let err = EngineConfig::parse("block_size = 16\nmax_num_seq = 3\n").unwrap_err();
         assert!(

@@ -396,8 +396,15 @@ impl Runner {
         Ok(())
     }
 
-    /// Samples one token per logits row into `arena.sampled`.
-    pub fn sample(&self, layout: &MetaLayout, rows: usize) -> Result<(), BackendError> {
+    /// Samples one token per logits row into `arena.sampled`; the rows'
+    /// sampling parameters are the step's sampled rows `first..first + rows`
+    /// (`first` > 0 when a step's rows are run in chunks).
+    pub fn sample(
+        &self,
+        layout: &MetaLayout,
+        first: usize,
+        rows: usize,
+    ) -> Result<(), BackendError> {
         let a = &self.arena;
         self.kernels.launch(
             "sample_rows",
@@ -406,12 +413,12 @@ impl Runner {
             &[
                 Arg::Ptr(a.logits.ptr),
                 Arg::I32(self.dims.vocab as i32),
-                Arg::Ptr(self.meta(layout, layout.temperature())),
-                Arg::Ptr(self.meta(layout, layout.top_k())),
-                Arg::Ptr(self.meta(layout, layout.top_p())),
-                Arg::Ptr(self.meta(layout, layout.seed_lo())),
-                Arg::Ptr(self.meta(layout, layout.seed_hi())),
-                Arg::Ptr(self.meta(layout, layout.draw_index())),
+                Arg::Ptr(self.meta(layout, layout.temperature() + first)),
+                Arg::Ptr(self.meta(layout, layout.top_k() + first)),
+                Arg::Ptr(self.meta(layout, layout.top_p() + first)),
+                Arg::Ptr(self.meta(layout, layout.seed_lo() + first)),
+                Arg::Ptr(self.meta(layout, layout.seed_hi() + first)),
+                Arg::Ptr(self.meta(layout, layout.draw_index() + first)),
                 Arg::Ptr(a.sampled.ptr),
             ],
         )
@@ -428,7 +435,7 @@ impl Runner {
         let pending = self.layers(kv, layout, tokens)?;
         if samples > 0 {
             self.logits(self.meta(layout, layout.sample_rows()), samples, pending)?;
-            self.sample(layout, samples)?;
+            self.sample(layout, 0, samples)?;
         }
         Ok(())
     }
