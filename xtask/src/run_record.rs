@@ -340,6 +340,11 @@ pub mod names {
     pub const P99_SEND_LAG_MS: &str = "p99_send_lag_ms";
     pub const MAX_SEND_LAG_MS: &str = "max_send_lag_ms";
     pub const CLIENT_CPU_PERCENT: &str = "client_cpu_percent";
+    // Speculative decoding (vLLM's definitions), over the trial's completed
+    // requests: accepted / verified draft tokens, and tokens emitted per
+    // verify step (1 + accepted / drafts).
+    pub const SPEC_ACCEPTANCE_RATE: &str = "spec_acceptance_rate";
+    pub const SPEC_MEAN_ACCEPTED_LENGTH: &str = "spec_mean_accepted_length";
 
     /// The latency distributions, by base name (`ttft` → `mean_ttft_ms`, ...).
     pub const LATENCY_BASES: [&str; 7] = [
@@ -444,7 +449,7 @@ const LAT_E2EL_CLIENT: [MetricDef; 5] = latency_group([
     names::P99_E2EL_INCLUDING_CLIENT_QUEUE_MS,
 ]);
 
-const OTHER: [MetricDef; 15] = [
+const OTHER: [MetricDef; 17] = [
     m(
         names::REQUEST_THROUGHPUT,
         "req/s",
@@ -480,6 +485,8 @@ const OTHER: [MetricDef; 15] = [
     m(names::P99_SEND_LAG_MS, "ms", false, MetricKind::Info),
     m(names::MAX_SEND_LAG_MS, "ms", false, MetricKind::Info),
     m(names::CLIENT_CPU_PERCENT, "%", false, MetricKind::Info),
+    m(names::SPEC_ACCEPTANCE_RATE, "ratio", true, MetricKind::Info),
+    m(names::SPEC_MEAN_ACCEPTED_LENGTH, "tok", true, MetricKind::Info),
 ];
 
 /// Every metric a trial may carry, by name. A trial's `metrics` map uses
