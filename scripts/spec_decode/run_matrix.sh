@@ -3,10 +3,11 @@
 # and the tokenized chat prompts of engine/fixtures/spec_decode/ (copy.jsonl:
 # prompts that invite copying; open.jsonl: prompts that do not).
 #
-#   scripts/spec_decode/run_matrix.sh ENGINE MODEL OUT DEVICE TRIALS HIGH_LOAD_REQUESTS [MAX_TOKENS]
+#   scripts/spec_decode/run_matrix.sh ENGINE MODEL OUT DEVICE TRIALS HIGH_LOAD_REQUESTS [MAX_TOKENS [B1_REQUESTS]]
 #
 # For each prompt set and each load — batch 1 (`--max-concurrency 1`, the
-# 32 measured requests of the fixture) and high load (HIGH_LOAD_REQUESTS
+# first B1_REQUESTS (default all 32) measured requests of the fixture, which
+# cycle through its 8 prompts) and high load (HIGH_LOAD_REQUESTS
 # requests at once, max_num_seqs 512) — runs TRIALS trials of each config
 # (off; ngram k=6 with vLLM's default n-grams 5..5, seed 004's
 # "ngram_6"; ngram k=4 with n-grams 2..4), interleaved within a trial so
@@ -19,6 +20,7 @@ DEVICE=${4:?cpu or cuda}
 TRIALS=${5:?trials}
 HIGH=${6:?requests at high load}
 MAX_TOKENS=${7:-256}
+B1=${8:-32}
 HERE=$(cd "$(dirname "$0")" && pwd)
 FIXTURES=$HERE/../../engine/fixtures/spec_decode
 mkdir -p "$OUT"
@@ -44,9 +46,10 @@ done
 # Request files: the fixture's prompts, max_tokens set, and for high load
 # cycled up to HIGH measured requests.
 for kind in copy open; do
-  python3 - "$FIXTURES/$kind.jsonl" "$OUT" "$kind" "$HIGH" "$MAX_TOKENS" <<'EOF'
+  python3 - "$FIXTURES/$kind.jsonl" "$OUT" "$kind" "$HIGH" "$MAX_TOKENS" "$B1" <<'EOF'
 import json, sys
-src, out, kind, high, max_tokens = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+src, out, kind = sys.argv[1], sys.argv[2], sys.argv[3]
+high, max_tokens, b1 = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 reqs = [json.loads(l) for l in open(src) if l.strip()]
 for r in reqs:
     r["sampling"]["max_tokens"] = max_tokens
@@ -56,7 +59,7 @@ def write(path, rs):
     with open(path, "w") as f:
         for i, r in enumerate(rs):
             f.write(json.dumps(dict(r, id=i)) + "\n")
-write(f"{out}/{kind}-b1.requests.jsonl", warm + meas)
+write(f"{out}/{kind}-b1.requests.jsonl", warm + meas[:b1])
 write(f"{out}/{kind}-high.requests.jsonl", warm + [meas[i % len(meas)] for i in range(high)])
 EOF
 done

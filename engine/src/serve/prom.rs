@@ -77,6 +77,9 @@ struct Inner {
     prompt_tokens: u64,
     generation_tokens: u64,
     preemptions: u64,
+    /// Speculative decoding: draft tokens verified and accepted.
+    spec_draft_tokens: u64,
+    spec_accepted_tokens: u64,
     /// By OpenAI finish reason: stop, length, abort.
     success: [(&'static str, u64); 3],
     ttft: Histogram,
@@ -107,6 +110,8 @@ impl ServerMetrics {
                 prompt_tokens: 0,
                 generation_tokens: 0,
                 preemptions: 0,
+                spec_draft_tokens: 0,
+                spec_accepted_tokens: 0,
                 success: [("stop", 0), ("length", 0), ("abort", 0)],
                 ttft: Histogram::new(TTFT_BUCKETS),
                 itl: Histogram::new(ITL_BUCKETS),
@@ -139,6 +144,8 @@ impl ServerMetrics {
         self.with(|m| {
             m.prompt_tokens += u64::from(step.prefill_tokens);
             m.preemptions += u64::from(step.preempted);
+            m.spec_draft_tokens += u64::from(step.spec_draft_tokens);
+            m.spec_accepted_tokens += u64::from(step.spec_accepted_tokens);
         });
     }
 
@@ -237,6 +244,18 @@ impl ServerMetrics {
             "vllm:num_preemptions_total",
             "Preemptions (by recompute).",
             m.preemptions,
+        );
+        counter(
+            &mut out,
+            "vllm:spec_decode_num_draft_tokens_total",
+            "Speculative decoding: draft tokens verified.",
+            m.spec_draft_tokens,
+        );
+        counter(
+            &mut out,
+            "vllm:spec_decode_num_accepted_tokens_total",
+            "Speculative decoding: draft tokens accepted.",
+            m.spec_accepted_tokens,
         );
         let name = "vllm:request_success_total";
         let _ = writeln!(out, "# HELP {name} Finished requests by finish reason (abort: the client went away).\n# TYPE {name} counter");
