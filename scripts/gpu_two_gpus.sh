@@ -19,16 +19,20 @@ nvidia-smi -L | tee "$OUT/gpus.txt"
 [ "$(nvidia-smi -L | wc -l)" -ge 2 ] || { echo "needs 2 GPUs" >&2; exit 2; }
 
 SWEEP="$OUT/two-gpus.toml"
-cat >"$SWEEP" <<'TOML'
+# TRIALS and REQUESTS (defaults 3 and 1000) shrink the sweep to fit a short
+# lease.
+TRIALS=${TRIALS:-3}
+REQUESTS=${REQUESTS:-1000}
+cat >"$SWEEP" <<TOML
 name = "two-gpus"
-description = "4 engine settings on smollm2-135m, offline 1000 x (256 -> 512): the local launcher on 2 GPUs vs 1"
-trials = 3
+description = "4 engine settings on smollm2-135m, offline $REQUESTS x (256 -> 512): the local launcher on 2 GPUs vs 1"
+trials = $TRIALS
 device = "cuda"
 
 [fixed]
 model = "smollm2-135m"
 seed = 13
-requests = 1000
+requests = $REQUESTS
 warmup_requests = 16
 prompt_len = 256
 output_len = 512

@@ -3,11 +3,14 @@
 // Every query token t (a decode token or a token of a prefill chunk) attends
 // to keys 0..=positions[t] of its sequence, all of them already in the cache
 // (qkv_rope_cache ran first), so chunked prefill and decode are one case.
-// Grid: (query tokens, kv heads, splits). A block (4 warps) handles one kv
-// head for the G query heads that share it (GQA) over one split of the
-// context. A warp is cut into sub-warps of HD/8 lanes; each sub-warp takes
-// one key at a time, a lane loading 8 dims of K and of V with one 16-byte
-// load each, and keeps its own online softmax. The block merges its
+// Grid: (query tokens, kv heads x group chunks, splits). A block (4 warps)
+// handles one kv head for a chunk of the G query heads that share it (GQA)
+// over one split of the context; groups above 8 are cut into
+// DYNO_GROUP_CHUNKS chunks of at most 8 (shared memory holds 8 heads'
+// partials). A warp is cut into sub-warps of LPT lanes (HD/8 rounded up to a
+// power of two; lanes past the head dim idle, so head dims like 80 and 96
+// work); each sub-warp takes one key at a time, a lane loading 8 dims of K
+// and of V with one 16-byte load each, and keeps its own online softmax. The block merges its
 // sub-warps in shared memory. With several splits each block writes its
 // unnormalized partial; the last block of a (token, kv head) to finish
 // (counted with an atomic) merges the splits, so no second kernel is needed.
@@ -23,7 +26,14 @@
 // Splits the merge reads per round of loads.
 #define ATTN_MERGE_BATCH 16
 
-template <int HD, int G>
+// Lanes per key: HD/8 rounded up to a power of two (shuffle reductions).
+__host__ __device__ constexpr int attn_lanes_per_key(int hd) {
+    int l = 4;
+    while (l * 8 < hd) l *= 2;
+    return l;
+}
+
+template <int HD, int GALL, int CHUNKS>
 __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __restrict__ k_cache,
                                const bf16* __restrict__ v_cache,
                                const int* __restrict__ positions,
@@ -32,7 +42,10 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
                                const int* __restrict__ bt_stride_ptr, int block_size, int nkv,
                                float scale, bf16* __restrict__ out, float* __restrict__ part_acc,
                                float* __restrict__ part_ml, int* __restrict__ split_counters) {
-    constexpr int LPT = HD / 8;                 // lanes per key
+    static_assert(HD % 8 == 0 && HD <= 256, "head dim: a multiple of 8, at most 256");
+    constexpr int G = (GALL + CHUNKS - 1) / CHUNKS;  // query heads per block
+    static_assert(G <= 8, "at most 8 query heads per block (shared memory)");
+    constexpr int LPT = attn_lanes_per_key(HD);  // lanes per key
     constexpr int SUBS = 32 / LPT;              // sub-warps per warp
     constexpr int NSUB = ATTN_WARPS * SUBS;     // sub-warps per block
     constexpr int WARP_KEYS = SUBS * KEYS_PER_ITER;
@@ -41,11 +54,13 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
     __shared__ float s_acc[NSUB][G][HD];
     __shared__ bool s_last;
 
-    const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z, stride = gridDim.z;
+    const int t = blockIdx.x, split = blockIdx.z, stride = gridDim.z;
+    const int kvh = blockIdx.y / CHUNKS, g0 = (blockIdx.y % CHUNKS) * G;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int sub_in_warp = lane / LPT, sl = lane % LPT;
+    const bool lane_on = sl * 8 < HD;  // lanes past the head dim hold zeros
     const int sub = warp * SUBS + sub_in_warp;
-    const int nq = nkv * G;
+    const int nq = nkv * GALL;
     const int ctx = positions[t] + 1;
     constexpr int BLOCK_KEYS = ATTN_WARPS * WARP_KEYS;
     const int nsplit = min(stride, max(1, (ctx + BLOCK_KEYS - 1) / BLOCK_KEYS));
@@ -59,9 +74,11 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
     float q[G][8];
 #pragma unroll
     for (int g = 0; g < G; g++) {
+        const bool on = lane_on && g0 + g < GALL;
         const float4* src = reinterpret_cast<const float4*>(
-            qkv + (long)t * row_len + (kvh * G + g) * HD + sl * 8);
-        const float4 lo = src[0], hi = src[1];
+            qkv + (long)t * row_len + (kvh * GALL + g0 + g) * HD + sl * 8);
+        const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        const float4 lo = on ? src[0] : zero, hi = on ? src[1] : zero;
         const float qv[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
 #pragma unroll
         for (int e = 0; e < 8; e++) q[g][e] = qv[e] * scale;
@@ -87,8 +104,8 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
             const int p = valid[u] ? pos : begin;
             const long slot = (long)table[p / block_size] * block_size + (p % block_size);
             const long off = (slot * nkv + kvh) * HD + sl * 8;
-            kraw[u] = *reinterpret_cast<const uint4*>(k_cache + off);
-            vraw[u] = *reinterpret_cast<const uint4*>(v_cache + off);
+            kraw[u] = lane_on ? *reinterpret_cast<const uint4*>(k_cache + off) : make_uint4(0, 0, 0, 0);
+            vraw[u] = lane_on ? *reinterpret_cast<const uint4*>(v_cache + off) : make_uint4(0, 0, 0, 0);
         }
         float kf[KEYS_PER_ITER][8], vf[KEYS_PER_ITER][8];
 #pragma unroll
@@ -135,12 +152,15 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
             s_m[sub][g] = m[g];
             s_l[sub][g] = l[g];
         }
+        if (lane_on) {
 #pragma unroll
-        for (int e = 0; e < 8; e++) s_acc[sub][g][sl * 8 + e] = acc[g][e];
+            for (int e = 0; e < 8; e++) s_acc[sub][g][sl * 8 + e] = acc[g][e];
+        }
     }
     __syncthreads();
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
         const int g = i / HD, d = i - g * HD;
+        if (g0 + g >= GALL) break;  // the last chunk of an uneven group
         float mm = -INFINITY;
 #pragma unroll
         for (int w = 0; w < NSUB; w++) mm = fmaxf(mm, s_m[w][g]);
@@ -153,7 +173,7 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
                 aa += s_acc[w][g][d] * f;
             }
         }
-        const int h = kvh * G + g;
+        const int h = kvh * GALL + g0 + g;
         if (nsplit == 1) {
             out[((long)t * nq + h) * HD + d] = __float2bfloat16(aa / ll);
         } else {
@@ -171,7 +191,7 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
-        int* counter = split_counters + (long)t * nkv + kvh;
+        int* counter = split_counters + (long)t * gridDim.y + blockIdx.y;
         const int done = atomicAdd(counter, 1);
         s_last = done == nsplit - 1;
         if (s_last) *counter = 0;  // ready for the next step / graph replay
@@ -184,7 +204,8 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
     // rescale (one round trip per ATTN_MERGE_BATCH splits).
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
         const int g = i / HD, d = i - g * HD;
-        const int h = kvh * G + g;
+        if (g0 + g >= GALL) break;
+        const int h = kvh * GALL + g0 + g;
         const long base = ((long)t * nq + h) * stride;
         float mm = -INFINITY, ll = 0.0f, aa = 0.0f;
         for (int z0 = 0; z0 < nsplit; z0 += ATTN_MERGE_BATCH) {
@@ -215,15 +236,16 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
     }
 }
 
-// One instantiation per process: the model's head dim and GQA group size
-// come in as -DDYNO_HEAD_DIM / -DDYNO_GROUP (see nvrtc.rs).
+// One instantiation per process: the model's head dim, GQA group size and
+// the group's chunk count come in as -DDYNO_HEAD_DIM / -DDYNO_GROUP /
+// -DDYNO_GROUP_CHUNKS (see nvrtc.rs).
 extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32)
     attention(const float* qkv, const bf16* k_cache, const bf16* v_cache, const int* positions,
               const int* seq_idx, const int* block_tables, const int* bt_stride, int block_size,
               int nkv, float scale, bf16* out, float* part_acc, float* part_ml, int* counters) {
     pdl_wait();
     pdl_launch();
-    attention_impl<DYNO_HEAD_DIM, DYNO_GROUP>(qkv, k_cache, v_cache, positions, seq_idx,
+    attention_impl<DYNO_HEAD_DIM, DYNO_GROUP, DYNO_GROUP_CHUNKS>(qkv, k_cache, v_cache, positions, seq_idx,
                                               block_tables, bt_stride, block_size, nkv, scale, out,
                                               part_acc, part_ml, counters);
 }

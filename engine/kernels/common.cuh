@@ -5,9 +5,10 @@
 typedef __nv_bfloat16 bf16;
 
 // The model's shape, fixed per process (passed by nvrtc.rs as -D options).
-#if !defined(DYNO_HEAD_DIM) || !defined(DYNO_GROUP) || !defined(DYNO_HIDDEN) || \
+#if !defined(DYNO_HEAD_DIM) || !defined(DYNO_GROUP) || !defined(DYNO_GROUP_CHUNKS) || \
+    !defined(DYNO_HIDDEN) || \
     !defined(DYNO_QDIM) || !defined(DYNO_INTER)
-#error "compile with -DDYNO_HEAD_DIM=<64|128|256> -DDYNO_GROUP=<1..8> and the model's -DDYNO_HIDDEN, -DDYNO_QDIM, -DDYNO_INTER"
+#error "compile with -DDYNO_HEAD_DIM=<multiple of 8, <= 256> -DDYNO_GROUP=<query heads per KV head> -DDYNO_GROUP_CHUNKS and the model's -DDYNO_HIDDEN, -DDYNO_QDIM, -DDYNO_INTER"
 #endif
 // Launch-geometry constants shared with the launchers (nvrtc.rs passes them).
 #if !defined(GEMV_WARPS) || !defined(GEMV_ROWS) || !defined(GEMV_MAX_T) || \

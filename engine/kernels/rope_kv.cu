@@ -2,10 +2,12 @@
 // each q and k head (Qwen3), rotate q and k (RoPE, rotate-half convention),
 // leave q in place in the qkv buffer, still f32 (attention reads it as is),
 // and write k and v, rounded to bf16, into the paged KV cache slot of the
-// token. One block per token, one warp per head (q heads, k heads, v heads).
+// token. One block per token; a warp takes heads warp, warp + warps, ... (q
+// heads, then k heads, then v heads), so any head count fits one block.
 //
-// A lane holds HD/32 consecutive elements: lanes 0-15 the first half of the
-// head, lanes 16-31 the second, so the rotation partner is lane ^ 16.
+// A lane holds the rotation pairs (i, i + HD/2) for i = lane, lane + 32, ...
+// below HD/2, so any even head dim works (64, 80, 96, 128, 256) and a pair
+// is rotated without shuffles.
 template <int HD>
 __device__ void qkv_rope_cache_impl(float* __restrict__ qkv, const bf16* __restrict__ bias,
                                     const bf16* __restrict__ q_norm,
@@ -14,53 +16,74 @@ __device__ void qkv_rope_cache_impl(float* __restrict__ qkv, const bf16* __restr
                                     const int* __restrict__ positions,
                                     const int* __restrict__ slots, bf16* __restrict__ k_cache,
                                     bf16* __restrict__ v_cache, int nq, int nkv, float eps) {
-    constexpr int E = HD / 32;
+    static_assert(HD % 2 == 0, "rotate-half needs an even head dim");
+    constexpr int HALF = HD / 2;
+    constexpr int P = (HALF + 31) / 32;  // pairs per lane
     const int t = blockIdx.x;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int warps = blockDim.x >> 5;
     const int heads = nq + 2 * nkv;
-    if (warp >= heads) return;
     const int row_len = heads * HD;
-    float* head = qkv + (long)t * row_len + warp * HD + lane * E;
-    float x[E];
-#pragma unroll
-    for (int e = 0; e < E; e++) {
-        x[e] = head[e];
-        if (bias) x[e] += __bfloat162float(bias[warp * HD + lane * E + e]);
-    }
-    const bool is_v = warp >= nq + nkv;
     const long slot = slots[t];
-    if (is_v) {
-        bf16* dst = v_cache + (slot * nkv + (warp - nq - nkv)) * HD + lane * E;
+    const float2* cs = cos_sin + (long)positions[t] * HALF;
+    for (int hd = warp; hd < heads; hd += warps) {
+        float* head = qkv + (long)t * row_len + hd * HD;
+        float lo[P], hi[P];
 #pragma unroll
-        for (int e = 0; e < E; e++) dst[e] = __float2bfloat16(x[e]);
-        return;
-    }
-    const bool is_q = warp < nq;
-    const bf16* norm_w = is_q ? q_norm : k_norm;
-    if (norm_w) {
-        float ss = 0.0f;
+        for (int j = 0; j < P; j++) {
+            const int i = lane + 32 * j;
+            const bool ok = i < HALF;
+            lo[j] = ok ? head[i] : 0.0f;
+            hi[j] = ok ? head[i + HALF] : 0.0f;
+            if (bias && ok) {
+                lo[j] += __bfloat162float(bias[hd * HD + i]);
+                hi[j] += __bfloat162float(bias[hd * HD + i + HALF]);
+            }
+        }
+        if (hd >= nq + nkv) {
+            bf16* dst = v_cache + (slot * nkv + (hd - nq - nkv)) * HD;
 #pragma unroll
-        for (int e = 0; e < E; e++) ss += x[e] * x[e];
-        const float r = rsqrtf(warp_sum(ss) / HD + eps);
+            for (int j = 0; j < P; j++) {
+                const int i = lane + 32 * j;
+                if (i < HALF) {
+                    dst[i] = __float2bfloat16(lo[j]);
+                    dst[i + HALF] = __float2bfloat16(hi[j]);
+                }
+            }
+            continue;
+        }
+        const bool is_q = hd < nq;
+        const bf16* norm_w = is_q ? q_norm : k_norm;
+        if (norm_w) {
+            float ss = 0.0f;
 #pragma unroll
-        for (int e = 0; e < E; e++) x[e] = x[e] * r * __bfloat162float(norm_w[lane * E + e]);
-    }
-    const float2* cs = cos_sin + (long)positions[t] * (HD / 2) + (lane & 15) * E;
-    const float sign = lane < 16 ? -1.0f : 1.0f;
-    float y[E];
+            for (int j = 0; j < P; j++) ss += lo[j] * lo[j] + hi[j] * hi[j];
+            const float r = rsqrtf(warp_sum(ss) / HD + eps);
 #pragma unroll
-    for (int e = 0; e < E; e++) {
-        const float partner = __shfl_xor_sync(0xffffffffu, x[e], 16);
-        const float2 c = cs[e];
-        y[e] = x[e] * c.x + sign * partner * c.y;
-    }
-    if (is_q) {
+            for (int j = 0; j < P; j++) {
+                const int i = lane + 32 * j;
+                if (i < HALF) {
+                    lo[j] = lo[j] * r * __bfloat162float(norm_w[i]);
+                    hi[j] = hi[j] * r * __bfloat162float(norm_w[i + HALF]);
+                }
+            }
+        }
 #pragma unroll
-        for (int e = 0; e < E; e++) head[e] = y[e];
-    } else {
-        bf16* dst = k_cache + (slot * nkv + (warp - nq)) * HD + lane * E;
-#pragma unroll
-        for (int e = 0; e < E; e++) dst[e] = __float2bfloat16(y[e]);
+        for (int j = 0; j < P; j++) {
+            const int i = lane + 32 * j;
+            if (i >= HALF) continue;
+            const float2 c = cs[i];
+            const float y0 = lo[j] * c.x - hi[j] * c.y;
+            const float y1 = hi[j] * c.x + lo[j] * c.y;
+            if (is_q) {
+                head[i] = y0;
+                head[i + HALF] = y1;
+            } else {
+                bf16* dst = k_cache + (slot * nkv + (hd - nq)) * HD;
+                dst[i] = __float2bfloat16(y0);
+                dst[i + HALF] = __float2bfloat16(y1);
+            }
+        }
     }
 }
 

@@ -56,11 +56,16 @@ __device__ __forceinline__ void warp_argmax(float& bv, int& bi, int vocab) {
     }
 }
 
-__device__ int block_argmax(const float* row, int vocab) {
+// The row's argmax (lowest id among equal maxima); `nonfinite` is set, in
+// every thread, to whether any logit is NaN or infinite. The greedy path
+// gets that check from this one pass over the row instead of a second one
+// (measured: the separate pass cost 2.5 % of batch-1 decode speed).
+__device__ int block_argmax(const float* row, int vocab, bool& nonfinite) {
     __shared__ float sv[32];
     __shared__ int si[32];
     float bv = -INFINITY;
     int bi = vocab;
+    int bad = 0;
     // Batches of 16 independent loads: one memory round trip per batch
     // instead of one per element.
     constexpr int BATCH = 16;
@@ -74,6 +79,7 @@ __device__ int block_argmax(const float* row, int vocab) {
 #pragma unroll
         for (int u = 0; u < BATCH; u++) {
             const int i = first + u * blockDim.x;
+            bad |= i < vocab && !isfinite(v[u]);
             if (!isnan(v[u]) && better(v[u], i, bv, bi, vocab)) {
                 bv = v[u];
                 bi = i;
@@ -94,7 +100,7 @@ __device__ int block_argmax(const float* row, int vocab) {
         warp_argmax(bv, bi, vocab);
         if (lane == 0) si[0] = bi == vocab ? 0 : bi;
     }
-    __syncthreads();
+    nonfinite = __syncthreads_or(bad) != 0;
     return si[0];
 }
 
@@ -191,14 +197,15 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     pdl_launch();
     const int s = blockIdx.x;
     const float* row = logits + (long)s * vocab;
-    if (row_nonfinite(row, vocab)) {
-        if (threadIdx.x == 0) out[s] = 0xFFFFFFFFu;
-        return;
-    }
     const float temp = temperature[s];
     if (!(temp > 0.0f)) {
-        const int best = block_argmax(row, vocab);
-        if (threadIdx.x == 0) out[s] = best;
+        bool nonfinite;
+        const int best = block_argmax(row, vocab, nonfinite);
+        if (threadIdx.x == 0) out[s] = nonfinite ? 0xFFFFFFFFu : best;
+        return;
+    }
+    if (row_nonfinite(row, vocab)) {
+        if (threadIdx.x == 0) out[s] = 0xFFFFFFFFu;
         return;
     }
     const float inv_t = 1.0f / temp;
@@ -234,7 +241,8 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) mx = fmaxf(mx, scaled_logit(row, i, inv_t));
     mx = block_max(mx, scratch);
     if (mx == -INFINITY) {
-        const int best = block_argmax(row, vocab);
+        bool nonfinite;  // known false: row_nonfinite passed
+        const int best = block_argmax(row, vocab, nonfinite);
         if (threadIdx.x == 0) out[s] = best;
         return;
     }

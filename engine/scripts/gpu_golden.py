@@ -60,7 +60,12 @@ def synth(preset, out):
                  "(cargo build --release -p engine: target/release/engine)")
     if not (os.path.isfile(engine) and os.access(engine, os.X_OK)):
         sys.exit(f"gpu_golden.py make: DYNO_ENGINE_BIN={engine} is not an executable file")
-    cmd = [engine, "synth", "--preset", preset, "--seed", "0", "--out", out]
+    # PRESET:N keeps the first N layers (the largest shapes' Python
+    # references would be slow at full depth).
+    name, _, layers = preset.partition(":")
+    cmd = [engine, "synth", "--preset", name, "--seed", "0", "--out", out]
+    if layers:
+        cmd += ["--layers", layers]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 

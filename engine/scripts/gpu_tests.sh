@@ -25,6 +25,7 @@ BIN=${1:?$USAGE}
 ENGINE=${2:?$USAGE}
 OUT=${3:-/tmp/dyno-gpu-tests}
 MODELS=${DYNO_GPU_MODELS:-/tmp/dyno-gpu-models}
+# PRESET:N checks preset PRESET cut to its first N layers.
 PRESETS=${DYNO_GPU_PRESETS:-smollm2-135m qwen3-0.6b qwen2.5-0.5b}
 HERE=$(cd "$(dirname "$0")" && pwd)
 for f in "$BIN" "$ENGINE"; do
@@ -39,13 +40,13 @@ impl_fail=""   # presets (or "tiny") failing the implementation check
 issue_fail=""  # presets failing the issue's criteria
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 
-echo "== tiny models vs f32 reference, device sampling"
-"$BIN" --ignored --nocapture --test-threads 1 tiny_models device_sampling 2>&1 | tee "$OUT/tiny.log" | grep -E "error|greedy|sampling|test result|panicked"
+echo "== tiny models and every head geometry vs f32 reference, device sampling"
+"$BIN" --ignored --nocapture --test-threads 1 tiny_models any_head_geometry device_sampling 2>&1 | tee "$OUT/tiny.log" | grep -E "error|greedy|sampling|test result|panicked"
 grep -q "test result: ok" "$OUT/tiny.log" || impl_fail="$impl_fail tiny"
 
 for p in $PRESETS; do
   echo "== golden $p"
-  d="$MODELS/$p"
+  d="$MODELS/${p/:/-l}"
   if [ ! -f "$d/prompts.json" ] || [ ! -f "$d/ref_logits_engine_numerics.bin" ] || [ ! -f "$d/numerics.json" ]; then
     rm -rf "$d"
     python3 "$HERE/gpu_golden.py" make "$p" "$d" > "$OUT/make-$p.log" 2>&1 || {

@@ -114,6 +114,10 @@ enum Command {
         preset: String,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Keep only the first N layers (a reduced-depth copy of a large
+        /// shape, for checks where a full-depth reference would be slow).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        layers: Option<u32>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -248,8 +252,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             run_generate(&model, input, sampling)
         }
-        Command::Synth { preset, seed, out } => {
-            let written = engine::synth::write_preset(&preset, seed, &out)
+        Command::Synth {
+            preset,
+            seed,
+            layers,
+            out,
+        } => {
+            let mut cfg = engine::synth::preset(&preset)?;
+            if let Some(n) = layers {
+                cfg.num_hidden_layers = n as usize;
+            }
+            let written = engine::synth::write_checkpoint(&cfg, seed, &out)
                 .with_context(|| format!("synthesizing preset `{preset}`"))?;
             println!(
                 "wrote {} ({} parameters, {} bytes)",

@@ -54,13 +54,58 @@ fn tiny_models_match_the_f32_reference() {
         Architecture::Qwen3,
     ] {
         let c = tiny_config(arch);
-        let t = random_tensors(&c, 7);
+        check_against_reference(&format!("{arch:?}"), &c);
+    }
+}
+
+/// Head geometries of the models people run (and awkward ones): head dims
+/// 64/80/96/128/256, GQA groups 1 to 16 (uneven chunks of the attention
+/// grid included), up to 72 q+k+v heads per token, a 256k vocabulary; each
+/// through prefill, chunked prefill, a long context and greedy decode
+/// against the f32 reference.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn any_head_geometry_matches_the_f32_reference() {
+    // (architecture, head_dim, query heads, kv heads, vocab)
+    let shapes = [
+        (Architecture::Llama, 80, 8, 2, 1000),
+        (Architecture::Qwen3, 80, 13, 1, 1000),
+        (Architecture::Qwen2, 96, 12, 4, 1000),
+        (Architecture::Llama, 64, 32, 2, 1000),
+        (Architecture::Qwen3, 128, 16, 1, 1000),
+        (Architecture::Qwen2, 64, 28, 4, 1000),
+        (Architecture::Llama, 256, 8, 1, 1000),
+        (Architecture::Llama, 64, 24, 24, 1000),
+        (Architecture::Qwen3, 128, 12, 1, 1000),
+        (Architecture::Llama, 64, 4, 2, 256_000),
+    ];
+    for (arch, head_dim, heads, kv_heads, vocab) in shapes {
+        let mut c = tiny_config(arch);
+        c.head_dim = head_dim;
+        c.num_attention_heads = heads;
+        c.num_key_value_heads = kv_heads;
+        c.vocab_size = vocab;
+        let tag =
+            format!("{arch:?} head_dim {head_dim}, {heads} q / {kv_heads} kv heads, vocab {vocab}");
+        check_against_reference(&tag, &c);
+    }
+}
+
+/// Prefill (two sequences of one batch), chunked prefill, one query token
+/// over a long context and greedy decode through `forward` (graphs and
+/// eager) of model `c` with seeded weights, against the f32 reference.
+fn check_against_reference(name: &str, c: &engine::config::ModelConfig) {
+    {
+        let t = random_tensors(c, 7);
+        let c = c.clone();
         let load = loader(&t);
         for eager in [true, false] {
-            let tag = format!("{arch:?} eager={eager}");
+            let tag = format!("{name} eager={eager}");
             let mut b = CudaBackend::with_loader(&c, &engine_config(eager), &load).unwrap();
             b.allocate_kv_cache(128, 16).unwrap();
-            let prompt: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % 1000).collect();
+            let prompt: Vec<u32> = (0..40)
+                .map(|i| (i * 6151 + 11) % c.vocab_size as u32)
+                .collect();
             let reference = reference_logits(&c, &t, &prompt);
 
             // Whole prompt in one step, two sequences in one batch.
@@ -91,7 +136,9 @@ fn tiny_models_match_the_f32_reference() {
             // prefilled in two chunks, then the last token alone (one query
             // token, so the fused GEMVs run) attends over several splits
             // that the last block merges.
-            let long: Vec<u32> = (0..200).map(|i| (i * 53 + 7) % 1000).collect();
+            let long: Vec<u32> = (0..200)
+                .map(|i| (i * 7919 + 7) % c.vocab_size as u32)
+                .collect();
             let bt_long = blocks_for(7, 13);
             b.forward_logits(&[step(7, &long[..128], 0, &bt_long, false)])
                 .unwrap();

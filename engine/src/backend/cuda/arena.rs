@@ -8,7 +8,7 @@ use cudarc::driver::CudaStream;
 
 use super::super::BackendError;
 use super::buffer::DeviceBuffer;
-use super::kernels::GEMV_MAX_HIDDEN;
+use super::kernels::{attention_group_chunks, GEMV_MAX_HIDDEN};
 use super::nvrtc::KernelShape;
 use super::step_meta::MetaLayout;
 
@@ -112,7 +112,10 @@ impl Arena {
             act: mb(t * d.inter * bf, "act")?,
             part_acc: mb(PARTIAL_ROWS * d.nq * d.head_dim * f, "attention partials")?,
             part_ml: mb(PARTIAL_ROWS * d.nq * 2 * f, "attention partial maxima")?,
-            split_counters: mb(t * d.nkv * 4, "attention split counters")?,
+            split_counters: mb(
+                t * d.nkv * attention_group_chunks(d.nq / d.nkv) * 4,
+                "attention split counters",
+            )?,
             selected: mb(logits_rows * d.hidden * bf, "selected rows")?,
             logits: mb(logits_rows * d.vocab * f, "logits")?,
             sampled: mb(logits_rows * 4, "sampled tokens")?,

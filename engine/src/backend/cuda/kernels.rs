@@ -40,10 +40,21 @@ pub const GEMV_MAX_HIDDEN: usize = 3072;
 /// Most context splits of one attention grid.
 pub const ATTN_MAX_SPLITS: usize = 32;
 
-/// Head dims the kernels support.
-pub const HEAD_DIMS: [usize; 3] = [64, 128, 256];
-/// Most query heads per KV head.
-pub const MAX_GROUP: usize = 8;
+/// Widest head dim the kernels support (any multiple of 8 up to it: 64,
+/// 80, 96, 128, 256 ...): the attention kernel gives a key at most one warp.
+pub const MAX_HEAD_DIM: usize = 256;
+/// Most query heads one attention block handles (its shared memory holds
+/// their partials); larger GQA groups are cut into chunks.
+pub const ATTN_MAX_GROUP_TILE: usize = 8;
+/// Threads of a `qkv_rope_cache` block: its warps loop over the heads.
+pub const ROPE_CACHE_THREADS: u32 = 512;
+
+/// Chunks a GQA group of `group` query heads is cut into for the attention
+/// grid (its y dimension is kv heads × chunks); the kernel is compiled with
+/// the same value (`-DDYNO_GROUP_CHUNKS`).
+pub fn attention_group_chunks(group: usize) -> usize {
+    group.div_ceil(ATTN_MAX_GROUP_TILE).max(1)
+}
 
 /// One kernel argument, passed by value.
 #[derive(Debug, Clone, Copy)]

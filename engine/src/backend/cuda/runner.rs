@@ -18,7 +18,10 @@ use super::super::BackendError;
 use super::arena::{Arena, Dims};
 use super::buffer::DeviceBuffer;
 use super::gemm::Gemm;
-use super::kernels::{Arg, Kernels, ATTN_MAX_SPLITS, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS};
+use super::kernels::{
+    attention_group_chunks, Arg, Kernels, ATTN_MAX_SPLITS, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS,
+    ROPE_CACHE_THREADS,
+};
 use super::kv_pool::KvPool;
 use super::step_meta::MetaLayout;
 use super::weights::DeviceWeights;
@@ -35,19 +38,21 @@ pub struct Runner {
 
 /// Splits of the context per query token for attention: enough blocks to
 /// fill the GPU at small batches, one split for large prefill steps. At most
-/// `ATTN_MAX_SPLITS`; the kernel uses fewer when the context is short. Small-batch steps aim at 2 blocks per SM rather than 8:
+/// `ATTN_MAX_SPLITS`; the kernel uses fewer when the context is short.
+/// `head_blocks` is the grid's blocks per token and split (kv heads × GQA
+/// group chunks). Small-batch steps aim at 2 blocks per SM rather than 8:
 /// their splits are a single block iteration each, so beyond that more
 /// splits only add merge work (measured: batch 8 went from 1.40 to 1.52 ms
 /// per step with the larger count).
 pub fn attention_splits(
     tokens: usize,
-    kv_heads: usize,
+    head_blocks: usize,
     sm_count: usize,
     partial_rows: usize,
 ) -> usize {
     let blocks_per_sm = if tokens <= GEMV_MAX_T { 2 } else { 8 };
     let blocks_wanted = sm_count * blocks_per_sm;
-    let per_split = (tokens * kv_heads).max(1);
+    let per_split = (tokens * head_blocks).max(1);
     let n = blocks_wanted.div_ceil(per_split).clamp(1, ATTN_MAX_SPLITS);
     n.min((partial_rows / tokens.max(1)).max(1))
 }
@@ -98,7 +103,8 @@ impl Runner {
                 Arg::F32(d.eps),
             ],
         )?;
-        let nsplit = attention_splits(tokens, d.nkv, self.sm_count, a.partial_rows);
+        let blocks_per_split = d.nkv * attention_group_chunks(d.nq / d.nkv);
+        let nsplit = attention_splits(tokens, blocks_per_split, self.sm_count, a.partial_rows);
         let nlayers = self.weights.layers.len();
         for (li, w) in self.weights.layers.iter().enumerate() {
             self.gemm.linear(
@@ -225,7 +231,8 @@ impl Runner {
                 Arg::F32(d.eps),
             ],
         )?;
-        let nsplit = attention_splits(tokens, d.nkv, self.sm_count, a.partial_rows);
+        let blocks_per_split = d.nkv * attention_group_chunks(d.nq / d.nkv);
+        let nsplit = attention_splits(tokens, blocks_per_split, self.sm_count, a.partial_rows);
         for (li, w) in self.weights.layers.iter().enumerate() {
             if w.q_norm.is_none() && w.k_norm.is_none() {
                 // One warp per RoPE pair (rows i and i + head_dim/2).
@@ -304,7 +311,7 @@ impl Runner {
         self.kernels.launch(
             "qkv_rope_cache",
             (t, 1, 1),
-            ((d.nq + 2 * d.nkv) * 32) as u32,
+            ROPE_CACHE_THREADS.min((d.nq + 2 * d.nkv) as u32 * 32),
             &[
                 Arg::Ptr(a.qkv.ptr),
                 Arg::Ptr(w.qkv_bias.as_ref().map_or(0, |b| b.ptr)),
@@ -336,7 +343,11 @@ impl Runner {
         let t = tokens as u32;
         self.kernels.launch(
             "attention",
-            (t, d.nkv as u32, nsplit as u32),
+            (
+                t,
+                (d.nkv * attention_group_chunks(d.nq / d.nkv)) as u32,
+                nsplit as u32,
+            ),
             128,
             &[
                 Arg::Ptr(a.qkv.ptr),
