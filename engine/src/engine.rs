@@ -273,7 +273,10 @@ impl Engine {
                 if e.num_draft == 0 {
                     return Vec::new();
                 }
-                let seq = self.scheduler.seq(e.seq_id).expect("scheduled ids are live");
+                let seq = self
+                    .scheduler
+                    .seq(e.seq_id)
+                    .expect("scheduled ids are live");
                 let mut chunk = seq.tokens[e.start_pos..].to_vec();
                 chunk.extend_from_slice(&seq.draft[..e.num_draft]);
                 chunk
@@ -680,10 +683,7 @@ mod tests {
         fn forward(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<u32>, BackendError> {
             self.0.forward(batch)
         }
-        fn forward_logits(
-            &mut self,
-            batch: &[SeqStep<'_>],
-        ) -> Result<Vec<Vec<f32>>, BackendError> {
+        fn forward_logits(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>, BackendError> {
             self.0.forward_logits(batch)
         }
     }

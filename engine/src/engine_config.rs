@@ -277,10 +277,7 @@ mod tests {
         for (text, field) in [
             ("num_threads = 10000", "num_threads"),
             ("num_speculative_tokens = 3", "num_speculative_tokens"),
-            (
-                "speculative_method = \"ngram\"",
-                "num_speculative_tokens",
-            ),
+            ("speculative_method = \"ngram\"", "num_speculative_tokens"),
             (
                 "speculative_method = \"ngram\"\nnum_speculative_tokens = 1000",
                 "num_speculative_tokens",
@@ -309,7 +306,10 @@ mod tests {
     #[test]
     fn an_unknown_speculative_method_is_named() {
         let err = EngineConfig::parse("speculative_method = \"eagle\"\n").unwrap_err();
-        assert!(err.contains("speculative_method") || err.contains("eagle"), "{err}");
+        assert!(
+            err.contains("speculative_method") || err.contains("eagle"),
+            "{err}"
+        );
         assert!(err.starts_with("line 1:"), "{err}");
         let ok = EngineConfig::parse(
             "speculative_method = \"ngram\"\nnum_speculative_tokens = 6\nprompt_lookup_min = 2\n",

@@ -19,9 +19,9 @@ pub mod gguf;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;
-pub mod spec_decode;
 #[cfg(feature = "serve")]
 pub mod serve;
+pub mod spec_decode;
 pub mod synth;
 pub mod testing;
 #[cfg(feature = "text")]

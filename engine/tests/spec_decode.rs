@@ -230,7 +230,13 @@ fn eos_and_stop_tokens_inside_accepted_drafts_stop_where_plain_decoding_does() {
             Some(r)
         })
         .collect();
-    let (plain, _) = run_min_tokens(&ckpt, &ckpt.config, &base_config(), &with_stops, &min_tokens);
+    let (plain, _) = run_min_tokens(
+        &ckpt,
+        &ckpt.config,
+        &base_config(),
+        &with_stops,
+        &min_tokens,
+    );
     let (spec, _) = run_min_tokens(&ckpt, &ckpt.config, &cfg, &with_stops, &min_tokens);
     assert_eq!(outputs(&spec), outputs(&plain));
     for (id, r) in &spec {

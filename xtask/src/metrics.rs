@@ -518,7 +518,10 @@ mod tests {
         };
         let m = compute(&[a, b, plain.clone()], &[decode], None, &Slos::default()).unwrap();
         assert!(close(m.values[names::SPEC_ACCEPTANCE_RATE], 6.0 / 12.0));
-        assert!(close(m.values[names::SPEC_MEAN_ACCEPTED_LENGTH], 1.0 + 6.0 / 3.0));
+        assert!(close(
+            m.values[names::SPEC_MEAN_ACCEPTED_LENGTH],
+            1.0 + 6.0 / 3.0
+        ));
         assert!(close(m.values[names::DECODE_THROUGHPUT], 5.0 / 0.5));
         let m = compute(&[plain], &[], None, &Slos::default()).unwrap();
         assert!(!m.values.contains_key(names::SPEC_ACCEPTANCE_RATE));

@@ -486,7 +486,12 @@ const OTHER: [MetricDef; 17] = [
     m(names::MAX_SEND_LAG_MS, "ms", false, MetricKind::Info),
     m(names::CLIENT_CPU_PERCENT, "%", false, MetricKind::Info),
     m(names::SPEC_ACCEPTANCE_RATE, "ratio", true, MetricKind::Info),
-    m(names::SPEC_MEAN_ACCEPTED_LENGTH, "tok", true, MetricKind::Info),
+    m(
+        names::SPEC_MEAN_ACCEPTED_LENGTH,
+        "tok",
+        true,
+        MetricKind::Info,
+    ),
 ];
 
 /// Every metric a trial may carry, by name. A trial's `metrics` map uses
