@@ -17,7 +17,7 @@ Rounding points (round-to-nearest-even to bf16, marked `bf16(.)`):
   res     = f32(embedding row)                     residual stream stays f32
   x1      = bf16(rmsnorm(res) * w_in)
   q, k, v = x1 @ Wᵀ (+ bias, Qwen2) (per-head RMSNorm of q, k: Qwen3)
-  q, k    = rope(q), rope(k)        cos/sin from f64 angles, cast to f32
+  q, k    = rope(q), rope(k)        angles as transformers forms them (f32), cos/sin in f64 cast to f32
   K, V    = bf16(k), bf16(v)        the KV cache; q stays f32
   attn    = bf16(softmax(q·Kᵀ/√d, causal) · V)
   res    += attn @ Woᵀ
@@ -32,6 +32,8 @@ Needs only torch and safetensors: it reads config.json and *.safetensors.
 import glob
 import json
 import math
+
+import numpy as np
 import os
 
 import torch
@@ -98,38 +100,42 @@ class Checkpoint:
 
 
 def inv_freq(config, head_dim):
-    """θ^(-2j/d) in float64, llama3-scaled where config.json asks for it
-    (the same formula as the engine's cuda/rope.rs)."""
-    theta = float(config.get("rope_theta", 10000.0))
-    base = [theta ** (-(2.0 * j) / head_dim) for j in range(head_dim // 2)]
+    """1 / θ^(2j/d) in float32, llama3-scaled in float32 where config.json
+    asks for it: the engine's backend/rope.rs (transformers' convention),
+    operation for operation."""
+    f32 = np.float32
+    theta = f32(config.get("rope_theta", 10000.0))
+    base = [f32(1.0) / np.power(theta, f32(2 * j) / f32(head_dim)) for j in range(head_dim // 2)]
     s = config.get("rope_scaling")
     if not s:
         return base
     kind = s.get("rope_type", s.get("type"))
     if kind != "llama3":
         raise ValueError(f"rope_scaling type {kind!r} is not supported (only llama3)")
-    old = float(s["original_max_position_embeddings"])
-    low, high, factor = float(s["low_freq_factor"]), float(s["high_freq_factor"]), float(s["factor"])
+    old = f32(s["original_max_position_embeddings"])
+    low, high, factor = f32(s["low_freq_factor"]), f32(s["high_freq_factor"]), f32(s["factor"])
+    low_wavelen, high_wavelen = old / low, old / high
     out = []
     for f in base:
-        wavelen = 2.0 * math.pi / f
-        if wavelen > old / low:
-            out.append(f / factor)
-        elif wavelen < old / high:
+        wavelen = f32(2.0 * math.pi) / f
+        if wavelen < high_wavelen:
             out.append(f)
+        elif wavelen > low_wavelen:
+            out.append(f / factor)
         else:
             smooth = (old / wavelen - low) / (high - low)
-            out.append((1.0 - smooth) * f / factor + smooth * f)
+            out.append((f32(1.0) - smooth) * f / factor + smooth * f)
     return out
 
 
 def cos_sin(ckpt, n, dtype):
-    """[n, head_dim/2] cos and sin: angles in float64, then cast to f32 as
-    the engine's table is (and on to `dtype`)."""
-    pos = torch.arange(n, dtype=torch.float64).unsqueeze(1)
-    angle = pos * torch.tensor(ckpt.inv_freq, dtype=torch.float64).unsqueeze(0)
-    cos = angle.cos().to(torch.float32).to(dtype).to(ckpt.device)
-    sin = angle.sin().to(torch.float32).to(dtype).to(ckpt.device)
+    """[n, head_dim/2] cos and sin as the engine's backend/rope.rs forms
+    them: the angle is the f32 product of position and f32 frequency, its
+    cos and sin are taken in float64 and rounded to f32 (and on to `dtype`)."""
+    pos = np.arange(n, dtype=np.float32)[:, None]
+    angle = (pos * np.asarray(ckpt.inv_freq, dtype=np.float32)[None, :]).astype(np.float64)
+    cos = torch.from_numpy(np.cos(angle).astype(np.float32)).to(dtype).to(ckpt.device)
+    sin = torch.from_numpy(np.sin(angle).astype(np.float32)).to(dtype).to(ckpt.device)
     return cos, sin
 
 

@@ -196,6 +196,8 @@ pub fn summarize(
             .count() as u64,
         output_tokens: result.records.iter().map(|r| u64::from(r.output_len)).sum(),
         num_steps: result.steps.len() as u64,
+        prefix_cache_queries: result.steps.iter().map(|s| s.prefix_cache_queries).sum(),
+        prefix_cache_hits: result.steps.iter().map(|s| s.prefix_cache_hits).sum(),
         engine_config,
         model_content_hash,
     }

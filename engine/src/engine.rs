@@ -120,7 +120,8 @@ impl Engine {
                 enable_chunked_prefill: cfg.enable_chunked_prefill,
                 max_model_len,
             },
-            BlockManager::new(num_blocks, cfg.block_size),
+            BlockManager::new(num_blocks, cfg.block_size)
+                .with_prefix_caching(cfg.enable_prefix_caching),
         );
         Ok(Engine {
             backend,
@@ -408,6 +409,8 @@ impl Engine {
             kv_blocks_used: blocks.blocks_in_use() as u32,
             kv_blocks_total: blocks.num_blocks() as u32,
             preempted: batch.preempted.len() as u32,
+            prefix_cache_queries: batch.prefix_cache_queries,
+            prefix_cache_hits: batch.prefix_cache_hits,
             spec_draft_tokens: draft_tokens as u32,
             spec_accepted_tokens: accepted_in_step as u32,
         });
@@ -457,6 +460,7 @@ fn finished_record(seq: &Sequence, reason: FinishReason) -> RequestRecord {
         prompt_len: seq.prompt_len as u32,
         output_len: seq.output_len() as u32,
         preemptions: seq.preemptions,
+        num_cached_tokens: seq.num_cached_tokens,
         output_hash: hash_tokens(seq.output()),
         output_token_ids: seq.output().to_vec(),
         client: None,
@@ -477,6 +481,7 @@ fn rejected_record(request: &Request, now: f64, reason: String) -> RequestRecord
         prompt_len: request.prompt_token_ids.len() as u32,
         output_len: 0,
         preemptions: 0,
+        num_cached_tokens: None,
         output_hash: hash_tokens(&[]),
         output_token_ids: Vec::new(),
         client: None,
@@ -736,6 +741,39 @@ mod tests {
         let stats = records[0].spec_decode.as_ref().unwrap();
         assert_eq!(stats.num_draft_tokens, drafted);
         assert_eq!(e.kv_blocks_in_use(), 0);
+    }
+
+    #[test]
+    fn aborting_a_sharer_keeps_the_shared_blocks_right() {
+        let cfg = EngineConfig {
+            num_kv_blocks: 16,
+            ..EngineConfig::default()
+        };
+        let prompt: Vec<u32> = (0..40).map(|t| t % 32).collect();
+        let solo = {
+            let mut e = engine(cfg.clone(), &[]);
+            e.add_request(request(9, prompt.clone(), SamplingParams::greedy(6)));
+            run_all(&mut e).remove(0).output_token_ids
+        };
+        let mut e = engine(cfg, &[]);
+        e.add_request(request(1, prompt.clone(), SamplingParams::greedy(20)));
+        e.step().unwrap();
+        e.add_request(request(2, prompt.clone(), SamplingParams::greedy(6)));
+        let log = e.step().unwrap().log.unwrap();
+        assert_eq!((log.prefix_cache_queries, log.prefix_cache_hits), (40, 32));
+        // 3 blocks for request 1, 2 shared + 1 own for request 2.
+        assert_eq!(e.kv_blocks_in_use(), 4);
+        assert!(e.abort_request(1));
+        assert_eq!(e.kv_blocks_in_use(), 3, "the shared blocks stay with 2");
+        let records = run_all(&mut e);
+        assert_eq!(records[0].output_token_ids, solo);
+        assert_eq!(records[0].num_cached_tokens, Some(32));
+        assert_eq!(e.kv_blocks_in_use(), 0);
+        // Freed, still cached: a third request finds the prefix again.
+        e.add_request(request(3, prompt, SamplingParams::greedy(6)));
+        let records = run_all(&mut e);
+        assert_eq!(records[0].num_cached_tokens, Some(32));
+        assert_eq!(records[0].output_token_ids, solo);
     }
 
     #[test]

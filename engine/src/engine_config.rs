@@ -50,6 +50,10 @@ pub struct EngineConfig {
     pub enforce_eager: bool,
     /// CPU: worker threads (0 = all cores).
     pub num_threads: usize,
+    /// Automatic prefix caching: reuse the K/V of full blocks whose token
+    /// chain an earlier request computed. On by default, as in vLLM V1:
+    /// outputs are the same either way; off only to measure what it saves.
+    pub enable_prefix_caching: bool,
     /// Speculative decoding: "off" or "ngram" (prompt lookup).
     pub speculative_method: SpeculativeMethod,
     /// Most draft tokens verified per sequence per step (k; 0 with "off").
@@ -74,6 +78,7 @@ impl Default for EngineConfig {
             num_kv_blocks: 0,
             enforce_eager: false,
             num_threads: 0,
+            enable_prefix_caching: true,
             speculative_method: SpeculativeMethod::Off,
             num_speculative_tokens: 0,
             prompt_lookup_min: 5,
@@ -117,12 +122,20 @@ impl EngineConfig {
     /// and the field.
     pub fn parse(text: &str) -> Result<EngineConfig, String> {
         let cfg: EngineConfig = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
-            match line {
-                Some(line) => format!("line {line}: {}", e.message().trim()),
-                None => e.message().trim().to_string(),
+            let message = e.message().trim();
+            let Some(span) = e.span() else {
+                return message.to_string();
+            };
+            let start = span.start.min(text.len());
+            let line = text[..start].matches('\n').count() + 1;
+            // A value of the wrong type: the message says what was expected
+            // but not for which knob, so name the key of that line.
+            let line_text = text.lines().nth(line - 1).unwrap_or("");
+            match line_text.split_once('=').map(|(k, _)| k.trim()) {
+                Some(key) if !key.is_empty() && !message.contains(key) => {
+                    format!("line {line}: {key}: {message}")
+                }
+                _ => format!("line {line}: {message}"),
             }
         })?;
         cfg.validate()?;
@@ -327,6 +340,14 @@ mod tests {
             "{err}"
         );
         let err = EngineConfig::parse("block_size = \"x\"\n").unwrap_err();
-        assert!(err.starts_with("line 1:"), "{err}");
+        assert!(err.starts_with("line 1: block_size:"), "{err}");
+        for bad in ["1", "\"yes\"", "\"on\""] {
+            let text = format!("max_num_seqs = 4\nenable_prefix_caching = {bad}\n");
+            let err = EngineConfig::parse(&text).unwrap_err();
+            assert!(
+                err.starts_with("line 2: enable_prefix_caching:") && err.contains("boolean"),
+                "{err}"
+            );
+        }
     }
 }

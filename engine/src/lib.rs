@@ -16,6 +16,7 @@ pub mod config;
 pub mod engine;
 pub mod engine_config;
 pub mod gguf;
+pub mod prefix_cache;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;

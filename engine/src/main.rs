@@ -399,6 +399,14 @@ fn run_bench(
         summary.num_steps,
         out.display()
     );
+    if summary.prefix_cache_queries > 0 {
+        eprintln!(
+            "prefix cache: {} of {} looked-up tokens found ({:.1} %)",
+            summary.prefix_cache_hits,
+            summary.prefix_cache_queries,
+            100.0 * summary.prefix_cache_hits as f64 / summary.prefix_cache_queries as f64
+        );
+    }
     Ok(())
 }
 

@@ -15,6 +15,12 @@
 //!   `admissibility` rejects any request that could not run even alone (no
 //!   deadlock).
 //! - No new sequence is admitted in a step that preempted one.
+//! - With prefix caching, a sequence being admitted (first time or after a
+//!   preemption) starts with the longest chain of cached full blocks that
+//!   matches its tokens, never all of them (the last token must run to give
+//!   logits), and its prefill starts at the first uncached token. Full blocks
+//!   are registered in the cache when the step computing them is final, so
+//!   a request admitted in that same step can already reuse them.
 //! - Speculative decoding: a decoding sequence's draft tokens (see
 //!   `spec_decode`) ride along with its token as far as the token budget
 //!   and the free KV blocks go; a draft never preempts anything.
@@ -68,6 +74,11 @@ pub struct SchedulerOutput {
     pub seqs: Vec<ScheduledSeq>,
     /// Sequences preempted (by recompute) while building this step.
     pub preempted: Vec<u64>,
+    /// Prefix caching: tokens of the sequences admitted in this step (the
+    /// lookups' queries, vLLM's definition) and how many of them were
+    /// found cached. Both 0 with caching off.
+    pub prefix_cache_queries: u64,
+    pub prefix_cache_hits: u64,
 }
 
 impl SchedulerOutput {
@@ -210,6 +221,13 @@ impl Scheduler {
         }
 
         if out.preempted.is_empty() {
+            // No chunk leaves this step any more: the full blocks its chunks
+            // complete can serve sequences admitted below (see `register`).
+            for i in 0..out.seqs.len() {
+                let e = &out.seqs[i];
+                // Draft tokens are not the sequence's yet: never registered.
+                self.register(e.seq_id, e.start_pos + e.num_tokens - e.num_draft);
+            }
             self.admit_waiting(now, &mut out, &mut budget);
         }
         out
@@ -240,6 +258,30 @@ impl Scheduler {
         }
         seq.draft.truncate(len);
         len
+    }
+
+    /// Registers the full blocks of `id` up to `num_tokens` in the prefix
+    /// cache (no-op without caching). Called once the step that computes
+    /// them is final, before it runs: a sequence admitted later in the same
+    /// step may then start with these blocks, because a backend writes the
+    /// K/V of every token of a step before any token of the step attends
+    /// (per layer; the `Backend` contract), and the writer comes first in
+    /// the batch. Preemption only happens before registration in a step,
+    /// and a preempted sequence's chunk is dropped before it registers.
+    fn register(&mut self, id: u64, num_tokens: usize) {
+        if !self.blocks.prefix_caching() {
+            return;
+        }
+        let seq = self.seqs.get_mut(&id).expect("scheduled ids are live");
+        let bs = self.blocks.block_size();
+        let full = num_tokens / bs;
+        let first = seq.num_registered_blocks;
+        seq.block_hashes(bs, full);
+        for i in first..full {
+            self.blocks
+                .cache_block(seq.block_table[i], seq.block_hashes[i]);
+        }
+        seq.num_registered_blocks = full.max(first);
     }
 
     /// Grows `id`'s block table for `n` more tokens, preempting the most
@@ -279,27 +321,45 @@ impl Scheduler {
     }
 
     fn admit_waiting(&mut self, now: f64, out: &mut SchedulerOutput, budget: &mut usize) {
+        let bs = self.blocks.block_size();
         while let Some(&id) = self.waiting.front() {
             if self.running.len() >= self.cfg.max_num_seqs || *budget == 0 {
                 break;
             }
             let seq = self.seqs.get_mut(&id).expect("waiting ids are live");
-            let Some(n) = self.cfg.chunk_len(seq.num_uncomputed(), *budget) else {
+            debug_assert!(seq.block_table.is_empty() && seq.num_computed == 0);
+            // Never the whole sequence: its last token must run for logits.
+            let cached = if self.blocks.prefix_caching() {
+                let lookup = (seq.len() - 1) / bs;
+                self.blocks.cached_prefix(seq.block_hashes(bs, lookup))
+            } else {
+                Vec::new()
+            };
+            let cached_tokens = cached.len() * bs;
+            let Some(n) = self.cfg.chunk_len(seq.len() - cached_tokens, *budget) else {
                 break;
             };
             seq.draft.clear();
             if self
                 .blocks
-                .allocate(&mut seq.block_table, seq.num_computed + n)
+                .allocate_with_prefix(&mut seq.block_table, &cached, cached_tokens + n)
                 .is_err()
             {
                 break;
+            }
+            seq.num_computed = cached_tokens;
+            seq.num_registered_blocks = cached.len();
+            seq.num_cached_tokens.get_or_insert(cached_tokens as u32);
+            if self.blocks.prefix_caching() {
+                out.prefix_cache_queries += seq.len() as u64;
+                out.prefix_cache_hits += cached_tokens as u64;
             }
             seq.scheduled_s.get_or_insert(now);
             self.waiting.pop_front();
             self.running.push(id);
             *budget -= n;
             out.seqs.push(self.entry(id, n, 0));
+            self.register(id, cached_tokens + n);
         }
     }
 
@@ -326,6 +386,10 @@ impl Scheduler {
                 .expect("scheduled ids are live");
             debug_assert_eq!(seq.num_computed, s.start_pos);
             seq.num_computed += s.num_tokens - s.num_draft;
+            // Steps that preempted register their blocks only now (accepted
+            // drafts' blocks are registered by a later step).
+            let computed = seq.num_computed;
+            self.register(s.seq_id, computed);
         }
     }
 

@@ -2,6 +2,7 @@
 
 use workloads::{FinishReason, Request, SamplingParams};
 
+use crate::prefix_cache::{self, BlockHash};
 use crate::spec_decode::SpecCounts;
 
 #[derive(Debug, Clone)]
@@ -27,6 +28,15 @@ pub struct Sequence {
     /// EOS and stop tokens do not end the sequence before it has this many
     /// output tokens (the OpenAI API's `min_tokens`; 0 for bench requests).
     pub min_tokens: u32,
+    /// Prefix caching: chain hashes of the first full blocks of `tokens`
+    /// (extended as needed; tokens never change, so they survive preemption).
+    pub block_hashes: Vec<BlockHash>,
+    /// Prefix caching: leading blocks of `block_table` already registered in
+    /// the cache (found there, or computed and registered since).
+    pub num_registered_blocks: usize,
+    /// Prompt tokens found in the prefix cache when the sequence was first
+    /// scheduled (vLLM's `num_cached_tokens`); None before that.
+    pub num_cached_tokens: Option<u32>,
     /// Speculative decoding: draft tokens proposed for the next step (they
     /// would follow `tokens`); empty when not speculating.
     pub draft: Vec<u32>,
@@ -51,9 +61,18 @@ impl Sequence {
             finish_s: None,
             preemptions: 0,
             min_tokens: 0,
+            block_hashes: Vec::new(),
+            num_registered_blocks: 0,
+            num_cached_tokens: None,
             draft: Vec::new(),
             spec: SpecCounts::default(),
         }
+    }
+
+    /// The chain hashes of the first `blocks` full blocks of `tokens`.
+    pub fn block_hashes(&mut self, block_size: usize, blocks: usize) -> &[BlockHash] {
+        prefix_cache::extend_chain(&mut self.block_hashes, &self.tokens, block_size, blocks);
+        &self.block_hashes[..blocks]
     }
 
     pub fn len(&self) -> usize {
@@ -102,6 +121,7 @@ impl Sequence {
     pub fn reset_for_recompute(&mut self) {
         debug_assert!(self.block_table.is_empty(), "free blocks first");
         self.num_computed = 0;
+        self.num_registered_blocks = 0;
         self.draft.clear();
         self.preemptions += 1;
     }

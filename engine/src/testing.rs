@@ -1,11 +1,15 @@
 //! Test support: a deterministic mock [`Backend`] that checks how the
 //! scheduler uses the paged KV cache.
 //!
-//! The mock stores, for every KV slot, which sequence wrote which token at
-//! which position. A sampled token is a function of the tokens *read back
-//! through the block table*, so any paging bug (a block shared by two live
-//! sequences, a stale block after preemption, a missing recompute) changes
-//! the output or fails the step with `InvalidBatch`.
+//! The mock stores, for every KV slot, the token written there, its
+//! position, and the hash of the whole token chain up to it as the writer
+//! saw it (what a real K/V depends on). A sequence may read a slot another
+//! sequence wrote (a prefix-cache hit) only when that chain is the reader's
+//! own chain up to that position. A sampled token is a function of the
+//! tokens *read back through the block table*, so any paging bug (a block
+//! written while another sequence holds it, a stale or evicted block, a
+//! missing recompute, a cache hit on the wrong content) changes the output
+//! or fails the step with `InvalidBatch`.
 
 use crate::backend::{Backend, BackendError, BackendInfo, SeqStep};
 use crate::config::{Architecture, DType, ModelConfig};
@@ -14,9 +18,18 @@ use crate::sampler;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slot {
-    seq_id: u64,
     pos: usize,
     token: u32,
+    /// Hash of the writer's tokens `0..=pos`.
+    chain: u64,
+}
+
+fn chain_step(prev: u64, token: u32) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&prev.to_le_bytes());
+    h.update(&token.to_le_bytes());
+    let bytes = h.finalize();
+    u64::from_le_bytes(bytes.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 pub struct MockBackend {
@@ -67,50 +80,64 @@ impl MockBackend {
         if self.block_size == 0 {
             return invalid("KV cache not allocated".into());
         }
-        let mut owners = std::collections::HashMap::new();
+        let block_size = self.block_size;
+        // Blocks each sequence writes in this step: no two sequences write
+        // the same block. Another sequence may hold it (a prefix-cache hit
+        // on a block completed in this step) if it comes later in the batch:
+        // slots are written and read in batch order, so it reads them only
+        // after they are written, as a real backend's per-layer K/V write
+        // precedes every attention of the layer.
+        let mut writer = std::collections::HashMap::new();
         for s in batch {
             let end = s.start_pos + s.tokens.len();
-            if s.tokens.is_empty() || s.block_table.len() < end.div_ceil(self.block_size) {
+            if s.tokens.is_empty() || s.block_table.len() < end.div_ceil(block_size) {
                 return invalid(format!("seq {}: block table too short", s.seq_id));
             }
             for &b in s.block_table {
-                if (b as usize + 1) * self.block_size > self.num_slots {
+                if (b as usize + 1) * block_size > self.num_slots {
                     return invalid(format!("seq {}: block {b} out of range", s.seq_id));
                 }
-                if let Some(other) = owners.insert(b, s.seq_id) {
-                    return invalid(format!("block {b} shared by seqs {other} and {}", s.seq_id));
+            }
+            for pos in s.start_pos..end {
+                let b = s.block_table[pos / block_size];
+                if let Some(other) = writer.insert(b, s.seq_id) {
+                    if other != s.seq_id {
+                        return invalid(format!(
+                            "block {b} written by seqs {other} and {}",
+                            s.seq_id
+                        ));
+                    }
                 }
             }
         }
-        let block_size = self.block_size;
         let slot_of = |table: &[u32], pos: usize| {
             table[pos / block_size] as usize * block_size + pos % block_size
         };
         let mut prefixes = Vec::new();
         for s in batch {
-            for (i, &token) in s.tokens.iter().enumerate() {
-                let pos = s.start_pos + i;
-                self.kv.insert(
-                    slot_of(s.block_table, pos),
-                    Slot {
-                        seq_id: s.seq_id,
-                        pos,
-                        token,
-                    },
-                );
-            }
             let end = s.start_pos + s.tokens.len();
             let mut prefix = Vec::with_capacity(end);
-            for pos in 0..end {
+            let mut chain = 0u64;
+            for pos in 0..s.start_pos {
                 match self.kv.get(&slot_of(s.block_table, pos)).copied() {
-                    Some(k) if k.seq_id == s.seq_id && k.pos == pos => prefix.push(k.token),
+                    Some(k) if k.pos == pos && k.chain == chain_step(chain, k.token) => {
+                        chain = k.chain;
+                        prefix.push(k.token);
+                    }
                     _ => {
                         return invalid(format!(
-                            "seq {}: position {pos} reads KV it never wrote",
+                            "seq {}: position {pos} reads KV of another context or none",
                             s.seq_id
                         ))
                     }
                 }
+            }
+            for (i, &token) in s.tokens.iter().enumerate() {
+                let pos = s.start_pos + i;
+                chain = chain_step(chain, token);
+                self.kv
+                    .insert(slot_of(s.block_table, pos), Slot { pos, token, chain });
+                prefix.push(token);
             }
             prefixes.push(prefix);
         }

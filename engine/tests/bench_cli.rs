@@ -238,7 +238,24 @@ fn check_config_names_the_line_and_field() {
     // Printed once: the cause is not repeated by the error chain.
     assert_eq!(stderr.matches("num_threads").count(), 1, "{stderr}");
 
-    std::fs::write(&config, "max_num_seqs = 4\n").unwrap();
+    std::fs::write(
+        &config,
+        "max_num_seqs = 4\nenable_prefix_caching = \"off\"\n",
+    )
+    .unwrap();
+    let res = engine(&["check-config", "--config", config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(
+        res.status.code(),
+        Some(workloads::engine_knobs::EXIT_INVALID_CONFIG),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("line 2: enable_prefix_caching:") && stderr.contains("boolean"),
+        "{stderr}"
+    );
+
+    std::fs::write(&config, "max_num_seqs = 4\nenable_prefix_caching = false\n").unwrap();
     let res = engine(&["check-config", "--config", config.to_str().unwrap()]);
     assert!(
         res.status.success(),

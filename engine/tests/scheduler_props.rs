@@ -48,15 +48,25 @@ fn workload() -> impl Strategy<Value = Workload> {
         prop::bool::ANY,
         1usize..60,
         spec,
+        prop::bool::ANY,
     )
         .prop_map(
-            |(bs_pow, max_num_seqs, extra, chunked, num_kv_blocks, (k, min_n, more_n))| {
+            |(
+                bs_pow,
+                max_num_seqs,
+                extra,
+                chunked,
+                num_kv_blocks,
+                (k, min_n, more_n),
+                prefix_caching,
+            )| {
                 EngineConfig {
                     block_size: 1 << bs_pow,
                     max_num_seqs,
                     max_num_batched_tokens: (max_num_seqs + extra).max(k + 1),
                     enable_chunked_prefill: chunked,
                     num_kv_blocks,
+                    enable_prefix_caching: prefix_caching,
                     speculative_method: if k > 0 {
                         SpeculativeMethod::Ngram
                     } else {
@@ -69,17 +79,30 @@ fn workload() -> impl Strategy<Value = Workload> {
                 }
             },
         );
+    // Some prompts start with one shared prefix (of any length, so cache
+    // hits end mid-prompt, at the prompt's end, or inside the output).
     let request = (
         0usize..12,
-        prop::collection::vec(0u32..VOCAB as u32, 1..40),
+        prop::bool::ANY,
+        prop::collection::vec(0u32..VOCAB as u32, 0..40),
         sampling(),
     );
-    (cfg, prop::collection::vec(request, 1..16)).prop_map(|(cfg, reqs)| Workload {
+    let shared = prop::collection::vec(0u32..VOCAB as u32, 0..30);
+    (cfg, shared, prop::collection::vec(request, 1..16)).prop_map(|(cfg, shared, reqs)| Workload {
         cfg,
         requests: reqs
             .into_iter()
             .enumerate()
-            .map(|(i, (at, prompt, sampling))| {
+            .map(|(i, (at, with_shared, suffix, sampling))| {
+                let mut prompt = if with_shared {
+                    shared.clone()
+                } else {
+                    Vec::new()
+                };
+                prompt.extend(suffix);
+                if prompt.is_empty() {
+                    prompt.push(i as u32 % VOCAB as u32);
+                }
                 (
                     at,
                     Request {
@@ -100,9 +123,13 @@ fn new_engine(cfg: &EngineConfig) -> Engine {
     Engine::new(Box::new(MockBackend::new(VOCAB)), &model, cfg).expect("engine")
 }
 
-/// The request's output when it runs alone with plenty of room.
+/// The request's output when it runs alone with plenty of room (and no
+/// prefix cache).
 fn alone(request: &Request) -> Vec<u32> {
-    let mut e = new_engine(&EngineConfig::default());
+    let mut e = new_engine(&EngineConfig {
+        enable_prefix_caching: false,
+        ..EngineConfig::default()
+    });
     e.add_request(request.clone());
     let mut records = Vec::new();
     while e.has_unfinished() {
@@ -146,6 +173,10 @@ fn run(w: &Workload) -> Result<(Vec<RequestRecord>, u32), TestCaseError> {
             prop_assert!(log.spec_accepted_tokens <= log.spec_draft_tokens);
             prop_assert!(log.batch_size >= 1);
             prop_assert!(log.kv_blocks_used <= log.kv_blocks_total);
+            prop_assert!(log.prefix_cache_hits <= log.prefix_cache_queries);
+            if !w.cfg.enable_prefix_caching {
+                prop_assert_eq!(log.prefix_cache_queries, 0);
+            }
             preempted += log.preempted;
         }
         step += 1;
@@ -182,6 +213,13 @@ proptest! {
                 other => prop_assert!(false, "unexpected finish {:?}", other),
             }
             prop_assert_eq!(&rec.output_token_ids, &alone(req), "request {}", req.id);
+            // Cached tokens are whole blocks of the prompt, never all of it.
+            let cached = rec.num_cached_tokens.expect("engine records say") as usize;
+            prop_assert!(cached < req.prompt_token_ids.len());
+            prop_assert_eq!(cached % w.cfg.block_size, 0);
+            if !w.cfg.enable_prefix_caching {
+                prop_assert_eq!(cached, 0);
+            }
             let first = rec.first_token_s.unwrap();
             prop_assert!(rec.scheduled_s.unwrap() <= first);
             prop_assert!(rec.token_times_s.windows(2).all(|w| w[0] <= w[1]));
@@ -225,4 +263,61 @@ fn tight_kv_forces_preemption_and_everything_still_completes() {
         assert_eq!(rec.output_len, 14);
         assert_eq!(rec.output_token_ids, alone(req));
     }
+}
+
+#[test]
+fn shared_prefixes_hit_the_cache_under_preemption_with_the_same_outputs() {
+    // 12 requests share a 16-token prefix (4 blocks of 4), each with its own
+    // 5-token tail; 14 blocks cannot hold them all, so growth preempts, and a
+    // recomputed request finds its own earlier blocks too.
+    let shared: Vec<u32> = (0..16).map(|t| (t * 3 + 1) % VOCAB as u32).collect();
+    let requests: Vec<(usize, Request)> = (0..12u64)
+        .map(|i| {
+            let mut prompt = shared.clone();
+            prompt.extend((0..5).map(|t| ((t + i * 7) % VOCAB as u64) as u32));
+            let r = Request {
+                id: i,
+                arrival_s: 0.0,
+                warmup: false,
+                prompt_token_ids: prompt,
+                sampling: SamplingParams::greedy(12),
+            };
+            // The first arrives alone, so its prefix is cached for the rest.
+            (if i == 0 { 0 } else { 2 }, r)
+        })
+        .collect();
+    let cfg = |prefix_caching: bool| EngineConfig {
+        block_size: 4,
+        max_num_seqs: 8,
+        max_num_batched_tokens: 24,
+        num_kv_blocks: 14,
+        enable_prefix_caching: prefix_caching,
+        ..EngineConfig::default()
+    };
+    let on = Workload {
+        cfg: cfg(true),
+        requests: requests.clone(),
+    };
+    let off = Workload {
+        cfg: cfg(false),
+        requests,
+    };
+    let (with_cache, preempted) = run(&on).unwrap();
+    let (without, _) = run(&off).unwrap();
+    assert!(preempted > 0, "expected preemption");
+    let by_id = |rs: &[RequestRecord]| -> HashMap<u64, RequestRecord> {
+        rs.iter().map(|r| (r.id, r.clone())).collect()
+    };
+    let (a, b) = (by_id(&with_cache), by_id(&without));
+    for (_, req) in &on.requests {
+        assert_eq!(a[&req.id].status, RecordStatus::Ok);
+        assert_eq!(a[&req.id].output_token_ids, b[&req.id].output_token_ids);
+        assert_eq!(a[&req.id].output_token_ids, alone(req));
+        assert_eq!(b[&req.id].num_cached_tokens, Some(0));
+    }
+    assert_eq!(a[&0].num_cached_tokens, Some(0), "the first finds nothing");
+    let hits = (1..12)
+        .filter(|id| a[id].num_cached_tokens == Some(16))
+        .count();
+    assert!(hits >= 8, "only {hits} of 11 found the shared prefix");
 }

@@ -225,6 +225,26 @@ fn completions_stream_and_whole_bad_requests_get_400_disconnects_free_blocks() {
         server.metric("dyno:kv_cache_blocks_used") == 0.0
     });
 
+    // Prefix caching (on by default): the same 40-token prompt again finds
+    // its first two blocks of 16, and usage says so.
+    let prompt: Vec<u32> = (100..140).collect();
+    let body = json!({"prompt": prompt, "max_tokens": 2, "temperature": 0});
+    let (_, first) = server.post(&body);
+    let (_, second) = server.post(&body);
+    assert_eq!(
+        first["usage"]["prompt_tokens_details"]["cached_tokens"], 0,
+        "{first}"
+    );
+    assert_eq!(
+        second["usage"]["prompt_tokens_details"]["cached_tokens"], 32,
+        "{second}"
+    );
+    assert_eq!(
+        first["choices"][0]["token_ids"],
+        second["choices"][0]["token_ids"]
+    );
+    assert!(server.metric("vllm:prefix_cache_hits_total") >= 32.0);
+
     // A client that goes away mid-stream: its blocks come back.
     let resp = Server::agent()
         .post(format!("{}/v1/completions", server.url))

@@ -16,6 +16,7 @@ pub const KNOBS: &[&str] = &[
     "num_kv_blocks",
     "enforce_eager",
     "num_threads",
+    "enable_prefix_caching",
     "speculative_method",
     "num_speculative_tokens",
     "prompt_lookup_min",
@@ -41,6 +42,7 @@ cpu_kv_cache_bytes = 1073741824
 num_kv_blocks = 0
 enforce_eager = false
 num_threads = 0
+enable_prefix_caching = true
 speculative_method = "off"
 num_speculative_tokens = 0
 prompt_lookup_min = 5

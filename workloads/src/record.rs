@@ -55,6 +55,13 @@ pub struct RequestRecord {
     /// How many times the request was preempted and recomputed.
     #[serde(default)]
     pub preemptions: u32,
+    /// Prompt tokens whose K/V came from the prefix cache when the request
+    /// was first scheduled (vLLM's `num_cached_tokens`): 0 with caching
+    /// off. An HTTP client's records take it from the server's
+    /// `usage.prompt_tokens_details.cached_tokens`; absent when unknown
+    /// (a server that does not say, older records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_cached_tokens: Option<u32>,
     /// blake3 of the output token ids as little-endian u32, hex.
     pub output_hash: String,
     /// The output tokens themselves (for checks and golden comparisons).
@@ -156,6 +163,13 @@ pub struct StepLogEntry {
     pub kv_blocks_used: u32,
     pub kv_blocks_total: u32,
     pub preempted: u32,
+    /// Prefix caching: tokens of the sequences admitted in this step, and
+    /// how many of them were found in the cache (hit rate = hits / queries,
+    /// vLLM's definition). 0 with caching off and in older step logs.
+    #[serde(default)]
+    pub prefix_cache_queries: u64,
+    #[serde(default)]
+    pub prefix_cache_hits: u64,
     /// Speculative decoding: draft tokens verified in this step (they run
     /// as extra query tokens of decoding sequences, counted in neither
     /// `prefill_tokens` nor `decode_tokens`) and how many were accepted.
@@ -205,6 +219,13 @@ pub struct BenchSummary {
     pub num_nonfinite: u64,
     pub output_tokens: u64,
     pub num_steps: u64,
+    /// Prefix caching over the measured steps: tokens looked up and tokens
+    /// found (the step log's sums; hit rate = hits / queries). 0 with
+    /// caching off.
+    #[serde(default)]
+    pub prefix_cache_queries: u64,
+    #[serde(default)]
+    pub prefix_cache_hits: u64,
     /// The engine config the run used, as JSON.
     pub engine_config: serde_json::Value,
     /// blake3 of the checkpoint's config and weights.

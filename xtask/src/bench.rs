@@ -588,6 +588,10 @@ pub struct TrialRunner<'a> {
     pub http: Option<&'a HttpDriver>,
 }
 
+/// Trials of a workload that must fail the same way before serving a
+/// request for the rest to be skipped.
+const STARTUP_FAILURES_TO_STOP: u32 = 2;
+
 impl TrialRunner<'_> {
     /// Runs every workload's trials into `run` and stores it. Raw records
     /// are stored as each trial finishes; if the pipeline itself fails
@@ -663,7 +667,24 @@ impl TrialRunner<'_> {
         kept: &mut Vec<(u32, Vec<RequestRecord>)>,
     ) -> anyhow::Result<()> {
         let bench = self.prepare(w, run)?;
+        // Failure classes of the trials that failed before writing a record.
+        let mut startup_failures: Vec<Option<FailureClass>> = Vec::new();
         for index in 0..self.trials {
+            // Two trials that failed the same way before serving anything
+            // (a kernel that does not compile, a config the engine rejects)
+            // say the rest would too: stop instead of repeating the error.
+            if index == STARTUP_FAILURES_TO_STOP
+                && startup_failures.len() == STARTUP_FAILURES_TO_STOP as usize
+                && startup_failures.windows(2).all(|p| p[0] == p[1])
+            {
+                warnings::emit(&Warning::TrialsSkipped {
+                    workload: w.name.clone(),
+                    failed: index,
+                    skipped: self.trials - index,
+                    class: startup_failures[0].map_or("failed".to_string(), |c| c.to_string()),
+                });
+                break;
+            }
             if trial::interrupted() {
                 bail!(
                     "interrupted (Ctrl-C) before trial {} of workload `{}`",
@@ -674,6 +695,11 @@ impl TrialRunner<'_> {
             progress.start_trial(&w.name, index, self.trials);
             let (summary, records) = self.trial(w, &bench, index, store)?;
             progress.finish_trial(trial_line(&w.name, &summary, self.trials));
+            if let TrialStatus::Failed { class, .. } = &summary.status {
+                if summary.records_object.is_none() {
+                    startup_failures.push(*class);
+                }
+            }
             if let Some(records) = records.filter(|_| self.keep_records) {
                 kept.push((index, records));
             }

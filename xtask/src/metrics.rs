@@ -182,6 +182,25 @@ pub fn compute(
         (input_tokens + output_tokens) as f64 / duration,
     );
 
+    // The engine says how much of each prompt it found in its prefix cache
+    // (when first scheduled); over HTTP only servers that report
+    // `usage.prompt_tokens_details.cached_tokens` do.
+    let cache_counts: Vec<(u64, u64)> = completed
+        .iter()
+        .filter_map(|r| Some((u64::from(r.num_cached_tokens?), u64::from(r.prompt_len))))
+        .collect();
+    if !cache_counts.is_empty() {
+        let (cached, prompt) = cache_counts
+            .iter()
+            .fold((0, 0), |(c, p), &(rc, rp)| (c + rc, p + rp));
+        if prompt > 0 {
+            values.insert(
+                names::PREFIX_CACHE_HIT_RATE.into(),
+                100.0 * cached as f64 / prompt as f64,
+            );
+        }
+    }
+
     if !slos.is_empty() {
         let good = (0..completed.len())
             .filter(|&i| meets_slos(&lat, completed[i], i, slos))
@@ -344,6 +363,7 @@ mod tests {
             prompt_len,
             output_len: times.len() as u32,
             preemptions: 0,
+            num_cached_tokens: None,
             output_hash: format!("h{id}"),
             output_token_ids: vec![],
             client: None,
@@ -366,6 +386,7 @@ mod tests {
             prompt_len: 9999,
             output_len: 0,
             preemptions: 0,
+            num_cached_tokens: None,
             output_hash: String::new(),
             output_token_ids: vec![],
             client: None,
@@ -471,6 +492,8 @@ mod tests {
             kv_blocks_used: 0,
             kv_blocks_total: 1,
             preempted: 0,
+            prefix_cache_queries: 0,
+            prefix_cache_hits: 0,
             spec_draft_tokens: 0,
             spec_accepted_tokens: 0,
         };
@@ -513,6 +536,8 @@ mod tests {
             kv_blocks_used: 1,
             kv_blocks_total: 1,
             preempted: 0,
+            prefix_cache_queries: 0,
+            prefix_cache_hits: 0,
             spec_draft_tokens: 6,
             spec_accepted_tokens: 3,
         };
@@ -538,6 +563,25 @@ mod tests {
     }
 
     #[test]
+    fn prefix_cache_hit_rate_is_cached_over_prompt_tokens_of_engine_records() {
+        let mut records = vec![
+            rec(0, 0.0, 0.0, &[0.1, 0.2], 48),
+            rec(1, 0.0, 0.0, &[0.1, 0.2], 16),
+            rejected(2),
+        ];
+        let m = compute(&records, &[], None, &Slos::default()).unwrap();
+        assert!(
+            !m.values.contains_key(names::PREFIX_CACHE_HIT_RATE),
+            "unknown"
+        );
+        records[0].num_cached_tokens = Some(32);
+        records[1].num_cached_tokens = Some(0);
+        let m = compute(&records, &[], None, &Slos::default()).unwrap();
+        // 32 of 64 prompt tokens; the rejected request is not counted.
+        assert!(close(m.values[names::PREFIX_CACHE_HIT_RATE], 50.0));
+    }
+
+    #[test]
     fn every_metric_name_is_in_the_catalogue() {
         let slos = Slos {
             ttft_ms: Some(1.0),
@@ -554,6 +598,8 @@ mod tests {
             kv_blocks_used: 1,
             kv_blocks_total: 1,
             preempted: 0,
+            prefix_cache_queries: 0,
+            prefix_cache_hits: 0,
             spec_draft_tokens: 0,
             spec_accepted_tokens: 0,
         };
@@ -564,9 +610,9 @@ mod tests {
             ..prefill.clone()
         };
         let steps = vec![prefill, decode];
-        let mut speculated = rec(0, 0.0, 0.0, &[0.1, 0.2, 0.3], 1);
-        speculated.spec_decode = Some(workloads::record::SpecDecodeStats::new(1, 2, 1));
-        let records = vec![speculated];
+        let mut records = vec![rec(0, 0.0, 0.0, &[0.1, 0.2, 0.3], 1)];
+        records[0].num_cached_tokens = Some(0);
+        records[0].spec_decode = Some(workloads::record::SpecDecodeStats::new(1, 2, 1));
         let m = compute(&records, &steps, Some(1), &slos).unwrap();
         let names: Vec<&str> = crate::run_record::metric_catalog()
             .iter()

@@ -32,6 +32,7 @@ const SHOWN: &[&str] = &[
     names::MEAN_E2EL_MS,
     names::P99_E2EL_MS,
     names::MEAN_QUEUE_MS,
+    names::PREFIX_CACHE_HIT_RATE,
     names::MEAN_STEP_MS,
     names::MEAN_BATCH_SIZE,
     names::REJECTED_REQUESTS,

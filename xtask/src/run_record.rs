@@ -298,6 +298,10 @@ pub mod names {
     pub const MAX_BATCH_SIZE: &str = "max_batch_size";
     pub const DECODE_THROUGHPUT: &str = "decode_throughput";
     pub const PEAK_MEMORY_BYTES: &str = "peak_memory_bytes";
+    /// Prompt tokens served from the engine's prefix cache, % of all prompt
+    /// tokens (records that carry `num_cached_tokens`: the engine's, and an
+    /// HTTP server's that reports `usage.prompt_tokens_details`).
+    pub const PREFIX_CACHE_HIT_RATE: &str = "prefix_cache_hit_rate";
     /// Requests the engine refused (e.g. longer than the context).
     pub const REJECTED_REQUESTS: &str = "rejected_requests";
     pub const MEAN_TTFT_MS: &str = "mean_ttft_ms";
@@ -449,7 +453,7 @@ const LAT_E2EL_CLIENT: [MetricDef; 5] = latency_group([
     names::P99_E2EL_INCLUDING_CLIENT_QUEUE_MS,
 ]);
 
-const OTHER: [MetricDef; 17] = [
+const OTHER: [MetricDef; 18] = [
     m(
         names::REQUEST_THROUGHPUT,
         "req/s",
@@ -485,6 +489,7 @@ const OTHER: [MetricDef; 17] = [
     m(names::P99_SEND_LAG_MS, "ms", false, MetricKind::Info),
     m(names::MAX_SEND_LAG_MS, "ms", false, MetricKind::Info),
     m(names::CLIENT_CPU_PERCENT, "%", false, MetricKind::Info),
+    m(names::PREFIX_CACHE_HIT_RATE, "%", true, MetricKind::Info),
     m(names::SPEC_ACCEPTANCE_RATE, "ratio", true, MetricKind::Info),
     m(
         names::SPEC_MEAN_ACCEPTED_LENGTH,

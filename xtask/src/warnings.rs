@@ -24,6 +24,15 @@ pub enum Warning {
         trial: u32,
         after_s: f64,
     },
+    /// The first trials failed the same way before writing any record (an
+    /// engine that cannot start): the rest of the workload's trials were
+    /// not run.
+    TrialsSkipped {
+        workload: String,
+        failed: u32,
+        skipped: u32,
+        class: String,
+    },
     GpuThrottled {
         workload: String,
         trial: u32,
@@ -131,6 +140,17 @@ impl fmt::Display for Warning {
                     list.join(", ")
                 )
             }
+            Warning::TrialsSkipped {
+                workload,
+                failed,
+                skipped,
+                class,
+            } => write!(
+                f,
+                "{workload}: the first {failed} trials failed the same way ({class}) before serving \
+                 a request, so the other {skipped} were not run; fix the cause shown in the first \
+                 failure (its engine log is in the store) and run again"
+            ),
             Warning::TrialFailed {
                 workload,
                 trial,

@@ -235,6 +235,33 @@ fn crash_and_timeout_are_recorded_and_good_trials_stored() {
 }
 
 #[test]
+fn an_engine_that_fails_twice_at_startup_is_not_run_again() {
+    // The first two trials fail the same way before writing a record: the
+    // other three would too, so they are not run (and not stored).
+    let fx = Fixture::new(&["crash", "crash", "ok", "ok", "ok"]);
+    let args = fx.args(&["--workload", "fake", "--trials", "5"]);
+    let code = xtask::bench::run(&args, fx.root()).unwrap();
+    assert_eq!(code, 1);
+    let store = Store::open(&fx.path("results")).unwrap();
+    let (_, run) = store.resolve_run("latest").unwrap();
+    let trials = &run.workloads[0].trials;
+    assert_eq!(trials.len(), 2, "{trials:?}");
+    assert!(trials
+        .iter()
+        .all(|t| matches!(t.status, TrialStatus::Failed { .. })));
+    let count = std::fs::read_to_string(count_file(&fx)).unwrap();
+    assert_eq!(count.trim(), "2", "the engine ran only twice");
+
+    // A failure after a success does not stop the workload.
+    let fx = Fixture::new(&["ok", "crash", "crash", "ok"]);
+    let args = fx.args(&["--workload", "fake", "--trials", "4"]);
+    xtask::bench::run(&args, fx.root()).unwrap();
+    let store = Store::open(&fx.path("results")).unwrap();
+    let (_, run) = store.resolve_run("latest").unwrap();
+    assert_eq!(run.workloads[0].trials.len(), 4);
+}
+
+#[test]
 fn unreadable_records_fail_the_trial_with_file_and_line() {
     let fx = Fixture::new(&["garbage", "ok"]);
     let args = fx.args(&["--workload", "fake", "--trials", "2"]);

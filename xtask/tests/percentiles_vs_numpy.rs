@@ -40,6 +40,7 @@ fn record(id: u64, ttft_s: f64) -> RequestRecord {
         prompt_len: 4,
         output_len: 1,
         preemptions: 0,
+        num_cached_tokens: None,
         output_hash: format!("h{id}"),
         output_token_ids: vec![],
         client: None,

@@ -358,3 +358,34 @@ fn reports_carry_summary_details_and_json() {
         "{text}"
     );
 }
+
+#[test]
+fn a_microsecond_latency_change_is_not_flagged_however_significant() {
+    // Queue time 2.0 µs → 2.6 µs (+30 %, tight trials): below the 5 µs floor.
+    // The same +30 % on a millisecond-scale TPOT is a regression.
+    let trials = |queue: f64, tpot: f64| -> Vec<xtask::run_record::TrialSummary> {
+        (0..5)
+            .map(|i| {
+                let jitter = 1.0 + 0.001 * i as f64;
+                ok_trial(
+                    i,
+                    &[
+                        ("mean_queue_ms", queue * jitter),
+                        ("p50_tpot_ms", tpot * jitter),
+                    ],
+                    "h",
+                )
+            })
+            .collect()
+    };
+    let a = one(workload("w", trials(0.0020, 0.60)));
+    let b = one(workload("w", trials(0.0026, 0.78)));
+    let c = compare(&a, &b);
+    let queue = metric(&c, "mean_queue_ms");
+    assert_eq!(queue.verdict, Verdict::Unchanged, "{queue:?}");
+    assert!(
+        queue.note.as_deref().unwrap_or("").contains("floor"),
+        "{queue:?}"
+    );
+    assert_eq!(metric(&c, "p50_tpot_ms").verdict, Verdict::Regressed);
+}

@@ -8,9 +8,19 @@
 //! them, and samples one token where asked — or, when the chunk ends in
 //! speculative draft tokens (`SampleSpec::num_drafts`), one token after each
 //! of its last `num_drafts + 1` tokens.
+//!
+//! With prefix caching, several sequences' tables may name the same block,
+//! and a sequence may start (`start_pos > 0`) on blocks that an *earlier*
+//! sequence of the same step writes (a prefix-cache hit on a block that step
+//! completes). So a backend writes the K/V of every token of a layer before
+//! any token attends in that layer (or at least runs sequences in batch
+//! order); both backends do (CPU: `layer.rs` writes, then attends; CUDA:
+//! the K/V-writing kernel of a layer, then its attention kernel). No two
+//! sequences of a step write the same block.
 
 pub mod cpu;
 pub mod cuda;
+pub mod rope;
 
 use crate::engine_config::{DeviceKind, EngineConfig};
 use crate::weights::Checkpoint;

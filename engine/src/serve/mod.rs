@@ -455,6 +455,7 @@ async fn completions(
             events,
             guard,
             generated: vec![0; n],
+            cached: 0,
             remaining: n,
             include_usage: v.include_usage,
             continuous: v.continuous_usage,
@@ -501,6 +502,7 @@ async fn collect_completion(
     let n = v.prompts.len();
     let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); n];
     let mut reasons: Vec<Option<&'static str>> = vec![None; n];
+    let mut cached = 0u64;
     let mut remaining = n;
     while remaining > 0 {
         let next = match early.pop_front() {
@@ -512,6 +514,7 @@ async fn collect_completion(
                 tokens[i].push(token);
                 if let Some(r) = finished {
                     reasons[i] = Some(openai::finish_reason(r.finish_reason));
+                    cached += u64::from(r.num_cached_tokens.unwrap_or(0));
                     remaining -= 1;
                 }
             }
@@ -543,7 +546,8 @@ async fn collect_completion(
     let usage = Usage::new(
         ctx.prompt_lens.iter().sum(),
         tokens.iter().map(|t| t.len() as u64).sum(),
-    );
+    )
+    .with_cached(cached);
     axum::Json(ctx.chunk(Value::Array(choices), Some(usage))).into_response()
 }
 
@@ -555,6 +559,8 @@ struct CompletionStream {
     events: UnboundedReceiver<(usize, Event)>,
     guard: AbortGuard,
     generated: Vec<u64>,
+    /// Prompt tokens the finished requests found in the prefix cache.
+    cached: u64,
     remaining: usize,
     include_usage: bool,
     continuous: bool,
@@ -586,7 +592,8 @@ impl CompletionStream {
             let usage = Usage::new(
                 self.ctx.prompt_lens.iter().sum(),
                 self.generated.iter().sum(),
-            );
+            )
+            .with_cached(self.cached);
             self.tail
                 .push_back(self.ctx.chunk(json!([]), Some(usage)).to_string());
         }
@@ -615,6 +622,9 @@ impl futures_core::Stream for CompletionStream {
             };
             match next {
                 Some((i, Event::Token { token, finished })) => {
+                    if let Some(r) = &finished {
+                        this.cached += u64::from(r.num_cached_tokens.unwrap_or(0));
+                    }
                     let reason = finished.map(|r| openai::finish_reason(r.finish_reason));
                     let data = this.token_chunk(i, token, reason);
                     if reason.is_some() {

@@ -304,6 +304,16 @@ pub(crate) struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// OpenAI's (and vLLM's, with `--enable-prompt-tokens-details`): how
+    /// many prompt tokens came from the prefix cache. Only on usage sent
+    /// after the requests finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub(crate) struct PromptTokensDetails {
+    pub cached_tokens: u64,
 }
 
 impl Usage {
@@ -312,6 +322,15 @@ impl Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
             total_tokens: prompt + completion,
+            prompt_tokens_details: None,
+        }
+    }
+
+    /// With the prompt tokens found in the prefix cache.
+    pub fn with_cached(self, cached_tokens: u64) -> Usage {
+        Usage {
+            prompt_tokens_details: Some(PromptTokensDetails { cached_tokens }),
+            ..self
         }
     }
 }

@@ -77,6 +77,9 @@ struct Inner {
     prompt_tokens: u64,
     generation_tokens: u64,
     preemptions: u64,
+    /// Prefix caching: tokens looked up at admission, and found.
+    prefix_cache_queries: u64,
+    prefix_cache_hits: u64,
     /// Speculative decoding: draft tokens verified and accepted.
     spec_draft_tokens: u64,
     spec_accepted_tokens: u64,
@@ -110,6 +113,8 @@ impl ServerMetrics {
                 prompt_tokens: 0,
                 generation_tokens: 0,
                 preemptions: 0,
+                prefix_cache_queries: 0,
+                prefix_cache_hits: 0,
                 spec_draft_tokens: 0,
                 spec_accepted_tokens: 0,
                 success: [("stop", 0), ("length", 0), ("abort", 0)],
@@ -144,6 +149,8 @@ impl ServerMetrics {
         self.with(|m| {
             m.prompt_tokens += u64::from(step.prefill_tokens);
             m.preemptions += u64::from(step.preempted);
+            m.prefix_cache_queries += step.prefix_cache_queries;
+            m.prefix_cache_hits += step.prefix_cache_hits;
             m.spec_draft_tokens += u64::from(step.spec_draft_tokens);
             m.spec_accepted_tokens += u64::from(step.spec_accepted_tokens);
         });
@@ -247,6 +254,18 @@ impl ServerMetrics {
         );
         counter(
             &mut out,
+            "vllm:prefix_cache_queries_total",
+            "Prefix cache: tokens of the requests looked up at admission.",
+            m.prefix_cache_queries,
+        );
+        counter(
+            &mut out,
+            "vllm:prefix_cache_hits_total",
+            "Prefix cache: of those, tokens found cached.",
+            m.prefix_cache_hits,
+        );
+        counter(
+            &mut out,
             "vllm:spec_decode_num_draft_tokens_total",
             "Speculative decoding: draft tokens verified.",
             m.spec_draft_tokens,
@@ -315,6 +334,35 @@ mod tests {
     }
 
     #[test]
+    fn steps_feed_the_prefix_cache_counters() {
+        let m = ServerMetrics::new("tiny");
+        let step = StepLogEntry {
+            step: 0,
+            start_s: 0.0,
+            duration_s: 0.01,
+            batch_size: 2,
+            prefill_tokens: 40,
+            decode_tokens: 0,
+            num_waiting: 0,
+            kv_blocks_used: 4,
+            kv_blocks_total: 8,
+            preempted: 0,
+            prefix_cache_queries: 72,
+            prefix_cache_hits: 32,
+            spec_draft_tokens: 0,
+            spec_accepted_tokens: 0,
+        };
+        m.observe_step(&step);
+        m.observe_step(&step);
+        let text = m.render();
+        assert!(
+            text.contains("vllm:prefix_cache_queries_total{model_name=\"tiny\",engine=\"0\"} 144"),
+            "{text}"
+        );
+        assert!(text.contains("vllm:prefix_cache_hits_total{model_name=\"tiny\",engine=\"0\"} 64"));
+    }
+
+    #[test]
     fn finished_requests_feed_counters_and_histograms() {
         let m = ServerMetrics::new("tiny");
         m.observe_finished(&RequestRecord {
@@ -329,6 +377,7 @@ mod tests {
             prompt_len: 4,
             output_len: 3,
             preemptions: 0,
+            num_cached_tokens: None,
             output_hash: String::new(),
             output_token_ids: vec![1, 2, 3],
             client: None,

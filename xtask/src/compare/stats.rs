@@ -206,7 +206,13 @@ impl LogComparison {
     pub fn nested(history: &[Vec<f64>], candidate: &[f64]) -> Result<Self, StatsError> {
         let runs: Vec<&Vec<f64>> = history.iter().filter(|r| !r.is_empty()).collect();
         let n_c = candidate.len();
-        if runs.len() < MIN_HISTORY_RUNS || n_c < 1 {
+        if n_c < 1 {
+            return Err(StatsError::TooFewValues {
+                baseline: runs.iter().map(|r| r.len()).sum(),
+                candidate: 0,
+            });
+        }
+        if runs.len() < MIN_HISTORY_RUNS {
             return Err(StatsError::ShortHistory {
                 runs: runs.len(),
                 needed: MIN_HISTORY_RUNS,
@@ -459,6 +465,11 @@ mod tests {
         assert!(matches!(
             LogComparison::nested(&tight[..2], &[100.0, 100.0]),
             Err(StatsError::ShortHistory { runs: 2, needed: 3 })
+        ));
+        // A candidate without a value is not a short history.
+        assert!(matches!(
+            LogComparison::nested(&tight, &[]),
+            Err(StatsError::TooFewValues { candidate: 0, .. })
         ));
         let c = LogComparison::nested(&tight, &[102.0, 102.1, 101.9]).unwrap();
         assert!(c.p_value() < 0.001, "identical runs: trial noise only");

@@ -260,6 +260,9 @@ fn pending_for(pair: &WorkloadPair) -> Vec<Pending> {
     out
 }
 
+/// Latency changes smaller than this (in ms) are never flagged.
+pub(crate) const MIN_LATENCY_CHANGE_MS: f64 = 0.005;
+
 fn decide(
     result: &mut MetricResult,
     test: &LogComparison,
@@ -282,6 +285,13 @@ fn decide(
     } else {
         change < -thr
     };
+    // A latency change of a few microseconds is below what a step-timed
+    // engine resolves (e.g. queue time at 2 µs): no flag, however
+    // significant, when the means differ by less than the floor.
+    let below_floor = result.unit == "ms"
+        && matches!((result.baseline_mean, result.candidate_mean),
+            (Some(b), Some(c)) if (c - b).abs() < MIN_LATENCY_CHANGE_MS);
+    let (worse, better) = (worse && !below_floor, better && !below_floor);
     let significant = p_adjusted < policy.alpha;
     result.change = Some(change);
     result.ci_low = Some(lo);
@@ -295,12 +305,17 @@ fn decide(
         Verdict::Regressed
     } else if significant && better {
         Verdict::Improved
-    } else if equivalence_p < policy.alpha {
+    } else if equivalence_p < policy.alpha || below_floor {
         Verdict::Unchanged
     } else {
         Verdict::Inconclusive
     };
-    result.note = if result.verdict == Verdict::Inconclusive && significant {
+    result.note = if below_floor && significant {
+        Some(format!(
+            "a change below the {} µs floor for latencies",
+            MIN_LATENCY_CHANGE_MS * 1000.0
+        ))
+    } else if result.verdict == Verdict::Inconclusive && significant {
         Some(format!(
             "a real change, but its interval crosses the ±{:.0}% threshold",
             thr * 100.0

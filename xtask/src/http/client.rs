@@ -276,6 +276,9 @@ pub struct Completion {
     /// Output tokens as the server counted them (usage), else as seen.
     pub output_len: Option<u64>,
     pub prompt_tokens: Option<u64>,
+    /// Prompt tokens the server found in its prefix cache, when its usage
+    /// says (`usage.prompt_tokens_details.cached_tokens`).
+    pub cached_tokens: Option<u64>,
     pub output_ids: Vec<u32>,
     pub text: String,
     pub finish_reason: Option<FinishReason>,
@@ -305,6 +308,7 @@ impl Completion {
             chunks: 0,
             output_len: None,
             prompt_tokens: None,
+            cached_tokens: None,
             output_ids: Vec::new(),
             text: String::new(),
             finish_reason: None,
@@ -356,6 +360,9 @@ impl Completion {
             let usage_total = v["usage"]["completion_tokens"].as_u64();
             if let Some(p) = v["usage"]["prompt_tokens"].as_u64() {
                 self.prompt_tokens = Some(p);
+            }
+            if let Some(c) = v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64() {
+                self.cached_tokens = Some(c);
             }
             let choice = v["choices"].get(0);
             let Some(choice) = choice else {
@@ -475,6 +482,7 @@ impl Completion {
         self.finish_reason = choice["finish_reason"].as_str().map(map_finish);
         self.output_len = v["usage"]["completion_tokens"].as_u64();
         self.prompt_tokens = v["usage"]["prompt_tokens"].as_u64();
+        self.cached_tokens = v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64();
         if self.output_len.is_none() {
             self.error = Some("the response has no usage.completion_tokens".into());
             return;
@@ -560,6 +568,18 @@ mod tests {
         assert_eq!(c.itl_basis, ItlBasis::Chunk);
         assert_eq!(c.token_times.len(), 2);
         assert_eq!(c.output_len, Some(5));
+        assert_eq!(c.cached_tokens, None, "not reported");
+    }
+
+    #[test]
+    fn cached_prompt_tokens_come_from_the_final_usage() {
+        let c = stream(concat!(
+            "data: {\"choices\":[{\"text\":\"a\",\"finish_reason\":\"length\"}]}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"completion_tokens\":1,\"prompt_tokens\":40,\"prompt_tokens_details\":{\"cached_tokens\":32}}}\n\n",
+            "data: [DONE]\n\n",
+        ));
+        assert_eq!(c.error, None);
+        assert_eq!((c.prompt_tokens, c.cached_tokens), (Some(40), Some(32)));
     }
 
     #[test]

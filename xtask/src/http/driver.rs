@@ -232,6 +232,7 @@ fn to_record(r: &Request, c: &Completion, d: &Dispatch) -> RequestRecord {
         prompt_len: c.prompt_tokens.map_or(sent_len, |p| p as u32),
         output_len: c.output_len.unwrap_or(0) as u32,
         preemptions: 0,
+        num_cached_tokens: c.cached_tokens.map(|n| n as u32),
         output_hash: c.output_hash(),
         output_token_ids: c.output_ids.clone(),
         client: Some(client),

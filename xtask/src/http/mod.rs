@@ -132,6 +132,7 @@ mod tests {
             prompt_len: 1,
             output_len: 1,
             preemptions: 0,
+            num_cached_tokens: None,
             output_hash: String::new(),
             output_token_ids: vec![],
             client: Some(ClientTiming {

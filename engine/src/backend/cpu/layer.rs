@@ -5,7 +5,7 @@ use super::attention::{Heads, KvCache, TokenPlace};
 use super::linear::Linear;
 use super::mlp::silu_mul;
 use super::rmsnorm::{rms_norm, rms_norm_rows};
-use super::rope::{Rope, RopeAngles};
+use crate::backend::rope::{Rope, RopeAngles};
 use crate::config::ModelConfig;
 use crate::weights::{Checkpoint, WeightsError};
 

@@ -13,14 +13,13 @@ mod layer;
 mod linear;
 mod mlp;
 mod rmsnorm;
-mod rope;
 
 use super::*;
+use crate::backend::rope::Rope;
 use crate::config::ModelConfig;
 use attention::{KvCache, TokenPlace};
 use layer::{DecoderLayer, StepContext};
 use linear::Linear;
-use rope::Rope;
 
 pub struct CpuBackend {
     config: ModelConfig,

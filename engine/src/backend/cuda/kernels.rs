@@ -11,24 +11,6 @@ use cudarc::driver::{sys, CudaModule, CudaStream};
 
 use super::super::BackendError;
 
-/// Every kernel the backend launches, by its `extern "C"` name. The
-/// attention and RoPE kernels are compiled for the model's head dim and GQA
-/// group size (see `nvrtc::compile`).
-pub const KERNEL_NAMES: [&str; 12] = [
-    "embed_rmsnorm",
-    "add_rmsnorm",
-    "final_rmsnorm_rows",
-    "silu_mul",
-    "qkv_rope_cache",
-    "attention",
-    "sample_rows",
-    "norm_qkv",
-    "norm_qkv_rope_cache",
-    "norm_gate_up_silu",
-    "o_proj_residual",
-    "down_proj_residual",
-];
-
 /// Most tokens the small-batch kernels (`gemv.cu`) take in one step.
 pub const GEMV_MAX_T: usize = 8;
 /// Warps per block and output rows per warp of the small-batch kernels.
@@ -58,7 +40,7 @@ pub fn attention_group_chunks(group: usize) -> usize {
 
 /// One kernel argument, passed by value.
 #[derive(Debug, Clone, Copy)]
-pub enum Arg {
+enum Arg {
     /// A device pointer (0 = null).
     Ptr(u64),
     I32(i32),
@@ -83,7 +65,7 @@ impl Kernels {
         pdl: bool,
     ) -> Result<Self, BackendError> {
         let mut functions = HashMap::new();
-        for name in KERNEL_NAMES {
+        for &name in KERNEL_NAMES {
             let f = module
                 .load_function(name)
                 .map_err(|e| BackendError::Cuda(format!("kernel {name}: {e}")))?;
@@ -107,8 +89,9 @@ impl Kernels {
         self.launches.set(self.launches.get() + 1);
     }
 
-    /// Launches `name` on the backend's stream.
-    pub fn launch(
+    /// Launches `name` on the backend's stream (through the typed
+    /// launchers below).
+    fn launch(
         &self,
         name: &str,
         grid: (u32, u32, u32),
@@ -164,5 +147,178 @@ impl Kernels {
         launched.map_err(|e| BackendError::Cuda(format!("launching {name}: {e}")))?;
         self.launches.set(self.launches.get() + 1);
         Ok(())
+    }
+}
+
+/// How a parameter is passed: a device pointer, an `int` or a `float`
+/// (for checking the declarations against the CUDA sources).
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    Ptr,
+    I32,
+    F32,
+}
+
+/// Declares every kernel's parameters, in the order of its `extern "C"`
+/// signature in `engine/kernels/*.cu` and with the same names. Each becomes
+/// an argument struct with named, typed fields and a launcher method of the
+/// same name on [`Kernels`], so a call site names every argument; the test
+/// `signatures_match_the_cuda_sources` checks the lists against the sources.
+macro_rules! kernels {
+    ($( $(#[$doc:meta])* $kernel:ident => $Args:ident { $($field:ident : $kind:ident),* $(,)? } )*) => {
+        $(
+            $(#[$doc])*
+            #[derive(Debug, Clone, Copy)]
+            pub struct $Args { $(pub $field: kernels!(@ty $kind)),* }
+
+            impl $Args {
+                fn args(&self) -> Vec<Arg> {
+                    vec![$(kernels!(@arg $kind, self.$field)),*]
+                }
+            }
+        )*
+
+        /// Every kernel the backend launches, by its `extern "C"` name. The
+        /// attention and RoPE kernels are compiled for the model's head dim
+        /// and GQA group size (see `nvrtc::compile`).
+        pub const KERNEL_NAMES: &[&str] = &[$(stringify!($kernel)),*];
+
+        /// Each kernel's parameters (name and kind), in signature order.
+        #[cfg(test)]
+        pub const KERNEL_SIGNATURES: &[(&str, &[(&str, ParamKind)])] =
+            &[$((stringify!($kernel), &[$((stringify!($field), ParamKind::$kind)),*])),*];
+
+        impl Kernels {
+            $(
+                $(#[$doc])*
+                pub fn $kernel(
+                    &self,
+                    grid: (u32, u32, u32),
+                    block: u32,
+                    args: $Args,
+                ) -> Result<(), BackendError> {
+                    self.launch(stringify!($kernel), grid, block, &args.args())
+                }
+            )*
+        }
+    };
+    (@ty Ptr) => { u64 };
+    (@ty I32) => { i32 };
+    (@ty F32) => { f32 };
+    (@arg Ptr, $e:expr) => { Arg::Ptr($e) };
+    (@arg I32, $e:expr) => { Arg::I32($e) };
+    (@arg F32, $e:expr) => { Arg::F32($e) };
+}
+
+kernels! {
+    /// Embedding lookup + the first RMSNorm (norm.cu).
+    embed_rmsnorm => EmbedRmsnorm {
+        tokens: Ptr, emb: Ptr, w: Ptr, residual: Ptr, out: Ptr, hidden: I32, eps: F32,
+    }
+    /// residual += x, then RMSNorm (norm.cu).
+    add_rmsnorm => AddRmsnorm {
+        x: Ptr, residual: Ptr, w: Ptr, out: Ptr, hidden: I32, eps: F32,
+    }
+    /// The last norm, for the rows that become logits (norm.cu).
+    final_rmsnorm_rows => FinalRmsnormRows {
+        rows: Ptr, x: Ptr, residual: Ptr, w: Ptr, out: Ptr, hidden: I32, eps: F32,
+    }
+    /// SiLU(gate) · up (activation.cu).
+    silu_mul => SiluMul { gate_up: Ptr, out: Ptr, tokens: I32, inter: I32 }
+    /// Bias, q/k norm, RoPE and the KV-cache write after the QKV GEMM
+    /// (rope_kv.cu).
+    qkv_rope_cache => QkvRopeCache {
+        qkv: Ptr, bias: Ptr, q_norm: Ptr, k_norm: Ptr, cos_sin: Ptr, positions: Ptr,
+        slots: Ptr, k_cache: Ptr, v_cache: Ptr, nq: I32, nkv: I32, eps: F32,
+    }
+    /// Paged attention, splits merged in-kernel (attention.cu).
+    attention => Attention {
+        qkv: Ptr, k_cache: Ptr, v_cache: Ptr, positions: Ptr, seq_idx: Ptr,
+        block_tables: Ptr, bt_stride: Ptr, block_size: I32, nkv: I32, scale: F32,
+        out: Ptr, part_acc: Ptr, part_ml: Ptr, counters: Ptr,
+    }
+    /// One token per logits row: greedy, or seeded top-k/top-p sampling
+    /// (sampling.cu).
+    sample_rows => SampleRows {
+        logits: Ptr, vocab: I32, temperature: Ptr, top_k: Ptr, top_p: Ptr, seed_lo: Ptr,
+        seed_hi: Ptr, draw_index: Ptr, out: Ptr,
+    }
+    /// RMSNorm prologue + QKV product, small batches (gemv.cu).
+    norm_qkv => NormQkv { residual: Ptr, norm_w: Ptr, w: Ptr, y: Ptr, t: I32, n: I32, eps: F32 }
+    /// norm_qkv and qkv_rope_cache in one kernel, models without q/k norm
+    /// (gemv.cu).
+    norm_qkv_rope_cache => NormQkvRopeCache {
+        residual: Ptr, norm_w: Ptr, w: Ptr, bias: Ptr, cos_sin: Ptr, positions: Ptr,
+        slots: Ptr, qkv: Ptr, k_cache: Ptr, v_cache: Ptr, t: I32, nq: I32, nkv: I32, eps: F32,
+    }
+    /// RMSNorm prologue + gate and up products + SiLU·mul (gemv.cu).
+    norm_gate_up_silu => NormGateUpSilu {
+        residual: Ptr, norm_w: Ptr, w: Ptr, act: Ptr, t: I32, eps: F32,
+    }
+    /// residual += x · W_oᵀ, small batches (gemv.cu).
+    o_proj_residual => OProjResidual { x: Ptr, w: Ptr, residual: Ptr, t: I32, n: I32 }
+    /// residual += x · W_downᵀ, small batches (gemv.cu).
+    down_proj_residual => DownProjResidual { x: Ptr, w: Ptr, residual: Ptr, t: I32, n: I32 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parameters of `extern "C"` kernel `name` in the CUDA sources, as
+    /// (lower-cased name, kind).
+    fn cuda_signature(src: &str, name: &str) -> Vec<(String, ParamKind)> {
+        // The kernel's own parameter list is the parenthesis right after
+        // its name (not `__launch_bounds__(...)`), before the body.
+        let params = src
+            .match_indices("extern \"C\"")
+            .filter_map(|(i, _)| {
+                let head = &src[i..i + src[i..].find('{')?];
+                let at = head.find(&format!(" {name}("))? + name.len() + 2;
+                Some(head[at..at + head[at..].find(')')?].to_string())
+            })
+            .next()
+            .unwrap_or_else(|| panic!("kernel {name} not found in the CUDA sources"));
+        params
+            .split(',')
+            .map(|p| {
+                let p = p.trim();
+                let ident = p
+                    .rsplit(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .next()
+                    .expect("a parameter name")
+                    .to_ascii_lowercase();
+                let kind = if p.contains('*') {
+                    ParamKind::Ptr
+                } else if p.starts_with("int ") {
+                    ParamKind::I32
+                } else if p.starts_with("float ") {
+                    ParamKind::F32
+                } else {
+                    panic!("kernel {name}: parameter `{p}` is neither a pointer, int nor float")
+                };
+                (ident, kind)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn signatures_match_the_cuda_sources() {
+        let src = super::super::nvrtc::program_source();
+        for (name, params) in KERNEL_SIGNATURES {
+            let want: Vec<(String, ParamKind)> = params
+                .iter()
+                .map(|(n, k)| (n.to_ascii_lowercase(), *k))
+                .collect();
+            assert_eq!(
+                cuda_signature(&src, name),
+                want,
+                "kernel {name}: the launcher's parameters differ from the CUDA signature"
+            );
+        }
+        // Every extern "C" kernel in the sources has a launcher.
+        let declared = src.matches("extern \"C\"").count();
+        assert_eq!(declared, KERNEL_NAMES.len(), "kernels without a launcher");
     }
 }

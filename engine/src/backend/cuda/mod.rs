@@ -8,7 +8,7 @@
 //! Files: `device` (driver, context, properties), `nvrtc` (header search and
 //! compilation), `kernels` (launchers), `gemm` (cuBLAS), `buffer` (device and
 //! pinned memory), `weights` (upload, fused QKV and gate-up), `kv_pool`,
-//! `arena`, `rope`, `step_meta` (per-step inputs), `runner` (the forward
+//! `arena`, `step_meta` (per-step inputs), `runner` (the forward
 //! pass), `graphs` (capture and buckets).
 
 mod arena;
@@ -19,7 +19,6 @@ mod graphs;
 mod kernels;
 mod kv_pool;
 mod nvrtc;
-mod rope;
 mod runner;
 mod step_meta;
 mod weights;
@@ -87,7 +86,7 @@ impl CudaBackend {
         let weights = weights::DeviceWeights::upload(&stream, config, load)?;
         let cos_sin = DeviceBuffer::upload(
             &stream,
-            &rope::cos_sin_table(config, dims.max_model_len),
+            &crate::backend::rope::Rope::new(config).cos_sin_table(dims.max_model_len),
             "RoPE table",
         )?;
         let arena = Arena::allocate(

@@ -19,7 +19,9 @@ use super::arena::{Arena, Dims};
 use super::buffer::DeviceBuffer;
 use super::gemm::Gemm;
 use super::kernels::{
-    attention_group_chunks, Arg, Kernels, ATTN_MAX_SPLITS, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS,
+    attention_group_chunks, AddRmsnorm, Attention, DownProjResidual, EmbedRmsnorm,
+    FinalRmsnormRows, Kernels, NormGateUpSilu, NormQkv, NormQkvRopeCache, OProjResidual,
+    QkvRopeCache, SampleRows, SiluMul, ATTN_MAX_SPLITS, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS,
     ROPE_CACHE_THREADS,
 };
 use super::kv_pool::KvPool;
@@ -89,19 +91,18 @@ impl Runner {
         let threads = 256u32;
         let t = tokens as u32;
         let first = &self.weights.layers[0];
-        k.launch(
-            "embed_rmsnorm",
+        k.embed_rmsnorm(
             (t, 1, 1),
             threads,
-            &[
-                Arg::Ptr(self.meta(layout, layout.tokens())),
-                Arg::Ptr(self.weights.embed.ptr),
-                Arg::Ptr(first.input_norm.ptr),
-                Arg::Ptr(a.residual.ptr),
-                Arg::Ptr(a.hidden.ptr),
-                Arg::I32(h),
-                Arg::F32(d.eps),
-            ],
+            EmbedRmsnorm {
+                tokens: self.meta(layout, layout.tokens()),
+                emb: self.weights.embed.ptr,
+                w: first.input_norm.ptr,
+                residual: a.residual.ptr,
+                out: a.hidden.ptr,
+                hidden: h,
+                eps: d.eps,
+            },
         )?;
         let blocks_per_split = d.nkv * attention_group_chunks(d.nq / d.nkv);
         let nsplit = attention_splits(tokens, blocks_per_split, self.sm_count, a.partial_rows);
@@ -127,18 +128,17 @@ impl Runner {
                 d.nq * hd,
             )?;
             k.count_external_launch();
-            k.launch(
-                "add_rmsnorm",
+            k.add_rmsnorm(
                 (t, 1, 1),
                 threads,
-                &[
-                    Arg::Ptr(a.x.ptr),
-                    Arg::Ptr(a.residual.ptr),
-                    Arg::Ptr(w.post_attention_norm.ptr),
-                    Arg::Ptr(a.hidden.ptr),
-                    Arg::I32(h),
-                    Arg::F32(d.eps),
-                ],
+                AddRmsnorm {
+                    x: a.x.ptr,
+                    residual: a.residual.ptr,
+                    w: w.post_attention_norm.ptr,
+                    out: a.hidden.ptr,
+                    hidden: h,
+                    eps: d.eps,
+                },
             )?;
             self.gemm.linear(
                 a.hidden.ptr,
@@ -151,33 +151,31 @@ impl Runner {
             k.count_external_launch();
             let n = tokens * d.inter;
             let blocks = n.div_ceil(256).min(self.sm_count * 16) as u32;
-            k.launch(
-                "silu_mul",
+            k.silu_mul(
                 (blocks, 1, 1),
                 256,
-                &[
-                    Arg::Ptr(a.gate_up.ptr),
-                    Arg::Ptr(a.act.ptr),
-                    Arg::I32(tokens as i32),
-                    Arg::I32(d.inter as i32),
-                ],
+                SiluMul {
+                    gate_up: a.gate_up.ptr,
+                    out: a.act.ptr,
+                    tokens: tokens as i32,
+                    inter: d.inter as i32,
+                },
             )?;
             self.gemm
                 .linear(a.act.ptr, w.down.ptr, a.x.ptr, tokens, d.hidden, d.inter)?;
             k.count_external_launch();
             if li + 1 < nlayers {
-                k.launch(
-                    "add_rmsnorm",
+                k.add_rmsnorm(
                     (t, 1, 1),
                     threads,
-                    &[
-                        Arg::Ptr(a.x.ptr),
-                        Arg::Ptr(a.residual.ptr),
-                        Arg::Ptr(self.weights.layers[li + 1].input_norm.ptr),
-                        Arg::Ptr(a.hidden.ptr),
-                        Arg::I32(h),
-                        Arg::F32(d.eps),
-                    ],
+                    AddRmsnorm {
+                        x: a.x.ptr,
+                        residual: a.residual.ptr,
+                        w: self.weights.layers[li + 1].input_norm.ptr,
+                        out: a.hidden.ptr,
+                        hidden: h,
+                        eps: d.eps,
+                    },
                 )?;
             }
         }
@@ -200,97 +198,102 @@ impl Runner {
         let rows_per_block = GEMV_WARPS * GEMV_ROWS;
         let grid = |rows: usize| (rows.div_ceil(rows_per_block) as u32, 1, 1);
         let threads = (GEMV_WARPS * 32) as u32;
-        // residual += x · Wᵀ (the O and down products).
-        let gemv_residual = |name: &str, x: u64, w: u64| {
-            k.launch(
-                name,
-                grid(d.hidden),
-                threads,
-                &[
-                    Arg::Ptr(x),
-                    Arg::Ptr(w),
-                    Arg::Ptr(a.residual.ptr),
-                    Arg::I32(t),
-                    Arg::I32(d.hidden as i32),
-                ],
-            )
-        };
+        // residual += x · Wᵀ (the O and down products): one warp per
+        // GEMV_ROWS output rows of the hidden size.
+        let residual_grid = grid(d.hidden);
+        let hidden = d.hidden as i32;
         // Only the residual is needed from the embedding kernel (its
         // normalized output is recomputed by norm_qkv).
-        k.launch(
-            "embed_rmsnorm",
+        k.embed_rmsnorm(
             (tokens as u32, 1, 1),
             256,
-            &[
-                Arg::Ptr(self.meta(layout, layout.tokens())),
-                Arg::Ptr(self.weights.embed.ptr),
-                Arg::Ptr(self.weights.layers[0].input_norm.ptr),
-                Arg::Ptr(a.residual.ptr),
-                Arg::Ptr(a.hidden.ptr),
-                Arg::I32(d.hidden as i32),
-                Arg::F32(d.eps),
-            ],
+            EmbedRmsnorm {
+                tokens: self.meta(layout, layout.tokens()),
+                emb: self.weights.embed.ptr,
+                w: self.weights.layers[0].input_norm.ptr,
+                residual: a.residual.ptr,
+                out: a.hidden.ptr,
+                hidden: d.hidden as i32,
+                eps: d.eps,
+            },
         )?;
         let blocks_per_split = d.nkv * attention_group_chunks(d.nq / d.nkv);
         let nsplit = attention_splits(tokens, blocks_per_split, self.sm_count, a.partial_rows);
         for (li, w) in self.weights.layers.iter().enumerate() {
             if w.q_norm.is_none() && w.k_norm.is_none() {
                 // One warp per RoPE pair (rows i and i + head_dim/2).
-                k.launch(
-                    "norm_qkv_rope_cache",
+                k.norm_qkv_rope_cache(
                     ((d.qkv_width() / 2).div_ceil(GEMV_WARPS) as u32, 1, 1),
                     threads,
-                    &[
-                        Arg::Ptr(a.residual.ptr),
-                        Arg::Ptr(w.input_norm.ptr),
-                        Arg::Ptr(w.qkv.ptr),
-                        Arg::Ptr(w.qkv_bias.as_ref().map_or(0, |b| b.ptr)),
-                        Arg::Ptr(self.cos_sin.ptr),
-                        Arg::Ptr(self.meta(layout, layout.positions())),
-                        Arg::Ptr(self.meta(layout, layout.slots())),
-                        Arg::Ptr(a.qkv.ptr),
-                        Arg::Ptr(kv.k(li)),
-                        Arg::Ptr(kv.v(li)),
-                        Arg::I32(t),
-                        Arg::I32(d.nq as i32),
-                        Arg::I32(d.nkv as i32),
-                        Arg::F32(d.eps),
-                    ],
+                    NormQkvRopeCache {
+                        residual: a.residual.ptr,
+                        norm_w: w.input_norm.ptr,
+                        w: w.qkv.ptr,
+                        bias: w.qkv_bias.as_ref().map_or(0, |b| b.ptr),
+                        cos_sin: self.cos_sin.ptr,
+                        positions: self.meta(layout, layout.positions()),
+                        slots: self.meta(layout, layout.slots()),
+                        qkv: a.qkv.ptr,
+                        k_cache: kv.k(li),
+                        v_cache: kv.v(li),
+                        t,
+                        nq: d.nq as i32,
+                        nkv: d.nkv as i32,
+                        eps: d.eps,
+                    },
                 )?;
             } else {
-                k.launch(
-                    "norm_qkv",
+                k.norm_qkv(
                     grid(d.qkv_width()),
                     threads,
-                    &[
-                        Arg::Ptr(a.residual.ptr),
-                        Arg::Ptr(w.input_norm.ptr),
-                        Arg::Ptr(w.qkv.ptr),
-                        Arg::Ptr(a.qkv.ptr),
-                        Arg::I32(t),
-                        Arg::I32(d.qkv_width() as i32),
-                        Arg::F32(d.eps),
-                    ],
+                    NormQkv {
+                        residual: a.residual.ptr,
+                        norm_w: w.input_norm.ptr,
+                        w: w.qkv.ptr,
+                        y: a.qkv.ptr,
+                        t,
+                        n: d.qkv_width() as i32,
+                        eps: d.eps,
+                    },
                 )?;
                 self.rope_cache(kv, layout, li, tokens)?;
             }
             self.attention(kv, layout, li, tokens, nsplit)?;
-            gemv_residual("o_proj_residual", a.attn.ptr, w.o_proj.ptr)?;
+            k.o_proj_residual(
+                residual_grid,
+                threads,
+                OProjResidual {
+                    x: a.attn.ptr,
+                    w: w.o_proj.ptr,
+                    residual: a.residual.ptr,
+                    t,
+                    n: hidden,
+                },
+            )?;
             // One warp per (gate row, up row) pair.
-            k.launch(
-                "norm_gate_up_silu",
+            k.norm_gate_up_silu(
                 (d.inter.div_ceil(GEMV_WARPS) as u32, 1, 1),
                 threads,
-                &[
-                    Arg::Ptr(a.residual.ptr),
-                    Arg::Ptr(w.post_attention_norm.ptr),
-                    Arg::Ptr(w.gate_up.ptr),
-                    Arg::Ptr(a.act.ptr),
-                    Arg::I32(t),
-                    Arg::F32(d.eps),
-                ],
+                NormGateUpSilu {
+                    residual: a.residual.ptr,
+                    norm_w: w.post_attention_norm.ptr,
+                    w: w.gate_up.ptr,
+                    act: a.act.ptr,
+                    t,
+                    eps: d.eps,
+                },
             )?;
-            gemv_residual("down_proj_residual", a.act.ptr, w.down.ptr)?;
+            k.down_proj_residual(
+                residual_grid,
+                threads,
+                DownProjResidual {
+                    x: a.act.ptr,
+                    w: w.down.ptr,
+                    residual: a.residual.ptr,
+                    t,
+                    n: hidden,
+                },
+            )?;
         }
         Ok(())
     }
@@ -308,24 +311,23 @@ impl Runner {
         let a = &self.arena;
         let w = &self.weights.layers[li];
         let t = tokens as u32;
-        self.kernels.launch(
-            "qkv_rope_cache",
+        self.kernels.qkv_rope_cache(
             (t, 1, 1),
             ROPE_CACHE_THREADS.min((d.nq + 2 * d.nkv) as u32 * 32),
-            &[
-                Arg::Ptr(a.qkv.ptr),
-                Arg::Ptr(w.qkv_bias.as_ref().map_or(0, |b| b.ptr)),
-                Arg::Ptr(w.q_norm.as_ref().map_or(0, |b| b.ptr)),
-                Arg::Ptr(w.k_norm.as_ref().map_or(0, |b| b.ptr)),
-                Arg::Ptr(self.cos_sin.ptr),
-                Arg::Ptr(self.meta(layout, layout.positions())),
-                Arg::Ptr(self.meta(layout, layout.slots())),
-                Arg::Ptr(kv.k(li)),
-                Arg::Ptr(kv.v(li)),
-                Arg::I32(d.nq as i32),
-                Arg::I32(d.nkv as i32),
-                Arg::F32(d.eps),
-            ],
+            QkvRopeCache {
+                qkv: a.qkv.ptr,
+                bias: w.qkv_bias.as_ref().map_or(0, |b| b.ptr),
+                q_norm: w.q_norm.as_ref().map_or(0, |b| b.ptr),
+                k_norm: w.k_norm.as_ref().map_or(0, |b| b.ptr),
+                cos_sin: self.cos_sin.ptr,
+                positions: self.meta(layout, layout.positions()),
+                slots: self.meta(layout, layout.slots()),
+                k_cache: kv.k(li),
+                v_cache: kv.v(li),
+                nq: d.nq as i32,
+                nkv: d.nkv as i32,
+                eps: d.eps,
+            },
         )
     }
 
@@ -341,30 +343,29 @@ impl Runner {
         let d = &self.dims;
         let a = &self.arena;
         let t = tokens as u32;
-        self.kernels.launch(
-            "attention",
+        self.kernels.attention(
             (
                 t,
                 (d.nkv * attention_group_chunks(d.nq / d.nkv)) as u32,
                 nsplit as u32,
             ),
             128,
-            &[
-                Arg::Ptr(a.qkv.ptr),
-                Arg::Ptr(kv.k(li)),
-                Arg::Ptr(kv.v(li)),
-                Arg::Ptr(self.meta(layout, layout.positions())),
-                Arg::Ptr(self.meta(layout, layout.seq_idx())),
-                Arg::Ptr(self.meta(layout, layout.block_tables())),
-                Arg::Ptr(self.meta(layout, layout.bt_stride())),
-                Arg::I32(kv.block_size as i32),
-                Arg::I32(d.nkv as i32),
-                Arg::F32(1.0 / (d.head_dim as f32).sqrt()),
-                Arg::Ptr(a.attn.ptr),
-                Arg::Ptr(a.part_acc.ptr),
-                Arg::Ptr(a.part_ml.ptr),
-                Arg::Ptr(a.split_counters.ptr),
-            ],
+            Attention {
+                qkv: a.qkv.ptr,
+                k_cache: kv.k(li),
+                v_cache: kv.v(li),
+                positions: self.meta(layout, layout.positions()),
+                seq_idx: self.meta(layout, layout.seq_idx()),
+                block_tables: self.meta(layout, layout.block_tables()),
+                bt_stride: self.meta(layout, layout.bt_stride()),
+                block_size: kv.block_size as i32,
+                nkv: d.nkv as i32,
+                scale: 1.0 / (d.head_dim as f32).sqrt(),
+                out: a.attn.ptr,
+                part_acc: a.part_acc.ptr,
+                part_ml: a.part_ml.ptr,
+                counters: a.split_counters.ptr,
+            },
         )
     }
 
@@ -381,19 +382,18 @@ impl Runner {
                 a.logits_rows
             )));
         }
-        self.kernels.launch(
-            "final_rmsnorm_rows",
+        self.kernels.final_rmsnorm_rows(
             (rows as u32, 1, 1),
             256,
-            &[
-                Arg::Ptr(rows_ptr),
-                Arg::Ptr(pending),
-                Arg::Ptr(a.residual.ptr),
-                Arg::Ptr(self.weights.final_norm.ptr),
-                Arg::Ptr(a.selected.ptr),
-                Arg::I32(d.hidden as i32),
-                Arg::F32(d.eps),
-            ],
+            FinalRmsnormRows {
+                rows: rows_ptr,
+                x: pending,
+                residual: a.residual.ptr,
+                w: self.weights.final_norm.ptr,
+                out: a.selected.ptr,
+                hidden: d.hidden as i32,
+                eps: d.eps,
+            },
         )?;
         self.gemm.linear(
             a.selected.ptr,
@@ -417,21 +417,20 @@ impl Runner {
         rows: usize,
     ) -> Result<(), BackendError> {
         let a = &self.arena;
-        self.kernels.launch(
-            "sample_rows",
+        self.kernels.sample_rows(
             (rows as u32, 1, 1),
             1024,
-            &[
-                Arg::Ptr(a.logits.ptr),
-                Arg::I32(self.dims.vocab as i32),
-                Arg::Ptr(self.meta(layout, layout.temperature() + first)),
-                Arg::Ptr(self.meta(layout, layout.top_k() + first)),
-                Arg::Ptr(self.meta(layout, layout.top_p() + first)),
-                Arg::Ptr(self.meta(layout, layout.seed_lo() + first)),
-                Arg::Ptr(self.meta(layout, layout.seed_hi() + first)),
-                Arg::Ptr(self.meta(layout, layout.draw_index() + first)),
-                Arg::Ptr(a.sampled.ptr),
-            ],
+            SampleRows {
+                logits: a.logits.ptr,
+                vocab: self.dims.vocab as i32,
+                temperature: self.meta(layout, layout.temperature() + first),
+                top_k: self.meta(layout, layout.top_k() + first),
+                top_p: self.meta(layout, layout.top_p() + first),
+                seed_lo: self.meta(layout, layout.seed_lo() + first),
+                seed_hi: self.meta(layout, layout.seed_hi() + first),
+                draw_index: self.meta(layout, layout.draw_index() + first),
+                out: a.sampled.ptr,
+            },
         )
     }
 

@@ -1,7 +1,11 @@
 //! Rotary position embedding, HF convention (`rotate_half`: the first half of
 //! a head pairs with the second half), with optional `llama3` frequency
-//! scaling. Angles are formed the way transformers forms them in float32
-//! (f32 inverse frequencies times f32 position), so long positions agree.
+//! scaling: the one implementation both backends use. The CPU backend
+//! rotates with [`Rope::angles`]; the CUDA backend uploads
+//! [`Rope::cos_sin_table`], built from the same angles, so the two cannot
+//! drift apart at long positions. Angles are formed the way transformers
+//! forms them (f32 inverse frequencies times the f32 position, rounded to
+//! f32), then cos/sin are taken in f64 and rounded to f32.
 
 use crate::config::{Llama3RopeScaling, ModelConfig};
 
@@ -28,17 +32,31 @@ impl Rope {
         Rope { inv_freq }
     }
 
-    pub fn angles(&self, position: usize) -> RopeAngles {
+    /// `(cos, sin)` of every frequency at `position`.
+    fn cos_sin(&self, position: usize) -> impl Iterator<Item = (f32, f32)> + '_ {
         let p = position as f32;
-        let (cos, sin) = self
-            .inv_freq
-            .iter()
-            .map(|&f| {
-                let a = (p * f) as f64;
-                (a.cos() as f32, a.sin() as f32)
-            })
-            .unzip();
+        self.inv_freq.iter().map(move |&f| {
+            let a = (p * f) as f64;
+            (a.cos() as f32, a.sin() as f32)
+        })
+    }
+
+    pub fn angles(&self, position: usize) -> RopeAngles {
+        let (cos, sin) = self.cos_sin(position).unzip();
         RopeAngles { cos, sin }
+    }
+
+    /// Interleaved `(cos, sin)` pairs, `[position][head_dim / 2]`, for
+    /// positions `0..max_positions` (the CUDA kernels' table).
+    pub fn cos_sin_table(&self, max_positions: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(max_positions * self.inv_freq.len() * 2);
+        for pos in 0..max_positions {
+            for (c, s) in self.cos_sin(pos) {
+                out.push(c);
+                out.push(s);
+            }
+        }
+        out
     }
 
     /// Rotates every head (`head_dim` = 2 × frequencies) of `row` in place.
@@ -99,6 +117,20 @@ mod tests {
         e[0] = 1.0;
         rope.apply(&mut e, &rope.angles(1));
         assert!((e[0] - 1f32.cos()).abs() < 1e-6 && (e[16] - 1f32.sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_cuda_table_holds_the_cpu_angles() {
+        let rope = Rope::new(&preset("llama-3.2-1b").unwrap());
+        let half = rope.inv_freq.len();
+        let table = rope.cos_sin_table(40_000);
+        for pos in [0, 1, 777, 32_767, 39_999] {
+            let a = rope.angles(pos);
+            for i in 0..half {
+                let at = (pos * half + i) * 2;
+                assert_eq!((table[at], table[at + 1]), (a.cos[i], a.sin[i]));
+            }
+        }
     }
 
     #[test]
