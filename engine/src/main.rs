@@ -121,6 +121,14 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print what the pipeline needs to know about a checkpoint (format,
+    /// architecture, vocabulary, special tokens) as JSON, reading only its
+    /// header: how `cargo xtask bench --model FILE.gguf` learns the vocab.
+    Inspect {
+        /// A Hugging Face checkpoint directory or a GGUF file.
+        #[arg(long)]
+        model: PathBuf,
+    },
     /// Check an engine.toml without loading a model: exit 0 when it is
     /// valid, else print what is wrong (line and field) and exit 1.
     CheckConfig {
@@ -270,6 +278,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 written.num_parameters,
                 written.bytes
             );
+            Ok(())
+        }
+        Command::Inspect { model } => {
+            let ckpt = engine::weights::Checkpoint::open(&model)
+                .with_context(|| format!("opening {}", model.display()))?;
+            let c = &ckpt.config;
+            let mut special: Vec<u32> = c.bos_token_id.into_iter().collect();
+            special.extend(&c.eos_token_ids);
+            special.sort_unstable();
+            special.dedup();
+            let info = workloads::ModelInfo {
+                format: if ckpt.gguf_metadata().is_some() {
+                    "gguf"
+                } else {
+                    "safetensors"
+                }
+                .to_string(),
+                architecture: c.architecture.hf_class().to_string(),
+                vocab_size: u32::try_from(c.vocab_size).context("vocab_size above u32")?,
+                special_token_ids: special,
+                num_hidden_layers: c.num_hidden_layers as u32,
+                hidden_size: c.hidden_size as u32,
+            };
+            println!("{}", serde_json::to_string_pretty(&info)?);
             Ok(())
         }
         Command::CheckConfig { config } => {

@@ -463,3 +463,45 @@ fn gguf_tokenizer_encodes_decodes_and_splits_special_tokens() {
         .to_string()
         .contains("appears twice"));
 }
+
+/// `engine inspect` tells the pipeline a GGUF file's vocabulary and
+/// special tokens (what xtask cannot read itself), the same as for the
+/// safetensors directory it was converted from; a file that is not a
+/// checkpoint is an error naming it.
+#[test]
+fn engine_inspect_reports_the_gguf_vocabulary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tiny-qwen2");
+    write_preset("tiny-qwen2", 0, &dir).unwrap();
+    let gguf = write(
+        tmp.path(),
+        "tiny-qwen2.gguf",
+        &gguf_of(&dir, TensorEncoding::F32).to_bytes(),
+    );
+    let inspect = |model: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_engine"))
+            .args(["inspect", "--model"])
+            .arg(model)
+            .output()
+            .unwrap()
+    };
+    let parse = |out: std::process::Output| -> workloads::ModelInfo {
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let from_gguf = parse(inspect(&gguf));
+    let from_dir = parse(inspect(&dir));
+    assert_eq!(from_gguf.format, "gguf");
+    assert_eq!(from_dir.format, "safetensors");
+    let cfg = Checkpoint::open(&dir).unwrap().config;
+    assert_eq!(from_gguf.vocab_size as usize, cfg.vocab_size);
+    assert_eq!(from_gguf.architecture, "Qwen2ForCausalLM");
+    assert_eq!(from_gguf.special_token_ids, from_dir.special_token_ids);
+    assert_eq!(from_gguf.num_hidden_layers, from_dir.num_hidden_layers);
+
+    let junk = write(tmp.path(), "junk.gguf", b"not a gguf file");
+    let out = inspect(&junk);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("junk.gguf"), "{err}");
+}

@@ -35,6 +35,22 @@ pub struct GpuProperties {
     pub cuda_driver_version: i32,
 }
 
+/// What `engine inspect --model PATH` prints: what the pipeline needs to
+/// know about a checkpoint it cannot read itself (a GGUF file), from the
+/// engine's own loader.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// "safetensors" (a Hugging Face directory) or "gguf".
+    pub format: String,
+    /// The HF architecture class, e.g. "LlamaForCausalLM".
+    pub architecture: String,
+    pub vocab_size: u32,
+    /// BOS and EOS ids: workloads draw prompt tokens outside these.
+    pub special_token_ids: Vec<u32>,
+    pub num_hidden_layers: u32,
+    pub hidden_size: u32,
+}
+
 impl EngineInfo {
     pub fn has_gpu(&self) -> bool {
         !self.gpus.is_empty()

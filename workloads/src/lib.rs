@@ -29,7 +29,7 @@ pub use request::{Request, SamplingParams};
 pub use arrival::Arrival;
 pub use catalogue::{Catalogue, CatalogueError};
 pub use distribution::LengthDist;
-pub use engine_info::{EngineInfo, GpuProperties};
+pub use engine_info::{EngineInfo, GpuProperties, ModelInfo};
 pub use generate::{GenerateError, TokenSpace};
 pub use location::InvalidToml;
 pub use spec::{SpecError, WorkloadSpec};

@@ -392,9 +392,8 @@ impl BenchContext {
             return Ok(m.clone());
         }
         let model = model::resolve(name, &self.engine, &self.root.join(".models"))?;
-        let vocab = model::vocab(&model.dir)?;
-        let hash = fingerprint::hash_dir(&model.dir)
-            .with_context(|| format!("hashing the model {}", model.dir.display()))?;
+        let vocab = model::vocab(&model, &self.engine)?;
+        let hash = model::content_hash(&model)?;
         let resolved = ResolvedModel { model, vocab, hash };
         self.models
             .borrow_mut()
@@ -427,7 +426,7 @@ impl BenchContext {
         let created_at = chrono::Utc::now();
         let runner = TrialRunner {
             engine: self.engine.clone(),
-            model_dir: resolved.model.dir.clone(),
+            model_dir: resolved.model.path.clone(),
             device: self.device.to_string(),
             trials: options.trials,
             timeout: self.timeout,

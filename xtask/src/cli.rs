@@ -55,9 +55,10 @@ pub struct BenchArgs {
     pub workloads: Vec<String>,
 
     /// Model: a synthetic preset name (synthesized into `.models/` on first
-    /// use) or a directory with a Hugging Face checkpoint. Default: the
-    /// workloads' preset, else `tiny`.
-    #[arg(long, value_name = "PRESET|DIR")]
+    /// use), a directory with a Hugging Face checkpoint, or a GGUF file
+    /// (its vocabulary read by `engine inspect`). Default: the workloads'
+    /// preset, else `tiny`.
+    #[arg(long, value_name = "PRESET|DIR|FILE.gguf")]
     pub model: Option<String>,
 
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]

@@ -1,5 +1,6 @@
-//! The model a run measures: a Hugging Face checkpoint directory, or a
-//! synthetic preset that `engine synth` writes into a cache on first use.
+//! The model a run measures: a Hugging Face checkpoint directory, a GGUF
+//! file, or a synthetic preset that `engine synth` writes into a cache on
+//! first use.
 
 use std::path::{Path, PathBuf};
 
@@ -11,23 +12,36 @@ pub const SYNTH_SEED: u64 = 0;
 
 #[derive(Debug, Clone)]
 pub struct Model {
-    /// What the user named: a preset or a directory.
+    /// What the user named: a preset, a directory or a GGUF file.
     pub name: String,
-    pub dir: PathBuf,
+    /// The checkpoint directory or GGUF file the engine loads.
+    pub path: PathBuf,
 }
 
-/// Resolves `spec` to a checkpoint directory: an existing directory is used
-/// as is; anything else is a preset, synthesized into
+/// Resolves `spec` to a checkpoint: an existing directory or `.gguf` file
+/// is used as is; anything else is a preset, synthesized into
 /// `<cache>/<preset>-seed<k>/` unless already there.
 pub fn resolve(spec: &str, engine: &Path, cache: &Path) -> anyhow::Result<Model> {
-    let as_dir = Path::new(spec);
-    if as_dir.is_dir() {
-        if !as_dir.join("config.json").is_file() {
+    let as_path = Path::new(spec);
+    if as_path.is_dir() {
+        if !as_path.join("config.json").is_file() {
             bail!("model directory {spec} has no config.json");
         }
         return Ok(Model {
             name: spec.to_string(),
-            dir: as_dir.to_path_buf(),
+            path: as_path.to_path_buf(),
+        });
+    }
+    if as_path.is_file() {
+        if !is_gguf(as_path) {
+            bail!(
+                "model {spec} is a file but not a .gguf: give a checkpoint directory \
+                 (config.json + safetensors), a GGUF file or a preset name"
+            );
+        }
+        return Ok(Model {
+            name: spec.to_string(),
+            path: as_path.to_path_buf(),
         });
     }
     let dir = cache.join(format!("{spec}-seed{SYNTH_SEED}"));
@@ -36,8 +50,13 @@ pub fn resolve(spec: &str, engine: &Path, cache: &Path) -> anyhow::Result<Model>
     }
     Ok(Model {
         name: spec.to_string(),
-        dir,
+        path: dir,
     })
+}
+
+fn is_gguf(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 /// Writes the preset into a temporary sibling and renames it into place,
@@ -88,18 +107,64 @@ fn synthesize(preset: &str, engine: &Path, dir: &Path) -> anyhow::Result<()> {
 }
 
 /// The token ids a generated prompt may use: below the vocabulary size and
-/// none of the model's special tokens, read from its `config.json`.
+/// none of the model's special tokens, read from its `config.json` (or, for
+/// a GGUF file, from `engine inspect`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Vocab {
     pub vocab_size: u32,
     pub special: Vec<u32>,
 }
 
-pub fn vocab(model_dir: &Path) -> anyhow::Result<Vocab> {
-    let path = model_dir.join("config.json");
+pub fn vocab(model: &Model, engine: &Path) -> anyhow::Result<Vocab> {
+    if model.path.is_file() {
+        return inspected_vocab(&model.path, engine);
+    }
+    let path = model.path.join("config.json");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     parse_vocab(&text).with_context(|| format!("in {}", path.display()))
+}
+
+/// The vocabulary of a GGUF file, as the engine's own loader reads it.
+fn inspected_vocab(file: &Path, engine: &Path) -> anyhow::Result<Vocab> {
+    let out = duct::cmd(
+        engine,
+        ["inspect".as_ref(), "--model".as_ref(), file.as_os_str()],
+    )
+    .stderr_capture()
+    .stdout_capture()
+    .unchecked()
+    .run()
+    .with_context(|| format!("cannot run {} inspect", engine.display()))?;
+    if !out.status.success() {
+        bail!(
+            "`engine inspect --model {}` failed ({}): {}",
+            file.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let info: workloads::ModelInfo = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "`engine inspect --model {}` printed no model info",
+            file.display()
+        )
+    })?;
+    Ok(Vocab {
+        vocab_size: info.vocab_size,
+        special: info.special_token_ids,
+    })
+}
+
+/// The model's content hash for the fingerprint: every file of a
+/// directory, or the GGUF file.
+pub fn content_hash(model: &Model) -> anyhow::Result<String> {
+    let hashed = if model.path.is_file() {
+        crate::fingerprint::hash_file(&model.path)
+    } else {
+        crate::fingerprint::hash_dir(&model.path)
+    };
+    hashed.with_context(|| format!("hashing the model {}", model.path.display()))
 }
 
 fn parse_vocab(config_json: &str) -> anyhow::Result<Vocab> {

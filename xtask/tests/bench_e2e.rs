@@ -19,6 +19,7 @@ const FAKE_ENGINE: &str = r#"#!/bin/sh
 here=$(dirname "$0")
 case "$1" in
   info) echo '{"engine_version":"0.0.0","backends":["cpu"],"cuda_available":false,"cpu_threads":2,"gpus":[]}'; exit 0 ;;
+  inspect) echo '{"format":"gguf","architecture":"LlamaForCausalLM","vocab_size":64,"special_token_ids":[2],"num_hidden_layers":2,"hidden_size":8}'; exit 0 ;;
   check-config)
     if grep -q bogus "$3"; then echo "error: $3: line 1: unknown field \`bogus\`" >&2; exit 1; fi
     echo "$3: ok"; exit 0 ;;
@@ -232,6 +233,32 @@ fn crash_and_timeout_are_recorded_and_good_trials_stored() {
     ] {
         assert!(vllm[key].is_number(), "{key}: {}", vllm[key]);
     }
+}
+
+#[test]
+fn a_gguf_file_is_a_model_the_engine_describes() {
+    // xtask cannot read GGUF: the vocabulary comes from `engine inspect`,
+    // the fingerprint's hash from the file, and the engine gets the file.
+    let fx = Fixture::new(&["ok", "ok"]);
+    let gguf = fx.path("model.gguf");
+    std::fs::write(&gguf, b"GGUF stand-in").unwrap();
+    let mut args = fx.args(&["--workload", "fake", "--trials", "2"]);
+    args.model = Some(gguf.to_string_lossy().into_owned());
+    assert_eq!(xtask::bench::run(&args, fx.root()).unwrap(), 0);
+    let store = Store::open(&fx.path("results")).unwrap();
+    let (_, run) = store.resolve_run("latest").unwrap();
+    assert_eq!(run.fingerprint.model, gguf.to_string_lossy());
+    assert_eq!(
+        run.fingerprint.model_hash,
+        xtask::fingerprint::hash_file(&gguf).unwrap()
+    );
+
+    // Any other file is refused with what to give instead.
+    let other = fx.path("model.bin");
+    std::fs::write(&other, b"x").unwrap();
+    args.model = Some(other.to_string_lossy().into_owned());
+    let err = xtask::bench::run(&args, fx.root()).unwrap_err();
+    assert!(format!("{err:#}").contains("not a .gguf"), "{err:#}");
 }
 
 #[test]

@@ -31,6 +31,12 @@ impl Dims {
         (self.nq + 2 * self.nkv) * self.head_dim
     }
 
+    /// Attention blocks per query token and context split: one per KV head
+    /// and chunk of its GQA group (the grid's y dimension).
+    pub fn attention_head_blocks(&self) -> usize {
+        self.nkv * attention_group_chunks(self.nq / self.nkv)
+    }
+
     pub fn kernel_shape(&self) -> KernelShape {
         KernelShape {
             head_dim: self.head_dim,
@@ -113,7 +119,7 @@ impl Arena {
             part_acc: mb(PARTIAL_ROWS * d.nq * d.head_dim * f, "attention partials")?,
             part_ml: mb(PARTIAL_ROWS * d.nq * 2 * f, "attention partial maxima")?,
             split_counters: mb(
-                t * d.nkv * attention_group_chunks(d.nq / d.nkv) * 4,
+                t * d.attention_head_blocks() * 4,
                 "attention split counters",
             )?,
             selected: mb(logits_rows * d.hidden * bf, "selected rows")?,

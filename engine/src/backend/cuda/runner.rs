@@ -19,10 +19,9 @@ use super::arena::{Arena, Dims};
 use super::buffer::DeviceBuffer;
 use super::gemm::Gemm;
 use super::kernels::{
-    attention_group_chunks, AddRmsnorm, Attention, DownProjResidual, EmbedRmsnorm,
-    FinalRmsnormRows, Kernels, NormGateUpSilu, NormQkv, NormQkvRopeCache, OProjResidual,
-    QkvRopeCache, SampleRows, SiluMul, ATTN_MAX_SPLITS, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS,
-    ROPE_CACHE_THREADS,
+    AddRmsnorm, Attention, DownProjResidual, EmbedRmsnorm, FinalRmsnormRows, Kernels,
+    NormGateUpSilu, NormQkv, NormQkvRopeCache, OProjResidual, QkvRopeCache, SampleRows, SiluMul,
+    ATTN_MAX_SPLITS, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS, ROPE_CACHE_THREADS,
 };
 use super::kv_pool::KvPool;
 use super::step_meta::MetaLayout;
@@ -104,8 +103,12 @@ impl Runner {
                 eps: d.eps,
             },
         )?;
-        let blocks_per_split = d.nkv * attention_group_chunks(d.nq / d.nkv);
-        let nsplit = attention_splits(tokens, blocks_per_split, self.sm_count, a.partial_rows);
+        let nsplit = attention_splits(
+            tokens,
+            d.attention_head_blocks(),
+            self.sm_count,
+            a.partial_rows,
+        );
         let nlayers = self.weights.layers.len();
         for (li, w) in self.weights.layers.iter().enumerate() {
             self.gemm.linear(
@@ -217,8 +220,12 @@ impl Runner {
                 eps: d.eps,
             },
         )?;
-        let blocks_per_split = d.nkv * attention_group_chunks(d.nq / d.nkv);
-        let nsplit = attention_splits(tokens, blocks_per_split, self.sm_count, a.partial_rows);
+        let nsplit = attention_splits(
+            tokens,
+            d.attention_head_blocks(),
+            self.sm_count,
+            a.partial_rows,
+        );
         for (li, w) in self.weights.layers.iter().enumerate() {
             if w.q_norm.is_none() && w.k_norm.is_none() {
                 // One warp per RoPE pair (rows i and i + head_dim/2).
@@ -344,11 +351,7 @@ impl Runner {
         let a = &self.arena;
         let t = tokens as u32;
         self.kernels.attention(
-            (
-                t,
-                (d.nkv * attention_group_chunks(d.nq / d.nkv)) as u32,
-                nsplit as u32,
-            ),
+            (t, d.attention_head_blocks() as u32, nsplit as u32),
             128,
             Attention {
                 qkv: a.qkv.ptr,
