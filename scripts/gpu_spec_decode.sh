@@ -44,4 +44,9 @@ run "$HERE/spec_decode/run_matrix.sh" "$E" "$GGUF" "$OUT/real" cuda "$TRIALS" "$
 run "$X" bench --engine-bin "$E" --workload pr-smollm2-batch1 --workload pr-smollm2-offline \
   --trials "$TRIALS" --ab --a-label "spec off" --b-label "ngram k=6" \
   --b-set speculative_method=ngram --b-set num_speculative_tokens=6 --ab-seed 14
+# The pipeline on the real GGUF with the pr workloads' random-token prompts
+# (no text: nothing for n-grams to copy but the model's own repetitions).
+run "$X" bench --engine-bin "$E" --model "$GGUF" --workload pr-smollm2-batch1 --workload pr-smollm2-offline \
+  --trials "$TRIALS" --ab --a-label "spec off" --b-label "ngram k=6" \
+  --b-set speculative_method=ngram --b-set num_speculative_tokens=6 --ab-seed 15
 ls -la "$OUT" "$OUT/real" | tee -a "$LOG"
