@@ -3,7 +3,9 @@
 //! Each [`Engine::step`] asks the scheduler for a batch, runs it on the
 //! backend, stamps every token it produced with one monotonic time taken when
 //! the forward pass returned, and finishes sequences (length, EOS, stop
-//! token), freeing their KV blocks.
+//! token), freeing their KV blocks. With speculative decoding on, decoding
+//! sequences get n-gram drafts before scheduling and a step may emit several
+//! tokens per sequence (`spec_decode`).
 
 use std::time::Instant;
 
@@ -16,6 +18,7 @@ use crate::config::ModelConfig;
 use crate::engine_config::EngineConfig;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::sequence::Sequence;
+use crate::spec_decode::{self, NgramConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -56,6 +59,8 @@ pub struct Engine {
     next_seq_id: u64,
     next_step: u64,
     rejected: Vec<RequestRecord>,
+    /// Speculative decoding's proposer, when it is on.
+    ngram: Option<NgramConfig>,
 }
 
 impl Engine {
@@ -67,6 +72,14 @@ impl Engine {
         cfg: &EngineConfig,
     ) -> Result<Engine, EngineError> {
         cfg.validate().map_err(EngineError::Config)?;
+        let ngram = NgramConfig::from_engine_config(cfg);
+        if ngram.is_some() && !backend.supports_draft_verification() {
+            return Err(EngineError::Config(format!(
+                "speculative_method: the {} backend cannot verify draft tokens; set \
+                 speculative_method = \"off\"",
+                backend.info().kind
+            )));
+        }
         let max_model_len = match cfg.max_model_len {
             0 => model.max_position_embeddings,
             n if n > model.max_position_embeddings => {
@@ -119,6 +132,7 @@ impl Engine {
             next_seq_id: 0,
             next_step: 0,
             rejected: Vec::new(),
+            ngram,
         })
     }
 
@@ -243,22 +257,49 @@ impl Engine {
             ..StepOutcome::default()
         };
         let start_s = self.now_s();
+        if let Some(ngram) = self.ngram {
+            self.propose_drafts(&ngram);
+        }
         let batch = self.scheduler.schedule(start_s);
         if batch.is_empty() {
             return Ok(outcome);
         }
 
-        let steps: Vec<SeqStep<'_>> = batch
+        // A verify chunk (the last token, then its drafts) is not a slice of
+        // the sequence's tokens: it is assembled here.
+        let verify_chunks: Vec<Vec<u32>> = batch
             .seqs
             .iter()
             .map(|e| {
+                if e.num_draft == 0 {
+                    return Vec::new();
+                }
                 let seq = self
                     .scheduler
                     .seq(e.seq_id)
                     .expect("scheduled ids are live");
+                let mut chunk = seq.tokens[e.start_pos..].to_vec();
+                chunk.extend_from_slice(&seq.draft[..e.num_draft]);
+                chunk
+            })
+            .collect();
+        let steps: Vec<SeqStep<'_>> = batch
+            .seqs
+            .iter()
+            .zip(&verify_chunks)
+            .map(|(e, chunk)| {
+                let seq = self
+                    .scheduler
+                    .seq(e.seq_id)
+                    .expect("scheduled ids are live");
+                let tokens = if e.num_draft > 0 {
+                    &chunk[..]
+                } else {
+                    &seq.tokens[e.start_pos..e.start_pos + e.num_tokens]
+                };
                 SeqStep {
                     seq_id: e.seq_id,
-                    tokens: &seq.tokens[e.start_pos..e.start_pos + e.num_tokens],
+                    tokens,
                     start_pos: e.start_pos,
                     block_table: &seq.block_table,
                     sample: e.sample.then(|| SampleSpec {
@@ -267,6 +308,7 @@ impl Engine {
                         top_p: seq.sampling.top_p,
                         seed: seq.sampling.seed,
                         index: seq.output_len() as u32,
+                        num_drafts: e.num_draft as u32,
                     }),
                 }
             })
@@ -275,55 +317,93 @@ impl Engine {
         let t = self.now_s();
         drop(steps);
 
-        let to_sample: Vec<u64> = batch
+        // Each sampling entry's rows: its draft length + 1.
+        let to_sample: Vec<(u64, usize)> = batch
             .seqs
             .iter()
             .filter(|e| e.sample)
-            .map(|e| e.seq_id)
+            .map(|e| (e.seq_id, e.num_draft))
             .collect();
-        if sampled.len() != to_sample.len() {
+        let rows: usize = to_sample.iter().map(|&(_, d)| d + 1).sum();
+        if sampled.len() != rows {
             return Err(BackendError::InvalidBatch(format!(
-                "backend returned {} tokens for {} sampling sequences",
+                "backend returned {} tokens for {} sampling sequences ({rows} rows)",
                 sampled.len(),
                 to_sample.len()
             ))
             .into());
         }
         self.scheduler.commit(&batch);
-        for (seq_id, token) in to_sample.into_iter().zip(sampled) {
-            if token == NONFINITE_LOGITS {
-                if let Some(done) = self.scheduler.finish(seq_id, t) {
-                    let mut record = finished_record(&done, FinishReason::Error);
-                    record.status = RecordStatus::NonfiniteLogits;
-                    outcome.finished.push(record);
-                }
-                continue;
-            }
+        let mut accepted_in_step = 0usize;
+        let mut next_row = 0usize;
+        for (seq_id, num_draft) in to_sample {
+            let seq_rows = &sampled[next_row..next_row + num_draft + 1];
+            next_row += num_draft + 1;
             let seq = self
                 .scheduler
                 .seq_mut(seq_id)
                 .expect("scheduled ids are live");
-            seq.push_token(token, t);
-            outcome.tokens.push(TokenEvent {
-                request_id: seq.request_id,
-                token,
-                time_s: t,
-            });
-            if let Some(reason) = seq.stop_reason(&self.eos_token_ids) {
-                if let Some(done) = self.scheduler.finish(seq_id, t) {
-                    outcome.finished.push(finished_record(&done, reason));
+            let draft = std::mem::take(&mut seq.draft);
+            let accepted = spec_decode::accepted_prefix(&draft[..num_draft], seq_rows);
+            // Emit the sampled tokens of the accepted drafts and the one
+            // after them, stopping where plain decoding would have stopped.
+            let mut stop = None;
+            let mut emitted = 0usize;
+            for (i, &token) in seq_rows[..=accepted].iter().enumerate() {
+                if token == NONFINITE_LOGITS {
+                    stop = Some(None);
+                    break;
                 }
+                if i > 0 {
+                    // The token emitted before this one was draft i-1, whose
+                    // K/V this step computed.
+                    seq.num_computed += 1;
+                }
+                seq.push_token(token, t);
+                emitted += 1;
+                outcome.tokens.push(TokenEvent {
+                    request_id: seq.request_id,
+                    token,
+                    time_s: t,
+                });
+                if let Some(reason) = seq.stop_reason(&self.eos_token_ids) {
+                    stop = Some(Some(reason));
+                    break;
+                }
+            }
+            let accepted_emitted = emitted.min(accepted);
+            if num_draft > 0 {
+                seq.spec.add(num_draft, accepted_emitted);
+                accepted_in_step += accepted_emitted;
+            }
+            match stop {
+                Some(reason) => {
+                    if let Some(done) = self.scheduler.finish(seq_id, t) {
+                        let record = match reason {
+                            Some(reason) => finished_record(&done, reason),
+                            None => {
+                                let mut record = finished_record(&done, FinishReason::Error);
+                                record.status = RecordStatus::NonfiniteLogits;
+                                record
+                            }
+                        };
+                        outcome.finished.push(record);
+                    }
+                }
+                None if num_draft > 0 => self.scheduler.release_blocks_past_computed(seq_id),
+                None => {}
             }
         }
 
         let decode_tokens = batch.seqs.iter().filter(|e| e.is_decode).count();
+        let draft_tokens: usize = batch.seqs.iter().map(|e| e.num_draft).sum();
         let blocks = self.scheduler.block_manager();
         outcome.log = Some(StepLogEntry {
             step: self.next_step,
             start_s,
             duration_s: t - start_s,
             batch_size: batch.seqs.len() as u32,
-            prefill_tokens: (batch.num_tokens() - decode_tokens) as u32,
+            prefill_tokens: (batch.num_tokens() - decode_tokens - draft_tokens) as u32,
             decode_tokens: decode_tokens as u32,
             num_waiting: self.scheduler.num_waiting() as u32,
             kv_blocks_used: blocks.blocks_in_use() as u32,
@@ -331,9 +411,39 @@ impl Engine {
             preempted: batch.preempted.len() as u32,
             prefix_cache_queries: batch.prefix_cache_queries,
             prefix_cache_hits: batch.prefix_cache_hits,
+            spec_draft_tokens: draft_tokens as u32,
+            spec_accepted_tokens: accepted_in_step as u32,
         });
         self.next_step += 1;
         Ok(outcome)
+    }
+
+    /// Gives every decoding sequence its n-gram draft for this step: at
+    /// most k tokens, never past `max_tokens` (the bonus token is the
+    /// `max_tokens`-th at most), and within the step's token budget after
+    /// one token per decoding sequence.
+    fn propose_drafts(&mut self, ngram: &NgramConfig) {
+        let budget = self.scheduler.config().max_num_batched_tokens;
+        let running = self.scheduler.running().to_vec();
+        let mut decoding = Vec::new();
+        let mut lens = Vec::new();
+        for id in running {
+            let seq = self.scheduler.seq_mut(id).expect("running ids are live");
+            seq.draft.clear();
+            if !seq.is_decoding() {
+                continue;
+            }
+            let room = (seq.sampling.max_tokens as usize).saturating_sub(seq.output_len() + 1);
+            seq.draft = ngram.propose(&seq.tokens, room);
+            lens.push(seq.draft.len());
+            decoding.push(id);
+        }
+        spec_decode::fit_drafts(&mut lens, decoding.len(), budget);
+        for (id, len) in decoding.into_iter().zip(lens) {
+            if let Some(seq) = self.scheduler.seq_mut(id) {
+                seq.draft.truncate(len);
+            }
+        }
     }
 }
 
@@ -354,6 +464,7 @@ fn finished_record(seq: &Sequence, reason: FinishReason) -> RequestRecord {
         output_hash: hash_tokens(seq.output()),
         output_token_ids: seq.output().to_vec(),
         client: None,
+        spec_decode: seq.spec.to_record(),
     }
 }
 
@@ -374,6 +485,7 @@ fn rejected_record(request: &Request, now: f64, reason: String) -> RequestRecord
         output_hash: hash_tokens(&[]),
         output_token_ids: Vec::new(),
         client: None,
+        spec_decode: None,
     }
 }
 
@@ -554,6 +666,80 @@ mod tests {
         let records = run_all(&mut e);
         assert_eq!(records.len(), 1, "an aborted request leaves no record");
         assert_eq!(records[0].id, 3);
+        assert_eq!(e.kv_blocks_in_use(), 0);
+    }
+
+    /// A backend that does not verify drafts (the trait's default).
+    struct NoDrafts(MockBackend);
+
+    impl Backend for NoDrafts {
+        fn info(&self) -> crate::backend::BackendInfo {
+            self.0.info()
+        }
+        fn kv_block_bytes(&self, block_size: usize) -> usize {
+            self.0.kv_block_bytes(block_size)
+        }
+        fn kv_memory_budget(&self, cfg: &EngineConfig) -> Result<u64, BackendError> {
+            self.0.kv_memory_budget(cfg)
+        }
+        fn allocate_kv_cache(&mut self, blocks: usize, size: usize) -> Result<(), BackendError> {
+            self.0.allocate_kv_cache(blocks, size)
+        }
+        fn forward(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<u32>, BackendError> {
+            self.0.forward(batch)
+        }
+        fn forward_logits(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>, BackendError> {
+            self.0.forward_logits(batch)
+        }
+    }
+
+    fn ngram(k: usize) -> EngineConfig {
+        EngineConfig {
+            speculative_method: crate::engine_config::SpeculativeMethod::Ngram,
+            num_speculative_tokens: k,
+            prompt_lookup_min: 1,
+            prompt_lookup_max: 2,
+            ..EngineConfig::default()
+        }
+    }
+
+    #[test]
+    fn speculation_on_a_backend_that_cannot_verify_is_refused_by_name() {
+        let model = mock_model_config(32, 64, &[]);
+        let backend = Box::new(NoDrafts(MockBackend::new(32)));
+        let err = Engine::new(backend, &model, &ngram(3)).err().unwrap();
+        assert!(err.to_string().contains("speculative_method"), "{err}");
+        let backend = Box::new(NoDrafts(MockBackend::new(32)));
+        assert!(Engine::new(backend, &model, &EngineConfig::default()).is_ok());
+    }
+
+    #[test]
+    fn spec_steps_log_drafts_and_outputs_match_plain_decoding() {
+        // A prompt that repeats invites drafts from the first decode on.
+        let prompt: Vec<u32> = [3, 9, 4, 3, 9, 4, 3, 9].to_vec();
+        let sampling = SamplingParams::greedy(20);
+        let mut plain = engine(EngineConfig::default(), &[]);
+        plain.add_request(request(1, prompt.clone(), sampling.clone()));
+        let want = run_all(&mut plain).remove(0).output_token_ids;
+
+        let model = mock_model_config(32, 64, &[]);
+        let mut e = Engine::new(Box::new(MockBackend::new(32)), &model, &ngram(3)).unwrap();
+        e.add_request(request(1, prompt, sampling));
+        let mut drafted = 0;
+        let mut records = Vec::new();
+        while e.has_unfinished() {
+            let out = e.step().unwrap();
+            if let Some(log) = out.log {
+                drafted += log.spec_draft_tokens;
+                assert!(log.spec_accepted_tokens <= log.spec_draft_tokens);
+                assert!(log.decode_tokens + log.prefill_tokens + log.spec_draft_tokens > 0);
+            }
+            records.extend(out.finished);
+        }
+        assert!(drafted > 0);
+        assert_eq!(records[0].output_token_ids, want);
+        let stats = records[0].spec_decode.as_ref().unwrap();
+        assert_eq!(stats.num_draft_tokens, drafted);
         assert_eq!(e.kv_blocks_in_use(), 0);
     }
 

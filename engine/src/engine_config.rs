@@ -13,6 +13,18 @@ pub enum DeviceKind {
     Cuda,
 }
 
+/// Speculative decoding method (vLLM's `speculative_config.method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SpeculativeMethod {
+    /// Plain decoding: one token per sequence per step.
+    #[default]
+    Off,
+    /// Prompt lookup: drafts copied from an earlier occurrence of the
+    /// sequence's last n-gram (see `spec_decode`).
+    Ngram,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
@@ -42,6 +54,14 @@ pub struct EngineConfig {
     /// chain an earlier request computed. On by default, as in vLLM V1:
     /// outputs are the same either way; off only to measure what it saves.
     pub enable_prefix_caching: bool,
+    /// Speculative decoding: "off" or "ngram" (prompt lookup).
+    pub speculative_method: SpeculativeMethod,
+    /// Most draft tokens verified per sequence per step (k; 0 with "off").
+    pub num_speculative_tokens: usize,
+    /// Shortest n-gram matched to find a draft (vLLM's default: 5).
+    pub prompt_lookup_min: usize,
+    /// Longest n-gram matched; longer matches are tried first.
+    pub prompt_lookup_max: usize,
 }
 
 impl Default for EngineConfig {
@@ -59,6 +79,10 @@ impl Default for EngineConfig {
             enforce_eager: false,
             num_threads: 0,
             enable_prefix_caching: true,
+            speculative_method: SpeculativeMethod::Off,
+            num_speculative_tokens: 0,
+            prompt_lookup_min: 5,
+            prompt_lookup_max: 5,
         }
     }
 }
@@ -69,6 +93,10 @@ pub const MAX_BLOCK_SIZE: usize = 1024;
 pub const MAX_NUM_SEQS: usize = 1 << 16;
 pub const MAX_BATCHED_TOKENS: usize = 1 << 24;
 pub const MAX_KV_BLOCKS: usize = 1 << 24;
+/// Most draft tokens per step and longest n-gram: far past any useful
+/// setting (vLLM's own examples stay below 64).
+pub const MAX_SPECULATIVE_TOKENS: usize = 128;
+pub const MAX_PROMPT_LOOKUP: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineConfigError {
@@ -164,7 +192,58 @@ impl EngineConfig {
                 self.gpu_memory_utilization
             ));
         }
+        self.validate_speculative()
+    }
+
+    fn validate_speculative(&self) -> Result<(), String> {
+        let k = self.num_speculative_tokens;
+        let (min, max) = (self.prompt_lookup_min, self.prompt_lookup_max);
+        match self.speculative_method {
+            SpeculativeMethod::Off => {
+                if k != 0 {
+                    return Err(format!(
+                        "num_speculative_tokens: must be 0 when speculative_method is \"off\" \
+                         (set speculative_method = \"ngram\" to speculate), got {k}"
+                    ));
+                }
+            }
+            SpeculativeMethod::Ngram => {
+                if !(1..=MAX_SPECULATIVE_TOKENS).contains(&k) {
+                    return Err(format!(
+                        "num_speculative_tokens: must be in 1..={MAX_SPECULATIVE_TOKENS} when \
+                         speculative_method is \"ngram\", got {k}"
+                    ));
+                }
+                if k >= self.max_num_batched_tokens {
+                    return Err(format!(
+                        "num_speculative_tokens: must be below max_num_batched_tokens ({}) so \
+                         that a draft fits in a step, got {k}",
+                        self.max_num_batched_tokens
+                    ));
+                }
+            }
+        }
+        if !(1..=MAX_PROMPT_LOOKUP).contains(&min) {
+            return Err(format!(
+                "prompt_lookup_min: must be in 1..={MAX_PROMPT_LOOKUP}, got {min}"
+            ));
+        }
+        if !(1..=MAX_PROMPT_LOOKUP).contains(&max) {
+            return Err(format!(
+                "prompt_lookup_max: must be in 1..={MAX_PROMPT_LOOKUP}, got {max}"
+            ));
+        }
+        if min > max {
+            return Err(format!(
+                "prompt_lookup_min: must be at most prompt_lookup_max ({max}), got {min}"
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether steps may verify draft tokens.
+    pub fn speculates(&self) -> bool {
+        self.speculative_method != SpeculativeMethod::Off && self.num_speculative_tokens > 0
     }
 }
 
@@ -210,6 +289,19 @@ mod tests {
         assert!(cfg.validate().unwrap_err().contains("block_size"));
         for (text, field) in [
             ("num_threads = 10000", "num_threads"),
+            ("num_speculative_tokens = 3", "num_speculative_tokens"),
+            ("speculative_method = \"ngram\"", "num_speculative_tokens"),
+            (
+                "speculative_method = \"ngram\"\nnum_speculative_tokens = 1000",
+                "num_speculative_tokens",
+            ),
+            (
+                "speculative_method = \"ngram\"\nnum_speculative_tokens = 4\n\
+                 prompt_lookup_min = 4\nprompt_lookup_max = 2",
+                "prompt_lookup_min",
+            ),
+            ("prompt_lookup_max = 0", "prompt_lookup_max"),
+            ("prompt_lookup_min = 0", "prompt_lookup_min"),
             ("block_size = 1099511627776", "block_size"),
             ("max_num_seqs = 0", "max_num_seqs"),
             ("num_kv_blocks = 1000000000000", "num_kv_blocks"),
@@ -222,6 +314,22 @@ mod tests {
             let err = EngineConfig::parse(text).unwrap_err();
             assert!(err.starts_with(field), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn an_unknown_speculative_method_is_named() {
+        let err = EngineConfig::parse("speculative_method = \"eagle\"\n").unwrap_err();
+        assert!(
+            err.contains("speculative_method") || err.contains("eagle"),
+            "{err}"
+        );
+        assert!(err.starts_with("line 1:"), "{err}");
+        let ok = EngineConfig::parse(
+            "speculative_method = \"ngram\"\nnum_speculative_tokens = 6\nprompt_lookup_min = 2\n",
+        )
+        .unwrap();
+        assert!(ok.speculates());
+        assert!(!EngineConfig::default().speculates());
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! forward pass over the paged KV cache and samples → the engine appends the
 //! token with a monotonic timestamp and finishes sequences. [`bench`] replays a
 //! requests file through that loop and writes records and a step log.
+//! [`spec_decode`] adds n-gram speculative decoding: drafts verified in the
+//! step's one forward pass.
 
 pub mod backend;
 pub mod bench;
@@ -20,6 +22,7 @@ pub mod scheduler;
 pub mod sequence;
 #[cfg(feature = "serve")]
 pub mod serve;
+pub mod spec_decode;
 pub mod synth;
 pub mod testing;
 #[cfg(feature = "text")]

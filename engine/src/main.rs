@@ -535,6 +535,9 @@ fn run_generate(
         info.dtype,
         prompt_ids.len()
     );
+    // The ids, so that a tokenized prompt can go into a requests file.
+    let ids: Vec<String> = prompt_ids.iter().map(u32::to_string).collect();
+    println!("prompt_ids: {}", ids.join(","));
     engine.set_clock_origin(std::time::Instant::now());
     engine.add_request(Request {
         id: 0,

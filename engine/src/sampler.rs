@@ -150,6 +150,7 @@ mod tests {
             top_p,
             seed,
             index,
+            num_drafts: 0,
         }
     }
 

@@ -21,6 +21,9 @@
 //!   logits), and its prefill starts at the first uncached token. Full blocks
 //!   are registered in the cache when the step computing them is final, so
 //!   a request admitted in that same step can already reuse them.
+//! - Speculative decoding: a decoding sequence's draft tokens (see
+//!   `spec_decode`) ride along with its token as far as the token budget
+//!   and the free KV blocks go; a draft never preempts anything.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -61,6 +64,9 @@ pub struct ScheduledSeq {
     pub sample: bool,
     /// A single-token decode (rather than a prompt chunk or a recompute).
     pub is_decode: bool,
+    /// Draft tokens appended to a decode for verification (the sequence's
+    /// `draft[..num_draft]`); included in `num_tokens`.
+    pub num_draft: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -207,9 +213,10 @@ impl Scheduler {
             let Some(n) = self.cfg.chunk_len(self.seqs[&id].num_uncomputed(), budget) else {
                 continue;
             };
-            if self.reserve_or_preempt(id, n, &mut out, &mut budget) {
-                budget -= n;
-                out.seqs.push(self.entry(id, n));
+            let num_draft = self.draft_that_fits(id, n, budget);
+            if self.reserve_or_preempt(id, n + num_draft, &mut out, &mut budget) {
+                budget -= n + num_draft;
+                out.seqs.push(self.entry(id, n, num_draft));
             }
         }
 
@@ -218,11 +225,39 @@ impl Scheduler {
             // complete can serve sequences admitted below (see `register`).
             for i in 0..out.seqs.len() {
                 let e = &out.seqs[i];
-                self.register(e.seq_id, e.start_pos + e.num_tokens);
+                // Draft tokens are not the sequence's yet: never registered.
+                self.register(e.seq_id, e.start_pos + e.num_tokens - e.num_draft);
             }
             self.admit_waiting(now, &mut out, &mut budget);
         }
         out
+    }
+
+    /// How many of `id`'s draft tokens can follow its `n` real tokens: what
+    /// the budget leaves, and only as far as free blocks reach with one to
+    /// spare per running sequence (a draft never preempts). Shortens the
+    /// draft to that.
+    fn draft_that_fits(&mut self, id: u64, n: usize, budget: usize) -> usize {
+        let seq = self.seqs.get_mut(&id).expect("running ids are live");
+        if seq.draft.is_empty() || !seq.is_decoding() {
+            seq.draft.clear();
+            return 0;
+        }
+        // Leave a block for every running sequence's next token, so that
+        // drafts do not make a later decode preempt someone.
+        let reserve = self.running.len();
+        let mut len = seq.draft.len().min(budget.saturating_sub(n));
+        while len > 0
+            && self
+                .blocks
+                .extra_blocks(&seq.block_table, seq.num_computed + n + len)
+                + reserve
+                > self.blocks.num_free()
+        {
+            len -= 1;
+        }
+        seq.draft.truncate(len);
+        len
     }
 
     /// Registers the full blocks of `id` up to `num_tokens` in the prefix
@@ -304,6 +339,7 @@ impl Scheduler {
             let Some(n) = self.cfg.chunk_len(seq.len() - cached_tokens, *budget) else {
                 break;
             };
+            seq.draft.clear();
             if self
                 .blocks
                 .allocate_with_prefix(&mut seq.block_table, &cached, cached_tokens + n)
@@ -322,23 +358,26 @@ impl Scheduler {
             self.waiting.pop_front();
             self.running.push(id);
             *budget -= n;
-            out.seqs.push(self.entry(id, n));
+            out.seqs.push(self.entry(id, n, 0));
             self.register(id, cached_tokens + n);
         }
     }
 
-    fn entry(&self, id: u64, n: usize) -> ScheduledSeq {
+    /// `n` real tokens of `id` followed by `num_draft` draft tokens.
+    fn entry(&self, id: u64, n: usize, num_draft: usize) -> ScheduledSeq {
         let seq = &self.seqs[&id];
         ScheduledSeq {
             seq_id: id,
             start_pos: seq.num_computed,
-            num_tokens: n,
+            num_tokens: n + num_draft,
             sample: seq.num_computed + n == seq.len(),
             is_decode: seq.is_decoding(),
+            num_draft,
         }
     }
 
     /// Marks the chunks of `out` as computed (after the backend ran them).
+    /// Draft tokens are not: the engine counts the accepted ones in.
     pub fn commit(&mut self, out: &SchedulerOutput) {
         for s in &out.seqs {
             let seq = self
@@ -346,10 +385,30 @@ impl Scheduler {
                 .get_mut(&s.seq_id)
                 .expect("scheduled ids are live");
             debug_assert_eq!(seq.num_computed, s.start_pos);
-            seq.num_computed += s.num_tokens;
-            // Steps that preempted register their blocks only now.
+            seq.num_computed += s.num_tokens - s.num_draft;
+            // Steps that preempted register their blocks only now (accepted
+            // drafts' blocks are registered by a later step).
             let computed = seq.num_computed;
             self.register(s.seq_id, computed);
+        }
+    }
+
+    /// Running sequences in admission order (the order decodes are
+    /// scheduled in).
+    pub fn running(&self) -> &[u64] {
+        &self.running
+    }
+
+    /// Returns the blocks of `seq_id` past its computed tokens (reached
+    /// only by rejected draft tokens) to the pool.
+    pub fn release_blocks_past_computed(&mut self, seq_id: u64) {
+        let Some(seq) = self.seqs.get_mut(&seq_id) else {
+            return;
+        };
+        let keep = self.blocks.blocks_for(seq.num_computed);
+        if seq.block_table.len() > keep {
+            let mut tail = seq.block_table.split_off(keep);
+            self.blocks.free(&mut tail);
         }
     }
 

@@ -3,6 +3,7 @@
 use workloads::{FinishReason, Request, SamplingParams};
 
 use crate::prefix_cache::{self, BlockHash};
+use crate::spec_decode::SpecCounts;
 
 #[derive(Debug, Clone)]
 pub struct Sequence {
@@ -36,6 +37,11 @@ pub struct Sequence {
     /// Prompt tokens found in the prefix cache when the sequence was first
     /// scheduled (vLLM's `num_cached_tokens`); None before that.
     pub num_cached_tokens: Option<u32>,
+    /// Speculative decoding: draft tokens proposed for the next step (they
+    /// would follow `tokens`); empty when not speculating.
+    pub draft: Vec<u32>,
+    /// Speculative decoding counters for the record.
+    pub spec: SpecCounts,
 }
 
 impl Sequence {
@@ -58,6 +64,8 @@ impl Sequence {
             block_hashes: Vec::new(),
             num_registered_blocks: 0,
             num_cached_tokens: None,
+            draft: Vec::new(),
+            spec: SpecCounts::default(),
         }
     }
 
@@ -114,6 +122,7 @@ impl Sequence {
         debug_assert!(self.block_table.is_empty(), "free blocks first");
         self.num_computed = 0;
         self.num_registered_blocks = 0;
+        self.draft.clear();
         self.preemptions += 1;
     }
 

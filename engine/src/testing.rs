@@ -172,19 +172,31 @@ impl Backend for MockBackend {
     }
     fn forward(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<u32>, BackendError> {
         let prefixes = self.run(batch)?;
-        Ok(batch
-            .iter()
-            .zip(prefixes)
-            .filter_map(|(s, prefix)| {
-                let mut logits = self.logits(&prefix);
+        let mut out = Vec::new();
+        for (s, prefix) in batch.iter().zip(prefixes) {
+            let Some(spec) = &s.sample else { continue };
+            if spec.num_rows() > s.tokens.len() {
+                return Err(BackendError::InvalidBatch(format!(
+                    "seq {}: {} drafts in a chunk of {}",
+                    s.seq_id,
+                    spec.num_drafts,
+                    s.tokens.len()
+                )));
+            }
+            // Row j samples after the token at position end - rows + j.
+            let first = prefix.len() + 1 - spec.num_rows();
+            for j in 0..spec.num_rows() {
+                let mut logits = self.logits(&prefix[..first + j]);
                 if self.nan_seqs.contains(&s.seq_id) {
                     logits[0] = f32::NAN;
                 }
-                s.sample
-                    .as_ref()
-                    .map(|spec| sampler::sample_checked(&logits, spec))
-            })
-            .collect())
+                out.push(sampler::sample_checked(&logits, &spec.row(j)));
+            }
+        }
+        Ok(out)
+    }
+    fn supports_draft_verification(&self) -> bool {
+        true
     }
     fn forward_logits(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>, BackendError> {
         let prefixes = self.run(batch)?;

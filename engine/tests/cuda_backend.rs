@@ -228,6 +228,7 @@ fn device_sampling_follows_the_cpu_algorithm() {
                 top_p,
                 seed: 1234,
                 index,
+                num_drafts: 0,
             };
             let cpu = engine::sampler::sample(last, &spec);
             let s = SeqStep {

@@ -110,6 +110,7 @@ fn greedy(index: u32) -> SampleSpec {
         top_p: 1.0,
         seed: 0,
         index,
+        num_drafts: 0,
     }
 }
 
@@ -381,6 +382,7 @@ fn forward_samples_with_the_shared_sampler() {
             top_p: 0.9,
             seed: 1234,
             index,
+            num_drafts: 0,
         };
         let got = backend
             .forward(&[SeqStep {

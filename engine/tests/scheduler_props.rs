@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use engine::engine::Engine;
-use engine::engine_config::EngineConfig;
+use engine::engine_config::{EngineConfig, SpeculativeMethod};
 use engine::testing::{mock_model_config, MockBackend};
 use proptest::prelude::*;
 use workloads::{FinishReason, RecordStatus, Request, RequestRecord, SamplingParams};
@@ -38,23 +38,45 @@ fn sampling() -> impl Strategy<Value = SamplingParams> {
 }
 
 fn workload() -> impl Strategy<Value = Workload> {
+    // Speculative decoding (k = 0: off) with small n-grams, so that drafts
+    // are proposed often, mostly rejected and sometimes accepted.
+    let spec = (0usize..6, 1usize..3, 0usize..2);
     let cfg = (
         0u32..5,
         1usize..8,
         0usize..40,
         prop::bool::ANY,
         1usize..60,
+        spec,
         prop::bool::ANY,
     )
         .prop_map(
-            |(bs_pow, max_num_seqs, extra, chunked, num_kv_blocks, prefix_caching)| EngineConfig {
-                block_size: 1 << bs_pow,
+            |(
+                bs_pow,
                 max_num_seqs,
-                max_num_batched_tokens: max_num_seqs + extra,
-                enable_chunked_prefill: chunked,
+                extra,
+                chunked,
                 num_kv_blocks,
-                enable_prefix_caching: prefix_caching,
-                ..EngineConfig::default()
+                (k, min_n, more_n),
+                prefix_caching,
+            )| {
+                EngineConfig {
+                    block_size: 1 << bs_pow,
+                    max_num_seqs,
+                    max_num_batched_tokens: (max_num_seqs + extra).max(k + 1),
+                    enable_chunked_prefill: chunked,
+                    num_kv_blocks,
+                    enable_prefix_caching: prefix_caching,
+                    speculative_method: if k > 0 {
+                        SpeculativeMethod::Ngram
+                    } else {
+                        SpeculativeMethod::Off
+                    },
+                    num_speculative_tokens: k,
+                    prompt_lookup_min: min_n,
+                    prompt_lookup_max: min_n + more_n,
+                    ..EngineConfig::default()
+                }
             },
         );
     // Some prompts start with one shared prefix (of any length, so cache
@@ -145,8 +167,10 @@ fn run(w: &Workload) -> Result<(Vec<RequestRecord>, u32), TestCaseError> {
         if let Some(log) = outcome.log {
             prop_assert!(log.batch_size as usize <= w.cfg.max_num_seqs);
             prop_assert!(
-                (log.prefill_tokens + log.decode_tokens) as usize <= w.cfg.max_num_batched_tokens
+                (log.prefill_tokens + log.decode_tokens + log.spec_draft_tokens) as usize
+                    <= w.cfg.max_num_batched_tokens
             );
+            prop_assert!(log.spec_accepted_tokens <= log.spec_draft_tokens);
             prop_assert!(log.batch_size >= 1);
             prop_assert!(log.kv_blocks_used <= log.kv_blocks_total);
             prop_assert!(log.prefix_cache_hits <= log.prefix_cache_queries);

@@ -17,6 +17,10 @@ pub const KNOBS: &[&str] = &[
     "enforce_eager",
     "num_threads",
     "enable_prefix_caching",
+    "speculative_method",
+    "num_speculative_tokens",
+    "prompt_lookup_min",
+    "prompt_lookup_max",
 ];
 
 pub fn is_knob(name: &str) -> bool {
@@ -39,6 +43,10 @@ num_kv_blocks = 0
 enforce_eager = false
 num_threads = 0
 enable_prefix_caching = true
+speculative_method = "off"
+num_speculative_tokens = 0
+prompt_lookup_min = 5
+prompt_lookup_max = 5
 "#;
 
 /// [`DEFAULTS_TOML`] as a table.

@@ -71,6 +71,43 @@ pub struct RequestRecord {
     /// (`cargo xtask bench --target`); absent for `engine bench` records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<ClientTiming>,
+    /// Speculative decoding counters, when the engine verified drafts for
+    /// this request (absent otherwise, and in records from before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_decode: Option<SpecDecodeStats>,
+}
+
+/// One request's speculative decoding, in vLLM's terms: a *draft* is one
+/// verify step's proposal of up to k tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpecDecodeStats {
+    /// Verify steps that carried at least one draft token.
+    pub num_drafts: u32,
+    /// Draft tokens verified.
+    pub num_draft_tokens: u32,
+    /// Draft tokens accepted (emitted without a forward pass of their own).
+    pub num_accepted_tokens: u32,
+    /// `num_accepted_tokens / num_draft_tokens`.
+    pub acceptance_rate: f64,
+    /// Tokens emitted per verify step: `1 + num_accepted_tokens / num_drafts`
+    /// (vLLM's mean acceptance length, the bonus token included).
+    pub mean_accepted_length: f64,
+}
+
+impl SpecDecodeStats {
+    /// Derives the rates from the counts; `num_drafts` must be positive
+    /// (a draft has at least one token).
+    pub fn new(num_drafts: u32, num_draft_tokens: u32, num_accepted_tokens: u32) -> Self {
+        let drafts = f64::from(num_drafts.max(1));
+        let tokens = f64::from(num_draft_tokens.max(1));
+        SpecDecodeStats {
+            num_drafts,
+            num_draft_tokens,
+            num_accepted_tokens,
+            acceptance_rate: f64::from(num_accepted_tokens) / tokens,
+            mean_accepted_length: 1.0 + f64::from(num_accepted_tokens) / drafts,
+        }
+    }
 }
 
 /// How the times in `token_times_s` of an HTTP-measured record map to
@@ -139,6 +176,17 @@ pub struct StepLogEntry {
     pub prefix_cache_queries: u64,
     #[serde(default)]
     pub prefix_cache_hits: u64,
+    /// Speculative decoding: draft tokens verified in this step (they run
+    /// as extra query tokens of decoding sequences, counted in neither
+    /// `prefill_tokens` nor `decode_tokens`) and how many were accepted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub spec_draft_tokens: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub spec_accepted_tokens: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// blake3 over the token ids as little-endian u32, hex encoded.

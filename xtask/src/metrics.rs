@@ -236,17 +236,20 @@ pub fn compute(
             sizes.iter().copied().fold(0.0, f64::max),
         );
         // Decode speed alone: tokens of pure decode steps over their time, so
-        // prefill steps do not dilute it (the batch-saturation view).
+        // prefill steps do not dilute it (the batch-saturation view). With
+        // speculative decoding a decode also emits its accepted drafts.
         let (tokens, secs) = busy
             .iter()
             .filter(|s| s.prefill_tokens == 0 && s.decode_tokens > 0)
             .fold((0.0, 0.0), |(t, d), s| {
-                (t + f64::from(s.decode_tokens), d + s.duration_s)
+                let emitted = f64::from(s.decode_tokens) + f64::from(s.spec_accepted_tokens);
+                (t + emitted, d + s.duration_s)
             });
         if secs > 0.0 {
             values.insert(names::DECODE_THROUGHPUT.into(), tokens / secs);
         }
     }
+    insert_spec_decode(&mut values, &completed);
     if let Some(bytes) = peak_memory_bytes {
         values.insert(names::PEAK_MEMORY_BYTES.into(), bytes as f64);
     }
@@ -258,6 +261,32 @@ pub fn compute(
         failed,
         output_hash: output_hash(records),
     })
+}
+
+/// Speculative decoding's acceptance over the requests that verified
+/// drafts (nothing when none did).
+fn insert_spec_decode(values: &mut BTreeMap<String, f64>, completed: &[&RequestRecord]) {
+    let (drafts, draft_tokens, accepted) = completed
+        .iter()
+        .filter_map(|r| r.spec_decode.as_ref())
+        .fold((0u64, 0u64, 0u64), |(d, t, a), s| {
+            (
+                d + u64::from(s.num_drafts),
+                t + u64::from(s.num_draft_tokens),
+                a + u64::from(s.num_accepted_tokens),
+            )
+        });
+    if drafts == 0 || draft_tokens == 0 {
+        return;
+    }
+    values.insert(
+        names::SPEC_ACCEPTANCE_RATE.into(),
+        accepted as f64 / draft_tokens as f64,
+    );
+    values.insert(
+        names::SPEC_MEAN_ACCEPTED_LENGTH.into(),
+        1.0 + accepted as f64 / drafts as f64,
+    );
 }
 
 /// blake3 over each record's `output_hash` (hex text) in request-id order:
@@ -338,6 +367,7 @@ mod tests {
             output_hash: format!("h{id}"),
             output_token_ids: vec![],
             client: None,
+            spec_decode: None,
         }
     }
 
@@ -360,6 +390,7 @@ mod tests {
             output_hash: String::new(),
             output_token_ids: vec![],
             client: None,
+            spec_decode: None,
         }
     }
 
@@ -463,6 +494,8 @@ mod tests {
             preempted: 0,
             prefix_cache_queries: 0,
             prefix_cache_hits: 0,
+            spec_draft_tokens: 0,
+            spec_accepted_tokens: 0,
         };
         let mut prefill = step(3, 1.0, 1);
         prefill.prefill_tokens = 100;
@@ -483,6 +516,40 @@ mod tests {
         // One output token: no TPOT sample, no ITL gap.
         assert!(!m.values.contains_key("mean_tpot_ms"));
         assert!(!m.values.contains_key("mean_itl_ms"));
+    }
+
+    #[test]
+    fn spec_decode_acceptance_pools_requests_and_decode_speed_counts_accepted() {
+        let mut a = rec(0, 0.0, 0.0, &[0.1, 0.2, 0.3, 0.4], 1);
+        a.spec_decode = Some(workloads::record::SpecDecodeStats::new(2, 8, 2));
+        let mut b = rec(1, 0.0, 0.0, &[0.1, 0.2], 1);
+        b.spec_decode = Some(workloads::record::SpecDecodeStats::new(1, 4, 4));
+        let plain = rec(2, 0.0, 0.0, &[0.1, 0.2], 1);
+        let decode = StepLogEntry {
+            step: 0,
+            start_s: 0.0,
+            duration_s: 0.5,
+            batch_size: 2,
+            prefill_tokens: 0,
+            decode_tokens: 2,
+            num_waiting: 0,
+            kv_blocks_used: 1,
+            kv_blocks_total: 1,
+            preempted: 0,
+            prefix_cache_queries: 0,
+            prefix_cache_hits: 0,
+            spec_draft_tokens: 6,
+            spec_accepted_tokens: 3,
+        };
+        let m = compute(&[a, b, plain.clone()], &[decode], None, &Slos::default()).unwrap();
+        assert!(close(m.values[names::SPEC_ACCEPTANCE_RATE], 6.0 / 12.0));
+        assert!(close(
+            m.values[names::SPEC_MEAN_ACCEPTED_LENGTH],
+            1.0 + 6.0 / 3.0
+        ));
+        assert!(close(m.values[names::DECODE_THROUGHPUT], 5.0 / 0.5));
+        let m = compute(&[plain], &[], None, &Slos::default()).unwrap();
+        assert!(!m.values.contains_key(names::SPEC_ACCEPTANCE_RATE));
     }
 
     #[test]
@@ -533,6 +600,8 @@ mod tests {
             preempted: 0,
             prefix_cache_queries: 0,
             prefix_cache_hits: 0,
+            spec_draft_tokens: 0,
+            spec_accepted_tokens: 0,
         };
         let decode = StepLogEntry {
             step: 1,
@@ -543,6 +612,7 @@ mod tests {
         let steps = vec![prefill, decode];
         let mut records = vec![rec(0, 0.0, 0.0, &[0.1, 0.2, 0.3], 1)];
         records[0].num_cached_tokens = Some(0);
+        records[0].spec_decode = Some(workloads::record::SpecDecodeStats::new(1, 2, 1));
         let m = compute(&records, &steps, Some(1), &slos).unwrap();
         let names: Vec<&str> = crate::run_record::metric_catalog()
             .iter()

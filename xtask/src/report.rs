@@ -37,6 +37,8 @@ const SHOWN: &[&str] = &[
     names::MEAN_BATCH_SIZE,
     names::REJECTED_REQUESTS,
     names::DECODE_THROUGHPUT,
+    names::SPEC_ACCEPTANCE_RATE,
+    names::SPEC_MEAN_ACCEPTED_LENGTH,
     names::PEAK_MEMORY_BYTES,
 ];
 

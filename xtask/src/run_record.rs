@@ -348,6 +348,11 @@ pub mod names {
     pub const P99_SEND_LAG_MS: &str = "p99_send_lag_ms";
     pub const MAX_SEND_LAG_MS: &str = "max_send_lag_ms";
     pub const CLIENT_CPU_PERCENT: &str = "client_cpu_percent";
+    // Speculative decoding (vLLM's definitions), over the trial's completed
+    // requests: accepted / verified draft tokens, and tokens emitted per
+    // verify step (1 + accepted / drafts).
+    pub const SPEC_ACCEPTANCE_RATE: &str = "spec_acceptance_rate";
+    pub const SPEC_MEAN_ACCEPTED_LENGTH: &str = "spec_mean_accepted_length";
 
     /// The latency distributions, by base name (`ttft` → `mean_ttft_ms`, ...).
     pub const LATENCY_BASES: [&str; 7] = [
@@ -452,7 +457,7 @@ const LAT_E2EL_CLIENT: [MetricDef; 5] = latency_group([
     names::P99_E2EL_INCLUDING_CLIENT_QUEUE_MS,
 ]);
 
-const OTHER: [MetricDef; 16] = [
+const OTHER: [MetricDef; 18] = [
     m(
         names::REQUEST_THROUGHPUT,
         "req/s",
@@ -489,6 +494,13 @@ const OTHER: [MetricDef; 16] = [
     m(names::MAX_SEND_LAG_MS, "ms", false, MetricKind::Info),
     m(names::CLIENT_CPU_PERCENT, "%", false, MetricKind::Info),
     m(names::PREFIX_CACHE_HIT_RATE, "%", true, MetricKind::Info),
+    m(names::SPEC_ACCEPTANCE_RATE, "ratio", true, MetricKind::Info),
+    m(
+        names::SPEC_MEAN_ACCEPTED_LENGTH,
+        "tok",
+        true,
+        MetricKind::Info,
+    ),
 ];
 
 /// Every metric a trial may carry, by name. A trial's `metrics` map uses

@@ -44,6 +44,7 @@ fn record(id: u64, ttft_s: f64) -> RequestRecord {
         output_hash: format!("h{id}"),
         output_token_ids: vec![],
         client: None,
+        spec_decode: None,
     }
 }
 

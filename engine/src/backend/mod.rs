@@ -5,7 +5,9 @@
 //! backend owns the KV *memory* and does the math: for each sequence in the
 //! batch it runs `tokens` at positions `start_pos..`, writes their K/V into
 //! the blocks named by `block_table`, attends causally over everything before
-//! them, and samples one token where asked.
+//! them, and samples one token where asked — or, when the chunk ends in
+//! speculative draft tokens (`SampleSpec::num_drafts`), one token after each
+//! of its last `num_drafts + 1` tokens.
 //!
 //! With prefix caching, several sequences' tables may name the same block,
 //! and a sequence may start (`start_pos > 0`) on blocks that an *earlier*
@@ -38,6 +40,28 @@ pub struct SampleSpec {
     /// tokens alone or in any batch (see `sampler::uniform`).
     pub seed: u64,
     pub index: u32,
+    /// Speculative decoding: the chunk's last `num_drafts` tokens are draft
+    /// tokens under verification. The backend samples after each of the
+    /// last `num_drafts + 1` tokens, the j-th of them with draw index
+    /// `index + j` (exactly what plain decoding would draw there). 0 for
+    /// plain decoding and prefill.
+    pub num_drafts: u32,
+}
+
+impl SampleSpec {
+    /// Tokens sampled for this entry: `num_drafts + 1`.
+    pub fn num_rows(&self) -> usize {
+        self.num_drafts as usize + 1
+    }
+
+    /// The spec of the j-th sampled row (its own draw index).
+    pub fn row(&self, j: usize) -> SampleSpec {
+        SampleSpec {
+            index: self.index + j as u32,
+            num_drafts: 0,
+            ..self.clone()
+        }
+    }
 }
 
 /// One sequence's work in a step: a prefill chunk or a single decode token.
@@ -90,9 +114,10 @@ pub trait Backend {
         num_blocks: usize,
         block_size: usize,
     ) -> Result<(), BackendError>;
-    /// Runs one step; returns one sampled token for each entry whose `sample`
-    /// is `Some`, in batch order, or [`NONFINITE_LOGITS`] for an entry whose
-    /// logits hold a NaN or an infinity (the request cannot go on).
+    /// Runs one step; returns `num_drafts + 1` sampled tokens (1 without
+    /// drafts) for each entry whose `sample` is `Some`, in batch order, then
+    /// position order, with [`NONFINITE_LOGITS`] for a row whose logits
+    /// hold a NaN or an infinity (the request cannot go on).
     fn forward(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<u32>, BackendError>;
     /// Like `forward` but returns the f32 logits of *every* token in the batch
     /// (in batch order, then position order); used by golden tests.
@@ -100,6 +125,11 @@ pub trait Backend {
     /// Peak device memory in bytes (CUDA), or None.
     fn peak_memory_bytes(&self) -> Option<u64> {
         None
+    }
+    /// Whether `forward` honours `SampleSpec::num_drafts` (speculative
+    /// decoding); the engine refuses speculative settings otherwise.
+    fn supports_draft_verification(&self) -> bool {
+        false
     }
     /// Kernel launches in the last decode step, when the backend counts them.
     fn launches_per_decode_step(&self) -> Option<u64> {

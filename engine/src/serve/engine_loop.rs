@@ -119,8 +119,20 @@ pub(crate) fn run(
         }
         let mut finished: HashMap<u64, RequestRecord> =
             outcome.finished.into_iter().map(|r| (r.id, r)).collect();
-        for t in outcome.tokens {
-            let record = finished.remove(&t.request_id);
+        // With speculative decoding a step may emit several tokens of one
+        // request: its record goes with the last of them.
+        let last_of: HashMap<u64, usize> = outcome
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.request_id, i))
+            .collect();
+        for (i, t) in outcome.tokens.into_iter().enumerate() {
+            let record = if last_of.get(&t.request_id) == Some(&i) {
+                finished.remove(&t.request_id)
+            } else {
+                None
+            };
             if let Some(r) = &record {
                 metrics.observe_finished(r);
                 in_system.fetch_sub(1, Ordering::SeqCst);

@@ -80,6 +80,9 @@ struct Inner {
     /// Prefix caching: tokens looked up at admission, and found.
     prefix_cache_queries: u64,
     prefix_cache_hits: u64,
+    /// Speculative decoding: draft tokens verified and accepted.
+    spec_draft_tokens: u64,
+    spec_accepted_tokens: u64,
     /// By OpenAI finish reason: stop, length, abort.
     success: [(&'static str, u64); 3],
     ttft: Histogram,
@@ -112,6 +115,8 @@ impl ServerMetrics {
                 preemptions: 0,
                 prefix_cache_queries: 0,
                 prefix_cache_hits: 0,
+                spec_draft_tokens: 0,
+                spec_accepted_tokens: 0,
                 success: [("stop", 0), ("length", 0), ("abort", 0)],
                 ttft: Histogram::new(TTFT_BUCKETS),
                 itl: Histogram::new(ITL_BUCKETS),
@@ -146,6 +151,8 @@ impl ServerMetrics {
             m.preemptions += u64::from(step.preempted);
             m.prefix_cache_queries += step.prefix_cache_queries;
             m.prefix_cache_hits += step.prefix_cache_hits;
+            m.spec_draft_tokens += u64::from(step.spec_draft_tokens);
+            m.spec_accepted_tokens += u64::from(step.spec_accepted_tokens);
         });
     }
 
@@ -257,6 +264,18 @@ impl ServerMetrics {
             "Prefix cache: of those, tokens found cached.",
             m.prefix_cache_hits,
         );
+        counter(
+            &mut out,
+            "vllm:spec_decode_num_draft_tokens_total",
+            "Speculative decoding: draft tokens verified.",
+            m.spec_draft_tokens,
+        );
+        counter(
+            &mut out,
+            "vllm:spec_decode_num_accepted_tokens_total",
+            "Speculative decoding: draft tokens accepted.",
+            m.spec_accepted_tokens,
+        );
         let name = "vllm:request_success_total";
         let _ = writeln!(out, "# HELP {name} Finished requests by finish reason (abort: the client went away).\n# TYPE {name} counter");
         for (reason, n) in m.success {
@@ -330,6 +349,8 @@ mod tests {
             preempted: 0,
             prefix_cache_queries: 72,
             prefix_cache_hits: 32,
+            spec_draft_tokens: 0,
+            spec_accepted_tokens: 0,
         };
         m.observe_step(&step);
         m.observe_step(&step);
@@ -360,6 +381,7 @@ mod tests {
             output_hash: String::new(),
             output_token_ids: vec![1, 2, 3],
             client: None,
+            spec_decode: None,
         });
         m.observe_abort();
         let text = m.render();

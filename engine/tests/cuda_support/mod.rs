@@ -272,6 +272,7 @@ pub fn greedy() -> Option<engine::backend::SampleSpec> {
         top_p: 1.0,
         seed: 0,
         index: 0,
+        num_drafts: 0,
     })
 }
 

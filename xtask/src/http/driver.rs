@@ -246,6 +246,7 @@ fn to_record(r: &Request, c: &Completion, d: &Dispatch) -> RequestRecord {
         output_hash: c.output_hash(),
         output_token_ids: c.output_ids.clone(),
         client: Some(client),
+        spec_decode: None,
     };
     match &c.error {
         None => base,

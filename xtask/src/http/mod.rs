@@ -148,6 +148,7 @@ mod tests {
                 chunks: 1,
                 intended_prompt_len: None,
             }),
+            spec_decode: None,
         }
     }
 

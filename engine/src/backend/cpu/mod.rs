@@ -73,7 +73,10 @@ impl CpuBackend {
     }
 
     /// Logits of the tokens the step asks for: every token when
-    /// `all_tokens`, else the last token of each entry that samples.
+    /// `all_tokens`, else the last `num_drafts + 1` tokens of each entry
+    /// that samples. A verified draft token's row is bit-identical to the
+    /// row plain decoding computes for it one step at a time: every op
+    /// computes a row independently of the others (module docs).
     fn run(
         &mut self,
         batch: &[SeqStep<'_>],
@@ -89,9 +92,11 @@ impl CpuBackend {
         let mut x = Vec::new();
         let mut wanted = Vec::new();
         for step in batch {
+            let sampled_from = step.sample.as_ref().map_or(usize::MAX, |spec| {
+                step.tokens.len().saturating_sub(spec.num_rows())
+            });
             for (i, &token) in step.tokens.iter().enumerate() {
-                let last = i + 1 == step.tokens.len();
-                if all_tokens || (last && step.sample.is_some()) {
+                if all_tokens || i >= sampled_from {
                     wanted.push(places.len());
                 }
                 places.push(TokenPlace {
@@ -135,6 +140,15 @@ fn validate(batch: &[SeqStep<'_>], cfg: &ModelConfig, cache: &KvCache) -> Result
             |msg: String| BackendError::InvalidBatch(format!("sequence {}: {msg}", step.seq_id));
         if step.tokens.is_empty() {
             return Err(bad("no tokens".into()));
+        }
+        if let Some(spec) = &step.sample {
+            if spec.num_rows() > step.tokens.len() {
+                return Err(bad(format!(
+                    "{} draft tokens to verify in a chunk of {}",
+                    spec.num_drafts,
+                    step.tokens.len()
+                )));
+            }
         }
         if let Some(&t) = step.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
             return Err(bad(format!(
@@ -222,12 +236,19 @@ impl Backend for CpuBackend {
 
     fn forward(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<u32>, BackendError> {
         let logits = self.run(batch, false)?;
-        let specs = batch.iter().filter_map(|s| s.sample.as_ref());
+        let specs = batch
+            .iter()
+            .filter_map(|s| s.sample.as_ref())
+            .flat_map(|spec| (0..spec.num_rows()).map(|j| spec.row(j)));
         Ok(logits
             .iter()
             .zip(specs)
-            .map(|(row, spec)| crate::sampler::sample_checked(row, spec))
+            .map(|(row, spec)| crate::sampler::sample_checked(row, &spec))
             .collect())
+    }
+
+    fn supports_draft_verification(&self) -> bool {
+        true
     }
 
     fn forward_logits(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>, BackendError> {

@@ -197,6 +197,43 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// An eager step whose `samples` sampled rows exceed the logits buffer:
+    /// the layers once, then final norm, LM head, sampling and download per
+    /// chunk of `logits_rows` rows.
+    fn sample_in_chunks(
+        &self,
+        kv: &KvPool,
+        layout: &MetaLayout,
+        tokens: usize,
+        samples: usize,
+    ) -> Result<Vec<u32>, BackendError> {
+        let pending = self.runner.layers(kv, layout, tokens)?;
+        let chunk = self.runner.arena.logits_rows;
+        let mut out = vec![0u32; samples];
+        for first in (0..samples).step_by(chunk) {
+            let rows = chunk.min(samples - first);
+            let rows_ptr = self
+                .runner
+                .arena
+                .meta
+                .at::<u32>(layout.sample_rows() + first);
+            self.runner.logits(rows_ptr, rows, pending)?;
+            self.runner.sample(layout, first, rows)?;
+            // SAFETY: `sampled` holds logits_rows ≥ rows u32s; synced below
+            // before `out` is read or the next chunk overwrites `sampled`.
+            unsafe {
+                result::memcpy_dtoh_async(
+                    &mut out[first..first + rows],
+                    self.runner.arena.sampled.ptr,
+                    self.stream.cu_stream(),
+                )
+            }
+            .map_err(|e| BackendError::Cuda(format!("downloading sampled tokens: {e}")))?;
+            self.sync()?;
+        }
+        Ok(out)
+    }
+
     /// Decode graphs captured (0 when eager).
     pub fn graph_count(&self) -> usize {
         self.graphs.len()
@@ -331,7 +368,7 @@ impl Backend for CudaBackend {
             None => (
                 MetaLayout {
                     tokens_cap: tokens,
-                    samples_cap: batch.iter().filter(|s| s.sample.is_some()).count(),
+                    samples_cap: step_meta::sampled_rows(batch),
                 },
                 0,
             ),
@@ -355,6 +392,12 @@ impl Backend for CudaBackend {
                     .launch()
                     .map_err(|e| BackendError::Cuda(format!("graph launch: {e}")))?;
                 self.last_decode_launches = Some(g.nodes);
+            }
+            None if packed.samples > self.runner.arena.logits_rows => {
+                // Draft verification can sample more rows than the logits
+                // buffer holds (max_num_seqs × (k + 1)): run them in chunks.
+                self.runner.kernels.take_launch_count();
+                return self.sample_in_chunks(kv, &layout, tokens, packed.samples);
             }
             None => {
                 self.runner.kernels.take_launch_count();
@@ -431,6 +474,12 @@ impl Backend for CudaBackend {
 
     fn peak_memory_bytes(&self) -> Option<u64> {
         Some(self.free_at_start.saturating_sub(self.min_free))
+    }
+
+    /// Verify chunks run eagerly (a CUDA graph replays single-token decode
+    /// steps only) and sample every row `step_meta` lists for them.
+    fn supports_draft_verification(&self) -> bool {
+        true
     }
 
     fn launches_per_decode_step(&self) -> Option<u64> {

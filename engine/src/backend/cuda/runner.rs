@@ -410,8 +410,15 @@ impl Runner {
         Ok(())
     }
 
-    /// Samples one token per logits row into `arena.sampled`.
-    pub fn sample(&self, layout: &MetaLayout, rows: usize) -> Result<(), BackendError> {
+    /// Samples one token per logits row into `arena.sampled`; the rows'
+    /// sampling parameters are the step's sampled rows `first..first + rows`
+    /// (`first` > 0 when a step's rows are run in chunks).
+    pub fn sample(
+        &self,
+        layout: &MetaLayout,
+        first: usize,
+        rows: usize,
+    ) -> Result<(), BackendError> {
         let a = &self.arena;
         self.kernels.sample_rows(
             (rows as u32, 1, 1),
@@ -419,12 +426,12 @@ impl Runner {
             SampleRows {
                 logits: a.logits.ptr,
                 vocab: self.dims.vocab as i32,
-                temperature: self.meta(layout, layout.temperature()),
-                top_k: self.meta(layout, layout.top_k()),
-                top_p: self.meta(layout, layout.top_p()),
-                seed_lo: self.meta(layout, layout.seed_lo()),
-                seed_hi: self.meta(layout, layout.seed_hi()),
-                draw_index: self.meta(layout, layout.draw_index()),
+                temperature: self.meta(layout, layout.temperature() + first),
+                top_k: self.meta(layout, layout.top_k() + first),
+                top_p: self.meta(layout, layout.top_p() + first),
+                seed_lo: self.meta(layout, layout.seed_lo() + first),
+                seed_hi: self.meta(layout, layout.seed_hi() + first),
+                draw_index: self.meta(layout, layout.draw_index() + first),
                 out: a.sampled.ptr,
             },
         )
@@ -441,7 +448,7 @@ impl Runner {
         let pending = self.layers(kv, layout, tokens)?;
         if samples > 0 {
             self.logits(self.meta(layout, layout.sample_rows()), samples, pending)?;
-            self.sample(layout, samples)?;
+            self.sample(layout, 0, samples)?;
         }
         Ok(())
     }

@@ -91,6 +91,16 @@ pub enum Rows {
     All,
 }
 
+/// Rows `Rows::Sampled` samples for `batch`: one per sampling entry, plus
+/// one per draft token under verification.
+pub fn sampled_rows(batch: &[SeqStep<'_>]) -> usize {
+    batch
+        .iter()
+        .filter_map(|s| s.sample.as_ref())
+        .map(|spec| spec.num_rows())
+        .sum()
+}
+
 /// Packs `batch` into `out` under `layout`; entries beyond the batch up to
 /// `pad_seqs` are padding (one token at position 0 in the trash block).
 pub fn pack(
@@ -142,6 +152,16 @@ pub fn pack(
                 s.seq_id, limits.num_blocks
             )));
         }
+        if let Some(spec) = &s.sample {
+            if spec.num_rows() > s.tokens.len() {
+                return Err(BackendError::InvalidBatch(format!(
+                    "sequence {}: {} draft tokens to verify in a chunk of {}",
+                    s.seq_id,
+                    spec.num_drafts,
+                    s.tokens.len()
+                )));
+            }
+        }
         if let Some(t) = s.tokens.iter().find(|&&t| t as usize >= limits.vocab_size) {
             return Err(BackendError::InvalidBatch(format!(
                 "sequence {}: token {t} outside the vocabulary of {}",
@@ -159,7 +179,7 @@ pub fn pack(
         )));
     }
     let samples_wanted = match rows {
-        Rows::Sampled => batch.iter().filter(|s| s.sample.is_some()).count() + seqs - batch.len(),
+        Rows::Sampled => sampled_rows(batch) + seqs - batch.len(),
         Rows::All => padded_tokens,
     };
     if samples_wanted > layout.samples_cap {
@@ -205,7 +225,12 @@ pub fn pack(
         }
         if rows == Rows::Sampled {
             if let Some(spec) = &s.sample {
-                put_sample(out, t - 1, Some(spec));
+                // The last token, or with drafts under verification each of
+                // the last num_drafts + 1 tokens with its own draw index.
+                let n = spec.num_rows();
+                for j in 0..n {
+                    put_sample(out, t - n + j, Some(&spec.row(j)));
+                }
             }
         }
     }
@@ -249,6 +274,7 @@ mod tests {
             top_p: 0.9,
             seed,
             index: 7,
+            num_drafts: 0,
         }
     }
 
@@ -359,6 +385,53 @@ mod tests {
         }];
         let e = pack(&bad_tok, layout, &limits(), Rows::Sampled, 0, &mut out).unwrap_err();
         assert!(e.to_string().contains("vocabulary"), "{e}");
+    }
+
+    #[test]
+    fn verify_chunks_sample_every_draft_position_with_its_own_draw() {
+        let bt = [2u32, 3];
+        let verify = SampleSpec {
+            num_drafts: 3,
+            ..spec(5)
+        };
+        let batch = [
+            SeqStep {
+                seq_id: 1,
+                tokens: &[9],
+                start_pos: 4,
+                block_table: &bt,
+                sample: Some(spec(4)),
+            },
+            SeqStep {
+                seq_id: 2,
+                tokens: &[1, 2, 3, 4],
+                start_pos: 2,
+                block_table: &bt,
+                sample: Some(verify.clone()),
+            },
+        ];
+        assert_eq!(sampled_rows(&batch), 5);
+        let layout = MetaLayout {
+            tokens_cap: 5,
+            samples_cap: 5,
+        };
+        let mut out = vec![0u32; 128];
+        let p = pack(&batch, layout, &limits(), Rows::Sampled, 0, &mut out).unwrap();
+        assert_eq!(p.samples, 5);
+        let rows = layout.sample_rows();
+        assert_eq!(&out[rows..rows + 5], &[0, 1, 2, 3, 4]);
+        let draws = layout.draw_index();
+        assert_eq!(&out[draws..draws + 5], &[7, 7, 8, 9, 10]);
+        assert_eq!(out[layout.seed_lo() + 4], 5);
+        let too_many = [SeqStep {
+            sample: Some(SampleSpec {
+                num_drafts: 4,
+                ..spec(5)
+            }),
+            ..batch[1].clone()
+        }];
+        let e = pack(&too_many, layout, &limits(), Rows::Sampled, 0, &mut out).unwrap_err();
+        assert!(e.to_string().contains("draft"), "{e}");
     }
 
     #[test]
