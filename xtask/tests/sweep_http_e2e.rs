@@ -131,7 +131,7 @@ fn a_sweep_over_server_settings_is_one_command() {
          --device cpu --port {port} --config {config}",
         config = config.display(),
         engine = engine.display(),
-        model = model.dir.display(),
+        model = model.path.display(),
     );
     let (code, text) = sweep(
         &file,

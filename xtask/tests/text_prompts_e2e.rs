@@ -93,7 +93,7 @@ fn text_prompts_reach_engine_serve_at_their_exact_lengths() {
     // tiny's checkpoint with a tokenizer.
     let model = dir.path().join("tiny-text");
     std::fs::create_dir_all(&model).unwrap();
-    for entry in std::fs::read_dir(&tiny.dir).unwrap() {
+    for entry in std::fs::read_dir(&tiny.path).unwrap() {
         let path = entry.unwrap().path();
         if path.is_file() {
             std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
