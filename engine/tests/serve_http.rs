@@ -35,12 +35,15 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path, config: &str, extra: &[&str]) -> Server {
-        let model = tiny_model(dir);
+        Server::start_model(&tiny_model(dir), dir, config, extra)
+    }
+
+    fn start_model(model: &Path, dir: &Path, config: &str, extra: &[&str]) -> Server {
         let cfg = dir.join("engine.toml");
         std::fs::write(&cfg, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_engine"))
             .args(["serve", "--device", "cpu", "--port", "0", "--model"])
-            .arg(&model)
+            .arg(model)
             .arg("--config")
             .arg(&cfg)
             .args(extra)
@@ -68,8 +71,12 @@ impl Server {
     }
 
     fn post(&self, body: &Value) -> (u16, Value) {
+        self.post_at("/v1/completions", body)
+    }
+
+    fn post_at(&self, path: &str, body: &Value) -> (u16, Value) {
         let resp = Self::agent()
-            .post(format!("{}/v1/completions", self.url))
+            .post(format!("{}{path}", self.url))
             .send(body.to_string().as_bytes())
             .unwrap();
         let status = resp.status().as_u16();
@@ -82,8 +89,12 @@ impl Server {
 
     /// The `data:` payloads of a streamed completion.
     fn stream(&self, body: &Value) -> Vec<String> {
+        self.stream_at("/v1/completions", body)
+    }
+
+    fn stream_at(&self, path: &str, body: &Value) -> Vec<String> {
         let resp = Self::agent()
-            .post(format!("{}/v1/completions", self.url))
+            .post(format!("{}{path}", self.url))
             .send(body.to_string().as_bytes())
             .unwrap();
         assert_eq!(resp.status(), 200);
@@ -380,4 +391,97 @@ print("ok", len(texts))
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.starts_with("ok"), "{stdout}");
+}
+
+/// A byte-level BPE (the 256 bytes and a few merges), saved as
+/// tokenizer.json, and a chat template in tokenizer_config.json.
+#[cfg(feature = "text")]
+fn add_tokenizer_and_chat_template(model: &Path) -> tokenizers::Tokenizer {
+    use tokenizers::models::bpe::BPE;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    let mut vocab: tokenizers::models::bpe::Vocab = ByteLevel::alphabet()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.to_string(), i as u32))
+        .collect();
+    let merges = vec![("h".to_string(), "i".to_string())];
+    vocab.insert("hi".into(), vocab.len() as u32);
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .unwrap();
+    let mut tok = tokenizers::Tokenizer::new(bpe);
+    tok.with_pre_tokenizer(Some(ByteLevel::default()));
+    tok.with_decoder(Some(ByteLevel::default()));
+    tok.save(model.join("tokenizer.json"), false).unwrap();
+    let template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>";
+    std::fs::write(
+        model.join("tokenizer_config.json"),
+        json!({"chat_template": template, "add_bos_token": false}).to_string(),
+    )
+    .unwrap();
+    tok
+}
+
+/// With a tokenizer and a chat template, /v1/chat/completions renders the
+/// messages (usage.prompt_tokens is the rendered prompt's length), answers
+/// whole (`chat.completion`, a `message`) and streamed
+/// (`chat.completion.chunk`s with a `delta`, then usage, then [DONE]), and
+/// bad chat requests get a 400 naming the field.
+#[cfg(feature = "text")]
+#[test]
+fn chat_completions_render_the_template_whole_and_streamed() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let tok = add_tokenizer_and_chat_template(&model);
+    let server = Server::start_model(&model, dir.path(), "", &[]);
+    let messages =
+        json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]);
+    let rendered = "<system>be brief\n<user>hi\n<assistant>";
+    let want_prompt = tok.encode(rendered, true).unwrap().len() as u64;
+    let (status, v) = server.post_at(
+        "/v1/chat/completions",
+        &json!({"messages": messages, "max_completion_tokens": 4, "temperature": 0, "ignore_eos": true}),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
+    assert_eq!(v["usage"]["prompt_tokens"], want_prompt, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 4);
+
+    let events = server.stream_at(
+        "/v1/chat/completions",
+        &json!({"messages": messages, "max_tokens": 3, "temperature": 0, "ignore_eos": true,
+                "stream": true, "stream_options": {"include_usage": true}}),
+    );
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    let deltas = chunks
+        .iter()
+        .filter(|c| !c["choices"].as_array().unwrap().is_empty());
+    assert_eq!(deltas.clone().count(), 3);
+    assert!(deltas
+        .clone()
+        .all(|c| c["choices"][0]["delta"]["content"].is_string()));
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 3);
+
+    for (body, field) in [
+        (json!({"max_tokens": 2}), "messages"),
+        (json!({"messages": messages, "tools": []}), "tools"),
+        (json!({"messages": [{"role": "user"}]}), "content"),
+    ] {
+        let (status, v) = server.post_at("/v1/chat/completions", &body);
+        assert_eq!(status, 400, "{body} -> {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(field),
+            "{v}"
+        );
+    }
 }

@@ -315,17 +315,12 @@ async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     .into_response()
 }
 
-async fn chat_completions(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&state, &headers) {
-        return *r;
-    }
-    let message = if state.codec.is_none() {
-        "this model has no tokenizer or chat template, so /v1/chat/completions cannot build \
-         a prompt; use /v1/completions with token-id prompts"
-    } else {
-        "/v1/chat/completions is not served yet; use /v1/completions"
-    };
-    error_response(&ApiError::invalid(None, message))
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    run_request(state, headers, body, Api::Chat).await
 }
 
 /// Aborts the requests it names when dropped armed: a handler future or
@@ -351,6 +346,18 @@ async fn completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    run_request(state, headers, body, Api::Completions).await
+}
+
+/// Which OpenAI endpoint a request came in on: the same engine path, two
+/// request and response shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Completions,
+    Chat,
+}
+
+async fn run_request(state: Arc<AppState>, headers: HeaderMap, body: Bytes, api: Api) -> Response {
     let arrival = Instant::now();
     if let Err(r) = authorized(&state, &headers) {
         return *r;
@@ -362,7 +369,11 @@ async fn completions(
             .map_or(0, |d| d.as_nanos() as u64);
         nanos ^ state.next_id.load(Ordering::Relaxed).rotate_left(32)
     };
-    let v = match openai::parse_completion(&body, codec, &state.model, seed_source) {
+    let parsed = match api {
+        Api::Completions => openai::parse_completion(&body, codec, &state.model, seed_source),
+        Api::Chat => openai::parse_chat(&body, codec, &state.model, seed_source),
+    };
+    let v = match parsed {
         Ok(v) => v,
         Err(e) => return error_response(&e),
     };
@@ -448,7 +459,12 @@ async fn completions(
     }
 
     let ctx = ResponseCtx {
-        id: format!("cmpl-{}", guard.ids[0]),
+        api,
+        stream: v.stream,
+        id: match api {
+            Api::Completions => format!("cmpl-{}", guard.ids[0]),
+            Api::Chat => format!("chatcmpl-{}", guard.ids[0]),
+        },
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
@@ -476,6 +492,8 @@ async fn completions(
 }
 
 struct ResponseCtx {
+    api: Api,
+    stream: bool,
     id: String,
     created: u64,
     model: String,
@@ -484,10 +502,44 @@ struct ResponseCtx {
 }
 
 impl ResponseCtx {
+    /// One choice: `tokens` generated for prompt `index` (all of them, or
+    /// this chunk's when streaming), in the endpoint's shape.
+    fn choice(&self, index: usize, tokens: &[u32], finish: Option<&'static str>) -> Value {
+        let text = openai::render_text(self.codec.as_deref(), tokens);
+        match (self.api, self.stream) {
+            (Api::Completions, _) => json!({
+                "index": index,
+                "text": text,
+                "token_ids": tokens,
+                "logprobs": null,
+                "finish_reason": finish,
+            }),
+            (Api::Chat, false) => json!({
+                "index": index,
+                "message": {"role": "assistant", "content": text},
+                "token_ids": tokens,
+                "logprobs": null,
+                "finish_reason": finish,
+            }),
+            (Api::Chat, true) => json!({
+                "index": index,
+                "delta": {"role": "assistant", "content": text},
+                "token_ids": tokens,
+                "logprobs": null,
+                "finish_reason": finish,
+            }),
+        }
+    }
+
     fn chunk(&self, choices: Value, usage: Option<Usage>) -> Value {
+        let object = match (self.api, self.stream) {
+            (Api::Completions, _) => "text_completion",
+            (Api::Chat, false) => "chat.completion",
+            (Api::Chat, true) => "chat.completion.chunk",
+        };
         let mut v = json!({
             "id": self.id,
-            "object": "text_completion",
+            "object": object,
             "created": self.created,
             "model": self.model,
             "choices": choices,
@@ -540,15 +592,7 @@ async fn collect_completion(
     }
     guard.armed = false;
     let choices: Vec<Value> = (0..n)
-        .map(|i| {
-            json!({
-                "index": i,
-                "text": openai::render_text(ctx.codec.as_deref(), &tokens[i]),
-                "token_ids": tokens[i],
-                "logprobs": null,
-                "finish_reason": reasons[i],
-            })
-        })
+        .map(|i| ctx.choice(i, &tokens[i], reasons[i]))
         .collect();
     let usage = Usage::new(
         ctx.prompt_lens.iter().sum(),
@@ -580,13 +624,7 @@ struct CompletionStream {
 impl CompletionStream {
     fn token_chunk(&mut self, index: usize, token: u32, finish: Option<&'static str>) -> String {
         self.generated[index] += 1;
-        let choice = json!([{
-            "index": index,
-            "text": openai::render_text(self.ctx.codec.as_deref(), &[token]),
-            "token_ids": [token],
-            "logprobs": null,
-            "finish_reason": finish,
-        }]);
+        let choice = json!([self.ctx.choice(index, &[token], finish)]);
         let usage = self
             .continuous
             .then(|| Usage::new(self.ctx.prompt_lens[index], self.generated[index]));

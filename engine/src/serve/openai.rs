@@ -267,6 +267,58 @@ pub(crate) fn parse_completion(
     })
 }
 
+/// `POST /v1/chat/completions`: `messages` rendered with the model's chat
+/// template and tokenized, `max_completion_tokens` as `max_tokens`; every
+/// other field is validated as `/v1/completions` validates it.
+pub(crate) fn parse_chat(
+    body: &[u8],
+    codec: Option<&dyn TextCodec>,
+    served_model: &str,
+    seed_for_unseeded: impl FnOnce() -> u64,
+) -> Result<Validated, ApiError> {
+    let mut req: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(None, format!("invalid request body: {e}")))?;
+    let obj = req
+        .as_object_mut()
+        .ok_or_else(|| ApiError::invalid(None, "the request body must be a JSON object"))?;
+    if obj.contains_key("prompt") {
+        return Err(ApiError::invalid(
+            Some("prompt"),
+            "chat completions take `messages`, not `prompt` (that is /v1/completions)",
+        ));
+    }
+    let messages = obj
+        .remove("messages")
+        .ok_or_else(|| ApiError::invalid(Some("messages"), "`messages` is required"))?;
+    if let Some(max) = obj.remove("max_completion_tokens") {
+        if obj.contains_key("max_tokens") {
+            return Err(ApiError::invalid(
+                Some("max_completion_tokens"),
+                "give `max_completion_tokens` or `max_tokens`, not both",
+            ));
+        }
+        obj.insert("max_tokens".into(), max);
+    }
+    // Chat's `logprobs` is a boolean; false is the neutral value.
+    if obj.get("logprobs") == Some(&Value::Bool(false)) {
+        obj.remove("logprobs");
+    }
+    let codec = codec.ok_or_else(|| {
+        ApiError::invalid(
+            Some("messages"),
+            "this model has no tokenizer or chat template, so /v1/chat/completions cannot \
+             build a prompt; use /v1/completions with token-id prompts",
+        )
+    })?;
+    let text = codec
+        .apply_chat_template(&messages)
+        .map_err(|e| ApiError::invalid(Some("messages"), e))?;
+    obj.insert("prompt".into(), Value::String(text));
+    let body = serde_json::to_vec(&req)
+        .map_err(|e| ApiError::invalid(None, format!("invalid request body: {e}")))?;
+    parse_completion(&body, Some(codec), served_model, seed_for_unseeded)
+}
+
 fn is_empty_stop(v: &Value) -> bool {
     match v {
         Value::Null => true,
@@ -353,6 +405,78 @@ mod tests {
 
     fn parse(body: &str) -> Result<Validated, ApiError> {
         parse_completion(body.as_bytes(), None, "m", || 7)
+    }
+
+    /// Bytes as token ids; the chat template joins `role: content` lines.
+    struct ByteCodec;
+
+    impl TextCodec for ByteCodec {
+        fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
+            Ok(text.bytes().map(u32::from).collect())
+        }
+        fn decode(&self, ids: &[u32]) -> String {
+            ids.iter().map(|&i| i as u8 as char).collect()
+        }
+        fn apply_chat_template(&self, messages: &Value) -> Result<String, String> {
+            let list = messages.as_array().ok_or("`messages` must be a list")?;
+            Ok(list
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{}: {}\n",
+                        m["role"].as_str().unwrap_or("?"),
+                        m["content"].as_str().unwrap_or("")
+                    )
+                })
+                .collect())
+        }
+    }
+
+    fn chat(body: &str) -> Result<Validated, ApiError> {
+        parse_chat(body.as_bytes(), Some(&ByteCodec), "m", || 7)
+    }
+
+    #[test]
+    fn chat_messages_become_the_templated_prompt() {
+        let v = chat(
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_completion_tokens":5,"logprobs":false,"stream":true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            v.prompts,
+            vec![b"user: hi\n"
+                .iter()
+                .map(|&b| u32::from(b))
+                .collect::<Vec<_>>()]
+        );
+        assert_eq!(v.sampling.max_tokens, 5);
+        assert!(v.stream);
+    }
+
+    #[test]
+    fn bad_chat_requests_name_the_field() {
+        let msgs = r#""messages":[{"role":"user","content":"hi"}]"#;
+        for (body, needle) in [
+            (r#"{"model":"m"}"#.to_string(), "messages"),
+            (format!(r#"{{{msgs},"prompt":[1]}}"#), "not `prompt`"),
+            (
+                format!(r#"{{{msgs},"max_tokens":3,"max_completion_tokens":3}}"#),
+                "not both",
+            ),
+            (format!(r#"{{{msgs},"tools":[]}}"#), "tools"),
+            (r#"{"messages":"hi"}"#.to_string(), "list"),
+            ("[1]".to_string(), "JSON object"),
+        ] {
+            let err = chat(&body).unwrap_err();
+            assert_eq!(err.status, 400, "{body}");
+            assert!(err.message.contains(needle), "{body}: {}", err.message);
+        }
+        let err = parse_chat(format!("{{{msgs}}}").as_bytes(), None, "m", || 7).unwrap_err();
+        assert!(
+            err.message.contains("no tokenizer or chat template"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! The hook for text: prompts given as strings, generated text, and chat
-//! templates need a tokenizer. Synthetic checkpoints have none, so today
-//! `engine serve` runs with `None` and asks for token ids; a checkpoint
-//! loader that finds a tokenizer (GGUF or `tokenizer.json`) implements
-//! [`TextCodec`] and passes it to [`super::ServeOptions`]; then string
-//! prompts, decoded `text`, and `/v1/chat/completions` (through
-//! [`TextCodec::apply_chat_template`]) work without other changes.
+//! templates need a tokenizer. Synthetic checkpoints have none, so
+//! `engine serve` runs with `None` and asks for token ids; with the `text`
+//! feature, a checkpoint with a tokenizer (GGUF or `tokenizer.json`) gives
+//! a [`TextCodec`] to [`super::ServeOptions`], and string prompts, decoded
+//! `text` and `/v1/chat/completions` (through
+//! [`TextCodec::apply_chat_template`]) work.
 
 /// Tokenizer and chat template of a served model.
 pub trait TextCodec: Send + Sync {
