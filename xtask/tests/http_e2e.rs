@@ -4,47 +4,17 @@
 //! built with `--features serve` in the test profile (already built when
 //! the suite runs with `--all-features`).
 
-use std::path::{Path, PathBuf};
+mod engine_build;
+
+use engine_build::{engine_with_features, free_port, workspace_root};
+
+use std::path::Path;
 
 use clap::Parser;
 use workloads::{ItlBasis, RecordStatus, RequestRecord};
 use xtask::cli::{BenchArgs, Cli, Command};
 use xtask::run_record::{RunRecord, TrialStatus};
 use xtask::store::Store;
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The engine binary with `engine serve` (dev profile).
-fn serve_engine() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = std::process::Command::new(cargo)
-        .args([
-            "build",
-            "--package",
-            "engine",
-            "--bin",
-            "engine",
-            "--features",
-            "serve",
-            "--message-format=json-render-diagnostics",
-        ])
-        .current_dir(workspace_root())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "building engine serve failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "engine")
-        .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .next_back()
-        .expect("cargo reported no engine executable")
-}
 
 fn args(extra: &[&str]) -> BenchArgs {
     let mut argv: Vec<String> = ["xtask", "bench", "--device", "cpu", "--model", "tiny"]
@@ -64,7 +34,7 @@ fn records(store: &Store, object: &str) -> Vec<RequestRecord> {
 
 #[test]
 fn the_pipeline_benchmarks_engine_serve_over_http() {
-    let engine = serve_engine();
+    let engine = engine_with_features("serve");
     let engine = engine.to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let results = dir.path().join("results");
@@ -181,12 +151,4 @@ fn the_pipeline_benchmarks_engine_serve_over_http() {
         .all(|r| r.client.as_ref().unwrap().itl_basis == ItlBasis::None && r.output_len == 64));
     // The launched server was stopped.
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

@@ -5,6 +5,10 @@
 //! refused (its knobs cannot reach a server it did not start). The engine
 //! is built with `--features serve` in the test profile.
 
+mod engine_build;
+
+use engine_build::{engine_with_features, free_port, workspace_root};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -31,48 +35,6 @@ name = "seqs"
 max_num_seqs = [1, 2]
 "#;
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The engine binary with `engine serve` (dev profile).
-fn serve_engine() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args([
-            "build",
-            "--package",
-            "engine",
-            "--bin",
-            "engine",
-            "--features",
-            "serve",
-            "--message-format=json-render-diagnostics",
-        ])
-        .current_dir(workspace_root())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "building engine serve failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "engine")
-        .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .next_back()
-        .expect("cargo reported no engine executable")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn sweep(file: &Path, results: &Path, engine: &Path, extra: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .arg("sweep")
@@ -96,7 +58,7 @@ fn sweep(file: &Path, results: &Path, engine: &Path, extra: &[&str]) -> (i32, St
 
 #[test]
 fn a_sweep_over_server_settings_is_one_command() {
-    let engine = serve_engine();
+    let engine = engine_with_features("serve");
     let root = workspace_root();
     let model = xtask::model::resolve("tiny", &engine, &root.join(".models")).unwrap();
     let dir = tempfile::tempdir().unwrap();

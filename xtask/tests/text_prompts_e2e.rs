@@ -6,48 +6,17 @@
 //! CI's `--all-features` has it).
 #![cfg(feature = "text")]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod engine_build;
+
+use engine_build::{engine_with_features, free_port, workspace_root};
+
+use std::path::Path;
 
 use clap::Parser;
 use workloads::RecordStatus;
 use xtask::cli::{BenchArgs, Cli};
 use xtask::run_record::{RunRecord, TrialStatus};
 use xtask::store::Store;
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The engine binary with `engine serve` and text (dev profile).
-fn text_serve_engine() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args([
-            "build",
-            "--package",
-            "engine",
-            "--bin",
-            "engine",
-            "--features",
-            "serve,text",
-            "--message-format=json-render-diagnostics",
-        ])
-        .current_dir(workspace_root())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "building engine serve failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "engine")
-        .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .next_back()
-        .expect("cargo reported no engine executable")
-}
 
 /// A byte-level BPE (256 bytes and a few merges), saved as tokenizer.json.
 fn write_tokenizer(file: &Path) {
@@ -76,17 +45,9 @@ fn write_tokenizer(file: &Path) {
     tok.save(file, false).unwrap();
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn text_prompts_reach_engine_serve_at_their_exact_lengths() {
-    let engine = text_serve_engine();
+    let engine = engine_with_features("serve,text");
     let root = workspace_root();
     let tiny = xtask::model::resolve("tiny", &engine, &root.join(".models")).unwrap();
     let dir = tempfile::tempdir().unwrap();
