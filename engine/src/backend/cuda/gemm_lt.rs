@@ -1,0 +1,682 @@
+//! Batch-invariant matrix products (`batch_invariant = true`):
+//! `y[T, N] = x[T, K] · W[N, K]ᵀ` through cuBLASLt with one algorithm pinned
+//! per weight shape (n, k) and used for every row count.
+//!
+//! Why: `cublasGemmEx` with `CUBLAS_GEMM_DEFAULT` (`gemm.rs`) picks a kernel
+//! per call from the problem size — another tile shape, split-K or stream-K
+//! for another row count — so a row's sum over k is done in another order
+//! when other requests join its batch, and a greedy output can flip. Here the
+//! algorithm (kernel, tile, stages) is chosen once at load, with split-K
+//! forced to 1 and no reduction scheme, so each output element is one
+//! thread block's sum over k in the kernel's fixed order whatever the grid.
+//! That is what the configuration promises; Hopper kernels may still
+//! decompose work by tile count, so the promise is not trusted: at load every
+//! shape is multiplied on the device with the same input rows at the largest
+//! row count and at several small ones, and a candidate is pinned only when
+//! the shared rows agree bit for bit (and a repeat of the largest call does
+//! too). A shape with no passing candidate fails the load, naming the shape.
+//!
+//! Operands are bf16, compute and output f32, as in `gemm.rs`. The workspace
+//! is allocated once and fixed, so the products can be captured into CUDA
+//! graphs.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::cublaslt::{result as lt, sys};
+use cudarc::driver::{result as driver, CudaStream};
+
+use super::super::BackendError;
+use super::buffer::DeviceBuffer;
+
+/// Workspace every pinned algorithm must fit (and gets at every call).
+const WORKSPACE_BYTES: usize = 32 << 20;
+/// Candidates asked of the heuristic per row count.
+const CANDIDATES: i32 = 16;
+/// Row counts compared with the largest call in the self-check (those
+/// below the shape's largest row count): single rows, odd counts that leave
+/// partial tiles, and counts around common tile heights.
+const CHECK_ROWS: &[usize] = &[1, 2, 3, 8, 17, 64, 127, 255, 1000];
+
+/// cuBLAS's `CUBLAS_OP_N` / `CUBLAS_OP_T` (the matmul descriptor's
+/// TRANSA/TRANSB attributes are `int32_t`).
+const OP_N: i32 = 0;
+const OP_T: i32 = 1;
+
+fn lt_err(what: &str) -> impl Fn(lt::CublasError) -> BackendError + '_ {
+    move |e| BackendError::Cuda(format!("cuBLASLt {what}: {e}"))
+}
+
+/// One weight shape the products use: `n` outputs, `k` inputs, at most
+/// `max_rows` rows per call, and a device pointer to one of its weight
+/// matrices (`n × k` bf16, row-major) for the self-check.
+#[derive(Debug, Clone, Copy)]
+pub struct GemmShape {
+    pub n: usize,
+    pub k: usize,
+    pub max_rows: usize,
+    pub weight: u64,
+}
+
+/// A cuBLASLt matrix layout, destroyed on drop.
+struct Layout(sys::cublasLtMatrixLayout_t);
+
+impl Layout {
+    fn new(
+        ty: sys::cudaDataType,
+        rows: usize,
+        cols: usize,
+        ld: usize,
+    ) -> Result<Self, BackendError> {
+        lt::create_matrix_layout(ty, rows as u64, cols as u64, ld as i64)
+            .map(Layout)
+            .map_err(lt_err("matrix layout"))
+    }
+
+    /// Sets the column count (the row count of the product, in the
+    /// column-major view). The layout is read by `cublasLtMatmul` when it is
+    /// called, so changing it afterwards does not affect queued work.
+    fn set_cols(&self, cols: usize) -> Result<(), BackendError> {
+        let cols = cols as u64;
+        // SAFETY: a live layout; COLS is a uint64_t attribute.
+        unsafe {
+            lt::set_matrix_layout_attribute(
+                self.0,
+                sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_COLS,
+                &cols as *const u64 as *const c_void,
+                std::mem::size_of::<u64>(),
+            )
+        }
+        .map_err(lt_err("set layout columns"))
+    }
+}
+
+impl Drop for Layout {
+    fn drop(&mut self) {
+        // SAFETY: created by create_matrix_layout, destroyed once.
+        let _ = unsafe { lt::destroy_matrix_layout(self.0) };
+    }
+}
+
+/// A weight shape with its pinned algorithm.
+struct Pinned {
+    n: usize,
+    k: usize,
+    max_rows: usize,
+    /// W: column-major `k × n` (HF's row-major `n × k`), used transposed.
+    a: Layout,
+    /// x: column-major `k × rows`.
+    b: Layout,
+    /// y: column-major `n × rows` (row-major `rows × n`), f32.
+    d: Layout,
+    algo: sys::cublasLtMatmulAlgo_t,
+    description: String,
+}
+
+/// Batch-invariant products: one pinned cuBLASLt algorithm per (n, k).
+pub struct InvariantGemm {
+    handle: sys::cublasLtHandle_t,
+    desc: sys::cublasLtMatmulDesc_t,
+    pinned: Vec<Pinned>,
+    stream: Arc<CudaStream>,
+    workspace: DeviceBuffer,
+}
+
+impl Drop for InvariantGemm {
+    fn drop(&mut self) {
+        // Layouts go first (fields drop after this body), then the
+        // descriptor and handle: none is used by queued work once the
+        // stream is idle.
+        let _ = self.stream.synchronize();
+        self.pinned.clear();
+        // SAFETY: created in `new`, destroyed once.
+        unsafe {
+            let _ = lt::destroy_matmul_desc(self.desc);
+            let _ = lt::destroy_handle(self.handle);
+        }
+    }
+}
+
+impl InvariantGemm {
+    /// Picks and checks an algorithm for every shape (duplicates of one
+    /// (n, k) merged, keeping the largest row count). Runs products on the
+    /// device; returns an error naming the shape when no candidate passes.
+    pub fn new(stream: &Arc<CudaStream>, shapes: &[GemmShape]) -> Result<Self, BackendError> {
+        // SAFETY: only tries to dlopen libcublasLt by its usual names.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(BackendError::Cuda(
+                "batch_invariant needs libcublasLt, which could not be loaded: add the CUDA \
+                 toolkit's lib64 folder to LD_LIBRARY_PATH"
+                    .into(),
+            ));
+        }
+        let handle = lt::create_handle().map_err(lt_err("create handle"))?;
+        let desc = match lt::create_matmul_desc(
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cudaDataType::CUDA_R_32F,
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                // SAFETY: created above, not used elsewhere.
+                let _ = unsafe { lt::destroy_handle(handle) };
+                return Err(lt_err("matmul descriptor")(e));
+            }
+        };
+        let workspace = DeviceBuffer::zeroed(stream, WORKSPACE_BYTES, "cuBLASLt workspace")?;
+        let mut gemm = InvariantGemm {
+            handle,
+            desc,
+            pinned: Vec::new(),
+            stream: stream.clone(),
+            workspace,
+        };
+        for (attr, op) in [
+            (
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                OP_T,
+            ),
+            (
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
+                OP_N,
+            ),
+        ] {
+            // SAFETY: a live descriptor; TRANSA/TRANSB are int32_t.
+            unsafe {
+                lt::set_matmul_desc_attribute(
+                    desc,
+                    attr,
+                    &op as *const i32 as *const c_void,
+                    std::mem::size_of::<i32>(),
+                )
+            }
+            .map_err(lt_err("set transpose"))?;
+        }
+
+        let mut merged: Vec<GemmShape> = Vec::new();
+        for s in shapes {
+            match merged.iter_mut().find(|m| m.n == s.n && m.k == s.k) {
+                Some(m) => m.max_rows = m.max_rows.max(s.max_rows),
+                None => merged.push(*s),
+            }
+        }
+        // Scratch for the self-check, sized for the largest shape: a
+        // deterministic input (a fixed pseudo-random sequence of bf16
+        // values of both signs, so every bit of the sum matters) and two
+        // outputs. Freed when `new` returns.
+        let x_len = merged.iter().map(|s| s.max_rows * s.k).max().unwrap_or(0);
+        let y_len = merged.iter().map(|s| s.max_rows * s.n).max().unwrap_or(0);
+        let x_host: Vec<half::bf16> = pseudo_random(x_len);
+        let x = DeviceBuffer::upload(stream, &x_host, "GEMM self-check input")?;
+        let y_full = DeviceBuffer::zeroed(stream, y_len * 4, "GEMM self-check output")?;
+        let y_part = DeviceBuffer::zeroed(stream, y_len * 4, "GEMM self-check output")?;
+        let scratch = Scratch {
+            x: x.ptr,
+            y_full: y_full.ptr,
+            y_part: y_part.ptr,
+        };
+        for s in merged {
+            let pinned = gemm.pin(s, &scratch)?;
+            gemm.pinned.push(pinned);
+        }
+        Ok(gemm)
+    }
+
+    /// What was pinned, one line per shape (for logs and tests).
+    pub fn describe(&self) -> Vec<String> {
+        self.pinned
+            .iter()
+            .map(|p| {
+                format!(
+                    "n={} k={} rows<={}: {}",
+                    p.n, p.k, p.max_rows, p.description
+                )
+            })
+            .collect()
+    }
+
+    /// `y[t, n] = Σ_k x[t, k] · w[n, k]` for row-major `x` (`rows × k`),
+    /// `w` (`n × k`) and `y` (`rows × n`), with the algorithm pinned for
+    /// (n, k). Pointers are device addresses.
+    pub fn linear(
+        &self,
+        x: u64,
+        w: u64,
+        y: u64,
+        rows: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<(), BackendError> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let p = self
+            .pinned
+            .iter()
+            .find(|p| p.n == n && p.k == k)
+            .ok_or_else(|| {
+                BackendError::Cuda(format!(
+                    "batch-invariant GEMM: no algorithm pinned for n={n} k={k}"
+                ))
+            })?;
+        if rows > p.max_rows {
+            return Err(BackendError::InvalidBatch(format!(
+                "batch-invariant GEMM n={n} k={k}: {rows} rows exceed the {} it was checked for",
+                p.max_rows
+            )));
+        }
+        self.run(p, &p.algo, x, w, y, rows)
+    }
+
+    fn run(
+        &self,
+        p: &Pinned,
+        algo: &sys::cublasLtMatmulAlgo_t,
+        x: u64,
+        w: u64,
+        y: u64,
+        rows: usize,
+    ) -> Result<(), BackendError> {
+        p.b.set_cols(rows)?;
+        p.d.set_cols(rows)?;
+        let alpha = 1.0f32;
+        let beta = 0.0f32;
+        // SAFETY: the pointers address device buffers of the stated shapes
+        // (checked by the callers against the arena's capacities); the
+        // workspace is ours and sized as the algorithm was checked with;
+        // C = D with beta 0.
+        unsafe {
+            lt::matmul(
+                self.handle,
+                self.desc,
+                &alpha as *const f32 as *const c_void,
+                &beta as *const f32 as *const c_void,
+                w as *const c_void,
+                p.a.0,
+                x as *const c_void,
+                p.b.0,
+                y as *const c_void,
+                p.d.0,
+                y as *mut c_void,
+                p.d.0,
+                algo,
+                self.workspace.ptr as *mut c_void,
+                WORKSPACE_BYTES,
+                self.stream.cu_stream() as sys::cudaStream_t,
+            )
+        }
+        .map_err(|e| BackendError::Cuda(format!("cublasLtMatmul ({rows}x{}x{}): {e}", p.n, p.k)))
+    }
+
+    /// Chooses the algorithm of one shape: heuristic candidates at the
+    /// largest row count, then at one row, each forced to split-K 1 without
+    /// a reduction scheme, checked by `cublasLtMatmulAlgoCheck` at 1 and
+    /// `max_rows` rows and then by the self-check; the first that passes.
+    fn pin(&self, s: GemmShape, scratch: &Scratch) -> Result<Pinned, BackendError> {
+        let bf16 = sys::cudaDataType::CUDA_R_16BF;
+        let mut p = Pinned {
+            n: s.n,
+            k: s.k,
+            max_rows: s.max_rows,
+            a: Layout::new(bf16, s.k, s.n, s.k)?,
+            b: Layout::new(bf16, s.k, s.max_rows, s.k)?,
+            d: Layout::new(sys::cudaDataType::CUDA_R_32F, s.n, s.max_rows, s.n)?,
+            algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] },
+            description: String::new(),
+        };
+        let mut candidates: Vec<sys::cublasLtMatmulAlgo_t> = Vec::new();
+        for rows in [s.max_rows, 1] {
+            for mut algo in self.heuristic(&p, rows)? {
+                force_no_split(&mut algo);
+                if !candidates.iter().any(|c| c.data == algo.data) {
+                    candidates.push(algo);
+                }
+            }
+        }
+        let mut rejected = Vec::new();
+        for algo in &candidates {
+            let name = describe_algo(algo);
+            if let Err(why) = self.supported(&p, algo, &[1, s.max_rows]) {
+                rejected.push(format!("{name}: {why}"));
+                continue;
+            }
+            match self.self_check(&p, algo, s.weight, scratch) {
+                Ok(()) => {
+                    p.algo = *algo;
+                    p.description = name;
+                    return Ok(p);
+                }
+                Err(why) => rejected.push(format!("{name}: {why}")),
+            }
+        }
+        Err(BackendError::Cuda(format!(
+            "batch_invariant: no cuBLASLt algorithm is batch-invariant for the weight shape \
+             n={} k={} (rows 1..={}); {} candidates rejected: {}",
+            s.n,
+            s.k,
+            s.max_rows,
+            rejected.len(),
+            if rejected.is_empty() {
+                "the heuristic returned none".to_string()
+            } else {
+                rejected.join("; ")
+            }
+        )))
+    }
+
+    /// Up to `CANDIDATES` algorithms the heuristic offers at `rows` rows
+    /// within our workspace and without split-K reduction.
+    fn heuristic(
+        &self,
+        p: &Pinned,
+        rows: usize,
+    ) -> Result<Vec<sys::cublasLtMatmulAlgo_t>, BackendError> {
+        p.b.set_cols(rows)?;
+        p.d.set_cols(rows)?;
+        let pref = lt::create_matmul_pref().map_err(lt_err("preference"))?;
+        let result = (|| {
+            let ws = WORKSPACE_BYTES as u64;
+            // Only configurations without a split-K reduction.
+            let no_reduction =
+                sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_NONE as u32;
+            // SAFETY: a live preference; MAX_WORKSPACE_BYTES is uint64_t and
+            // REDUCTION_SCHEME_MASK uint32_t.
+            unsafe {
+                lt::set_matmul_pref_attribute(
+                    pref,
+                    sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                    &ws as *const u64 as *const c_void,
+                    std::mem::size_of::<u64>(),
+                )
+                .map_err(lt_err("preference workspace"))?;
+                lt::set_matmul_pref_attribute(
+                    pref,
+                    sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                    &no_reduction as *const u32 as *const c_void,
+                    std::mem::size_of::<u32>(),
+                )
+                .map_err(lt_err("preference reduction scheme"))?;
+            }
+            let mut results: Vec<sys::cublasLtMatmulHeuristicResult_t> =
+                Vec::with_capacity(CANDIDATES as usize);
+            let mut count = 0i32;
+            // SAFETY: `results` has room for CANDIDATES entries; the
+            // descriptors are live.
+            unsafe {
+                sys::cublasLtMatmulAlgoGetHeuristic(
+                    self.handle,
+                    self.desc,
+                    p.a.0,
+                    p.b.0,
+                    p.d.0,
+                    p.d.0,
+                    pref,
+                    CANDIDATES,
+                    results.as_mut_ptr(),
+                    &mut count,
+                )
+                .result()
+                .map_err(lt_err("algorithm heuristic"))?;
+                results.set_len(count.clamp(0, CANDIDATES) as usize);
+            }
+            Ok(results
+                .into_iter()
+                .filter(|r| r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
+                .map(|r| r.algo)
+                .collect())
+        })();
+        // SAFETY: created above, destroyed once.
+        let _ = unsafe { lt::destroy_matmul_pref(pref) };
+        result
+    }
+
+    /// Whether cuBLASLt accepts `algo` at each of `rows` within the
+    /// workspace.
+    fn supported(
+        &self,
+        p: &Pinned,
+        algo: &sys::cublasLtMatmulAlgo_t,
+        rows: &[usize],
+    ) -> Result<(), String> {
+        for &r in rows {
+            p.b.set_cols(r).map_err(|e| e.to_string())?;
+            p.d.set_cols(r).map_err(|e| e.to_string())?;
+            let mut result =
+                std::mem::MaybeUninit::<sys::cublasLtMatmulHeuristicResult_t>::zeroed();
+            // SAFETY: live descriptors; `result` is written by the call.
+            let status = unsafe {
+                sys::cublasLtMatmulAlgoCheck(
+                    self.handle,
+                    self.desc,
+                    p.a.0,
+                    p.b.0,
+                    p.d.0,
+                    p.d.0,
+                    algo,
+                    result.as_mut_ptr(),
+                )
+            };
+            status
+                .result()
+                .map_err(|e| format!("rejected by cublasLtMatmulAlgoCheck at {r} rows ({e})"))?;
+            // SAFETY: zero-initialized and filled in on success.
+            let result = unsafe { result.assume_init() };
+            if result.workspaceSize > WORKSPACE_BYTES {
+                return Err(format!(
+                    "needs {} bytes of workspace at {r} rows",
+                    result.workspaceSize
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Multiplies the same input rows at `max_rows` rows and at each of
+    /// `CHECK_ROWS` below it, and the largest call twice: every shared row
+    /// must be bit-identical.
+    fn self_check(
+        &self,
+        p: &Pinned,
+        algo: &sys::cublasLtMatmulAlgo_t,
+        weight: u64,
+        s: &Scratch,
+    ) -> Result<(), String> {
+        let n = p.n;
+        let max = p.max_rows;
+        let run = |rows: usize, y: u64| -> Result<Vec<f32>, String> {
+            self.run(p, algo, s.x, weight, y, rows)
+                .map_err(|e| e.to_string())?;
+            let mut host = vec![0f32; rows * n];
+            // SAFETY: `y` holds at least max_rows × n f32s; synchronized
+            // before `host` is read.
+            unsafe { driver::memcpy_dtoh_async(&mut host, y, self.stream.cu_stream()) }
+                .map_err(|e| format!("downloading: {e}"))?;
+            self.stream
+                .synchronize()
+                .map_err(|e| format!("running at {rows} rows: {e}"))?;
+            Ok(host)
+        };
+        let full = run(max, s.y_full)?;
+        let again = run(max, s.y_part)?;
+        if let Some(at) = first_difference(&full, &again) {
+            return Err(format!(
+                "two runs at {max} rows differ (row {}, column {})",
+                at / n,
+                at % n
+            ));
+        }
+        for &rows in CHECK_ROWS.iter().filter(|&&r| r < max) {
+            let part = run(rows, s.y_part)?;
+            if let Some(at) = first_difference(&full[..rows * n], &part) {
+                return Err(format!(
+                    "row {} column {} differs between {rows} and {max} rows",
+                    at / n,
+                    at % n
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The GPU test of the products in isolation: pins the algorithm of an
+/// `n × k` weight of fixed pseudo-random values for up to `max_rows` rows
+/// (the load's self-check runs), then multiplies the same input at
+/// `max_rows` rows and at each of `rows` through [`InvariantGemm::linear`],
+/// as the forward pass calls it, and compares the shared rows bit for bit.
+/// Returns the pinned algorithm's description.
+pub fn check_shape(
+    stream: &Arc<CudaStream>,
+    n: usize,
+    k: usize,
+    max_rows: usize,
+    rows: &[usize],
+) -> Result<String, BackendError> {
+    let w = DeviceBuffer::upload(stream, &pseudo_random(n * k + 7)[7..], "test weight")?;
+    let shape = GemmShape {
+        n,
+        k,
+        max_rows,
+        weight: w.ptr,
+    };
+    let gemm = InvariantGemm::new(stream, &[shape])?;
+    // Another input than the self-check's (shifted sequence).
+    let x = DeviceBuffer::upload(stream, &pseudo_random(max_rows * k + 3)[3..], "test input")?;
+    let y = DeviceBuffer::zeroed(stream, max_rows * n * 4, "test output")?;
+    let run = |r: usize| -> Result<Vec<f32>, BackendError> {
+        gemm.linear(x.ptr, w.ptr, y.ptr, r, n, k)?;
+        let mut host = vec![0f32; r * n];
+        // SAFETY: `y` holds max_rows × n ≥ r × n f32s; synchronized below.
+        unsafe { driver::memcpy_dtoh_async(&mut host, y.ptr, stream.cu_stream()) }
+            .map_err(|e| BackendError::Cuda(format!("downloading: {e}")))?;
+        stream
+            .synchronize()
+            .map_err(|e| BackendError::Cuda(format!("GEMM at {r} rows: {e}")))?;
+        Ok(host)
+    };
+    let full = run(max_rows)?;
+    if full.iter().all(|v| *v == 0.0) || full.iter().any(|v| !v.is_finite()) {
+        return Err(BackendError::Cuda(format!(
+            "n={n} k={k}: the product is all zeros or not finite"
+        )));
+    }
+    for &r in rows {
+        let part = run(r)?;
+        if let Some(at) = first_difference(&full[..r * n], &part) {
+            return Err(BackendError::Cuda(format!(
+                "n={n} k={k}: row {} column {} differs between {r} and {max_rows} rows \
+                 ({} vs {})",
+                at / n,
+                at % n,
+                part[at],
+                full[at]
+            )));
+        }
+    }
+    Ok(gemm.describe().join("; "))
+}
+
+struct Scratch {
+    x: u64,
+    y_full: u64,
+    y_part: u64,
+}
+
+/// Index of the first element whose bits differ.
+fn first_difference(a: &[f32], b: &[f32]) -> Option<usize> {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x.to_bits() != y.to_bits())
+}
+
+/// `len` bf16 values in (-1, 1), a fixed sequence (an LCG).
+fn pseudo_random(len: usize) -> Vec<half::bf16> {
+    let mut s = 0x2545_f491_u32;
+    (0..len)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            half::bf16::from_f32((s >> 8) as f32 / (1u32 << 23) as f32 - 1.0)
+        })
+        .collect()
+}
+
+type ConfigAttr = sys::cublasLtMatmulAlgoConfigAttributes_t;
+
+/// Sets split-K to 1 and the reduction scheme to none where the algorithm
+/// has those attributes (an algorithm without split-K support ignores
+/// them; `cublasLtMatmulAlgoCheck` then validates the configuration).
+fn force_no_split(algo: &mut sys::cublasLtMatmulAlgo_t) {
+    let one = 1u32;
+    let none = sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_NONE as u32;
+    for (attr, value) in [
+        (ConfigAttr::CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &one),
+        (ConfigAttr::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &none),
+    ] {
+        // SAFETY: both attributes are uint32_t; `algo` is a valid algorithm
+        // struct from the heuristic.
+        let _ = unsafe {
+            sys::cublasLtMatmulAlgoConfigSetAttribute(
+                algo,
+                attr,
+                value as *const u32 as *const c_void,
+                std::mem::size_of::<u32>(),
+            )
+        };
+    }
+}
+
+/// The algorithm's id, tile, stages, split-K, reduction scheme, swizzle and
+/// custom option, e.g. `algo 66 tile 22 stages 35 splitk 1 reduction 0
+/// swizzle 0 custom 0`.
+fn describe_algo(algo: &sys::cublasLtMatmulAlgo_t) -> String {
+    let get = |attr: ConfigAttr| -> String {
+        let mut v = 0u32;
+        let mut written = 0usize;
+        // SAFETY: every attribute read here is 4 bytes (int32/uint32).
+        let status = unsafe {
+            sys::cublasLtMatmulAlgoConfigGetAttribute(
+                algo,
+                attr,
+                &mut v as *mut u32 as *mut c_void,
+                std::mem::size_of::<u32>(),
+                &mut written,
+            )
+        };
+        if status == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            v.to_string()
+        } else {
+            "?".into()
+        }
+    };
+    format!(
+        "algo {} tile {} stages {} splitk {} reduction {} swizzle {} custom {}",
+        get(ConfigAttr::CUBLASLT_ALGO_CONFIG_ID),
+        get(ConfigAttr::CUBLASLT_ALGO_CONFIG_TILE_ID),
+        get(ConfigAttr::CUBLASLT_ALGO_CONFIG_STAGES_ID),
+        get(ConfigAttr::CUBLASLT_ALGO_CONFIG_SPLITK_NUM),
+        get(ConfigAttr::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME),
+        get(ConfigAttr::CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING),
+        get(ConfigAttr::CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_check_input_is_fixed_and_not_trivial() {
+        let a = pseudo_random(4096);
+        assert_eq!(a, pseudo_random(4096));
+        let distinct: std::collections::HashSet<u16> = a.iter().map(|v| v.to_bits()).collect();
+        assert!(distinct.len() > 200, "{}", distinct.len());
+        assert!(a.iter().any(|v| v.to_f32() < 0.0) && a.iter().any(|v| v.to_f32() > 0.0));
+        assert!(a.iter().all(|v| v.to_f32().abs() <= 1.0));
+    }
+
+    #[test]
+    fn first_difference_compares_bits() {
+        assert_eq!(first_difference(&[1.0, 2.0], &[1.0, 2.0]), None);
+        assert_eq!(first_difference(&[0.0, 2.0], &[-0.0, 2.0]), Some(0));
+        assert_eq!(first_difference(&[1.0, f32::NAN], &[1.0, 3.0]), Some(1));
+    }
+}
