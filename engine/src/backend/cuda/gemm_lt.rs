@@ -307,10 +307,13 @@ impl InvariantGemm {
         .map_err(|e| BackendError::Cuda(format!("cublasLtMatmul ({rows}x{}x{}): {e}", p.n, p.k)))
     }
 
-    /// Chooses the algorithm of one shape: heuristic candidates at the
-    /// largest row count, then at one row, each forced to split-K 1 without
-    /// a reduction scheme, checked by `cublasLtMatmulAlgoCheck` at 1 and
-    /// `max_rows` rows and then by the self-check; the first that passes.
+    /// Chooses the algorithm of one shape: the heuristic's candidates at the
+    /// largest row count, then at one row (those without a split-K
+    /// reduction first), each forced to split-K 1 without a reduction
+    /// scheme, accepted by `cublasLtMatmulAlgoCheck` at 1 and `max_rows`
+    /// rows, then by the self-check; the first that passes. The self-check
+    /// samples row counts (`CHECK_ROWS`); the GPU test
+    /// `pinned_gemms_are_batch_invariant` tries others.
     fn pin(&self, s: GemmShape, scratch: &Scratch) -> Result<Pinned, BackendError> {
         let bf16 = sys::cudaDataType::CUDA_R_16BF;
         let mut p = Pinned {
@@ -324,15 +327,27 @@ impl InvariantGemm {
             description: String::new(),
         };
         let mut candidates: Vec<sys::cublasLtMatmulAlgo_t> = Vec::new();
-        for rows in [s.max_rows, 1] {
-            for mut algo in self.heuristic(&p, rows)? {
-                force_no_split(&mut algo);
-                if !candidates.iter().any(|c| c.data == algo.data) {
-                    candidates.push(algo);
+        let mut rejected = Vec::new();
+        // Configurations without split-K reduction first; then the rest,
+        // forced to split-K 1 below (in case the mask leaves none).
+        for (rows, restrict) in [
+            (s.max_rows, true),
+            (1, true),
+            (s.max_rows, false),
+            (1, false),
+        ] {
+            match self.heuristic(&p, rows, restrict) {
+                Ok(found) => {
+                    for mut algo in found {
+                        force_no_split(&mut algo);
+                        if !candidates.iter().any(|c| c.data == algo.data) {
+                            candidates.push(algo);
+                        }
+                    }
                 }
+                Err(e) => rejected.push(format!("heuristic at {rows} rows: {e}")),
             }
         }
-        let mut rejected = Vec::new();
         for algo in &candidates {
             let name = describe_algo(algo);
             if let Err(why) = self.supported(&p, algo, &[1, s.max_rows]) {
@@ -354,8 +369,8 @@ impl InvariantGemm {
             s.n,
             s.k,
             s.max_rows,
-            rejected.len(),
-            if rejected.is_empty() {
+            candidates.len(),
+            if candidates.is_empty() && rejected.is_empty() {
                 "the heuristic returned none".to_string()
             } else {
                 rejected.join("; ")
@@ -364,11 +379,13 @@ impl InvariantGemm {
     }
 
     /// Up to `CANDIDATES` algorithms the heuristic offers at `rows` rows
-    /// within our workspace and without split-K reduction.
+    /// within our workspace (`restrict`: only configurations without a
+    /// split-K reduction scheme).
     fn heuristic(
         &self,
         p: &Pinned,
         rows: usize,
+        restrict: bool,
     ) -> Result<Vec<sys::cublasLtMatmulAlgo_t>, BackendError> {
         p.b.set_cols(rows)?;
         p.d.set_cols(rows)?;
@@ -388,13 +405,15 @@ impl InvariantGemm {
                     std::mem::size_of::<u64>(),
                 )
                 .map_err(lt_err("preference workspace"))?;
-                lt::set_matmul_pref_attribute(
-                    pref,
-                    sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
-                    &no_reduction as *const u32 as *const c_void,
-                    std::mem::size_of::<u32>(),
-                )
-                .map_err(lt_err("preference reduction scheme"))?;
+                if restrict {
+                    lt::set_matmul_pref_attribute(
+                        pref,
+                        sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                        &no_reduction as *const u32 as *const c_void,
+                        std::mem::size_of::<u32>(),
+                    )
+                    .map_err(lt_err("preference reduction scheme"))?;
+                }
             }
             let mut results: Vec<sys::cublasLtMatmulHeuristicResult_t> =
                 Vec::with_capacity(CANDIDATES as usize);

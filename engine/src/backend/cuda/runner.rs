@@ -561,7 +561,7 @@ mod tests {
     fn invariant_splits_cover_the_longest_context_within_the_split_limit() {
         for len in [1, 63, 64, 256, 2048, 8192, 32_768, 40_960, 131_072, 1 << 20] {
             let keys = invariant_split_keys(len);
-            assert!(keys >= 64 && keys % 64 == 0, "{len}: {keys}");
+            assert!(keys >= 64 && keys.is_multiple_of(64), "{len}: {keys}");
             assert!(len.div_ceil(keys) <= ATTN_MAX_SPLITS, "{len}: {keys}");
             // Not coarser than needed: one multiple of 64 fewer would
             // overflow the split limit (or is below the minimum).
