@@ -201,19 +201,15 @@ impl InvariantGemm {
         }
         // Scratch for the self-check, sized for the largest shape: a
         // deterministic input (a fixed pseudo-random sequence of bf16
-        // values of both signs, so every bit of the sum matters) and two
-        // outputs. Freed when `new` returns.
+        // values of both signs, so every bit of the sum matters) and one
+        // output (each result is downloaded before the next call). Freed
+        // when `new` returns.
         let x_len = merged.iter().map(|s| s.max_rows * s.k).max().unwrap_or(0);
         let y_len = merged.iter().map(|s| s.max_rows * s.n).max().unwrap_or(0);
         let x_host: Vec<half::bf16> = pseudo_random(x_len);
         let x = DeviceBuffer::upload(stream, &x_host, "GEMM self-check input")?;
-        let y_full = DeviceBuffer::zeroed(stream, y_len * 4, "GEMM self-check output")?;
-        let y_part = DeviceBuffer::zeroed(stream, y_len * 4, "GEMM self-check output")?;
-        let scratch = Scratch {
-            x: x.ptr,
-            y_full: y_full.ptr,
-            y_part: y_part.ptr,
-        };
+        let y = DeviceBuffer::zeroed(stream, y_len * 4, "GEMM self-check output")?;
+        let scratch = Scratch { x: x.ptr, y: y.ptr };
         for s in merged {
             let pinned = gemm.pin(s, &scratch)?;
             gemm.pinned.push(pinned);
@@ -501,21 +497,33 @@ impl InvariantGemm {
     ) -> Result<(), String> {
         let n = p.n;
         let max = p.max_rows;
-        let run = |rows: usize, y: u64| -> Result<Vec<f32>, String> {
-            self.run(p, algo, s.x, weight, y, rows)
+        let run = |rows: usize| -> Result<Vec<f32>, String> {
+            // NaN bytes first, so an element the product leaves unwritten
+            // cannot match the previous call's.
+            // SAFETY: `y` holds at least max_rows × n f32s.
+            unsafe { driver::memset_d8_async(s.y, 0xff, rows * n * 4, self.stream.cu_stream()) }
+                .map_err(|e| format!("clearing the output: {e}"))?;
+            self.run(p, algo, s.x, weight, s.y, rows)
                 .map_err(|e| e.to_string())?;
             let mut host = vec![0f32; rows * n];
             // SAFETY: `y` holds at least max_rows × n f32s; synchronized
             // before `host` is read.
-            unsafe { driver::memcpy_dtoh_async(&mut host, y, self.stream.cu_stream()) }
+            unsafe { driver::memcpy_dtoh_async(&mut host, s.y, self.stream.cu_stream()) }
                 .map_err(|e| format!("downloading: {e}"))?;
             self.stream
                 .synchronize()
                 .map_err(|e| format!("running at {rows} rows: {e}"))?;
             Ok(host)
         };
-        let full = run(max, s.y_full)?;
-        let again = run(max, s.y_part)?;
+        let full = run(max)?;
+        if let Some(at) = full.iter().position(|v| !v.is_finite()) {
+            return Err(format!(
+                "row {} column {} at {max} rows is not finite (unwritten?)",
+                at / n,
+                at % n
+            ));
+        }
+        let again = run(max)?;
         if let Some(at) = first_difference(&full, &again) {
             return Err(format!(
                 "two runs at {max} rows differ (row {}, column {})",
@@ -524,7 +532,7 @@ impl InvariantGemm {
             ));
         }
         for &rows in CHECK_ROWS.iter().filter(|&&r| r < max) {
-            let part = run(rows, s.y_part)?;
+            let part = run(rows)?;
             if let Some(at) = first_difference(&full[..rows * n], &part) {
                 return Err(format!(
                     "row {} column {} differs between {rows} and {max} rows",
@@ -596,8 +604,7 @@ pub fn check_shape(
 
 struct Scratch {
     x: u64,
-    y_full: u64,
-    y_part: u64,
+    y: u64,
 }
 
 /// Index of the first element whose bits differ.
