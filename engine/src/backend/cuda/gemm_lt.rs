@@ -14,7 +14,9 @@
 //! shape is multiplied on the device with the same input rows at the largest
 //! row count and at several small ones, and a candidate is pinned only when
 //! the shared rows agree bit for bit (and a repeat of the largest call does
-//! too). A shape with no passing candidate fails the load, naming the shape.
+//! too). Candidates are tried fastest first (timed at load at 1 row, a full
+//! decode step and the largest step), since one algorithm serves them all.
+//! A shape with no passing candidate fails the load, naming the shape.
 //!
 //! Operands are bf16, compute and output f32, as in `gemm.rs`. The workspace
 //! is allocated once and fixed, so the products can be captured into CUDA
@@ -48,13 +50,15 @@ fn lt_err(what: &str) -> impl Fn(lt::CublasError) -> BackendError + '_ {
 }
 
 /// One weight shape the products use: `n` outputs, `k` inputs, at most
-/// `max_rows` rows per call, and a device pointer to one of its weight
-/// matrices (`n × k` bf16, row-major) for the self-check.
+/// `max_rows` rows per call, `typical_rows` rows in a busy decode step
+/// (`max_num_seqs`), and a device pointer to one of its weight matrices
+/// (`n × k` bf16, row-major) for the self-check and the timing.
 #[derive(Debug, Clone, Copy)]
 pub struct GemmShape {
     pub n: usize,
     pub k: usize,
     pub max_rows: usize,
+    pub typical_rows: usize,
     pub weight: u64,
 }
 
@@ -150,6 +154,11 @@ impl InvariantGemm {
                     .into(),
             ));
         }
+        // cuBLASLt works in the thread's current context.
+        stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| BackendError::Cuda(format!("binding the CUDA context: {e}")))?;
         let handle = lt::create_handle().map_err(lt_err("create handle"))?;
         let desc = match lt::create_matmul_desc(
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
@@ -195,7 +204,10 @@ impl InvariantGemm {
         let mut merged: Vec<GemmShape> = Vec::new();
         for s in shapes {
             match merged.iter_mut().find(|m| m.n == s.n && m.k == s.k) {
-                Some(m) => m.max_rows = m.max_rows.max(s.max_rows),
+                Some(m) => {
+                    m.max_rows = m.max_rows.max(s.max_rows);
+                    m.typical_rows = m.typical_rows.max(s.typical_rows);
+                }
                 None => merged.push(*s),
             }
         }
@@ -306,10 +318,15 @@ impl InvariantGemm {
     /// Chooses the algorithm of one shape: the heuristic's candidates at the
     /// largest row count, then at one row (those without a split-K
     /// reduction first), each forced to split-K 1 without a reduction
-    /// scheme, accepted by `cublasLtMatmulAlgoCheck` at 1 and `max_rows`
-    /// rows, then by the self-check; the first that passes. The self-check
-    /// samples row counts (`CHECK_ROWS`); the GPU test
-    /// `pinned_gemms_are_batch_invariant` tries others.
+    /// scheme and accepted by `cublasLtMatmulAlgoCheck` at 1 and `max_rows`
+    /// rows; then, fastest first, the first that passes the self-check.
+    /// "Fastest" is timed here, at 1 row (batch-1 decode), `typical_rows`
+    /// (a busy decode step) and `max_rows` (a full prefill step), each
+    /// relative to the best candidate at that count, summed: one algorithm
+    /// serves them all, and the heuristic's pick for the largest count can
+    /// be slow at one row. The self-check samples row counts
+    /// (`CHECK_ROWS`); the GPU test `pinned_gemms_are_batch_invariant`
+    /// tries others.
     fn pin(&self, s: GemmShape, scratch: &Scratch) -> Result<Pinned, BackendError> {
         let bf16 = sys::cudaDataType::CUDA_R_16BF;
         let mut p = Pinned {
@@ -344,16 +361,48 @@ impl InvariantGemm {
                 Err(e) => rejected.push(format!("heuristic at {rows} rows: {e}")),
             }
         }
+        let mut timing_rows = vec![1, s.typical_rows.clamp(1, s.max_rows), s.max_rows];
+        timing_rows.dedup();
+        // (algorithm, seconds per call at each of timing_rows)
+        let mut timed: Vec<(sys::cublasLtMatmulAlgo_t, Vec<f64>)> = Vec::new();
         for algo in &candidates {
-            let name = describe_algo(algo);
-            if let Err(why) = self.supported(&p, algo, &[1, s.max_rows]) {
-                rejected.push(format!("{name}: {why}"));
-                continue;
+            let timing = self.supported(&p, algo, &[1, s.max_rows]).and_then(|()| {
+                timing_rows
+                    .iter()
+                    .map(|&r| self.seconds_per_call(&p, algo, s.weight, scratch, r))
+                    .collect::<Result<Vec<f64>, String>>()
+            });
+            match timing {
+                Ok(t) => timed.push((*algo, t)),
+                Err(why) => rejected.push(format!("{}: {why}", describe_algo(algo))),
             }
+        }
+        let best: Vec<f64> = (0..timing_rows.len())
+            .map(|i| {
+                timed
+                    .iter()
+                    .map(|(_, t)| t[i])
+                    .fold(f64::INFINITY, f64::min)
+            })
+            .collect();
+        let score = |t: &[f64]| -> f64 { t.iter().zip(&best).map(|(a, b)| a / b).sum() };
+        timed.sort_by(|a, b| score(&a.1).total_cmp(&score(&b.1)));
+        for (algo, t) in &timed {
+            let name = describe_algo(algo);
             match self.self_check(&p, algo, s.weight, scratch) {
                 Ok(()) => {
+                    let times: Vec<String> = timing_rows
+                        .iter()
+                        .zip(t)
+                        .map(|(r, t)| format!("{r} rows {:.1} us", t * 1e6))
+                        .collect();
                     p.algo = *algo;
-                    p.description = name;
+                    p.description = format!(
+                        "{name} ({}; {} candidates, {} rejected before it)",
+                        times.join(", "),
+                        candidates.len(),
+                        rejected.len()
+                    );
                     return Ok(p);
                 }
                 Err(why) => rejected.push(format!("{name}: {why}")),
@@ -485,6 +534,34 @@ impl InvariantGemm {
         Ok(())
     }
 
+    /// Mean seconds per call of `algo` at `rows` rows (after one warm-up
+    /// call), host-timed over a synchronized batch of calls.
+    fn seconds_per_call(
+        &self,
+        p: &Pinned,
+        algo: &sys::cublasLtMatmulAlgo_t,
+        weight: u64,
+        s: &Scratch,
+        rows: usize,
+    ) -> Result<f64, String> {
+        const CALLS: u32 = 10;
+        let sync = |what: &str| {
+            self.stream
+                .synchronize()
+                .map_err(|e| format!("{what} at {rows} rows: {e}"))
+        };
+        self.run(p, algo, s.x, weight, s.y, rows)
+            .map_err(|e| e.to_string())?;
+        sync("warm-up")?;
+        let start = std::time::Instant::now();
+        for _ in 0..CALLS {
+            self.run(p, algo, s.x, weight, s.y, rows)
+                .map_err(|e| e.to_string())?;
+        }
+        sync("timing")?;
+        Ok(start.elapsed().as_secs_f64() / f64::from(CALLS))
+    }
+
     /// Multiplies the same input rows at `max_rows` rows and at each of
     /// `CHECK_ROWS` below it, and the largest call twice: every shared row
     /// must be bit-identical.
@@ -563,6 +640,7 @@ pub fn check_shape(
         n,
         k,
         max_rows,
+        typical_rows: max_rows.min(256),
         weight: w.ptr,
     };
     let gemm = InvariantGemm::new(stream, &[shape])?;

@@ -103,7 +103,13 @@ impl CudaBackend {
         let (gemm, split_keys, partial_rows) = if cfg.batch_invariant {
             let split_keys = runner::invariant_split_keys(dims.max_model_len);
             let max_splits = dims.max_model_len.div_ceil(split_keys);
-            let shapes = gemm_shapes(&dims, &weights, cfg.max_num_batched_tokens, logits_rows);
+            let shapes = gemm_shapes(
+                &dims,
+                &weights,
+                cfg.max_num_batched_tokens,
+                cfg.max_num_seqs,
+                logits_rows,
+            );
             (
                 runner::Products::Invariant(gemm_lt::InvariantGemm::new(&stream, &shapes)?),
                 split_keys,
@@ -306,18 +312,20 @@ fn longest_context(batch: &[SeqStep<'_>]) -> usize {
 }
 
 /// Every weight shape a forward pass multiplies by, with the most rows one
-/// call can have: the layers' products take up to `max_tokens` rows, the
-/// LM head up to `logits_rows`.
+/// call can have (the layers' products up to `max_tokens` rows, the LM head
+/// up to `logits_rows`) and the rows of a full decode step (`max_seqs`).
 fn gemm_shapes(
     d: &Dims,
     w: &weights::DeviceWeights,
     max_tokens: usize,
+    max_seqs: usize,
     logits_rows: usize,
 ) -> Vec<gemm_lt::GemmShape> {
-    let shape = |n, k, max_rows, weight| gemm_lt::GemmShape {
+    let shape = |n, k, max_rows: usize, weight| gemm_lt::GemmShape {
         n,
         k,
         max_rows,
+        typical_rows: max_seqs.min(max_rows),
         weight,
     };
     let mut shapes = Vec::new();
