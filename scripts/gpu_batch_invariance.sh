@@ -2,7 +2,8 @@
 # Issue 15, batch invariance (`batch_invariant = true`) on the GPU machine
 # (no cargo there): prebuilt `xtask` and `engine` binaries, results into OUT.
 #
-#   scripts/gpu_batch_invariance.sh XTASK ENGINE OUT [tests] [hashes] [cost]   # default: all
+#   scripts/gpu_batch_invariance.sh XTASK ENGINE OUT [tests] [hashes] [cost] [splits]
+#   (default: tests hashes cost)
 #
 #   tests   the GPU tests of engine/tests/cuda_batch_invariance.rs through
 #           engine/scripts/gpu_batch_invariance.sh, from the test binary named
@@ -19,13 +20,18 @@
 #           batch 1 (pr-smollm2-batch1), then qwen3-0.6b offline and batch 1
 #           (presets-batch1) (~6-7 min; run `cost` on its own if the command
 #           limit is 10 minutes)
+#   splits  not in the default: the knob on on both sides, side B with
+#           coarser attention splits (DYNO_CUDA_SPLIT_KEYS=$BI_SPLIT_KEYS,
+#           default 256; the derived value is max_model_len / 32 rounded up
+#           to 64, i.e. 64 for these workloads' max_model_len 1536), smollm2
+#           offline and batch 1, 2 trials a side (~3 min)
 #
 # Run from the repository root. Writes OUT/summary.txt (hashes per side and
 # session; per workload and side: output tok/s and TPOT p50, mean +- stdev
 # over the trials, and the relative change B vs A), each session's JSON, and
 # the logs. Set DYNO_GIT_COMMIT to the commit the binaries were built from.
 set -uo pipefail
-USAGE="usage: gpu_batch_invariance.sh XTASK ENGINE OUT [tests] [hashes] [cost]"
+USAGE="usage: gpu_batch_invariance.sh XTASK ENGINE OUT [tests] [hashes] [cost] [splits]"
 X=$(realpath "${1:?$USAGE}")
 E=$(realpath "${2:?$USAGE}")
 OUT=$(realpath -m "${3:?$USAGE}")
@@ -66,7 +72,11 @@ for part in "${PARTS[@]}"; do
       ab cost-qwen3 false true 2 --model qwen3-0.6b \
         --workload nightly-qwen3-0.6b-throughput --workload presets-batch1
       ;;
-    *) echo "unknown part $part (tests, hashes, cost)" >&2; exit 2 ;;
+    splits)
+      ab cost-splitkeys-smollm2 true true 2 --b-env "DYNO_CUDA_SPLIT_KEYS=${BI_SPLIT_KEYS:-256}" \
+        --workload nightly-smollm2-throughput --workload pr-smollm2-batch1
+      ;;
+    *) echo "unknown part $part (tests, hashes, cost, splits)" >&2; exit 2 ;;
   esac
 done
 
@@ -110,7 +120,7 @@ if on_hashes:
           f"hash(es): {verdict}")
 
 print()
-print("== throughput cost (B batch_invariant=true vs A false)")
+print("== throughput cost (B vs A; cost-splitkeys: both on, B with DYNO_CUDA_SPLIT_KEYS)")
 for path in sorted(glob.glob(os.path.join(out, "cost-*.json"))):
     table = {}
     for run in runs(path):

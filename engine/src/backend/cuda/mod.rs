@@ -101,7 +101,7 @@ impl CudaBackend {
         let weights = weights::DeviceWeights::upload(&stream, config, load)?;
         let logits_rows = arena::logits_rows(cfg.max_num_seqs);
         let (gemm, split_keys, partial_rows) = if cfg.batch_invariant {
-            let split_keys = runner::invariant_split_keys(dims.max_model_len);
+            let split_keys = split_keys_for(dims.max_model_len)?;
             let max_splits = dims.max_model_len.div_ceil(split_keys);
             let shapes = gemm_shapes(
                 &dims,
@@ -299,6 +299,26 @@ impl CudaBackend {
             kv_cache: self.kv.as_ref().map_or(0, |k| k.bytes() as u64),
             activations: self.runner.arena.bytes() as u64,
         }
+    }
+}
+
+/// Keys per attention split with `batch_invariant`: derived from
+/// `max_model_len` (`runner::invariant_split_keys`), or coarser with
+/// `DYNO_CUDA_SPLIT_KEYS=N` (a multiple of 64, at least the derived value,
+/// so the grid and the partial buffers stay within `ATTN_MAX_SPLITS`) to
+/// measure the trade-off between parallelism and merge work.
+fn split_keys_for(max_model_len: usize) -> Result<usize, BackendError> {
+    let derived = runner::invariant_split_keys(max_model_len);
+    let Ok(text) = std::env::var("DYNO_CUDA_SPLIT_KEYS") else {
+        return Ok(derived);
+    };
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= derived && n.is_multiple_of(64) => Ok(n),
+        _ => Err(BackendError::Cuda(format!(
+            "DYNO_CUDA_SPLIT_KEYS={text}: must be a multiple of 64 and at least {derived} \
+             (max_model_len {max_model_len} over {} splits)",
+            kernels::ATTN_MAX_SPLITS
+        ))),
     }
 }
 
