@@ -45,14 +45,21 @@ export DYNO_ROOT=$PWD
 export LD_LIBRARY_PATH=${CUDA_HOME:-/usr/local/cuda}/lib64:${LD_LIBRARY_PATH:-}
 run() { echo "+ $*" | tee -a "$LOG"; "$@" 2>&1 | tee -a "$LOG"; echo "exit ${PIPESTATUS[0]}" | tee -a "$LOG"; }
 "$E" info --json > "$OUT/engine-info.json" 2>&1
-ab() {  # ab JSON_NAME A_VALUE B_VALUE TRIALS XTASK_ARGS...
-    local name=$1 a=$2 b=$3 trials=$4
+# One interleaved A/B session; both sides' run records are fetched from the
+# store into OUT/NAME-A.json and OUT/NAME-B.json (`--json` holds side B only).
+ab() {  # ab NAME A_VALUE B_VALUE TRIALS XTASK_ARGS...
+    local name=$1 a=$2 b=$3 trials=$4 ids
     shift 4
     run "$X" bench --engine-bin "$E" --engine-profile release --device cuda \
         --results "$OUT/results" --trials "$trials" \
         --ab --a-set "batch_invariant=$a" --b-set "batch_invariant=$b" \
         --a-label "batch_invariant=$a" --b-label "batch_invariant=$b" \
-        --json "$OUT/$name.json" "$@"
+        "$@" | tee "$OUT/$name.log"
+    ids=$(grep -oE "stored side A as run [0-9a-f]+, side B as run [0-9a-f]+" "$OUT/$name.log" | tail -1)
+    [ -n "$ids" ] || { echo "$name: no stored runs (see $OUT/$name.log)" | tee -a "$LOG"; return; }
+    read -r _ _ _ _ _ a_id _ _ _ _ b_id <<<"$ids"
+    "$X" store --results "$OUT/results" show "${a_id%,}" --json > "$OUT/$name-A.json"
+    "$X" store --results "$OUT/results" show "$b_id" --json > "$OUT/$name-B.json"
 }
 for part in "${PARTS[@]}"; do
   case "$part" in
@@ -84,9 +91,10 @@ python3 - "$OUT" <<'PY' | tee "$OUT/summary.txt"
 import glob, json, os, statistics, sys
 out = sys.argv[1]
 
-def runs(path):
-    doc = json.load(open(path))
-    return doc if isinstance(doc, list) else [doc]
+def runs(pattern):
+    """(session, run record) for every OUT/SESSION-{A,B}.json matching."""
+    for path in sorted(glob.glob(os.path.join(out, pattern))):
+        yield os.path.basename(path)[:-7], json.load(open(path))["run"]
 
 def knob(run):
     inter = run.get("interleaved") or {}
@@ -103,17 +111,15 @@ def stat(values):
 
 print("== output hashes (pr-smollm2-serving)")
 on_hashes = set()
-for path in sorted(glob.glob(os.path.join(out, "hashes-*.json"))):
-    session = os.path.basename(path)[:-5]
-    for run in runs(path):
-        side, setting = knob(run)
-        for w in run.get("workloads", []):
-            hashes = [t.get("output_hash") or "none" for t in w.get("trials", [])]
-            distinct = sorted(set(hashes))
-            if setting == "batch_invariant=true":
-                on_hashes.update(hashes)
-            print(f"{session} side {side} {setting} {w.get('name')}: {len(hashes)} trials, "
-                  f"{len(distinct)} distinct hash(es): {', '.join(h[:16] for h in distinct)}")
+for session, run in runs("hashes-*-[AB].json"):
+    side, setting = knob(run)
+    for w in run.get("workloads", []):
+        hashes = [t.get("output_hash") or "none" for t in w.get("trials", [])]
+        distinct = sorted(set(hashes))
+        if setting == "batch_invariant=true":
+            on_hashes.update(hashes)
+        print(f"{session} side {side} {setting} {w.get('name')}: {len(hashes)} trials, "
+              f"{len(distinct)} distinct hash(es): {', '.join(h[:16] for h in distinct)}")
 if on_hashes:
     verdict = "PASS" if len(on_hashes) == 1 and "none" not in on_hashes else "FAIL"
     print(f"batch_invariant=true, all trials of all sessions: {len(on_hashes)} distinct "
@@ -121,24 +127,33 @@ if on_hashes:
 
 print()
 print("== throughput cost (B vs A; cost-splitkeys: both on, B with DYNO_CUDA_SPLIT_KEYS)")
-for path in sorted(glob.glob(os.path.join(out, "cost-*.json"))):
-    table = {}
-    for run in runs(path):
-        side, setting = knob(run)
-        for w in run.get("workloads", []):
-            ok = [t for t in w.get("trials", []) if t.get("metrics")]
-            for metric in ("output_throughput", "p50_tpot_ms"):
-                vals = [t["metrics"][metric] for t in ok if metric in t["metrics"]]
-                table.setdefault((w.get("name"), metric), {})[side] = (setting, vals)
-    for (name, metric), sides in sorted(table.items()):
-        line = [f"{os.path.basename(path)[:-5]} {name} {metric}:"]
-        means = {}
-        for side in sorted(sides):
-            setting, vals = sides[side]
-            text, mean = stat(vals)
-            means[side] = mean
-            line.append(f"{side} ({setting}) {text}")
-        if means.get("A") and means.get("B") is not None:
-            line.append(f"B vs A {100.0 * (means['B'] / means['A'] - 1.0):+.2f}%")
-        print("  ".join(line))
+table = {}
+for session, run in runs("cost-*-[AB].json"):
+    side, setting = knob(run)
+    for w in run.get("workloads", []):
+        ok = [t for t in w.get("trials", []) if t.get("metrics")]
+        for metric in ("output_throughput", "p50_tpot_ms"):
+            vals = [t["metrics"][metric] for t in ok if metric in t["metrics"]]
+            table.setdefault((session, w.get("name"), metric), {})[side] = (setting, vals)
+for (session, name, metric), sides in sorted(table.items()):
+    line = [f"{session} {name} {metric}:"]
+    means = {}
+    for side in sorted(sides):
+        setting, vals = sides[side]
+        text, mean = stat(vals)
+        means[side] = mean
+        line.append(f"{side} ({setting}) {text}")
+    if means.get("A") and means.get("B") is not None:
+        line.append(f"B vs A {100.0 * (means['B'] / means['A'] - 1.0):+.2f}%")
+    print("  ".join(line))
+
+print()
+print("== the pipeline's paired verdicts (B vs A), per session")
+for path in sorted(glob.glob(os.path.join(out, "*.log"))):
+    name = os.path.basename(path)[:-4]
+    if not name.startswith(("hashes-", "cost-")):
+        continue
+    for line in open(path, errors="replace"):
+        if "regressed ·" in line or line.strip().startswith("outputs ") or "candidate run" in line:
+            print(f"{name}: {line.strip()}")
 PY
