@@ -377,17 +377,8 @@ impl InvariantGemm {
                 Err(why) => rejected.push(format!("{}: {why}", describe_algo(algo))),
             }
         }
-        let best: Vec<f64> = (0..timing_rows.len())
-            .map(|i| {
-                timed
-                    .iter()
-                    .map(|(_, t)| t[i])
-                    .fold(f64::INFINITY, f64::min)
-            })
-            .collect();
-        let score = |t: &[f64]| -> f64 { t.iter().zip(&best).map(|(a, b)| a / b).sum() };
-        timed.sort_by(|a, b| score(&a.1).total_cmp(&score(&b.1)));
-        for (algo, t) in &timed {
+        let times: Vec<Vec<f64>> = timed.iter().map(|(_, t)| t.clone()).collect();
+        for (algo, t) in fastest_first(&times).into_iter().map(|i| &timed[i]) {
             let name = describe_algo(algo);
             match self.self_check(&p, algo, s.weight, scratch) {
                 Ok(()) => {
@@ -685,6 +676,26 @@ struct Scratch {
     y: u64,
 }
 
+/// Candidate indices ordered by the sum over row counts of each
+/// candidate's time relative to the best time at that row count (ties keep
+/// the heuristic's order). `times[c][r]`: seconds of candidate `c` at row
+/// count `r`.
+fn fastest_first(times: &[Vec<f64>]) -> Vec<usize> {
+    let counts = times.first().map_or(0, Vec::len);
+    let best: Vec<f64> = (0..counts)
+        .map(|r| times.iter().map(|t| t[r]).fold(f64::INFINITY, f64::min))
+        .collect();
+    let score = |t: &[f64]| -> f64 {
+        t.iter()
+            .zip(&best)
+            .map(|(a, b)| a / b.max(f64::MIN_POSITIVE))
+            .sum()
+    };
+    let mut order: Vec<usize> = (0..times.len()).collect();
+    order.sort_by(|&a, &b| score(&times[a]).total_cmp(&score(&times[b])));
+    order
+}
+
 /// Index of the first element whose bits differ.
 fn first_difference(a: &[f32], b: &[f32]) -> Option<usize> {
     a.iter()
@@ -775,6 +786,21 @@ mod tests {
         assert!(distinct.len() > 200, "{}", distinct.len());
         assert!(a.iter().any(|v| v.to_f32() < 0.0) && a.iter().any(|v| v.to_f32() > 0.0));
         assert!(a.iter().all(|v| v.to_f32().abs() <= 1.0));
+    }
+
+    #[test]
+    fn candidates_are_ranked_over_all_row_counts() {
+        // (1 row, 256 rows, 8192 rows): the first is best at 8192 rows but
+        // three times slower at one row; the second is best overall.
+        let times = vec![
+            vec![30e-6, 20e-6, 1.00e-3],
+            vec![10e-6, 20e-6, 1.05e-3],
+            vec![10e-6, 40e-6, 2.00e-3],
+        ];
+        assert_eq!(fastest_first(&times), vec![1, 0, 2]);
+        // Ties keep the heuristic's order.
+        assert_eq!(fastest_first(&[vec![1.0], vec![1.0]]), vec![0, 1]);
+        assert!(fastest_first(&[]).is_empty());
     }
 
     #[test]
