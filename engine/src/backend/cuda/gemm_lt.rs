@@ -399,18 +399,25 @@ impl InvariantGemm {
                 Err(why) => rejected.push(format!("{name}: {why}")),
             }
         }
+        const SHOWN: usize = 8;
+        let reasons = if candidates.is_empty() && rejected.is_empty() {
+            "the heuristic returned none".to_string()
+        } else if rejected.len() > SHOWN {
+            format!(
+                "{}; and {} more",
+                rejected[..SHOWN].join("; "),
+                rejected.len() - SHOWN
+            )
+        } else {
+            rejected.join("; ")
+        };
         Err(BackendError::Cuda(format!(
             "batch_invariant: no cuBLASLt algorithm is batch-invariant for the weight shape \
-             n={} k={} (rows 1..={}); {} candidates rejected: {}",
+             n={} k={} (rows 1..={}); {} candidates, none passed: {reasons}",
             s.n,
             s.k,
             s.max_rows,
             candidates.len(),
-            if candidates.is_empty() && rejected.is_empty() {
-                "the heuristic returned none".to_string()
-            } else {
-                rejected.join("; ")
-            }
         )))
     }
 
