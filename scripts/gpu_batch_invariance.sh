@@ -19,7 +19,7 @@
 #           trials a side: smollm2-135m offline 1,000 x (256 -> 1,024) and
 #           batch 1 (pr-smollm2-batch1), then qwen3-0.6b offline and batch 1
 #           (presets-batch1) (~6-7 min; run `cost` on its own if the command
-#           limit is 10 minutes)
+#           limit is 10 minutes; `cost-smollm2` and `cost-qwen3` run one half)
 #   splits  not in the default: the knob on on both sides, side B with
 #           coarser attention splits (DYNO_CUDA_SPLIT_KEYS=$BI_SPLIT_KEYS,
 #           default 256; the derived value is max_model_len / 32 rounded up
@@ -74,16 +74,18 @@ for part in "${PARTS[@]}"; do
       ab hashes-off-on false true 3 --workload pr-smollm2-serving
       ab hashes-on-on true true 2 --workload pr-smollm2-serving
       ;;
-    cost)
-      ab cost-smollm2 false true 2 --workload nightly-smollm2-throughput --workload pr-smollm2-batch1
-      ab cost-qwen3 false true 2 --model qwen3-0.6b \
-        --workload nightly-qwen3-0.6b-throughput --workload presets-batch1
+    cost | cost-smollm2 | cost-qwen3)
+      [ "$part" = cost-qwen3 ] ||
+        ab cost-smollm2 false true 2 --workload nightly-smollm2-throughput --workload pr-smollm2-batch1
+      [ "$part" = cost-smollm2 ] ||
+        ab cost-qwen3 false true 2 --model qwen3-0.6b \
+          --workload nightly-qwen3-0.6b-throughput --workload presets-batch1
       ;;
     splits)
       ab cost-splitkeys-smollm2 true true 2 --b-env "DYNO_CUDA_SPLIT_KEYS=${BI_SPLIT_KEYS:-256}" \
         --workload nightly-smollm2-throughput --workload pr-smollm2-batch1
       ;;
-    *) echo "unknown part $part (tests, hashes, cost, splits)" >&2; exit 2 ;;
+    *) echo "unknown part $part (tests, hashes, cost, cost-smollm2, cost-qwen3, splits)" >&2; exit 2 ;;
   esac
 done
 
