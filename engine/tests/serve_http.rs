@@ -217,6 +217,16 @@ fn completions_stream_and_whole_bad_requests_get_400_disconnects_free_blocks() {
         ),
         (Some(3), Some(200))
     );
+    // The server's own timing of the request, next to usage: the engine's
+    // TTFT comes before the first chunk left the server.
+    let timing = &chunks.last().unwrap()["server_timing"];
+    let engine_ttft = timing["engine_ttft_ms"][0]
+        .as_f64()
+        .expect("engine_ttft_ms");
+    let first_chunk = timing["first_chunk_ms"][0]
+        .as_f64()
+        .expect("first_chunk_ms");
+    assert!(0.0 < engine_ttft && engine_ttft <= first_chunk, "{timing}");
 
     // Whole answers, one and several prompts; greedy is deterministic.
     let body = json!({"prompt": [[4, 5, 6], [7, 8]], "max_tokens": 5, "temperature": 0});
@@ -225,6 +235,11 @@ fn completions_stream_and_whole_bad_requests_get_400_disconnects_free_blocks() {
     assert_eq!(v["choices"].as_array().unwrap().len(), 2);
     assert_eq!(v["usage"]["prompt_tokens"], 5);
     assert_eq!(v["usage"]["completion_tokens"], 10);
+    let ttft = &v["server_timing"]["engine_ttft_ms"];
+    assert!(
+        ttft[0].as_f64().unwrap() > 0.0 && ttft[1].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
     let (_, again) = server.post(&body);
     assert_eq!(
         v["choices"][0]["token_ids"],

@@ -150,6 +150,15 @@ pub struct ClientTiming {
     /// differently.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intended_prompt_len: Option<u32>,
+    /// What the server said of its own timing, when it says (`engine serve`
+    /// reports `server_timing` in its final usage chunk): from receiving
+    /// the request to the engine step that made the first token, and to
+    /// handing that token's chunk to its HTTP stack. TTFT minus the latter
+    /// is the transport (request out, chunk back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_engine_ttft_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_first_chunk_s: Option<f64>,
 }
 
 /// One engine step.

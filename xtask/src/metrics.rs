@@ -640,6 +640,8 @@ mod tests {
             itl_basis: workloads::ItlBasis::Token,
             chunks: 2,
             intended_prompt_len: None,
+            server_engine_ttft_s: None,
+            server_first_chunk_s: None,
         });
         let m = compute(&[r], &[], None, &Slos::default()).unwrap();
         assert!(!m.values.contains_key(names::MEAN_QUEUE_MS));

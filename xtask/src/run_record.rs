@@ -348,6 +348,13 @@ pub mod names {
     pub const P99_SEND_LAG_MS: &str = "p99_send_lag_ms";
     pub const MAX_SEND_LAG_MS: &str = "max_send_lag_ms";
     pub const CLIENT_CPU_PERCENT: &str = "client_cpu_percent";
+    // A server that reports its own timing (`engine serve`'s
+    // `server_timing`): medians over the trial's requests of the engine's
+    // TTFT, of the server's time to the first chunk, and of the client's
+    // TTFT minus the latter (the transport: request out, chunk back).
+    pub const P50_SERVER_ENGINE_TTFT_MS: &str = "p50_server_engine_ttft_ms";
+    pub const P50_SERVER_FIRST_CHUNK_MS: &str = "p50_server_first_chunk_ms";
+    pub const P50_TTFT_TRANSPORT_MS: &str = "p50_ttft_transport_ms";
     // Speculative decoding (vLLM's definitions), over the trial's completed
     // requests: accepted / verified draft tokens, and tokens emitted per
     // verify step (1 + accepted / drafts).
@@ -493,6 +500,19 @@ const OTHER: [MetricDef; 18] = [
     m(names::P99_SEND_LAG_MS, "ms", false, MetricKind::Info),
     m(names::MAX_SEND_LAG_MS, "ms", false, MetricKind::Info),
     m(names::CLIENT_CPU_PERCENT, "%", false, MetricKind::Info),
+    m(
+        names::P50_SERVER_ENGINE_TTFT_MS,
+        "ms",
+        false,
+        MetricKind::Info,
+    ),
+    m(
+        names::P50_SERVER_FIRST_CHUNK_MS,
+        "ms",
+        false,
+        MetricKind::Info,
+    ),
+    m(names::P50_TTFT_TRANSPORT_MS, "ms", false, MetricKind::Info),
     m(names::PREFIX_CACHE_HIT_RATE, "%", true, MetricKind::Info),
     m(names::SPEC_ACCEPTANCE_RATE, "ratio", true, MetricKind::Info),
     m(

@@ -36,7 +36,7 @@ use axum::serve::ListenerExt;
 use axum::Router;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
-use workloads::Request;
+use workloads::{Request, RequestRecord};
 
 use crate::engine::Engine;
 use engine_loop::{Command, Event};
@@ -485,6 +485,9 @@ async fn run_request(state: Arc<AppState>, headers: HeaderMap, body: Bytes, api:
             ctx,
             tail: VecDeque::new(),
             ended: false,
+            received: arrival,
+            first_chunk_s: vec![None; n],
+            engine_ttft_s: vec![None; n],
         };
         return Sse::new(stream).into_response();
     }
@@ -562,6 +565,7 @@ async fn collect_completion(
     let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); n];
     let mut reasons: Vec<Option<&'static str>> = vec![None; n];
     let mut cached = 0u64;
+    let mut engine_ttft: Vec<Option<f64>> = vec![None; n];
     let mut remaining = n;
     while remaining > 0 {
         let next = match early.pop_front() {
@@ -574,6 +578,7 @@ async fn collect_completion(
                 if let Some(r) = finished {
                     reasons[i] = Some(openai::finish_reason(r.finish_reason));
                     cached += u64::from(r.num_cached_tokens.unwrap_or(0));
+                    engine_ttft[i] = engine_ttft_s(&r);
                     remaining -= 1;
                 }
             }
@@ -599,7 +604,32 @@ async fn collect_completion(
         tokens.iter().map(|t| t.len() as u64).sum(),
     )
     .with_cached(cached);
-    axum::Json(ctx.chunk(Value::Array(choices), Some(usage))).into_response()
+    let mut body = ctx.chunk(Value::Array(choices), Some(usage));
+    body["server_timing"] = server_timing(&engine_ttft, &vec![None; n]);
+    axum::Json(body).into_response()
+}
+
+/// The engine's TTFT for one request: from the handler receiving it (the
+/// record's arrival, on the engine's clock) to the step that produced its
+/// first token.
+fn engine_ttft_s(r: &RequestRecord) -> Option<f64> {
+    r.first_token_s.map(|f| (f - r.arrival_s).max(0.0))
+}
+
+/// `server_timing`, a dyno extension next to `usage` (OpenAI clients ignore
+/// unknown fields): per prompt, in ms, `engine_ttft_ms` (received → the
+/// engine step that made the first token) and `first_chunk_ms` (received →
+/// the first token's chunk handed to the HTTP stack; streaming only). A
+/// client's own TTFT minus `first_chunk_ms` is the transport: sending the
+/// request and reading the chunk.
+fn server_timing(engine_ttft_s: &[Option<f64>], first_chunk_s: &[Option<f64>]) -> Value {
+    let ms =
+        |v: &[Option<f64>]| -> Vec<Option<f64>> { v.iter().map(|x| x.map(|s| s * 1e3)).collect() };
+    let mut t = json!({ "engine_ttft_ms": ms(engine_ttft_s) });
+    if first_chunk_s.iter().any(Option::is_some) {
+        t["first_chunk_ms"] = json!(ms(first_chunk_s));
+    }
+    t
 }
 
 /// The SSE body: one chunk per token, then (with `include_usage`) a chunk
@@ -619,6 +649,13 @@ struct CompletionStream {
     /// What is left to send after the last token.
     tail: VecDeque<String>,
     ended: bool,
+    /// When the handler received the request, and per prompt when its first
+    /// token chunk left this stream and the engine's own TTFT: the final
+    /// usage chunk reports them (`server_timing`), so a client can split its
+    /// TTFT into engine, hand-off and transport.
+    received: Instant,
+    first_chunk_s: Vec<Option<f64>>,
+    engine_ttft_s: Vec<Option<f64>>,
 }
 
 impl CompletionStream {
@@ -639,8 +676,9 @@ impl CompletionStream {
                 self.generated.iter().sum(),
             )
             .with_cached(self.cached);
-            self.tail
-                .push_back(self.ctx.chunk(json!([]), Some(usage)).to_string());
+            let mut chunk = self.ctx.chunk(json!([]), Some(usage));
+            chunk["server_timing"] = server_timing(&self.engine_ttft_s, &self.first_chunk_s);
+            self.tail.push_back(chunk.to_string());
         }
         self.tail.push_back("[DONE]".into());
     }
@@ -667,8 +705,12 @@ impl futures_core::Stream for CompletionStream {
             };
             match next {
                 Some((i, Event::Token { token, finished })) => {
+                    if this.first_chunk_s[i].is_none() {
+                        this.first_chunk_s[i] = Some(this.received.elapsed().as_secs_f64());
+                    }
                     if let Some(r) = &finished {
                         this.cached += u64::from(r.num_cached_tokens.unwrap_or(0));
+                        this.engine_ttft_s[i] = engine_ttft_s(r);
                     }
                     let reason = finished.map(|r| openai::finish_reason(r.finish_reason));
                     let data = this.token_chunk(i, token, reason);

@@ -294,6 +294,10 @@ pub struct Completion {
     /// Prompt tokens the server found in its prefix cache, when its usage
     /// says (`usage.prompt_tokens_details.cached_tokens`).
     pub cached_tokens: Option<u64>,
+    /// The server's own timing of this request (`server_timing`, in s):
+    /// engine TTFT and time to its first chunk, when it reports them.
+    pub server_engine_ttft_s: Option<f64>,
+    pub server_first_chunk_s: Option<f64>,
     pub output_ids: Vec<u32>,
     pub text: String,
     pub finish_reason: Option<FinishReason>,
@@ -324,6 +328,8 @@ impl Completion {
             output_len: None,
             prompt_tokens: None,
             cached_tokens: None,
+            server_engine_ttft_s: None,
+            server_first_chunk_s: None,
             output_ids: Vec::new(),
             text: String::new(),
             finish_reason: None,
@@ -392,6 +398,7 @@ impl Completion {
             if let Some(c) = v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64() {
                 self.cached_tokens = Some(c);
             }
+            self.read_server_timing(&v);
             let choice = v["choices"].get(0);
             let Some(choice) = choice else {
                 // A usage-only chunk: the final totals.
@@ -511,12 +518,31 @@ impl Completion {
         self.output_len = v["usage"]["completion_tokens"].as_u64();
         self.prompt_tokens = v["usage"]["prompt_tokens"].as_u64();
         self.cached_tokens = v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64();
+        self.read_server_timing(&v);
         if self.output_len.is_none() {
             self.error = Some("the response has no usage.completion_tokens".into());
             return;
         }
         self.first_output = Some(t);
         self.last_output = Some(t);
+    }
+
+    /// `server_timing` (a dyno `engine serve` extension; other servers send
+    /// none): this request's values, in ms, as the first of each list. A
+    /// value that is not a finite, non-negative number is ignored.
+    fn read_server_timing(&mut self, v: &Value) {
+        let at = |key: &str| {
+            v["server_timing"][key][0]
+                .as_f64()
+                .filter(|ms| ms.is_finite() && *ms >= 0.0)
+                .map(|ms| ms / 1e3)
+        };
+        if let Some(s) = at("engine_ttft_ms") {
+            self.server_engine_ttft_s = Some(s);
+        }
+        if let Some(s) = at("first_chunk_ms") {
+            self.server_first_chunk_s = Some(s);
+        }
     }
 
     /// The output's hash: of the token ids when the server sent them, else

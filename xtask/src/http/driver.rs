@@ -223,6 +223,8 @@ fn to_record(r: &Request, c: &Completion, d: &Dispatch) -> RequestRecord {
         itl_basis: c.itl_basis,
         chunks: c.chunks,
         intended_prompt_len: None,
+        server_engine_ttft_s: c.server_engine_ttft_s,
+        server_first_chunk_s: c.server_first_chunk_s,
     };
     let sent_len = r.prompt_token_ids.len() as u32;
     let counted_len = c.prompt_tokens.map_or(sent_len, |p| p as u32);

@@ -41,6 +41,36 @@ pub fn generator_metrics(trial: &driver::HttpTrial) -> Vec<(&'static str, f64)> 
     if let Some(cpu) = trial.cpu_percent() {
         out.push((names::CLIENT_CPU_PERCENT, cpu));
     }
+    out.extend(server_timing_metrics(&trial.records));
+    out
+}
+
+/// Where a streamed request's TTFT went, for servers that report their own
+/// timing: medians of the engine's TTFT, of the server's time to the first
+/// chunk, and of the transport (client TTFT minus the latter). Nothing when
+/// the server reported nothing.
+fn server_timing_metrics(records: &[RequestRecord]) -> Vec<(&'static str, f64)> {
+    let ok = || {
+        records
+            .iter()
+            .filter(|r| r.status == workloads::RecordStatus::Ok)
+            .filter_map(|r| r.client.as_ref().map(|c| (r, c)))
+    };
+    let engine: Vec<f64> = ok().filter_map(|(_, c)| c.server_engine_ttft_s).collect();
+    let first_chunk: Vec<f64> = ok().filter_map(|(_, c)| c.server_first_chunk_s).collect();
+    let transport: Vec<f64> = ok()
+        .filter_map(|(r, c)| Some(r.first_token_s? - r.arrival_s - c.server_first_chunk_s?))
+        .collect();
+    let mut out = Vec::new();
+    for (name, values) in [
+        (names::P50_SERVER_ENGINE_TTFT_MS, engine),
+        (names::P50_SERVER_FIRST_CHUNK_MS, first_chunk),
+        (names::P50_TTFT_TRANSPORT_MS, transport),
+    ] {
+        if !values.is_empty() {
+            out.push((name, percentiles_ms(&values, &[50.0])[0]));
+        }
+    }
     out
 }
 
@@ -147,6 +177,8 @@ mod tests {
                 itl_basis: ItlBasis::Token,
                 chunks: 1,
                 intended_prompt_len: None,
+                server_engine_ttft_s: None,
+                server_first_chunk_s: None,
             }),
             spec_decode: None,
         }
@@ -178,5 +210,34 @@ mod tests {
             m,
             ["p99_send_lag_ms", "max_send_lag_ms", "client_cpu_percent"]
         );
+    }
+
+    #[test]
+    fn server_timing_splits_the_ttft() {
+        // Client TTFT 10 ms (first_token_s − arrival_s = 0.01); the server
+        // says its engine took 6 + i ms and its first chunk left at 7 + i ms:
+        // transport 3 − i ms. Medians over i = 0..=2: 7, 8 and 2 ms.
+        let records: Vec<RequestRecord> = (0..3)
+            .map(|i| {
+                let mut r = rec(i, 0.0, 0.0);
+                let c = r.client.as_mut().unwrap();
+                c.server_engine_ttft_s = Some((6.0 + i as f64) / 1e3);
+                c.server_first_chunk_s = Some((7.0 + i as f64) / 1e3);
+                r
+            })
+            .collect();
+        let m = server_timing_metrics(&records);
+        let get = |n: &str| m.iter().find(|(k, _)| *k == n).map(|(_, v)| *v).unwrap();
+        assert!(
+            (get("p50_server_engine_ttft_ms") - 7.0).abs() < 1e-9,
+            "{m:?}"
+        );
+        assert!(
+            (get("p50_server_first_chunk_ms") - 8.0).abs() < 1e-9,
+            "{m:?}"
+        );
+        assert!((get("p50_ttft_transport_ms") - 2.0).abs() < 1e-9, "{m:?}");
+        // A server that reports nothing adds no metric.
+        assert!(server_timing_metrics(&[rec(0, 0.0, 0.0)]).is_empty());
     }
 }
