@@ -19,6 +19,7 @@ mod graphs;
 mod kernels;
 mod kv_pool;
 mod nvrtc;
+mod profile_window;
 mod runner;
 mod step_meta;
 mod weights;
@@ -32,6 +33,7 @@ use arena::{Arena, Dims};
 use buffer::{DeviceBuffer, PinnedBuffer};
 use graphs::DecodeGraphs;
 use kv_pool::KvPool;
+use profile_window::DecodeProfileWindow;
 use runner::Runner;
 use step_meta::{MetaLayout, MetaLimits, Rows};
 
@@ -54,6 +56,9 @@ pub struct CudaBackend {
     free_at_start: u64,
     min_free: u64,
     last_decode_launches: Option<u64>,
+    /// `DYNO_PROFILE_DECODE_STEPS`: decode steps bracketed by
+    /// cuProfilerStart/Stop for `ncu --profile-from-start off`.
+    profile_window: DecodeProfileWindow,
 }
 
 impl CudaBackend {
@@ -82,6 +87,7 @@ impl CudaBackend {
         let pdl = props.compute_capability.0 >= 9
             && std::env::var("DYNO_CUDA_PDL").map_or(true, |v| v != "0");
         let kernels = kernels::Kernels::new(module, stream.clone(), pdl)?;
+        let profile_window = DecodeProfileWindow::from_env()?;
         let gemm = gemm::Gemm::new(&stream)?;
         let weights = weights::DeviceWeights::upload(&stream, config, load)?;
         let cos_sin = DeviceBuffer::upload(
@@ -120,6 +126,7 @@ impl CudaBackend {
             free_at_start,
             min_free: free_at_start,
             last_decode_launches: None,
+            profile_window,
         };
         backend.note_memory()?;
         Ok(backend)
@@ -382,6 +389,7 @@ impl Backend for CudaBackend {
             self.meta_host.as_mut_slice(),
         )?;
         self.upload_meta(packed.len)?;
+        self.profile_window.step_begins(decode)?;
         match bucket {
             Some(b) => {
                 let g = self
@@ -397,7 +405,9 @@ impl Backend for CudaBackend {
                 // Draft verification can sample more rows than the logits
                 // buffer holds (max_num_seqs × (k + 1)): run them in chunks.
                 self.runner.kernels.take_launch_count();
-                return self.sample_in_chunks(kv, &layout, tokens, packed.samples);
+                let sampled = self.sample_in_chunks(kv, &layout, tokens, packed.samples);
+                self.profile_window.step_ends()?;
+                return sampled;
             }
             None => {
                 self.runner.kernels.take_launch_count();
@@ -417,6 +427,7 @@ impl Backend for CudaBackend {
         }
         .map_err(|e| BackendError::Cuda(format!("downloading sampled tokens: {e}")))?;
         self.sync()?;
+        self.profile_window.step_ends()?;
         Ok(self.sampled_host.as_slice()[..samples].to_vec())
     }
 
