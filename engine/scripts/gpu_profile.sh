@@ -86,7 +86,11 @@ export LD_LIBRARY_PATH=${CUDA_HOME:-/usr/local/cuda}/lib64:${LD_LIBRARY_PATH:-}
 } > "$OUT/profile.md"
 
 failed=""
-fail() { echo "gpu_profile: $1" >&2; failed="$failed $2"; }
+fail() {  # message case: said on stderr and in profile.md
+  echo "gpu_profile: $1" >&2
+  printf '\n**failed**: %s\n' "$1" >> "$OUT/profile.md"
+  failed="$failed $2"
+}
 
 # requests.jsonl: B greedy requests, prompt P (seeded ids below the vocab), N tokens out.
 write_requests() {  # model_dir batch prompt output path
@@ -136,6 +140,7 @@ for p in $PRESETS; do
     w="$CASES/$case_name"
     mkdir -p "$w"
     echo "== $p batch $b"
+    case_start=$SECONDS
     prompt=$([ "$b" = 1 ] && echo 128 || echo 256)
     # Chunked prefill admits the batch over ceil(b·prompt/8192) steps; the
     # sequences prefilled first finish that many steps early, so the output
@@ -190,6 +195,7 @@ for p in $PRESETS; do
     tee -a "$OUT/profile.md" < "$w/profile_${case_name}.md"
     # Keep what explains the numbers; the records are large and not needed.
     rm -f "$w"/*.records.jsonl
+    echo "($case_name took $((SECONDS - case_start)) s)"
   done
 done
 
