@@ -17,11 +17,13 @@
 # Environment: TRIALS (default 3), WORKLOADS (default
 # "pr-smollm2-batch1 pr-smollm2-serving"), EVENTS_WORKLOAD (default
 # nightly-smollm2-throughput), CLIENT_CPUS (default 0,1), SERVER_CPUS
-# (default 2-15), PORT (default 8092).
+# (default 2-15), PORT (default 8092), LLAMA (default 1; 0 skips step 3, e.g.
+# to re-run the dyno sides on a machine where llama-server was measured
+# already; SDIST and WHEEL are then not read).
 set -euo pipefail
 ENGINE=$(realpath "${1:?usage: gpu_serving_compare.sh ENGINE XTASK SDIST WHEEL [OUT]}")
 XTASK=$(realpath "${2:?usage: gpu_serving_compare.sh ENGINE XTASK SDIST WHEEL [OUT]}")
-SDIST=$(realpath "${3:?usage: gpu_serving_compare.sh ENGINE XTASK SDIST WHEEL [OUT]}")
+SDIST=$(realpath -m "${3:?usage: gpu_serving_compare.sh ENGINE XTASK SDIST WHEEL [OUT]}")
 WHEEL=${4:?usage: gpu_serving_compare.sh ENGINE XTASK SDIST WHEEL [OUT]}
 OUT=$(realpath -m "${5:-/tmp/dyno-serving}")
 TRIALS=${TRIALS:-3}
@@ -37,14 +39,14 @@ export LD_LIBRARY_PATH=${CUDA_HOME:-/usr/local/cuda}/lib64:${LD_LIBRARY_PATH:-}
 export PATH=${CUDA_HOME:-/usr/local/cuda}/bin:$PATH
 log() { echo "== gpu_serving_compare: $*" | tee -a "$OUT/log.txt" >&2; }
 
-if [ ! -f "$WHEEL" ]; then
+if [ "${LLAMA:-1}" = 1 ] && [ ! -f "$WHEEL" ]; then
   parts=$(ls "$WHEEL".part-* 2>/dev/null | sort || true)
   [ -n "$parts" ] || { echo "no $WHEEL and no $WHEEL.part-*" >&2; exit 2; }
   log "joining $(echo "$parts" | wc -l) parts into $WHEEL"
   # shellcheck disable=SC2086
   cat $parts > "$WHEEL"
 fi
-WHEEL=$(realpath "$WHEEL")
+WHEEL=$(realpath -m "$WHEEL")
 
 wl=()
 for w in $WORKLOADS; do wl+=(--workload "$w"); done
@@ -57,11 +59,15 @@ log "1/4 in-process engine bench: $WORKLOADS"
 log "2/4 engine serve + HTTP driver: $WORKLOADS"
 "$XTASK" bench "${common[@]}" "${wl[@]}" --serve --json "$OUT/serve.json" 2>&1 | tee "$OUT/serve.log" || true
 
+if [ "${LLAMA:-1}" = 1 ]; then
 log "3/4 llama-server (CUDA): build (about 6 minutes on 16 cores), then $WORKLOADS"
 scripts/llama_server.sh --cuda --work "$OUT/llama" --sdist "$SDIST" --wheel "$WHEEL" \
   --xtask "$XTASK" --port "$PORT" --parallel 64 $(for w in $WORKLOADS; do echo --workload "$w"; done) \
   -- --engine-bin "$ENGINE" --engine-profile release --device cuda --trials "$TRIALS" \
   --results "$OUT/results" --json "$OUT/llama.json" 2>&1 | tee "$OUT/llama.log" || true
+else
+  log "3/4 llama-server: skipped (LLAMA=0)"
+fi
 
 log "4/4 load generator: streamed events/s with the client on CPUs $CLIENT_CPUS, engine serve on $SERVER_CPUS"
 models=$root/.models/smollm2-135m-seed0

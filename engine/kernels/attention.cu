@@ -41,7 +41,8 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
                                const int* __restrict__ block_tables,
                                const int* __restrict__ bt_stride_ptr, int block_size, int nkv,
                                float scale, bf16* __restrict__ out, float* __restrict__ part_acc,
-                               float* __restrict__ part_ml, int* __restrict__ split_counters) {
+                               float* __restrict__ part_ml, int* __restrict__ split_counters,
+                               int split_keys) {
     static_assert(HD % 8 == 0 && HD <= 256, "head dim: a multiple of 8, at most 256");
     constexpr int G = (GALL + CHUNKS - 1) / CHUNKS;  // query heads per block
     static_assert(G <= 8, "at most 8 query heads per block (shared memory)");
@@ -63,9 +64,16 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
     const int nq = nkv * GALL;
     const int ctx = positions[t] + 1;
     constexpr int BLOCK_KEYS = ATTN_WARPS * WARP_KEYS;
-    const int nsplit = min(stride, max(1, (ctx + BLOCK_KEYS - 1) / BLOCK_KEYS));
+    // split_keys > 0 (batch_invariant): splits of split_keys keys, so a
+    // query's split structure, and with it the order its softmax is summed
+    // and merged in, depends on its context length only, not on the grid
+    // (runner.rs makes the grid's z at least that split count). 0: as many
+    // splits as the grid has, each at least one block iteration of keys.
+    const int wanted = split_keys > 0 ? (ctx + split_keys - 1) / split_keys
+                                      : max(1, (ctx + BLOCK_KEYS - 1) / BLOCK_KEYS);
+    const int nsplit = min(stride, wanted);
     if (split >= nsplit) return;
-    const int chunk = (ctx + nsplit - 1) / nsplit;
+    const int chunk = split_keys > 0 && nsplit == wanted ? split_keys : (ctx + nsplit - 1) / nsplit;
     const int begin = split * chunk;
     const int end = min(ctx, begin + chunk);
     const int* table = block_tables + (long)seq_idx[t] * (*bt_stride_ptr);
@@ -199,7 +207,9 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
     __syncthreads();
     if (!s_last) return;
     __threadfence();
-    // Every output element merges its splits: a batch of splits' maxima,
+    // Every output element merges its splits in split order, whichever
+    // block happens to finish last (the result depends on nsplit only): a
+    // batch of splits' maxima,
     // sums and partials is loaded at once, then folded in with an online
     // rescale (one round trip per ATTN_MERGE_BATCH splits).
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
@@ -242,10 +252,11 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
 extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32)
     attention(const float* qkv, const bf16* k_cache, const bf16* v_cache, const int* positions,
               const int* seq_idx, const int* block_tables, const int* bt_stride, int block_size,
-              int nkv, float scale, bf16* out, float* part_acc, float* part_ml, int* counters) {
+              int nkv, float scale, bf16* out, float* part_acc, float* part_ml, int* counters,
+              int split_keys) {
     pdl_wait();
     pdl_launch();
     attention_impl<DYNO_HEAD_DIM, DYNO_GROUP, DYNO_GROUP_CHUNKS>(qkv, k_cache, v_cache, positions, seq_idx,
                                               block_tables, bt_stride, block_size, nkv, scale, out,
-                                              part_acc, part_ml, counters);
+                                              part_acc, part_ml, counters, split_keys);
 }

@@ -62,6 +62,14 @@ pub struct EngineConfig {
     pub prompt_lookup_min: usize,
     /// Longest n-gram matched; longer matches are tried first.
     pub prompt_lookup_max: usize,
+    /// Greedy outputs bit-identical whatever other requests share a step
+    /// (batch size, chunked prefill, preemption). CUDA: every product
+    /// through one cuBLASLt algorithm pinned per weight shape and checked at
+    /// load, no small-batch kernels, attention split by context length
+    /// only (docs/ARCHITECTURE.md, "Batch invariance"). Off by default: it
+    /// costs throughput. The CPU backend is batch-invariant either way, so
+    /// there the knob changes nothing.
+    pub batch_invariant: bool,
 }
 
 impl Default for EngineConfig {
@@ -83,6 +91,7 @@ impl Default for EngineConfig {
             num_speculative_tokens: 0,
             prompt_lookup_min: 5,
             prompt_lookup_max: 5,
+            batch_invariant: false,
         }
     }
 }

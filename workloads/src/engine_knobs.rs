@@ -21,6 +21,7 @@ pub const KNOBS: &[&str] = &[
     "num_speculative_tokens",
     "prompt_lookup_min",
     "prompt_lookup_max",
+    "batch_invariant",
 ];
 
 pub fn is_knob(name: &str) -> bool {
@@ -47,6 +48,7 @@ speculative_method = "off"
 num_speculative_tokens = 0
 prompt_lookup_min = 5
 prompt_lookup_max = 5
+batch_invariant = false
 "#;
 
 /// [`DEFAULTS_TOML`] as a table.

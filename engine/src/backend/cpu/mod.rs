@@ -6,7 +6,9 @@
 //! norms and attention ([`attention`]) work per token. Every op computes a
 //! token's row independently of the others (see [`linear`] for the GEMM), so
 //! a sequence's logits are bit-identical alone, in any batch, and under any
-//! prefill chunking.
+//! prefill chunking. So the `batch_invariant` knob, which the CUDA backend
+//! needs for that, changes nothing here (tests/batch_invariance.rs runs
+//! the CPU backend with it off and on).
 
 mod attention;
 mod layer;

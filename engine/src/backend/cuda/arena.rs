@@ -82,19 +82,29 @@ pub struct Arena {
     pub meta_len: usize,
 }
 
-/// (token, split) pairs the partial buffers hold.
+/// Rows of logits computed at once for `max_seqs` sequences.
+pub fn logits_rows(max_seqs: usize) -> usize {
+    max_seqs.max(64)
+}
+
+/// (token, split) pairs the partial buffers hold by default (the
+/// per-step split heuristic stays within them).
 pub const PARTIAL_ROWS: usize = 4096;
 
 impl Arena {
+    /// `partial_rows`: (token, split) pairs of the attention partial
+    /// buffers: `PARTIAL_ROWS`, or with `batch_invariant` the largest step's
+    /// tokens times its most splits.
     pub fn allocate(
         stream: &Arc<CudaStream>,
         d: &Dims,
         max_tokens: usize,
         max_seqs: usize,
         block_size: usize,
+        partial_rows: usize,
     ) -> Result<Self, BackendError> {
         let t = max_tokens;
-        let logits_rows = max_seqs.max(64);
+        let logits_rows = logits_rows(max_seqs);
         let bf = 2usize;
         let f = 4usize;
         let mb = |bytes: usize, what: &str| DeviceBuffer::zeroed(stream, bytes, what);
@@ -105,7 +115,7 @@ impl Arena {
         let meta_len = layout.len(max_seqs, d.max_model_len.div_ceil(block_size));
         Ok(Arena {
             logits_rows,
-            partial_rows: PARTIAL_ROWS,
+            partial_rows,
             residual: mb(t * d.hidden * f, "residual")?,
             hidden: mb(t * d.hidden * bf, "hidden")?,
             x: mb(t * d.hidden * f, "x")?,
@@ -116,8 +126,8 @@ impl Arena {
             // f32: SiLU·mul rounds its product to bf16 once.
             gate_up: mb(t * 2 * d.inter * f, "gate_up")?,
             act: mb(t * d.inter * bf, "act")?,
-            part_acc: mb(PARTIAL_ROWS * d.nq * d.head_dim * f, "attention partials")?,
-            part_ml: mb(PARTIAL_ROWS * d.nq * 2 * f, "attention partial maxima")?,
+            part_acc: mb(partial_rows * d.nq * d.head_dim * f, "attention partials")?,
+            part_ml: mb(partial_rows * d.nq * 2 * f, "attention partial maxima")?,
             split_counters: mb(
                 t * d.attention_head_blocks() * 4,
                 "attention split counters",

@@ -236,7 +236,7 @@ kernels! {
     attention => Attention {
         qkv: Ptr, k_cache: Ptr, v_cache: Ptr, positions: Ptr, seq_idx: Ptr,
         block_tables: Ptr, bt_stride: Ptr, block_size: I32, nkv: I32, scale: F32,
-        out: Ptr, part_acc: Ptr, part_ml: Ptr, counters: Ptr,
+        out: Ptr, part_acc: Ptr, part_ml: Ptr, counters: Ptr, split_keys: I32,
     }
     /// One token per logits row: greedy, or seeded top-k/top-p sampling
     /// (sampling.cu).

@@ -6,7 +6,8 @@
 //! cuBLAS (CUDA 13, else 12) at run time.
 //!
 //! Files: `device` (driver, context, properties), `nvrtc` (header search and
-//! compilation), `kernels` (launchers), `gemm` (cuBLAS), `buffer` (device and
+//! compilation), `kernels` (launchers), `gemm` (cuBLAS), `gemm_lt`
+//! (batch-invariant cuBLASLt products), `buffer` (device and
 //! pinned memory), `weights` (upload, fused QKV and gate-up), `kv_pool`,
 //! `arena`, `step_meta` (per-step inputs), `runner` (the forward
 //! pass), `graphs` (capture and buckets).
@@ -15,6 +16,7 @@ mod arena;
 mod buffer;
 mod device;
 mod gemm;
+mod gemm_lt;
 mod graphs;
 mod kernels;
 mod kv_pool;
@@ -38,6 +40,20 @@ use runner::Runner;
 use step_meta::{MetaLayout, MetaLimits, Rows};
 
 pub use device::{device_properties, is_available};
+
+/// GPU test hook: pins and self-checks the batch-invariant product of an
+/// `n × k` weight for up to `max_rows` rows on device 0, then compares
+/// `rows`-row products with the `max_rows` one bit for bit (see
+/// `gemm_lt::check_shape`). Returns the pinned algorithm.
+pub fn check_invariant_gemm(
+    n: usize,
+    k: usize,
+    max_rows: usize,
+    rows: &[usize],
+) -> Result<String, BackendError> {
+    let (_ctx, stream) = device::open(0)?;
+    gemm_lt::check_shape(&stream, n, k, max_rows, rows)
+}
 
 /// Device memory kept free beyond the KV pool for graphs and cuBLAS.
 const RESERVE_BYTES: u64 = 512 << 20;
@@ -88,8 +104,30 @@ impl CudaBackend {
             && std::env::var("DYNO_CUDA_PDL").map_or(true, |v| v != "0");
         let kernels = kernels::Kernels::new(module, stream.clone(), pdl)?;
         let profile_window = DecodeProfileWindow::from_env()?;
-        let gemm = gemm::Gemm::new(&stream)?;
         let weights = weights::DeviceWeights::upload(&stream, config, load)?;
+        let logits_rows = arena::logits_rows(cfg.max_num_seqs);
+        let (gemm, split_keys, partial_rows) = if cfg.batch_invariant {
+            let split_keys = split_keys_for(dims.max_model_len)?;
+            let max_splits = dims.max_model_len.div_ceil(split_keys);
+            let shapes = gemm_shapes(
+                &dims,
+                &weights,
+                cfg.max_num_batched_tokens,
+                cfg.max_num_seqs,
+                logits_rows,
+            );
+            (
+                runner::Products::Invariant(gemm_lt::InvariantGemm::new(&stream, &shapes)?),
+                split_keys,
+                arena::PARTIAL_ROWS.max(cfg.max_num_batched_tokens * max_splits),
+            )
+        } else {
+            (
+                runner::Products::Cublas(gemm::Gemm::new(&stream)?),
+                0,
+                arena::PARTIAL_ROWS,
+            )
+        };
         let cos_sin = DeviceBuffer::upload(
             &stream,
             &crate::backend::rope::Rope::new(config).cos_sin_table(dims.max_model_len),
@@ -101,6 +139,7 @@ impl CudaBackend {
             cfg.max_num_batched_tokens,
             cfg.max_num_seqs,
             cfg.block_size,
+            partial_rows,
         )?;
         let meta_host = PinnedBuffer::new(arena.meta_len)?;
         let sampled_host = PinnedBuffer::new(arena.logits_rows)?;
@@ -115,6 +154,7 @@ impl CudaBackend {
                 cos_sin,
                 dims,
                 sm_count: props.sm_count.max(1) as usize,
+                split_keys,
             },
             kv: None,
             graphs: DecodeGraphs::default(),
@@ -191,11 +231,14 @@ impl CudaBackend {
                 self.meta_host.as_mut_slice(),
             )?;
             self.upload_meta(packed.len)?;
-            self.runner.step(kv, &layout, bucket, bucket)?;
+            // A graph replays decode steps of any context length.
+            let max_context = self.runner.dims.max_model_len;
+            self.runner.step(kv, &layout, bucket, bucket, max_context)?;
             self.sync()?;
             let runner = &self.runner;
-            let captured =
-                graphs::capture(&self.stream, || runner.step(kv, &layout, bucket, bucket))?;
+            let captured = graphs::capture(&self.stream, || {
+                runner.step(kv, &layout, bucket, bucket, max_context)
+            })?;
             graphs.insert(bucket, captured);
         }
         self.sync()?;
@@ -213,8 +256,9 @@ impl CudaBackend {
         layout: &MetaLayout,
         tokens: usize,
         samples: usize,
+        max_context: usize,
     ) -> Result<Vec<u32>, BackendError> {
-        let pending = self.runner.layers(kv, layout, tokens)?;
+        let pending = self.runner.layers(kv, layout, tokens, max_context)?;
         let chunk = self.runner.arena.logits_rows;
         let mut out = vec![0u32; samples];
         for first in (0..samples).step_by(chunk) {
@@ -241,6 +285,15 @@ impl CudaBackend {
         Ok(out)
     }
 
+    /// The pinned batch-invariant GEMM algorithms, one line per weight
+    /// shape (empty without `batch_invariant`).
+    pub fn invariant_gemms(&self) -> Vec<String> {
+        match &self.runner.gemm {
+            runner::Products::Invariant(g) => g.describe(),
+            runner::Products::Cublas(_) => Vec::new(),
+        }
+    }
+
     /// Decode graphs captured (0 when eager).
     pub fn graph_count(&self) -> usize {
         self.graphs.len()
@@ -254,6 +307,65 @@ impl CudaBackend {
             activations: self.runner.arena.bytes() as u64,
         }
     }
+}
+
+/// Keys per attention split with `batch_invariant`: derived from
+/// `max_model_len` (`runner::invariant_split_keys`), or coarser with
+/// `DYNO_CUDA_SPLIT_KEYS=N` (a multiple of 64, at least the derived value,
+/// so the grid and the partial buffers stay within `ATTN_MAX_SPLITS`) to
+/// measure the trade-off between parallelism and merge work.
+fn split_keys_for(max_model_len: usize) -> Result<usize, BackendError> {
+    let derived = runner::invariant_split_keys(max_model_len);
+    let Ok(text) = std::env::var("DYNO_CUDA_SPLIT_KEYS") else {
+        return Ok(derived);
+    };
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= derived && n.is_multiple_of(64) => Ok(n),
+        _ => Err(BackendError::Cuda(format!(
+            "DYNO_CUDA_SPLIT_KEYS={text}: must be a multiple of 64 and at least {derived} \
+             (max_model_len {max_model_len} over {} splits)",
+            kernels::ATTN_MAX_SPLITS
+        ))),
+    }
+}
+
+/// The longest context (keys attended to) of any token of the step.
+fn longest_context(batch: &[SeqStep<'_>]) -> usize {
+    batch
+        .iter()
+        .map(|s| s.start_pos + s.tokens.len())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Every weight shape a forward pass multiplies by, with the most rows one
+/// call can have (the layers' products up to `max_tokens` rows, the LM head
+/// up to `logits_rows`) and the rows of a full decode step (`max_seqs`).
+fn gemm_shapes(
+    d: &Dims,
+    w: &weights::DeviceWeights,
+    max_tokens: usize,
+    max_seqs: usize,
+    logits_rows: usize,
+) -> Vec<gemm_lt::GemmShape> {
+    let shape = |n, k, max_rows: usize, weight| gemm_lt::GemmShape {
+        n,
+        k,
+        max_rows,
+        typical_rows: max_seqs.min(max_rows),
+        weight,
+    };
+    let mut shapes = Vec::new();
+    if let Some(l) = w.layers.first() {
+        shapes.extend([
+            shape(d.qkv_width(), d.hidden, max_tokens, l.qkv.ptr),
+            shape(d.hidden, d.nq * d.head_dim, max_tokens, l.o_proj.ptr),
+            shape(2 * d.inter, d.hidden, max_tokens, l.gate_up.ptr),
+            shape(d.hidden, d.inter, max_tokens, l.down.ptr),
+        ]);
+    }
+    shapes.push(shape(d.vocab, d.hidden, logits_rows, w.lm_head_ptr()));
+    shapes
 }
 
 fn dims_of(c: &crate::config::ModelConfig, cfg: &EngineConfig) -> Result<Dims, BackendError> {
@@ -364,6 +476,7 @@ impl Backend for CudaBackend {
         // A graph replays a step padded to its bucket; an eager step is
         // packed to its exact size.
         let tokens: usize = batch.iter().map(|s| s.tokens.len()).sum();
+        let max_context = longest_context(batch);
         let (layout, pad_to) = match bucket {
             Some(b) => (
                 MetaLayout {
@@ -405,13 +518,15 @@ impl Backend for CudaBackend {
                 // Draft verification can sample more rows than the logits
                 // buffer holds (max_num_seqs × (k + 1)): run them in chunks.
                 self.runner.kernels.take_launch_count();
-                let sampled = self.sample_in_chunks(kv, &layout, tokens, packed.samples);
+                let sampled =
+                    self.sample_in_chunks(kv, &layout, tokens, packed.samples, max_context);
                 self.profile_window.step_ends()?;
                 return sampled;
             }
             None => {
                 self.runner.kernels.take_launch_count();
-                self.runner.step(kv, &layout, tokens, packed.samples)?;
+                self.runner
+                    .step(kv, &layout, tokens, packed.samples, max_context)?;
                 let launches = self.runner.kernels.take_launch_count();
                 if decode {
                     self.last_decode_launches = Some(launches);
@@ -454,7 +569,9 @@ impl Backend for CudaBackend {
             self.meta_host.as_mut_slice(),
         )?;
         self.upload_meta(packed.len)?;
-        let pending = self.runner.layers(kv, &layout, tokens)?;
+        let pending = self
+            .runner
+            .layers(kv, &layout, tokens, longest_context(batch))?;
         let vocab = self.runner.dims.vocab;
         let chunk = self.runner.arena.logits_rows;
         let mut out = Vec::with_capacity(tokens);

@@ -13,11 +13,20 @@
 //! per-head q/k norm needs whole heads, so there the QKV product and
 //! bias/norm/RoPE/KV write stay two kernels. Its numerics are the GEMM path's:
 //! the same bf16 roundings, f32 accumulation.
+//!
+//! With `batch_invariant` every step takes the GEMM path, the products go
+//! through [`InvariantGemm`] (one pinned cuBLASLt algorithm per weight
+//! shape), and attention splits each query's context into pieces of
+//! `split_keys` keys, so a token's arithmetic never depends on the step's
+//! other tokens. Norms, RoPE/KV write, SiLU·mul, the final norm and sampling
+//! are already per row: one block (or grid-stride element) per token, the
+//! same reduction whatever the grid.
 
 use super::super::BackendError;
 use super::arena::{Arena, Dims};
 use super::buffer::DeviceBuffer;
 use super::gemm::Gemm;
+use super::gemm_lt::InvariantGemm;
 use super::kernels::{
     AddRmsnorm, Attention, DownProjResidual, EmbedRmsnorm, FinalRmsnormRows, Kernels,
     NormGateUpSilu, NormQkv, NormQkvRopeCache, OProjResidual, QkvRopeCache, SampleRows, SiluMul,
@@ -27,14 +36,62 @@ use super::kv_pool::KvPool;
 use super::step_meta::MetaLayout;
 use super::weights::DeviceWeights;
 
+/// The matrix products of a forward pass.
+pub enum Products {
+    /// cuBLAS's choice of kernel per call (fastest; the reduction order of a
+    /// row may change with the row count).
+    Cublas(Gemm),
+    /// One pinned, self-checked algorithm per weight shape
+    /// (`batch_invariant`).
+    Invariant(InvariantGemm),
+}
+
+impl Products {
+    /// `y[t, n] = Σ_k x[t, k] · w[n, k]`, row-major, device pointers.
+    pub fn linear(
+        &self,
+        x: u64,
+        w: u64,
+        y: u64,
+        rows: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<(), BackendError> {
+        match self {
+            Products::Cublas(g) => g.linear(x, w, y, rows, n, k),
+            Products::Invariant(g) => g.linear(x, w, y, rows, n, k),
+        }
+    }
+}
+
+/// Keys per attention split under `batch_invariant`: the context
+/// limit over `ATTN_MAX_SPLITS`, rounded up to a multiple of 64 (a whole
+/// number of block iterations for every head dim: a block takes 8 to 64
+/// keys per iteration). Fixed per process, so a query's splits depend on
+/// its context length only; derived from `max_model_len` so that the
+/// longest context still needs at most `ATTN_MAX_SPLITS` splits — the grid,
+/// the partial buffers and the merge stay as bounded as without the knob.
+/// The price: short contexts get few splits (one below `split_keys` keys),
+/// so small decode batches use fewer blocks than the default heuristic
+/// gives them; lowering `max_model_len` gives them more.
+pub fn invariant_split_keys(max_model_len: usize) -> usize {
+    max_model_len
+        .div_ceil(ATTN_MAX_SPLITS)
+        .max(1)
+        .next_multiple_of(64)
+}
+
 pub struct Runner {
     pub kernels: Kernels,
-    pub gemm: Gemm,
+    pub gemm: Products,
     pub weights: DeviceWeights,
     pub arena: Arena,
     pub cos_sin: DeviceBuffer,
     pub dims: Dims,
     pub sm_count: usize,
+    /// Keys per attention split (`batch_invariant`), 0 = splits chosen
+    /// per step by `attention_splits`.
+    pub split_keys: usize,
 }
 
 /// Splits of the context per query token for attention: enough blocks to
@@ -64,22 +121,62 @@ impl Runner {
         self.arena.meta.at::<u32>(offset)
     }
 
-    /// Whether a step of `tokens` tokens runs the small-batch kernels.
+    /// Whether a step of `tokens` tokens runs the small-batch kernels
+    /// (never with `batch_invariant`: their sums run in another order than
+    /// the GEMMs', so a row's result would depend on the step's size).
     pub fn small_batch(&self, tokens: usize) -> bool {
-        tokens <= GEMV_MAX_T && self.dims.small_batch_kernels()
+        tokens <= GEMV_MAX_T && self.dims.small_batch_kernels() && !self.batch_invariant()
     }
 
-    /// Runs every layer for `tokens` query tokens (padding included). Returns
-    /// the f32 buffer the final norm still has to add to the residual (the
-    /// last down projection's output), or 0 when the residual is complete.
+    pub fn batch_invariant(&self) -> bool {
+        self.split_keys > 0
+    }
+
+    /// The attention grid's split count (its z dimension) for a step of
+    /// `tokens` tokens whose longest context is `max_context` keys. With
+    /// `batch_invariant`, enough splits of `split_keys` for that context
+    /// (graphs pass `max_model_len`), and an error rather than fewer splits
+    /// when the partial buffers cannot hold them.
+    pub fn attention_grid_splits(
+        &self,
+        tokens: usize,
+        max_context: usize,
+    ) -> Result<usize, BackendError> {
+        let a = &self.arena;
+        if self.split_keys == 0 {
+            return Ok(attention_splits(
+                tokens,
+                self.dims.attention_head_blocks(),
+                self.sm_count,
+                a.partial_rows,
+            ));
+        }
+        let z = max_context.div_ceil(self.split_keys).max(1);
+        if z > 1 && tokens * z > a.partial_rows {
+            return Err(BackendError::InvalidBatch(format!(
+                "attention: {tokens} tokens x {z} context splits exceed the {} partial rows \
+                 allocated for batch_invariant",
+                a.partial_rows
+            )));
+        }
+        Ok(z)
+    }
+
+    /// Runs every layer for `tokens` query tokens (padding included), whose
+    /// longest context is `max_context` keys (at most `max_model_len`).
+    /// Returns the f32 buffer the final norm still has to add to the
+    /// residual (the last down projection's output), or 0 when the residual
+    /// is complete.
     pub fn layers(
         &self,
         kv: &KvPool,
         layout: &MetaLayout,
         tokens: usize,
+        max_context: usize,
     ) -> Result<u64, BackendError> {
+        let nsplit = self.attention_grid_splits(tokens, max_context)?;
         if self.small_batch(tokens) {
-            self.layers_small_batch(kv, layout, tokens)?;
+            self.layers_small_batch(kv, layout, tokens, nsplit)?;
             return Ok(0);
         }
         let d = &self.dims;
@@ -103,12 +200,6 @@ impl Runner {
                 eps: d.eps,
             },
         )?;
-        let nsplit = attention_splits(
-            tokens,
-            d.attention_head_blocks(),
-            self.sm_count,
-            a.partial_rows,
-        );
         let nlayers = self.weights.layers.len();
         for (li, w) in self.weights.layers.iter().enumerate() {
             self.gemm.linear(
@@ -193,6 +284,7 @@ impl Runner {
         kv: &KvPool,
         layout: &MetaLayout,
         tokens: usize,
+        nsplit: usize,
     ) -> Result<(), BackendError> {
         let d = &self.dims;
         let a = &self.arena;
@@ -220,12 +312,6 @@ impl Runner {
                 eps: d.eps,
             },
         )?;
-        let nsplit = attention_splits(
-            tokens,
-            d.attention_head_blocks(),
-            self.sm_count,
-            a.partial_rows,
-        );
         for (li, w) in self.weights.layers.iter().enumerate() {
             if w.q_norm.is_none() && w.k_norm.is_none() {
                 // One warp per RoPE pair (rows i and i + head_dim/2).
@@ -368,6 +454,7 @@ impl Runner {
                 part_acc: a.part_acc.ptr,
                 part_ml: a.part_ml.ptr,
                 counters: a.split_counters.ptr,
+                split_keys: self.split_keys as i32,
             },
         )
     }
@@ -437,15 +524,17 @@ impl Runner {
         )
     }
 
-    /// One whole decode/prefill step up to sampled tokens in the arena.
+    /// One whole decode/prefill step up to sampled tokens in the arena
+    /// (`max_context` as for `layers`).
     pub fn step(
         &self,
         kv: &KvPool,
         layout: &MetaLayout,
         tokens: usize,
         samples: usize,
+        max_context: usize,
     ) -> Result<(), BackendError> {
-        let pending = self.layers(kv, layout, tokens)?;
+        let pending = self.layers(kv, layout, tokens, max_context)?;
         if samples > 0 {
             self.logits(self.meta(layout, layout.sample_rows()), samples, pending)?;
             self.sample(layout, 0, samples)?;
@@ -466,5 +555,21 @@ mod tests {
         let s = attention_splits(64, 8, 132, 4096);
         assert!(s >= 2 && 64 * s <= 4096, "{s}");
         assert!(attention_splits(4000, 1, 132, 4096) == 1);
+    }
+
+    #[test]
+    fn invariant_splits_cover_the_longest_context_within_the_split_limit() {
+        for len in [1, 63, 64, 256, 2048, 8192, 32_768, 40_960, 131_072, 1 << 20] {
+            let keys = invariant_split_keys(len);
+            assert!(keys >= 64 && keys.is_multiple_of(64), "{len}: {keys}");
+            assert!(len.div_ceil(keys) <= ATTN_MAX_SPLITS, "{len}: {keys}");
+            // Not coarser than needed: one multiple of 64 fewer would
+            // overflow the split limit (or is below the minimum).
+            assert!(
+                keys == 64 || len.div_ceil(keys - 64) > ATTN_MAX_SPLITS,
+                "{len}: {keys}"
+            );
+        }
+        assert_eq!(invariant_split_keys(8192), 256);
     }
 }

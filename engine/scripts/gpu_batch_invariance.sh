@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The batch-invariance GPU tests (engine/tests/cuda_batch_invariance.rs) on a
+# machine with an NVIDIA GPU and CUDA. Usage (from the repo root):
+#   engine/scripts/gpu_batch_invariance.sh TEST_BINARY [OUT_DIR]
+# TEST_BINARY is the test executable built by
+#   cargo test --release -p engine --test cuda_batch_invariance --no-run
+# Runs, one at a time: the pinned cuBLASLt GEMMs alone (smollm2-135m and
+# qwen3-0.6b weight shapes, rows 1..8192 against the largest call, bit for
+# bit); one prompt's logits alone / in a batch / chunked and a decode token in
+# every graph bucket, eager and with graphs, bit for bit; and the engine's
+# greedy outputs of 64 requests alone / together / chunked / preempted on
+# tiny, tiny-qwen3 and smollm2-135m checkpoints, graphs on and off.
+# Prints the PASS/FAIL lines and a verdict; full log in OUT_DIR (default
+# /tmp/dyno-gpu-batch-invariance).
+set -uo pipefail
+USAGE="usage: gpu_batch_invariance.sh TEST_BINARY [OUT_DIR]"
+BIN=${1:?$USAGE}
+OUT=${2:-/tmp/dyno-gpu-batch-invariance}
+[ -x "$BIN" ] || { echo "gpu_batch_invariance: $BIN is not an executable file ($USAGE)"; exit 2; }
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=${CUDA_HOME:-/usr/local/cuda}/lib64:${LD_LIBRARY_PATH:-}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+"$BIN" --ignored --nocapture --test-threads 1 2>&1 | tee "$OUT/tests.log" \
+  | grep -E "GEMM|identical|batch_invariant=false|decode token|rel L2|pinned|panicked|test |test result"
+if grep -q "test result: ok" "$OUT/tests.log" && ! grep -q "FAILED\|panicked" "$OUT/tests.log"; then
+  echo "gpu_batch_invariance: PASS"; exit 0
+fi
+echo "gpu_batch_invariance: FAIL (see $OUT/tests.log)"; exit 1
