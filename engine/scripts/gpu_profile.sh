@@ -29,7 +29,9 @@
 #      weights + KV floor at 4.3 TB/s against the measured step; the time
 #      between kernels = measured step − sum of kernel durations.
 # Knobs: DYNO_PROFILE_SKIP (16), DYNO_PROFILE_STEPS (4 profiled decode steps),
-# DYNO_PROFILE_TIMED_STEPS (64), DYNO_PROFILE_REPEATS (3), NCU (path to ncu).
+# DYNO_PROFILE_TIMED_STEPS (64), DYNO_PROFILE_REPEATS (3), NCU (path to ncu),
+# DYNO_PROFILE_ENGINE_TOML (lines added to every run's engine.toml, e.g.
+# "batch_invariant = true").
 # Writes OUT/profile.md (every case's tables) and OUT/gpu_profile.tar.gz
 # (per case: profile_PRESET_bBATCH.md, the raw ncu CSV, the .ncu-rep report,
 # the step logs and every log). Exits non-zero if ncu is missing or a case
@@ -81,6 +83,7 @@ export LD_LIBRARY_PATH=${CUDA_HOME:-/usr/local/cuda}/lib64:${LD_LIBRARY_PATH:-}
   echo "- ncu: $("$NCU" --version 2>/dev/null | tail -1)"
   echo "- engine: $ENGINE ($(sha256sum "$ENGINE" | cut -c1-16))"
   echo "- profiled: decode steps $SKIP..$((SKIP + STEPS - 1)) of each run, $([ "${DYNO_PROFILE_GRAPHS:-0}" = 1 ] && echo "CUDA graph nodes" || echo "eager"), --clock-control none --cache-control all"
+  [ -z "${DYNO_PROFILE_ENGINE_TOML:-}" ] || echo "- engine.toml adds: \`${DYNO_PROFILE_ENGINE_TOML//$'\n'/; }\`"
   echo "- timed without the profiler: decode steps $SKIP..$((SKIP + TIMED - 1)) of $REPEATS runs each with graphs and eager"
   echo
 } > "$OUT/profile.md"
@@ -113,7 +116,8 @@ PY
 # the model's max_model_len) but a KV pool sized to the run, so that ncu's
 # kernel replay saves and restores megabytes, not 100 GB.
 write_config() {  # path eager num_kv_blocks
-  printf 'device = "cuda"\nenforce_eager = %s\nnum_kv_blocks = %s\n' "$2" "$3" > "$1"
+  printf 'device = "cuda"\nenforce_eager = %s\nnum_kv_blocks = %s\n%s\n' "$2" "$3" \
+    "${DYNO_PROFILE_ENGINE_TOML:-}" > "$1"
 }
 
 # The case's `engine bench` (model $d, case folder $w, batch $b), optionally
