@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use workloads::suite::SuiteDevice;
 use workloads::{BenchSummary, RequestRecord, StepLogEntry, WorkloadSpec};
 
-use crate::cli::{BenchArgs, DeviceArg};
+use crate::cli::{BenchArgs, DeviceArg, EngineArgs, HttpArgs};
 use crate::engine_info;
 use crate::fingerprint::{self, BuildInfo};
 use crate::gpu_monitor::GpuMonitor;
@@ -44,7 +44,11 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         .unwrap_or_else(|| root.join("workloads"));
     let catalogue = workload_plan::load(&catalogue_dir)?;
     // The store first: a run that cannot be stored is not worth measuring.
-    let results = args.results.clone().unwrap_or_else(|| root.join("results"));
+    let results = args
+        .engine
+        .results
+        .clone()
+        .unwrap_or_else(|| root.join("results"));
     Store::open(&results)
         .and_then(|s| s.preflight(crate::store::lock_timeout()))
         .with_context(|| {
@@ -65,19 +69,15 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
     let ab_plan = crate::ab::AbPlan::from_args(args, root)?;
     let ctx = BenchContext::prepare(
         root,
-        &EngineChoice {
-            engine_bin: args.engine_bin.clone(),
-            engine_profile: args.engine_profile.clone(),
-            device: args.device,
-            results: args.results.clone(),
-            timeout_s: args.timeout_s,
-            // Only `--serve` needs the HTTP server compiled in.
-            features: if args.serve {
+        // Only `--serve` needs the HTTP server compiled in.
+        &EngineChoice::from_args(
+            &args.engine,
+            if args.serve {
                 vec!["serve"]
             } else {
                 Vec::new()
             },
-        },
+        ),
     )?;
     let device = ctx.device;
     let cuda = ctx.is_cuda();
@@ -244,6 +244,21 @@ pub struct EngineChoice {
     pub timeout_s: f64,
     /// Engine cargo features to build with (`serve` for `--serve`).
     pub features: Vec<&'static str>,
+}
+
+impl EngineChoice {
+    /// The engine the shared flags name, built with `features` when there
+    /// is no `--engine-bin`.
+    pub fn from_args(args: &EngineArgs, features: Vec<&'static str>) -> Self {
+        EngineChoice {
+            engine_bin: args.engine_bin.clone(),
+            engine_profile: args.engine_profile.clone(),
+            device: args.device,
+            results: args.results.clone(),
+            timeout_s: args.timeout_s,
+            features,
+        }
+    }
 }
 
 /// What one stored run is made of besides its workloads.
@@ -1078,6 +1093,19 @@ pub struct HttpFlags {
 }
 
 impl HttpFlags {
+    /// The shared HTTP flags; a request may take as long as a trial
+    /// (`--timeout-s`).
+    pub fn from_args(args: &HttpArgs, timeout_s: f64, tokenizer: Option<PathBuf>) -> Self {
+        HttpFlags {
+            api_key_env: args.api_key_env.clone(),
+            served_model: args.served_model.clone(),
+            stream: !args.no_stream,
+            launch_timeout: Duration::from_secs_f64(args.launch_timeout_s.max(0.001)),
+            request_timeout: Duration::from_secs_f64(timeout_s.max(0.001)),
+            tokenizer,
+        }
+    }
+
     fn driver(&self) -> HttpDriver {
         HttpDriver {
             fixed: None,
@@ -1095,19 +1123,12 @@ fn http_setup(args: &BenchArgs, root: &Path) -> anyhow::Result<Option<HttpSetup>
     if !args.over_http() {
         return Ok(None);
     }
-    let flags = HttpFlags {
-        tokenizer,
-        api_key_env: args.api_key_env.clone(),
-        served_model: args.served_model.clone(),
-        stream: !args.no_stream,
-        launch_timeout: Duration::from_secs_f64(args.launch_timeout_s.max(0.001)),
-        request_timeout: Duration::from_secs_f64(args.timeout_s.max(0.001)),
-    };
+    let flags = HttpFlags::from_args(&args.http, args.engine.timeout_s, tokenizer);
     let Some(url) = &args.target else {
         // --serve: a fresh engine serve per trial.
         let fingerprint = TargetFingerprint {
             url: "engine serve on 127.0.0.1 (a fresh server per trial)".into(),
-            model: args.served_model.clone().unwrap_or_default(),
+            model: args.http.served_model.clone().unwrap_or_default(),
             models: serde_json::Value::Null,
             server_header: None,
             server_kind: "dyno".into(),

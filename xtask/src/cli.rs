@@ -44,30 +44,12 @@ pub enum DeviceArg {
     Cuda,
 }
 
+/// The engine that runs the trials and the store they go to: flags of
+/// `bench` and `sweep` alike.
 #[derive(Debug, Clone, Args)]
-pub struct BenchArgs {
-    /// Suite of workloads to run (default: `smoke` on a CPU, `pr` on a GPU).
-    #[arg(long, conflicts_with = "workloads")]
-    pub suite: Option<String>,
-
-    /// Workload to run (repeatable), instead of a suite.
-    #[arg(long = "workload", value_name = "NAME")]
-    pub workloads: Vec<String>,
-
-    /// Model: a synthetic preset name (synthesized into `.models/` on first
-    /// use), a directory with a Hugging Face checkpoint, or a GGUF file
-    /// (its vocabulary read by `engine inspect`). Default: the workloads'
-    /// preset, else `tiny`.
-    #[arg(long, value_name = "PRESET|DIR|FILE.gguf")]
-    pub model: Option<String>,
-
+pub struct EngineArgs {
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
-
-    /// Trials per workload, each a fresh engine process (default: 5 on a
-    /// GPU, 3 on a CPU).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    pub trials: Option<u32>,
 
     /// Use this engine binary instead of building one (for machines
     /// without cargo).
@@ -88,6 +70,66 @@ pub struct BenchArgs {
     /// The content-addressed store (default: `results/` in the workspace).
     #[arg(long, value_name = "DIR")]
     pub results: Option<PathBuf>,
+}
+
+/// How an OpenAI-compatible server is driven over HTTP (`--target`, and
+/// `bench --serve`): flags of `bench` and `sweep` alike.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Seconds to wait for a started server's `/health` before the run
+    /// (`--launch`) or the trial (`--serve`) fails as `server-fail`.
+    #[arg(
+        long,
+        default_value_t = 300.0,
+        value_name = "S",
+        help_heading = "Serving over HTTP"
+    )]
+    pub launch_timeout_s: f64,
+
+    /// Environment variable that holds the API key for the server (sent as
+    /// `Authorization: Bearer`, never stored).
+    #[arg(
+        long,
+        default_value = "OPENAI_API_KEY",
+        value_name = "VAR",
+        help_heading = "Serving over HTTP"
+    )]
+    pub api_key_env: String,
+
+    /// The `model` to send (default: the first one `/v1/models` lists).
+    #[arg(long, value_name = "NAME", help_heading = "Serving over HTTP")]
+    pub served_model: Option<String>,
+
+    /// HTTP runs: ask for whole answers instead of streams (then TTFT is
+    /// the whole answer's time and there is no ITL).
+    #[arg(long, help_heading = "Serving over HTTP")]
+    pub no_stream: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Suite of workloads to run (default: `smoke` on a CPU, `pr` on a GPU).
+    #[arg(long, conflicts_with = "workloads")]
+    pub suite: Option<String>,
+
+    /// Workload to run (repeatable), instead of a suite.
+    #[arg(long = "workload", value_name = "NAME")]
+    pub workloads: Vec<String>,
+
+    /// Model: a synthetic preset name (synthesized into `.models/` on first
+    /// use), a directory with a Hugging Face checkpoint, or a GGUF file
+    /// (its vocabulary read by `engine inspect`). Default: the workloads'
+    /// preset, else `tiny`.
+    #[arg(long, value_name = "PRESET|DIR|FILE.gguf")]
+    pub model: Option<String>,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+
+    /// Trials per workload, each a fresh engine process (default: 5 on a
+    /// GPU, 3 on a CPU).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub trials: Option<u32>,
 
     /// Directory of workload specs (default: the workloads crate's catalogue).
     #[arg(long, value_name = "DIR")]
@@ -174,15 +216,8 @@ pub struct BenchArgs {
     )]
     pub launch: Option<String>,
 
-    /// Seconds to wait for a started server's `/health` before the run
-    /// (`--launch`) or the trial (`--serve`) fails as `server-fail`.
-    #[arg(
-        long,
-        default_value_t = 300.0,
-        value_name = "S",
-        help_heading = "Serving over HTTP"
-    )]
-    pub launch_timeout_s: f64,
+    #[command(flatten)]
+    pub http: HttpArgs,
 
     /// Build the engine with `engine serve` and benchmark it over HTTP: a
     /// fresh server per trial, driven like any `--target`.
@@ -192,25 +227,6 @@ pub struct BenchArgs {
         conflicts_with_all = ["against", "a_engine_bin", "ab"]
     )]
     pub serve: bool,
-
-    /// Environment variable that holds the API key for the server (sent as
-    /// `Authorization: Bearer`, never stored).
-    #[arg(
-        long,
-        default_value = "OPENAI_API_KEY",
-        value_name = "VAR",
-        help_heading = "Serving over HTTP"
-    )]
-    pub api_key_env: String,
-
-    /// The `model` to send (default: the first one `/v1/models` lists).
-    #[arg(long, value_name = "NAME", help_heading = "Serving over HTTP")]
-    pub served_model: Option<String>,
-
-    /// HTTP runs: ask for whole answers instead of streams (then TTFT is
-    /// the whole answer's time and there is no ITL).
-    #[arg(long, help_heading = "Serving over HTTP")]
-    pub no_stream: bool,
 
     /// HTTP runs: send prompts as token ids (exact lengths; vLLM,
     /// llama.cpp, SGLang and `engine serve` take them) or as text built to
@@ -490,25 +506,8 @@ pub struct SweepArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub trials: Option<u32>,
 
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    pub device: DeviceArg,
-
-    /// Use this engine binary instead of building one.
-    #[arg(long, value_name = "PATH")]
-    pub engine_bin: Option<PathBuf>,
-
-    /// Build profile of the `--engine-bin` binary, for the fingerprint.
-    #[arg(long, value_name = "NAME", requires = "engine_bin")]
-    pub engine_profile: Option<String>,
-
-    /// Seconds before a trial's engine process is killed (the point is
-    /// recorded as `timeout`).
-    #[arg(long, default_value_t = 600.0, value_name = "S")]
-    pub timeout_s: f64,
-
-    /// The content-addressed store (default: `results/` in the workspace).
-    #[arg(long, value_name = "DIR")]
-    pub results: Option<PathBuf>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
 
     /// Where the points run (`--launcher local|slurm`) and the SLURM
     /// settings; see docs/CLUSTER.md.
@@ -538,32 +537,8 @@ pub struct SweepArgs {
     )]
     pub launch_cmd: Option<String>,
 
-    /// Seconds to wait for a started server's `/health` before the point
-    /// fails as `server-fail`.
-    #[arg(
-        long,
-        default_value_t = 300.0,
-        value_name = "S",
-        help_heading = "Serving over HTTP"
-    )]
-    pub launch_timeout_s: f64,
-
-    /// Environment variable that holds the API key (never stored).
-    #[arg(
-        long,
-        default_value = "OPENAI_API_KEY",
-        value_name = "VAR",
-        help_heading = "Serving over HTTP"
-    )]
-    pub api_key_env: String,
-
-    /// The `model` to send (default: the first one `/v1/models` lists).
-    #[arg(long, value_name = "NAME", help_heading = "Serving over HTTP")]
-    pub served_model: Option<String>,
-
-    /// Ask for whole answers instead of streams.
-    #[arg(long, help_heading = "Serving over HTTP")]
-    pub no_stream: bool,
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 /// Where a sweep's points run (docs/CLUSTER.md).
@@ -686,6 +661,66 @@ mod tests {
         assert!(
             Cli::try_parse_from(["x", "bench", "--target", "http://h:1", "--launch", "s"]).is_ok()
         );
+    }
+
+    /// The shared flags of a parsed `bench` or `sweep` command line.
+    fn shared_flags(argv: &[&str]) -> (EngineArgs, HttpArgs) {
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Bench(b) => (b.engine, b.http),
+            Command::Sweep(s) => (s.engine, s.http),
+            _ => unreachable!("not bench or sweep"),
+        }
+    }
+
+    #[test]
+    fn bench_and_sweep_read_the_shared_flags_alike() {
+        let shared = [
+            "--device",
+            "cuda",
+            "--engine-bin",
+            "/opt/engine",
+            "--engine-profile",
+            "release",
+            "--timeout-s",
+            "42.5",
+            "--results",
+            "/tmp/r",
+            "--target",
+            "http://h:1",
+            "--launch-timeout-s",
+            "7",
+            "--api-key-env",
+            "KEY",
+            "--served-model",
+            "m",
+            "--no-stream",
+        ];
+        for head in [&["x", "bench"][..], &["x", "sweep", "s.toml"]] {
+            let argv: Vec<&str> = head.iter().chain(&shared).copied().collect();
+            let (engine, http) = shared_flags(&argv);
+            assert_eq!(engine.device, DeviceArg::Cuda);
+            assert_eq!(engine.engine_bin, Some(PathBuf::from("/opt/engine")));
+            assert_eq!(engine.engine_profile.as_deref(), Some("release"));
+            assert_eq!(engine.timeout_s, 42.5);
+            assert_eq!(engine.results, Some(PathBuf::from("/tmp/r")));
+            assert_eq!(http.launch_timeout_s, 7.0);
+            assert_eq!(http.api_key_env, "KEY");
+            assert_eq!(http.served_model.as_deref(), Some("m"));
+            assert!(http.no_stream);
+
+            // Defaults, and --engine-profile needs --engine-bin.
+            let (engine, http) = shared_flags(head);
+            assert_eq!(engine.device, DeviceArg::Auto);
+            assert_eq!((engine.timeout_s, http.launch_timeout_s), (600.0, 300.0));
+            assert_eq!(http.api_key_env, "OPENAI_API_KEY");
+            assert!(!http.no_stream);
+            let argv: Vec<&str> = head
+                .iter()
+                .chain(&["--engine-profile", "r"])
+                .copied()
+                .collect();
+            assert!(Cli::try_parse_from(argv).is_err(), "{head:?}");
+        }
     }
 
     #[test]

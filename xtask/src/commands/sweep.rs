@@ -3,7 +3,6 @@
 //! (recorded), 2 the sweep itself could not run.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 
@@ -15,7 +14,11 @@ use crate::sweep::{report, RetryPolicy, Sweep, SweepFile};
 
 /// Runs `cargo xtask sweep`.
 pub fn run_cli(args: &SweepArgs, root: &Path) -> anyhow::Result<i32> {
-    let results = args.results.clone().unwrap_or_else(|| root.join("results"));
+    let results = args
+        .engine
+        .results
+        .clone()
+        .unwrap_or_else(|| root.join("results"));
     let policy = RetryPolicy::from_flags(&args.retry, &args.skip_failure_reasons)?;
     // Parse the file before anything slow.
     let file = SweepFile::load(&args.file)?;
@@ -30,24 +33,20 @@ pub fn run_cli(args: &SweepArgs, root: &Path) -> anyhow::Result<i32> {
         crate::sweep::target::check(&file, url, args.launch_cmd.as_deref())?;
     }
     let choice = EngineChoice {
-        engine_bin: args.engine_bin.clone(),
-        engine_profile: args.engine_profile.clone(),
-        device: args.device,
         results: Some(results.clone()),
-        timeout_s: args.timeout_s,
-        features: Vec::new(),
+        ..EngineChoice::from_args(&args.engine, Vec::new())
     };
     // Lookups need the device (the ledger is per device) but not the engine
     // unless the device must be detected.
     // SLURM submissions, --status and --cancel run no engine here.
     let lookup_only = args.dry_run || args.report_only || args.launch.looks_up_only();
     let (ctx, device) = if lookup_only {
-        let device = match (args.device, file.device) {
+        let device = match (args.engine.device, file.device) {
             (DeviceArg::Cpu, _) => "cpu".to_string(),
             (DeviceArg::Cuda, _) => "cuda".to_string(),
             (DeviceArg::Auto, Some(workloads::SuiteDevice::Cuda)) => "cuda".to_string(),
             (DeviceArg::Auto, Some(workloads::SuiteDevice::Cpu)) => "cpu".to_string(),
-            (DeviceArg::Auto, None) if args.engine_bin.is_some() => {
+            (DeviceArg::Auto, None) if args.engine.engine_bin.is_some() => {
                 BenchContext::prepare(root, &choice)?.device.to_string()
             }
             (DeviceArg::Auto, None) => "cpu".to_string(),
@@ -63,14 +62,7 @@ pub fn run_cli(args: &SweepArgs, root: &Path) -> anyhow::Result<i32> {
         // An HTTP sweep's points are the server's: a ledger of their own.
         let label = crate::sweep::target::ledger_label(url, args.launch_cmd.as_deref())?;
         sweep.ledger = crate::sweep::Ledger::open(&results, &sweep.file.name, &label);
-        let flags = HttpFlags {
-            api_key_env: args.api_key_env.clone(),
-            served_model: args.served_model.clone(),
-            stream: !args.no_stream,
-            launch_timeout: Duration::from_secs_f64(args.launch_timeout_s.max(0.001)),
-            request_timeout: Duration::from_secs_f64(args.timeout_s.max(0.001)),
-            tokenizer: None,
-        };
+        let flags = HttpFlags::from_args(&args.http, args.engine.timeout_s, None);
         sweep.http = Some(SweepTarget::new(
             url,
             args.launch_cmd.as_deref(),
@@ -112,7 +104,7 @@ pub fn run_cli(args: &SweepArgs, root: &Path) -> anyhow::Result<i32> {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&listed)?);
         } else {
-            report::print_dry_run(&sweep, &listed, &outcome, args.timeout_s);
+            report::print_dry_run(&sweep, &listed, &outcome, args.engine.timeout_s);
         }
         return Ok(0);
     }

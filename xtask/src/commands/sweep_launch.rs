@@ -31,7 +31,7 @@ pub fn check_args(args: &SweepArgs, file: &SweepFile) -> anyhow::Result<()> {
     if launch.cancel && !launch.is_slurm() {
         bail!("--cancel cancels SLURM jobs: use it with --launcher slurm");
     }
-    if launch.is_slurm() && args.device == DeviceArg::Auto && file.device.is_none() {
+    if launch.is_slurm() && args.engine.device == DeviceArg::Auto && file.device.is_none() {
         bail!(
             "--launcher slurm: say --device cuda or --device cpu (or `device = ...` in {}): \
              the submit host cannot tell what the compute nodes have",
@@ -250,7 +250,7 @@ fn slurm_launcher(
     let results =
         std::path::absolute(results).with_context(|| format!("resolving {}", results.display()))?;
     let (engine, xtask) = if need_binaries {
-        let engine = match &args.engine_bin {
+        let engine = match &args.engine.engine_bin {
             Some(bin) if bin.is_file() => bin.clone(),
             Some(bin) => bail!("--engine-bin {}: no such file", bin.display()),
             None => crate::build::build_engine(root)?.binary,
@@ -303,9 +303,9 @@ fn forwarded_args(
         "--trials".to_string(),
         trials.to_string(),
         "--timeout-s".to_string(),
-        args.timeout_s.to_string(),
+        args.engine.timeout_s.to_string(),
     ];
-    if let Some(profile) = &args.engine_profile {
+    if let Some(profile) = &args.engine.engine_profile {
         out.extend(["--engine-profile".to_string(), profile.clone()]);
     }
     if !args.retry.is_empty() {

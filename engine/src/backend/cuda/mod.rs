@@ -21,6 +21,7 @@ mod graphs;
 mod kernels;
 mod kv_pool;
 mod nvrtc;
+mod profile_window;
 mod runner;
 mod step_meta;
 mod weights;
@@ -34,6 +35,7 @@ use arena::{Arena, Dims};
 use buffer::{DeviceBuffer, PinnedBuffer};
 use graphs::DecodeGraphs;
 use kv_pool::KvPool;
+use profile_window::DecodeProfileWindow;
 use runner::Runner;
 use step_meta::{MetaLayout, MetaLimits, Rows};
 
@@ -70,6 +72,9 @@ pub struct CudaBackend {
     free_at_start: u64,
     min_free: u64,
     last_decode_launches: Option<u64>,
+    /// `DYNO_PROFILE_DECODE_STEPS`: decode steps bracketed by
+    /// cuProfilerStart/Stop for `ncu --profile-from-start off`.
+    profile_window: DecodeProfileWindow,
 }
 
 impl CudaBackend {
@@ -98,6 +103,7 @@ impl CudaBackend {
         let pdl = props.compute_capability.0 >= 9
             && std::env::var("DYNO_CUDA_PDL").map_or(true, |v| v != "0");
         let kernels = kernels::Kernels::new(module, stream.clone(), pdl)?;
+        let profile_window = DecodeProfileWindow::from_env()?;
         let weights = weights::DeviceWeights::upload(&stream, config, load)?;
         let logits_rows = arena::logits_rows(cfg.max_num_seqs);
         let (gemm, split_keys, partial_rows) = if cfg.batch_invariant {
@@ -160,6 +166,7 @@ impl CudaBackend {
             free_at_start,
             min_free: free_at_start,
             last_decode_launches: None,
+            profile_window,
         };
         backend.note_memory()?;
         Ok(backend)
@@ -495,6 +502,7 @@ impl Backend for CudaBackend {
             self.meta_host.as_mut_slice(),
         )?;
         self.upload_meta(packed.len)?;
+        self.profile_window.step_begins(decode)?;
         match bucket {
             Some(b) => {
                 let g = self
@@ -510,7 +518,10 @@ impl Backend for CudaBackend {
                 // Draft verification can sample more rows than the logits
                 // buffer holds (max_num_seqs × (k + 1)): run them in chunks.
                 self.runner.kernels.take_launch_count();
-                return self.sample_in_chunks(kv, &layout, tokens, packed.samples, max_context);
+                let sampled =
+                    self.sample_in_chunks(kv, &layout, tokens, packed.samples, max_context);
+                self.profile_window.step_ends()?;
+                return sampled;
             }
             None => {
                 self.runner.kernels.take_launch_count();
@@ -531,6 +542,7 @@ impl Backend for CudaBackend {
         }
         .map_err(|e| BackendError::Cuda(format!("downloading sampled tokens: {e}")))?;
         self.sync()?;
+        self.profile_window.step_ends()?;
         Ok(self.sampled_host.as_slice()[..samples].to_vec())
     }
 

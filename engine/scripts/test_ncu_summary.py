@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Unit tests of ncu_summary.py on a hand-written `ncu --csv --page raw`
+fixture (testdata/ncu_raw_decode.csv: two decode steps, a cuBLAS GEMM and a
+GEMV among the engine's kernels). No GPU. Run from the repository root:
+
+  python3 -m unittest discover -s engine/scripts -p 'test_ncu_summary.py'
+"""
+import json
+import os
+import struct
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import ncu_summary as ns  # noqa: E402
+
+FIXTURE = os.path.join(HERE, "testdata", "ncu_raw_decode.csv")
+KERNELS_DIR = os.path.join(HERE, "..", "kernels")
+NS = 1e-9
+
+
+def write_safetensors(path, tensors):
+    """A safetensors file of zero-filled bf16 tensors {name: shape}."""
+    header, offset = {}, 0
+    for name, shape in tensors.items():
+        n = 2
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw + bytes(offset))
+
+
+def write_model(d, untied):
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump({"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                   "hidden_size": 64}, f)
+    tensors = {"model.embed_tokens.weight": [10, 4], "model.layers.0.mlp.down_proj.weight": [4, 8],
+               "model.norm.weight": [4]}
+    if untied:
+        tensors["lm_head.weight"] = [10, 4]
+    write_safetensors(os.path.join(d, "model.safetensors"), tensors)
+
+
+def fixture_text():
+    with open(FIXTURE, encoding="utf-8") as f:
+        return f.read()
+
+
+class ReadRawCsv(unittest.TestCase):
+    def test_reads_every_launch_in_base_units(self):
+        launches = ns.read_raw_csv(FIXTURE)
+        self.assertEqual(len(launches), 11)
+        first = launches[0]
+        self.assertEqual(first.kernel, "norm_qkv_rope_cache")
+        self.assertAlmostEqual(first.duration_s, 1000 * NS)
+        self.assertEqual((first.dram_read, first.dram_write), (1_000_000, 10_000))
+        self.assertEqual((first.dram_pct, first.sm_pct), (30.0, 10.0))
+
+    def test_converts_other_units(self):
+        text = ('"ID","Kernel Name","dram__bytes_read.sum","dram__bytes_write.sum",'
+                '"dram__throughput.avg.pct_of_peak_sustained_elapsed","gpu__time_duration.sum",'
+                '"sm__throughput.avg.pct_of_peak_sustained_elapsed"\n'
+                '"","","Kbyte","Mbyte","%","usecond","%"\n'
+                '"0","k","1.5","2","10","3.25","20"\n')
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "raw.csv")
+            with open(path, "w") as f:
+                f.write(text)
+            (launch,) = ns.read_raw_csv(path)
+        self.assertAlmostEqual(launch.dram_read, 1500)
+        self.assertAlmostEqual(launch.dram_write, 2e6)
+        self.assertAlmostEqual(launch.duration_s, 3.25e-6)
+
+    def test_bad_input_names_file_line_and_field(self):
+        cases = {
+            "no header": ("==PROF== No kernels were profiled.\n", "no header row"),
+            "missing metric": ('"ID","Kernel Name","gpu__time_duration.sum"\n"","","nsecond"\n',
+                               "missing metric column"),
+            "unknown unit": (fixture_text().replace('"nsecond"', '"fortnight"'),
+                             "raw.csv:3: gpu__time_duration.sum: unit 'fortnight'"),
+            "not a number": (fixture_text().replace('"5,000","50.00"', '"n/a","50.00"', 1),
+                             "raw.csv:8: gpu__time_duration.sum: 'n/a'"),
+        }
+        for what, (text, expected) in cases.items():
+            with self.subTest(what), tempfile.TemporaryDirectory() as d:
+                path = os.path.join(d, "raw.csv")
+                with open(path, "w") as f:
+                    f.write(text)
+                with self.assertRaises(ns.InputError) as cm:
+                    ns.read_raw_csv(path)
+                self.assertIn(expected, str(cm.exception))
+
+
+class Grouping(unittest.TestCase):
+    def setUp(self):
+        self.own = ns.own_kernel_names(KERNELS_DIR)
+        self.groups = {g.name: g for g in ns.group_launches(ns.read_raw_csv(FIXTURE), self.own)}
+
+    def test_engine_kernel_names_come_from_the_sources(self):
+        # Plain and __launch_bounds__ declarations alike.
+        for name in ["attention", "sample_rows", "norm_qkv_rope_cache", "add_rmsnorm", "silu_mul"]:
+            self.assertIn(name, self.own)
+
+    def test_cublas_kernels_form_one_group_and_the_engine_kernels_keep_their_names(self):
+        self.assertEqual(set(self.groups), {"cublas gemm", "sample_rows", "attention",
+                                            "norm_qkv_rope_cache", "o_proj_residual"})
+        self.assertEqual(self.groups["cublas gemm"].kernels,
+                         {"nvjet_tst_64x8_64x16_4x1_v_bz_TNT", "gemv2T_kernel_val"})
+        self.assertEqual(ns.group_name("some_other_library_kernel", self.own),
+                         "some_other_library_kernel")
+
+    def test_totals_and_bandwidth(self):
+        gemm = self.groups["cublas gemm"]
+        self.assertEqual(gemm.launches, 3)
+        self.assertAlmostEqual(gemm.duration_s, 5000 * NS)
+        self.assertEqual(gemm.dram_bytes, 7_000_000)
+        self.assertAlmostEqual(gemm.bytes_per_s() / 1.4e12, 1.0)
+        # ncu's percentages are weighted by duration: (70·1 + 30·3 + 50·1) / 5.
+        self.assertAlmostEqual(gemm.dram_pct(), 42.0)
+        self.assertAlmostEqual(gemm.sm_pct(), 40.0)
+        self.assertEqual(self.groups["sample_rows"].dram_bytes, 200_016)
+        self.assertAlmostEqual(self.groups["attention"].bytes_per_s() / 1e11, 1.0)
+
+    def test_groups_are_ordered_by_time(self):
+        order = [g.name for g in ns.group_launches(ns.read_raw_csv(FIXTURE), self.own)]
+        self.assertEqual(order, ["sample_rows", "cublas gemm", "attention",
+                                 "norm_qkv_rope_cache", "o_proj_residual"])
+
+
+class Floors(unittest.TestCase):
+    def test_weight_bytes_count_a_tied_embedding_once_and_skip_an_untied_one(self):
+        for untied in (False, True):
+            with self.subTest(untied=untied), tempfile.TemporaryDirectory() as d:
+                write_model(d, untied)
+                # 40 + 32 + 4 elements read either way, bf16.
+                self.assertEqual(ns.weight_bytes_per_step(d), 76 * 2)
+
+    def test_kv_bytes_per_token(self):
+        # layers 2 × (K, V) × 2 kv heads × head_dim 64/4 × 2 bytes.
+        self.assertEqual(ns.kv_bytes_per_token({"num_hidden_layers": 2, "num_attention_heads": 4,
+                                                "num_key_value_heads": 2, "hidden_size": 64}),
+                         256)
+        self.assertEqual(ns.kv_bytes_per_token({"num_hidden_layers": 1, "num_attention_heads": 4,
+                                                "num_key_value_heads": 1, "hidden_size": 64,
+                                                "head_dim": 128}), 512)
+
+
+class StepTimes(unittest.TestCase):
+    def write_log(self, d):
+        steps = [{"prefill_tokens": 128, "decode_tokens": 0, "batch_size": 1, "duration_s": 9e-3}]
+        for i, us in enumerate([50, 40, 30, 31, 35, 60]):
+            steps.append({"prefill_tokens": 0, "decode_tokens": 1, "batch_size": 1,
+                          "duration_s": us * 1e-6})
+            if i == 2:  # a mixed step: not a decode step, not counted
+                steps.append({"prefill_tokens": 7, "decode_tokens": 1, "batch_size": 2,
+                              "duration_s": 1.0})
+        path = os.path.join(d, "run.steps.jsonl")
+        with open(path, "w") as f:
+            f.write("".join(json.dumps(s) + "\n" for s in steps))
+        return path
+
+    def test_window_selects_pure_decode_steps_by_ordinal(self):
+        with tempfile.TemporaryDirectory() as d:
+            times = ns.decode_step_times(self.write_log(d), 1, (2, 3))
+        self.assertEqual([round(t * 1e6) for t in times], [30, 31, 35])
+
+    def test_summary_table_arithmetic(self):
+        with tempfile.TemporaryDirectory() as d:
+            write_model(d, untied=False)
+            launches = ns.read_raw_csv(FIXTURE)
+            times = ns.decode_step_times(self.write_log(d), 1, (2, 3))
+            text = ns.summarize(launches, steps=2, batch=1, context=100,
+                                weight_bytes=ns.weight_bytes_per_step(d),
+                                kv_token_bytes=256,
+                                step_times=[ns.StepTime("graphs", times)],
+                                own=ns.own_kernel_names(KERNELS_DIR), title="fixture")
+        # Kernels: (10,000 + 13,000 ns) / 2 steps; median step 31 µs.
+        self.assertIn("| sum of kernel durations (ncu) | 0.0115 ms |", text)
+        self.assertIn("| measured step time, graphs (median; min 0.0300 ms, max 0.0350 ms, "
+                      "n = 3) | 0.0310 ms |", text)
+        # 31 − 11.5 µs between kernels, 62.9 % of the step.
+        self.assertIn("| 0.0195 ms (62.9 % of the step) |", text)
+        # Floor: (152 B of weights + 1 × 100 × 256 B of KV) / 4.3 TB/s.
+        floor_s = (152 + 25_600) / ns.ACHIEVABLE_DRAM_BYTES_PER_S
+        self.assertIn(f"floor {floor_s * 1e3:.4f} ms vs measured 0.0310 ms "
+                      f"({31e-6 / floor_s:.1f}× the floor)", text)
+        # cuBLAS row: 1.5 launches, 2.5 µs, 3.5 MB per step; 1,400 GB/s =
+        # 32.6 % of 4.3 TB/s; ncu's DRAM 42.0 %, SM 40.0 %.
+        self.assertIn("| cublas gemm | 1.5 | 2.5 | 21.7 | 3.50 | 1,400 | 32.6 | 42.0 | 40.0 |",
+                      text)
+        # All kernels: 5,310,008 B per step over 11.5 µs = 462 GB/s.
+        self.assertIn("| **all kernels** | 5.5 | 11.5 | 100.0 | 5.31 | 462 | 10.7 | | |", text)
+        self.assertNotIn("warning", text)
+
+    def test_a_window_of_the_wrong_size_is_flagged(self):
+        text = ns.summarize(ns.read_raw_csv(FIXTURE), steps=3, batch=1, context=1,
+                            weight_bytes=1000, kv_token_bytes=1, step_times=[], own=set(),
+                            title="t")
+        self.assertIn("`sample_rows` (one launch per step) ran 2 times, not 3", text)
+
+
+if __name__ == "__main__":
+    unittest.main()
