@@ -112,6 +112,10 @@ for w in names:
     if a and b:
         lines += ["", f"HTTP overhead: ITL p50 {100 * (b['p50_itl_ms'] / a['p50_itl_ms'] - 1):+.2f} % "
                   f"(target within 2 %), TTFT p50 {b['p50_ttft_ms'] - a['p50_ttft_ms']:+.3f} ms (target within 0.3 ms)"]
+        if "p50_ttft_transport_ms" in b:
+            lines += [f"engine serve's own timing (p50): engine TTFT {b['p50_server_engine_ttft_ms']:.3f} ms "
+                      f"(in-process {a['p50_ttft_ms']:.3f}), first chunk handed to HTTP "
+                      f"{b['p50_server_first_chunk_ms']:.3f} ms, transport {b['p50_ttft_transport_ms']:.3f} ms"]
     lines.append("")
 ev = load("events.json")
 for w, m in ev.items():

@@ -621,10 +621,16 @@ mod tests {
         for k in m.values.keys() {
             assert!(names.contains(&k.as_str()), "{k} not in catalogue");
         }
-        // Only an HTTP client measures its own queue, lag and CPU.
+        // Only an HTTP client measures its own queue, lag and CPU, and the
+        // split of its TTFT by the server's timing.
         let in_process = names
             .iter()
-            .filter(|n| !n.contains("client") && !n.contains("send_lag"))
+            .filter(|n| {
+                !n.contains("client")
+                    && !n.contains("send_lag")
+                    && !n.contains("server_")
+                    && !n.contains("transport")
+            })
             .count();
         assert_eq!(m.values.len(), in_process);
     }

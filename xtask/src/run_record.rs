@@ -464,7 +464,7 @@ const LAT_E2EL_CLIENT: [MetricDef; 5] = latency_group([
     names::P99_E2EL_INCLUDING_CLIENT_QUEUE_MS,
 ]);
 
-const OTHER: [MetricDef; 18] = [
+const OTHER: [MetricDef; 21] = [
     m(
         names::REQUEST_THROUGHPUT,
         "req/s",
