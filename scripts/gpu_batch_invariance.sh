@@ -20,6 +20,10 @@
 #           batch 1 (pr-smollm2-batch1), then qwen3-0.6b offline and batch 1
 #           (presets-batch1) (~6-7 min; run `cost` on its own if the command
 #           limit is 10 minutes; `cost-smollm2` and `cost-qwen3` run one half)
+#   gemv    not in the default: the knob with DYNO_INVARIANT_PRODUCTS=gemv
+#           (every step through the small-batch kernels in tiles of 8
+#           tokens): smollm2 offline and batch 1 against the knob off, then
+#           pr-smollm2-serving with it on both sides, 2 trials a side (~4 min)
 #   splits  not in the default: the knob on on both sides, side B with
 #           coarser attention splits (DYNO_CUDA_SPLIT_KEYS=$BI_SPLIT_KEYS,
 #           default 256; the derived value is max_model_len / 32 rounded up
@@ -81,11 +85,20 @@ for part in "${PARTS[@]}"; do
         ab cost-qwen3 false true 2 --model qwen3-0.6b \
           --workload nightly-qwen3-0.6b-throughput --workload presets-batch1
       ;;
+    gemv)
+      # The knob's products through the small-batch kernels in tiles
+      # (DYNO_INVARIANT_PRODUCTS=gemv): its cost against the knob off, then
+      # the serving workload's hash with it on both sides.
+      ab cost-gemv-smollm2 false true 2 --b-env DYNO_INVARIANT_PRODUCTS=gemv \
+        --workload nightly-smollm2-throughput --workload pr-smollm2-batch1
+      ab hashes-gemv true true 2 --a-env DYNO_INVARIANT_PRODUCTS=gemv \
+        --b-env DYNO_INVARIANT_PRODUCTS=gemv --workload pr-smollm2-serving
+      ;;
     splits)
       ab cost-splitkeys-smollm2 true true 2 --b-env "DYNO_CUDA_SPLIT_KEYS=${BI_SPLIT_KEYS:-256}" \
         --workload nightly-smollm2-throughput --workload pr-smollm2-batch1
       ;;
-    *) echo "unknown part $part (tests, hashes, cost, cost-smollm2, cost-qwen3, splits)" >&2; exit 2 ;;
+    *) echo "unknown part $part (tests, hashes, cost, cost-smollm2, cost-qwen3, gemv, splits)" >&2; exit 2 ;;
   esac
 done
 
@@ -112,20 +125,23 @@ def stat(values):
     return f"{mean:,.4g} +- {sd:,.2g} (n={len(values)})", mean
 
 print("== output hashes (pr-smollm2-serving)")
-on_hashes = set()
+# The two ways of computing the products give different (each invariant)
+# numerics, so their hashes are judged apart.
+on_hashes = {}
 for session, run in runs("hashes-*-[AB].json"):
     side, setting = knob(run)
+    products = "gemv" if session.startswith("hashes-gemv") else "cublaslt"
     for w in run.get("workloads", []):
         hashes = [t.get("output_hash") or "none" for t in w.get("trials", [])]
         distinct = sorted(set(hashes))
         if setting == "batch_invariant=true":
-            on_hashes.update(hashes)
+            on_hashes.setdefault(products, set()).update(hashes)
         print(f"{session} side {side} {setting} {w.get('name')}: {len(hashes)} trials, "
               f"{len(distinct)} distinct hash(es): {', '.join(h[:16] for h in distinct)}")
-if on_hashes:
-    verdict = "PASS" if len(on_hashes) == 1 and "none" not in on_hashes else "FAIL"
-    print(f"batch_invariant=true, all trials of all sessions: {len(on_hashes)} distinct "
-          f"hash(es): {verdict}")
+for products, hashes in sorted(on_hashes.items()):
+    verdict = "PASS" if len(hashes) == 1 and "none" not in hashes else "FAIL"
+    print(f"batch_invariant=true, products {products}, all trials of all sessions: "
+          f"{len(hashes)} distinct hash(es): {verdict}")
 
 print()
 print("== throughput cost (B vs A; cost-splitkeys: both on, B with DYNO_CUDA_SPLIT_KEYS)")

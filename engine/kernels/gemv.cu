@@ -132,6 +132,19 @@ __device__ void gemv_rows(const bf16* __restrict__ W, const int (&rows)[GEMV_ROW
         for (int t = 0; t < GEMV_MAX_T; t++) acc[r][t] = warp_sum(acc[r][t]);
 }
 
+// Steps of more than GEMV_MAX_T tokens (only under `batch_invariant` with
+// the gemv products, see runner.rs) run as tiles of GEMV_MAX_T tokens, one
+// per blockIdx.y: each token's sums run in the same order whatever the
+// step's size, which is what makes this path batch-invariant. Returns the
+// tile's first token and sets T to its token count; a block past the last
+// token returns -1 (it exits before waiting on the previous kernel).
+__device__ __forceinline__ int tile_first_token(int& T) {
+    const int t0 = blockIdx.y * GEMV_MAX_T;
+    if (t0 >= T) return -1;
+    T = min(T - t0, GEMV_MAX_T);
+    return t0;
+}
+
 // The warp's GEMV_ROWS consecutive rows of an N-row matrix, and which exist.
 __device__ __forceinline__ void consecutive_rows(int N, int (&rows)[GEMV_ROWS],
                                                  bool (&ok)[GEMV_ROWS]) {
@@ -150,6 +163,10 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
              const bf16* __restrict__ W, float* __restrict__ y, int T, int N, float eps) {
     constexpr int K = DYNO_HIDDEN;
     __shared__ __align__(16) bf16 xs[GEMV_MAX_T * GEMV_SMEM_K];
+    const int t0 = tile_first_token(T);
+    if (t0 < 0) return;
+    residual += (long)t0 * K;
+    y += (long)t0 * N;
     const int lane = threadIdx.x & 31;
     int rows[GEMV_ROWS];
     bool ok[GEMV_ROWS];
@@ -182,6 +199,12 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
     constexpr int HD = DYNO_HEAD_DIM;
     static_assert(GEMV_ROWS == 2, "one rotation pair per warp");
     __shared__ __align__(16) bf16 xs[GEMV_MAX_T * GEMV_SMEM_K];
+    const int t0 = tile_first_token(T);
+    if (t0 < 0) return;
+    residual += (long)t0 * K;
+    positions += t0;
+    slots += t0;
+    qkv += (long)t0 * (nq + 2 * nkv) * HD;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int pair = blockIdx.x * GEMV_WARPS + warp;
     const int head = pair / (HD / 2), i = pair % (HD / 2);
@@ -229,6 +252,10 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
     constexpr int I = DYNO_INTER;
     static_assert(GEMV_ROWS == 2, "one gate row and its up row per warp");
     __shared__ __align__(16) bf16 xs[GEMV_MAX_T * GEMV_SMEM_K];
+    const int t0 = tile_first_token(T);
+    if (t0 < 0) return;
+    residual += (long)t0 * K;
+    act += (long)t0 * I;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int j = blockIdx.x * GEMV_WARPS + warp;
     const int rows[GEMV_ROWS] = {j, I + j};
@@ -250,6 +277,10 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
 template <int K>
 __device__ void gemv_residual_impl(const bf16* __restrict__ x, const bf16* __restrict__ W,
                                    float* __restrict__ residual, int T, int N) {
+    const int t0 = tile_first_token(T);
+    if (t0 < 0) return;
+    x += (long)t0 * K;
+    residual += (long)t0 * N;
     const int lane = threadIdx.x & 31;
     int rows[GEMV_ROWS];
     bool ok[GEMV_ROWS];

@@ -10,8 +10,11 @@
 # every graph bucket, eager and with graphs, bit for bit; and the engine's
 # greedy outputs of 64 requests alone / together / chunked / preempted on
 # tiny, tiny-qwen3 and smollm2-135m checkpoints, graphs on and off.
-# Prints the PASS/FAIL lines and a verdict; full log in OUT_DIR (default
-# /tmp/dyno-gpu-batch-invariance).
+# Runs everything twice: with the knob's products through pinned cuBLASLt
+# (the default) and through the small-batch kernels in tiles
+# (DYNO_INVARIANT_PRODUCTS=gemv). Prints the PASS/FAIL lines and one
+# verdict for both; full logs in OUT_DIR (default
+# /tmp/dyno-gpu-batch-invariance): tests-cublaslt.log, tests-gemv.log.
 set -uo pipefail
 USAGE="usage: gpu_batch_invariance.sh TEST_BINARY [OUT_DIR]"
 BIN=${1:?$USAGE}
@@ -20,9 +23,17 @@ OUT=${2:-/tmp/dyno-gpu-batch-invariance}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH=${CUDA_HOME:-/usr/local/cuda}/lib64:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-"$BIN" --ignored --nocapture --test-threads 1 2>&1 | tee "$OUT/tests.log" \
-  | grep -E "GEMM|identical|batch_invariant=false|decode token|rel L2|pinned|panicked|test |test result"
-if grep -q "test result: ok" "$OUT/tests.log" && ! grep -q "FAILED\|panicked" "$OUT/tests.log"; then
+failed=""
+for products in cublaslt gemv; do
+  echo "== DYNO_INVARIANT_PRODUCTS=$products"
+  log="$OUT/tests-$products.log"
+  DYNO_INVARIANT_PRODUCTS=$products "$BIN" --ignored --nocapture --test-threads 1 2>&1 | tee "$log" \
+    | grep -E "GEMM|identical|batch_invariant=false|decode token|rel L2|pinned|panicked|test |test result"
+  if ! grep -q "test result: ok" "$log" || grep -q "FAILED\|panicked" "$log"; then
+    failed="$failed $products"
+  fi
+done
+if [ -z "$failed" ]; then
   echo "gpu_batch_invariance: PASS"; exit 0
 fi
-echo "gpu_batch_invariance: FAIL (see $OUT/tests.log)"; exit 1
+echo "gpu_batch_invariance: FAIL ($failed; see $OUT/tests-*.log)"; exit 1

@@ -106,6 +106,20 @@ impl CudaBackend {
         let profile_window = DecodeProfileWindow::from_env()?;
         let weights = weights::DeviceWeights::upload(&stream, config, load)?;
         let logits_rows = arena::logits_rows(cfg.max_num_seqs);
+        let invariant_products = runner::InvariantProducts::parse(
+            std::env::var("DYNO_INVARIANT_PRODUCTS").ok().as_deref(),
+        )?;
+        if cfg.batch_invariant
+            && invariant_products == runner::InvariantProducts::Gemv
+            && !dims.small_batch_kernels()
+        {
+            return Err(BackendError::Cuda(format!(
+                "DYNO_INVARIANT_PRODUCTS=gemv: this model has no small-batch kernels (hidden \
+                 size {} above {}, or a width not a multiple of 8); use cublaslt",
+                dims.hidden,
+                kernels::GEMV_MAX_HIDDEN
+            )));
+        }
         let (gemm, split_keys, partial_rows) = if cfg.batch_invariant {
             let split_keys = split_keys_for(dims.max_model_len)?;
             let max_splits = dims.max_model_len.div_ceil(split_keys);
@@ -155,6 +169,7 @@ impl CudaBackend {
                 dims,
                 sm_count: props.sm_count.max(1) as usize,
                 split_keys,
+                invariant_products,
             },
             kv: None,
             graphs: DecodeGraphs::default(),

@@ -18,7 +18,11 @@
 //! through [`InvariantGemm`] (one pinned cuBLASLt algorithm per weight
 //! shape), and attention splits each query's context into pieces of
 //! `split_keys` keys, so a token's arithmetic never depends on the step's
-//! other tokens. Norms, RoPE/KV write, SiLU·mul, the final norm and sampling
+//! other tokens. With `DYNO_INVARIANT_PRODUCTS=gemv` it is the other way
+//! round: every step takes the small-batch path, a step of more than
+//! `GEMV_MAX_T` tokens as tiles of that many (`blockIdx.y`), whose per-token
+//! sums do not depend on the tile ([`InvariantProducts`]); the pinned GEMM
+//! is then only the LM head's. Norms, RoPE/KV write, SiLU·mul, the final norm and sampling
 //! are already per row: one block (or grid-stride element) per token, the
 //! same reduction whatever the grid.
 
@@ -92,6 +96,39 @@ pub struct Runner {
     /// Keys per attention split (`batch_invariant`), 0 = splits chosen
     /// per step by `attention_splits`.
     pub split_keys: usize,
+    /// Under `batch_invariant`: every step, whatever its size, runs the
+    /// small-batch kernels in tiles of `GEMV_MAX_T` tokens instead of the
+    /// pinned cuBLASLt GEMMs (`DYNO_INVARIANT_PRODUCTS=gemv`; see
+    /// [`InvariantProducts`]).
+    pub invariant_products: InvariantProducts,
+}
+
+/// How `batch_invariant` computes the layers' products. Both give each
+/// token the same sums in the same order whatever shares its step; they
+/// differ in cost. `Cublaslt` (the default): one pinned cuBLASLt algorithm
+/// per weight shape — tensor cores, so large steps stay fast, but a batch-1
+/// step loses the fused small-batch kernels. `Gemv`: the fused small-batch
+/// kernels for every step, a tile of `GEMV_MAX_T` tokens per block row —
+/// batch 1 costs what it costs without the knob, large steps run on CUDA
+/// cores. Only models the small-batch kernels cover can use `Gemv`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvariantProducts {
+    Cublaslt,
+    Gemv,
+}
+
+impl InvariantProducts {
+    /// From `DYNO_INVARIANT_PRODUCTS` (`cublaslt` or `gemv`; unset =
+    /// `cublaslt`).
+    pub fn parse(value: Option<&str>) -> Result<Self, BackendError> {
+        match value.map(str::trim) {
+            None | Some("cublaslt") => Ok(InvariantProducts::Cublaslt),
+            Some("gemv") => Ok(InvariantProducts::Gemv),
+            Some(other) => Err(BackendError::Cuda(format!(
+                "DYNO_INVARIANT_PRODUCTS={other}: expected `cublaslt` or `gemv`"
+            ))),
+        }
+    }
 }
 
 /// Splits of the context per query token for attention: enough blocks to
@@ -125,7 +162,13 @@ impl Runner {
     /// (never with `batch_invariant`: their sums run in another order than
     /// the GEMMs', so a row's result would depend on the step's size).
     pub fn small_batch(&self, tokens: usize) -> bool {
-        tokens <= GEMV_MAX_T && self.dims.small_batch_kernels() && !self.batch_invariant()
+        if !self.dims.small_batch_kernels() {
+            return false;
+        }
+        if self.batch_invariant() {
+            return self.invariant_products == InvariantProducts::Gemv;
+        }
+        tokens <= GEMV_MAX_T
     }
 
     pub fn batch_invariant(&self) -> bool {
@@ -291,7 +334,10 @@ impl Runner {
         let k = &self.kernels;
         let t = tokens as i32;
         let rows_per_block = GEMV_WARPS * GEMV_ROWS;
-        let grid = |rows: usize| (rows.div_ceil(rows_per_block) as u32, 1, 1);
+        // One block row per tile of GEMV_MAX_T tokens (a single tile unless
+        // `batch_invariant` runs larger steps through these kernels).
+        let tiles = tokens.div_ceil(GEMV_MAX_T).max(1) as u32;
+        let grid = |rows: usize| (rows.div_ceil(rows_per_block) as u32, tiles, 1);
         let threads = (GEMV_WARPS * 32) as u32;
         // residual += x · Wᵀ (the O and down products): one warp per
         // GEMV_ROWS output rows of the hidden size.
@@ -316,7 +362,7 @@ impl Runner {
             if w.q_norm.is_none() && w.k_norm.is_none() {
                 // One warp per RoPE pair (rows i and i + head_dim/2).
                 k.norm_qkv_rope_cache(
-                    ((d.qkv_width() / 2).div_ceil(GEMV_WARPS) as u32, 1, 1),
+                    ((d.qkv_width() / 2).div_ceil(GEMV_WARPS) as u32, tiles, 1),
                     threads,
                     NormQkvRopeCache {
                         residual: a.residual.ptr,
@@ -365,7 +411,7 @@ impl Runner {
             )?;
             // One warp per (gate row, up row) pair.
             k.norm_gate_up_silu(
-                (d.inter.div_ceil(GEMV_WARPS) as u32, 1, 1),
+                (d.inter.div_ceil(GEMV_WARPS) as u32, tiles, 1),
                 threads,
                 NormGateUpSilu {
                     residual: a.residual.ptr,
@@ -555,6 +601,26 @@ mod tests {
         let s = attention_splits(64, 8, 132, 4096);
         assert!(s >= 2 && 64 * s <= 4096, "{s}");
         assert!(attention_splits(4000, 1, 132, 4096) == 1);
+    }
+
+    #[test]
+    fn invariant_products_parse_the_two_names_and_refuse_others() {
+        assert_eq!(
+            InvariantProducts::parse(None).unwrap(),
+            InvariantProducts::Cublaslt
+        );
+        assert_eq!(
+            InvariantProducts::parse(Some(" gemv ")).unwrap(),
+            InvariantProducts::Gemv
+        );
+        assert_eq!(
+            InvariantProducts::parse(Some("cublaslt")).unwrap(),
+            InvariantProducts::Cublaslt
+        );
+        let err = InvariantProducts::parse(Some("cublas"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DYNO_INVARIANT_PRODUCTS=cublas"), "{err}");
     }
 
     #[test]
