@@ -605,7 +605,7 @@ async fn collect_completion(
     )
     .with_cached(cached);
     let mut body = ctx.chunk(Value::Array(choices), Some(usage));
-    body["server_timing"] = server_timing(&engine_ttft, &vec![None; n]);
+    body["server_timing"] = server_timing(&engine_ttft, &[]);
     axum::Json(body).into_response()
 }
 
