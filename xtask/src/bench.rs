@@ -94,7 +94,7 @@ pub fn run(args: &BenchArgs, root: &Path) -> anyhow::Result<i32> {
         &ctx.engine,
         &catalogue,
         &selection.specs,
-        &work_root(root).join(format!("preflight-{}", std::process::id())),
+        &work_root(root).join(preflight::scratch_name()),
     )?;
     let sized_for_cuda = selection.suite_device.map(|d| d == SuiteDevice::Cuda);
     if sized_for_cuda.is_some_and(|c| c != cuda) {

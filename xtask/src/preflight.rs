@@ -31,6 +31,15 @@ pub fn check_thresholds(catalogue: &Catalogue, specs: &[WorkloadSpec]) -> anyhow
     Ok(())
 }
 
+/// A scratch folder name no other check uses at the same time: the process
+/// id alone is shared by runs on several threads of one process (the
+/// tests), and one run's cleanup removed another's file mid-check.
+pub fn scratch_name() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("preflight-{}-{n}", std::process::id())
+}
+
 /// Every spec's `[engine]` table is a config `engine` accepts: checked with
 /// `engine check-config`, first whole, then key by key to name the culprit.
 /// An engine binary too old to have `check-config` is not checked.

@@ -121,7 +121,11 @@ impl Store {
         self.index.read()?;
         drop(self.index.lock_within(lock_timeout)?);
         let tmp = self.root.join("tmp");
-        let probe = tmp.join(format!("preflight-{}.tmp", std::process::id()));
+        // Unique per call: runs on several threads of one process (the
+        // tests) share the process id, and one's remove raced another's.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let probe = tmp.join(format!("preflight-{}-{n}.tmp", std::process::id()));
         fs::write(&probe, b"probe").map_err(|e| StoreError::io("writing", &probe, e))?;
         fs::remove_file(&probe).map_err(|e| StoreError::io("removing", &probe, e))?;
         Ok(())
