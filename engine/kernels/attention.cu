@@ -15,7 +15,12 @@
 // unnormalized partial; the last block of a (token, kv head) to finish
 // (counted with an atomic) merges the splits, so no second kernel is needed.
 #define ATTN_WARPS 4
-#define KEYS_PER_ITER 2
+// Keys a sub-warp loads per iteration: -DATTN_KEYS_PER_ITER from
+// kernels.rs (DYNO_CUDA_ATTN_KEYS overrides it there).
+#ifndef ATTN_KEYS_PER_ITER
+#define ATTN_KEYS_PER_ITER 2
+#endif
+#define KEYS_PER_ITER ATTN_KEYS_PER_ITER
 // The grid's split count is fixed (a CUDA graph replays it at every context
 // length), so a short context uses fewer splits, each at least one block
 // iteration of keys, and the surplus blocks exit at once. One iteration per

@@ -112,7 +112,7 @@ with open(path, "w") as f:
 PY
 }
 
-# engine.toml: the engine's defaults (max_num_seqs 256, chunked prefill,
+# engine.toml: the engine's defaults (max_num_seqs derived from the GPU, chunked prefill,
 # the model's max_model_len) but a KV pool sized to the run, so that ncu's
 # kernel replay saves and restores megabytes, not 100 GB.
 write_config() {  # path eager num_kv_blocks

@@ -115,7 +115,7 @@ impl Engine {
         backend.allocate_kv_cache(num_blocks, cfg.block_size)?;
         let scheduler = Scheduler::new(
             SchedulerConfig {
-                max_num_seqs: cfg.max_num_seqs,
+                max_num_seqs: cfg.effective_max_num_seqs(backend.auto_max_num_seqs()),
                 max_num_batched_tokens: cfg.max_num_batched_tokens,
                 enable_chunked_prefill: cfg.enable_chunked_prefill,
                 max_model_len,
@@ -164,6 +164,12 @@ impl Engine {
 
     pub fn max_model_len(&self) -> usize {
         self.scheduler.config().max_model_len
+    }
+
+    /// Most sequences in one step (`max_num_seqs`, derived when the config
+    /// left it at 0).
+    pub fn max_num_seqs(&self) -> usize {
+        self.scheduler.config().max_num_seqs
     }
 
     /// Queues a request arriving now. One that can never run here is

@@ -31,7 +31,8 @@ pub struct EngineConfig {
     pub device: DeviceKind,
     /// Tokens per KV block.
     pub block_size: usize,
-    /// Most sequences in one batch.
+    /// Most sequences in one batch; 0 = derive from the device as vLLM
+    /// does (see [`auto_max_num_seqs`]).
     pub max_num_seqs: usize,
     /// Most tokens (prefill + decode) in one step.
     pub max_num_batched_tokens: usize,
@@ -77,7 +78,7 @@ impl Default for EngineConfig {
         EngineConfig {
             device: DeviceKind::Auto,
             block_size: 16,
-            max_num_seqs: 256,
+            max_num_seqs: 0,
             max_num_batched_tokens: 8192,
             enable_chunked_prefill: true,
             max_model_len: 0,
@@ -93,6 +94,24 @@ impl Default for EngineConfig {
             prompt_lookup_max: 5,
             batch_invariant: false,
         }
+    }
+}
+
+/// `max_num_seqs` when the config leaves it at 0, as vLLM derives its
+/// default: 1,024 on a GPU with at least 70 GiB that is not an A100 (vLLM:
+/// "for GPUs like H100 and MI300x"), else 256 (smaller GPUs and the CPU,
+/// `gpu` = None). Measured on the H200 (docs/BENCHMARKS.md): smollm2-135m
+/// offline 1,000 × (256 → 1,024) gives 107k output tok/s at 1,024 against
+/// 74k at 256.
+pub fn auto_max_num_seqs(gpu: Option<(&str, u64)>) -> usize {
+    const LARGE_GPU_BYTES: u64 = 70 << 30;
+    match gpu {
+        Some((name, memory))
+            if memory >= LARGE_GPU_BYTES && !name.to_lowercase().contains("a100") =>
+        {
+            1024
+        }
+        _ => 256,
     }
 }
 
@@ -116,6 +135,17 @@ pub enum EngineConfigError {
 }
 
 impl EngineConfig {
+    /// The batch limit this config runs with: `max_num_seqs`, or when it is
+    /// 0 the device's `auto` value ([`auto_max_num_seqs`]), at most
+    /// `max_num_batched_tokens` (a step holds a token of every sequence).
+    pub fn effective_max_num_seqs(&self, auto: usize) -> usize {
+        if self.max_num_seqs > 0 {
+            self.max_num_seqs
+        } else {
+            auto.clamp(1, self.max_num_batched_tokens.max(1))
+        }
+    }
+
     pub fn load(path: &std::path::Path) -> Result<EngineConfig, EngineConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| EngineConfigError::Io {
             path: path.display().to_string(),
@@ -164,9 +194,9 @@ impl EngineConfig {
                 self.block_size
             ));
         }
-        if !(1..=MAX_NUM_SEQS).contains(&self.max_num_seqs) {
+        if self.max_num_seqs > MAX_NUM_SEQS {
             return Err(format!(
-                "max_num_seqs: must be in 1..={MAX_NUM_SEQS}, got {}",
+                "max_num_seqs: must be at most {MAX_NUM_SEQS} (0 = derive from the device), got {}",
                 self.max_num_seqs
             ));
         }
@@ -188,6 +218,9 @@ impl EngineConfig {
                 "num_threads: must be at most the {cores} cores of this machine (0 = all), got {}",
                 self.num_threads
             ));
+        }
+        if self.max_num_batched_tokens == 0 {
+            return Err("max_num_batched_tokens: must be at least 1, got 0".into());
         }
         if self.max_num_batched_tokens < self.max_num_seqs {
             return Err(format!(
@@ -312,7 +345,8 @@ mod tests {
             ("prompt_lookup_max = 0", "prompt_lookup_max"),
             ("prompt_lookup_min = 0", "prompt_lookup_min"),
             ("block_size = 1099511627776", "block_size"),
-            ("max_num_seqs = 0", "max_num_seqs"),
+            ("max_num_seqs = 100000000", "max_num_seqs"),
+            ("max_num_batched_tokens = 0", "max_num_batched_tokens"),
             ("num_kv_blocks = 1000000000000", "num_kv_blocks"),
             ("gpu_memory_utilization = nan", "gpu_memory_utilization"),
             (
@@ -323,6 +357,31 @@ mod tests {
             let err = EngineConfig::parse(text).unwrap_err();
             assert!(err.starts_with(field), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn max_num_seqs_zero_derives_from_the_device_like_vllm() {
+        let gib = 1u64 << 30;
+        assert_eq!(auto_max_num_seqs(Some(("NVIDIA H200", 141 * gib))), 1024);
+        assert_eq!(
+            auto_max_num_seqs(Some(("NVIDIA H100 80GB HBM3", 80 * gib))),
+            1024
+        );
+        assert_eq!(
+            auto_max_num_seqs(Some(("NVIDIA A100-SXM4-80GB", 80 * gib))),
+            256
+        );
+        assert_eq!(auto_max_num_seqs(Some(("NVIDIA L4", 24 * gib))), 256);
+        assert_eq!(auto_max_num_seqs(None), 256);
+        let cfg = EngineConfig::parse("").unwrap();
+        assert_eq!(cfg.max_num_seqs, 0);
+        assert_eq!(cfg.effective_max_num_seqs(1024), 1024);
+        // A step holds one token of every sequence: the derived value never
+        // exceeds the token budget; a set value is kept as it is.
+        let small = EngineConfig::parse("max_num_batched_tokens = 512\n").unwrap();
+        assert_eq!(small.effective_max_num_seqs(1024), 512);
+        let set = EngineConfig::parse("max_num_seqs = 64\n").unwrap();
+        assert_eq!(set.effective_max_num_seqs(1024), 64);
     }
 
     #[test]

@@ -31,10 +31,11 @@ pub fn is_knob(name: &str) -> bool {
 /// The engine's default value of every knob, as `engine.toml` would spell
 /// them (the engine's tests check them against its defaults). Reports use
 /// them to fill a point's effective config and to find the default-config
-/// point of a sweep.
+/// point of a sweep. `max_num_seqs = 0` means "derived from the device"
+/// (1,024 on a GPU of at least 70 GiB that is not an A100, else 256).
 pub const DEFAULTS_TOML: &str = r#"
 block_size = 16
-max_num_seqs = 256
+max_num_seqs = 0
 max_num_batched_tokens = 8192
 enable_chunked_prefill = true
 max_model_len = 0

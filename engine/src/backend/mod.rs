@@ -103,6 +103,11 @@ pub enum BackendError {
 
 pub trait Backend {
     fn info(&self) -> BackendInfo;
+    /// `max_num_seqs` for a config that leaves it at 0
+    /// (`engine_config::auto_max_num_seqs` for this device).
+    fn auto_max_num_seqs(&self) -> usize {
+        crate::engine_config::auto_max_num_seqs(None)
+    }
     /// Bytes one KV block of `block_size` tokens takes over all layers, K and V.
     fn kv_block_bytes(&self, block_size: usize) -> usize;
     /// Bytes this backend may spend on the KV cache under `cfg`

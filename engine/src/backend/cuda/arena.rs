@@ -37,8 +37,9 @@ impl Dims {
         self.nkv * attention_group_chunks(self.nq / self.nkv)
     }
 
-    pub fn kernel_shape(&self) -> KernelShape {
+    pub fn kernel_shape(&self, attention_keys_per_iter: usize) -> KernelShape {
         KernelShape {
+            attention_keys_per_iter,
             head_dim: self.head_dim,
             group: self.nq / self.nkv,
             hidden: self.hidden,

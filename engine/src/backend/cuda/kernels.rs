@@ -21,6 +21,27 @@ pub const GEMV_ROWS: usize = 2;
 pub const GEMV_MAX_HIDDEN: usize = 3072;
 /// Most context splits of one attention grid.
 pub const ATTN_MAX_SPLITS: usize = 32;
+/// Keys each attention sub-warp loads per loop iteration (the kernel's
+/// `ATTN_KEYS_PER_ITER`): more keys in flight per thread and the softmax
+/// rescale amortized over more keys, against more registers.
+pub const ATTN_KEYS_PER_ITER: usize = 2;
+/// The values `DYNO_CUDA_ATTN_KEYS` may set instead (measure the trade-off
+/// without a rebuild).
+pub const ATTN_KEYS_PER_ITER_CHOICES: [usize; 4] = [1, 2, 4, 8];
+
+/// Keys per attention iteration: `ATTN_KEYS_PER_ITER`, or
+/// `DYNO_CUDA_ATTN_KEYS` (one of `ATTN_KEYS_PER_ITER_CHOICES`).
+pub fn attention_keys_per_iter() -> Result<usize, BackendError> {
+    let Ok(text) = std::env::var("DYNO_CUDA_ATTN_KEYS") else {
+        return Ok(ATTN_KEYS_PER_ITER);
+    };
+    match text.trim().parse::<usize>() {
+        Ok(n) if ATTN_KEYS_PER_ITER_CHOICES.contains(&n) => Ok(n),
+        _ => Err(BackendError::Cuda(format!(
+            "DYNO_CUDA_ATTN_KEYS={text}: expected one of {ATTN_KEYS_PER_ITER_CHOICES:?}"
+        ))),
+    }
+}
 
 /// Widest head dim the kernels support (any multiple of 8 up to it: 64,
 /// 80, 96, 128, 256 ...): the attention kernel gives a key at most one warp.

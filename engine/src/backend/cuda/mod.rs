@@ -68,6 +68,8 @@ pub struct CudaBackend {
     sampled_host: PinnedBuffer<u32>,
     enforce_eager: bool,
     max_num_seqs: usize,
+    /// `max_num_seqs` for configs that leave it at 0, on this GPU.
+    auto_max_num_seqs: usize,
     device_name: String,
     free_at_start: u64,
     min_free: u64,
@@ -96,8 +98,13 @@ impl CudaBackend {
             |what: &str, e: cudarc::driver::DriverError| BackendError::Cuda(format!("{what}: {e}"));
         let free_at_start = ctx.mem_get_info().map_err(|e| cuda("cuMemGetInfo", e))?.0 as u64;
         let props = device::properties_of(&ctx, device::driver_version()?)?;
+        let auto_max_num_seqs = crate::engine_config::auto_max_num_seqs(Some((
+            props.name.as_str(),
+            props.total_memory_bytes,
+        )));
+        let max_num_seqs = cfg.effective_max_num_seqs(auto_max_num_seqs);
         let dims = dims_of(config, cfg)?;
-        let module = nvrtc::load(&ctx, dims.kernel_shape())?;
+        let module = nvrtc::load(&ctx, dims.kernel_shape(kernels::attention_keys_per_iter()?))?;
         // Programmatic dependent launch needs Hopper (sm_90) or newer;
         // DYNO_CUDA_PDL=0 turns it off to measure what it buys.
         let pdl = props.compute_capability.0 >= 9
@@ -105,7 +112,7 @@ impl CudaBackend {
         let kernels = kernels::Kernels::new(module, stream.clone(), pdl)?;
         let profile_window = DecodeProfileWindow::from_env()?;
         let weights = weights::DeviceWeights::upload(&stream, config, load)?;
-        let logits_rows = arena::logits_rows(cfg.max_num_seqs);
+        let logits_rows = arena::logits_rows(max_num_seqs);
         let invariant_products = runner::InvariantProducts::parse(
             std::env::var("DYNO_INVARIANT_PRODUCTS").ok().as_deref(),
         )?;
@@ -127,7 +134,7 @@ impl CudaBackend {
                 &dims,
                 &weights,
                 cfg.max_num_batched_tokens,
-                cfg.max_num_seqs,
+                max_num_seqs,
                 logits_rows,
             );
             (
@@ -151,7 +158,7 @@ impl CudaBackend {
             &stream,
             &dims,
             cfg.max_num_batched_tokens,
-            cfg.max_num_seqs,
+            max_num_seqs,
             cfg.block_size,
             partial_rows,
         )?;
@@ -176,7 +183,8 @@ impl CudaBackend {
             meta_host,
             sampled_host,
             enforce_eager: cfg.enforce_eager,
-            max_num_seqs: cfg.max_num_seqs,
+            max_num_seqs,
+            auto_max_num_seqs,
             device_name: props.name,
             free_at_start,
             min_free: free_at_start,
@@ -423,6 +431,10 @@ impl Backend for CudaBackend {
             device_name: self.device_name.clone(),
             dtype: "bf16".into(),
         }
+    }
+
+    fn auto_max_num_seqs(&self) -> usize {
+        self.auto_max_num_seqs
     }
 
     fn kv_block_bytes(&self, block_size: usize) -> usize {

@@ -38,6 +38,8 @@ pub struct KernelShape {
     pub hidden: usize,
     pub qdim: usize,
     pub inter: usize,
+    /// Keys per attention sub-warp iteration (`kernels::attention_keys_per_iter`).
+    pub attention_keys_per_iter: usize,
 }
 
 /// Folders that may hold `cuda_bf16.h`, in the order they are tried:
@@ -170,6 +172,7 @@ pub fn compile(
             format!("-DDYNO_HIDDEN={}", shape.hidden),
             format!("-DDYNO_QDIM={}", shape.qdim),
             format!("-DDYNO_INTER={}", shape.inter),
+            format!("-DATTN_KEYS_PER_ITER={}", shape.attention_keys_per_iter),
         ]
         .into_iter()
         .chain(launch_constants())
@@ -261,6 +264,7 @@ mod tests {
                 hidden,
                 qdim,
                 inter,
+                attention_keys_per_iter: super::super::kernels::ATTN_KEYS_PER_ITER,
             };
             let src = compile(&include, (9, 0), shape).unwrap().to_src();
             for name in super::super::kernels::KERNEL_NAMES {
@@ -271,6 +275,25 @@ mod tests {
                 !src.contains(".local"),
                 "hd {hd} g {g}: kernel uses local memory"
             );
+        }
+        // Every keys-per-iteration choice builds (smollm2-135m's and a
+        // wide head's attention).
+        for keys in super::super::kernels::ATTN_KEYS_PER_ITER_CHOICES {
+            for (hd, g) in [(64, 3), (256, 8)] {
+                let shape = KernelShape {
+                    head_dim: hd,
+                    group: g,
+                    hidden: 576,
+                    qdim: hd * g,
+                    inter: 1536,
+                    attention_keys_per_iter: keys,
+                };
+                let src = compile(&include, (9, 0), shape).unwrap().to_src();
+                assert!(
+                    !src.contains(".local"),
+                    "hd {hd} g {g} keys {keys}: kernel uses local memory"
+                );
+            }
         }
     }
 }

@@ -52,6 +52,9 @@ fn knob(p: &PointResult, name: &str) -> String {
     let effective = workloads::engine_knobs::effective(&knobs);
     match effective.get(name) {
         Some(toml::Value::String(s)) => s.clone(),
+        // The engine derives max_num_seqs from the GPU when it is 0
+        // (workloads::engine_knobs::DEFAULTS_TOML).
+        Some(toml::Value::Integer(0)) if name == "max_num_seqs" => "auto".into(),
         Some(v) => v.to_string(),
         None => String::new(),
     }
