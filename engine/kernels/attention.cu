@@ -254,7 +254,13 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
 // One instantiation per process: the model's head dim, GQA group size and
 // the group's chunk count come in as -DDYNO_HEAD_DIM / -DDYNO_GROUP /
 // -DDYNO_GROUP_CHUNKS (see nvrtc.rs).
-extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32)
+// Blocks per SM the register allocation must allow (-DATTN_MIN_BLOCKS from
+// kernels.rs; DYNO_CUDA_ATTN_MIN_BLOCKS there). 1 leaves it to the compiler
+// (118 registers for smollm2's shape: 4 blocks per SM).
+#ifndef ATTN_MIN_BLOCKS
+#define ATTN_MIN_BLOCKS 1
+#endif
+extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32, ATTN_MIN_BLOCKS)
     attention(const float* qkv, const bf16* k_cache, const bf16* v_cache, const int* positions,
               const int* seq_idx, const int* block_tables, const int* bt_stride, int block_size,
               int nkv, float scale, bf16* out, float* part_acc, float* part_ml, int* counters,

@@ -37,9 +37,9 @@ impl Dims {
         self.nkv * attention_group_chunks(self.nq / self.nkv)
     }
 
-    pub fn kernel_shape(&self, attention_keys_per_iter: usize) -> KernelShape {
+    pub fn kernel_shape(&self, attention: super::kernels::AttentionTuning) -> KernelShape {
         KernelShape {
-            attention_keys_per_iter,
+            attention,
             head_dim: self.head_dim,
             group: self.nq / self.nkv,
             hidden: self.hidden,

@@ -25,21 +25,78 @@ pub const ATTN_MAX_SPLITS: usize = 32;
 /// `ATTN_KEYS_PER_ITER`): more keys in flight per thread and the softmax
 /// rescale amortized over more keys, against more registers.
 pub const ATTN_KEYS_PER_ITER: usize = 2;
-/// The values `DYNO_CUDA_ATTN_KEYS` may set instead (measure the trade-off
-/// without a rebuild).
+/// The values `DYNO_CUDA_ATTN_KEYS` may set instead.
 pub const ATTN_KEYS_PER_ITER_CHOICES: [usize; 4] = [1, 2, 4, 8];
+/// Most blocks per SM `DYNO_CUDA_ATTN_MIN_BLOCKS` may ask the register
+/// allocation to allow (16 blocks of 128 threads fill an SM's 2,048).
+pub const ATTN_MAX_MIN_BLOCKS: usize = 16;
 
-/// Keys per attention iteration: `ATTN_KEYS_PER_ITER`, or
-/// `DYNO_CUDA_ATTN_KEYS` (one of `ATTN_KEYS_PER_ITER_CHOICES`).
-pub fn attention_keys_per_iter() -> Result<usize, BackendError> {
-    let Ok(text) = std::env::var("DYNO_CUDA_ATTN_KEYS") else {
-        return Ok(ATTN_KEYS_PER_ITER);
-    };
-    match text.trim().parse::<usize>() {
-        Ok(n) if ATTN_KEYS_PER_ITER_CHOICES.contains(&n) => Ok(n),
-        _ => Err(BackendError::Cuda(format!(
-            "DYNO_CUDA_ATTN_KEYS={text}: expected one of {ATTN_KEYS_PER_ITER_CHOICES:?}"
-        ))),
+/// Compile-time choices of the attention kernel that trade registers for
+/// work per thread. The defaults are what the engine runs; the environment
+/// overrides them to measure the trade-off without a rebuild (on the H200
+/// the kernel is bound by occupancy: docs/CUDA.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionTuning {
+    /// `DYNO_CUDA_ATTN_KEYS` (one of `ATTN_KEYS_PER_ITER_CHOICES`):
+    /// the kernel's `ATTN_KEYS_PER_ITER`.
+    pub keys_per_iter: usize,
+    /// `DYNO_CUDA_ATTN_MIN_BLOCKS` (1 to `ATTN_MAX_MIN_BLOCKS`): the
+    /// kernel's `__launch_bounds__` minimum blocks per SM, i.e. at most
+    /// 65,536 / (128 × N) registers per thread (the compiler spills past
+    /// that). 1 leaves the register count to the compiler.
+    pub min_blocks: usize,
+}
+
+impl Default for AttentionTuning {
+    fn default() -> Self {
+        AttentionTuning {
+            keys_per_iter: ATTN_KEYS_PER_ITER,
+            min_blocks: 1,
+        }
+    }
+}
+
+impl AttentionTuning {
+    /// The defaults, with `DYNO_CUDA_ATTN_KEYS` / `DYNO_CUDA_ATTN_MIN_BLOCKS`
+    /// where set; a value out of range is an error naming the variable.
+    pub fn from_env() -> Result<Self, BackendError> {
+        Self::from_values(
+            std::env::var("DYNO_CUDA_ATTN_KEYS").ok().as_deref(),
+            std::env::var("DYNO_CUDA_ATTN_MIN_BLOCKS").ok().as_deref(),
+        )
+    }
+
+    fn from_values(keys: Option<&str>, min_blocks: Option<&str>) -> Result<Self, BackendError> {
+        let mut t = AttentionTuning::default();
+        if let Some(text) = keys {
+            t.keys_per_iter = match text.trim().parse::<usize>() {
+                Ok(n) if ATTN_KEYS_PER_ITER_CHOICES.contains(&n) => n,
+                _ => {
+                    return Err(BackendError::Cuda(format!(
+                        "DYNO_CUDA_ATTN_KEYS={text}: expected one of {ATTN_KEYS_PER_ITER_CHOICES:?}"
+                    )))
+                }
+            };
+        }
+        if let Some(text) = min_blocks {
+            t.min_blocks = match text.trim().parse::<usize>() {
+                Ok(n) if (1..=ATTN_MAX_MIN_BLOCKS).contains(&n) => n,
+                _ => {
+                    return Err(BackendError::Cuda(format!(
+                        "DYNO_CUDA_ATTN_MIN_BLOCKS={text}: expected 1 to {ATTN_MAX_MIN_BLOCKS}"
+                    )))
+                }
+            };
+        }
+        Ok(t)
+    }
+
+    /// The `-D` options the kernel is compiled with.
+    pub fn defines(&self) -> [String; 2] {
+        [
+            format!("-DATTN_KEYS_PER_ITER={}", self.keys_per_iter),
+            format!("-DATTN_MIN_BLOCKS={}", self.min_blocks),
+        ]
     }
 }
 
@@ -286,6 +343,29 @@ kernels! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attention_tuning_comes_from_the_environment_and_bad_values_are_named() {
+        let d = AttentionTuning::from_values(None, None).unwrap();
+        assert_eq!(d, AttentionTuning::default());
+        assert_eq!(
+            d.defines(),
+            ["-DATTN_KEYS_PER_ITER=2", "-DATTN_MIN_BLOCKS=1"]
+        );
+        let t = AttentionTuning::from_values(Some("1"), Some(" 5 ")).unwrap();
+        assert_eq!((t.keys_per_iter, t.min_blocks), (1, 5));
+        for (keys, blocks, var) in [
+            (Some("3"), None, "DYNO_CUDA_ATTN_KEYS=3"),
+            (Some("x"), None, "DYNO_CUDA_ATTN_KEYS=x"),
+            (None, Some("0"), "DYNO_CUDA_ATTN_MIN_BLOCKS=0"),
+            (None, Some("17"), "DYNO_CUDA_ATTN_MIN_BLOCKS=17"),
+        ] {
+            let e = AttentionTuning::from_values(keys, blocks)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(var), "{e}");
+        }
+    }
 
     /// The parameters of `extern "C"` kernel `name` in the CUDA sources, as
     /// (lower-cased name, kind).

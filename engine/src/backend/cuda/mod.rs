@@ -104,7 +104,10 @@ impl CudaBackend {
         )));
         let max_num_seqs = cfg.effective_max_num_seqs(auto_max_num_seqs);
         let dims = dims_of(config, cfg)?;
-        let module = nvrtc::load(&ctx, dims.kernel_shape(kernels::attention_keys_per_iter()?))?;
+        let module = nvrtc::load(
+            &ctx,
+            dims.kernel_shape(kernels::AttentionTuning::from_env()?),
+        )?;
         // Programmatic dependent launch needs Hopper (sm_90) or newer;
         // DYNO_CUDA_PDL=0 turns it off to measure what it buys.
         let pdl = props.compute_capability.0 >= 9

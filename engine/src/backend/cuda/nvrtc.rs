@@ -38,8 +38,8 @@ pub struct KernelShape {
     pub hidden: usize,
     pub qdim: usize,
     pub inter: usize,
-    /// Keys per attention sub-warp iteration (`kernels::attention_keys_per_iter`).
-    pub attention_keys_per_iter: usize,
+    /// The attention kernel's register/work trade-off (`kernels::AttentionTuning`).
+    pub attention: super::kernels::AttentionTuning,
 }
 
 /// Folders that may hold `cuda_bf16.h`, in the order they are tried:
@@ -172,9 +172,9 @@ pub fn compile(
             format!("-DDYNO_HIDDEN={}", shape.hidden),
             format!("-DDYNO_QDIM={}", shape.qdim),
             format!("-DDYNO_INTER={}", shape.inter),
-            format!("-DATTN_KEYS_PER_ITER={}", shape.attention_keys_per_iter),
         ]
         .into_iter()
+        .chain(shape.attention.defines())
         .chain(launch_constants())
         .collect(),
         name: Some("dyno_kernels.cu".into()),
@@ -264,7 +264,7 @@ mod tests {
                 hidden,
                 qdim,
                 inter,
-                attention_keys_per_iter: super::super::kernels::ATTN_KEYS_PER_ITER,
+                attention: Default::default(),
             };
             let src = compile(&include, (9, 0), shape).unwrap().to_src();
             for name in super::super::kernels::KERNEL_NAMES {
@@ -277,16 +277,19 @@ mod tests {
             );
         }
         // Every keys-per-iteration choice builds (smollm2-135m's and a
-        // wide head's attention).
+        // wide head's attention), with and without a register cap.
         for keys in super::super::kernels::ATTN_KEYS_PER_ITER_CHOICES {
-            for (hd, g) in [(64, 3), (256, 8)] {
+            for (hd, g, min_blocks) in [(64, 3, 1), (256, 8, 1), (64, 3, 5)] {
                 let shape = KernelShape {
                     head_dim: hd,
                     group: g,
                     hidden: 576,
                     qdim: hd * g,
                     inter: 1536,
-                    attention_keys_per_iter: keys,
+                    attention: super::super::kernels::AttentionTuning {
+                        keys_per_iter: keys,
+                        min_blocks,
+                    },
                 };
                 let src = compile(&include, (9, 0), shape).unwrap().to_src();
                 assert!(
