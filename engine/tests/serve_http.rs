@@ -349,6 +349,55 @@ fn a_full_queue_answers_503_and_sigterm_drains() {
     assert!(status.success(), "{status}");
 }
 
+/// `--idle-spin-us` (the GPU default, off on the CPU): with the engine
+/// thread and one HTTP worker polling between requests, back-to-back
+/// streamed requests get the same tokens as with polling off, and SIGTERM
+/// during the poll (2 s here) still ends the server promptly: neither the
+/// polling engine thread nor the polling task holds it up.
+#[test]
+fn polling_between_requests_serves_the_same_tokens_and_still_drains() {
+    let body = json!({"prompt": [3, 1, 4, 1, 5], "max_tokens": 24, "ignore_eos": true,
+        "temperature": 0, "stream": true});
+    let tokens_of = |server: &Server| -> Vec<Vec<String>> {
+        (0..4)
+            .map(|_| {
+                let events = server.stream(&body);
+                assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+                events
+                    .iter()
+                    .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+                    .filter_map(|v| v["choices"][0]["text"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .collect()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let plain = Server::start(dir.path(), "", &["--idle-spin-us", "0"]);
+    let expected = tokens_of(&plain);
+    assert!(expected.iter().all(|t| t.len() == 24), "{expected:?}");
+    drop(plain);
+    let mut server = Server::start(dir.path(), "", &["--idle-spin-us", "2000000"]);
+    assert_eq!(tokens_of(&server), expected);
+    let pid = server.child.id().to_string();
+    let start = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "engine serve did not exit after SIGTERM while polling"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
+
 /// The official `openai` Python client (PyPI) streams a completion. Skipped
 /// with a message when the module is missing, except under CI (`CI` set),
 /// where `.ci/run` installs it and a skip would hide a break.
