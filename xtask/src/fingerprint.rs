@@ -5,6 +5,7 @@
 use std::io::Read;
 use std::path::Path;
 
+use crate::git::GitState;
 use crate::run_record::{HostFingerprint, SourceFingerprint};
 
 pub const UNKNOWN: &str = "unknown";
@@ -38,7 +39,7 @@ pub fn source(repo_root: &Path, engine_bin: &Path, build: &BuildInfo) -> SourceF
     let declared = std::env::var("DYNO_GIT_COMMIT")
         .ok()
         .filter(|c| !c.trim().is_empty());
-    let (commit, diff_hash) = resolve_commit(git_state(repo_root), declared);
+    let (commit, diff_hash) = resolve_commit(crate::git::state(repo_root), declared);
     SourceFingerprint {
         git_commit: commit,
         git_dirty: diff_hash.is_some(),
@@ -84,52 +85,6 @@ fn resolve_commit(
         }
         None => (Some(declared), None),
     }
-}
-
-struct GitState {
-    commit: Option<String>,
-    /// blake3 of the working tree's changes against HEAD; None when clean.
-    diff_hash: Option<String>,
-}
-
-/// HEAD and the uncommitted changes (tracked diffs and untracked files,
-/// ignored files excluded). None when `root` is not in a git repository,
-/// e.g. a copied tree on the GPU machine.
-fn git_state(root: &Path) -> Option<GitState> {
-    let repo = git2::Repository::discover(root).ok()?;
-    let head = repo.head().ok().and_then(|h| h.peel_to_tree().ok());
-    let commit = repo
-        .head()
-        .ok()
-        .and_then(|h| h.target())
-        .map(|id| id.to_string());
-    let mut opts = git2::DiffOptions::new();
-    opts.include_untracked(true)
-        .recurse_untracked_dirs(true)
-        .show_untracked_content(true);
-    let diff = repo
-        .diff_tree_to_workdir_with_index(head.as_ref(), Some(&mut opts))
-        .ok()?;
-    if diff.deltas().len() == 0 {
-        return Some(GitState {
-            commit,
-            diff_hash: None,
-        });
-    }
-    let mut hasher = blake3::Hasher::new();
-    let printed = diff.print(git2::DiffFormat::Patch, |_, _, line| {
-        hasher.update(&[line.origin() as u8]);
-        hasher.update(line.content());
-        true
-    });
-    let diff_hash = match printed {
-        Ok(()) => hasher.finalize().to_hex().to_string(),
-        Err(_) => UNKNOWN.to_string(),
-    };
-    Some(GitState {
-        commit,
-        diff_hash: Some(diff_hash),
-    })
 }
 
 /// `<tool> --version`'s first line, or "unknown" when it cannot run.
@@ -315,7 +270,7 @@ mod tests {
     #[test]
     fn this_checkout_has_a_commit() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        if let Some(g) = git_state(root) {
+        if let Some(g) = crate::git::state(root) {
             assert_eq!(g.commit.map(|c| c.len()), Some(40));
         }
     }

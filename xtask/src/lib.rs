@@ -27,6 +27,7 @@ pub mod fingerprint;
 #[doc(hidden)]
 pub mod fixtures;
 pub mod format;
+pub(crate) mod git;
 pub mod gpu_monitor;
 pub mod history;
 pub mod http;

@@ -260,33 +260,34 @@ fn the_default_covers_every_model_of_the_newest_bench() {
 
 /// A git repository with three commits made on days 1, 2 and 3; their ids.
 fn repo_with_three_commits(dir: &Path) -> Vec<String> {
-    let repo = git2::Repository::init(dir).unwrap();
-    let mut parent: Option<git2::Oid> = None;
-    let mut ids = Vec::new();
-    for day in 1..=3i64 {
-        let when = git2::Time::new(1_795_000_000 + day * 86_400, 0);
-        let sig = git2::Signature::new("t", "t@example.com", &when).unwrap();
-        let tree = repo.treebuilder(None).unwrap().write().unwrap();
-        let tree = repo.find_tree(tree).unwrap();
-        let parents: Vec<git2::Commit> = parent
-            .iter()
-            .map(|p| repo.find_commit(*p).unwrap())
-            .collect();
-        let refs: Vec<&git2::Commit> = parents.iter().collect();
-        let oid = repo
-            .commit(
-                Some("HEAD"),
-                &sig,
-                &sig,
-                &format!("day {day}"),
-                &tree,
-                &refs,
-            )
+    std::fs::create_dir_all(dir).unwrap();
+    let git = |args: &[&str], unix_time: i64| -> String {
+        let date = format!("@{unix_time} +0000");
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .env("GIT_AUTHOR_DATE", &date)
+            .env("GIT_COMMITTER_DATE", &date)
+            .output()
             .unwrap();
-        parent = Some(oid);
-        ids.push(oid.to_string());
-    }
-    ids
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    git(&["init", "-q"], 0);
+    (1..=3i64)
+        .map(|day| {
+            let when = 1_795_000_000 + day * 86_400;
+            git(
+                &["commit", "-q", "--allow-empty", "-m", &format!("day {day}")],
+                when,
+            );
+            git(&["rev-parse", "HEAD"], when)
+        })
+        .collect()
 }
 
 #[test]

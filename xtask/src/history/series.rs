@@ -136,11 +136,10 @@ pub fn order_by_commit_time(
     hashes: &[String],
     repo_root: &Path,
 ) -> anyhow::Result<()> {
-    let repo = git2::Repository::discover(repo_root).map_err(|e| {
+    let repo = crate::git::repository(repo_root).map_err(|e| {
         anyhow::anyhow!(
-            "--order commit needs the git repository of the runs' commits; none at {}: {}",
+            "--order commit needs the git repository of the runs' commits; none at {}: {e}",
             repo_root.display(),
-            e.message()
         )
     })?;
     let mut times: BTreeMap<String, i64> = BTreeMap::new();
@@ -160,18 +159,14 @@ pub fn order_by_commit_time(
             if times.contains_key(commit) {
                 continue;
             }
-            let time = git2::Oid::from_str(commit)
-                .and_then(|oid| repo.find_commit(oid))
-                .map(|c| c.time().seconds())
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "commit {commit} of run {} is not in the repository at {} ({}); \
-                         fetch it (`git fetch --unshallow` in a shallow clone) or use --order run",
-                        run.run_id,
-                        repo.path().display(),
-                        e.message()
-                    )
-                })?;
+            let time = crate::git::commit_time(&repo, commit).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "commit {commit} of run {} is not in the repository at {}; \
+                     fetch it (`git fetch --unshallow` in a shallow clone) or use --order run",
+                    run.run_id,
+                    repo.display(),
+                )
+            })?;
             times.insert(commit.clone(), time);
         }
     }
