@@ -17,9 +17,9 @@ pub(crate) struct GitState {
     pub diff_hash: Option<String>,
 }
 
-/// `git -C dir ARGS`: its stdout when it succeeded; None when git is
-/// missing or failed (not a repository, an unknown commit).
-fn git(dir: &Path, args: &[&str]) -> Option<Vec<u8>> {
+/// `git ARGS` run in `dir`: its stdout, or why it failed (git's own
+/// message: not a repository, an unknown commit; or that git is missing).
+fn git(dir: &Path, args: &[&str]) -> Result<Vec<u8>, String> {
     let out = duct::cmd("git", args)
         .dir(dir)
         .env("GIT_OPTIONAL_LOCKS", "0") // reading must not take the index lock
@@ -27,11 +27,15 @@ fn git(dir: &Path, args: &[&str]) -> Option<Vec<u8>> {
         .stderr_capture()
         .unchecked()
         .run()
-        .ok()?;
-    out.status.success().then_some(out.stdout)
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
 }
 
-fn git_text(dir: &Path, args: &[&str]) -> Option<String> {
+fn git_text(dir: &Path, args: &[&str]) -> Result<String, String> {
     git(dir, args).map(|o| String::from_utf8_lossy(&o).trim().to_string())
 }
 
@@ -39,25 +43,19 @@ fn git_text(dir: &Path, args: &[&str]) -> Option<String> {
 /// None when there is none (a copied tree on the GPU machine) or git is
 /// not installed.
 pub(crate) fn state(dir: &Path) -> Option<GitState> {
-    if git_text(dir, &["rev-parse", "--is-inside-work-tree"])? != "true" {
-        return None;
-    }
-    let top = git_text(dir, &["rev-parse", "--show-toplevel"])?;
-    let top = Path::new(&top);
-    let commit = git_text(top, &["rev-parse", "--verify", "--quiet", "HEAD^{commit}"]);
+    let top = repository(dir).ok()?;
+    let top = top.as_path();
+    let commit = git_text(top, &["rev-parse", "--verify", "--quiet", "HEAD^{commit}"]).ok();
     let patch_args = ["--no-color", "--no-ext-diff", "--binary", "--full-index"];
     let mut tracked = Vec::new();
     if commit.is_some() {
-        tracked.extend(git(top, &[&["diff", "HEAD"][..], &patch_args].concat())?);
+        tracked.extend(git(top, &[&["diff", "HEAD"][..], &patch_args].concat()).ok()?);
     } else {
         // No HEAD to diff against: everything staged, then the work tree.
-        tracked.extend(git(
-            top,
-            &[&["diff", "--cached"][..], &patch_args].concat(),
-        )?);
-        tracked.extend(git(top, &[&["diff"][..], &patch_args].concat())?);
+        tracked.extend(git(top, &[&["diff", "--cached"][..], &patch_args].concat()).ok()?);
+        tracked.extend(git(top, &[&["diff"][..], &patch_args].concat()).ok()?);
     }
-    let untracked = git(top, &["ls-files", "--others", "--exclude-standard", "-z"])?;
+    let untracked = git(top, &["ls-files", "--others", "--exclude-standard", "-z"]).ok()?;
     let mut paths: Vec<&[u8]> = untracked
         .split(|b| *b == 0)
         .filter(|p| !p.is_empty())
@@ -90,18 +88,7 @@ pub(crate) fn state(dir: &Path) -> Option<GitState> {
 
 /// The top of the repository at or above `dir`, or why there is none.
 pub(crate) fn repository(dir: &Path) -> Result<std::path::PathBuf, String> {
-    let out = duct::cmd("git", ["rev-parse", "--show-toplevel"])
-        .dir(dir)
-        .stdout_capture()
-        .stderr_capture()
-        .unchecked()
-        .run()
-        .map_err(|e| format!("cannot run git: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().into())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
+    git_text(dir, &["rev-parse", "--show-toplevel"]).map(Into::into)
 }
 
 /// The committer time (Unix seconds) of `commit` in the repository at
@@ -112,7 +99,8 @@ pub(crate) fn commit_time(repo: &Path, commit: &str) -> Option<i64> {
         return None;
     }
     let spec = format!("{commit}^{{commit}}");
-    git_text(repo, &["show", "-s", "--format=%ct", &spec])?
+    git_text(repo, &["show", "-s", "--format=%ct", &spec])
+        .ok()?
         .parse()
         .ok()
 }
