@@ -31,11 +31,84 @@
 // Splits the merge reads per round of loads.
 #define ATTN_MERGE_BATCH 16
 
+// ATTN_STAGED (-D from kernels.rs; DYNO_CUDA_ATTN_STAGED=1 there): the
+// block copies each iteration's keys and values into shared memory with
+// cp.async, one iteration ahead (double-buffered), and the sub-warps read
+// them from there. Without it each lane loads its K and V straight into
+// registers, so the loads in flight are bounded by registers, and the
+// registers bound the blocks per SM (docs/CUDA.md). Each sub-warp takes the
+// same keys in the same order either way, so the results are bit-identical.
+#ifndef ATTN_STAGED
+#define ATTN_STAGED 0
+#endif
+
+// 16 bytes global -> shared without passing through registers; `valid`
+// false zero-fills (no bytes read).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    const int bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
 // Lanes per key: HD/8 rounded up to a power of two (shuffle reductions).
 __host__ __device__ constexpr int attn_lanes_per_key(int hd) {
     int l = 4;
     while (l * 8 < hd) l *= 2;
     return l;
+}
+
+// Folds one iteration's keys into a sub-warp's online softmax, for each of
+// its G query heads: this lane's 8 dims of each key's K and V row (kraw,
+// vraw; zeros past the head dim), `valid` false for keys past the split.
+template <int G, int LPT>
+__device__ __forceinline__ void attend_keys(const float (&q)[G][8],
+                                            const uint4 (&kraw)[KEYS_PER_ITER],
+                                            const uint4 (&vraw)[KEYS_PER_ITER],
+                                            const bool (&valid)[KEYS_PER_ITER], float (&m)[G],
+                                            float (&l)[G], float (&acc)[G][8]) {
+    float kf[KEYS_PER_ITER][8], vf[KEYS_PER_ITER][8];
+#pragma unroll
+    for (int u = 0; u < KEYS_PER_ITER; u++) {
+        unpack8(kraw[u], kf[u]);
+        unpack8(vraw[u], vf[u]);
+    }
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        float s[KEYS_PER_ITER];
+        float smax = -INFINITY;
+#pragma unroll
+        for (int u = 0; u < KEYS_PER_ITER; u++) {
+            float d = 0.0f;
+#pragma unroll
+            for (int e = 0; e < 8; e++) d += q[g][e] * kf[u][e];
+#pragma unroll
+            for (int o = LPT / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+            s[u] = valid[u] ? d : -INFINITY;
+            smax = fmaxf(smax, s[u]);
+        }
+        const float m_new = fmaxf(m[g], smax);
+        // No valid key yet for this sub-warp: leave its state unchanged
+        // (predicated, so the warp never diverges around the shuffles).
+        const bool any = m_new != -INFINITY;
+        const float corr = any ? __expf(m[g] - m_new) : 1.0f;
+        l[g] *= corr;
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[g][e] *= corr;
+#pragma unroll
+        for (int u = 0; u < KEYS_PER_ITER; u++) {
+            const float p = any ? __expf(s[u] - m_new) : 0.0f;
+            l[g] += p;
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[g][e] += p * vf[u][e];
+        }
+        m[g] = any ? m_new : m[g];
+    }
 }
 
 template <int HD, int GALL, int CHUNKS>
@@ -57,8 +130,22 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
     constexpr int WARP_KEYS = SUBS * KEYS_PER_ITER;
     __shared__ float s_m[NSUB][G];
     __shared__ float s_l[NSUB][G];
-    __shared__ float s_acc[NSUB][G][HD];
     __shared__ bool s_last;
+#if ATTN_STAGED
+    // Two buffers of one iteration's K and V rows while the keys are read;
+    // the same bytes hold the sub-warps' partials for the merge after.
+    constexpr int STAGE_ELEMS = ATTN_WARPS * SUBS * KEYS_PER_ITER * HD;  // bf16 per K (or V) tile
+    constexpr int STAGE_BYTES = 2 * 2 * STAGE_ELEMS * 2;
+    constexpr int ACC_BYTES = NSUB * G * HD * 4;
+    static_assert(STAGE_BYTES <= 40 * 1024,
+                  "ATTN_STAGED: two iterations of K and V rows do not fit in static shared memory "
+                  "(48 KiB); use fewer keys per iteration (DYNO_CUDA_ATTN_KEYS)");
+    __shared__ __align__(16) unsigned char s_raw[STAGE_BYTES > ACC_BYTES ? STAGE_BYTES : ACC_BYTES];
+    bf16* s_kv = reinterpret_cast<bf16*>(s_raw);  // [buffer][K|V][key][HD]
+    float(*s_acc)[G][HD] = reinterpret_cast<float(*)[G][HD]>(s_raw);
+#else
+    __shared__ float s_acc[NSUB][G][HD];
+#endif
 
     const int t = blockIdx.x, split = blockIdx.z, stride = gridDim.z;
     const int kvh = blockIdx.y / CHUNKS, g0 = (blockIdx.y % CHUNKS) * G;
@@ -105,6 +192,56 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
         for (int e = 0; e < 8; e++) acc[g][e] = 0.0f;
     }
 
+#if ATTN_STAGED
+    // Block-wide iterations of BLOCK_KEYS keys (every thread has the same
+    // begin and end, so the loop and its barriers are uniform). Iteration
+    // i's rows go to buffer i & 1; row r of an iteration is the key
+    // base + r, r = warp * WARP_KEYS + sub_in_warp * KEYS_PER_ITER + u, the
+    // same key the unstaged loop gives that lane.
+    constexpr int CHUNKS_PER_ROW = HD / 8;  // 16-byte pieces of a key's row
+    const int iters = (end - begin + BLOCK_KEYS - 1) / BLOCK_KEYS;
+    auto stage = [&](int it) {
+        bf16* dst = s_kv + (it & 1) * 2 * STAGE_ELEMS;
+        const int base = begin + it * BLOCK_KEYS;
+        for (int c = threadIdx.x; c < BLOCK_KEYS * CHUNKS_PER_ROW; c += blockDim.x) {
+            const int r = c / CHUNKS_PER_ROW, piece = c % CHUNKS_PER_ROW;
+            const int pos = base + r;
+            const bool ok = pos < end;
+            const int p = ok ? pos : begin;
+            const long slot = (long)table[p / block_size] * block_size + (p % block_size);
+            const long off = (slot * nkv + kvh) * HD + piece * 8;
+            cp_async16(dst + r * HD + piece * 8, k_cache + off, ok);
+            cp_async16(dst + STAGE_ELEMS + r * HD + piece * 8, v_cache + off, ok);
+        }
+        cp_async_commit();
+    };
+    if (iters > 0) stage(0);
+    for (int it = 0; it < iters; it++) {
+        if (it + 1 < iters) {
+            stage(it + 1);
+            cp_async_wait<1>();  // iteration it's group has landed
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const bf16* src = s_kv + (it & 1) * 2 * STAGE_ELEMS;
+        const int base = begin + it * BLOCK_KEYS + warp * WARP_KEYS + sub_in_warp * KEYS_PER_ITER;
+        uint4 kraw[KEYS_PER_ITER], vraw[KEYS_PER_ITER];
+        bool valid[KEYS_PER_ITER];
+#pragma unroll
+        for (int u = 0; u < KEYS_PER_ITER; u++) {
+            valid[u] = base + u < end;
+            const int r = warp * WARP_KEYS + sub_in_warp * KEYS_PER_ITER + u;
+            const uint4 zero = make_uint4(0, 0, 0, 0);
+            kraw[u] = lane_on ? *reinterpret_cast<const uint4*>(src + r * HD + sl * 8) : zero;
+            vraw[u] = lane_on ? *reinterpret_cast<const uint4*>(src + STAGE_ELEMS + r * HD + sl * 8) : zero;
+        }
+        attend_keys<G, LPT>(q, kraw, vraw, valid, m, l, acc);
+        // Every lane is done with this buffer before iteration it + 2's
+        // copies (issued at the top of iteration it + 1) overwrite it.
+        __syncthreads();
+    }
+#else
     // The loop bound is uniform across the warp (shuffles need every lane).
     for (int wbase = begin + warp * WARP_KEYS; wbase < end; wbase += ATTN_WARPS * WARP_KEYS) {
         const int base = wbase + sub_in_warp * KEYS_PER_ITER;
@@ -120,44 +257,9 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
             kraw[u] = lane_on ? *reinterpret_cast<const uint4*>(k_cache + off) : make_uint4(0, 0, 0, 0);
             vraw[u] = lane_on ? *reinterpret_cast<const uint4*>(v_cache + off) : make_uint4(0, 0, 0, 0);
         }
-        float kf[KEYS_PER_ITER][8], vf[KEYS_PER_ITER][8];
-#pragma unroll
-        for (int u = 0; u < KEYS_PER_ITER; u++) {
-            unpack8(kraw[u], kf[u]);
-            unpack8(vraw[u], vf[u]);
-        }
-#pragma unroll
-        for (int g = 0; g < G; g++) {
-            float s[KEYS_PER_ITER];
-            float smax = -INFINITY;
-#pragma unroll
-            for (int u = 0; u < KEYS_PER_ITER; u++) {
-                float d = 0.0f;
-#pragma unroll
-                for (int e = 0; e < 8; e++) d += q[g][e] * kf[u][e];
-#pragma unroll
-                for (int o = LPT / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-                s[u] = valid[u] ? d : -INFINITY;
-                smax = fmaxf(smax, s[u]);
-            }
-            const float m_new = fmaxf(m[g], smax);
-            // No valid key yet for this sub-warp: leave its state unchanged
-            // (predicated, so the warp never diverges around the shuffles).
-            const bool any = m_new != -INFINITY;
-            const float corr = any ? __expf(m[g] - m_new) : 1.0f;
-            l[g] *= corr;
-#pragma unroll
-            for (int e = 0; e < 8; e++) acc[g][e] *= corr;
-#pragma unroll
-            for (int u = 0; u < KEYS_PER_ITER; u++) {
-                const float p = any ? __expf(s[u] - m_new) : 0.0f;
-                l[g] += p;
-#pragma unroll
-                for (int e = 0; e < 8; e++) acc[g][e] += p * vf[u][e];
-            }
-            m[g] = any ? m_new : m[g];
-        }
+        attend_keys<G, LPT>(q, kraw, vraw, valid, m, l, acc);
     }
+#endif
 
 #pragma unroll
     for (int g = 0; g < G; g++) {

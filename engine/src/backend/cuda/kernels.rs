@@ -45,6 +45,11 @@ pub struct AttentionTuning {
     /// 65,536 / (128 × N) registers per thread (the compiler spills past
     /// that). 1 leaves the register count to the compiler.
     pub min_blocks: usize,
+    /// `DYNO_CUDA_ATTN_STAGED=1`: K and V go through shared memory with
+    /// `cp.async`, one iteration ahead (the kernel's `ATTN_STAGED`), so the
+    /// loads in flight do not cost registers; the same keys in the same
+    /// order, so the same bits.
+    pub staged: bool,
 }
 
 impl Default for AttentionTuning {
@@ -52,6 +57,7 @@ impl Default for AttentionTuning {
         AttentionTuning {
             keys_per_iter: ATTN_KEYS_PER_ITER,
             min_blocks: 1,
+            staged: false,
         }
     }
 }
@@ -63,11 +69,27 @@ impl AttentionTuning {
         Self::from_values(
             std::env::var("DYNO_CUDA_ATTN_KEYS").ok().as_deref(),
             std::env::var("DYNO_CUDA_ATTN_MIN_BLOCKS").ok().as_deref(),
+            std::env::var("DYNO_CUDA_ATTN_STAGED").ok().as_deref(),
         )
     }
 
-    fn from_values(keys: Option<&str>, min_blocks: Option<&str>) -> Result<Self, BackendError> {
+    fn from_values(
+        keys: Option<&str>,
+        min_blocks: Option<&str>,
+        staged: Option<&str>,
+    ) -> Result<Self, BackendError> {
         let mut t = AttentionTuning::default();
+        if let Some(text) = staged {
+            t.staged = match text.trim() {
+                "0" => false,
+                "1" => true,
+                _ => {
+                    return Err(BackendError::Cuda(format!(
+                        "DYNO_CUDA_ATTN_STAGED={text}: expected 0 or 1"
+                    )))
+                }
+            };
+        }
         if let Some(text) = keys {
             t.keys_per_iter = match text.trim().parse::<usize>() {
                 Ok(n) if ATTN_KEYS_PER_ITER_CHOICES.contains(&n) => n,
@@ -92,10 +114,11 @@ impl AttentionTuning {
     }
 
     /// The `-D` options the kernel is compiled with.
-    pub fn defines(&self) -> [String; 2] {
+    pub fn defines(&self) -> [String; 3] {
         [
             format!("-DATTN_KEYS_PER_ITER={}", self.keys_per_iter),
             format!("-DATTN_MIN_BLOCKS={}", self.min_blocks),
+            format!("-DATTN_STAGED={}", u8::from(self.staged)),
         ]
     }
 }
@@ -346,21 +369,27 @@ mod tests {
 
     #[test]
     fn attention_tuning_comes_from_the_environment_and_bad_values_are_named() {
-        let d = AttentionTuning::from_values(None, None).unwrap();
+        let d = AttentionTuning::from_values(None, None, None).unwrap();
         assert_eq!(d, AttentionTuning::default());
         assert_eq!(
             d.defines(),
-            ["-DATTN_KEYS_PER_ITER=2", "-DATTN_MIN_BLOCKS=1"]
+            [
+                "-DATTN_KEYS_PER_ITER=2",
+                "-DATTN_MIN_BLOCKS=1",
+                "-DATTN_STAGED=0"
+            ]
         );
-        let t = AttentionTuning::from_values(Some("1"), Some(" 5 ")).unwrap();
-        assert_eq!((t.keys_per_iter, t.min_blocks), (1, 5));
-        for (keys, blocks, var) in [
-            (Some("3"), None, "DYNO_CUDA_ATTN_KEYS=3"),
-            (Some("x"), None, "DYNO_CUDA_ATTN_KEYS=x"),
-            (None, Some("0"), "DYNO_CUDA_ATTN_MIN_BLOCKS=0"),
-            (None, Some("17"), "DYNO_CUDA_ATTN_MIN_BLOCKS=17"),
+        let t = AttentionTuning::from_values(Some("1"), Some(" 5 "), Some("1")).unwrap();
+        assert_eq!((t.keys_per_iter, t.min_blocks, t.staged), (1, 5, true));
+        assert_eq!(t.defines()[2], "-DATTN_STAGED=1");
+        for (keys, blocks, staged, var) in [
+            (Some("3"), None, None, "DYNO_CUDA_ATTN_KEYS=3"),
+            (Some("x"), None, None, "DYNO_CUDA_ATTN_KEYS=x"),
+            (None, Some("0"), None, "DYNO_CUDA_ATTN_MIN_BLOCKS=0"),
+            (None, Some("17"), None, "DYNO_CUDA_ATTN_MIN_BLOCKS=17"),
+            (None, None, Some("yes"), "DYNO_CUDA_ATTN_STAGED=yes"),
         ] {
-            let e = AttentionTuning::from_values(keys, blocks)
+            let e = AttentionTuning::from_values(keys, blocks, staged)
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(var), "{e}");

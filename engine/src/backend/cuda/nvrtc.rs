@@ -276,27 +276,54 @@ mod tests {
                 "hd {hd} g {g}: kernel uses local memory"
             );
         }
-        // Every keys-per-iteration choice builds (smollm2-135m's and a
-        // wide head's attention), with and without a register cap.
-        for keys in super::super::kernels::ATTN_KEYS_PER_ITER_CHOICES {
-            for (hd, g, min_blocks) in [(64, 3, 1), (256, 8, 1), (64, 3, 5)] {
-                let shape = KernelShape {
-                    head_dim: hd,
-                    group: g,
-                    hidden: 576,
-                    qdim: hd * g,
-                    inter: 1536,
-                    attention: super::super::kernels::AttentionTuning {
-                        keys_per_iter: keys,
-                        min_blocks,
-                    },
-                };
-                let src = compile(&include, (9, 0), shape).unwrap().to_src();
-                assert!(
-                    !src.contains(".local"),
-                    "hd {hd} g {g} keys {keys}: kernel uses local memory"
-                );
+        // The attention tuning's choices build: every keys-per-iteration
+        // count, a register cap, and K/V staged in shared memory on
+        // smollm2-135m's, qwen3's, a wide and an uneven head dim.
+        let tuned = |keys, min_blocks, staged| super::super::kernels::AttentionTuning {
+            keys_per_iter: keys,
+            min_blocks,
+            staged,
+        };
+        let mut cases: Vec<(usize, usize, _)> = super::super::kernels::ATTN_KEYS_PER_ITER_CHOICES
+            .iter()
+            .map(|&keys| (64, 3, tuned(keys, 1, false)))
+            .collect();
+        cases.extend([
+            (256, 8, tuned(2, 1, false)),
+            (64, 3, tuned(1, 5, false)),
+            (64, 3, tuned(1, 1, true)),
+            (64, 3, tuned(2, 1, true)),
+            (64, 3, tuned(4, 1, true)),
+            (64, 3, tuned(8, 1, true)),
+            (128, 2, tuned(2, 1, true)),
+            (80, 13, tuned(2, 1, true)),
+            (256, 8, tuned(2, 1, true)),
+        ]);
+        for (hd, g, attention) in cases {
+            let shape = KernelShape {
+                head_dim: hd,
+                group: g,
+                hidden: 576,
+                qdim: hd * g,
+                inter: 1536,
+                attention,
+            };
+            // Staged: two iterations of K and V rows (4 warps of 32 /
+            // lanes-per-key sub-warps, keys_per_iter keys each) past the
+            // kernel's 40 KiB stage do not fit in static shared memory, and
+            // the compile says so.
+            let lanes = (hd / 8).next_power_of_two().max(4);
+            let stage_bytes = 2 * 2 * 4 * (32 / lanes) * attention.keys_per_iter * hd * 2;
+            if attention.staged && stage_bytes > 40 * 1024 {
+                let e = compile(&include, (9, 0), shape).unwrap_err().to_string();
+                assert!(e.contains("use fewer keys per iteration"), "{e}");
+                continue;
             }
+            let src = compile(&include, (9, 0), shape).unwrap().to_src();
+            assert!(
+                !src.contains(".local"),
+                "hd {hd} g {g} {attention:?}: kernel uses local memory"
+            );
         }
     }
 }
