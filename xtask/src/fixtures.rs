@@ -109,3 +109,22 @@ pub fn run(fingerprint: Fingerprint, workloads: Vec<WorkloadRun>) -> RunRecord {
         interleaved: None,
     }
 }
+
+/// `git ARGS` run in `dir` with a fixed identity and author/committer time
+/// `unix_time`; its trimmed stdout. Panics when git fails (tests only).
+pub fn git(dir: &std::path::Path, args: &[&str], unix_time: i64) -> String {
+    let date = format!("@{unix_time} +0000");
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .env("GIT_AUTHOR_DATE", &date)
+        .env("GIT_COMMITTER_DATE", &date)
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

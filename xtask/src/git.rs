@@ -106,31 +106,9 @@ pub(crate) fn commit_time(repo: &Path, commit: &str) -> Option<i64> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// `git ARGS` in `dir` with a fixed identity and dates; panics on failure.
-    pub(crate) fn run_git(dir: &Path, args: &[&str], unix_time: i64) {
-        let date = format!("@{unix_time} +0000");
-        let out = duct::cmd("git", args)
-            .dir(dir)
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@example.com")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@example.com")
-            .env("GIT_AUTHOR_DATE", &date)
-            .env("GIT_COMMITTER_DATE", &date)
-            .stdout_capture()
-            .stderr_capture()
-            .unchecked()
-            .run()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    use crate::fixtures::git as run_git;
 
     #[test]
     fn clean_changed_untracked_and_no_repository() {

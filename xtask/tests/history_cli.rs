@@ -261,22 +261,7 @@ fn the_default_covers_every_model_of_the_newest_bench() {
 /// A git repository with three commits made on days 1, 2 and 3; their ids.
 fn repo_with_three_commits(dir: &Path) -> Vec<String> {
     std::fs::create_dir_all(dir).unwrap();
-    let git = |args: &[&str], unix_time: i64| -> String {
-        let date = format!("@{unix_time} +0000");
-        let out = std::process::Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@example.com")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@example.com")
-            .env("GIT_AUTHOR_DATE", &date)
-            .env("GIT_COMMITTER_DATE", &date)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let git = |args: &[&str], unix_time: i64| xtask::fixtures::git(dir, args, unix_time);
     git(&["init", "-q"], 0);
     (1..=3i64)
         .map(|day| {
