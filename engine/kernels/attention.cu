@@ -56,6 +56,88 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// ATTN_MMA (-D from kernels.rs; DYNO_CUDA_ATTN_MMA there): each warp
+// takes 16 keys per iteration and computes its scores and its weighted sum
+// of V with tensor-core products (mma.sync m16n8k16, bf16 in, f32
+// accumulate) instead of one sub-warp per key with shuffle reductions. The
+// rows of the product are the block's G query heads (G <= 8, rows 8..15
+// zero), so most of each product is padding, which costs little: the kernel
+// is bound by the K/V bytes it reads, and the products replace ~25 warp
+// instructions per key with ~2. Q and the softmax weights P enter the
+// products as bf16 pairs hi + lo (x = hi + lo, |lo| <= 2^-9 |x|), so the
+// scores and sums keep close to f32 precision although the operands are
+// bf16; K and V are bf16 in the cache, exact. Needs sm_80+ and a head dim
+// that is a multiple of 16; otherwise the sub-warp loop below runs.
+// ATTN_MMA 2 (the default) takes it for head dims up to 64, where the H200
+// measured it faster (smollm2-135m offline +16 %); at 128 (qwen3-0.6b) the
+// fragments cost so many registers that it was slower (docs/CUDA.md).
+// 1 forces it wherever it can run, 0 never.
+#ifndef ATTN_MMA
+#define ATTN_MMA 2
+#endif
+#if (ATTN_MMA == 1 || (ATTN_MMA == 2 && DYNO_HEAD_DIM <= 64)) && (DYNO_HEAD_DIM % 16 == 0) && \
+    (!defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800)
+#define ATTN_USE_MMA 1
+#else
+#define ATTN_USE_MMA 0
+#endif
+// Keys a warp takes per iteration on the tensor-core path (two n-tiles of 8).
+#define ATTN_MMA_KEYS 16
+
+// d[0..1] += A·B for rows 0..7 of an m16n8k16 product whose rows 8..15 are
+// zero: a0 holds (row lane/4, k 2c, 2c+1), a2 (row lane/4, k 2c+8, 2c+9),
+// b0 (k 2c, 2c+1; n lane/4), b1 (k 2c+8, 2c+9), c = lane % 4; d0, d1 are
+// (row lane/4, n 2c, 2c+1). Lower element in the lower 16 bits.
+__device__ __forceinline__ void mma_rows8(float& d0, float& d1, unsigned a0, unsigned a2,
+                                          unsigned b0, unsigned b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    float unused2, unused3;
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%10,%10};\n"
+        : "+f"(d0), "+f"(d1), "=f"(unused2), "=f"(unused3)
+        : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1), "f"(0.0f));
+#endif
+}
+
+__device__ __forceinline__ unsigned pack_bf16x2(bf16 lo, bf16 hi) {
+    return static_cast<unsigned>(__bfloat16_as_ushort(lo)) |
+           (static_cast<unsigned>(__bfloat16_as_ushort(hi)) << 16);
+}
+
+// x and y as bf16 pairs hi + lo: *hi = (bf16(x), bf16(y)), *lo = the rest.
+__device__ __forceinline__ void split_bf16x2(float x, float y, unsigned* hi, unsigned* lo) {
+    const bf16 hx = __float2bfloat16_rn(x), hy = __float2bfloat16_rn(y);
+    *hi = pack_bf16x2(hx, hy);
+    *lo = pack_bf16x2(__float2bfloat16_rn(x - __bfloat162float(hx)),
+                      __float2bfloat16_rn(y - __bfloat162float(hy)));
+}
+
+// N 32-bit words from `src` (bf16 pairs), with the widest loads BYTES_ALIGN
+// (the byte alignment of src) allows.
+template <int N, int BYTES_ALIGN>
+__device__ __forceinline__ void load_words(const bf16* src, unsigned (&w)[N]) {
+    if constexpr (BYTES_ALIGN % 16 == 0 && N % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < N / 4; i++) {
+            const uint4 v = reinterpret_cast<const uint4*>(src)[i];
+            w[4 * i] = v.x;
+            w[4 * i + 1] = v.y;
+            w[4 * i + 2] = v.z;
+            w[4 * i + 3] = v.w;
+        }
+    } else if constexpr (BYTES_ALIGN % 8 == 0 && N % 2 == 0) {
+#pragma unroll
+        for (int i = 0; i < N / 2; i++) {
+            const uint2 v = reinterpret_cast<const uint2*>(src)[i];
+            w[2 * i] = v.x;
+            w[2 * i + 1] = v.y;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; i++) w[i] = reinterpret_cast<const unsigned*>(src)[i];
+    }
+}
+
 // Lanes per key: HD/8 rounded up to a power of two (shuffle reductions).
 __host__ __device__ constexpr int attn_lanes_per_key(int hd) {
     int l = 4;
@@ -128,10 +210,15 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
     constexpr int SUBS = 32 / LPT;              // sub-warps per warp
     constexpr int NSUB = ATTN_WARPS * SUBS;     // sub-warps per block
     constexpr int WARP_KEYS = SUBS * KEYS_PER_ITER;
-    __shared__ float s_m[NSUB][G];
-    __shared__ float s_l[NSUB][G];
+    // Partial softmax states the block merges: one per warp on the
+    // tensor-core path, one per sub-warp otherwise.
+    constexpr int NMERGE = ATTN_USE_MMA ? ATTN_WARPS : NSUB;
+    __shared__ float s_m[NMERGE][G];
+    __shared__ float s_l[NMERGE][G];
     __shared__ bool s_last;
-#if ATTN_STAGED
+#if ATTN_USE_MMA
+    __shared__ float s_acc[NMERGE][G][HD];
+#elif ATTN_STAGED
     // Two buffers of one iteration's K and V rows while the keys are read;
     // the same bytes hold the sub-warps' partials for the merge after.
     constexpr int STAGE_ELEMS = ATTN_WARPS * SUBS * KEYS_PER_ITER * HD;  // bf16 per K (or V) tile
@@ -155,7 +242,7 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
     const int sub = warp * SUBS + sub_in_warp;
     const int nq = nkv * GALL;
     const int ctx = positions[t] + 1;
-    constexpr int BLOCK_KEYS = ATTN_WARPS * WARP_KEYS;
+    constexpr int BLOCK_KEYS = ATTN_USE_MMA ? ATTN_WARPS * ATTN_MMA_KEYS : ATTN_WARPS * WARP_KEYS;
     // split_keys > 0 (batch_invariant): splits of split_keys keys, so a
     // query's split structure, and with it the order its softmax is summed
     // and merged in, depends on its context length only, not on the grid
@@ -171,6 +258,153 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
     const int* table = block_tables + (long)seq_idx[t] * (*bt_stride_ptr);
     const int row_len = (nq + 2 * nkv) * HD;
 
+#if ATTN_USE_MMA
+    {
+        constexpr int KS = HD / 16;  // k-steps of the score product
+        constexpr int NT = HD / 8;   // n-tiles of the value product
+        constexpr int KW = HD / 8;   // words of a lane's K slice of a key (HD/4 dims)
+        constexpr int VW = HD / 16;  // words of a lane's V slice of a key (HD/8 dims)
+        const int g = lane >> 2, c = lane & 3;
+        const bool row_on = g < G && g0 + g < GALL;
+        // The products sum over the head dim in any order the operands
+        // agree on, so lane (g, c) gives k-step ks the dims c*HD/4 + 4ks ..
+        // + 3 of Q and K: a lane's K slice of a key is then contiguous
+        // (HD/4 dims, one or two 16-byte loads). Q: A operand, row g.
+        // Past a head dim of 64 the fragments (4 words per k-step) would
+        // cost more registers than the K/V loads in flight can spare (198
+        // per thread at 128: two blocks per SM), so they wait in shared
+        // memory, written once by warp 0 in the layout every warp reads
+        // (lane (g, c), k-step ks: hi0 hi1 lo0 lo1).
+        constexpr bool Q_SHARED = KS > 4;
+        __shared__ __align__(16) uint4 s_q[Q_SHARED ? 32 * KS : 1];
+        unsigned qhi[Q_SHARED ? 1 : KS][2], qlo[Q_SHARED ? 1 : KS][2];
+        if (!Q_SHARED || warp == 0) {
+            const float* qrow = qkv + (long)t * row_len + (kvh * GALL + g0 + g) * HD + c * (HD / 4);
+#pragma unroll
+            for (int ks = 0; ks < KS; ks++) {
+                const float4 v = row_on ? reinterpret_cast<const float4*>(qrow)[ks]
+                                        : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                unsigned h0, h1, l0, l1;
+                split_bf16x2(v.x * scale, v.y * scale, &h0, &l0);
+                split_bf16x2(v.z * scale, v.w * scale, &h1, &l1);
+                if constexpr (Q_SHARED) {
+                    s_q[lane * KS + ks] = make_uint4(h0, h1, l0, l1);
+                } else {
+                    qhi[Q_SHARED ? 0 : ks][0] = h0;
+                    qhi[Q_SHARED ? 0 : ks][1] = h1;
+                    qlo[Q_SHARED ? 0 : ks][0] = l0;
+                    qlo[Q_SHARED ? 0 : ks][1] = l1;
+                }
+            }
+        }
+        if constexpr (Q_SHARED) __syncthreads();
+        // This lane's Q words of k-step ks (from shared memory with a
+        // volatile load, so that the compiler does not hoist all of them
+        // into registers out of the key loop).
+        auto q_words = [&](int ks) {
+            if constexpr (Q_SHARED) {
+                uint4 v;
+                const unsigned addr =
+                    static_cast<unsigned>(__cvta_generic_to_shared(&s_q[lane * KS + ks]));
+                asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                             : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                             : "r"(addr));
+                return v;
+            } else {
+                return make_uint4(qhi[ks][0], qhi[ks][1], qlo[ks][0], qlo[ks][1]);
+            }
+        };
+        // O: C fragments of the value product, rows 0..7 (n-slot n of
+        // n-tile j is dim n * NT + j, see the V loads).
+        float o[NT][2];
+#pragma unroll
+        for (int j = 0; j < NT; j++) o[j][0] = o[j][1] = 0.0f;
+        float m = -INFINITY, l = 0.0f;  // row g's running max, this lane's share of the sum
+        const int shift = __ffs(block_size) - 1;  // block_size: a power of two
+        auto slot_of = [&](int pos) {
+            const int p = pos < end ? pos : begin;
+            return (long)table[p >> shift] * block_size + (p & (block_size - 1));
+        };
+#pragma unroll 1
+        for (int base = begin + warp * ATTN_MMA_KEYS; base < end; base += ATTN_WARPS * ATTN_MMA_KEYS) {
+            // K: B operand of n-tile j, key base + 8j + g (n-slot g).
+            unsigned kw[2][KW];
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+                load_words<KW, (HD / 2) % 16 == 0 ? 16 : 8>(
+                    k_cache + (slot_of(base + 8 * j + g) * nkv + kvh) * HD + c * (HD / 4), kw[j]);
+            // V: B operand of the value product, whose k-slots are the
+            // keys in the score tiles' column order (k 2c, 2c+1 = keys
+            // base + 2c, + 1; k 2c+8, 2c+9 = keys base + 8 + 2c, + 1) and
+            // whose n-slot g is dims g * NT .. + NT - 1, one per n-tile.
+            unsigned vw[4][VW];
+#pragma unroll
+            for (int r = 0; r < 4; r++)
+                load_words<VW, (HD / 4) % 16 == 0 ? 16 : ((HD / 4) % 8 == 0 ? 8 : 4)>(
+                    v_cache + (slot_of(base + (r >> 1) * 8 + 2 * c + (r & 1)) * nkv + kvh) * HD + g * NT,
+                    vw[r]);
+            // Scores of row g, keys base + 8j + 2c + e.
+            float s[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
+#pragma unroll
+            for (int ks = 0; ks < KS; ks++) {
+                const uint4 qw = q_words(ks);  // hi0 hi1 lo0 lo1
+#pragma unroll
+                for (int j = 0; j < 2; j++) {
+                    mma_rows8(s[j][0], s[j][1], qw.x, qw.y, kw[j][2 * ks], kw[j][2 * ks + 1]);
+                    mma_rows8(s[j][0], s[j][1], qw.z, qw.w, kw[j][2 * ks], kw[j][2 * ks + 1]);
+                }
+            }
+            float mx = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    if (base + 8 * j + 2 * c + e >= end) s[j][e] = -INFINITY;
+                    mx = fmaxf(mx, s[j][e]);
+                }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            // Key `base` is valid, so m_new is finite.
+            const float m_new = fmaxf(m, mx);
+            const float corr = __expf(m - m_new);
+            m = m_new;
+            float p[2][2];
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) p[j][e] = __expf(s[j][e] - m_new);
+            l = l * corr + (p[0][0] + p[0][1]) + (p[1][0] + p[1][1]);
+            // P: A operand, k 2c, 2c+1 from n-tile 0, k 2c+8, 2c+9 from 1.
+            unsigned phi0, plo0, phi1, plo1;
+            split_bf16x2(p[0][0], p[0][1], &phi0, &plo0);
+            split_bf16x2(p[1][0], p[1][1], &phi1, &plo1);
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                // Dim g * NT + j of the four keys: half j & 1 of word j / 2.
+                const unsigned sel = (j & 1) ? 0x7632u : 0x5410u;
+                const unsigned b0 = __byte_perm(vw[0][j / 2], vw[1][j / 2], sel);
+                const unsigned b1 = __byte_perm(vw[2][j / 2], vw[3][j / 2], sel);
+                o[j][0] *= corr;
+                o[j][1] *= corr;
+                mma_rows8(o[j][0], o[j][1], phi0, phi1, b0, b1);
+                mma_rows8(o[j][0], o[j][1], plo0, plo1, b0, b1);
+            }
+        }
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        if (g < G) {
+            if (c == 0) {
+                s_m[warp][g] = m;
+                s_l[warp][g] = l;
+            }
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                s_acc[warp][g][(2 * c) * NT + j] = o[j][0];
+                s_acc[warp][g][(2 * c + 1) * NT + j] = o[j][1];
+            }
+        }
+    }
+#else
     float q[G][8];
 #pragma unroll
     for (int g = 0; g < G; g++) {
@@ -272,17 +506,18 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
             for (int e = 0; e < 8; e++) s_acc[sub][g][sl * 8 + e] = acc[g][e];
         }
     }
+#endif  // ATTN_USE_MMA
     __syncthreads();
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
         const int g = i / HD, d = i - g * HD;
         if (g0 + g >= GALL) break;  // the last chunk of an uneven group
         float mm = -INFINITY;
 #pragma unroll
-        for (int w = 0; w < NSUB; w++) mm = fmaxf(mm, s_m[w][g]);
+        for (int w = 0; w < NMERGE; w++) mm = fmaxf(mm, s_m[w][g]);
         float ll = 0.0f, aa = 0.0f;
         if (mm != -INFINITY) {
 #pragma unroll
-            for (int w = 0; w < NSUB; w++) {
+            for (int w = 0; w < NMERGE; w++) {
                 const float f = __expf(s_m[w][g] - mm);
                 ll += s_l[w][g] * f;
                 aa += s_acc[w][g][d] * f;

@@ -50,6 +50,14 @@ pub struct AttentionTuning {
     /// loads in flight do not cost registers; the same keys in the same
     /// order, so the same bits.
     pub staged: bool,
+    /// `DYNO_CUDA_ATTN_MMA`: scores and value sums on tensor cores
+    /// (`mma.sync`, a warp per 16 keys; the kernel's `ATTN_MMA`) where the
+    /// head dim is a multiple of 16 and the GPU is sm_80 or newer; other
+    /// shapes keep the sub-warp loop. `None` (unset, the default): for head
+    /// dims up to 64, where it measured faster; `Some(true)` (1): wherever
+    /// it can run; `Some(false)` (0): never. Not bit-identical to the
+    /// sub-warp loop (another summation order), within the same tolerances.
+    pub mma: Option<bool>,
 }
 
 impl Default for AttentionTuning {
@@ -58,6 +66,7 @@ impl Default for AttentionTuning {
             keys_per_iter: ATTN_KEYS_PER_ITER,
             min_blocks: 1,
             staged: false,
+            mma: None,
         }
     }
 }
@@ -70,6 +79,7 @@ impl AttentionTuning {
             std::env::var("DYNO_CUDA_ATTN_KEYS").ok().as_deref(),
             std::env::var("DYNO_CUDA_ATTN_MIN_BLOCKS").ok().as_deref(),
             std::env::var("DYNO_CUDA_ATTN_STAGED").ok().as_deref(),
+            std::env::var("DYNO_CUDA_ATTN_MMA").ok().as_deref(),
         )
     }
 
@@ -77,18 +87,21 @@ impl AttentionTuning {
         keys: Option<&str>,
         min_blocks: Option<&str>,
         staged: Option<&str>,
+        mma: Option<&str>,
     ) -> Result<Self, BackendError> {
         let mut t = AttentionTuning::default();
+        let switch = |name: &str, text: &str| match text.trim() {
+            "0" => Ok(false),
+            "1" => Ok(true),
+            _ => Err(BackendError::Cuda(format!(
+                "{name}={text}: expected 0 or 1"
+            ))),
+        };
         if let Some(text) = staged {
-            t.staged = match text.trim() {
-                "0" => false,
-                "1" => true,
-                _ => {
-                    return Err(BackendError::Cuda(format!(
-                        "DYNO_CUDA_ATTN_STAGED={text}: expected 0 or 1"
-                    )))
-                }
-            };
+            t.staged = switch("DYNO_CUDA_ATTN_STAGED", text)?;
+        }
+        if let Some(text) = mma {
+            t.mma = Some(switch("DYNO_CUDA_ATTN_MMA", text)?);
         }
         if let Some(text) = keys {
             t.keys_per_iter = match text.trim().parse::<usize>() {
@@ -114,11 +127,12 @@ impl AttentionTuning {
     }
 
     /// The `-D` options the kernel is compiled with.
-    pub fn defines(&self) -> [String; 3] {
+    pub fn defines(&self) -> [String; 4] {
         [
             format!("-DATTN_KEYS_PER_ITER={}", self.keys_per_iter),
             format!("-DATTN_MIN_BLOCKS={}", self.min_blocks),
             format!("-DATTN_STAGED={}", u8::from(self.staged)),
+            format!("-DATTN_MMA={}", self.mma.map_or(2, u8::from)),
         ]
     }
 }
@@ -369,27 +383,36 @@ mod tests {
 
     #[test]
     fn attention_tuning_comes_from_the_environment_and_bad_values_are_named() {
-        let d = AttentionTuning::from_values(None, None, None).unwrap();
+        let d = AttentionTuning::from_values(None, None, None, None).unwrap();
         assert_eq!(d, AttentionTuning::default());
         assert_eq!(
             d.defines(),
             [
                 "-DATTN_KEYS_PER_ITER=2",
                 "-DATTN_MIN_BLOCKS=1",
-                "-DATTN_STAGED=0"
+                "-DATTN_STAGED=0",
+                "-DATTN_MMA=2"
             ]
         );
-        let t = AttentionTuning::from_values(Some("1"), Some(" 5 "), Some("1")).unwrap();
-        assert_eq!((t.keys_per_iter, t.min_blocks, t.staged), (1, 5, true));
+        let t = AttentionTuning::from_values(Some("1"), Some(" 5 "), Some("1"), Some("0")).unwrap();
+        assert_eq!(
+            (t.keys_per_iter, t.min_blocks, t.staged, t.mma),
+            (1, 5, true, Some(false))
+        );
         assert_eq!(t.defines()[2], "-DATTN_STAGED=1");
-        for (keys, blocks, staged, var) in [
-            (Some("3"), None, None, "DYNO_CUDA_ATTN_KEYS=3"),
-            (Some("x"), None, None, "DYNO_CUDA_ATTN_KEYS=x"),
-            (None, Some("0"), None, "DYNO_CUDA_ATTN_MIN_BLOCKS=0"),
-            (None, Some("17"), None, "DYNO_CUDA_ATTN_MIN_BLOCKS=17"),
-            (None, None, Some("yes"), "DYNO_CUDA_ATTN_STAGED=yes"),
+        assert_eq!(t.defines()[3], "-DATTN_MMA=0");
+        let t = AttentionTuning::from_values(None, None, None, Some(" 1")).unwrap();
+        assert_eq!(t.mma, Some(true));
+        assert_eq!(t.defines()[3], "-DATTN_MMA=1");
+        for (keys, blocks, staged, mma, var) in [
+            (Some("3"), None, None, None, "DYNO_CUDA_ATTN_KEYS=3"),
+            (Some("x"), None, None, None, "DYNO_CUDA_ATTN_KEYS=x"),
+            (None, Some("0"), None, None, "DYNO_CUDA_ATTN_MIN_BLOCKS=0"),
+            (None, Some("17"), None, None, "DYNO_CUDA_ATTN_MIN_BLOCKS=17"),
+            (None, None, Some("yes"), None, "DYNO_CUDA_ATTN_STAGED=yes"),
+            (None, None, None, Some("2"), "DYNO_CUDA_ATTN_MMA=2"),
         ] {
-            let e = AttentionTuning::from_values(keys, blocks, staged)
+            let e = AttentionTuning::from_values(keys, blocks, staged, mma)
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(var), "{e}");

@@ -283,11 +283,25 @@ mod tests {
             keys_per_iter: keys,
             min_blocks,
             staged,
+            mma: Some(false),
+        };
+        let mma = super::super::kernels::AttentionTuning {
+            mma: Some(true),
+            ..Default::default()
         };
         let mut cases: Vec<(usize, usize, _)> = super::super::kernels::ATTN_KEYS_PER_ITER_CHOICES
             .iter()
             .map(|&keys| (64, 3, tuned(keys, 1, false)))
             .collect();
+        // Tensor cores: head dims that are multiples of 16 (64, 80, 128,
+        // 256), any group; 72 is not, and keeps the sub-warp loop.
+        cases.extend([
+            (64, 3, mma),
+            (128, 2, mma),
+            (80, 13, mma),
+            (256, 8, mma),
+            (72, 1, mma),
+        ]);
         cases.extend([
             (256, 8, tuned(2, 1, false)),
             (64, 3, tuned(1, 5, false)),
