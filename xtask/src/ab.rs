@@ -81,7 +81,11 @@ impl AbPlan {
                 if !bin.is_file() {
                     bail!("--a-engine-bin {}: no such file", bin.display());
                 }
-                let build = BuildInfo::prebuilt(bin);
+                let build = side_a_build(
+                    bin,
+                    args.a_engine_profile.as_deref(),
+                    args.engine.engine_profile.as_deref(),
+                );
                 (
                     Some(bin.clone()),
                     Some(fingerprint::source(root, bin, &build)),
@@ -114,6 +118,19 @@ impl AbPlan {
             warmup: args.ab_warmup,
         }))
     }
+}
+
+/// Side A's build as the fingerprint records it: `--a-engine-profile`,
+/// else the `--engine-profile` given for side B (two prebuilt binaries are
+/// usually built alike, and a profile on one side only would leave the
+/// sides in different fingerprint classes, without a verdict), else what
+/// the binary's path says.
+fn side_a_build(bin: &Path, a_profile: Option<&str>, b_profile: Option<&str>) -> BuildInfo {
+    let mut build = BuildInfo::prebuilt(bin);
+    if let Some(profile) = a_profile.or(b_profile) {
+        build.profile = profile.to_string();
+    }
+    build
 }
 
 /// `KEY=VALUE` pairs for the engine's environment.
@@ -427,6 +444,22 @@ mod tests {
         let again = block_orders(6, &mut ChaCha8Rng::seed_from_u64(7));
         assert_eq!(orders, again);
         assert_eq!(block_orders(5, &mut rng).len(), 5);
+    }
+
+    #[test]
+    fn side_a_profile_comes_from_its_flag_then_side_b_then_the_path() {
+        let carried = Path::new("/tmp/carry/engine_a");
+        let cargo = Path::new("/w/target/release/engine");
+        assert_eq!(side_a_build(carried, None, None).profile, "unknown");
+        assert_eq!(
+            side_a_build(carried, None, Some("release")).profile,
+            "release"
+        );
+        assert_eq!(
+            side_a_build(carried, Some("dev"), Some("release")).profile,
+            "dev"
+        );
+        assert_eq!(side_a_build(cargo, None, None).profile, "release");
     }
 
     #[test]

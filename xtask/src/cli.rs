@@ -159,6 +159,17 @@ pub struct BenchArgs {
     /// bench's engine: built, or `--engine-bin`).
     #[arg(long, value_name = "PATH", help_heading = "Interleaved A/B")]
     pub a_engine_bin: Option<PathBuf>,
+    /// Build profile of the `--a-engine-bin` binary, for its fingerprint
+    /// (default: `--engine-profile` where given, else inferred from a cargo
+    /// `target/<profile>/` path, else "unknown"; sides of different
+    /// profiles get no verdict).
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "a_engine_bin",
+        help_heading = "Interleaved A/B"
+    )]
+    pub a_engine_profile: Option<String>,
     /// Interleaved A/B of the same engine on both sides (an A/A check, or
     /// with --a-env/--b-env/--a-set/--b-set to measure a setting).
     #[arg(long, help_heading = "Interleaved A/B")]

@@ -286,11 +286,12 @@ impl Runner {
                 d.hidden,
             )?;
             k.count_external_launch();
-            let n = tokens * d.inter;
-            let blocks = n.div_ceil(256).min(self.sm_count * 16) as u32;
+            // x: a row's 4-wide chunks, 128 threads a block; y: a token
+            // each (the kernel strides past the grid's 65,535 limit).
+            let row_blocks = d.inter.div_ceil(4 * 128) as u32;
             k.silu_mul(
-                (blocks, 1, 1),
-                256,
+                (row_blocks, tokens.min(65_535) as u32, 1),
+                128,
                 SiluMul {
                     gate_up: a.gate_up.ptr,
                     out: a.act.ptr,
