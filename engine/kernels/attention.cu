@@ -59,7 +59,7 @@ __device__ __forceinline__ void cp_async_wait() {
 // ATTN_MMA (-D from kernels.rs; DYNO_CUDA_ATTN_MMA there): each warp
 // takes 16 keys per iteration and computes its scores and its weighted sum
 // of V with tensor-core products (mma.sync m16n8k16, bf16 in, f32
-// accumulate) instead of one sub-warp per key with shuffle reductions. The
+// accumulate; 8 keys above head dim 64) instead of one sub-warp per key with shuffle reductions. The
 // rows of the product are the block's G query heads (G <= 8, rows 8..15
 // zero), so most of each product is padding, which costs little: the kernel
 // is bound by the K/V bytes it reads, and the products replace ~25 warp
@@ -81,8 +81,12 @@ __device__ __forceinline__ void cp_async_wait() {
 #else
 #define ATTN_USE_MMA 0
 #endif
-// Keys a warp takes per iteration on the tensor-core path (two n-tiles of 8).
-#define ATTN_MMA_KEYS 16
+// Score tiles of 8 keys a warp takes per iteration on the tensor-core path:
+// two up to head dim 64; one above, where a lane's K and V words of 16 keys
+// (64 of them at head dim 128, with 32 accumulators) cost more registers
+// than the loads in flight are worth (the value product then runs with its
+// keys 8..15 zero).
+__host__ __device__ constexpr int attn_mma_key_tiles(int hd) { return hd <= 64 ? 2 : 1; }
 
 // d[0..1] += A·B for rows 0..7 of an m16n8k16 product whose rows 8..15 are
 // zero: a0 holds (row lane/4, k 2c, 2c+1), a2 (row lane/4, k 2c+8, 2c+9),
@@ -242,7 +246,8 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
     const int sub = warp * SUBS + sub_in_warp;
     const int nq = nkv * GALL;
     const int ctx = positions[t] + 1;
-    constexpr int BLOCK_KEYS = ATTN_USE_MMA ? ATTN_WARPS * ATTN_MMA_KEYS : ATTN_WARPS * WARP_KEYS;
+    constexpr int BLOCK_KEYS =
+        ATTN_USE_MMA ? ATTN_WARPS * 8 * attn_mma_key_tiles(HD) : ATTN_WARPS * WARP_KEYS;
     // split_keys > 0 (batch_invariant): splits of split_keys keys, so a
     // query's split structure, and with it the order its softmax is summed
     // and merged in, depends on its context length only, not on the grid
@@ -326,37 +331,40 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
             return (long)table[p >> shift] * block_size + (p & (block_size - 1));
         };
 #pragma unroll 1
-        for (int base = begin + warp * ATTN_MMA_KEYS; base < end; base += ATTN_WARPS * ATTN_MMA_KEYS) {
+        constexpr int KT = attn_mma_key_tiles(HD);  // score tiles of 8 keys per iteration
+        for (int base = begin + warp * 8 * KT; base < end; base += ATTN_WARPS * 8 * KT) {
             // K: B operand of n-tile j, key base + 8j + g (n-slot g).
-            unsigned kw[2][KW];
+            unsigned kw[KT][KW];
 #pragma unroll
-            for (int j = 0; j < 2; j++)
+            for (int j = 0; j < KT; j++)
                 load_words<KW, (HD / 2) % 16 == 0 ? 16 : 8>(
                     k_cache + (slot_of(base + 8 * j + g) * nkv + kvh) * HD + c * (HD / 4), kw[j]);
             // V: B operand of the value product, whose k-slots are the
             // keys in the score tiles' column order (k 2c, 2c+1 = keys
             // base + 2c, + 1; k 2c+8, 2c+9 = keys base + 8 + 2c, + 1) and
             // whose n-slot g is dims g * NT .. + NT - 1, one per n-tile.
-            unsigned vw[4][VW];
+            unsigned vw[2 * KT][VW];
 #pragma unroll
-            for (int r = 0; r < 4; r++)
+            for (int r = 0; r < 2 * KT; r++)
                 load_words<VW, (HD / 4) % 16 == 0 ? 16 : ((HD / 4) % 8 == 0 ? 8 : 4)>(
                     v_cache + (slot_of(base + (r >> 1) * 8 + 2 * c + (r & 1)) * nkv + kvh) * HD + g * NT,
                     vw[r]);
             // Scores of row g, keys base + 8j + 2c + e.
-            float s[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
+            float s[KT][2];
+#pragma unroll
+            for (int j = 0; j < KT; j++) s[j][0] = s[j][1] = 0.0f;
 #pragma unroll
             for (int ks = 0; ks < KS; ks++) {
                 const uint4 qw = q_words(ks);  // hi0 hi1 lo0 lo1
 #pragma unroll
-                for (int j = 0; j < 2; j++) {
+                for (int j = 0; j < KT; j++) {
                     mma_rows8(s[j][0], s[j][1], qw.x, qw.y, kw[j][2 * ks], kw[j][2 * ks + 1]);
                     mma_rows8(s[j][0], s[j][1], qw.z, qw.w, kw[j][2 * ks], kw[j][2 * ks + 1]);
                 }
             }
             float mx = -INFINITY;
 #pragma unroll
-            for (int j = 0; j < 2; j++)
+            for (int j = 0; j < KT; j++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     if (base + 8 * j + 2 * c + e >= end) s[j][e] = -INFINITY;
@@ -368,22 +376,27 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
             const float m_new = fmaxf(m, mx);
             const float corr = __expf(m - m_new);
             m = m_new;
-            float p[2][2];
+            float p[KT][2];
 #pragma unroll
-            for (int j = 0; j < 2; j++)
+            for (int j = 0; j < KT; j++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) p[j][e] = __expf(s[j][e] - m_new);
-            l = l * corr + (p[0][0] + p[0][1]) + (p[1][0] + p[1][1]);
-            // P: A operand, k 2c, 2c+1 from n-tile 0, k 2c+8, 2c+9 from 1.
-            unsigned phi0, plo0, phi1, plo1;
+            // P: A operand, k 2c, 2c+1 from n-tile 0, k 2c+8, 2c+9 from 1
+            // (zero with one tile).
+            unsigned phi0, plo0, phi1 = 0u, plo1 = 0u;
             split_bf16x2(p[0][0], p[0][1], &phi0, &plo0);
-            split_bf16x2(p[1][0], p[1][1], &phi1, &plo1);
+            if constexpr (KT == 2) {
+                l = l * corr + (p[0][0] + p[0][1]) + (p[1][0] + p[1][1]);
+                split_bf16x2(p[1][0], p[1][1], &phi1, &plo1);
+            } else {
+                l = l * corr + (p[0][0] + p[0][1]);
+            }
 #pragma unroll
             for (int j = 0; j < NT; j++) {
                 // Dim g * NT + j of the four keys: half j & 1 of word j / 2.
                 const unsigned sel = (j & 1) ? 0x7632u : 0x5410u;
                 const unsigned b0 = __byte_perm(vw[0][j / 2], vw[1][j / 2], sel);
-                const unsigned b1 = __byte_perm(vw[2][j / 2], vw[3][j / 2], sel);
+                const unsigned b1 = KT == 2 ? __byte_perm(vw[KT == 2 ? 2 : 0][j / 2], vw[KT == 2 ? 3 : 1][j / 2], sel) : 0u;
                 o[j][0] *= corr;
                 o[j][1] *= corr;
                 mma_rows8(o[j][0], o[j][1], phi0, phi1, b0, b1);
