@@ -330,8 +330,8 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
             const int p = pos < end ? pos : begin;
             return (long)table[p >> shift] * block_size + (p & (block_size - 1));
         };
-#pragma unroll 1
         constexpr int KT = attn_mma_key_tiles(HD);  // score tiles of 8 keys per iteration
+#pragma unroll 1
         for (int base = begin + warp * 8 * KT; base < end; base += ATTN_WARPS * 8 * KT) {
             // K: B operand of n-tile j, key base + 8j + g (n-slot g).
             unsigned kw[KT][KW];
@@ -381,16 +381,16 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
             for (int j = 0; j < KT; j++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) p[j][e] = __expf(s[j][e] - m_new);
+            if constexpr (KT == 2) {
+                l = l * corr + (p[0][0] + p[0][1]) + (p[1][0] + p[1][1]);
+            } else {
+                l = l * corr + (p[0][0] + p[0][1]);
+            }
             // P: A operand, k 2c, 2c+1 from n-tile 0, k 2c+8, 2c+9 from 1
             // (zero with one tile).
             unsigned phi0, plo0, phi1 = 0u, plo1 = 0u;
             split_bf16x2(p[0][0], p[0][1], &phi0, &plo0);
-            if constexpr (KT == 2) {
-                l = l * corr + (p[0][0] + p[0][1]) + (p[1][0] + p[1][1]);
-                split_bf16x2(p[1][0], p[1][1], &phi1, &plo1);
-            } else {
-                l = l * corr + (p[0][0] + p[0][1]);
-            }
+            if constexpr (KT == 2) split_bf16x2(p[1][0], p[1][1], &phi1, &plo1);
 #pragma unroll
             for (int j = 0; j < NT; j++) {
                 // Dim g * NT + j of the four keys: half j & 1 of word j / 2.
