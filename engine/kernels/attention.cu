@@ -81,6 +81,9 @@ __device__ __forceinline__ void cp_async_wait() {
 #else
 #define ATTN_USE_MMA 0
 #endif
+#if ATTN_USE_MMA && (ATTN_STAGED || ATTN_KEYS_PER_ITER != 2)
+#error "DYNO_CUDA_ATTN_STAGED and DYNO_CUDA_ATTN_KEYS tune the sub-warp loop, but this head dim runs the tensor-core loop: add DYNO_CUDA_ATTN_MMA=0 to measure them"
+#endif
 // Score tiles of 8 keys a warp takes per iteration on the tensor-core path:
 // two up to head dim 64; one above, where a lane's K and V words of 16 keys
 // (64 of them at head dim 128, with 32 accumulators) cost more registers

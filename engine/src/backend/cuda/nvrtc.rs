@@ -339,5 +339,29 @@ mod tests {
                 "hd {hd} g {g} {attention:?}: kernel uses local memory"
             );
         }
+        // The sub-warp loop's switches where the tensor-core loop runs
+        // (head dim 64, its default) would change nothing: the compile
+        // fails and says how to measure them.
+        for attention in [
+            super::super::kernels::AttentionTuning {
+                staged: true,
+                ..Default::default()
+            },
+            super::super::kernels::AttentionTuning {
+                keys_per_iter: 4,
+                ..Default::default()
+            },
+        ] {
+            let shape = KernelShape {
+                head_dim: 64,
+                group: 3,
+                hidden: 576,
+                qdim: 192,
+                inter: 1536,
+                attention,
+            };
+            let e = compile(&include, (9, 0), shape).unwrap_err().to_string();
+            assert!(e.contains("add DYNO_CUDA_ATTN_MMA=0"), "{e}");
+        }
     }
 }
