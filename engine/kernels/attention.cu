@@ -81,8 +81,8 @@ __device__ __forceinline__ void cp_async_wait() {
 #else
 #define ATTN_USE_MMA 0
 #endif
-#if ATTN_USE_MMA && (ATTN_STAGED || ATTN_KEYS_PER_ITER != 2)
-#error "DYNO_CUDA_ATTN_STAGED and DYNO_CUDA_ATTN_KEYS tune the sub-warp loop, but this head dim runs the tensor-core loop: add DYNO_CUDA_ATTN_MMA=0 to measure them"
+#if ATTN_USE_MMA && ATTN_KEYS_PER_ITER != 2
+#error "DYNO_CUDA_ATTN_KEYS tunes the sub-warp loop, but this head dim runs the tensor-core loop: add DYNO_CUDA_ATTN_MMA=0 to measure it"
 #endif
 // Score tiles of 8 keys a warp takes per iteration on the tensor-core path:
 // two up to head dim 64; one above, where a lane's K and V words of 16 keys
@@ -223,7 +223,23 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
     __shared__ float s_m[NMERGE][G];
     __shared__ float s_l[NMERGE][G];
     __shared__ bool s_last;
-#if ATTN_USE_MMA
+#if ATTN_USE_MMA && ATTN_STAGED
+    // Per warp, two buffers of one iteration's K and V rows (a row padded
+    // by 16 bytes, so that the fragment reads hit 32 distinct banks); the
+    // same bytes hold the warps' partials for the merge after.
+    constexpr int MMA_ROWS = 8 * attn_mma_key_tiles(HD);  // keys per warp iteration
+    constexpr int MMA_ROW = HD + 8;                        // bf16 per staged row
+    constexpr int MMA_WARP_STAGE = 2 * 2 * MMA_ROWS * MMA_ROW;  // bf16: 2 buffers of K and V
+    constexpr int MMA_STAGE_BYTES = ATTN_WARPS * MMA_WARP_STAGE * 2;
+    constexpr int MMA_ACC_BYTES = NMERGE * G * HD * 4;
+    static_assert(MMA_STAGE_BYTES <= 40 * 1024,
+                  "ATTN_STAGED with the tensor-core loop: two iterations of K and V rows per warp "
+                  "do not fit in static shared memory at this head dim; add DYNO_CUDA_ATTN_MMA=0");
+    __shared__ __align__(16) unsigned char
+        s_raw[MMA_STAGE_BYTES > MMA_ACC_BYTES ? MMA_STAGE_BYTES : MMA_ACC_BYTES];
+    bf16* s_stage = reinterpret_cast<bf16*>(s_raw);
+    float(*s_acc)[G][HD] = reinterpret_cast<float(*)[G][HD]>(s_raw);
+#elif ATTN_USE_MMA
     __shared__ float s_acc[NMERGE][G][HD];
 #elif ATTN_STAGED
     // Two buffers of one iteration's K and V rows while the keys are read;
@@ -334,14 +350,56 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
             return (long)table[p >> shift] * block_size + (p & (block_size - 1));
         };
         constexpr int KT = attn_mma_key_tiles(HD);  // score tiles of 8 keys per iteration
+        constexpr int WARP_STRIDE = ATTN_WARPS * 8 * KT;  // keys between a warp's iterations
+#if ATTN_STAGED
+        // This warp's K and V rows go to shared memory with cp.async one
+        // iteration ahead (its own buffers: no block-wide barrier); the
+        // fragments below are then read from there.
+        bf16* my_stage = s_stage + warp * MMA_WARP_STAGE;
+        auto stage_rows = [&](int tile_base, int buffer) {
+            bf16* dst = my_stage + buffer * (2 * MMA_ROWS * MMA_ROW);
+            constexpr int PIECES = HD / 8;  // 16-byte pieces of a row
+            for (int q = lane; q < MMA_ROWS * PIECES; q += 32) {
+                const int r = q / PIECES, piece = q % PIECES;
+                const int pos = tile_base + r;
+                const long off = (slot_of(pos) * nkv + kvh) * HD + piece * 8;
+                cp_async16(dst + r * MMA_ROW + piece * 8, k_cache + off, pos < end);
+                cp_async16(dst + (MMA_ROWS + r) * MMA_ROW + piece * 8, v_cache + off, pos < end);
+            }
+            cp_async_commit();
+        };
+        int buffer = 0;
+        if (begin + warp * 8 * KT < end) stage_rows(begin + warp * 8 * KT, 0);
+#endif
 #pragma unroll 1
-        for (int base = begin + warp * 8 * KT; base < end; base += ATTN_WARPS * 8 * KT) {
+        for (int base = begin + warp * 8 * KT; base < end; base += WARP_STRIDE) {
+            // Where key `key` of this iteration (row `row` of its tile) is
+            // read from: the cache, or this warp's staged rows.
+#if ATTN_STAGED
+            if (base + WARP_STRIDE < end) {
+                stage_rows(base + WARP_STRIDE, buffer ^ 1);
+                cp_async_wait<1>();  // this iteration's rows have landed
+            } else {
+                cp_async_wait<0>();
+            }
+            __syncwarp();
+            const bf16* tile = my_stage + buffer * (2 * MMA_ROWS * MMA_ROW);
+            auto k_row = [&](int key) { return tile + (key - base) * MMA_ROW; };
+            auto v_row = [&](int key) { return tile + (MMA_ROWS + key - base) * MMA_ROW; };
+#define ATTN_K_ROW(key) k_row(key)
+#define ATTN_V_ROW(key) v_row(key)
+#else
+            // Spelled out rather than through a lambda, so that the loads
+            // keep the read-only path (ld.global.nc) that the restrict
+            // pointers give.
+#define ATTN_K_ROW(key) (k_cache + (slot_of(key) * nkv + kvh) * HD)
+#define ATTN_V_ROW(key) (v_cache + (slot_of(key) * nkv + kvh) * HD)
+#endif
             // K: B operand of n-tile j, key base + 8j + g (n-slot g).
             unsigned kw[KT][KW];
 #pragma unroll
             for (int j = 0; j < KT; j++)
-                load_words<KW, (HD / 2) % 16 == 0 ? 16 : 8>(
-                    k_cache + (slot_of(base + 8 * j + g) * nkv + kvh) * HD + c * (HD / 4), kw[j]);
+                load_words<KW, (HD / 2) % 16 == 0 ? 16 : 8>(ATTN_K_ROW(base + 8 * j + g) + c * (HD / 4), kw[j]);
             // V: B operand of the value product, whose k-slots are the
             // keys in the score tiles' column order (k 2c, 2c+1 = keys
             // base + 2c, + 1; k 2c+8, 2c+9 = keys base + 8 + 2c, + 1) and
@@ -350,8 +408,9 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
 #pragma unroll
             for (int r = 0; r < 2 * KT; r++)
                 load_words<VW, (HD / 4) % 16 == 0 ? 16 : ((HD / 4) % 8 == 0 ? 8 : 4)>(
-                    v_cache + (slot_of(base + (r >> 1) * 8 + 2 * c + (r & 1)) * nkv + kvh) * HD + g * NT,
-                    vw[r]);
+                    ATTN_V_ROW(base + (r >> 1) * 8 + 2 * c + (r & 1)) + g * NT, vw[r]);
+#undef ATTN_K_ROW
+#undef ATTN_V_ROW
             // Scores of row g, keys base + 8j + 2c + e.
             float s[KT][2];
 #pragma unroll
@@ -405,7 +464,16 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
                 mma_rows8(o[j][0], o[j][1], phi0, phi1, b0, b1);
                 mma_rows8(o[j][0], o[j][1], plo0, plo1, b0, b1);
             }
+#if ATTN_STAGED
+            // Every lane has read this buffer before the next iteration's
+            // copies (into the other one) and the one after (into this).
+            __syncwarp();
+            buffer ^= 1;
+#endif
         }
+#if ATTN_STAGED
+        __syncthreads();  // the partials below overwrite other warps' staged rows
+#endif
         l += __shfl_xor_sync(0xffffffffu, l, 1);
         l += __shfl_xor_sync(0xffffffffu, l, 2);
         if (g < G) {

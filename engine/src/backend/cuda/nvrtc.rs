@@ -339,29 +339,48 @@ mod tests {
                 "hd {hd} g {g} {attention:?}: kernel uses local memory"
             );
         }
-        // The sub-warp loop's switches where the tensor-core loop runs
-        // (head dim 64, its default) would change nothing: the compile
-        // fails and says how to measure them.
-        for attention in [
-            super::super::kernels::AttentionTuning {
-                staged: true,
-                ..Default::default()
-            },
-            super::super::kernels::AttentionTuning {
-                keys_per_iter: 4,
-                ..Default::default()
-            },
+        // The tensor-core loop with K/V staged in shared memory builds
+        // where two iterations of rows fit (head dims 64, 80, 128); at 256
+        // they do not, and the compile says so. Keys per iteration tune
+        // the sub-warp loop only: asked of the tensor-core loop (head dim
+        // 64, its default), the compile fails and says how to measure them.
+        let staged_mma = super::super::kernels::AttentionTuning {
+            staged: true,
+            mma: Some(true),
+            ..Default::default()
+        };
+        let keys_at_default = super::super::kernels::AttentionTuning {
+            keys_per_iter: 4,
+            ..Default::default()
+        };
+        for (hd, g, attention, error) in [
+            (64, 3, staged_mma, None),
+            (128, 2, staged_mma, None),
+            (80, 13, staged_mma, None),
+            (256, 8, staged_mma, Some("do not fit")),
+            (64, 3, keys_at_default, Some("add DYNO_CUDA_ATTN_MMA=0")),
         ] {
             let shape = KernelShape {
-                head_dim: 64,
-                group: 3,
+                head_dim: hd,
+                group: g,
                 hidden: 576,
-                qdim: 192,
+                qdim: hd * g,
                 inter: 1536,
                 attention,
             };
-            let e = compile(&include, (9, 0), shape).unwrap_err().to_string();
-            assert!(e.contains("add DYNO_CUDA_ATTN_MMA=0"), "{e}");
+            match error {
+                None => {
+                    let src = compile(&include, (9, 0), shape).unwrap().to_src();
+                    assert!(
+                        !src.contains(".local"),
+                        "hd {hd} {attention:?}: local memory"
+                    );
+                }
+                Some(text) => {
+                    let e = compile(&include, (9, 0), shape).unwrap_err().to_string();
+                    assert!(e.contains(text), "hd {hd} {attention:?}: {e}");
+                }
+            }
         }
     }
 }
