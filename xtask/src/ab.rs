@@ -126,11 +126,7 @@ impl AbPlan {
 /// sides in different fingerprint classes, without a verdict), else what
 /// the binary's path says.
 fn side_a_build(bin: &Path, a_profile: Option<&str>, b_profile: Option<&str>) -> BuildInfo {
-    let mut build = BuildInfo::prebuilt(bin);
-    if let Some(profile) = a_profile.or(b_profile) {
-        build.profile = profile.to_string();
-    }
-    build
+    BuildInfo::prebuilt_as(bin, a_profile.or(b_profile))
 }
 
 /// `KEY=VALUE` pairs for the engine's environment.

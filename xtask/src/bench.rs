@@ -319,10 +319,7 @@ impl BenchContext {
                 if !bin.is_file() {
                     bail!("--engine-bin {}: no such file", bin.display());
                 }
-                let mut build = BuildInfo::prebuilt(bin);
-                if let Some(profile) = &choice.engine_profile {
-                    build.profile = profile.clone();
-                }
+                let build = BuildInfo::prebuilt_as(bin, choice.engine_profile.as_deref());
                 (bin.clone(), build)
             }
             None => {

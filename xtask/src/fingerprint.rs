@@ -33,6 +33,16 @@ impl BuildInfo {
             features: Vec::new(),
         }
     }
+
+    /// A prebuilt binary's build, with the profile the user named for it
+    /// (`--engine-profile`, `--a-engine-profile`) where there is one.
+    pub fn prebuilt_as(binary: &Path, profile: Option<&str>) -> BuildInfo {
+        let mut build = BuildInfo::prebuilt(binary);
+        if let Some(profile) = profile {
+            build.profile = profile.to_string();
+        }
+        build
+    }
 }
 
 pub fn source(repo_root: &Path, engine_bin: &Path, build: &BuildInfo) -> SourceFingerprint {
