@@ -276,90 +276,79 @@ mod tests {
                 "hd {hd} g {g}: kernel uses local memory"
             );
         }
-        // The attention tuning's choices build: every keys-per-iteration
-        // count, a register cap, and K/V staged in shared memory on
-        // smollm2-135m's, qwen3's, a wide and an uneven head dim.
-        let tuned = |keys, min_blocks, staged| super::super::kernels::AttentionTuning {
+        // The attention tuning's choices: every keys-per-iteration count, a
+        // register cap, K/V staged in shared memory and the tensor-core
+        // loop, on smollm2-135m's, qwen3's, a wide and an uneven head dim.
+        // Each either builds without local memory or fails with the error
+        // that names the way out.
+        use super::super::kernels::AttentionTuning;
+        let tuned = |keys, min_blocks, staged| AttentionTuning {
             keys_per_iter: keys,
             min_blocks,
             staged,
             mma: Some(false),
         };
-        let mma = super::super::kernels::AttentionTuning {
-            mma: Some(true),
-            ..Default::default()
-        };
-        let mut cases: Vec<(usize, usize, _)> = super::super::kernels::ATTN_KEYS_PER_ITER_CHOICES
-            .iter()
-            .map(|&keys| (64, 3, tuned(keys, 1, false)))
-            .collect();
-        // Tensor cores: head dims that are multiples of 16 (64, 80, 128,
-        // 256), any group; 72 is not, and keeps the sub-warp loop.
-        cases.extend([
-            (64, 3, mma),
-            (128, 2, mma),
-            (80, 13, mma),
-            (256, 8, mma),
-            (72, 1, mma),
-        ]);
-        cases.extend([
-            (256, 8, tuned(2, 1, false)),
-            (64, 3, tuned(1, 5, false)),
-            (64, 3, tuned(1, 1, true)),
-            (64, 3, tuned(2, 1, true)),
-            (64, 3, tuned(4, 1, true)),
-            (64, 3, tuned(8, 1, true)),
-            (128, 2, tuned(2, 1, true)),
-            (80, 13, tuned(2, 1, true)),
-            (256, 8, tuned(2, 1, true)),
-        ]);
-        for (hd, g, attention) in cases {
-            let shape = KernelShape {
-                head_dim: hd,
-                group: g,
-                hidden: 576,
-                qdim: hd * g,
-                inter: 1536,
-                attention,
-            };
-            // Staged: two iterations of K and V rows (4 warps of 32 /
-            // lanes-per-key sub-warps, keys_per_iter keys each) past the
-            // kernel's 40 KiB stage do not fit in static shared memory, and
-            // the compile says so.
+        // Staged sub-warp loop: two iterations of K and V rows (4 warps of
+        // 32 / lanes-per-key sub-warps, keys_per_iter keys each) past the
+        // kernel's 40 KiB stage do not fit in static shared memory.
+        let subwarp = |hd: usize, g: usize, attention: AttentionTuning| {
             let lanes = (hd / 8).next_power_of_two().max(4);
             let stage_bytes = 2 * 2 * 4 * (32 / lanes) * attention.keys_per_iter * hd * 2;
-            if attention.staged && stage_bytes > 40 * 1024 {
-                let e = compile(&include, (9, 0), shape).unwrap_err().to_string();
-                assert!(e.contains("use fewer keys per iteration"), "{e}");
-                continue;
-            }
-            let src = compile(&include, (9, 0), shape).unwrap().to_src();
-            assert!(
-                !src.contains(".local"),
-                "hd {hd} g {g} {attention:?}: kernel uses local memory"
-            );
-        }
-        // The tensor-core loop with K/V staged in shared memory builds
-        // where two iterations of rows fit (head dims 64, 80, 128); at 256
-        // they do not, and the compile says so. Keys per iteration tune
-        // the sub-warp loop only: asked of the tensor-core loop (head dim
-        // 64, its default), the compile fails and says how to measure them.
-        let staged_mma = super::super::kernels::AttentionTuning {
-            staged: true,
+            let error = (attention.staged && stage_bytes > 40 * 1024)
+                .then_some("use fewer keys per iteration");
+            (hd, g, attention, error)
+        };
+        let mma = AttentionTuning {
             mma: Some(true),
             ..Default::default()
         };
-        let keys_at_default = super::super::kernels::AttentionTuning {
+        let staged_mma = AttentionTuning {
+            staged: true,
+            ..mma
+        };
+        let keys_at_default = AttentionTuning {
             keys_per_iter: 4,
             ..Default::default()
         };
-        for (hd, g, attention, error) in [
+        let mut cases: Vec<(usize, usize, AttentionTuning, Option<&str>)> =
+            super::super::kernels::ATTN_KEYS_PER_ITER_CHOICES
+                .iter()
+                .map(|&keys| subwarp(64, 3, tuned(keys, 1, false)))
+                .collect();
+        cases.extend(
+            [
+                (256, 8, tuned(2, 1, false)),
+                (64, 3, tuned(1, 5, false)),
+                (64, 3, tuned(1, 1, true)),
+                (64, 3, tuned(2, 1, true)),
+                (64, 3, tuned(4, 1, true)),
+                (64, 3, tuned(8, 1, true)),
+                (128, 2, tuned(2, 1, true)),
+                (80, 13, tuned(2, 1, true)),
+                (256, 8, tuned(2, 1, true)),
+            ]
+            .map(|(hd, g, attention)| subwarp(hd, g, attention)),
+        );
+        cases.extend([
+            // Tensor cores: head dims that are multiples of 16 (64, 80,
+            // 128, 256), any group; 72 is not, and keeps the sub-warp loop.
+            (64, 3, mma, None),
+            (128, 2, mma, None),
+            (80, 13, mma, None),
+            (256, 8, mma, None),
+            (72, 1, mma, None),
+            // Staged tensor-core loop: two iterations of rows fit at head
+            // dims 64, 80 and 128, not at 256.
             (64, 3, staged_mma, None),
             (128, 2, staged_mma, None),
             (80, 13, staged_mma, None),
             (256, 8, staged_mma, Some("do not fit")),
+            // Keys per iteration tune the sub-warp loop only: asked of the
+            // tensor-core loop (head dim 64, its default), the compile
+            // says how to measure them.
             (64, 3, keys_at_default, Some("add DYNO_CUDA_ATTN_MMA=0")),
-        ] {
+        ]);
+        for (hd, g, attention, error) in cases {
             let shape = KernelShape {
                 head_dim: hd,
                 group: g,
@@ -373,12 +362,12 @@ mod tests {
                     let src = compile(&include, (9, 0), shape).unwrap().to_src();
                     assert!(
                         !src.contains(".local"),
-                        "hd {hd} {attention:?}: local memory"
+                        "hd {hd} g {g} {attention:?}: kernel uses local memory"
                     );
                 }
                 Some(text) => {
                     let e = compile(&include, (9, 0), shape).unwrap_err().to_string();
-                    assert!(e.contains(text), "hd {hd} {attention:?}: {e}");
+                    assert!(e.contains(text), "hd {hd} g {g} {attention:?}: {e}");
                 }
             }
         }
