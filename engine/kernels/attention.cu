@@ -31,15 +31,17 @@
 // Splits the merge reads per round of loads.
 #define ATTN_MERGE_BATCH 16
 
-// ATTN_STAGED (-D from kernels.rs; DYNO_CUDA_ATTN_STAGED=1 there): the
-// block copies each iteration's keys and values into shared memory with
-// cp.async, one iteration ahead (double-buffered), and the sub-warps read
-// them from there. Without it each lane loads its K and V straight into
-// registers, so the loads in flight are bounded by registers, and the
-// registers bound the blocks per SM (docs/CUDA.md). Each sub-warp takes the
-// same keys in the same order either way, so the results are bit-identical.
+// ATTN_STAGED (-D from kernels.rs; DYNO_CUDA_ATTN_STAGED there): the
+// keys and values of each iteration go into shared memory with cp.async,
+// one iteration ahead (double-buffered), and the loop reads them from
+// there. Without it each lane loads its K and V straight into registers,
+// so the loads in flight are bounded by registers, and the registers bound
+// the blocks per SM (docs/CUDA.md). The same keys in the same order either
+// way, so the results are bit-identical. 1 stages, 0 does not; 2 (the
+// default, resolved below with ATTN_MMA) stages the tensor-core loop and
+// not the sub-warp loop, as the H200 measured them (docs/CUDA.md).
 #ifndef ATTN_STAGED
-#define ATTN_STAGED 0
+#define ATTN_STAGED 2
 #endif
 
 // 16 bytes global -> shared without passing through registers; `valid`
@@ -80,6 +82,19 @@ __device__ __forceinline__ void cp_async_wait() {
 #define ATTN_USE_MMA 1
 #else
 #define ATTN_USE_MMA 0
+#endif
+// The default staging: the tensor-core loop's (each warp its own rows, no
+// block barrier in the loop: smollm2-135m offline +7.6 % on the H200) where
+// its two buffers fit (head dims up to 128), never the sub-warp loop's
+// (qwen3-0.6b offline -7.5 %: the block barrier per iteration costs more
+// than the registers it frees).
+#if ATTN_STAGED == 2
+#undef ATTN_STAGED
+#if ATTN_USE_MMA && DYNO_HEAD_DIM <= 128
+#define ATTN_STAGED 1
+#else
+#define ATTN_STAGED 0
+#endif
 #endif
 #if ATTN_USE_MMA && ATTN_KEYS_PER_ITER != 2
 #error "DYNO_CUDA_ATTN_KEYS tunes the sub-warp loop, but this head dim runs the tensor-core loop: add DYNO_CUDA_ATTN_MMA=0 to measure it"
@@ -705,10 +720,20 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
 // the group's chunk count come in as -DDYNO_HEAD_DIM / -DDYNO_GROUP /
 // -DDYNO_GROUP_CHUNKS (see nvrtc.rs).
 // Blocks per SM the register allocation must allow (-DATTN_MIN_BLOCKS from
-// kernels.rs; DYNO_CUDA_ATTN_MIN_BLOCKS there). 1 leaves it to the compiler
-// (118 registers for smollm2's shape: 4 blocks per SM).
+// kernels.rs; DYNO_CUDA_ATTN_MIN_BLOCKS there). 1 leaves it to the
+// compiler. 0 (the default): 4 for the staged tensor-core loop (128
+// registers at smollm2-135m's shape instead of 151, i.e. 4 blocks per SM
+// instead of 3: the configuration the H200 measured), 1 otherwise.
 #ifndef ATTN_MIN_BLOCKS
+#define ATTN_MIN_BLOCKS 0
+#endif
+#if ATTN_MIN_BLOCKS == 0
+#undef ATTN_MIN_BLOCKS
+#if ATTN_USE_MMA && ATTN_STAGED
+#define ATTN_MIN_BLOCKS 4
+#else
 #define ATTN_MIN_BLOCKS 1
+#endif
 #endif
 extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32, ATTN_MIN_BLOCKS)
     attention(const float* qkv, const bf16* k_cache, const bf16* v_cache, const int* positions,

@@ -12,7 +12,7 @@ typedef __nv_bfloat16 bf16;
 #endif
 // Launch-geometry constants shared with the launchers (nvrtc.rs passes them).
 #if !defined(GEMV_WARPS) || !defined(GEMV_ROWS) || !defined(GEMV_MAX_T) || \
-    !defined(GEMV_MAX_HIDDEN) || !defined(ATTN_MAX_SPLITS)
+    !defined(GEMV_MAX_HIDDEN) || !defined(ATTN_MAX_SPLITS) || !defined(ADD_RMSNORM_WARPS)
 #error "compile with the -D options of nvrtc::launch_constants()"
 #endif
 

@@ -26,25 +26,67 @@ extern "C" __global__ void embed_rmsnorm(const int* __restrict__ tokens,
 
 // residual[t] += x[t]; out[t] = rmsnorm(residual[t]) * w. `x` is the f32
 // output of the o_proj / down_proj GEMM (kept in f32 so the residual stream
-// never passes through bf16).
-extern "C" __global__ void add_rmsnorm(const float* __restrict__ x, float* __restrict__ residual,
-                                       const bf16* __restrict__ w, bf16* __restrict__ out,
-                                       int hidden, float eps) {
-    __shared__ float scratch[32];
+// never passes through bf16). One warp per token (ADD_RMSNORM_WARPS tokens
+// per block, -D from kernels.rs): 16-byte loads, the row held in registers between the sum and
+// the scaling where it fits (hidden <= ADD_RMSNORM_REG_HIDDEN; wider rows
+// read the residual back), and the sum is a warp's shuffles, with no block
+// barrier. A token's sum has one order whatever the grid, so the result
+// does not depend on the step's other tokens (batch invariance).
+#define ADD_RMSNORM_REG_HIDDEN 2048
+extern "C" __global__ void __launch_bounds__(ADD_RMSNORM_WARPS * 32)
+    add_rmsnorm(const float* __restrict__ x, float* __restrict__ residual,
+                const bf16* __restrict__ w, bf16* __restrict__ out, int tokens, float eps) {
+    constexpr int K = DYNO_HIDDEN;
     pdl_wait();
     pdl_launch();
-    const long t = blockIdx.x;
-    float* res = residual + t * hidden;
-    const float* xr = x + t * hidden;
+    const int lane = threadIdx.x & 31;
+    const long t = (long)blockIdx.x * ADD_RMSNORM_WARPS + (threadIdx.x >> 5);
+    if (t >= tokens) return;
+    float* res = residual + t * K;
+    const float* xr = x + t * K;
+    bf16* o = out + t * K;
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-        float v = res[i] + xr[i];
-        res[i] = v;
-        ss += v * v;
+    if constexpr (K % 4 == 0 && K <= ADD_RMSNORM_REG_HIDDEN) {
+        constexpr int N4 = (K / 4 + 31) / 32;  // float4s per lane
+        float4 v[N4];
+#pragma unroll
+        for (int i = 0; i < N4; i++) {
+            const int j = lane + 32 * i;
+            if (j < K / 4) {
+                const float4 a = reinterpret_cast<const float4*>(res)[j];
+                const float4 b = reinterpret_cast<const float4*>(xr)[j];
+                v[i] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+                reinterpret_cast<float4*>(res)[j] = v[i];
+                ss += v[i].x * v[i].x + v[i].y * v[i].y + v[i].z * v[i].z + v[i].w * v[i].w;
+            }
+        }
+        const float r = rsqrtf(warp_sum(ss) / K + eps);
+#pragma unroll
+        for (int i = 0; i < N4; i++) {
+            const int j = lane + 32 * i;
+            if (j < K / 4) {
+                const __nv_bfloat162 w01 = reinterpret_cast<const __nv_bfloat162*>(w)[2 * j];
+                const __nv_bfloat162 w23 = reinterpret_cast<const __nv_bfloat162*>(w)[2 * j + 1];
+                const __nv_bfloat162 lo = __floats2bfloat162_rn(v[i].x * r * __low2float(w01),
+                                                                v[i].y * r * __high2float(w01));
+                const __nv_bfloat162 hi = __floats2bfloat162_rn(v[i].z * r * __low2float(w23),
+                                                                v[i].w * r * __high2float(w23));
+                uint2 packed;
+                packed.x = *reinterpret_cast<const unsigned*>(&lo);
+                packed.y = *reinterpret_cast<const unsigned*>(&hi);
+                reinterpret_cast<uint2*>(o)[j] = packed;
+            }
+        }
+    } else {
+        for (int i = lane; i < K; i += 32) {
+            const float v = res[i] + xr[i];
+            res[i] = v;
+            ss += v * v;
+        }
+        const float r = rsqrtf(warp_sum(ss) / K + eps);
+        __syncwarp();
+        for (int i = lane; i < K; i += 32) o[i] = __float2bfloat16(res[i] * r * __bfloat162float(w[i]));
     }
-    const float r = rsqrtf(block_sum(ss, scratch) / hidden + eps);
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x)
-        out[t * hidden + i] = __float2bfloat16(res[i] * r * __bfloat162float(w[i]));
 }
 
 // The model's last norm, only for the rows that are turned into logits:

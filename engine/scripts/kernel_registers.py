@@ -39,7 +39,7 @@ SOURCES = ["common.cuh", "norm.cu", "activation.cu", "rope_kv.cu", "attention.cu
            "sampling.cu", "gemv.cu"]
 # kernels.rs launch constants (nvrtc.rs launch_constants).
 LAUNCH_CONSTANTS = {"GEMV_WARPS": 4, "GEMV_ROWS": 2, "GEMV_MAX_T": 8, "GEMV_MAX_HIDDEN": 3072,
-                    "ATTN_MAX_SPLITS": 32}
+                    "ATTN_MAX_SPLITS": 32, "ADD_RMSNORM_WARPS": 4}
 # kernels.rs ATTN_MAX_GROUP_TILE: a block takes at most 8 query heads.
 ATTN_MAX_GROUP_TILE = 8
 REGISTERS_PER_SM = 65536

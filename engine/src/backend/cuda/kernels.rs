@@ -43,13 +43,18 @@ pub struct AttentionTuning {
     /// `DYNO_CUDA_ATTN_MIN_BLOCKS` (1 to `ATTN_MAX_MIN_BLOCKS`): the
     /// kernel's `__launch_bounds__` minimum blocks per SM, i.e. at most
     /// 65,536 / (128 × N) registers per thread (the compiler spills past
-    /// that). 1 leaves the register count to the compiler.
-    pub min_blocks: usize,
-    /// `DYNO_CUDA_ATTN_STAGED=1`: K and V go through shared memory with
+    /// that). 1 leaves the register count to the compiler. `None` (unset,
+    /// the default): 4 for the staged tensor-core loop, the configuration
+    /// the H200 measured, 1 otherwise.
+    pub min_blocks: Option<usize>,
+    /// `DYNO_CUDA_ATTN_STAGED`: K and V go through shared memory with
     /// `cp.async`, one iteration ahead (the kernel's `ATTN_STAGED`), so the
     /// loads in flight do not cost registers; the same keys in the same
-    /// order, so the same bits.
-    pub staged: bool,
+    /// order, so the same bits. `None` (unset, the default): staged in the
+    /// tensor-core loop (head dims up to 128) and not in the sub-warp loop,
+    /// as each measured faster on the H200; `Some(true)` (1): staged in
+    /// either loop; `Some(false)` (0): in neither.
+    pub staged: Option<bool>,
     /// `DYNO_CUDA_ATTN_MMA`: scores and value sums on tensor cores
     /// (`mma.sync`, a warp per 16 keys; the kernel's `ATTN_MMA`) where the
     /// head dim is a multiple of 16 and the GPU is sm_80 or newer; other
@@ -64,8 +69,8 @@ impl Default for AttentionTuning {
     fn default() -> Self {
         AttentionTuning {
             keys_per_iter: ATTN_KEYS_PER_ITER,
-            min_blocks: 1,
-            staged: false,
+            min_blocks: None,
+            staged: None,
             mma: None,
         }
     }
@@ -98,7 +103,7 @@ impl AttentionTuning {
             ))),
         };
         if let Some(text) = staged {
-            t.staged = switch("DYNO_CUDA_ATTN_STAGED", text)?;
+            t.staged = Some(switch("DYNO_CUDA_ATTN_STAGED", text)?);
         }
         if let Some(text) = mma {
             t.mma = Some(switch("DYNO_CUDA_ATTN_MMA", text)?);
@@ -115,7 +120,7 @@ impl AttentionTuning {
         }
         if let Some(text) = min_blocks {
             t.min_blocks = match text.trim().parse::<usize>() {
-                Ok(n) if (1..=ATTN_MAX_MIN_BLOCKS).contains(&n) => n,
+                Ok(n) if (1..=ATTN_MAX_MIN_BLOCKS).contains(&n) => Some(n),
                 _ => {
                     return Err(BackendError::Cuda(format!(
                         "DYNO_CUDA_ATTN_MIN_BLOCKS={text}: expected 1 to {ATTN_MAX_MIN_BLOCKS}"
@@ -130,8 +135,8 @@ impl AttentionTuning {
     pub fn defines(&self) -> [String; 4] {
         [
             format!("-DATTN_KEYS_PER_ITER={}", self.keys_per_iter),
-            format!("-DATTN_MIN_BLOCKS={}", self.min_blocks),
-            format!("-DATTN_STAGED={}", u8::from(self.staged)),
+            format!("-DATTN_MIN_BLOCKS={}", self.min_blocks.unwrap_or(0)),
+            format!("-DATTN_STAGED={}", self.staged.map_or(2, u8::from)),
             format!("-DATTN_MMA={}", self.mma.map_or(2, u8::from)),
         ]
     }
@@ -143,6 +148,8 @@ pub const MAX_HEAD_DIM: usize = 256;
 /// Most query heads one attention block handles (its shared memory holds
 /// their partials); larger GQA groups are cut into chunks.
 pub const ATTN_MAX_GROUP_TILE: usize = 8;
+/// Tokens (one warp each) of an `add_rmsnorm` block.
+pub const ADD_RMSNORM_WARPS: usize = 4;
 /// Threads of a `qkv_rope_cache` block: its warps loop over the heads.
 pub const ROPE_CACHE_THREADS: u32 = 512;
 
@@ -333,7 +340,7 @@ kernels! {
     }
     /// residual += x, then RMSNorm (norm.cu).
     add_rmsnorm => AddRmsnorm {
-        x: Ptr, residual: Ptr, w: Ptr, out: Ptr, hidden: I32, eps: F32,
+        x: Ptr, residual: Ptr, w: Ptr, out: Ptr, tokens: I32, eps: F32,
     }
     /// The last norm, for the rows that become logits (norm.cu).
     final_rmsnorm_rows => FinalRmsnormRows {
@@ -389,15 +396,15 @@ mod tests {
             d.defines(),
             [
                 "-DATTN_KEYS_PER_ITER=2",
-                "-DATTN_MIN_BLOCKS=1",
-                "-DATTN_STAGED=0",
+                "-DATTN_MIN_BLOCKS=0",
+                "-DATTN_STAGED=2",
                 "-DATTN_MMA=2"
             ]
         );
         let t = AttentionTuning::from_values(Some("1"), Some(" 5 "), Some("1"), Some("0")).unwrap();
         assert_eq!(
             (t.keys_per_iter, t.min_blocks, t.staged, t.mma),
-            (1, 5, true, Some(false))
+            (1, Some(5), Some(true), Some(false))
         );
         assert_eq!(t.defines()[2], "-DATTN_STAGED=1");
         assert_eq!(t.defines()[3], "-DATTN_MMA=0");

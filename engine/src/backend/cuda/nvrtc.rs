@@ -129,13 +129,16 @@ pub fn program_source() -> String {
 /// The launchers' geometry constants as `-D` options, so the kernels are
 /// compiled with the values the launchers use.
 pub fn launch_constants() -> Vec<String> {
-    use super::kernels::{ATTN_MAX_SPLITS, GEMV_MAX_HIDDEN, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS};
+    use super::kernels::{
+        ADD_RMSNORM_WARPS, ATTN_MAX_SPLITS, GEMV_MAX_HIDDEN, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS,
+    };
     [
         ("GEMV_WARPS", GEMV_WARPS),
         ("GEMV_ROWS", GEMV_ROWS),
         ("GEMV_MAX_T", GEMV_MAX_T),
         ("GEMV_MAX_HIDDEN", GEMV_MAX_HIDDEN),
         ("ATTN_MAX_SPLITS", ATTN_MAX_SPLITS),
+        ("ADD_RMSNORM_WARPS", ADD_RMSNORM_WARPS),
     ]
     .iter()
     .map(|(name, value)| format!("-D{name}={value}"))
@@ -284,8 +287,8 @@ mod tests {
         use super::super::kernels::AttentionTuning;
         let tuned = |keys, min_blocks, staged| AttentionTuning {
             keys_per_iter: keys,
-            min_blocks,
-            staged,
+            min_blocks: Some(min_blocks),
+            staged: Some(staged),
             mma: Some(false),
         };
         // Staged sub-warp loop: two iterations of K and V rows (4 warps of
@@ -294,17 +297,24 @@ mod tests {
         let subwarp = |hd: usize, g: usize, attention: AttentionTuning| {
             let lanes = (hd / 8).next_power_of_two().max(4);
             let stage_bytes = 2 * 2 * 4 * (32 / lanes) * attention.keys_per_iter * hd * 2;
-            let error = (attention.staged && stage_bytes > 40 * 1024)
+            let error = (attention.staged == Some(true) && stage_bytes > 40 * 1024)
                 .then_some("use fewer keys per iteration");
             (hd, g, attention, error)
         };
         let mma = AttentionTuning {
             mma: Some(true),
+            staged: Some(false),
             ..Default::default()
         };
         let staged_mma = AttentionTuning {
-            staged: true,
+            staged: Some(true),
             ..mma
+        };
+        // Forced on with the staging left to its default: staged where the
+        // rows fit, so head dim 256 builds unstaged.
+        let mma_default_staging = AttentionTuning {
+            mma: Some(true),
+            ..Default::default()
         };
         let keys_at_default = AttentionTuning {
             keys_per_iter: 4,
@@ -343,6 +353,9 @@ mod tests {
             (128, 2, staged_mma, None),
             (80, 13, staged_mma, None),
             (256, 8, staged_mma, Some("do not fit")),
+            (64, 3, mma_default_staging, None),
+            (128, 2, mma_default_staging, None),
+            (256, 8, mma_default_staging, None),
             // Keys per iteration tune the sub-warp loop only: asked of the
             // tensor-core loop (head dim 64, its default), the compile
             // says how to measure them.

@@ -34,7 +34,7 @@ use super::gemm_lt::InvariantGemm;
 use super::kernels::{
     AddRmsnorm, Attention, DownProjResidual, EmbedRmsnorm, FinalRmsnormRows, Kernels,
     NormGateUpSilu, NormQkv, NormQkvRopeCache, OProjResidual, QkvRopeCache, SampleRows, SiluMul,
-    ATTN_MAX_SPLITS, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS, ROPE_CACHE_THREADS,
+    ADD_RMSNORM_WARPS, ATTN_MAX_SPLITS, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS, ROPE_CACHE_THREADS,
 };
 use super::kv_pool::KvPool;
 use super::step_meta::MetaLayout;
@@ -243,6 +243,9 @@ impl Runner {
                 eps: d.eps,
             },
         )?;
+        // add_rmsnorm: a warp per token.
+        let norm_grid = (tokens.div_ceil(ADD_RMSNORM_WARPS) as u32, 1, 1);
+        let norm_threads = (ADD_RMSNORM_WARPS * 32) as u32;
         let nlayers = self.weights.layers.len();
         for (li, w) in self.weights.layers.iter().enumerate() {
             self.gemm.linear(
@@ -266,14 +269,14 @@ impl Runner {
             )?;
             k.count_external_launch();
             k.add_rmsnorm(
-                (t, 1, 1),
-                threads,
+                norm_grid,
+                norm_threads,
                 AddRmsnorm {
                     x: a.x.ptr,
                     residual: a.residual.ptr,
                     w: w.post_attention_norm.ptr,
                     out: a.hidden.ptr,
-                    hidden: h,
+                    tokens: tokens as i32,
                     eps: d.eps,
                 },
             )?;
@@ -304,14 +307,14 @@ impl Runner {
             k.count_external_launch();
             if li + 1 < nlayers {
                 k.add_rmsnorm(
-                    (t, 1, 1),
-                    threads,
+                    norm_grid,
+                    norm_threads,
                     AddRmsnorm {
                         x: a.x.ptr,
                         residual: a.residual.ptr,
                         w: self.weights.layers[li + 1].input_norm.ptr,
                         out: a.hidden.ptr,
-                        hidden: h,
+                        tokens: tokens as i32,
                         eps: d.eps,
                     },
                 )?;
