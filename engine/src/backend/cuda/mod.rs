@@ -335,20 +335,27 @@ impl CudaBackend {
     }
 }
 
-/// Keys per attention split with `batch_invariant`: derived from
-/// `max_model_len` (`runner::invariant_split_keys`), or coarser with
-/// `DYNO_CUDA_SPLIT_KEYS=N` (a multiple of 64, at least the derived value,
-/// so the grid and the partial buffers stay within `ATTN_MAX_SPLITS`) to
-/// measure the trade-off between parallelism and merge work.
+/// Keys per attention split with `batch_invariant`:
+/// `runner::invariant_split_keys`, or `DYNO_CUDA_SPLIT_KEYS=N` (a multiple
+/// of 64, at least `runner::invariant_min_split_keys`, so the grid and the
+/// partial buffers stay within `ATTN_MAX_SPLITS`) to measure the trade-off
+/// between parallelism and merge work.
 fn split_keys_for(max_model_len: usize) -> Result<usize, BackendError> {
-    let derived = runner::invariant_split_keys(max_model_len);
-    let Ok(text) = std::env::var("DYNO_CUDA_SPLIT_KEYS") else {
-        return Ok(derived);
+    parse_split_keys(
+        std::env::var("DYNO_CUDA_SPLIT_KEYS").ok().as_deref(),
+        max_model_len,
+    )
+}
+
+fn parse_split_keys(text: Option<&str>, max_model_len: usize) -> Result<usize, BackendError> {
+    let Some(text) = text else {
+        return Ok(runner::invariant_split_keys(max_model_len));
     };
+    let min = runner::invariant_min_split_keys(max_model_len);
     match text.trim().parse::<usize>() {
-        Ok(n) if n >= derived && n.is_multiple_of(64) => Ok(n),
+        Ok(n) if n >= min && n.is_multiple_of(64) => Ok(n),
         _ => Err(BackendError::Cuda(format!(
-            "DYNO_CUDA_SPLIT_KEYS={text}: must be a multiple of 64 and at least {derived} \
+            "DYNO_CUDA_SPLIT_KEYS={text}: must be a multiple of 64 and at least {min} \
              (max_model_len {max_model_len} over {} splits)",
             kernels::ATTN_MAX_SPLITS
         ))),
@@ -656,3 +663,22 @@ pub struct MemoryBreakdown {
 /// Static properties of one GPU, for the pipeline's fingerprint
 /// (`engine info --json`): the contract type lives in `workloads`.
 pub use workloads::engine_info::GpuProperties;
+
+#[cfg(test)]
+mod tests {
+    use super::parse_split_keys;
+
+    #[test]
+    fn split_keys_default_to_the_measured_size_and_bad_overrides_are_named() {
+        // max_model_len 1536: at least 64 keys (48 rounded up), 256 unset.
+        assert_eq!(parse_split_keys(None, 1536).unwrap(), 256);
+        assert_eq!(parse_split_keys(Some("64"), 1536).unwrap(), 64);
+        assert_eq!(parse_split_keys(Some(" 512 "), 1536).unwrap(), 512);
+        // A long context limit needs coarser splits than the default.
+        assert_eq!(parse_split_keys(None, 131_072).unwrap(), 4096);
+        for (text, len) in [("100", 1536), ("0", 1536), ("x", 1536), ("256", 131_072)] {
+            let e = parse_split_keys(Some(text), len).unwrap_err().to_string();
+            assert!(e.contains(&format!("DYNO_CUDA_SPLIT_KEYS={text}")), "{e}");
+        }
+    }
+}

@@ -68,21 +68,36 @@ impl Products {
     }
 }
 
-/// Keys per attention split under `batch_invariant`: the context
-/// limit over `ATTN_MAX_SPLITS`, rounded up to a multiple of 64 (a whole
-/// number of block iterations for every head dim: a block takes 8 to 64
-/// keys per iteration). Fixed per process, so a query's splits depend on
-/// its context length only; derived from `max_model_len` so that the
-/// longest context still needs at most `ATTN_MAX_SPLITS` splits — the grid,
-/// the partial buffers and the merge stay as bounded as without the knob.
-/// The price: short contexts get few splits (one below `split_keys` keys),
-/// so small decode batches use fewer blocks than the default heuristic
-/// gives them; lowering `max_model_len` gives them more.
-pub fn invariant_split_keys(max_model_len: usize) -> usize {
+/// The fewest keys per attention split `batch_invariant` allows: the
+/// context limit over `ATTN_MAX_SPLITS`, rounded up to a multiple of 64 (a
+/// whole number of block iterations for every head dim: a block takes 8 to
+/// 64 keys per iteration), so that the longest context still needs at most
+/// `ATTN_MAX_SPLITS` splits — the grid, the partial buffers and the merge
+/// stay as bounded as without the knob.
+pub fn invariant_min_split_keys(max_model_len: usize) -> usize {
     max_model_len
         .div_ceil(ATTN_MAX_SPLITS)
         .max(1)
         .next_multiple_of(64)
+}
+
+/// Keys per split `batch_invariant` takes unless the context limit asks
+/// for more. Each split of a query is a block whose setup, partial write
+/// and merge cost about as much as its keys at 64 keys: on the H200
+/// (docs/BENCHMARKS.md) smollm2-135m offline under the knob gave 62.7k
+/// output tok/s at 64 keys per split, 100.8k at 256 and 107.8k at 512
+/// (124.8k without the knob), while batch-1 decode, which needs the
+/// splits for parallelism, went from 1.26 ms to 1.38 ms per token at 256.
+pub const INVARIANT_SPLIT_KEYS: usize = 256;
+
+/// Keys per attention split under `batch_invariant`: fixed per process, so
+/// a query's splits depend on its context length only —
+/// `INVARIANT_SPLIT_KEYS`, or `invariant_min_split_keys` where a long
+/// `max_model_len` needs coarser splits. The price: short contexts get few
+/// splits (one below `split_keys` keys), so small decode batches use fewer
+/// blocks than the default heuristic gives them.
+pub fn invariant_split_keys(max_model_len: usize) -> usize {
+    invariant_min_split_keys(max_model_len).max(INVARIANT_SPLIT_KEYS)
 }
 
 pub struct Runner {
@@ -629,17 +644,37 @@ mod tests {
 
     #[test]
     fn invariant_splits_cover_the_longest_context_within_the_split_limit() {
-        for len in [1, 63, 64, 256, 2048, 8192, 32_768, 40_960, 131_072, 1 << 20] {
-            let keys = invariant_split_keys(len);
-            assert!(keys >= 64 && keys.is_multiple_of(64), "{len}: {keys}");
-            assert!(len.div_ceil(keys) <= ATTN_MAX_SPLITS, "{len}: {keys}");
+        for len in [
+            1,
+            63,
+            64,
+            256,
+            2048,
+            8192,
+            8193,
+            32_768,
+            40_960,
+            131_072,
+            1 << 20,
+        ] {
+            let min = invariant_min_split_keys(len);
+            assert!(min >= 64 && min.is_multiple_of(64), "{len}: {min}");
+            assert!(len.div_ceil(min) <= ATTN_MAX_SPLITS, "{len}: {min}");
             // Not coarser than needed: one multiple of 64 fewer would
             // overflow the split limit (or is below the minimum).
             assert!(
-                keys == 64 || len.div_ceil(keys - 64) > ATTN_MAX_SPLITS,
-                "{len}: {keys}"
+                min == 64 || len.div_ceil(min - 64) > ATTN_MAX_SPLITS,
+                "{len}: {min}"
             );
+            // The default: the measured 256 keys, or the minimum above it.
+            let keys = invariant_split_keys(len);
+            assert_eq!(keys, min.max(INVARIANT_SPLIT_KEYS), "{len}");
+            assert!(len.div_ceil(keys) <= ATTN_MAX_SPLITS, "{len}: {keys}");
         }
+        assert_eq!(invariant_min_split_keys(1536), 64);
+        assert_eq!(invariant_split_keys(1536), 256);
         assert_eq!(invariant_split_keys(8192), 256);
+        assert_eq!(invariant_split_keys(8193), 320);
+        assert_eq!(invariant_split_keys(131_072), 4096);
     }
 }
