@@ -27,11 +27,12 @@ extern "C" __global__ void embed_rmsnorm(const int* __restrict__ tokens,
 // residual[t] += x[t]; out[t] = rmsnorm(residual[t]) * w. `x` is the f32
 // output of the o_proj / down_proj GEMM (kept in f32 so the residual stream
 // never passes through bf16). One warp per token (ADD_RMSNORM_WARPS tokens
-// per block, -D from kernels.rs): 16-byte loads, the row held in registers between the sum and
-// the scaling where it fits (hidden <= ADD_RMSNORM_REG_HIDDEN; wider rows
-// read the residual back), and the sum is a warp's shuffles, with no block
-// barrier. A token's sum has one order whatever the grid, so the result
-// does not depend on the step's other tokens (batch invariance).
+// per block, -D from kernels.rs): 16-byte loads, the row held in registers
+// between the sum and the scaling where it fits (hidden <=
+// ADD_RMSNORM_REG_HIDDEN; wider rows read the residual back), and the sum
+// is a warp's shuffles, with no block barrier. A token's sum has one order
+// whatever the grid, so the result does not depend on the step's other
+// tokens (batch invariance).
 #define ADD_RMSNORM_REG_HIDDEN 2048
 extern "C" __global__ void __launch_bounds__(ADD_RMSNORM_WARPS * 32)
     add_rmsnorm(const float* __restrict__ x, float* __restrict__ residual,
