@@ -12,9 +12,13 @@
 # tiny, tiny-qwen3 and smollm2-135m checkpoints, graphs on and off.
 # Runs everything twice: with the knob's products through pinned cuBLASLt
 # (the default) and through the small-batch kernels in tiles
-# (DYNO_INVARIANT_PRODUCTS=gemv). Prints the PASS/FAIL lines and one
-# verdict for both; full logs in OUT_DIR (default
-# /tmp/dyno-gpu-batch-invariance): tests-cublaslt.log, tests-gemv.log.
+# (DYNO_INVARIANT_PRODUCTS=gemv).
+# Then the logits test once more at the finest splits the knob allows
+# (DYNO_CUDA_SPLIT_KEYS=64: 5 splits of its 300-token context, against 2 at
+# the default 256), so the in-order merge of many splits stays covered.
+# Prints the PASS/FAIL lines and one verdict for all; full logs in OUT_DIR
+# (default /tmp/dyno-gpu-batch-invariance): tests-cublaslt.log,
+# tests-gemv.log, tests-splits64.log.
 set -uo pipefail
 USAGE="usage: gpu_batch_invariance.sh TEST_BINARY [OUT_DIR]"
 BIN=${1:?$USAGE}
@@ -24,15 +28,24 @@ mkdir -p "$OUT"
 export LD_LIBRARY_PATH=${CUDA_HOME:-/usr/local/cuda}/lib64:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 failed=""
-for products in cublaslt gemv; do
-  echo "== DYNO_INVARIANT_PRODUCTS=$products"
-  log="$OUT/tests-$products.log"
-  DYNO_INVARIANT_PRODUCTS=$products "$BIN" --ignored --nocapture --test-threads 1 2>&1 | tee "$log" \
+# run NAME ENV... -- TEST_ARGS...: one pass of the binary, logged to
+# tests-NAME.log; a pass without "test result: ok" fails the verdict.
+run() {
+  local name=$1 log="$OUT/tests-$1.log" envs=()
+  shift
+  while [ "$1" != -- ]; do envs+=("$1"); shift; done
+  shift
+  echo "== ${envs[*]}"
+  env "${envs[@]}" "$BIN" --ignored --nocapture --test-threads 1 "$@" 2>&1 | tee "$log" \
     | grep -E "GEMM|identical|batch_invariant=false|decode token|rel L2|pinned|panicked|test |test result"
   if ! grep -q "test result: ok" "$log" || grep -q "FAILED\|panicked" "$log"; then
-    failed="$failed $products"
+    failed="$failed $name"
   fi
+}
+for products in cublaslt gemv; do
+  run "$products" DYNO_INVARIANT_PRODUCTS=$products --
 done
+run splits64 DYNO_CUDA_SPLIT_KEYS=64 -- logits_are_bit_identical_in_any_batch
 if [ -z "$failed" ]; then
   echo "gpu_batch_invariance: PASS"; exit 0
 fi

@@ -73,7 +73,8 @@ fn invariant_config(eager: bool) -> EngineConfig {
         max_num_batched_tokens: 2048,
         // Keys per attention split: the default 256 (512 / 32 needs only
         // 64), so a 300-token context takes 2 splits; DYNO_CUDA_SPLIT_KEYS=64
-        // in the environment makes it 5.
+        // in the environment makes it 5 (engine/scripts/gpu_batch_invariance.sh
+        // runs this test that way too).
         max_model_len: 512,
         enforce_eager: eager,
         batch_invariant: true,
