@@ -160,6 +160,28 @@ __device__ __forceinline__ void load_words(const bf16* src, unsigned (&w)[N]) {
     }
 }
 
+// Folds the softmax partial (m, l, a) of the next keys into the running
+// one (M, L, A): the same operations, in the same order, wherever partials
+// are combined (a block folding its units, the last block folding the
+// splits' partials), so that one query gets the same bits whichever of the
+// two did it. Explicit roundings keep the compiler from contracting it
+// differently in different places. The first partial is taken as it is.
+__device__ __forceinline__ void fold_partial(float& M, float& L, float& A, float m, float l,
+                                             float a) {
+    if (m == -INFINITY) return;  // no keys: nothing to add
+    if (M == -INFINITY) {
+        M = m;
+        L = l;
+        A = a;
+        return;
+    }
+    const float mx = fmaxf(M, m);
+    const float f_old = __expf(M - mx), f_new = __expf(m - mx);
+    L = __fmaf_rn(l, f_new, __fmul_rn(L, f_old));
+    A = __fmaf_rn(a, f_new, __fmul_rn(A, f_old));
+    M = mx;
+}
+
 // Lanes per key: HD/8 rounded up to a power of two (shuffle reductions).
 __host__ __device__ constexpr int attn_lanes_per_key(int hd) {
     int l = 4;
@@ -444,7 +466,30 @@ __device__ __forceinline__ void attend_split_mma(
     }
 }
 
-template <int HD, int GALL, int CHUNKS>
+// Bytes of static shared memory attention_impl declares besides a folding
+// block's running partial: the warps' maxima and sums, the tensor-core
+// loop's Q fragments past head dim 64, and the staged rows or the warps'
+// partials (one region).
+template <int HD, int G, int LPT>
+__host__ __device__ constexpr int attn_shared_bytes() {
+    constexpr int NSUB = ATTN_WARPS * (32 / LPT);
+    constexpr int NMERGE = ATTN_USE_MMA ? ATTN_WARPS : NSUB;
+    int region = NMERGE * G * HD * 4;
+    int q = 0;
+#if ATTN_USE_MMA
+    q = HD / 16 > 4 ? 32 * (HD / 16) * 16 : 16;
+#if ATTN_STAGED
+    region = region > ATTN_WARPS * MmaStage<HD>::WARP_ELEMS * 2 ? region
+                                                                  : ATTN_WARPS * MmaStage<HD>::WARP_ELEMS * 2;
+#endif
+#elif ATTN_STAGED
+    const int stage = 2 * 2 * (NSUB * KEYS_PER_ITER * HD) * 2;
+    region = region > stage ? region : stage;
+#endif
+    return 2 * NMERGE * G * 4 + q + region + 64;
+}
+
+template <int HD, int GALL, int CHUNKS, bool UNITS>
 __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __restrict__ k_cache,
                                const bf16* __restrict__ v_cache,
                                const int* __restrict__ positions,
@@ -467,6 +512,17 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
     __shared__ float s_m[NMERGE][G];
     __shared__ float s_l[NMERGE][G];
     __shared__ bool s_last;
+    // A block folding several units (batch_invariant, large steps): its
+    // running partial, the maxima and sums per query head by unit parity,
+    // and the sums of values in shared memory where they fit next to the
+    // rest (static shared memory: 48 KiB), else in registers.
+    constexpr int FOLD_ACC_BYTES = G * HD * 4;
+    constexpr bool FOLD_SHARED = UNITS && attn_shared_bytes<HD, G, LPT>() + FOLD_ACC_BYTES <= 47 * 1024;
+    constexpr int THREADS = ATTN_WARPS * 32;
+    constexpr int FOLD_REGS = (G * HD + THREADS - 1) / THREADS;
+    __shared__ float s_fold_ml[UNITS ? 2 : 1][G][2];
+    __shared__ float s_fold_acc[FOLD_SHARED ? G * HD : 1];
+    float fold_acc_regs[FOLD_REGS];  // unused where FOLD_SHARED
 #if ATTN_USE_MMA && ATTN_STAGED
     // Per warp, two buffers of one iteration's K and V rows (a row padded
     // by 16 bytes, so that the fragment reads hit 32 distinct banks); the
@@ -508,160 +564,228 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
     const int ctx = positions[t] + 1;
     constexpr int BLOCK_KEYS =
         ATTN_USE_MMA ? ATTN_WARPS * 8 * attn_mma_key_tiles(HD) : ATTN_WARPS * WARP_KEYS;
-    // split_keys > 0 (batch_invariant): splits of split_keys keys, so a
-    // query's split structure, and with it the order its softmax is summed
-    // and merged in, depends on its context length only, not on the grid
-    // (runner.rs makes the grid's z at least that split count). 0: as many
-    // splits as the grid has, each at least one block iteration of keys.
-    const int wanted = split_keys > 0 ? (ctx + split_keys - 1) / split_keys
-                                      : max(1, (ctx + BLOCK_KEYS - 1) / BLOCK_KEYS);
-    const int nsplit = min(stride, wanted);
-    if (split >= nsplit) return;
-    const int chunk = split_keys > 0 && nsplit == wanted ? split_keys : (ctx + nsplit - 1) / nsplit;
-    const int begin = split * chunk;
-    const int end = min(ctx, begin + chunk);
+    // split_keys > 0 (batch_invariant): the context is cut into units of
+    // split_keys keys, and a query's result is defined as its units'
+    // partials (each merged over the block's warps) folded in order with
+    // fold_partial, which depends on its context length only, not on the
+    // grid. The `attention_units` kernel (UNITS, runner.rs launches it for
+    // large steps, with one split) has each block fold its query's units
+    // one after another; `attention` has one unit per split (runner.rs
+    // makes the grid's z at least the unit count) and the last block folds
+    // their partials. split_keys 0: as many splits as the grid has, each at
+    // least one block iteration of keys, one unit each.
+    int nsplit, begin, end;
+    if constexpr (UNITS) {
+        nsplit = 1;
+        begin = 0;
+        end = ctx;
+    } else {
+        const int wanted = split_keys > 0 ? (ctx + split_keys - 1) / split_keys
+                                          : max(1, (ctx + BLOCK_KEYS - 1) / BLOCK_KEYS);
+        nsplit = min(stride, wanted);
+        if (split >= nsplit) return;
+        const int chunk =
+            split_keys > 0 && nsplit == wanted ? split_keys : (ctx + nsplit - 1) / nsplit;
+        begin = split * chunk;
+        end = min(ctx, begin + chunk);
+    }
     const int* table = block_tables + (long)seq_idx[t] * (*bt_stride_ptr);
     const int row_len = (nq + 2 * nkv) * HD;
 
+    // Attends to keys [ub, ue), leaving each warp's (or sub-warp's) softmax
+    // state in s_m, s_l and s_acc for the merge.
+    auto attend_unit = [&](int ub, int ue) {
 #if ATTN_USE_MMA
 #if ATTN_STAGED
-    bf16* stage_rows_of_block = s_stage;
+        bf16* stage_rows_of_block = s_stage;
 #else
-    bf16* stage_rows_of_block = nullptr;
+        bf16* stage_rows_of_block = nullptr;
 #endif
-    attend_split_mma<HD, G, GALL>(qkv, k_cache, v_cache, table, block_size, nkv, kvh, g0, t, row_len,
-                                  scale, begin, end, stage_rows_of_block, s_m[warp], s_l[warp],
-                                  &s_acc[warp][0][0]);
+        attend_split_mma<HD, G, GALL>(qkv, k_cache, v_cache, table, block_size, nkv, kvh, g0, t,
+                                      row_len, scale, ub, ue, stage_rows_of_block, s_m[warp],
+                                      s_l[warp], &s_acc[warp][0][0]);
 #else
-    float q[G][8];
+        float q[G][8];
 #pragma unroll
-    for (int g = 0; g < G; g++) {
-        const bool on = lane_on && g0 + g < GALL;
-        const float4* src = reinterpret_cast<const float4*>(
-            qkv + (long)t * row_len + (kvh * GALL + g0 + g) * HD + sl * 8);
-        const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        const float4 lo = on ? src[0] : zero, hi = on ? src[1] : zero;
-        const float qv[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+        for (int g = 0; g < G; g++) {
+            const bool on = lane_on && g0 + g < GALL;
+            const float4* src = reinterpret_cast<const float4*>(
+                qkv + (long)t * row_len + (kvh * GALL + g0 + g) * HD + sl * 8);
+            const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            const float4 lo = on ? src[0] : zero, hi = on ? src[1] : zero;
+            const float qv[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
 #pragma unroll
-        for (int e = 0; e < 8; e++) q[g][e] = qv[e] * scale;
-    }
-    float m[G], l[G], acc[G][8];
+            for (int e = 0; e < 8; e++) q[g][e] = qv[e] * scale;
+        }
+        float m[G], l[G], acc[G][8];
 #pragma unroll
-    for (int g = 0; g < G; g++) {
-        m[g] = -INFINITY;
-        l[g] = 0.0f;
+        for (int g = 0; g < G; g++) {
+            m[g] = -INFINITY;
+            l[g] = 0.0f;
 #pragma unroll
-        for (int e = 0; e < 8; e++) acc[g][e] = 0.0f;
-    }
+            for (int e = 0; e < 8; e++) acc[g][e] = 0.0f;
+        }
 
 #if ATTN_STAGED
-    // Block-wide iterations of BLOCK_KEYS keys (every thread has the same
-    // begin and end, so the loop and its barriers are uniform). Iteration
-    // i's rows go to buffer i & 1; row r of an iteration is the key
-    // base + r, r = warp * WARP_KEYS + sub_in_warp * KEYS_PER_ITER + u, the
-    // same key the unstaged loop gives that lane.
-    constexpr int CHUNKS_PER_ROW = HD / 8;  // 16-byte pieces of a key's row
-    const int iters = (end - begin + BLOCK_KEYS - 1) / BLOCK_KEYS;
-    auto stage = [&](int it) {
-        bf16* dst = s_kv + (it & 1) * 2 * STAGE_ELEMS;
-        const int base = begin + it * BLOCK_KEYS;
-        for (int c = threadIdx.x; c < BLOCK_KEYS * CHUNKS_PER_ROW; c += blockDim.x) {
-            const int r = c / CHUNKS_PER_ROW, piece = c % CHUNKS_PER_ROW;
-            const int pos = base + r;
-            const bool ok = pos < end;
-            const int p = ok ? pos : begin;
-            const long slot = (long)table[p / block_size] * block_size + (p % block_size);
-            const long off = (slot * nkv + kvh) * HD + piece * 8;
-            cp_async16(dst + r * HD + piece * 8, k_cache + off, ok);
-            cp_async16(dst + STAGE_ELEMS + r * HD + piece * 8, v_cache + off, ok);
-        }
-        cp_async_commit();
-    };
-    if (iters > 0) stage(0);
-    for (int it = 0; it < iters; it++) {
-        if (it + 1 < iters) {
-            stage(it + 1);
-            cp_async_wait<1>();  // iteration it's group has landed
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
-        const bf16* src = s_kv + (it & 1) * 2 * STAGE_ELEMS;
-        const int base = begin + it * BLOCK_KEYS + warp * WARP_KEYS + sub_in_warp * KEYS_PER_ITER;
-        uint4 kraw[KEYS_PER_ITER], vraw[KEYS_PER_ITER];
-        bool valid[KEYS_PER_ITER];
+        // Block-wide iterations of BLOCK_KEYS keys (every thread has the
+        // same ub and ue, so the loop and its barriers are uniform).
+        // Iteration i's rows go to buffer i & 1; row r of an iteration is
+        // the key base + r, r = warp * WARP_KEYS + sub_in_warp *
+        // KEYS_PER_ITER + v, the same key the unstaged loop gives that lane.
+        constexpr int CHUNKS_PER_ROW = HD / 8;  // 16-byte pieces of a key's row
+        const int iters = (ue - ub + BLOCK_KEYS - 1) / BLOCK_KEYS;
+        auto stage = [&](int it) {
+            bf16* dst = s_kv + (it & 1) * 2 * STAGE_ELEMS;
+            const int base = ub + it * BLOCK_KEYS;
+            for (int c = threadIdx.x; c < BLOCK_KEYS * CHUNKS_PER_ROW; c += blockDim.x) {
+                const int r = c / CHUNKS_PER_ROW, piece = c % CHUNKS_PER_ROW;
+                const int pos = base + r;
+                const bool ok = pos < ue;
+                const int p = ok ? pos : ub;
+                const long slot = (long)table[p / block_size] * block_size + (p % block_size);
+                const long off = (slot * nkv + kvh) * HD + piece * 8;
+                cp_async16(dst + r * HD + piece * 8, k_cache + off, ok);
+                cp_async16(dst + STAGE_ELEMS + r * HD + piece * 8, v_cache + off, ok);
+            }
+            cp_async_commit();
+        };
+        if (iters > 0) stage(0);
+        for (int it = 0; it < iters; it++) {
+            if (it + 1 < iters) {
+                stage(it + 1);
+                cp_async_wait<1>();  // iteration it's group has landed
+            } else {
+                cp_async_wait<0>();
+            }
+            __syncthreads();
+            const bf16* src = s_kv + (it & 1) * 2 * STAGE_ELEMS;
+            const int base = ub + it * BLOCK_KEYS + warp * WARP_KEYS + sub_in_warp * KEYS_PER_ITER;
+            uint4 kraw[KEYS_PER_ITER], vraw[KEYS_PER_ITER];
+            bool valid[KEYS_PER_ITER];
 #pragma unroll
-        for (int u = 0; u < KEYS_PER_ITER; u++) {
-            valid[u] = base + u < end;
-            const int r = warp * WARP_KEYS + sub_in_warp * KEYS_PER_ITER + u;
-            const uint4 zero = make_uint4(0, 0, 0, 0);
-            kraw[u] = lane_on ? *reinterpret_cast<const uint4*>(src + r * HD + sl * 8) : zero;
-            vraw[u] = lane_on ? *reinterpret_cast<const uint4*>(src + STAGE_ELEMS + r * HD + sl * 8) : zero;
+            for (int v = 0; v < KEYS_PER_ITER; v++) {
+                valid[v] = base + v < ue;
+                const int r = warp * WARP_KEYS + sub_in_warp * KEYS_PER_ITER + v;
+                const uint4 zero = make_uint4(0, 0, 0, 0);
+                kraw[v] = lane_on ? *reinterpret_cast<const uint4*>(src + r * HD + sl * 8) : zero;
+                vraw[v] = lane_on ? *reinterpret_cast<const uint4*>(src + STAGE_ELEMS + r * HD + sl * 8)
+                                  : zero;
+            }
+            attend_keys<G, LPT>(q, kraw, vraw, valid, m, l, acc);
+            // Every lane is done with this buffer before iteration it + 2's
+            // copies (issued at the top of iteration it + 1) overwrite it.
+            __syncthreads();
         }
-        attend_keys<G, LPT>(q, kraw, vraw, valid, m, l, acc);
-        // Every lane is done with this buffer before iteration it + 2's
-        // copies (issued at the top of iteration it + 1) overwrite it.
-        __syncthreads();
-    }
 #else
-    // The loop bound is uniform across the warp (shuffles need every lane).
-    for (int wbase = begin + warp * WARP_KEYS; wbase < end; wbase += ATTN_WARPS * WARP_KEYS) {
-        const int base = wbase + sub_in_warp * KEYS_PER_ITER;
-        uint4 kraw[KEYS_PER_ITER], vraw[KEYS_PER_ITER];
-        bool valid[KEYS_PER_ITER];
+        // The loop bound is uniform across the warp (shuffles need every lane).
+        for (int wbase = ub + warp * WARP_KEYS; wbase < ue; wbase += ATTN_WARPS * WARP_KEYS) {
+            const int base = wbase + sub_in_warp * KEYS_PER_ITER;
+            uint4 kraw[KEYS_PER_ITER], vraw[KEYS_PER_ITER];
+            bool valid[KEYS_PER_ITER];
 #pragma unroll
-        for (int u = 0; u < KEYS_PER_ITER; u++) {
-            const int pos = base + u;
-            valid[u] = pos < end;
-            const int p = valid[u] ? pos : begin;
-            const long slot = (long)table[p / block_size] * block_size + (p % block_size);
-            const long off = (slot * nkv + kvh) * HD + sl * 8;
-            kraw[u] = lane_on ? *reinterpret_cast<const uint4*>(k_cache + off) : make_uint4(0, 0, 0, 0);
-            vraw[u] = lane_on ? *reinterpret_cast<const uint4*>(v_cache + off) : make_uint4(0, 0, 0, 0);
+            for (int v = 0; v < KEYS_PER_ITER; v++) {
+                const int pos = base + v;
+                valid[v] = pos < ue;
+                const int p = valid[v] ? pos : ub;
+                const long slot = (long)table[p / block_size] * block_size + (p % block_size);
+                const long off = (slot * nkv + kvh) * HD + sl * 8;
+                kraw[v] = lane_on ? *reinterpret_cast<const uint4*>(k_cache + off) : make_uint4(0, 0, 0, 0);
+                vraw[v] = lane_on ? *reinterpret_cast<const uint4*>(v_cache + off) : make_uint4(0, 0, 0, 0);
+            }
+            attend_keys<G, LPT>(q, kraw, vraw, valid, m, l, acc);
         }
-        attend_keys<G, LPT>(q, kraw, vraw, valid, m, l, acc);
-    }
 #endif
 
 #pragma unroll
-    for (int g = 0; g < G; g++) {
-        if (sl == 0) {
-            s_m[sub][g] = m[g];
-            s_l[sub][g] = l[g];
-        }
-        if (lane_on) {
+        for (int g = 0; g < G; g++) {
+            if (sl == 0) {
+                s_m[sub][g] = m[g];
+                s_l[sub][g] = l[g];
+            }
+            if (lane_on) {
 #pragma unroll
-            for (int e = 0; e < 8; e++) s_acc[sub][g][sl * 8 + e] = acc[g][e];
+                for (int e = 0; e < 8; e++) s_acc[sub][g][sl * 8 + e] = acc[g][e];
+            }
         }
-    }
 #endif  // ATTN_USE_MMA
-    __syncthreads();
-    for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
-        const int g = i / HD, d = i - g * HD;
-        if (g0 + g >= GALL) break;  // the last chunk of an uneven group
-        float mm = -INFINITY;
+    };
+    // Merges unit u of `units` (after a barrier).
+    auto merge_unit = [&](int u, int units) {
+        // This unit's partial: the block's warps (or sub-warps) merged. A
+        // block of one unit writes it out (the output, or its split's
+        // partial); a block of several folds it into its running partial,
+        // kept in shared memory (the maxima and sums per query head in two
+        // buffers by unit parity, read from one while written to the other),
+        // and writes the output after the last.
+        // Element i = threadIdx.x + k * THREADS of the block's G x HD
+        // outputs is this thread's k-th.
 #pragma unroll
-        for (int w = 0; w < NMERGE; w++) mm = fmaxf(mm, s_m[w][g]);
-        float ll = 0.0f, aa = 0.0f;
-        if (mm != -INFINITY) {
+        for (int k = 0; k < (G * HD + THREADS - 1) / THREADS; k++) {
+            const int i = threadIdx.x + k * THREADS;
+            if (i >= G * HD) break;
+            const int g = i / HD, d = i - g * HD;
+            if (g0 + g >= GALL) break;  // the last chunk of an uneven group
+            float mm = -INFINITY;
 #pragma unroll
-            for (int w = 0; w < NMERGE; w++) {
-                const float f = __expf(s_m[w][g] - mm);
-                ll += s_l[w][g] * f;
-                aa += s_acc[w][g][d] * f;
+            for (int w = 0; w < NMERGE; w++) mm = fmaxf(mm, s_m[w][g]);
+            float ll = 0.0f, aa = 0.0f;
+            if (mm != -INFINITY) {
+#pragma unroll
+                for (int w = 0; w < NMERGE; w++) {
+                    const float f = __expf(s_m[w][g] - mm);
+                    ll = __fmaf_rn(s_l[w][g], f, ll);
+                    aa = __fmaf_rn(s_acc[w][g][d], f, aa);
+                }
+            }
+            if (UNITS && units > 1) {
+                float fm = -INFINITY, fl = 0.0f, fa = 0.0f;
+                if (u > 0) {
+                    fm = s_fold_ml[(u + 1) & 1][g][0];
+                    fl = s_fold_ml[(u + 1) & 1][g][1];
+                    fa = FOLD_SHARED ? s_fold_acc[i] : fold_acc_regs[k];
+                }
+                fold_partial(fm, fl, fa, mm, ll, aa);
+                if constexpr (FOLD_SHARED) {
+                    s_fold_acc[i] = fa;
+                } else {
+                    fold_acc_regs[k] = fa;
+                }
+                if (d == 0) {
+                    s_fold_ml[u & 1][g][0] = fm;
+                    s_fold_ml[u & 1][g][1] = fl;
+                }
+                mm = fm;
+                ll = fl;
+                aa = fa;
+                if (u + 1 < units) continue;
+            }
+            const int h = kvh * GALL + g0 + g;
+            if (nsplit == 1) {
+                out[((long)t * nq + h) * HD + d] = __float2bfloat16(aa / ll);
+            } else {
+                const long p = ((long)t * nq + h) * stride + split;
+                part_acc[p * HD + d] = aa;
+                if (d == 0) {
+                    part_ml[2 * p] = mm;
+                    part_ml[2 * p + 1] = ll;
+                }
             }
         }
-        const int h = kvh * GALL + g0 + g;
-        if (nsplit == 1) {
-            out[((long)t * nq + h) * HD + d] = __float2bfloat16(aa / ll);
-        } else {
-            const long p = ((long)t * nq + h) * stride + split;
-            part_acc[p * HD + d] = aa;
-            if (d == 0) {
-                part_ml[2 * p] = mm;
-                part_ml[2 * p + 1] = ll;
-            }
+    };
+    if constexpr (UNITS) {
+        const int units = (ctx + split_keys - 1) / split_keys;
+#pragma unroll 1
+        for (int u = 0; u < units; u++) {
+            attend_unit(u * split_keys, min(ctx, (u + 1) * split_keys));
+            __syncthreads();
+            merge_unit(u, units);
+            // The next unit's loop overwrites the merge's inputs.
+            if (u + 1 < units) __syncthreads();
         }
+    } else {
+        attend_unit(begin, end);
+        __syncthreads();
+        merge_unit(0, 1);
     }
     if (nsplit == 1) return;
 
@@ -677,11 +801,12 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
     __syncthreads();
     if (!s_last) return;
     __threadfence();
-    // Every output element merges its splits in split order, whichever
-    // block happens to finish last (the result depends on nsplit only): a
-    // batch of splits' maxima,
-    // sums and partials is loaded at once, then folded in with an online
-    // rescale (one round trip per ATTN_MERGE_BATCH splits).
+    // Every output element folds its splits' partials in split order with
+    // fold_partial, whichever block happens to finish last (the result
+    // depends on nsplit only, and under batch_invariant equals the fold a
+    // single block makes of the same units): a batch of splits' maxima,
+    // sums and partials is loaded at once (one round trip per
+    // ATTN_MERGE_BATCH splits), then folded in one by one.
     for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
         const int g = i / HD, d = i - g * HD;
         if (g0 + g >= GALL) break;
@@ -691,26 +816,15 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
         for (int z0 = 0; z0 < nsplit; z0 += ATTN_MERGE_BATCH) {
             float mz[ATTN_MERGE_BATCH], lz[ATTN_MERGE_BATCH], az[ATTN_MERGE_BATCH];
 #pragma unroll
-            for (int u = 0; u < ATTN_MERGE_BATCH; u++) {
-                const int z = z0 + u;
+            for (int v = 0; v < ATTN_MERGE_BATCH; v++) {
+                const int z = z0 + v;
                 const bool ok = z < nsplit;
-                mz[u] = ok ? __ldcg(&part_ml[2 * (base + z)]) : -INFINITY;
-                lz[u] = ok ? __ldcg(&part_ml[2 * (base + z) + 1]) : 0.0f;
-                az[u] = ok ? __ldcg(&part_acc[(base + z) * HD + d]) : 0.0f;
+                mz[v] = ok ? __ldcg(&part_ml[2 * (base + z)]) : -INFINITY;
+                lz[v] = ok ? __ldcg(&part_ml[2 * (base + z) + 1]) : 0.0f;
+                az[v] = ok ? __ldcg(&part_acc[(base + z) * HD + d]) : 0.0f;
             }
-            float cm = mm;
 #pragma unroll
-            for (int u = 0; u < ATTN_MERGE_BATCH; u++) cm = fmaxf(cm, mz[u]);
-            const float rescale = mm == -INFINITY ? 0.0f : __expf(mm - cm);
-            ll *= rescale;
-            aa *= rescale;
-#pragma unroll
-            for (int u = 0; u < ATTN_MERGE_BATCH; u++) {
-                const float f = mz[u] == -INFINITY ? 0.0f : __expf(mz[u] - cm);
-                ll += lz[u] * f;
-                aa += az[u] * f;
-            }
-            mm = cm;
+            for (int v = 0; v < ATTN_MERGE_BATCH; v++) fold_partial(mm, ll, aa, mz[v], lz[v], az[v]);
         }
         out[((long)t * nq + h) * HD + d] = __float2bfloat16(aa / ll);
     }
@@ -742,7 +856,25 @@ extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32, ATTN_MIN_BLOCKS)
               int split_keys) {
     pdl_wait();
     pdl_launch();
-    attention_impl<DYNO_HEAD_DIM, DYNO_GROUP, DYNO_GROUP_CHUNKS>(qkv, k_cache, v_cache, positions, seq_idx,
-                                              block_tables, bt_stride, block_size, nkv, scale, out,
-                                              part_acc, part_ml, counters, split_keys);
+    attention_impl<DYNO_HEAD_DIM, DYNO_GROUP, DYNO_GROUP_CHUNKS, false>(
+        qkv, k_cache, v_cache, positions, seq_idx, block_tables, bt_stride, block_size, nkv, scale,
+        out, part_acc, part_ml, counters, split_keys);
+}
+
+// batch_invariant, steps large enough to fill the GPU without splits: one
+// block per (query token, kv head, group chunk) folds the context's units
+// of split_keys keys in order, giving the bits `attention` gives the same
+// query with one split per unit. A kernel of its own so that the loop over
+// units costs `attention` no registers. Grid (query tokens, kv heads x
+// group chunks, 1).
+extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32, ATTN_MIN_BLOCKS)
+    attention_units(const float* qkv, const bf16* k_cache, const bf16* v_cache,
+                    const int* positions, const int* seq_idx, const int* block_tables,
+                    const int* bt_stride, int block_size, int nkv, float scale, bf16* out,
+                    int split_keys) {
+    pdl_wait();
+    pdl_launch();
+    attention_impl<DYNO_HEAD_DIM, DYNO_GROUP, DYNO_GROUP_CHUNKS, true>(
+        qkv, k_cache, v_cache, positions, seq_idx, block_tables, bt_stride, block_size, nkv, scale,
+        out, nullptr, nullptr, nullptr, split_keys);
 }

@@ -360,6 +360,14 @@ kernels! {
         block_tables: Ptr, bt_stride: Ptr, block_size: I32, nkv: I32, scale: F32,
         out: Ptr, part_acc: Ptr, part_ml: Ptr, counters: Ptr, split_keys: I32,
     }
+    /// Paged attention under `batch_invariant` for steps of one split: each
+    /// block folds its query's units of `split_keys` keys in order, the
+    /// bits `attention` gives with one split per unit (attention.cu).
+    attention_units => AttentionUnits {
+        qkv: Ptr, k_cache: Ptr, v_cache: Ptr, positions: Ptr, seq_idx: Ptr,
+        block_tables: Ptr, bt_stride: Ptr, block_size: I32, nkv: I32, scale: F32,
+        out: Ptr, split_keys: I32,
+    }
     /// One token per logits row: greedy, or seeded top-k/top-p sampling
     /// (sampling.cu).
     sample_rows => SampleRows {

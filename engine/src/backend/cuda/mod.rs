@@ -179,6 +179,7 @@ impl CudaBackend {
                 dims,
                 sm_count: props.sm_count.max(1) as usize,
                 split_keys,
+                invariant_one_block_from: one_block_from_env(props.sm_count.max(1) as usize)?,
                 invariant_products,
             },
             kv: None,
@@ -358,6 +359,32 @@ fn parse_split_keys(text: Option<&str>, max_model_len: usize) -> Result<usize, B
             "DYNO_CUDA_SPLIT_KEYS={text}: must be a multiple of 64 and at least {min} \
              (max_model_len {max_model_len} over {} splits)",
             kernels::ATTN_MAX_SPLITS
+        ))),
+    }
+}
+
+/// Attention blocks per split from which `batch_invariant` runs one block
+/// per query: `runner::invariant_one_block_from`, or
+/// `DYNO_CUDA_INVARIANT_ONE_BLOCK=N` (N ≥ 1) — the GPU batch-invariance tests
+/// set it low so that their small steps take both paths.
+fn one_block_from_env(sm_count: usize) -> Result<usize, BackendError> {
+    parse_one_block_from(
+        std::env::var("DYNO_CUDA_INVARIANT_ONE_BLOCK")
+            .ok()
+            .as_deref(),
+        sm_count,
+    )
+}
+
+fn parse_one_block_from(text: Option<&str>, sm_count: usize) -> Result<usize, BackendError> {
+    let Some(text) = text else {
+        return Ok(runner::invariant_one_block_from(sm_count));
+    };
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(BackendError::Cuda(format!(
+            "DYNO_CUDA_INVARIANT_ONE_BLOCK={text}: expected a whole number of attention blocks, \
+             at least 1"
         ))),
     }
 }
@@ -666,7 +693,22 @@ pub use workloads::engine_info::GpuProperties;
 
 #[cfg(test)]
 mod tests {
-    use super::parse_split_keys;
+    use super::{parse_one_block_from, parse_split_keys};
+
+    #[test]
+    fn one_block_threshold_defaults_to_the_heuristic_and_bad_overrides_are_named() {
+        assert_eq!(parse_one_block_from(None, 132).unwrap(), 1056);
+        assert_eq!(parse_one_block_from(Some(" 400 "), 132).unwrap(), 400);
+        for text in ["0", "-3", "many", ""] {
+            let e = parse_one_block_from(Some(text), 132)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("DYNO_CUDA_INVARIANT_ONE_BLOCK={text}")),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn split_keys_default_to_the_measured_size_and_bad_overrides_are_named() {

@@ -16,9 +16,11 @@
 //!
 //! With `batch_invariant` every step takes the GEMM path, the products go
 //! through [`InvariantGemm`] (one pinned cuBLASLt algorithm per weight
-//! shape), and attention splits each query's context into pieces of
-//! `split_keys` keys, so a token's arithmetic never depends on the step's
-//! other tokens. With `DYNO_INVARIANT_PRODUCTS=gemv` it is the other way
+//! shape), and attention cuts each query's context into units of
+//! `split_keys` keys whose partials are folded in order — by the last of
+//! one block per unit at small steps, by one block per query at steps that
+//! fill the GPU (`attention_units`) — so a token's arithmetic never depends
+//! on the step's other tokens. With `DYNO_INVARIANT_PRODUCTS=gemv` it is the other way
 //! round: every step takes the small-batch path, a step of more than
 //! `GEMV_MAX_T` tokens as tiles of that many (`blockIdx.y`), whose per-token
 //! sums do not depend on the tile ([`InvariantProducts`]); the pinned GEMM
@@ -32,9 +34,10 @@ use super::buffer::DeviceBuffer;
 use super::gemm::Gemm;
 use super::gemm_lt::InvariantGemm;
 use super::kernels::{
-    AddRmsnorm, Attention, DownProjResidual, EmbedRmsnorm, FinalRmsnormRows, Kernels,
-    NormGateUpSilu, NormQkv, NormQkvRopeCache, OProjResidual, QkvRopeCache, SampleRows, SiluMul,
-    ADD_RMSNORM_WARPS, ATTN_MAX_SPLITS, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS, ROPE_CACHE_THREADS,
+    AddRmsnorm, Attention, AttentionUnits, DownProjResidual, EmbedRmsnorm, FinalRmsnormRows,
+    Kernels, NormGateUpSilu, NormQkv, NormQkvRopeCache, OProjResidual, QkvRopeCache, SampleRows,
+    SiluMul, ADD_RMSNORM_WARPS, ATTN_MAX_SPLITS, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS,
+    ROPE_CACHE_THREADS,
 };
 use super::kv_pool::KvPool;
 use super::step_meta::MetaLayout;
@@ -100,6 +103,32 @@ pub fn invariant_split_keys(max_model_len: usize) -> usize {
     invariant_min_split_keys(max_model_len).max(INVARIANT_SPLIT_KEYS)
 }
 
+/// Attention blocks per split from which `batch_invariant` runs one block
+/// per query (`attention_units`): where the default heuristic
+/// ([`attention_splits`]) stops splitting large steps, so both paths split
+/// the same steps. The two give the same bits; the block per query skips
+/// the partial writes, the split blocks' setup and the merge (docs/BENCHMARKS.md).
+pub fn invariant_one_block_from(sm_count: usize) -> usize {
+    sm_count.max(1) * 8
+}
+
+/// The attention grid's splits under `batch_invariant` for a step of
+/// `blocks` blocks per split whose longest context is `max_context` keys:
+/// one (a block per query folding its units) from `one_block_from` blocks
+/// on, else one per unit of `split_keys` keys.
+pub fn invariant_splits(
+    blocks: usize,
+    max_context: usize,
+    split_keys: usize,
+    one_block_from: usize,
+) -> usize {
+    if blocks >= one_block_from {
+        1
+    } else {
+        max_context.div_ceil(split_keys.max(1)).max(1)
+    }
+}
+
 pub struct Runner {
     pub kernels: Kernels,
     pub gemm: Products,
@@ -111,6 +140,12 @@ pub struct Runner {
     /// Keys per attention split (`batch_invariant`), 0 = splits chosen
     /// per step by `attention_splits`.
     pub split_keys: usize,
+    /// Under `batch_invariant`: steps with at least this many attention
+    /// blocks per split (query tokens × kv heads × group chunks) run one
+    /// block per query that folds its units (`attention_units`) instead of
+    /// a block per unit; [`invariant_one_block_from`] or
+    /// `DYNO_CUDA_INVARIANT_ONE_BLOCK`.
+    pub invariant_one_block_from: usize,
     /// Under `batch_invariant`: every step, whatever its size, runs the
     /// small-batch kernels in tiles of `GEMV_MAX_T` tokens instead of the
     /// pinned cuBLASLt GEMMs (`DYNO_INVARIANT_PRODUCTS=gemv`; see
@@ -192,9 +227,9 @@ impl Runner {
 
     /// The attention grid's split count (its z dimension) for a step of
     /// `tokens` tokens whose longest context is `max_context` keys. With
-    /// `batch_invariant`, enough splits of `split_keys` for that context
-    /// (graphs pass `max_model_len`), and an error rather than fewer splits
-    /// when the partial buffers cannot hold them.
+    /// `batch_invariant`, [`invariant_splits`] (graphs pass
+    /// `max_model_len`), and an error rather than fewer splits when the
+    /// partial buffers cannot hold them.
     pub fn attention_grid_splits(
         &self,
         tokens: usize,
@@ -209,7 +244,12 @@ impl Runner {
                 a.partial_rows,
             ));
         }
-        let z = max_context.div_ceil(self.split_keys).max(1);
+        let z = invariant_splits(
+            tokens * self.dims.attention_head_blocks(),
+            max_context,
+            self.split_keys,
+            self.invariant_one_block_from,
+        );
         if z > 1 && tokens * z > a.partial_rows {
             return Err(BackendError::InvalidBatch(format!(
                 "attention: {tokens} tokens x {z} context splits exceed the {} partial rows \
@@ -501,6 +541,26 @@ impl Runner {
         let d = &self.dims;
         let a = &self.arena;
         let t = tokens as u32;
+        if self.batch_invariant() && nsplit == 1 {
+            return self.kernels.attention_units(
+                (t, d.attention_head_blocks() as u32, 1),
+                128,
+                AttentionUnits {
+                    qkv: a.qkv.ptr,
+                    k_cache: kv.k(li),
+                    v_cache: kv.v(li),
+                    positions: self.meta(layout, layout.positions()),
+                    seq_idx: self.meta(layout, layout.seq_idx()),
+                    block_tables: self.meta(layout, layout.block_tables()),
+                    bt_stride: self.meta(layout, layout.bt_stride()),
+                    block_size: kv.block_size as i32,
+                    nkv: d.nkv as i32,
+                    scale: 1.0 / (d.head_dim as f32).sqrt(),
+                    out: a.attn.ptr,
+                    split_keys: self.split_keys as i32,
+                },
+            );
+        }
         self.kernels.attention(
             (t, d.attention_head_blocks() as u32, nsplit as u32),
             128,
@@ -640,6 +700,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("DYNO_INVARIANT_PRODUCTS=cublas"), "{err}");
+    }
+
+    #[test]
+    fn invariant_steps_that_fill_the_gpu_take_one_block_per_query() {
+        let from = invariant_one_block_from(132);
+        assert_eq!(from, 1056);
+        // Small steps: one split per unit of the longest context.
+        assert_eq!(invariant_splits(3, 1280, 256, from), 5);
+        assert_eq!(invariant_splits(3, 1281, 256, from), 6);
+        assert_eq!(invariant_splits(1055, 300, 256, from), 2);
+        assert_eq!(invariant_splits(3, 100, 256, from), 1);
+        // From the threshold on: one block per query, whatever the context.
+        assert_eq!(invariant_splits(1056, 1280, 256, from), 1);
+        assert_eq!(invariant_splits(3072, 32_768, 256, from), 1);
+        // The default heuristic stops splitting at the same step size.
+        assert_eq!(attention_splits(352, 3, 132, 1 << 20), 1);
+        assert!(attention_splits(351, 3, 132, 1 << 20) > 1);
     }
 
     #[test]
