@@ -253,12 +253,17 @@ struct MmaStage {
 // its state in s_m_warp[G], s_l_warp[G] and s_acc_warp[G][HD] for the
 // block's merge. Every thread of the block calls it (it may hold
 // __syncthreads). s_stage: the block's staged rows (ATTN_STAGED), else unused.
+// Keys below stage_end (end, or the context's end for a block folding units)
+// may be staged: a warp's last iteration stages its first rows of the next
+// unit, and the next call, `prestaged`, starts from them. `buffer`: the
+// staging buffer of the warp's next rows, kept across calls.
 template <int HD, int G, int GALL>
 __device__ __forceinline__ void attend_split_mma(
     const float* __restrict__ qkv, const bf16* __restrict__ k_cache,
     const bf16* __restrict__ v_cache, const int* __restrict__ table, int block_size, int nkv,
-    int kvh, int g0, int t, int row_len, float scale, int begin, int end, bf16* s_stage,
-    float* s_m_warp, float* s_l_warp, float* s_acc_warp) {
+    int kvh, int g0, int t, int row_len, float scale, int begin, int end, int stage_end,
+    bool prestaged, int& buffer, bf16* s_stage, float* s_m_warp, float* s_l_warp,
+    float* s_acc_warp) {
     using Stage = MmaStage<HD>;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     constexpr int KS = HD / 16;  // k-steps of the score product
@@ -323,7 +328,7 @@ __device__ __forceinline__ void attend_split_mma(
     float m = -INFINITY, l = 0.0f;  // row g's running max, this lane's share of the sum
     const int shift = __ffs(block_size) - 1;  // block_size: a power of two
     auto slot_of = [&](int pos) {
-        const int p = pos < end ? pos : begin;
+        const int p = pos < stage_end ? pos : begin;
         return (long)table[p >> shift] * block_size + (p & (block_size - 1));
     };
     constexpr int KT = attn_mma_key_tiles(HD);  // score tiles of 8 keys per iteration
@@ -340,20 +345,20 @@ __device__ __forceinline__ void attend_split_mma(
             const int r = q / PIECES, piece = q % PIECES;
             const int pos = tile_base + r;
             const long off = (slot_of(pos) * nkv + kvh) * HD + piece * 8;
-            cp_async16(dst + r * Stage::ROW + piece * 8, k_cache + off, pos < end);
-            cp_async16(dst + (Stage::ROWS + r) * Stage::ROW + piece * 8, v_cache + off, pos < end);
+            cp_async16(dst + r * Stage::ROW + piece * 8, k_cache + off, pos < stage_end);
+            cp_async16(dst + (Stage::ROWS + r) * Stage::ROW + piece * 8, v_cache + off,
+                       pos < stage_end);
         }
         cp_async_commit();
     };
-    int buffer = 0;
-    if (begin + warp * 8 * KT < end) stage_rows(begin + warp * 8 * KT, 0);
+    if (!prestaged && begin + warp * 8 * KT < end) stage_rows(begin + warp * 8 * KT, buffer);
 #endif
 #pragma unroll 1
     for (int base = begin + warp * 8 * KT; base < end; base += WARP_STRIDE) {
         // Where key `key` of this iteration (row `row` of its tile) is
         // read from: the cache, or this warp's staged rows.
 #if ATTN_STAGED
-        if (base + WARP_STRIDE < end) {
+        if (base + WARP_STRIDE < stage_end) {
             stage_rows(base + WARP_STRIDE, buffer ^ 1);
             cp_async_wait<1>();  // this iteration's rows have landed
         } else {
@@ -512,30 +517,42 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
     __shared__ float s_m[NMERGE][G];
     __shared__ float s_l[NMERGE][G];
     __shared__ bool s_last;
-    // A block folding several units (batch_invariant, large steps): its
-    // running partial, the maxima and sums per query head by unit parity,
-    // and the sums of values in shared memory where they fit next to the
-    // rest (static shared memory: 48 KiB), else in registers.
-    constexpr int FOLD_ACC_BYTES = G * HD * 4;
-    constexpr bool FOLD_SHARED = UNITS && attn_shared_bytes<HD, G, LPT>() + FOLD_ACC_BYTES <= 47 * 1024;
     constexpr int THREADS = ATTN_WARPS * 32;
-    constexpr int FOLD_REGS = (G * HD + THREADS - 1) / THREADS;
-    __shared__ float s_fold_ml[UNITS ? 2 : 1][G][2];
-    __shared__ float s_fold_acc[FOLD_SHARED ? G * HD : 1];
-    float fold_acc_regs[FOLD_REGS];  // unused where FOLD_SHARED
 #if ATTN_USE_MMA && ATTN_STAGED
     // Per warp, two buffers of one iteration's K and V rows (a row padded
     // by 16 bytes, so that the fragment reads hit 32 distinct banks); the
-    // same bytes hold the warps' partials for the merge after.
+    // same bytes hold the warps' partials for the merge after, except in
+    // a block folding several units (CHAIN) where they fit apart: it
+    // stages the next unit's first rows before it merges the last one's,
+    // so that its loads never stop.
     constexpr int MMA_STAGE_BYTES = ATTN_WARPS * MmaStage<HD>::WARP_ELEMS * 2;
     constexpr int MMA_ACC_BYTES = NMERGE * G * HD * 4;
     static_assert(MMA_STAGE_BYTES <= 40 * 1024,
                   "ATTN_STAGED with the tensor-core loop: two iterations of K and V rows per warp "
                   "do not fit in static shared memory at this head dim; add DYNO_CUDA_ATTN_MMA=0");
-    __shared__ __align__(16) unsigned char
-        s_raw[MMA_STAGE_BYTES > MMA_ACC_BYTES ? MMA_STAGE_BYTES : MMA_ACC_BYTES];
+    constexpr bool CHAIN =
+        UNITS && attn_shared_bytes<HD, G, LPT>() + MMA_ACC_BYTES + G * HD * 4 <= 47 * 1024;
+    constexpr int RAW_BYTES = CHAIN ? MMA_STAGE_BYTES + MMA_ACC_BYTES
+                                    : (MMA_STAGE_BYTES > MMA_ACC_BYTES ? MMA_STAGE_BYTES : MMA_ACC_BYTES);
+    __shared__ __align__(16) unsigned char s_raw[RAW_BYTES];
     bf16* s_stage = reinterpret_cast<bf16*>(s_raw);
-    float(*s_acc)[G][HD] = reinterpret_cast<float(*)[G][HD]>(s_raw);
+    float(*s_acc)[G][HD] = reinterpret_cast<float(*)[G][HD]>(s_raw + (CHAIN ? MMA_STAGE_BYTES : 0));
+    constexpr int EXTRA_BYTES = CHAIN ? MMA_ACC_BYTES : 0;
+#else
+    constexpr bool CHAIN = false;
+    constexpr int EXTRA_BYTES = 0;
+#endif
+    // A block folding several units (batch_invariant, large steps): its
+    // running partial, the maxima and sums per query head by unit parity,
+    // and the sums of values in shared memory where they fit next to the
+    // rest (static shared memory: 48 KiB), else in registers.
+    constexpr bool FOLD_SHARED =
+        UNITS && attn_shared_bytes<HD, G, LPT>() + EXTRA_BYTES + G * HD * 4 <= 47 * 1024;
+    constexpr int FOLD_REGS = (G * HD + THREADS - 1) / THREADS;
+    __shared__ float s_fold_ml[UNITS ? 2 : 1][G][2];
+    __shared__ float s_fold_acc[FOLD_SHARED ? G * HD : 1];
+    float fold_acc_regs[FOLD_REGS];  // unused where FOLD_SHARED
+#if ATTN_USE_MMA && ATTN_STAGED
 #elif ATTN_USE_MMA
     __shared__ float s_acc[NMERGE][G][HD];
 #elif ATTN_STAGED
@@ -592,6 +609,7 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
     const int* table = block_tables + (long)seq_idx[t] * (*bt_stride_ptr);
     const int row_len = (nq + 2 * nkv) * HD;
 
+    int mma_buffer = 0;  // the tensor-core loop's staging buffer (CHAIN: across units)
     // Attends to keys [ub, ue), leaving each warp's (or sub-warp's) softmax
     // state in s_m, s_l and s_acc for the merge.
     auto attend_unit = [&](int ub, int ue) {
@@ -602,8 +620,9 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
         bf16* stage_rows_of_block = nullptr;
 #endif
         attend_split_mma<HD, G, GALL>(qkv, k_cache, v_cache, table, block_size, nkv, kvh, g0, t,
-                                      row_len, scale, ub, ue, stage_rows_of_block, s_m[warp],
-                                      s_l[warp], &s_acc[warp][0][0]);
+                                      row_len, scale, ub, ue, CHAIN ? end : ue,
+                                      CHAIN && ub > begin, mma_buffer, stage_rows_of_block,
+                                      s_m[warp], s_l[warp], &s_acc[warp][0][0]);
 #else
         float q[G][8];
 #pragma unroll
@@ -693,6 +712,20 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
                 vraw[v] = lane_on ? *reinterpret_cast<const uint4*>(v_cache + off) : make_uint4(0, 0, 0, 0);
             }
             attend_keys<G, LPT>(q, kraw, vraw, valid, m, l, acc);
+        }
+        if constexpr (UNITS) {
+            // The rows this lane loads first in the next unit, on their way
+            // to L2 while the block merges this one.
+#pragma unroll
+            for (int v = 0; v < KEYS_PER_ITER; v++) {
+                const int pos = ue + warp * WARP_KEYS + sub_in_warp * KEYS_PER_ITER + v;
+                if (lane_on && pos < end) {
+                    const long slot = (long)table[pos / block_size] * block_size + (pos % block_size);
+                    const long off = (slot * nkv + kvh) * HD + sl * 8;
+                    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(k_cache + off));
+                    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(v_cache + off));
+                }
+            }
         }
 #endif
 
@@ -867,7 +900,16 @@ extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32, ATTN_MIN_BLOCKS)
 // query with one split per unit. A kernel of its own so that the loop over
 // units costs `attention` no registers. Grid (query tokens, kv heads x
 // group chunks, 1).
-extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32, ATTN_MIN_BLOCKS)
+// Blocks per SM attention_units' registers must allow
+// (-DATTN_UNITS_MIN_BLOCKS from kernels.rs): 0, the default, takes
+// attention's bound; the backend asks for attention's occupancy where the
+// loop over units would cost a block per SM (qwen3-0.6b: 103 registers
+// against 95, 4 blocks against 5).
+#if !defined(ATTN_UNITS_MIN_BLOCKS) || ATTN_UNITS_MIN_BLOCKS == 0
+#undef ATTN_UNITS_MIN_BLOCKS
+#define ATTN_UNITS_MIN_BLOCKS ATTN_MIN_BLOCKS
+#endif
+extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32, ATTN_UNITS_MIN_BLOCKS)
     attention_units(const float* qkv, const bf16* k_cache, const bf16* v_cache,
                     const int* positions, const int* seq_idx, const int* block_tables,
                     const int* bt_stride, int block_size, int nkv, float scale, bf16* out,

@@ -17,6 +17,10 @@
 //! too). Candidates are tried fastest first (timed at load at 1 row, a full
 //! decode step and the largest step), since one algorithm serves them all.
 //! A shape with no passing candidate fails the load, naming the shape.
+//! Other candidates that are faster somewhere and give the pinned one's
+//! bits (the same check, plus equality with it at the largest call) join
+//! its family, and each range of row counts takes the family's fastest
+//! member there: a row's bits still never depend on the step's size.
 //!
 //! Operands are bf16, compute and output f32, as in `gemm.rs`. The workspace
 //! is allocated once and fixed, so the products can be captured into CUDA
@@ -39,6 +43,11 @@ const CANDIDATES: i32 = 16;
 /// below the shape's largest row count): single rows, odd counts that leave
 /// partial tiles, and counts around common tile heights.
 const CHECK_ROWS: &[usize] = &[1, 2, 3, 8, 17, 64, 127, 255, 1000];
+
+/// Row counts at which the members of a pinned algorithm's family are
+/// timed against each other (with the shape's busy decode and largest row
+/// counts): batch-1 decode, small decode batches, and steps in between.
+const FAMILY_ROWS: &[usize] = &[1, 8, 32, 128];
 
 /// cuBLAS's `CUBLAS_OP_N` / `CUBLAS_OP_T` (the matmul descriptor's
 /// TRANSA/TRANSB attributes are `int32_t`).
@@ -113,8 +122,20 @@ struct Pinned {
     b: Layout,
     /// y: column-major `n × rows` (row-major `rows × n`), f32.
     d: Layout,
-    algo: sys::cublasLtMatmulAlgo_t,
+    /// The algorithm for each range of row counts, by the range's first
+    /// row count (ascending; the first is 1): members of one family whose
+    /// products are bit-identical (see `InvariantGemm::family`), so which
+    /// one a call takes does not change its bits.
+    ranges: Vec<(usize, sys::cublasLtMatmulAlgo_t)>,
     description: String,
+}
+
+impl Pinned {
+    /// The algorithm for a call of `rows` rows.
+    fn algo_for(&self, rows: usize) -> &sys::cublasLtMatmulAlgo_t {
+        let i = self.ranges.partition_point(|&(from, _)| from <= rows);
+        &self.ranges[i.saturating_sub(1)].1
+    }
 }
 
 /// Batch-invariant products: one pinned cuBLASLt algorithm per (n, k).
@@ -272,7 +293,7 @@ impl InvariantGemm {
                 p.max_rows
             )));
         }
-        self.run(p, &p.algo, x, w, y, rows)
+        self.run(p, p.algo_for(rows), x, w, y, rows)
     }
 
     fn run(
@@ -336,7 +357,7 @@ impl InvariantGemm {
             a: Layout::new(bf16, s.k, s.n, s.k)?,
             b: Layout::new(bf16, s.k, s.max_rows, s.k)?,
             d: Layout::new(sys::cudaDataType::CUDA_R_32F, s.n, s.max_rows, s.n)?,
-            algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] },
+            ranges: Vec::new(),
             description: String::new(),
         };
         let mut candidates: Vec<sys::cublasLtMatmulAlgo_t> = Vec::new();
@@ -387,13 +408,25 @@ impl InvariantGemm {
                         .zip(t)
                         .map(|(r, t)| format!("{r} rows {:.1} us", t * 1e6))
                         .collect();
-                    p.algo = *algo;
                     p.description = format!(
                         "{name} ({}; {} candidates, {} rejected before it)",
                         times.join(", "),
                         candidates.len(),
                         rejected.len()
                     );
+                    // Family candidates: those faster than the pinned one
+                    // at some timed row count (the others would serve no
+                    // range), each checked below.
+                    let others: Vec<sys::cublasLtMatmulAlgo_t> = timed
+                        .iter()
+                        .filter(|(a, ta)| {
+                            a.data != algo.data && ta.iter().zip(t).any(|(x, y)| x < y)
+                        })
+                        .map(|(a, _)| *a)
+                        .collect();
+                    let (ranges, note) = self.family(&p, algo, &others, s, scratch)?;
+                    p.ranges = ranges;
+                    p.description.push_str(&note);
                     return Ok(p);
                 }
                 Err(why) => rejected.push(format!("{name}: {why}")),
@@ -419,6 +452,75 @@ impl InvariantGemm {
             s.max_rows,
             candidates.len(),
         )))
+    }
+
+    /// The pinned algorithm's family and which member serves which row
+    /// counts. A member is another candidate whose product at `max_rows`
+    /// rows is bit-identical to the pinned one's and that passes the same
+    /// self-check (so at every checked row count it gives the pinned one's
+    /// bits too: typically the same kernel and k-order with another tile
+    /// or schedule). Each rung of `FAMILY_ROWS` (plus the shape's busy
+    /// decode and largest row counts) takes the member fastest there, for
+    /// the row counts from the rung below (exclusive) up to it. Returns the
+    /// ranges and a note for the description.
+    fn family(
+        &self,
+        p: &Pinned,
+        pinned: &sys::cublasLtMatmulAlgo_t,
+        others: &[sys::cublasLtMatmulAlgo_t],
+        s: GemmShape,
+        scratch: &Scratch,
+    ) -> Result<(Vec<(usize, sys::cublasLtMatmulAlgo_t)>, String), BackendError> {
+        let max = p.max_rows;
+        let err = |e: String| BackendError::Cuda(format!("GEMM n={} k={}: {e}", p.n, p.k));
+        let reference = self.product(p, pinned, s.weight, scratch, max).map_err(err)?;
+        let mut members = vec![*pinned];
+        for algo in others {
+            // A candidate that fails either test is simply not a member.
+            let same = self
+                .product(p, algo, s.weight, scratch, max)
+                .is_ok_and(|full| first_difference(&reference, &full).is_none());
+            if same && self.self_check(p, algo, s.weight, scratch).is_ok() {
+                members.push(*algo);
+            }
+        }
+        let mut rungs: Vec<usize> = FAMILY_ROWS
+            .iter()
+            .copied()
+            .chain([s.typical_rows, max])
+            .filter(|&r| (1..=max).contains(&r))
+            .collect();
+        rungs.sort_unstable();
+        rungs.dedup();
+        // times[m][r]: member m at rung r.
+        let times = members
+            .iter()
+            .map(|algo| {
+                rungs
+                    .iter()
+                    .map(|&rows| self.seconds_per_call(p, algo, s.weight, scratch, rows))
+                    .collect::<Result<Vec<f64>, String>>()
+            })
+            .collect::<Result<Vec<Vec<f64>>, String>>()
+            .map_err(err)?;
+        let ranges: Vec<(usize, sys::cublasLtMatmulAlgo_t)> = fastest_per_range(&rungs, &times)
+            .into_iter()
+            .map(|(from, m)| (from, members[m]))
+            .collect();
+        let note = if ranges.len() > 1 {
+            let parts: Vec<String> = ranges
+                .iter()
+                .map(|(from, a)| format!("from {from} rows {}", describe_algo(a)))
+                .collect();
+            format!(
+                "; family of {} bit-identical algorithms: {}",
+                members.len(),
+                parts.join(", ")
+            )
+        } else {
+            format!("; family of {} bit-identical algorithms", members.len())
+        };
+        Ok((ranges, note))
     }
 
     /// Up to `CANDIDATES` algorithms the heuristic offers at `rows` rows
@@ -560,6 +662,35 @@ impl InvariantGemm {
         Ok(start.elapsed().as_secs_f64() / f64::from(CALLS))
     }
 
+    /// The self-check input's first `rows` rows times the weight with
+    /// `algo`, downloaded.
+    fn product(
+        &self,
+        p: &Pinned,
+        algo: &sys::cublasLtMatmulAlgo_t,
+        weight: u64,
+        s: &Scratch,
+        rows: usize,
+    ) -> Result<Vec<f32>, String> {
+        let n = p.n;
+        // NaN bytes first, so an element the product leaves unwritten
+        // cannot match the previous call's.
+        // SAFETY: `y` holds at least max_rows × n f32s.
+        unsafe { driver::memset_d8_async(s.y, 0xff, rows * n * 4, self.stream.cu_stream()) }
+            .map_err(|e| format!("clearing the output: {e}"))?;
+        self.run(p, algo, s.x, weight, s.y, rows)
+            .map_err(|e| e.to_string())?;
+        let mut host = vec![0f32; rows * n];
+        // SAFETY: `y` holds at least max_rows × n f32s; synchronized
+        // before `host` is read.
+        unsafe { driver::memcpy_dtoh_async(&mut host, s.y, self.stream.cu_stream()) }
+            .map_err(|e| format!("downloading: {e}"))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| format!("running at {rows} rows: {e}"))?;
+        Ok(host)
+    }
+
     /// Multiplies the same input rows at `max_rows` rows and at each of
     /// `CHECK_ROWS` below it, and the largest call twice: every shared row
     /// must be bit-identical.
@@ -572,24 +703,7 @@ impl InvariantGemm {
     ) -> Result<(), String> {
         let n = p.n;
         let max = p.max_rows;
-        let run = |rows: usize| -> Result<Vec<f32>, String> {
-            // NaN bytes first, so an element the product leaves unwritten
-            // cannot match the previous call's.
-            // SAFETY: `y` holds at least max_rows × n f32s.
-            unsafe { driver::memset_d8_async(s.y, 0xff, rows * n * 4, self.stream.cu_stream()) }
-                .map_err(|e| format!("clearing the output: {e}"))?;
-            self.run(p, algo, s.x, weight, s.y, rows)
-                .map_err(|e| e.to_string())?;
-            let mut host = vec![0f32; rows * n];
-            // SAFETY: `y` holds at least max_rows × n f32s; synchronized
-            // before `host` is read.
-            unsafe { driver::memcpy_dtoh_async(&mut host, s.y, self.stream.cu_stream()) }
-                .map_err(|e| format!("downloading: {e}"))?;
-            self.stream
-                .synchronize()
-                .map_err(|e| format!("running at {rows} rows: {e}"))?;
-            Ok(host)
-        };
+        let run = |rows: usize| self.product(p, algo, weight, s, rows);
         let full = run(max)?;
         if let Some(at) = full.iter().position(|v| !v.is_finite()) {
             return Err(format!(
@@ -703,6 +817,31 @@ fn fastest_first(times: &[Vec<f64>]) -> Vec<usize> {
     order
 }
 
+/// For rungs of row counts (ascending) and `times[m][r]`, each member's
+/// seconds at rung `r`: (first row count, member) for each range, where
+/// rung r's fastest member serves the row counts above rung r - 1 up to
+/// rung r (the first range from one row, the last on to any larger count),
+/// adjacent ranges of one member merged. At least one range: member 0 from
+/// one row when there are no rungs.
+fn fastest_per_range(rungs: &[usize], times: &[Vec<f64>]) -> Vec<(usize, usize)> {
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    let mut below = 0;
+    for (r, &rows) in rungs.iter().enumerate() {
+        let best = (0..times.len())
+            .min_by(|&a, &b| times[a][r].total_cmp(&times[b][r]))
+            .unwrap_or(0);
+        if ranges.last().is_none_or(|&(_, m)| m != best) {
+            ranges.push((below + 1, best));
+        }
+        below = rows;
+    }
+    match ranges.first_mut() {
+        Some(first) => first.0 = 1,
+        None => ranges.push((1, 0)),
+    }
+    ranges
+}
+
 /// Index of the first element whose bits differ.
 fn first_difference(a: &[f32], b: &[f32]) -> Option<usize> {
     a.iter()
@@ -808,6 +947,29 @@ mod tests {
         // Ties keep the heuristic's order.
         assert_eq!(fastest_first(&[vec![1.0], vec![1.0]]), vec![0, 1]);
         assert!(fastest_first(&[]).is_empty());
+    }
+
+    #[test]
+    fn each_range_of_rows_takes_the_member_fastest_at_its_top() {
+        let rungs = [1, 8, 32, 128, 1024];
+        // Member 0 wins at 1 and 8 rows, member 1 from 32 on, member 0
+        // again at the largest count.
+        let times = vec![
+            vec![1.0, 1.0, 3.0, 3.0, 1.0],
+            vec![2.0, 2.0, 2.0, 2.0, 2.0],
+        ];
+        assert_eq!(
+            fastest_per_range(&rungs, &times),
+            vec![(1, 0), (9, 1), (129, 0)]
+        );
+        // One member: one range from one row.
+        assert_eq!(fastest_per_range(&rungs, &[vec![1.0; 5]]), vec![(1, 0)]);
+        assert_eq!(fastest_per_range(&[], &[]), vec![(1, 0)]);
+        // The winner at the first rung serves from one row on.
+        assert_eq!(
+            fastest_per_range(&[4, 64], &[vec![2.0, 1.0], vec![1.0, 2.0]]),
+            vec![(1, 1), (5, 0)]
+        );
     }
 
     #[test]

@@ -63,6 +63,12 @@ pub struct AttentionTuning {
     /// it can run; `Some(false)` (0): never. Not bit-identical to the
     /// sub-warp loop (another summation order), within the same tolerances.
     pub mma: Option<bool>,
+    /// The `attention_units` kernel's `__launch_bounds__` minimum blocks
+    /// per SM (the kernel's `ATTN_UNITS_MIN_BLOCKS`). Not from the
+    /// environment: `None` compiles it with `attention`'s bound, and the
+    /// backend sets it to `attention`'s occupancy where the loop over units
+    /// would otherwise cost a block per SM (`CudaBackend::with_loader`).
+    pub units_min_blocks: Option<usize>,
 }
 
 impl Default for AttentionTuning {
@@ -72,6 +78,7 @@ impl Default for AttentionTuning {
             min_blocks: None,
             staged: None,
             mma: None,
+            units_min_blocks: None,
         }
     }
 }
@@ -132,12 +139,16 @@ impl AttentionTuning {
     }
 
     /// The `-D` options the kernel is compiled with.
-    pub fn defines(&self) -> [String; 4] {
+    pub fn defines(&self) -> [String; 5] {
         [
             format!("-DATTN_KEYS_PER_ITER={}", self.keys_per_iter),
             format!("-DATTN_MIN_BLOCKS={}", self.min_blocks.unwrap_or(0)),
             format!("-DATTN_STAGED={}", self.staged.map_or(2, u8::from)),
             format!("-DATTN_MMA={}", self.mma.map_or(2, u8::from)),
+            format!(
+                "-DATTN_UNITS_MIN_BLOCKS={}",
+                self.units_min_blocks.unwrap_or(0)
+            ),
         ]
     }
 }
@@ -406,7 +417,8 @@ mod tests {
                 "-DATTN_KEYS_PER_ITER=2",
                 "-DATTN_MIN_BLOCKS=0",
                 "-DATTN_STAGED=2",
-                "-DATTN_MMA=2"
+                "-DATTN_MMA=2",
+                "-DATTN_UNITS_MIN_BLOCKS=0"
             ]
         );
         let t = AttentionTuning::from_values(Some("1"), Some(" 5 "), Some("1"), Some("0")).unwrap();

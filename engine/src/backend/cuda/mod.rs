@@ -104,10 +104,27 @@ impl CudaBackend {
         )));
         let max_num_seqs = cfg.effective_max_num_seqs(auto_max_num_seqs);
         let dims = dims_of(config, cfg)?;
-        let module = nvrtc::load(
-            &ctx,
-            dims.kernel_shape(kernels::AttentionTuning::from_env()?),
-        )?;
+        let tuning = kernels::AttentionTuning::from_env()?;
+        let mut module = nvrtc::load(&ctx, dims.kernel_shape(tuning))?;
+        if cfg.batch_invariant {
+            // attention_units (the knob's large steps) loops over units and
+            // may need more registers than attention; where that costs
+            // blocks per SM, build it again bounded to attention's.
+            let blocks = |name: &str| {
+                module
+                    .load_function(name)
+                    .and_then(|f| f.occupancy_max_active_blocks_per_multiprocessor(128, 0, None))
+                    .map_err(|e| cuda("attention occupancy", e))
+            };
+            let (split, units) = (blocks("attention")?, blocks("attention_units")?);
+            if units < split {
+                let bounded = kernels::AttentionTuning {
+                    units_min_blocks: Some(split as usize),
+                    ..tuning
+                };
+                module = nvrtc::load(&ctx, dims.kernel_shape(bounded))?;
+            }
+        }
         // Programmatic dependent launch needs Hopper (sm_90) or newer;
         // DYNO_CUDA_PDL=0 turns it off to measure what it buys.
         let pdl = props.compute_capability.0 >= 9

@@ -290,6 +290,7 @@ mod tests {
             min_blocks: Some(min_blocks),
             staged: Some(staged),
             mma: Some(false),
+            units_min_blocks: None,
         };
         // Staged sub-warp loop: two iterations of K and V rows (4 warps of
         // 32 / lanes-per-key sub-warps, keys_per_iter keys each) past the
