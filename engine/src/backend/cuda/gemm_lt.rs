@@ -44,6 +44,14 @@ const CANDIDATES: i32 = 16;
 /// partial tiles, and counts around common tile heights.
 const CHECK_ROWS: &[usize] = &[1, 2, 3, 8, 17, 64, 127, 255, 1000];
 
+/// Leading rows of the largest call compared first when a candidate is
+/// tested for the pinned algorithm's family (a cheap early rejection).
+const LEADING_ROWS: usize = 64;
+/// How much faster than the pinned algorithm (at one of its timed row
+/// counts) a candidate must be to be tested for its family: closer ones
+/// would win a range by timing noise and cost load time.
+const FAMILY_MIN_GAIN: f64 = 0.9;
+
 /// Row counts at which the members of a pinned algorithm's family are
 /// timed against each other (with the shape's busy decode and largest row
 /// counts): batch-1 decode, small decode batches, and steps in between.
@@ -414,13 +422,14 @@ impl InvariantGemm {
                         candidates.len(),
                         rejected.len()
                     );
-                    // Family candidates: those faster than the pinned one
-                    // at some timed row count (the others would serve no
-                    // range), each checked below.
+                    // Family candidates: those clearly faster than the
+                    // pinned one at some timed row count (the others would
+                    // serve no range), each checked in `family`.
                     let others: Vec<sys::cublasLtMatmulAlgo_t> = timed
                         .iter()
                         .filter(|(a, ta)| {
-                            a.data != algo.data && ta.iter().zip(t).any(|(x, y)| x < y)
+                            a.data != algo.data
+                                && ta.iter().zip(t).any(|(x, y)| *x < FAMILY_MIN_GAIN * y)
                         })
                         .map(|(a, _)| *a)
                         .collect();
@@ -455,11 +464,10 @@ impl InvariantGemm {
     }
 
     /// The pinned algorithm's family and which member serves which row
-    /// counts. A member is another candidate whose product at `max_rows`
-    /// rows is bit-identical to the pinned one's and that passes the same
-    /// self-check (so at every checked row count it gives the pinned one's
-    /// bits too: typically the same kernel and k-order with another tile
-    /// or schedule). Each rung of `FAMILY_ROWS` (plus the shape's busy
+    /// counts. A member is another candidate whose products at `max_rows`
+    /// rows and at each of `CHECK_ROWS` below it are bit-identical to the
+    /// pinned one's (typically the same kernel and k-order with another
+    /// tile or schedule). Each rung of `FAMILY_ROWS` (plus the shape's busy
     /// decode and largest row counts) takes the member fastest there, for
     /// the row counts from the rung below (exclusive) up to it. Returns the
     /// ranges and a note for the description.
@@ -473,14 +481,37 @@ impl InvariantGemm {
     ) -> Result<(Vec<(usize, sys::cublasLtMatmulAlgo_t)>, String), BackendError> {
         let max = p.max_rows;
         let err = |e: String| BackendError::Cuda(format!("GEMM n={} k={}: {e}", p.n, p.k));
-        let reference = self.product(p, pinned, s.weight, scratch, max).map_err(err)?;
+        let n = p.n;
+        let reference = self
+            .product(p, pinned, s.weight, scratch, max, max)
+            .map_err(err)?;
+        // Whether `algo` gives the reference's bits: first the leading rows
+        // of the largest call (most candidates differ there, at the cost of
+        // a small download), then all of it, then each checked row count
+        // against the reference's leading rows (whose own self-check
+        // showed them equal to the pinned algorithm's at that count).
+        let same_bits = |algo: &sys::cublasLtMatmulAlgo_t| -> Result<bool, String> {
+            let lead = max.min(LEADING_ROWS);
+            let part = self.product(p, algo, s.weight, scratch, max, lead)?;
+            if first_difference(&reference[..lead * n], &part).is_some() {
+                return Ok(false);
+            }
+            let full = self.product(p, algo, s.weight, scratch, max, max)?;
+            if first_difference(&reference, &full).is_some() {
+                return Ok(false);
+            }
+            for &rows in CHECK_ROWS.iter().filter(|&&r| r < max) {
+                let part = self.product(p, algo, s.weight, scratch, rows, rows)?;
+                if first_difference(&reference[..rows * n], &part).is_some() {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        };
         let mut members = vec![*pinned];
         for algo in others {
-            // A candidate that fails either test is simply not a member.
-            let same = self
-                .product(p, algo, s.weight, scratch, max)
-                .is_ok_and(|full| first_difference(&reference, &full).is_none());
-            if same && self.self_check(p, algo, s.weight, scratch).is_ok() {
+            // A candidate that fails (or cannot run) is simply not a member.
+            if same_bits(algo) == Ok(true) {
                 members.push(*algo);
             }
         }
@@ -663,7 +694,8 @@ impl InvariantGemm {
     }
 
     /// The self-check input's first `rows` rows times the weight with
-    /// `algo`, downloaded.
+    /// `algo`; the first `download` rows of the result (at most `rows`)
+    /// come back.
     fn product(
         &self,
         p: &Pinned,
@@ -671,6 +703,7 @@ impl InvariantGemm {
         weight: u64,
         s: &Scratch,
         rows: usize,
+        download: usize,
     ) -> Result<Vec<f32>, String> {
         let n = p.n;
         // NaN bytes first, so an element the product leaves unwritten
@@ -680,7 +713,7 @@ impl InvariantGemm {
             .map_err(|e| format!("clearing the output: {e}"))?;
         self.run(p, algo, s.x, weight, s.y, rows)
             .map_err(|e| e.to_string())?;
-        let mut host = vec![0f32; rows * n];
+        let mut host = vec![0f32; download.min(rows) * n];
         // SAFETY: `y` holds at least max_rows × n f32s; synchronized
         // before `host` is read.
         unsafe { driver::memcpy_dtoh_async(&mut host, s.y, self.stream.cu_stream()) }
@@ -703,7 +736,7 @@ impl InvariantGemm {
     ) -> Result<(), String> {
         let n = p.n;
         let max = p.max_rows;
-        let run = |rows: usize| self.product(p, algo, weight, s, rows);
+        let run = |rows: usize| self.product(p, algo, weight, s, rows, rows);
         let full = run(max)?;
         if let Some(at) = full.iter().position(|v| !v.is_finite()) {
             return Err(format!(
@@ -954,10 +987,7 @@ mod tests {
         let rungs = [1, 8, 32, 128, 1024];
         // Member 0 wins at 1 and 8 rows, member 1 from 32 on, member 0
         // again at the largest count.
-        let times = vec![
-            vec![1.0, 1.0, 3.0, 3.0, 1.0],
-            vec![2.0, 2.0, 2.0, 2.0, 2.0],
-        ];
+        let times = vec![vec![1.0, 1.0, 3.0, 3.0, 1.0], vec![2.0, 2.0, 2.0, 2.0, 2.0]];
         assert_eq!(
             fastest_per_range(&rungs, &times),
             vec![(1, 0), (9, 1), (129, 0)]
