@@ -109,7 +109,7 @@ pub fn invariant_split_keys(max_model_len: usize) -> usize {
 /// the same steps. The two give the same bits; the block per query skips
 /// the partial writes, the split blocks' setup and the merge (docs/BENCHMARKS.md).
 pub fn invariant_one_block_from(sm_count: usize) -> usize {
-    sm_count.max(1) * 8
+    sm_count.max(1) * LARGE_STEP_BLOCKS_PER_SM
 }
 
 /// The attention grid's splits under `batch_invariant` for a step of
@@ -181,6 +181,12 @@ impl InvariantProducts {
     }
 }
 
+/// Attention blocks per SM a step of more than `GEMV_MAX_T` tokens aims
+/// at: [`attention_splits`] splits contexts until the grid has that many,
+/// and under `batch_invariant` a step that has them without splitting
+/// runs one block per query ([`invariant_one_block_from`]).
+const LARGE_STEP_BLOCKS_PER_SM: usize = 8;
+
 /// Splits of the context per query token for attention: enough blocks to
 /// fill the GPU at small batches, one split for large prefill steps. At most
 /// `ATTN_MAX_SPLITS`; the kernel uses fewer when the context is short.
@@ -195,7 +201,11 @@ pub fn attention_splits(
     sm_count: usize,
     partial_rows: usize,
 ) -> usize {
-    let blocks_per_sm = if tokens <= GEMV_MAX_T { 2 } else { 8 };
+    let blocks_per_sm = if tokens <= GEMV_MAX_T {
+        2
+    } else {
+        LARGE_STEP_BLOCKS_PER_SM
+    };
     let blocks_wanted = sm_count * blocks_per_sm;
     let per_split = (tokens * head_blocks).max(1);
     let n = blocks_wanted.div_ceil(per_split).clamp(1, ATTN_MAX_SPLITS);
