@@ -894,12 +894,6 @@ extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32, ATTN_MIN_BLOCKS)
         out, part_acc, part_ml, counters, split_keys);
 }
 
-// batch_invariant, steps large enough to fill the GPU without splits: one
-// block per (query token, kv head, group chunk) folds the context's units
-// of split_keys keys in order, giving the bits `attention` gives the same
-// query with one split per unit. A kernel of its own so that the loop over
-// units costs `attention` no registers. Grid (query tokens, kv heads x
-// group chunks, 1).
 // Blocks per SM attention_units' registers must allow
 // (-DATTN_UNITS_MIN_BLOCKS from kernels.rs): 0, the default, takes
 // attention's bound; the backend asks for attention's occupancy where the
@@ -909,6 +903,12 @@ extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32, ATTN_MIN_BLOCKS)
 #undef ATTN_UNITS_MIN_BLOCKS
 #define ATTN_UNITS_MIN_BLOCKS ATTN_MIN_BLOCKS
 #endif
+// batch_invariant, steps large enough to fill the GPU without splits: one
+// block per (query token, kv head, group chunk) folds the context's units
+// of split_keys keys in order, giving the bits `attention` gives the same
+// query with one split per unit. A kernel of its own so that the loop over
+// units costs `attention` no registers. Grid (query tokens, kv heads x
+// group chunks, 1).
 extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32, ATTN_UNITS_MIN_BLOCKS)
     attention_units(const float* qkv, const bf16* k_cache, const bf16* v_cache,
                     const int* positions, const int* seq_idx, const int* block_tables,

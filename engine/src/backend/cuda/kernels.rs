@@ -403,6 +403,27 @@ kernels! {
     down_proj_residual => DownProjResidual { x: Ptr, w: Ptr, residual: Ptr, t: I32, n: I32 }
 }
 
+impl Attention {
+    /// The same launch for `attention_units`, which takes no split
+    /// buffers (its grid has one split).
+    pub fn without_splits(&self) -> AttentionUnits {
+        AttentionUnits {
+            qkv: self.qkv,
+            k_cache: self.k_cache,
+            v_cache: self.v_cache,
+            positions: self.positions,
+            seq_idx: self.seq_idx,
+            block_tables: self.block_tables,
+            bt_stride: self.bt_stride,
+            block_size: self.block_size,
+            nkv: self.nkv,
+            scale: self.scale,
+            out: self.out,
+            split_keys: self.split_keys,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

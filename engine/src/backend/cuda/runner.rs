@@ -34,10 +34,9 @@ use super::buffer::DeviceBuffer;
 use super::gemm::Gemm;
 use super::gemm_lt::InvariantGemm;
 use super::kernels::{
-    AddRmsnorm, Attention, AttentionUnits, DownProjResidual, EmbedRmsnorm, FinalRmsnormRows,
-    Kernels, NormGateUpSilu, NormQkv, NormQkvRopeCache, OProjResidual, QkvRopeCache, SampleRows,
-    SiluMul, ADD_RMSNORM_WARPS, ATTN_MAX_SPLITS, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS,
-    ROPE_CACHE_THREADS,
+    AddRmsnorm, Attention, DownProjResidual, EmbedRmsnorm, FinalRmsnormRows, Kernels,
+    NormGateUpSilu, NormQkv, NormQkvRopeCache, OProjResidual, QkvRopeCache, SampleRows, SiluMul,
+    ADD_RMSNORM_WARPS, ATTN_MAX_SPLITS, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS, ROPE_CACHE_THREADS,
 };
 use super::kv_pool::KvPool;
 use super::step_meta::MetaLayout;
@@ -539,7 +538,8 @@ impl Runner {
         )
     }
 
-    /// Paged attention of layer `li` (splits merged in-kernel).
+    /// Paged attention of layer `li`: splits merged in-kernel, or under
+    /// `batch_invariant` at one split, `attention_units`.
     fn attention(
         &self,
         kv: &KvPool,
@@ -551,47 +551,32 @@ impl Runner {
         let d = &self.dims;
         let a = &self.arena;
         let t = tokens as u32;
+        let args = Attention {
+            qkv: a.qkv.ptr,
+            k_cache: kv.k(li),
+            v_cache: kv.v(li),
+            positions: self.meta(layout, layout.positions()),
+            seq_idx: self.meta(layout, layout.seq_idx()),
+            block_tables: self.meta(layout, layout.block_tables()),
+            bt_stride: self.meta(layout, layout.bt_stride()),
+            block_size: kv.block_size as i32,
+            nkv: d.nkv as i32,
+            scale: 1.0 / (d.head_dim as f32).sqrt(),
+            out: a.attn.ptr,
+            part_acc: a.part_acc.ptr,
+            part_ml: a.part_ml.ptr,
+            counters: a.split_counters.ptr,
+            split_keys: self.split_keys as i32,
+        };
+        let grid = (t, d.attention_head_blocks() as u32, nsplit as u32);
         if self.batch_invariant() && nsplit == 1 {
-            return self.kernels.attention_units(
-                (t, d.attention_head_blocks() as u32, 1),
-                128,
-                AttentionUnits {
-                    qkv: a.qkv.ptr,
-                    k_cache: kv.k(li),
-                    v_cache: kv.v(li),
-                    positions: self.meta(layout, layout.positions()),
-                    seq_idx: self.meta(layout, layout.seq_idx()),
-                    block_tables: self.meta(layout, layout.block_tables()),
-                    bt_stride: self.meta(layout, layout.bt_stride()),
-                    block_size: kv.block_size as i32,
-                    nkv: d.nkv as i32,
-                    scale: 1.0 / (d.head_dim as f32).sqrt(),
-                    out: a.attn.ptr,
-                    split_keys: self.split_keys as i32,
-                },
-            );
+            // Large steps under the knob: one block per query folds its
+            // units (the same bits as a block per unit).
+            return self
+                .kernels
+                .attention_units(grid, 128, args.without_splits());
         }
-        self.kernels.attention(
-            (t, d.attention_head_blocks() as u32, nsplit as u32),
-            128,
-            Attention {
-                qkv: a.qkv.ptr,
-                k_cache: kv.k(li),
-                v_cache: kv.v(li),
-                positions: self.meta(layout, layout.positions()),
-                seq_idx: self.meta(layout, layout.seq_idx()),
-                block_tables: self.meta(layout, layout.block_tables()),
-                bt_stride: self.meta(layout, layout.bt_stride()),
-                block_size: kv.block_size as i32,
-                nkv: d.nkv as i32,
-                scale: 1.0 / (d.head_dim as f32).sqrt(),
-                out: a.attn.ptr,
-                part_acc: a.part_acc.ptr,
-                part_ml: a.part_ml.ptr,
-                counters: a.split_counters.ptr,
-                split_keys: self.split_keys as i32,
-            },
-        )
+        self.kernels.attention(grid, 128, args)
     }
 
     /// Final norm + LM head for `rows` rows whose token indices are at
