@@ -35,8 +35,8 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 KERNELS_DIR = os.path.join(HERE, "..", "kernels")
 # nvrtc.rs SOURCES, in order.
-SOURCES = ["common.cuh", "norm.cu", "activation.cu", "rope_kv.cu", "attention.cu",
-           "sampling.cu", "gemv.cu"]
+SOURCES = ["common.cuh", "norm.cu", "activation.cu", "rope_kv.cu", "attention_config.cuh",
+           "attention_mma.cu", "attention.cu", "sampling.cu", "gemv.cu"]
 # kernels.rs launch constants (nvrtc.rs launch_constants).
 LAUNCH_CONSTANTS = {"GEMV_WARPS": 4, "GEMV_ROWS": 2, "GEMV_MAX_T": 8, "GEMV_MAX_HIDDEN": 3072,
                     "ATTN_MAX_SPLITS": 32, "ADD_RMSNORM_WARPS": 4}

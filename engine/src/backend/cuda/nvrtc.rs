@@ -12,7 +12,7 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use super::super::BackendError;
 
 /// The kernel sources, concatenated in this order into one program.
-pub const SOURCES: [(&str, &str); 7] = [
+pub const SOURCES: [(&str, &str); 9] = [
     ("common.cuh", include_str!("../../../kernels/common.cuh")),
     ("norm.cu", include_str!("../../../kernels/norm.cu")),
     (
@@ -20,6 +20,14 @@ pub const SOURCES: [(&str, &str); 7] = [
         include_str!("../../../kernels/activation.cu"),
     ),
     ("rope_kv.cu", include_str!("../../../kernels/rope_kv.cu")),
+    (
+        "attention_config.cuh",
+        include_str!("../../../kernels/attention_config.cuh"),
+    ),
+    (
+        "attention_mma.cu",
+        include_str!("../../../kernels/attention_mma.cu"),
+    ),
     (
         "attention.cu",
         include_str!("../../../kernels/attention.cu"),

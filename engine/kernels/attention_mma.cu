@@ -1,0 +1,299 @@
+// The attention kernels' tensor-core inner loop (ATTN_MMA, see
+// attention_config.cuh): each warp of a block folds 16 keys per iteration
+// (8 above head dim 64) into an online softmax with mma.sync products, for
+// attention_impl in attention.cu.
+
+// Score tiles of 8 keys a warp takes per iteration on the tensor-core path:
+// two up to head dim 64; one above, where a lane's K and V words of 16 keys
+// (64 of them at head dim 128, with 32 accumulators) cost more registers
+// than the loads in flight are worth (the value product then runs with its
+// keys 8..15 zero).
+__host__ __device__ constexpr int attn_mma_key_tiles(int hd) { return hd <= 64 ? 2 : 1; }
+
+// d[0..1] += A·B for rows 0..7 of an m16n8k16 product whose rows 8..15 are
+// zero: a0 holds (row lane/4, k 2c, 2c+1), a2 (row lane/4, k 2c+8, 2c+9),
+// b0 (k 2c, 2c+1; n lane/4), b1 (k 2c+8, 2c+9), c = lane % 4; d0, d1 are
+// (row lane/4, n 2c, 2c+1). Lower element in the lower 16 bits.
+__device__ __forceinline__ void mma_rows8(float& d0, float& d1, unsigned a0, unsigned a2,
+                                          unsigned b0, unsigned b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    float unused2, unused3;
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%10,%10};\n"
+        : "+f"(d0), "+f"(d1), "=f"(unused2), "=f"(unused3)
+        : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1), "f"(0.0f));
+#endif
+}
+
+__device__ __forceinline__ unsigned pack_bf16x2(bf16 lo, bf16 hi) {
+    return static_cast<unsigned>(__bfloat16_as_ushort(lo)) |
+           (static_cast<unsigned>(__bfloat16_as_ushort(hi)) << 16);
+}
+
+// x and y as bf16 pairs hi + lo: *hi = (bf16(x), bf16(y)), *lo = the rest.
+__device__ __forceinline__ void split_bf16x2(float x, float y, unsigned* hi, unsigned* lo) {
+    const bf16 hx = __float2bfloat16_rn(x), hy = __float2bfloat16_rn(y);
+    *hi = pack_bf16x2(hx, hy);
+    *lo = pack_bf16x2(__float2bfloat16_rn(x - __bfloat162float(hx)),
+                      __float2bfloat16_rn(y - __bfloat162float(hy)));
+}
+
+// N 32-bit words from `src` (bf16 pairs), with the widest loads BYTES_ALIGN
+// (the byte alignment of src) allows.
+template <int N, int BYTES_ALIGN>
+__device__ __forceinline__ void load_words(const bf16* src, unsigned (&w)[N]) {
+    if constexpr (BYTES_ALIGN % 16 == 0 && N % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < N / 4; i++) {
+            const uint4 v = reinterpret_cast<const uint4*>(src)[i];
+            w[4 * i] = v.x;
+            w[4 * i + 1] = v.y;
+            w[4 * i + 2] = v.z;
+            w[4 * i + 3] = v.w;
+        }
+    } else if constexpr (BYTES_ALIGN % 8 == 0 && N % 2 == 0) {
+#pragma unroll
+        for (int i = 0; i < N / 2; i++) {
+            const uint2 v = reinterpret_cast<const uint2*>(src)[i];
+            w[2 * i] = v.x;
+            w[2 * i + 1] = v.y;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; i++) w[i] = reinterpret_cast<const unsigned*>(src)[i];
+    }
+}
+
+// Staged rows of the tensor-core loop (ATTN_STAGED): per warp, two buffers
+// of K and V rows for one iteration's keys, each row padded by 16 bytes so
+// that the fragment reads hit distinct banks.
+template <int HD>
+struct MmaStage {
+    static constexpr int ROWS = 8 * attn_mma_key_tiles(HD);  // keys per warp iteration
+    static constexpr int ROW = HD + 8;                        // bf16 per staged row
+    static constexpr int WARP_ELEMS = 2 * 2 * ROWS * ROW;     // 2 buffers of K and V
+};
+
+// The tensor-core loop over keys [begin, end) of one split (ATTN_MMA): each
+// warp folds its iterations of keys into an online softmax for the block's
+// G query heads (g0 .. g0 + G - 1 of kv head kvh's group of GALL) and leaves
+// its state in s_m_warp[G], s_l_warp[G] and s_acc_warp[G][HD] for the
+// block's merge. Every thread of the block calls it (it may hold
+// __syncthreads). s_stage: the block's staged rows (ATTN_STAGED), else unused.
+// Keys below stage_end (end, or the context's end for a block folding units)
+// may be staged: a warp's last iteration stages its first rows of the next
+// unit, and the next call, `prestaged`, starts from them. `buffer`: the
+// staging buffer of the warp's next rows, kept across calls.
+template <int HD, int G, int GALL>
+__device__ __forceinline__ void attend_split_mma(
+    const float* __restrict__ qkv, const bf16* __restrict__ k_cache,
+    const bf16* __restrict__ v_cache, const int* __restrict__ table, int block_size, int nkv,
+    int kvh, int g0, int t, int row_len, float scale, int begin, int end, int stage_end,
+    bool prestaged, int& buffer, bf16* s_stage, float* s_m_warp, float* s_l_warp,
+    float* s_acc_warp) {
+    using Stage = MmaStage<HD>;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    constexpr int KS = HD / 16;  // k-steps of the score product
+    constexpr int NT = HD / 8;   // n-tiles of the value product
+    constexpr int KW = HD / 8;   // words of a lane's K slice of a key (HD/4 dims)
+    constexpr int VW = HD / 16;  // words of a lane's V slice of a key (HD/8 dims)
+    const int g = lane >> 2, c = lane & 3;
+    const bool row_on = g < G && g0 + g < GALL;
+    // The products sum over the head dim in any order the operands
+    // agree on, so lane (g, c) gives k-step ks the dims c*HD/4 + 4ks ..
+    // + 3 of Q and K: a lane's K slice of a key is then contiguous
+    // (HD/4 dims, one or two 16-byte loads). Q: A operand, row g.
+    // Past a head dim of 64 the fragments (4 words per k-step) would
+    // cost more registers than the K/V loads in flight can spare (198
+    // per thread at 128: two blocks per SM), so they wait in shared
+    // memory, written once by warp 0 in the layout every warp reads
+    // (lane (g, c), k-step ks: hi0 hi1 lo0 lo1).
+    constexpr bool Q_SHARED = KS > 4;
+    __shared__ __align__(16) uint4 s_q[Q_SHARED ? 32 * KS : 1];
+    unsigned qhi[Q_SHARED ? 1 : KS][2], qlo[Q_SHARED ? 1 : KS][2];
+    if (!Q_SHARED || warp == 0) {
+        const float* qrow = qkv + (long)t * row_len + (kvh * GALL + g0 + g) * HD + c * (HD / 4);
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++) {
+            const float4 v = row_on ? reinterpret_cast<const float4*>(qrow)[ks]
+                                    : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            unsigned h0, h1, l0, l1;
+            split_bf16x2(v.x * scale, v.y * scale, &h0, &l0);
+            split_bf16x2(v.z * scale, v.w * scale, &h1, &l1);
+            if constexpr (Q_SHARED) {
+                s_q[lane * KS + ks] = make_uint4(h0, h1, l0, l1);
+            } else {
+                qhi[Q_SHARED ? 0 : ks][0] = h0;
+                qhi[Q_SHARED ? 0 : ks][1] = h1;
+                qlo[Q_SHARED ? 0 : ks][0] = l0;
+                qlo[Q_SHARED ? 0 : ks][1] = l1;
+            }
+        }
+    }
+    if constexpr (Q_SHARED) __syncthreads();
+    // This lane's Q words of k-step ks (from shared memory with a
+    // volatile load, so that the compiler does not hoist all of them
+    // into registers out of the key loop).
+    auto q_words = [&](int ks) {
+        if constexpr (Q_SHARED) {
+            uint4 v;
+            const unsigned addr =
+                static_cast<unsigned>(__cvta_generic_to_shared(&s_q[lane * KS + ks]));
+            asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                         : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                         : "r"(addr));
+            return v;
+        } else {
+            return make_uint4(qhi[ks][0], qhi[ks][1], qlo[ks][0], qlo[ks][1]);
+        }
+    };
+    // O: C fragments of the value product, rows 0..7 (n-slot n of
+    // n-tile j is dim n * NT + j, see the V loads).
+    float o[NT][2];
+#pragma unroll
+    for (int j = 0; j < NT; j++) o[j][0] = o[j][1] = 0.0f;
+    float m = -INFINITY, l = 0.0f;  // row g's running max, this lane's share of the sum
+    const int shift = __ffs(block_size) - 1;  // block_size: a power of two
+    auto slot_of = [&](int pos) {
+        const int p = pos < stage_end ? pos : begin;
+        return (long)table[p >> shift] * block_size + (p & (block_size - 1));
+    };
+    constexpr int KT = attn_mma_key_tiles(HD);  // score tiles of 8 keys per iteration
+    constexpr int WARP_STRIDE = ATTN_WARPS * 8 * KT;  // keys between a warp's iterations
+#if ATTN_STAGED
+    // This warp's K and V rows go to shared memory with cp.async one
+    // iteration ahead (its own buffers: no block-wide barrier); the
+    // fragments below are then read from there.
+    bf16* my_stage = s_stage + warp * Stage::WARP_ELEMS;
+    auto stage_rows = [&](int tile_base, int buffer) {
+        bf16* dst = my_stage + buffer * (2 * Stage::ROWS * Stage::ROW);
+        constexpr int PIECES = HD / 8;  // 16-byte pieces of a row
+        for (int q = lane; q < Stage::ROWS * PIECES; q += 32) {
+            const int r = q / PIECES, piece = q % PIECES;
+            const int pos = tile_base + r;
+            const long off = (slot_of(pos) * nkv + kvh) * HD + piece * 8;
+            cp_async16(dst + r * Stage::ROW + piece * 8, k_cache + off, pos < stage_end);
+            cp_async16(dst + (Stage::ROWS + r) * Stage::ROW + piece * 8, v_cache + off,
+                       pos < stage_end);
+        }
+        cp_async_commit();
+    };
+    if (!prestaged && begin + warp * 8 * KT < end) stage_rows(begin + warp * 8 * KT, buffer);
+#endif
+#pragma unroll 1
+    for (int base = begin + warp * 8 * KT; base < end; base += WARP_STRIDE) {
+        // Where key `key` of this iteration (row `row` of its tile) is
+        // read from: the cache, or this warp's staged rows.
+#if ATTN_STAGED
+        if (base + WARP_STRIDE < stage_end) {
+            stage_rows(base + WARP_STRIDE, buffer ^ 1);
+            cp_async_wait<1>();  // this iteration's rows have landed
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncwarp();
+        const bf16* tile = my_stage + buffer * (2 * Stage::ROWS * Stage::ROW);
+        auto k_row = [&](int key) { return tile + (key - base) * Stage::ROW; };
+        auto v_row = [&](int key) { return tile + (Stage::ROWS + key - base) * Stage::ROW; };
+#define ATTN_K_ROW(key) k_row(key)
+#define ATTN_V_ROW(key) v_row(key)
+#else
+        // Spelled out rather than through a lambda, so that the loads
+        // keep the read-only path (ld.global.nc) that the restrict
+        // pointers give.
+#define ATTN_K_ROW(key) (k_cache + (slot_of(key) * nkv + kvh) * HD)
+#define ATTN_V_ROW(key) (v_cache + (slot_of(key) * nkv + kvh) * HD)
+#endif
+        // K: B operand of n-tile j, key base + 8j + g (n-slot g).
+        unsigned kw[KT][KW];
+#pragma unroll
+        for (int j = 0; j < KT; j++)
+            load_words<KW, (HD / 2) % 16 == 0 ? 16 : 8>(ATTN_K_ROW(base + 8 * j + g) + c * (HD / 4), kw[j]);
+        // V: B operand of the value product, whose k-slots are the
+        // keys in the score tiles' column order (k 2c, 2c+1 = keys
+        // base + 2c, + 1; k 2c+8, 2c+9 = keys base + 8 + 2c, + 1) and
+        // whose n-slot g is dims g * NT .. + NT - 1, one per n-tile.
+        unsigned vw[2 * KT][VW];
+#pragma unroll
+        for (int r = 0; r < 2 * KT; r++)
+            load_words<VW, (HD / 4) % 16 == 0 ? 16 : ((HD / 4) % 8 == 0 ? 8 : 4)>(
+                ATTN_V_ROW(base + (r >> 1) * 8 + 2 * c + (r & 1)) + g * NT, vw[r]);
+#undef ATTN_K_ROW
+#undef ATTN_V_ROW
+        // Scores of row g, keys base + 8j + 2c + e.
+        float s[KT][2];
+#pragma unroll
+        for (int j = 0; j < KT; j++) s[j][0] = s[j][1] = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++) {
+            const uint4 qw = q_words(ks);  // hi0 hi1 lo0 lo1
+#pragma unroll
+            for (int j = 0; j < KT; j++) {
+                mma_rows8(s[j][0], s[j][1], qw.x, qw.y, kw[j][2 * ks], kw[j][2 * ks + 1]);
+                mma_rows8(s[j][0], s[j][1], qw.z, qw.w, kw[j][2 * ks], kw[j][2 * ks + 1]);
+            }
+        }
+        float mx = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < KT; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                if (base + 8 * j + 2 * c + e >= end) s[j][e] = -INFINITY;
+                mx = fmaxf(mx, s[j][e]);
+            }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        // Key `base` is valid, so m_new is finite.
+        const float m_new = fmaxf(m, mx);
+        const float corr = __expf(m - m_new);
+        m = m_new;
+        float p[KT][2];
+#pragma unroll
+        for (int j = 0; j < KT; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) p[j][e] = __expf(s[j][e] - m_new);
+        if constexpr (KT == 2) {
+            l = l * corr + (p[0][0] + p[0][1]) + (p[1][0] + p[1][1]);
+        } else {
+            l = l * corr + (p[0][0] + p[0][1]);
+        }
+        // P: A operand, k 2c, 2c+1 from n-tile 0, k 2c+8, 2c+9 from 1
+        // (zero with one tile).
+        unsigned phi0, plo0, phi1 = 0u, plo1 = 0u;
+        split_bf16x2(p[0][0], p[0][1], &phi0, &plo0);
+        if constexpr (KT == 2) split_bf16x2(p[1][0], p[1][1], &phi1, &plo1);
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+            // Dim g * NT + j of the four keys: half j & 1 of word j / 2.
+            const unsigned sel = (j & 1) ? 0x7632u : 0x5410u;
+            const unsigned b0 = __byte_perm(vw[0][j / 2], vw[1][j / 2], sel);
+            const unsigned b1 = KT == 2 ? __byte_perm(vw[KT == 2 ? 2 : 0][j / 2], vw[KT == 2 ? 3 : 1][j / 2], sel) : 0u;
+            o[j][0] *= corr;
+            o[j][1] *= corr;
+            mma_rows8(o[j][0], o[j][1], phi0, phi1, b0, b1);
+            mma_rows8(o[j][0], o[j][1], plo0, plo1, b0, b1);
+        }
+#if ATTN_STAGED
+        // Every lane has read this buffer before the next iteration's
+        // copies (into the other one) and the one after (into this).
+        __syncwarp();
+        buffer ^= 1;
+#endif
+    }
+#if ATTN_STAGED
+    __syncthreads();  // the partials below overwrite other warps' staged rows
+#endif
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    if (g < G) {
+        if (c == 0) {
+            s_m_warp[g] = m;
+            s_l_warp[g] = l;
+        }
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+            s_acc_warp[g * HD + (2 * c) * NT + j] = o[j][0];
+            s_acc_warp[g * HD + (2 * c + 1) * NT + j] = o[j][1];
+        }
+    }
+}
