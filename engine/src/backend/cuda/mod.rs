@@ -147,6 +147,7 @@ impl CudaBackend {
                 kernels::GEMV_MAX_HIDDEN
             )));
         }
+        let invariant_one_block_from = one_block_from_env(props.sm_count.max(1) as usize)?;
         let (gemm, split_keys, partial_rows) = if cfg.batch_invariant {
             let split_keys = split_keys_for(dims.max_model_len)?;
             let max_splits = dims.max_model_len.div_ceil(split_keys);
@@ -160,7 +161,12 @@ impl CudaBackend {
             (
                 runner::Products::Invariant(gemm_lt::InvariantGemm::new(&stream, &shapes)?),
                 split_keys,
-                arena::PARTIAL_ROWS.max(cfg.max_num_batched_tokens * max_splits),
+                arena::PARTIAL_ROWS.max(runner::invariant_partial_rows(
+                    cfg.max_num_batched_tokens.max(max_num_seqs),
+                    dims.attention_head_blocks(),
+                    max_splits,
+                    invariant_one_block_from,
+                )),
             )
         } else {
             (
@@ -196,7 +202,7 @@ impl CudaBackend {
                 dims,
                 sm_count: props.sm_count.max(1) as usize,
                 split_keys,
-                invariant_one_block_from: one_block_from_env(props.sm_count.max(1) as usize)?,
+                invariant_one_block_from,
                 invariant_products,
             },
             kv: None,

@@ -128,6 +128,23 @@ pub fn invariant_splits(
     }
 }
 
+/// (token, split) rows the attention partial buffers need under
+/// `batch_invariant`: only steps below `one_block_from` blocks per split
+/// (at most `max_step_tokens` tokens, `head_blocks` blocks per token) take
+/// a split per unit, at most `max_splits`; larger steps fold their units
+/// in one block and write no partials. (Before `attention_units`, every
+/// step could split: `max_num_batched_tokens` × `max_splits` rows, 2.2 GB
+/// for qwen3-0.6b at its 40,960-token context, taken from the KV pool.)
+pub fn invariant_partial_rows(
+    max_step_tokens: usize,
+    head_blocks: usize,
+    max_splits: usize,
+    one_block_from: usize,
+) -> usize {
+    let split_tokens = max_step_tokens.min(one_block_from.saturating_sub(1) / head_blocks.max(1));
+    split_tokens * max_splits
+}
+
 pub struct Runner {
     pub kernels: Kernels,
     pub gemm: Products,
@@ -712,6 +729,40 @@ mod tests {
         // The default heuristic stops splitting at the same step size.
         assert_eq!(attention_splits(352, 3, 132, 1 << 20), 1);
         assert!(attention_splits(351, 3, 132, 1 << 20) > 1);
+    }
+
+    #[test]
+    fn invariant_partial_buffers_hold_every_split_step_and_no_more() {
+        // (max step tokens, head blocks, max model len, split keys, threshold)
+        for (tokens, hb, len, keys, from) in [
+            (8192usize, 3, 1280usize, 256usize, 1056), // smollm2-135m offline, H200
+            (8192, 8, 40_960, 1280, 1056),             // qwen3-0.6b at its default context
+            (2048, 2, 512, 256, 256),                  // the GPU tests' threshold override
+            (16, 3, 1024, 256, 1_000_000),             // every step splits
+            (4096, 1, 300, 64, 1),                     // no step splits
+        ] {
+            let max_splits = len.div_ceil(keys);
+            let rows = invariant_partial_rows(tokens, hb, max_splits, from);
+            let mut most = 0;
+            for t in 1..=tokens {
+                for ctx in [1, keys, keys + 1, len] {
+                    let z = invariant_splits(t * hb, ctx, keys, from);
+                    if z > 1 {
+                        most = most.max(t * z);
+                    }
+                }
+            }
+            assert!(
+                most <= rows,
+                "{tokens} {hb} {len}: a step needs {most} > {rows}"
+            );
+            // Tight where any step splits at the longest context.
+            if most > 0 {
+                assert_eq!(most, rows, "{tokens} {hb} {len}");
+            }
+        }
+        // qwen3-0.6b: 131 tokens x 32 splits instead of 8,192 x 32.
+        assert_eq!(invariant_partial_rows(8192, 8, 32, 1056), 131 * 32);
     }
 
     #[test]
