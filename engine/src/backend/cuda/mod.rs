@@ -147,7 +147,13 @@ impl CudaBackend {
                 kernels::GEMV_MAX_HIDDEN
             )));
         }
-        let invariant_one_block_from = one_block_from_env(props.sm_count.max(1) as usize)?;
+        let sm_count = props.sm_count.max(1) as usize;
+        // The knob's variables are read (and refused when bad) only with it on.
+        let invariant_one_block_from = if cfg.batch_invariant {
+            one_block_from_env(sm_count)?
+        } else {
+            runner::invariant_one_block_from(sm_count)
+        };
         let (gemm, split_keys, partial_rows) = if cfg.batch_invariant {
             let split_keys = split_keys_for(dims.max_model_len)?;
             let max_splits = dims.max_model_len.div_ceil(split_keys);
@@ -200,7 +206,7 @@ impl CudaBackend {
                 arena,
                 cos_sin,
                 dims,
-                sm_count: props.sm_count.max(1) as usize,
+                sm_count,
                 split_keys,
                 invariant_one_block_from,
                 invariant_products,
