@@ -410,7 +410,7 @@ impl InvariantGemm {
         for (algo, t) in fastest_first(&times).into_iter().map(|i| &timed[i]) {
             let name = describe_algo(algo);
             match self.self_check(&p, algo, s.weight, scratch) {
-                Ok(()) => {
+                Ok(reference) => {
                     let times: Vec<String> = timing_rows
                         .iter()
                         .zip(t)
@@ -433,7 +433,7 @@ impl InvariantGemm {
                         })
                         .map(|(a, _)| *a)
                         .collect();
-                    let (ranges, note) = self.family(&p, algo, &others, s, scratch)?;
+                    let (ranges, note) = self.family(&p, algo, &reference, &others, s, scratch)?;
                     p.ranges = ranges;
                     p.description.push_str(&note);
                     return Ok(p);
@@ -470,11 +470,13 @@ impl InvariantGemm {
     /// tile or schedule). Each rung of `FAMILY_ROWS` (plus the shape's busy
     /// decode and largest row counts) takes the member fastest there, for
     /// the row counts from the rung below (exclusive) up to it. Returns the
-    /// ranges and a note for the description.
+    /// ranges and a note for the description. `reference`: the pinned
+    /// algorithm's product at `max_rows` rows (from its self-check).
     fn family(
         &self,
         p: &Pinned,
         pinned: &sys::cublasLtMatmulAlgo_t,
+        reference: &[f32],
         others: &[sys::cublasLtMatmulAlgo_t],
         s: GemmShape,
         scratch: &Scratch,
@@ -482,9 +484,6 @@ impl InvariantGemm {
         let max = p.max_rows;
         let err = |e: String| BackendError::Cuda(format!("GEMM n={} k={}: {e}", p.n, p.k));
         let n = p.n;
-        let reference = self
-            .product(p, pinned, s.weight, scratch, max, max)
-            .map_err(err)?;
         // Whether `algo` gives the reference's bits: first the leading rows
         // of the largest call (most candidates differ there, at the cost of
         // a small download), then all of it, then each checked row count
@@ -497,7 +496,7 @@ impl InvariantGemm {
                 return Ok(false);
             }
             let full = self.product(p, algo, s.weight, scratch, max, max)?;
-            if first_difference(&reference, &full).is_some() {
+            if first_difference(reference, &full).is_some() {
                 return Ok(false);
             }
             for &rows in CHECK_ROWS.iter().filter(|&&r| r < max) {
@@ -726,14 +725,14 @@ impl InvariantGemm {
 
     /// Multiplies the same input rows at `max_rows` rows and at each of
     /// `CHECK_ROWS` below it, and the largest call twice: every shared row
-    /// must be bit-identical.
+    /// must be bit-identical. Returns the largest call's product.
     fn self_check(
         &self,
         p: &Pinned,
         algo: &sys::cublasLtMatmulAlgo_t,
         weight: u64,
         s: &Scratch,
-    ) -> Result<(), String> {
+    ) -> Result<Vec<f32>, String> {
         let n = p.n;
         let max = p.max_rows;
         let run = |rows: usize| self.product(p, algo, weight, s, rows, rows);
@@ -763,7 +762,7 @@ impl InvariantGemm {
                 ));
             }
         }
-        Ok(())
+        Ok(full)
     }
 }
 
