@@ -119,9 +119,13 @@ __host__ __device__ constexpr int attn_shared_bytes() {
     return 2 * NMERGE * G * 4 + q + region + 64;
 }
 
+// (bx, by, bz) is the block's place in a (query tokens, head blocks = gy,
+// splits = gz) grid: blockIdx and gridDim for a kernel of its own, a
+// virtual block of decode_layers' attention phase (persistent.cu).
 template <int HD, int GALL, int CHUNKS, bool UNITS>
-__device__ void attention_impl(const float* __restrict__ qkv, const bf16* __restrict__ k_cache,
-                               const bf16* __restrict__ v_cache,
+__device__ void attention_impl(int bx, int by, int bz, int gy, int gz,
+                               const float* ACT_RESTRICT qkv, const bf16* ACT_RESTRICT k_cache,
+                               const bf16* ACT_RESTRICT v_cache,
                                const int* __restrict__ positions,
                                const int* __restrict__ seq_idx,
                                const int* __restrict__ block_tables,
@@ -196,8 +200,8 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
     __shared__ float s_acc[NSUB][G][HD];
 #endif
 
-    const int t = blockIdx.x, split = blockIdx.z, stride = gridDim.z;
-    const int kvh = blockIdx.y / CHUNKS, g0 = (blockIdx.y % CHUNKS) * G;
+    const int t = bx, split = bz, stride = gz;
+    const int kvh = by / CHUNKS, g0 = (by % CHUNKS) * G;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int sub_in_warp = lane / LPT, sl = lane % LPT;
     const bool lane_on = sl * 8 < HD;  // lanes past the head dim hold zeros
@@ -451,7 +455,7 @@ __device__ void attention_impl(const float* __restrict__ qkv, const bf16* __rest
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
-        int* counter = split_counters + (long)t * gridDim.y + blockIdx.y;
+        int* counter = split_counters + (long)t * gy + by;
         const int done = atomicAdd(counter, 1);
         s_last = done == nsplit - 1;
         if (s_last) *counter = 0;  // ready for the next step / graph replay
@@ -515,7 +519,7 @@ extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32, ATTN_MIN_BLOCKS)
     pdl_wait();
     pdl_launch();
     attention_impl<DYNO_HEAD_DIM, DYNO_GROUP, DYNO_GROUP_CHUNKS, false>(
-        qkv, k_cache, v_cache, positions, seq_idx, block_tables, bt_stride, block_size, nkv, scale,
+        blockIdx.x, blockIdx.y, blockIdx.z, gridDim.y, gridDim.z, qkv, k_cache, v_cache, positions, seq_idx, block_tables, bt_stride, block_size, nkv, scale,
         out, part_acc, part_ml, counters, split_keys);
 }
 
@@ -542,6 +546,6 @@ extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32, ATTN_UNITS_MIN_BLO
     pdl_wait();
     pdl_launch();
     attention_impl<DYNO_HEAD_DIM, DYNO_GROUP, DYNO_GROUP_CHUNKS, true>(
-        qkv, k_cache, v_cache, positions, seq_idx, block_tables, bt_stride, block_size, nkv, scale,
+        blockIdx.x, blockIdx.y, blockIdx.z, gridDim.y, gridDim.z, qkv, k_cache, v_cache, positions, seq_idx, block_tables, bt_stride, block_size, nkv, scale,
         out, nullptr, nullptr, nullptr, split_keys);
 }

@@ -86,8 +86,8 @@ struct MmaStage {
 // staging buffer of the warp's next rows, kept across calls.
 template <int HD, int G, int GALL>
 __device__ __forceinline__ void attend_split_mma(
-    const float* __restrict__ qkv, const bf16* __restrict__ k_cache,
-    const bf16* __restrict__ v_cache, const int* __restrict__ table, int block_size, int nkv,
+    const float* ACT_RESTRICT qkv, const bf16* ACT_RESTRICT k_cache,
+    const bf16* ACT_RESTRICT v_cache, const int* __restrict__ table, int block_size, int nkv,
     int kvh, int g0, int t, int row_len, float scale, int begin, int end, int stage_end,
     bool prestaged, int& buffer, bf16* s_stage, float* s_m_warp, float* s_l_warp,
     float* s_acc_warp) {

@@ -28,11 +28,37 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+// In decode_layers (persistent.cu, compiled as a program of its own with
+// -DDYNO_PERSISTENT) pdl_launch does nothing: a dependent kernel started
+// early could take the SMs that blocks of the persistent grid still wait
+// for, and they wait on each other at grid barriers.
 __device__ __forceinline__ void pdl_launch() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(DYNO_PERSISTENT)
     asm volatile("griddepcontrol.launch_dependents;" :::);
 #endif
 }
+
+// Activations (residual, q/k/v, the KV cache, product inputs) are read
+// through ACT_RESTRICT pointers: __restrict__ in kernels of their own, so
+// the compiler may load them through the read-only cache; nothing in
+// decode_layers, whose blocks read what other blocks of the same launch
+// wrote (the read-only cache is not coherent within a launch).
+#ifdef DYNO_PERSISTENT
+#define ACT_RESTRICT
+#else
+#define ACT_RESTRICT __restrict__
+#endif
+
+// What a block does between issuing its first weight loads and reading
+// the previous kernel's output, in a kernel of its own: wait for that
+// kernel and let the next one start (decode_layers passes a grid barrier
+// instead).
+struct PdlWait {
+    __device__ __forceinline__ void operator()() const {
+        pdl_wait();
+        pdl_launch();
+    }
+};
 
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)

@@ -42,7 +42,7 @@ __device__ __forceinline__ float dot8(const uint4& w, const uint4& x) {
 // A lane loads its K/128 float4s of the row and the matching norm weights
 // at once (one memory round trip), keeps them in registers for the write.
 template <int K>
-__device__ void norm_rows_to_shared(const float* __restrict__ residual,
+__device__ void norm_rows_to_shared(const float* ACT_RESTRICT residual,
                                     const bf16* __restrict__ w, int T, float eps,
                                     bf16* __restrict__ xs) {
     static_assert(K % 4 == 0, "rows load as float4");
@@ -80,13 +80,14 @@ __device__ void norm_rows_to_shared(const float* __restrict__ residual,
 
 // The warp's partial sums acc[r][t] for rows `rows[r]` of W ([N][K]) against
 // x ([T][K], bf16, row stride K; shared or global memory). The first batch of
-// weight loads is issued before `pdl_wait`, i.e. possibly while the previous
-// kernel still runs: weights never depend on it. `prologue` runs after the
-// wait (it may read the previous kernel's output) and before x is read.
-template <int K, typename Prologue>
+// weight loads is issued before `wait` (PdlWait, or decode_layers' grid
+// barrier), i.e. possibly while the previous kernel or phase still runs:
+// weights never depend on it. `prologue` runs after the wait (it may read
+// the previous kernel's output) and before x is read.
+template <int K, typename Wait, typename Prologue>
 __device__ void gemv_rows(const bf16* __restrict__ W, const int (&rows)[GEMV_ROWS],
                           const bool (&ok)[GEMV_ROWS], const bf16* x, int T,
-                          float (&acc)[GEMV_ROWS][GEMV_MAX_T], Prologue prologue) {
+                          float (&acc)[GEMV_ROWS][GEMV_MAX_T], Wait wait, Prologue prologue) {
     constexpr int CHUNKS = K / 8;
     constexpr int PER_LANE = (CHUNKS + 31) / 32;
     constexpr int BATCH = PER_LANE < 8 ? PER_LANE : 8;
@@ -108,8 +109,7 @@ __device__ void gemv_rows(const bf16* __restrict__ W, const int (&rows)[GEMV_ROW
             }
     };
     load(0);
-    pdl_wait();
-    pdl_launch();
+    wait();
     prologue();
     for (int first = 0; first < PER_LANE; first += BATCH) {
         if (first > 0) load(first);
@@ -134,27 +134,35 @@ __device__ void gemv_rows(const bf16* __restrict__ W, const int (&rows)[GEMV_ROW
 
 // Steps of more than GEMV_MAX_T tokens (only under `batch_invariant` with
 // the gemv products, see runner.rs) run as tiles of GEMV_MAX_T tokens, one
-// per blockIdx.y: each token's sums run in the same order whatever the
-// step's size, which is what makes this path batch-invariant. Returns the
-// tile's first token and sets T to its token count; a block past the last
-// token returns -1 (it exits before waiting on the previous kernel).
-__device__ __forceinline__ int tile_first_token(int& T) {
-    const int t0 = blockIdx.y * GEMV_MAX_T;
+// per blockIdx.y (`by`): each token's sums run in the same order whatever
+// the step's size, which is what makes this path batch-invariant. Returns
+// the tile's first token and sets T to its token count; a block past the
+// last token returns -1 (it exits before waiting on the previous kernel).
+__device__ __forceinline__ int tile_first_token(int& T, int by) {
+    const int t0 = by * GEMV_MAX_T;
     if (t0 >= T) return -1;
     T = min(T - t0, GEMV_MAX_T);
     return t0;
 }
 
-// The warp's GEMV_ROWS consecutive rows of an N-row matrix, and which exist.
-__device__ __forceinline__ void consecutive_rows(int N, int (&rows)[GEMV_ROWS],
+// The warp's GEMV_ROWS consecutive rows of an N-row matrix in block `bx`,
+// and which exist.
+__device__ __forceinline__ void consecutive_rows(int N, int bx, int (&rows)[GEMV_ROWS],
                                                  bool (&ok)[GEMV_ROWS]) {
     const int warp = threadIdx.x >> 5;
 #pragma unroll
     for (int r = 0; r < GEMV_ROWS; r++) {
-        rows[r] = (blockIdx.x * GEMV_WARPS + warp) * GEMV_ROWS + r;
+        rows[r] = (bx * GEMV_WARPS + warp) * GEMV_ROWS + r;
         ok[r] = rows[r] < N;
     }
 }
+
+// Each product below is a block body taking its place in the grid (bx, by),
+// the shared memory for the normalized input (`xs`, GEMV_MAX_T rows of
+// GEMV_SMEM_K) and what to do before reading the previous kernel's output
+// (`wait`): the kernels of their own pass blockIdx, a __shared__ array and
+// PdlWait; decode_layers (persistent.cu) runs the same bodies as virtual
+// blocks of one persistent grid.
 
 // y[t, n] = rmsnorm(residual[t]) · Wqkv[n] for the fused QKV matrix (f32 out;
 // bias, q/k norm and RoPE follow in qkv_rope_cache).
@@ -163,16 +171,16 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
              const bf16* __restrict__ W, float* __restrict__ y, int T, int N, float eps) {
     constexpr int K = DYNO_HIDDEN;
     __shared__ __align__(16) bf16 xs[GEMV_MAX_T * GEMV_SMEM_K];
-    const int t0 = tile_first_token(T);
+    const int t0 = tile_first_token(T, blockIdx.y);
     if (t0 < 0) return;
     residual += (long)t0 * K;
     y += (long)t0 * N;
     const int lane = threadIdx.x & 31;
     int rows[GEMV_ROWS];
     bool ok[GEMV_ROWS];
-    consecutive_rows(N, rows, ok);
+    consecutive_rows(N, blockIdx.x, rows, ok);
     float acc[GEMV_ROWS][GEMV_MAX_T];
-    gemv_rows<K>(W, rows, ok, xs, T, acc,
+    gemv_rows<K>(W, rows, ok, xs, T, acc, PdlWait{},
                  [&] { norm_rows_to_shared<K>(residual, norm_w, T, eps, xs); });
     if (lane != 0) return;
 #pragma unroll
@@ -187,32 +195,33 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
 // warp's two rows are i and i + HD/2 of one head: the pair RoPE rotates
 // together (rotate-half), so the warp adds the bias, rotates q and k, keeps
 // q in f32 in `qkv` for attention and writes k and v, rounded to bf16, into
-// the token's paged-cache slot. Numerics are qkv_rope_cache's.
-extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
-    norm_qkv_rope_cache(const float* __restrict__ residual, const bf16* __restrict__ norm_w,
-                        const bf16* __restrict__ W, const bf16* __restrict__ bias,
-                        const float2* __restrict__ cos_sin, const int* __restrict__ positions,
-                        const int* __restrict__ slots, float* __restrict__ qkv,
-                        bf16* __restrict__ k_cache, bf16* __restrict__ v_cache, int T, int nq,
-                        int nkv, float eps) {
+// the token's paged-cache slot. Numerics are qkv_rope_cache's. Grid:
+// ((nq + 2 nkv) HD / 2 / GEMV_WARPS, token tiles).
+template <typename Wait>
+__device__ void norm_qkv_rope_cache_block(
+    int bx, int by, bf16* xs, Wait wait, const float* ACT_RESTRICT residual,
+    const bf16* __restrict__ norm_w, const bf16* __restrict__ W, const bf16* __restrict__ bias,
+    const float2* __restrict__ cos_sin, const int* __restrict__ positions,
+    const int* __restrict__ slots, float* ACT_RESTRICT qkv, bf16* ACT_RESTRICT k_cache,
+    bf16* ACT_RESTRICT v_cache, int T, int nq,
+    int nkv, float eps) {
     constexpr int K = DYNO_HIDDEN;
     constexpr int HD = DYNO_HEAD_DIM;
     static_assert(GEMV_ROWS == 2, "one rotation pair per warp");
-    __shared__ __align__(16) bf16 xs[GEMV_MAX_T * GEMV_SMEM_K];
-    const int t0 = tile_first_token(T);
+    const int t0 = tile_first_token(T, by);
     if (t0 < 0) return;
     residual += (long)t0 * K;
     positions += t0;
     slots += t0;
     qkv += (long)t0 * (nq + 2 * nkv) * HD;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int pair = blockIdx.x * GEMV_WARPS + warp;
+    const int pair = bx * GEMV_WARPS + warp;
     const int head = pair / (HD / 2), i = pair % (HD / 2);
     const int heads = nq + 2 * nkv;
     const int rows[GEMV_ROWS] = {head * HD + i, head * HD + i + HD / 2};
     const bool ok[GEMV_ROWS] = {head < heads, head < heads};
     float acc[GEMV_ROWS][GEMV_MAX_T];
-    gemv_rows<K>(W, rows, ok, xs, T, acc,
+    gemv_rows<K>(W, rows, ok, xs, T, acc, wait,
                  [&] { norm_rows_to_shared<K>(residual, norm_w, T, eps, xs); });
     if (lane != 0 || head >= heads) return;
     const float b0 = bias ? __bfloat162float(bias[rows[0]]) : 0.0f;
@@ -243,25 +252,40 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
     }
 }
 
-// act[t, j] = SiLU(gate_j · x_t) · (up_j · x_t), x_t = rmsnorm(residual[t]);
-// a warp's rows are gate rows j and the matching up rows I + j.
 extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
-    norm_gate_up_silu(const float* __restrict__ residual, const bf16* __restrict__ norm_w,
-                      const bf16* __restrict__ W, bf16* __restrict__ act, int T, float eps) {
+    norm_qkv_rope_cache(const float* __restrict__ residual, const bf16* __restrict__ norm_w,
+                        const bf16* __restrict__ W, const bf16* __restrict__ bias,
+                        const float2* __restrict__ cos_sin, const int* __restrict__ positions,
+                        const int* __restrict__ slots, float* __restrict__ qkv,
+                        bf16* __restrict__ k_cache, bf16* __restrict__ v_cache, int T, int nq,
+                        int nkv, float eps) {
+    __shared__ __align__(16) bf16 xs[GEMV_MAX_T * GEMV_SMEM_K];
+    norm_qkv_rope_cache_block(blockIdx.x, blockIdx.y, xs, PdlWait{}, residual, norm_w, W, bias,
+                              cos_sin, positions, slots, qkv, k_cache, v_cache, T, nq, nkv, eps);
+}
+
+// act[t, j] = SiLU(gate_j · x_t) · (up_j · x_t), x_t = rmsnorm(residual[t]);
+// a warp's rows are gate rows j and the matching up rows I + j. Grid:
+// (I / GEMV_WARPS, token tiles).
+template <typename Wait>
+__device__ void norm_gate_up_silu_block(int bx, int by, bf16* xs, Wait wait,
+                                        const float* ACT_RESTRICT residual,
+                                        const bf16* __restrict__ norm_w,
+                                        const bf16* __restrict__ W, bf16* ACT_RESTRICT act, int T,
+                                        float eps) {
     constexpr int K = DYNO_HIDDEN;
     constexpr int I = DYNO_INTER;
     static_assert(GEMV_ROWS == 2, "one gate row and its up row per warp");
-    __shared__ __align__(16) bf16 xs[GEMV_MAX_T * GEMV_SMEM_K];
-    const int t0 = tile_first_token(T);
+    const int t0 = tile_first_token(T, by);
     if (t0 < 0) return;
     residual += (long)t0 * K;
     act += (long)t0 * I;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int j = blockIdx.x * GEMV_WARPS + warp;
+    const int j = bx * GEMV_WARPS + warp;
     const int rows[GEMV_ROWS] = {j, I + j};
     const bool ok[GEMV_ROWS] = {j < I, j < I};
     float acc[GEMV_ROWS][GEMV_MAX_T];
-    gemv_rows<K>(W, rows, ok, xs, T, acc,
+    gemv_rows<K>(W, rows, ok, xs, T, acc, wait,
                  [&] { norm_rows_to_shared<K>(residual, norm_w, T, eps, xs); });
     if (lane != 0 || j >= I) return;
 #pragma unroll
@@ -272,21 +296,31 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
     }
 }
 
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
+    norm_gate_up_silu(const float* __restrict__ residual, const bf16* __restrict__ norm_w,
+                      const bf16* __restrict__ W, bf16* __restrict__ act, int T, float eps) {
+    __shared__ __align__(16) bf16 xs[GEMV_MAX_T * GEMV_SMEM_K];
+    norm_gate_up_silu_block(blockIdx.x, blockIdx.y, xs, PdlWait{}, residual, norm_w, W, act, T,
+                            eps);
+}
+
 // residual[t, n] += x[t] · W[n] with x bf16 ([T][K]): the O projection
-// (K = query width) and the down projection (K = intermediate size).
-template <int K>
-__device__ void gemv_residual_impl(const bf16* __restrict__ x, const bf16* __restrict__ W,
-                                   float* __restrict__ residual, int T, int N) {
-    const int t0 = tile_first_token(T);
+// (K = query width) and the down projection (K = intermediate size). Grid:
+// (N / (GEMV_WARPS GEMV_ROWS), token tiles).
+template <int K, typename Wait>
+__device__ void gemv_residual_block(int bx, int by, Wait wait, const bf16* ACT_RESTRICT x,
+                                    const bf16* __restrict__ W, float* ACT_RESTRICT residual, int T,
+                                    int N) {
+    const int t0 = tile_first_token(T, by);
     if (t0 < 0) return;
     x += (long)t0 * K;
     residual += (long)t0 * N;
     const int lane = threadIdx.x & 31;
     int rows[GEMV_ROWS];
     bool ok[GEMV_ROWS];
-    consecutive_rows(N, rows, ok);
+    consecutive_rows(N, bx, rows, ok);
     float acc[GEMV_ROWS][GEMV_MAX_T];
-    gemv_rows<K>(W, rows, ok, x, T, acc, [] {});
+    gemv_rows<K>(W, rows, ok, x, T, acc, wait, [] {});
     if (lane != 0) return;
 #pragma unroll
     for (int r = 0; r < GEMV_ROWS; r++)
@@ -297,10 +331,10 @@ __device__ void gemv_residual_impl(const bf16* __restrict__ x, const bf16* __res
 
 extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
     o_proj_residual(const bf16* x, const bf16* W, float* residual, int T, int N) {
-    gemv_residual_impl<DYNO_QDIM>(x, W, residual, T, N);
+    gemv_residual_block<DYNO_QDIM>(blockIdx.x, blockIdx.y, PdlWait{}, x, W, residual, T, N);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
     down_proj_residual(const bf16* x, const bf16* W, float* residual, int T, int N) {
-    gemv_residual_impl<DYNO_INTER>(x, W, residual, T, N);
+    gemv_residual_block<DYNO_INTER>(blockIdx.x, blockIdx.y, PdlWait{}, x, W, residual, T, N);
 }

@@ -36,7 +36,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 KERNELS_DIR = os.path.join(HERE, "..", "kernels")
 # nvrtc.rs SOURCES, in order.
 SOURCES = ["common.cuh", "norm.cu", "activation.cu", "rope_kv.cu", "attention_config.cuh",
-           "attention_mma.cu", "attention.cu", "sampling.cu", "gemv.cu"]
+           "attention_mma.cu", "attention.cu", "sampling.cu", "gemv.cu", "persistent.cu"]
+# persistent.rs defines(): the persistent program (decode_layers) with --persistent.
+PERSISTENT_DEFINES = ["DYNO_PERSISTENT=1", "LAYER_PTRS=7"] + [
+    f"LAYER_PTR_{n}={i}" for i, n in enumerate(
+        ["INPUT_NORM", "QKV", "QKV_BIAS", "O_PROJ", "POST_NORM", "GATE_UP", "DOWN"])]
 # kernels.rs launch constants (nvrtc.rs launch_constants).
 LAUNCH_CONSTANTS = {"GEMV_WARPS": 4, "GEMV_ROWS": 2, "GEMV_MAX_T": 8, "GEMV_MAX_HIDDEN": 3072,
                     "ATTN_MAX_SPLITS": 32, "ADD_RMSNORM_WARPS": 4}
@@ -134,6 +138,8 @@ def main(argv):
     ap.add_argument("--shape", default="64,3,576,576,1536",
                     help="HEAD_DIM,GROUP,HIDDEN,QDIM,INTER (default: smollm2-135m)")
     ap.add_argument("--kernel", help="only kernels whose name contains this")
+    ap.add_argument("--persistent", action="store_true",
+                    help="build the persistent program (decode_layers) instead")
     ap.add_argument("--threads", type=int, default=128,
                     help="threads per block for the blocks-per-SM column (attention: 128)")
     a = ap.parse_args(argv)
@@ -149,7 +155,8 @@ def main(argv):
                      for n in SOURCES)
     include = os.path.join(nvidia_dir(), "cuda_runtime", "include")
     options = ["--gpu-architecture=compute_90", "--std=c++17", f"-I{include}"]
-    ptx = compile_ptx(source, options + defines(shape, a.D))
+    extra = a.D + (PERSISTENT_DEFINES if a.persistent else [])
+    ptx = compile_ptx(source, options + defines(shape, extra))
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernels.ptx")
         with open(path, "w") as f:

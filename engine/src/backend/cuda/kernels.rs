@@ -180,10 +180,16 @@ enum Arg {
     F32(f32),
 }
 
+/// The kernel of the persistent program (`persistent::defines`);
+/// every other kernel comes from the main one.
+pub const PERSISTENT_KERNEL: &str = "decode_layers";
+
 pub struct Kernels {
     stream: Arc<CudaStream>,
     functions: HashMap<&'static str, sys::CUfunction>,
-    _module: Arc<CudaModule>,
+    _modules: Vec<Arc<CudaModule>>,
+    /// Dynamic shared memory per launch of a kernel that takes it.
+    dynamic_shared: HashMap<&'static str, u32>,
     launches: Cell<u64>,
     /// Launch with programmatic stream serialization (sm_90+): a kernel may
     /// start while the previous one finishes; the kernels wait for it with
@@ -192,22 +198,46 @@ pub struct Kernels {
 }
 
 impl Kernels {
+    /// The kernels of `module`, and `decode_layers` from `persistent` with
+    /// its dynamic shared memory in bytes, where it was built (launching it
+    /// without is an error).
     pub fn new(
         module: Arc<CudaModule>,
+        persistent: Option<(Arc<CudaModule>, u32)>,
         stream: Arc<CudaStream>,
         pdl: bool,
     ) -> Result<Self, BackendError> {
         let mut functions = HashMap::new();
+        let mut dynamic_shared = HashMap::new();
         for &name in KERNEL_NAMES {
-            let f = module
+            let from = if name == PERSISTENT_KERNEL {
+                match &persistent {
+                    Some((p, bytes)) => {
+                        dynamic_shared.insert(name, *bytes);
+                        p
+                    }
+                    None => continue,
+                }
+            } else {
+                &module
+            };
+            let f = from
                 .load_function(name)
                 .map_err(|e| BackendError::Cuda(format!("kernel {name}: {e}")))?;
+            if let Some(&bytes) = dynamic_shared.get(name) {
+                allow_dynamic_shared(&f, bytes)
+                    .map_err(|e| BackendError::Cuda(format!("kernel {name}: {e}")))?;
+            }
             functions.insert(name, f.cu_function());
         }
         Ok(Kernels {
             stream,
             functions,
-            _module: module,
+            _modules: [Some(module), persistent.map(|(p, _)| p)]
+                .into_iter()
+                .flatten()
+                .collect(),
+            dynamic_shared,
             launches: Cell::new(0),
             pdl,
         })
@@ -268,7 +298,7 @@ impl Kernels {
             blockDimX: block,
             blockDimY: 1,
             blockDimZ: 1,
-            sharedMemBytes: 0,
+            sharedMemBytes: self.dynamic_shared.get(name).copied().unwrap_or(0),
             hStream: self.stream.cu_stream(),
             attrs: &mut attr,
             numAttrs: u32::from(self.pdl),
@@ -281,6 +311,18 @@ impl Kernels {
         self.launches.set(self.launches.get() + 1);
         Ok(())
     }
+}
+
+/// Lets `f` take `bytes` of dynamic shared memory per block (past the
+/// default 48 KiB with its static shared memory, up to the GPU's limit).
+pub fn allow_dynamic_shared(
+    f: &cudarc::driver::CudaFunction,
+    bytes: u32,
+) -> Result<(), cudarc::driver::DriverError> {
+    f.set_attribute(
+        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        bytes as i32,
+    )
 }
 
 /// How a parameter is passed: a device pointer, an `int` or a `float`
@@ -401,6 +443,17 @@ kernels! {
     o_proj_residual => OProjResidual { x: Ptr, w: Ptr, residual: Ptr, t: I32, n: I32 }
     /// residual += x · W_downᵀ, small batches (gemv.cu).
     down_proj_residual => DownProjResidual { x: Ptr, w: Ptr, residual: Ptr, t: I32, n: I32 }
+    /// Every layer of a small decode step in one persistent launch: the
+    /// five small-batch bodies as phases between grid barriers
+    /// (persistent.cu). `layers`: the layer table
+    /// (`persistent::LAYER_POINTERS`); `k_cache` / `v_cache`: layer
+    /// 0's; `barrier_state`: two zeroed `u32`s.
+    decode_layers => DecodeLayers {
+        layers: Ptr, nlayers: I32, residual: Ptr, qkv: Ptr, attn: Ptr, act: Ptr, cos_sin: Ptr,
+        positions: Ptr, slots: Ptr, seq_idx: Ptr, block_tables: Ptr, bt_stride: Ptr,
+        k_cache: Ptr, v_cache: Ptr, block_size: I32, t: I32, nq: I32, nkv: I32, eps: F32,
+        scale: F32, nsplit: I32, part_acc: Ptr, part_ml: Ptr, counters: Ptr, barrier_state: Ptr,
+    }
 }
 
 impl Attention {

@@ -10,7 +10,8 @@
 //! (batch-invariant cuBLASLt products), `buffer` (device and
 //! pinned memory), `weights` (upload, fused QKV and gate-up), `kv_pool`,
 //! `arena`, `step_meta` (per-step inputs), `runner` (the forward
-//! pass), `graphs` (capture and buckets).
+//! pass), `persistent` (all layers of a small step in one launch), `graphs`
+//! (capture and buckets).
 
 mod arena;
 mod buffer;
@@ -21,6 +22,7 @@ mod graphs;
 mod kernels;
 mod kv_pool;
 mod nvrtc;
+mod persistent;
 mod profile_window;
 mod runner;
 mod step_meta;
@@ -105,7 +107,7 @@ impl CudaBackend {
         let max_num_seqs = cfg.effective_max_num_seqs(auto_max_num_seqs);
         let dims = dims_of(config, cfg)?;
         let tuning = kernels::AttentionTuning::from_env()?;
-        let mut module = nvrtc::load(&ctx, dims.kernel_shape(tuning))?;
+        let mut module = nvrtc::load(&ctx, dims.kernel_shape(tuning), &[])?;
         if cfg.batch_invariant {
             // attention_units (the knob's large steps) loops over units and
             // may need more registers than attention; where that costs
@@ -122,16 +124,50 @@ impl CudaBackend {
                     units_min_blocks: Some(split as usize),
                     ..tuning
                 };
-                module = nvrtc::load(&ctx, dims.kernel_shape(bounded))?;
+                module = nvrtc::load(&ctx, dims.kernel_shape(bounded), &[])?;
             }
         }
         // Programmatic dependent launch needs Hopper (sm_90) or newer;
         // DYNO_CUDA_PDL=0 turns it off to measure what it buys.
         let pdl = props.compute_capability.0 >= 9
             && std::env::var("DYNO_CUDA_PDL").map_or(true, |v| v != "0");
-        let kernels = kernels::Kernels::new(module, stream.clone(), pdl)?;
         let profile_window = DecodeProfileWindow::from_env()?;
         let weights = weights::DeviceWeights::upload(&stream, config, load)?;
+        let sm_count = props.sm_count.max(1) as usize;
+        let persistent_settings = persistent::PersistentSettings::from_env()?;
+        let (persistent_module, persistent) = match (
+            persistent_settings.wanted(),
+            persistent::unsupported(&dims, &weights, cfg.batch_invariant),
+        ) {
+            (false, _) => (None, None),
+            (true, Some(why)) if persistent_settings.enabled == Some(true) => {
+                return Err(BackendError::Cuda(format!(
+                    "DYNO_CUDA_PERSISTENT=1: decode_layers cannot run this model: {why}"
+                )))
+            }
+            (true, Some(_)) => (None, None),
+            (true, None) => match persistent::PersistentDecode::build(
+                &ctx,
+                &stream,
+                dims.kernel_shape(tuning),
+                &weights,
+                sm_count,
+                persistent_settings.blocks_per_sm,
+            ) {
+                Ok((module, p)) => (Some((module, p.shared)), Some(p)),
+                Err(e) if persistent_settings.enabled == Some(true) => {
+                    return Err(BackendError::Cuda(format!("DYNO_CUDA_PERSISTENT=1: {e}")))
+                }
+                Err(e) => {
+                    eprintln!(
+                        "warning: the persistent decode kernel is off ({e}); small steps run \
+                         five kernels per layer"
+                    );
+                    (None, None)
+                }
+            },
+        };
+        let kernels = kernels::Kernels::new(module, persistent_module, stream.clone(), pdl)?;
         let logits_rows = arena::logits_rows(max_num_seqs);
         let invariant_products = runner::InvariantProducts::parse(
             std::env::var("DYNO_INVARIANT_PRODUCTS").ok().as_deref(),
@@ -147,7 +183,6 @@ impl CudaBackend {
                 kernels::GEMV_MAX_HIDDEN
             )));
         }
-        let sm_count = props.sm_count.max(1) as usize;
         // The knob's variables are read (and refused when bad) only with it on.
         let invariant_one_block_from = if cfg.batch_invariant {
             one_block_from_env(sm_count)?
@@ -210,6 +245,7 @@ impl CudaBackend {
                 split_keys,
                 invariant_one_block_from,
                 invariant_products,
+                persistent,
             },
             kv: None,
             graphs: DecodeGraphs::default(),

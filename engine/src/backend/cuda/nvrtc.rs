@@ -12,7 +12,9 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use super::super::BackendError;
 
 /// The kernel sources, concatenated in this order into one program.
-pub const SOURCES: [(&str, &str); 9] = [
+/// `persistent.cu` is empty but in the persistent program
+/// (`-DDYNO_PERSISTENT`, `persistent::defines`).
+pub const SOURCES: [(&str, &str); 10] = [
     ("common.cuh", include_str!("../../../kernels/common.cuh")),
     ("norm.cu", include_str!("../../../kernels/norm.cu")),
     (
@@ -34,6 +36,10 @@ pub const SOURCES: [(&str, &str); 9] = [
     ),
     ("sampling.cu", include_str!("../../../kernels/sampling.cu")),
     ("gemv.cu", include_str!("../../../kernels/gemv.cu")),
+    (
+        "persistent.cu",
+        include_str!("../../../kernels/persistent.cu"),
+    ),
 ];
 
 /// The model sizes baked into the kernels as `-D` options: one attention
@@ -160,6 +166,7 @@ pub fn compile(
     include: &Path,
     arch: (i32, i32),
     shape: KernelShape,
+    extra_defines: &[String],
 ) -> Result<cudarc::nvrtc::Ptx, BackendError> {
     // SAFETY: only tries to dlopen libnvrtc by its usual names.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
@@ -187,6 +194,7 @@ pub fn compile(
         .into_iter()
         .chain(shape.attention.defines())
         .chain(launch_constants())
+        .chain(extra_defines.iter().cloned())
         .collect(),
         name: Some("dyno_kernels.cu".into()),
         ..Default::default()
@@ -197,13 +205,19 @@ pub fn compile(
         .map_err(|e| BackendError::Cuda(format!("compiling the kernels with NVRTC: {e}")))
 }
 
-/// Compiles the kernels for `ctx`'s device and the model's shape, and loads them.
-pub fn load(ctx: &Arc<CudaContext>, shape: KernelShape) -> Result<Arc<CudaModule>, BackendError> {
+/// Compiles the program for `ctx`'s device and the model's shape, and loads
+/// it. `extra_defines`: none for the kernels of their own,
+/// `persistent::defines()` for `decode_layers`' program.
+pub fn load(
+    ctx: &Arc<CudaContext>,
+    shape: KernelShape,
+    extra_defines: &[String],
+) -> Result<Arc<CudaModule>, BackendError> {
     let arch = ctx
         .compute_capability()
         .map_err(|e| BackendError::Cuda(format!("compute capability: {e}")))?;
     let include = find_cuda_include(&header_candidates())?;
-    let ptx = compile(&include, arch, shape)?;
+    let ptx = compile(&include, arch, shape, extra_defines)?;
     ctx.load_module(ptx)
         .map_err(|e| BackendError::Cuda(format!("loading the compiled kernels: {e}")))
 }
@@ -277,14 +291,33 @@ mod tests {
                 inter,
                 attention: Default::default(),
             };
-            let src = compile(&include, (9, 0), shape).unwrap().to_src();
-            for name in super::super::kernels::KERNEL_NAMES {
+            let src = compile(&include, (9, 0), shape, &[]).unwrap().to_src();
+            use super::super::kernels::{KERNEL_NAMES, PERSISTENT_KERNEL};
+            for name in KERNEL_NAMES.iter().filter(|&&n| n != PERSISTENT_KERNEL) {
                 assert!(src.contains(name), "kernel {name} missing from the PTX");
             }
+            assert!(
+                !src.contains(&format!(".entry {PERSISTENT_KERNEL}")),
+                "{PERSISTENT_KERNEL} belongs to the persistent program only"
+            );
             // Register arrays must stay in registers (no local memory).
             assert!(
                 !src.contains(".local"),
                 "hd {hd} g {g}: kernel uses local memory"
+            );
+            // The persistent program builds for every shape too (whether
+            // its shared memory fits the GPU is the loader's question).
+            let persistent = compile(
+                &include,
+                (9, 0),
+                shape,
+                &super::super::persistent::defines(),
+            )
+            .unwrap()
+            .to_src();
+            assert!(
+                persistent.contains(&format!(".entry {PERSISTENT_KERNEL}")),
+                "hd {hd} g {g}: {PERSISTENT_KERNEL} missing from the persistent program"
             );
         }
         // The attention tuning's choices: every keys-per-iteration count, a
@@ -381,14 +414,16 @@ mod tests {
             };
             match error {
                 None => {
-                    let src = compile(&include, (9, 0), shape).unwrap().to_src();
+                    let src = compile(&include, (9, 0), shape, &[]).unwrap().to_src();
                     assert!(
                         !src.contains(".local"),
                         "hd {hd} g {g} {attention:?}: kernel uses local memory"
                     );
                 }
                 Some(text) => {
-                    let e = compile(&include, (9, 0), shape).unwrap_err().to_string();
+                    let e = compile(&include, (9, 0), shape, &[])
+                        .unwrap_err()
+                        .to_string();
                     assert!(e.contains(text), "hd {hd} g {g} {attention:?}: {e}");
                 }
             }

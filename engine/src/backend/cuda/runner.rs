@@ -34,11 +34,12 @@ use super::buffer::DeviceBuffer;
 use super::gemm::Gemm;
 use super::gemm_lt::InvariantGemm;
 use super::kernels::{
-    AddRmsnorm, Attention, DownProjResidual, EmbedRmsnorm, FinalRmsnormRows, Kernels,
+    AddRmsnorm, Attention, DecodeLayers, DownProjResidual, EmbedRmsnorm, FinalRmsnormRows, Kernels,
     NormGateUpSilu, NormQkv, NormQkvRopeCache, OProjResidual, QkvRopeCache, SampleRows, SiluMul,
     ADD_RMSNORM_WARPS, ATTN_MAX_SPLITS, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS, ROPE_CACHE_THREADS,
 };
 use super::kv_pool::KvPool;
+use super::persistent::PersistentDecode;
 use super::step_meta::MetaLayout;
 use super::weights::DeviceWeights;
 
@@ -167,6 +168,8 @@ pub struct Runner {
     /// pinned cuBLASLt GEMMs (`DYNO_INVARIANT_PRODUCTS=gemv`; see
     /// [`InvariantProducts`]).
     pub invariant_products: InvariantProducts,
+    /// `decode_layers` for small steps, where built (`persistent.rs`).
+    pub persistent: Option<PersistentDecode>,
 }
 
 /// How `batch_invariant` computes the layers' products. Both give each
@@ -300,7 +303,10 @@ impl Runner {
     ) -> Result<u64, BackendError> {
         let nsplit = self.attention_grid_splits(tokens, max_context)?;
         if self.small_batch(tokens) {
-            self.layers_small_batch(kv, layout, tokens, nsplit)?;
+            match &self.persistent {
+                Some(p) => self.layers_persistent(p, kv, layout, tokens, nsplit)?,
+                None => self.layers_small_batch(kv, layout, tokens, nsplit)?,
+            }
             return Ok(0);
         }
         let d = &self.dims;
@@ -520,6 +526,65 @@ impl Runner {
             )?;
         }
         Ok(())
+    }
+
+    /// The small-batch path's layers in one launch of `decode_layers`
+    /// (the same bodies as phases of a persistent grid; built only for
+    /// models whose QKV body is fused, without `batch_invariant`).
+    fn layers_persistent(
+        &self,
+        p: &PersistentDecode,
+        kv: &KvPool,
+        layout: &MetaLayout,
+        tokens: usize,
+        nsplit: usize,
+    ) -> Result<(), BackendError> {
+        let d = &self.dims;
+        let a = &self.arena;
+        self.kernels.embed_rmsnorm(
+            (tokens as u32, 1, 1),
+            256,
+            EmbedRmsnorm {
+                tokens: self.meta(layout, layout.tokens()),
+                emb: self.weights.embed.ptr,
+                w: self.weights.layers[0].input_norm.ptr,
+                residual: a.residual.ptr,
+                out: a.hidden.ptr,
+                hidden: d.hidden as i32,
+                eps: d.eps,
+            },
+        )?;
+        self.kernels.decode_layers(
+            (p.blocks, 1, 1),
+            (GEMV_WARPS * 32) as u32,
+            DecodeLayers {
+                layers: p.layer_table.ptr,
+                nlayers: self.weights.layers.len() as i32,
+                residual: a.residual.ptr,
+                qkv: a.qkv.ptr,
+                attn: a.attn.ptr,
+                act: a.act.ptr,
+                cos_sin: self.cos_sin.ptr,
+                positions: self.meta(layout, layout.positions()),
+                slots: self.meta(layout, layout.slots()),
+                seq_idx: self.meta(layout, layout.seq_idx()),
+                block_tables: self.meta(layout, layout.block_tables()),
+                bt_stride: self.meta(layout, layout.bt_stride()),
+                k_cache: kv.k(0),
+                v_cache: kv.v(0),
+                block_size: kv.block_size as i32,
+                t: tokens as i32,
+                nq: d.nq as i32,
+                nkv: d.nkv as i32,
+                eps: d.eps,
+                scale: 1.0 / (d.head_dim as f32).sqrt(),
+                nsplit: nsplit as i32,
+                part_acc: a.part_acc.ptr,
+                part_ml: a.part_ml.ptr,
+                counters: a.split_counters.ptr,
+                barrier_state: p.barrier.ptr,
+            },
+        )
     }
 
     /// Bias / q-k norm / RoPE / KV-cache write after the QKV product of

@@ -1,0 +1,163 @@
+//! GPU test of the persistent decode kernel (`decode_layers`,
+//! `DYNO_CUDA_PERSISTENT`): small steps through it give the five-kernel
+//! path's logits and tokens bit for bit, in far fewer launches. Needs an
+//! NVIDIA GPU, so `#[ignore]`d; `engine/scripts/gpu_tests.sh` runs it, or
+//! `cargo test --release -p engine --test cuda_persistent -- --ignored`.
+//!
+//! One test function on purpose: it sets `DYNO_CUDA_PERSISTENT` around each
+//! backend's construction (where the backend reads it), which must not race
+//! with another test of this binary.
+
+mod cuda_support;
+
+use cuda_support::*;
+use engine::backend::cuda::CudaBackend;
+use engine::backend::{Backend, SeqStep};
+use engine::config::{Architecture, ModelConfig};
+use engine::engine_config::EngineConfig;
+
+fn engine_config(eager: bool) -> EngineConfig {
+    EngineConfig {
+        max_num_seqs: 8,
+        max_num_batched_tokens: 256,
+        max_model_len: 512,
+        enforce_eager: eager,
+        ..Default::default()
+    }
+}
+
+fn backend(c: &ModelConfig, t: &Tensors, eager: bool, persistent: &str) -> CudaBackend {
+    std::env::set_var("DYNO_CUDA_PERSISTENT", persistent);
+    let b = CudaBackend::with_loader(c, &engine_config(eager), &loader(t));
+    std::env::remove_var("DYNO_CUDA_PERSISTENT");
+    let mut b = b.unwrap_or_else(|e| panic!("backend with DYNO_CUDA_PERSISTENT={persistent}: {e}"));
+    b.allocate_kv_cache(128, 16).unwrap();
+    b
+}
+
+/// What a backend computes: the logits of one-token steps at a long
+/// context (several attention splits, the last block merging), and 24
+/// greedy decode steps of batches of 1, 3 and 8 sequences, with the
+/// launches of a decode step.
+struct Outputs {
+    logits: Vec<Vec<f32>>,
+    tokens: Vec<Vec<u32>>,
+    launches: Option<u64>,
+}
+
+fn run(b: &mut CudaBackend, vocab: u32) -> Outputs {
+    let long: Vec<u32> = (0..300).map(|i| (i * 7919 + 7) % vocab).collect();
+    let bt_long = blocks_for(5, 20); // blocks 100..120, past the decode batches'
+    b.forward_logits(&[step(50, &long[..200], 0, &bt_long, false)])
+        .unwrap();
+    b.forward_logits(&[step(50, &long[200..290], 200, &bt_long, false)])
+        .unwrap();
+    let mut logits = Vec::new();
+    for p in 290..300 {
+        logits.extend(
+            b.forward_logits(&[step(50, &long[p..p + 1], p, &bt_long, false)])
+                .unwrap(),
+        );
+    }
+    let mut tokens = Vec::new();
+    for (first, n) in [(0usize, 1usize), (1, 3), (0, 8)] {
+        let bts: Vec<Vec<u32>> = (0..n).map(|i| blocks_for(first + i, 4)).collect();
+        let prompts: Vec<Vec<u32>> = (0..n)
+            .map(|s| {
+                (0..20 + s)
+                    .map(|i| ((i + 31 * s) as u32 * 6151 + 11) % vocab)
+                    .collect()
+            })
+            .collect();
+        let batch: Vec<SeqStep> = (0..n)
+            .map(|s| step((first + s) as u64, &prompts[s], 0, &bts[s], true))
+            .collect();
+        let start = b.forward(&batch).unwrap();
+        let mut seqs: Vec<Vec<u32>> = prompts
+            .iter()
+            .zip(start)
+            .map(|(p, f)| [p.clone(), vec![f]].concat())
+            .collect();
+        for _ in 0..24 {
+            let lasts: Vec<[u32; 1]> = seqs.iter().map(|s| [*s.last().unwrap()]).collect();
+            let batch: Vec<SeqStep> = (0..n)
+                .map(|s| {
+                    let at = seqs[s].len() - 1;
+                    step((first + s) as u64, &lasts[s], at, &bts[s], true)
+                })
+                .collect();
+            let next = b.forward(&batch).unwrap();
+            for (s, t) in seqs.iter_mut().zip(next) {
+                s.push(t);
+            }
+        }
+        tokens.extend(seqs);
+    }
+    Outputs {
+        logits,
+        tokens,
+        launches: b.launches_per_decode_step(),
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn persistent_decode_matches_the_five_kernels_bit_for_bit() {
+    let mut geometries = vec![
+        ("llama", tiny_config(Architecture::Llama)),
+        ("qwen2 (QKV bias)", tiny_config(Architecture::Qwen2)),
+    ];
+    // smollm2-135m's attention shape: head dim 64, 9 query heads on 3 KV
+    // heads (the tensor-core loop), hidden 576.
+    let mut smollm2_like = tiny_config(Architecture::Llama);
+    smollm2_like.hidden_size = 576;
+    smollm2_like.head_dim = 64;
+    smollm2_like.num_attention_heads = 9;
+    smollm2_like.num_key_value_heads = 3;
+    smollm2_like.intermediate_size = 1536;
+    smollm2_like.num_hidden_layers = 4;
+    geometries.push(("head dim 64, 9 q / 3 kv heads", smollm2_like));
+    for (name, c) in &geometries {
+        let t = random_tensors(c, 11);
+        for eager in [true, false] {
+            let tag = format!("{name} eager={eager}");
+            let five = run(&mut backend(c, &t, eager, "0"), c.vocab_size as u32);
+            let one = run(&mut backend(c, &t, eager, "1"), c.vocab_size as u32);
+            for (i, (a, b)) in five.logits.iter().zip(&one.logits).enumerate() {
+                let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{tag}: logits of one-token step {i} differ");
+            }
+            assert_eq!(five.tokens, one.tokens, "{tag}: greedy tokens differ");
+            println!(
+                "{tag}: {} logit rows and {} greedy sequences identical; launches per decode \
+                 step {:?} (five kernels per layer) -> {:?} (decode_layers)",
+                five.logits.len(),
+                five.tokens.len(),
+                five.launches,
+                one.launches
+            );
+            if eager {
+                let (a, b) = (five.launches.unwrap(), one.launches.unwrap());
+                assert!(
+                    b + 4 * c.num_hidden_layers as u64 <= a,
+                    "{tag}: {a} -> {b} launches"
+                );
+            }
+        }
+    }
+    // Asked for where it cannot run (q/k norms): an error naming why.
+    let c = tiny_config(Architecture::Qwen3);
+    let t = random_tensors(&c, 11);
+    std::env::set_var("DYNO_CUDA_PERSISTENT", "1");
+    let e = CudaBackend::with_loader(&c, &engine_config(true), &loader(&t));
+    std::env::remove_var("DYNO_CUDA_PERSISTENT");
+    let e = e
+        .err()
+        .expect("qwen3 with DYNO_CUDA_PERSISTENT=1 must be refused")
+        .to_string();
+    assert!(
+        e.contains("DYNO_CUDA_PERSISTENT=1") && e.contains("q/k norm"),
+        "{e}"
+    );
+    println!("qwen3 refused: {e}");
+}
