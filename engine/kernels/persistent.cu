@@ -3,7 +3,7 @@
 // At batch 1 a step of the five-kernels-per-layer path (gemv.cu) is ~150
 // dependent kernels of 3-8 us, each mostly launch and drain latency, not
 // bytes. Here one persistent grid (as many blocks as the SMs hold at once,
-// runner.rs sizes it) runs the same five block bodies as phases, and the
+// persistent.rs sizes it) runs the same five block bodies as phases, and the
 // grid waits at a barrier between phases instead of ending a kernel:
 //   RMSNorm+QKV+bias+RoPE+KV write | attention | O + residual |
 //   RMSNorm+gate-up+SiLU·mul | down + residual
@@ -12,6 +12,13 @@
 // first weight loads before it waits at the barrier, as the kernels do
 // before pdl_wait. The bodies, their grids and their sums are the kernels',
 // so the bits are the five-kernel path's.
+//
+// On the H200 it is slower than the five kernels (0.67 against 0.62 ms a
+// batch-1 smollm2-135m step), so it is off by default (persistent.rs):
+// the 149 barriers of a step cost ~0.22 ms, ~1.5 us each, about what a
+// kernel boundary costs under programmatic dependent launch, and the
+// phases' own work ~0.38 ms, ~2.5 us each, a chain of dependent memory
+// accesses (PERSIST_ABLATE below measured both).
 //
 // Compiled only in a program of its own (persistent.rs, -DDYNO_PERSISTENT):
 // there pdl_launch does nothing and activations are not __restrict__
@@ -25,40 +32,61 @@
 #if !defined(LAYER_PTRS) || !defined(LAYER_PTR_INPUT_NORM) || !defined(LAYER_PTR_QKV) ||     \
     !defined(LAYER_PTR_QKV_BIAS) || !defined(LAYER_PTR_O_PROJ) ||                             \
     !defined(LAYER_PTR_POST_NORM) || !defined(LAYER_PTR_GATE_UP) || !defined(LAYER_PTR_DOWN)
-#error "compile decode_layers with the layer table's -D options (nvrtc.rs)"
+#error "compile decode_layers with the layer table's -D options (persistent.rs)"
 #endif
 
-__device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
-    unsigned v;
-    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+// PERSIST_ABLATE (measurement builds only; wrong outputs): 1 drops the
+// barriers, 2 the phases' work, 3 both, to time each part of a step alone
+// (docs/BENCHMARKS.md; build the engine with the value changed here).
+#ifndef PERSIST_ABLATE
+#define PERSIST_ABLATE 0
+#endif
+
+__device__ __forceinline__ unsigned long long load_acquire(const unsigned long long* p) {
+    unsigned long long v;
+    asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
     return v;
 }
 
-// A sense-reversing barrier over the whole grid: `state[0]` counts the
-// blocks that arrived, `state[1]` is the generation the last one advances
-// (it also resets the count, so the barrier is ready for the next launch or
-// graph replay without a memset). Every block's writes before it are seen
-// by every block after it. All blocks must be resident at once, which the
-// grid size guarantees (runner.rs: at most the occupancy times the SMs, and
-// nothing launched after it starts before it ends: pdl_launch is a no-op).
+// A barrier over the whole grid on one 64-bit count that only grows: a
+// block arrives by adding 1 (after an acquire-release fence, so that its
+// writes, which __syncthreads ordered before thread 0's, are seen by every
+// block that sees the count) and leaves when an acquire load finds the
+// count at its target, gridDim.x more per barrier. Every launch adds the
+// same number (barriers per launch times blocks), so a launch's first
+// target follows from the count it finds: nothing to reset between
+// launches or graph replays. (Measured on the H200 against a
+// sense-reversing barrier with __threadfence, 0.82 -> 0.67 ms a batch-1
+// step; spreading the count over eight 128-byte lines gained nothing:
+// docs/BENCHMARKS.md.)
 struct GridBarrier {
-    unsigned* state;
-    __device__ __forceinline__ void operator()() const {
+    unsigned long long* count;
+    unsigned long long target;  // thread 0's
+    // `barriers`: how many this launch passes.
+    __device__ __forceinline__ void start(int barriers) {
+        if (threadIdx.x == 0) {
+            const unsigned long long per_launch = (unsigned long long)barriers * gridDim.x;
+            // No block of this launch has passed its first barrier yet
+            // (this one has not arrived), so the count is within the first
+            // gridDim.x arrivals past the previous launches' total.
+            const unsigned long long v = load_acquire(count);
+            target = v - v % per_launch;
+        }
+    }
+    __device__ __forceinline__ void operator()() {
+#if PERSIST_ABLATE != 1 && PERSIST_ABLATE != 3
         __syncthreads();
         if (threadIdx.x == 0) {
-            const unsigned generation = load_acquire(state + 1);
-            __threadfence();
-            if (atomicAdd(state, 1u) == gridDim.x - 1) {
-                atomicExch(state, 0u);
-                __threadfence();
-                atomicAdd(state + 1, 1u);
-            } else {
-                while (load_acquire(state + 1) == generation) {
-                }
+            target += gridDim.x;
+            asm volatile("fence.acq_rel.gpu;\n\tred.relaxed.gpu.global.add.u64 [%0], 1;"
+                         :
+                         : "l"(count)
+                         : "memory");
+            while (load_acquire(count) < target) {
             }
-            __threadfence();
         }
         __syncthreads();
+#endif
     }
 };
 
@@ -66,7 +94,7 @@ struct GridBarrier {
 // body calls it after issuing its first weight loads, as the kernels of
 // their own call PdlWait).
 struct PhaseWait {
-    const GridBarrier* barrier;
+    GridBarrier* barrier;
     bool* waited;
     __device__ __forceinline__ void operator()() const {
         if (!*waited) {
@@ -82,11 +110,11 @@ struct PhaseWait {
 // once per phase. `sync` false: the phase needs no barrier (the first one,
 // after pdl_wait).
 template <typename Body>
-__device__ __forceinline__ void phase(const GridBarrier& barrier, bool sync, int blocks,
+__device__ __forceinline__ void phase(GridBarrier& barrier, bool sync, int blocks,
                                       Body body) {
     bool waited = !sync;
     const PhaseWait wait{&barrier, &waited};
-    for (int vb = blockIdx.x; vb < blocks; vb += gridDim.x) {
+    for (int vb = blockIdx.x; vb < (PERSIST_ABLATE >= 2 ? 0 : blocks); vb += gridDim.x) {
         body(vb, wait);
         __syncthreads();  // the next virtual block reuses the shared memory
     }
@@ -97,10 +125,10 @@ __device__ __forceinline__ void phase(const GridBarrier& barrier, bool sync, int
 __device__ __forceinline__ int cdiv(int a, int b) { return (a + b - 1) / b; }
 
 // Blocks per SM the registers must allow: the grid's default
-// (persistent.rs DEFAULT_BLOCKS_PER_SM), so that the attention body is not
-// squeezed into spills for blocks the grid does not use.
+// (persistent.rs DEFAULT_BLOCKS_PER_SM passes it), so that the attention
+// body is not squeezed into spills for blocks the grid does not use.
 #ifndef PERSIST_MIN_BLOCKS
-#define PERSIST_MIN_BLOCKS 2
+#error "compile decode_layers with -DPERSIST_MIN_BLOCKS (persistent.rs)"
 #endif
 extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, PERSIST_MIN_BLOCKS)
     decode_layers(const unsigned long long* layers, int nlayers, float* residual, float* qkv,
@@ -116,7 +144,8 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, PERSIST_MIN_BLOCKS
     // (GEMV_MAX_T rows of the hidden size, persistent.rs), so that with
     // attention's static buffers it may pass 48 KiB.
     extern __shared__ __align__(16) bf16 xs[];
-    const GridBarrier barrier{barrier_state};
+    GridBarrier barrier{reinterpret_cast<unsigned long long*>(barrier_state), 0};
+    barrier.start(5 * nlayers - 1);  // five phases a layer, the first without
     const int hidden = K;
     const int qkv_pairs = (nq + 2 * nkv) * HD / 2;
     const int head_blocks = nkv * DYNO_GROUP_CHUNKS;

@@ -38,7 +38,7 @@ KERNELS_DIR = os.path.join(HERE, "..", "kernels")
 SOURCES = ["common.cuh", "norm.cu", "activation.cu", "rope_kv.cu", "attention_config.cuh",
            "attention_mma.cu", "attention.cu", "sampling.cu", "gemv.cu", "persistent.cu"]
 # persistent.rs defines(): the persistent program (decode_layers) with --persistent.
-PERSISTENT_DEFINES = ["DYNO_PERSISTENT=1", "LAYER_PTRS=7"] + [
+PERSISTENT_DEFINES = ["DYNO_PERSISTENT=1", "PERSIST_MIN_BLOCKS=3", "LAYER_PTRS=7"] + [
     f"LAYER_PTR_{n}={i}" for i, n in enumerate(
         ["INPUT_NORM", "QKV", "QKV_BIAS", "O_PROJ", "POST_NORM", "GATE_UP", "DOWN"])]
 # kernels.rs launch constants (nvrtc.rs launch_constants).

@@ -305,20 +305,22 @@ mod tests {
                 !src.contains(".local"),
                 "hd {hd} g {g}: kernel uses local memory"
             );
-            // The persistent program builds for every shape too (whether
-            // its shared memory fits the GPU is the loader's question).
-            let persistent = compile(
-                &include,
-                (9, 0),
-                shape,
-                &super::super::persistent::defines(),
-            )
-            .unwrap()
-            .to_src();
-            assert!(
-                persistent.contains(&format!(".entry {PERSISTENT_KERNEL}")),
-                "hd {hd} g {g}: {PERSISTENT_KERNEL} missing from the persistent program"
-            );
+            // The persistent program, at smollm2-135m's and qwen2.5-0.5b's
+            // shapes (each compile takes seconds).
+            if [576, 896].contains(&hidden) {
+                let persistent = compile(
+                    &include,
+                    (9, 0),
+                    shape,
+                    &super::super::persistent::defines(),
+                )
+                .unwrap()
+                .to_src();
+                assert!(
+                    persistent.contains(&format!(".entry {PERSISTENT_KERNEL}")),
+                    "hd {hd} g {g}: {PERSISTENT_KERNEL} missing from the persistent program"
+                );
+            }
         }
         // The attention tuning's choices: every keys-per-iteration count, a
         // register cap, K/V staged in shared memory and the tensor-core

@@ -5,6 +5,13 @@
 //! five kernels per layer; what it saves is the ~150 kernel boundaries of
 //! a batch-1 step.
 //!
+//! Measured on the H200 it does not pay yet: a batch-1 smollm2-135m step
+//! takes 0.67 ms against the five kernels' 0.62 ms, outputs identical
+//! (docs/BENCHMARKS.md, "A persistent decode kernel"). A grid barrier costs
+//! about what a kernel boundary under programmatic dependent launch costs
+//! (~1.5 us), and a phase's own chain of dependent memory accesses about
+//! 2.5 us, so it stays off by default.
+//!
 //! `DYNO_CUDA_PERSISTENT`: `1` uses it wherever it applies (an error where
 //! it cannot be built), `0` never; unset is [`DEFAULT_ON`].
 //! `DYNO_CUDA_PERSISTENT_BLOCKS_PER_SM` (1 to 16): the grid's blocks per
@@ -21,11 +28,16 @@ use super::nvrtc::{self, KernelShape};
 use super::weights::{DeviceWeights, LayerWeights};
 
 /// Whether small decode steps take `decode_layers` when
-/// `DYNO_CUDA_PERSISTENT` is unset.
+/// `DYNO_CUDA_PERSISTENT` is unset: no, it measured slower (above).
 pub const DEFAULT_ON: bool = false;
 /// Blocks per SM when `DYNO_CUDA_PERSISTENT_BLOCKS_PER_SM` is unset
-/// (fewer where the kernel's occupancy is lower).
-pub const DEFAULT_BLOCKS_PER_SM: usize = 2;
+/// (fewer where the kernel's occupancy is lower). On the H200 at
+/// smollm2-135m's shape, 3 (396 blocks: the gate-up phase's 384 virtual
+/// blocks in one round) measured 3-4 % faster per batch-1 step than 2, and
+/// 2 than 1; the kernel's registers allow 3 (163 at that shape).
+pub const DEFAULT_BLOCKS_PER_SM: usize = 3;
+/// The grid barrier's count: one 64-bit count, alone on its 128-byte line.
+pub const BARRIER_BYTES: usize = 128;
 /// Most blocks per SM the variable may ask for (16 blocks of 128 threads
 /// fill an SM's 2,048).
 pub const MAX_BLOCKS_PER_SM: usize = 16;
@@ -117,8 +129,8 @@ pub fn grid_blocks(sm_count: usize, occupancy: usize, blocks_per_sm: usize) -> u
 pub struct PersistentDecode {
     /// `LAYER_POINTERS.len()` device pointers per layer.
     pub layer_table: DeviceBuffer,
-    /// The grid barrier's count and generation (two `u32`s, zeroed; the
-    /// kernel leaves the count at zero).
+    /// The grid barrier's count ([`BARRIER_BYTES`], zeroed; it only grows,
+    /// by the same amount every launch).
     pub barrier: DeviceBuffer,
     pub blocks: u32,
     /// Dynamic shared memory per block: [`dynamic_shared_bytes`].
@@ -161,7 +173,7 @@ impl PersistentDecode {
         }
         let table = layer_table(weights);
         let layer_table = DeviceBuffer::upload(stream, &table, "decode_layers layer table")?;
-        let barrier = DeviceBuffer::zeroed(stream, 8, "decode_layers barrier")?;
+        let barrier = DeviceBuffer::zeroed(stream, BARRIER_BYTES, "decode_layers barrier")?;
         let blocks = grid_blocks(sm_count, occupancy, blocks_per_sm) as u32;
         Ok((
             module,
@@ -175,10 +187,13 @@ impl PersistentDecode {
     }
 }
 
+/// Where a layer-table entry comes from.
+pub type LayerPointer = fn(&LayerWeights) -> u64;
+
 /// `decode_layers`' layer table: these device pointers per layer, in this
 /// order (the kernel's `LAYER_PTR_<name>` indices, compiled in by
 /// nvrtc.rs). A null pointer is a missing tensor (no QKV bias).
-pub const LAYER_POINTERS: [(&str, fn(&LayerWeights) -> u64); 7] = [
+pub const LAYER_POINTERS: [(&str, LayerPointer); 7] = [
     ("INPUT_NORM", |l| l.input_norm.ptr),
     ("QKV", |l| l.qkv.ptr),
     ("QKV_BIAS", |l| l.qkv_bias.as_ref().map_or(0, |b| b.ptr)),
@@ -241,6 +256,7 @@ mod tests {
 
     #[test]
     fn the_grid_never_asks_for_more_blocks_than_the_sms_hold() {
+        assert_eq!(grid_blocks(132, 3, DEFAULT_BLOCKS_PER_SM), 396);
         assert_eq!(grid_blocks(132, 4, 2), 264);
         assert_eq!(grid_blocks(132, 1, 2), 132);
         assert_eq!(grid_blocks(132, 3, 16), 396);
