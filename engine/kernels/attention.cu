@@ -122,8 +122,31 @@ __host__ __device__ constexpr int attn_shared_bytes() {
 // (bx, by, bz) is the block's place in a (query tokens, head blocks = gy,
 // splits = gz) grid: blockIdx and gridDim for a kernel of its own, a
 // virtual block of decode_layers' attention phase (persistent.cu).
-template <int HD, int GALL, int CHUNKS, bool UNITS>
-__device__ void attention_impl(int bx, int by, int bz, int gy, int gz,
+// Pulls the K and V rows of keys [begin, end) of KV head `kvh` into L2 (a
+// block's first iteration of keys, before it waits for the kernel that
+// writes q: the rows of earlier steps are already in the cache, and the
+// block table is the host's). A row this step writes may be fetched before
+// its write; L2 is where writes land, so the loads after the wait still
+// see it. A thread per 128-byte line.
+template <int HD>
+__device__ __forceinline__ void prefetch_rows_l2(const bf16* k_cache, const bf16* v_cache,
+                                                 const int* __restrict__ table, int block_size,
+                                                 int nkv, int kvh, int begin, int end) {
+    constexpr int LINES = (HD * 2 + 127) / 128;  // 128-byte lines per row
+    const int n = (end - begin) * LINES * 2;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const int rest = i >> 1, key = begin + rest / LINES, line = rest % LINES;
+        const long slot = (long)table[key / block_size] * block_size + key % block_size;
+        const bf16* row = ((i & 1) ? v_cache : k_cache) + (slot * nkv + kvh) * HD;
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(row) +
+                                                      line * 128));
+    }
+}
+
+// `wait` (PdlWait, or decode_layers' grid barrier) runs once the block knows
+// its keys and has prefetched the first of them, before it reads q.
+template <int HD, int GALL, int CHUNKS, bool UNITS, typename Wait>
+__device__ void attention_impl(Wait wait, int bx, int by, int bz, int gy, int gz,
                                const float* ACT_RESTRICT qkv, const bf16* ACT_RESTRICT k_cache,
                                const bf16* ACT_RESTRICT v_cache,
                                const int* __restrict__ positions,
@@ -237,6 +260,9 @@ __device__ void attention_impl(int bx, int by, int bz, int gy, int gz,
     }
     const int* table = block_tables + (long)seq_idx[t] * (*bt_stride_ptr);
     const int row_len = (nq + 2 * nkv) * HD;
+    prefetch_rows_l2<HD>(k_cache, v_cache, table, block_size, nkv, kvh, begin,
+                         min(end, begin + BLOCK_KEYS));
+    wait();
 
     int mma_buffer = 0;  // the tensor-core loop's staging buffer (CHAIN: across units)
     // Attends to keys [ub, ue), leaving each warp's (or sub-warp's) softmax
@@ -516,10 +542,8 @@ extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32, ATTN_MIN_BLOCKS)
               const int* seq_idx, const int* block_tables, const int* bt_stride, int block_size,
               int nkv, float scale, bf16* out, float* part_acc, float* part_ml, int* counters,
               int split_keys) {
-    pdl_wait();
-    pdl_launch();
     attention_impl<DYNO_HEAD_DIM, DYNO_GROUP, DYNO_GROUP_CHUNKS, false>(
-        blockIdx.x, blockIdx.y, blockIdx.z, gridDim.y, gridDim.z, qkv, k_cache, v_cache, positions, seq_idx, block_tables, bt_stride, block_size, nkv, scale,
+        PdlWait{}, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.y, gridDim.z, qkv, k_cache, v_cache, positions, seq_idx, block_tables, bt_stride, block_size, nkv, scale,
         out, part_acc, part_ml, counters, split_keys);
 }
 
@@ -543,9 +567,7 @@ extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32, ATTN_UNITS_MIN_BLO
                     const int* positions, const int* seq_idx, const int* block_tables,
                     const int* bt_stride, int block_size, int nkv, float scale, bf16* out,
                     int split_keys) {
-    pdl_wait();
-    pdl_launch();
     attention_impl<DYNO_HEAD_DIM, DYNO_GROUP, DYNO_GROUP_CHUNKS, true>(
-        blockIdx.x, blockIdx.y, blockIdx.z, gridDim.y, gridDim.z, qkv, k_cache, v_cache, positions, seq_idx, block_tables, bt_stride, block_size, nkv, scale,
+        PdlWait{}, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.y, gridDim.z, qkv, k_cache, v_cache, positions, seq_idx, block_tables, bt_stride, block_size, nkv, scale,
         out, nullptr, nullptr, nullptr, split_keys);
 }
