@@ -102,6 +102,16 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     return warp_max(r);
 }
 
+// RoPE's rotation of the pair (a, b) (rows i and i + head_dim/2) by the
+// angle whose (cos, sin) is c, rounded as backend/rope.rs rounds it on the
+// CPU: each product, then the sum. Explicit roundings, because ptxas may
+// fuse a plain product into the next add or not depending on the code
+// around it, which made the same rotation give other bits in two kernels.
+__device__ __forceinline__ float2 rope_rotate(float a, float b, float2 c) {
+    return make_float2(__fsub_rn(__fmul_rn(a, c.x), __fmul_rn(b, c.y)),
+                       __fadd_rn(__fmul_rn(b, c.x), __fmul_rn(a, c.y)));
+}
+
 // Eight bf16 (one 16-byte load) to f32.
 __device__ __forceinline__ void unpack8(const uint4& raw, float* out) {
     const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);

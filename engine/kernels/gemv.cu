@@ -21,6 +21,13 @@
 // these kernels) come from kernels.rs as -D options, so launcher and kernels
 // share one value.
 #define GEMV_SMEM_K (DYNO_HIDDEN <= GEMV_MAX_HIDDEN ? DYNO_HIDDEN : 8)
+// Tokens whose epilogue inputs (residual, RoPE, cache slot) a warp loads
+// before the wait (the others' load after the products): the batch-1 step's
+// one. Each more costs registers (at 2, norm_qkv_rope_cache spills at
+// smollm2-135m's shape; engine/scripts/kernel_registers.py).
+#ifndef GEMV_EARLY_T
+#define GEMV_EARLY_T 1
+#endif
 
 // Dot product of 8 bf16 weights with 8 bf16 inputs, in f32.
 __device__ __forceinline__ float dot8(const uint4& w, const uint4& x) {
@@ -220,23 +227,42 @@ __device__ void norm_qkv_rope_cache_block(
     const int heads = nq + 2 * nkv;
     const int rows[GEMV_ROWS] = {head * HD + i, head * HD + i + HD / 2};
     const bool ok[GEMV_ROWS] = {head < heads, head < heads};
+    // The epilogue's inputs come from the weights, the host's step inputs
+    // and the RoPE table, none from the previous kernel: lane 0 loads them
+    // before the wait, so that no memory round trip follows the products.
+    // Registers hold the first GEMV_EARLY_T tokens' (the others load after).
+    float b0 = 0.0f, b1 = 0.0f;
+    float2 rope[GEMV_EARLY_T];
+    int slot[GEMV_EARLY_T];
+    const bool rotated = head < nq + nkv;
+    if (lane == 0 && head < heads) {
+        if (bias) {
+            b0 = __bfloat162float(bias[rows[0]]);
+            b1 = __bfloat162float(bias[rows[1]]);
+        }
+#pragma unroll
+        for (int t = 0; t < GEMV_EARLY_T; t++) {
+            const bool on = t < T;
+            slot[t] = on ? slots[t] : 0;
+            rope[t] = on && rotated ? cos_sin[(long)positions[t] * (HD / 2) + i]
+                                    : make_float2(1.0f, 0.0f);
+        }
+    }
     float acc[GEMV_ROWS][GEMV_MAX_T];
     gemv_rows<K>(W, rows, ok, xs, T, acc, wait,
                  [&] { norm_rows_to_shared<K>(residual, norm_w, T, eps, xs); });
     if (lane != 0 || head >= heads) return;
-    const float b0 = bias ? __bfloat162float(bias[rows[0]]) : 0.0f;
-    const float b1 = bias ? __bfloat162float(bias[rows[1]]) : 0.0f;
     const int width = heads * HD;
 #pragma unroll
     for (int t = 0; t < GEMV_MAX_T; t++) {
         if (t >= T) break;
         float x0 = acc[0][t] + b0, x1 = acc[1][t] + b1;
-        if (head < nq + nkv) {
-            const float2 c = cos_sin[(long)positions[t] * (HD / 2) + i];
-            const float y0 = x0 * c.x - x1 * c.y;
-            const float y1 = x1 * c.x + x0 * c.y;
-            x0 = y0;
-            x1 = y1;
+        if (rotated) {
+            const float2 c = t < GEMV_EARLY_T ? rope[t < GEMV_EARLY_T ? t : 0]
+                                              : cos_sin[(long)positions[t] * (HD / 2) + i];
+            const float2 r = rope_rotate(x0, x1, c);
+            x0 = r.x;
+            x1 = r.y;
         }
         if (head < nq) {
             qkv[(long)t * width + rows[0]] = x0;
@@ -245,7 +271,8 @@ __device__ void norm_qkv_rope_cache_block(
             const bool is_k = head < nq + nkv;
             bf16* cache = is_k ? k_cache : v_cache;
             const int kvh = is_k ? head - nq : head - nq - nkv;
-            bf16* dst = cache + ((long)slots[t] * nkv + kvh) * HD + i;
+            const int s_t = t < GEMV_EARLY_T ? slot[t < GEMV_EARLY_T ? t : 0] : slots[t];
+            bf16* dst = cache + ((long)s_t * nkv + kvh) * HD + i;
             dst[0] = __float2bfloat16(x0);
             dst[HD / 2] = __float2bfloat16(x1);
         }
@@ -319,6 +346,21 @@ __device__ void gemv_residual_block(int bx, int by, Wait wait, const bf16* ACT_R
     int rows[GEMV_ROWS];
     bool ok[GEMV_ROWS];
     consecutive_rows(N, bx, rows, ok);
+    // The residual rows this warp adds to were last written two kernels
+    // back (the O product's by the previous layer's down product, the down
+    // product's by the O product), which completed before the previous
+    // kernel could start: lane 0 loads them before the wait, so that no
+    // memory round trip follows the products. (In decode_layers a barrier
+    // lies between those phases too.)
+    // Registers hold the first GEMV_EARLY_T tokens' (the others load after).
+    float old[GEMV_ROWS][GEMV_EARLY_T];
+    if (lane == 0) {
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++)
+#pragma unroll
+            for (int t = 0; t < GEMV_EARLY_T; t++)
+                old[r][t] = ok[r] && t < T ? residual[(long)t * N + rows[r]] : 0.0f;
+    }
     float acc[GEMV_ROWS][GEMV_MAX_T];
     gemv_rows<K>(W, rows, ok, x, T, acc, wait, [] {});
     if (lane != 0) return;
@@ -326,7 +368,10 @@ __device__ void gemv_residual_block(int bx, int by, Wait wait, const bf16* ACT_R
     for (int r = 0; r < GEMV_ROWS; r++)
 #pragma unroll
         for (int t = 0; t < GEMV_MAX_T; t++)
-            if (ok[r] && t < T) residual[(long)t * N + rows[r]] += acc[r][t];
+            if (ok[r] && t < T) {
+                float* dst = residual + (long)t * N + rows[r];
+                *dst = (t < GEMV_EARLY_T ? old[r][t < GEMV_EARLY_T ? t : 0] : *dst) + acc[r][t];
+            }
 }
 
 extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)

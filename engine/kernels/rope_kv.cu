@@ -73,8 +73,8 @@ __device__ void qkv_rope_cache_impl(float* __restrict__ qkv, const bf16* __restr
             const int i = lane + 32 * j;
             if (i >= HALF) continue;
             const float2 c = cs[i];
-            const float y0 = lo[j] * c.x - hi[j] * c.y;
-            const float y1 = hi[j] * c.x + lo[j] * c.y;
+            const float2 r = rope_rotate(lo[j], hi[j], c);
+            const float y0 = r.x, y1 = r.y;
             if (is_q) {
                 head[i] = y0;
                 head[i + HALF] = y1;
