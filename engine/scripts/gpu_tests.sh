@@ -18,6 +18,9 @@
 #     the CPU backend and transformers f32, and greedy top-1 agreement >= 99%
 #     with transformers f32 at batch 1 and 64 — bf16 noise alone can fail it
 #     on flat logits (see the NUMERICS_FLOOR lines).
+# With DYNO_GPU_PERSISTENT_BIN (the `cuda_persistent` test executable) it also
+# checks the persistent decode kernel against the five small-batch kernels,
+# bit for bit, as part of the implementation check.
 # Full logs go to OUT_DIR (default /tmp/dyno-gpu-tests).
 set -uo pipefail
 USAGE="usage: gpu_tests.sh TEST_BINARY ENGINE_BINARY [OUT_DIR]"
@@ -28,7 +31,7 @@ MODELS=${DYNO_GPU_MODELS:-/tmp/dyno-gpu-models}
 # PRESET:N checks preset PRESET cut to its first N layers.
 PRESETS=${DYNO_GPU_PRESETS:-smollm2-135m qwen3-0.6b qwen2.5-0.5b}
 HERE=$(cd "$(dirname "$0")" && pwd)
-for f in "$BIN" "$ENGINE"; do
+for f in "$BIN" "$ENGINE" ${DYNO_GPU_PERSISTENT_BIN:+"$DYNO_GPU_PERSISTENT_BIN"}; do
   [ -x "$f" ] || { echo "gpu_tests: $f is not an executable file ($USAGE)"; exit 2; }
 done
 DYNO_ENGINE_BIN=$(cd "$(dirname "$ENGINE")" && pwd)/$(basename "$ENGINE")
@@ -45,6 +48,14 @@ if [ "${DYNO_GPU_SKIP_TINY:-0}" != 1 ]; then
   echo "== tiny models and every head geometry vs f32 reference, device sampling"
   "$BIN" --ignored --nocapture --test-threads 1 tiny_models any_head_geometry device_sampling 2>&1 | tee "$OUT/tiny.log" | grep -E "error|greedy|sampling|test result|panicked"
   grep -q "test result: ok" "$OUT/tiny.log" || impl_fail="$impl_fail tiny"
+fi
+
+# decode_layers against the five small-batch kernels, bit for bit (the
+# binary of `cargo test --release -p engine --test cuda_persistent --no-run`).
+if [ -n "${DYNO_GPU_PERSISTENT_BIN:-}" ]; then
+  echo "== persistent decode kernel vs the five kernels, bit for bit"
+  "$DYNO_GPU_PERSISTENT_BIN" --ignored --nocapture --test-threads 1 2>&1 | tee "$OUT/persistent.log" | grep -E "identical|refused|test result|panicked"
+  grep -q "test result: ok" "$OUT/persistent.log" || impl_fail="$impl_fail persistent"
 fi
 
 for p in $PRESETS; do

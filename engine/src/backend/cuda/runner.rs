@@ -434,21 +434,7 @@ impl Runner {
         // GEMV_ROWS output rows of the hidden size.
         let residual_grid = grid(d.hidden);
         let hidden = d.hidden as i32;
-        // Only the residual is needed from the embedding kernel (its
-        // normalized output is recomputed by norm_qkv).
-        k.embed_rmsnorm(
-            (tokens as u32, 1, 1),
-            256,
-            EmbedRmsnorm {
-                tokens: self.meta(layout, layout.tokens()),
-                emb: self.weights.embed.ptr,
-                w: self.weights.layers[0].input_norm.ptr,
-                residual: a.residual.ptr,
-                out: a.hidden.ptr,
-                hidden: d.hidden as i32,
-                eps: d.eps,
-            },
-        )?;
+        self.embed_small_batch(layout, tokens)?;
         for (li, w) in self.weights.layers.iter().enumerate() {
             if w.q_norm.is_none() && w.k_norm.is_none() {
                 // One warp per RoPE pair (rows i and i + head_dim/2).
@@ -528,6 +514,25 @@ impl Runner {
         Ok(())
     }
 
+    /// The embedding of a small-batch step. Only the residual is needed
+    /// (the first layer's QKV product recomputes the norm as its prologue).
+    fn embed_small_batch(&self, layout: &MetaLayout, tokens: usize) -> Result<(), BackendError> {
+        let d = &self.dims;
+        self.kernels.embed_rmsnorm(
+            (tokens as u32, 1, 1),
+            256,
+            EmbedRmsnorm {
+                tokens: self.meta(layout, layout.tokens()),
+                emb: self.weights.embed.ptr,
+                w: self.weights.layers[0].input_norm.ptr,
+                residual: self.arena.residual.ptr,
+                out: self.arena.hidden.ptr,
+                hidden: d.hidden as i32,
+                eps: d.eps,
+            },
+        )
+    }
+
     /// The small-batch path's layers in one launch of `decode_layers`
     /// (the same bodies as phases of a persistent grid; built only for
     /// models whose QKV body is fused, without `batch_invariant`).
@@ -541,19 +546,7 @@ impl Runner {
     ) -> Result<(), BackendError> {
         let d = &self.dims;
         let a = &self.arena;
-        self.kernels.embed_rmsnorm(
-            (tokens as u32, 1, 1),
-            256,
-            EmbedRmsnorm {
-                tokens: self.meta(layout, layout.tokens()),
-                emb: self.weights.embed.ptr,
-                w: self.weights.layers[0].input_norm.ptr,
-                residual: a.residual.ptr,
-                out: a.hidden.ptr,
-                hidden: d.hidden as i32,
-                eps: d.eps,
-            },
-        )?;
+        self.embed_small_batch(layout, tokens)?;
         self.kernels.decode_layers(
             (p.blocks, 1, 1),
             (GEMV_WARPS * 32) as u32,
