@@ -56,6 +56,17 @@ class SameAsTheEngine(unittest.TestCase):
         order = re.findall(r'"(\w+\.cuh?)",\s*include_str!', nvrtc_rs)
         self.assertEqual(order, kr.SOURCES)
 
+    def test_persistent_program_defines_match_persistent_rs(self):
+        with open(os.path.join(HERE, "..", "src", "backend", "cuda", "persistent.rs")) as f:
+            rs = f.read()
+        names = re.findall(r'\("(\w+)", \|l\|', rs)
+        self.assertGreater(len(names), 0)
+        self.assertEqual([d for d in kr.PERSISTENT_DEFINES if d.startswith("LAYER_PTR_")],
+                         [f"LAYER_PTR_{n}={i}" for i, n in enumerate(names)])
+        self.assertIn(f"LAYER_PTRS={len(names)}", kr.PERSISTENT_DEFINES)
+        blocks = re.search(r"pub const DEFAULT_BLOCKS_PER_SM: usize = (\d+);", rs).group(1)
+        self.assertIn(f"PERSIST_MIN_BLOCKS={blocks}", kr.PERSISTENT_DEFINES)
+
 
 class Defines(unittest.TestCase):
     def test_group_chunks_and_extra_defines(self):
