@@ -136,7 +136,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, PERSIST_MIN_BLOCKS
                   const int* slots, const int* seq_idx, const int* block_tables,
                   const int* bt_stride, bf16* k_cache, bf16* v_cache, int block_size, int T,
                   int nq, int nkv, float eps, float scale, int nsplit, float* part_acc,
-                  float* part_ml, int* counters, unsigned* barrier_state) {
+                  float* part_ml, int* counters, unsigned long long* barrier_count) {
     static_assert(GEMV_WARPS == ATTN_WARPS, "one block size serves every phase");
     constexpr int HD = DYNO_HEAD_DIM;
     constexpr int K = DYNO_HIDDEN;
@@ -144,7 +144,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, PERSIST_MIN_BLOCKS
     // (GEMV_MAX_T rows of the hidden size, persistent.rs), so that with
     // attention's static buffers it may pass 48 KiB.
     extern __shared__ __align__(16) bf16 xs[];
-    GridBarrier barrier{reinterpret_cast<unsigned long long*>(barrier_state), 0};
+    GridBarrier barrier{barrier_count, 0};
     barrier.start(5 * nlayers - 1);  // five phases a layer, the first without
     const int hidden = K;
     const int qkv_pairs = (nq + 2 * nkv) * HD / 2;

@@ -447,12 +447,13 @@ kernels! {
     /// five small-batch bodies as phases between grid barriers
     /// (persistent.cu). `layers`: the layer table
     /// (`persistent::LAYER_POINTERS`); `k_cache` / `v_cache`: layer
-    /// 0's; `barrier_state`: two zeroed `u32`s.
+    /// 0's; `barrier_count`: the grid barrier's 64-bit count
+    /// (`persistent::BARRIER_BYTES`, zeroed once).
     decode_layers => DecodeLayers {
         layers: Ptr, nlayers: I32, residual: Ptr, qkv: Ptr, attn: Ptr, act: Ptr, cos_sin: Ptr,
         positions: Ptr, slots: Ptr, seq_idx: Ptr, block_tables: Ptr, bt_stride: Ptr,
         k_cache: Ptr, v_cache: Ptr, block_size: I32, t: I32, nq: I32, nkv: I32, eps: F32,
-        scale: F32, nsplit: I32, part_acc: Ptr, part_ml: Ptr, counters: Ptr, barrier_state: Ptr,
+        scale: F32, nsplit: I32, part_acc: Ptr, part_ml: Ptr, counters: Ptr, barrier_count: Ptr,
     }
 }
 

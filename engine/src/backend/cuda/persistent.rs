@@ -7,7 +7,7 @@
 //!
 //! Measured on the H200 it does not pay yet: a batch-1 smollm2-135m step
 //! takes 0.67 ms against the five kernels' 0.62 ms, outputs identical
-//! (docs/BENCHMARKS.md, "A persistent decode kernel"). A grid barrier costs
+//! (docs/BENCHMARKS.md, "batch-1 decode — a persistent kernel"). A grid barrier costs
 //! about what a kernel boundary under programmatic dependent launch costs
 //! (~1.5 us), and a phase's own chain of dependent memory accesses about
 //! 2.5 us, so it stays off by default.
@@ -46,8 +46,8 @@ pub const MAX_BLOCKS_PER_SM: usize = 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PersistentSettings {
     /// `Some(true)`: asked for (failing to build it is an error);
-    /// `Some(false)`: refused; `None`: [`DEFAULT_ON`], silently skipped
-    /// where it cannot be built.
+    /// `Some(false)`: refused; `None`: [`DEFAULT_ON`], skipped where the
+    /// model cannot take it, and with a warning where it fails to build.
     pub enabled: Option<bool>,
     pub blocks_per_sm: usize,
 }
@@ -163,7 +163,11 @@ impl PersistentDecode {
             .load_function(super::kernels::PERSISTENT_KERNEL)
             .and_then(|f| {
                 super::kernels::allow_dynamic_shared(&f, shared)?;
-                f.occupancy_max_active_blocks_per_multiprocessor(128, shared as usize, None)
+                f.occupancy_max_active_blocks_per_multiprocessor(
+                    (super::kernels::GEMV_WARPS * 32) as u32,
+                    shared as usize,
+                    None,
+                )
             })
             .map_err(|e| cuda("decode_layers occupancy", e))? as usize;
         if occupancy == 0 {

@@ -12,7 +12,10 @@
 //! RMSNorm+gate-up+SiLU·mul, down+residual add (`kernels/gemv.cu`); Qwen3's
 //! per-head q/k norm needs whole heads, so there the QKV product and
 //! bias/norm/RoPE/KV write stay two kernels. Its numerics are the GEMM path's:
-//! the same bf16 roundings, f32 accumulation.
+//! the same bf16 roundings, f32 accumulation. With `DYNO_CUDA_PERSISTENT=1`
+//! (off by default: slower on the H200) those layers are one launch of
+//! `decode_layers` instead, the same bodies as phases of a persistent grid,
+//! the same bits ([`PersistentDecode`]).
 //!
 //! With `batch_invariant` every step takes the GEMM path, the products go
 //! through [`InvariantGemm`] (one pinned cuBLASLt algorithm per weight
@@ -575,7 +578,7 @@ impl Runner {
                 part_acc: a.part_acc.ptr,
                 part_ml: a.part_ml.ptr,
                 counters: a.split_counters.ptr,
-                barrier_state: p.barrier.ptr,
+                barrier_count: p.barrier.ptr,
             },
         )
     }
