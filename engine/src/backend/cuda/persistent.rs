@@ -34,7 +34,7 @@ pub const DEFAULT_ON: bool = false;
 /// (fewer where the kernel's occupancy is lower). On the H200 at
 /// smollm2-135m's shape, 3 (396 blocks: the gate-up phase's 384 virtual
 /// blocks in one round) measured 3-4 % faster per batch-1 step than 2, and
-/// 2 than 1; the kernel's registers allow 3 (163 at that shape).
+/// 2 than 1; the kernel's registers allow 3 (165 at that shape).
 pub const DEFAULT_BLOCKS_PER_SM: usize = 3;
 /// The grid barrier's count: one 64-bit count, alone on its 128-byte line.
 pub const BARRIER_BYTES: usize = 128;
