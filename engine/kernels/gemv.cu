@@ -197,21 +197,27 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
             if (ok[r] && t < T) y[(long)t * N + rows[r]] = acc[r][t];
 }
 
-// norm_qkv and qkv_rope_cache in one kernel, for models without q/k norm
-// (a per-head norm needs the whole head; Qwen3 keeps the two kernels). A
-// warp's two rows are i and i + HD/2 of one head: the pair RoPE rotates
-// together (rotate-half), so the warp adds the bias, rotates q and k, keeps
-// q in f32 in `qkv` for attention and writes k and v, rounded to bf16, into
-// the token's paged-cache slot. Numerics are qkv_rope_cache's. Grid:
-// ((nq + 2 nkv) HD / 2 / GEMV_WARPS, token tiles).
-template <typename Wait>
+// norm_qkv and qkv_rope_cache in one kernel. A warp's two rows are i and
+// i + HD/2 of one head: the pair RoPE rotates together (rotate-half).
+// Without q/k norms (QK_NORM false) the warp adds the bias, rotates q and
+// k, keeps q in f32 in `qkv` for attention and writes k and v, rounded to
+// bf16, into the token's paged-cache slot. A q/k norm (Qwen3) needs the
+// whole head, which spans HD / 2 / GEMV_WARPS blocks (a whole number:
+// HEAD_BLOCKS below): each writes its rows of the head (plus bias) to
+// `qkv` and counts itself done in `head_counters` (one per token tile and
+// q/k head, reset by the last); the head's last block runs
+// qkv_rope_cache's per-head code (rope_cache_head) for the tile's tokens.
+// That is one kernel boundary per layer fewer than norm_qkv followed by
+// qkv_rope_cache, with the same bits. V rows need no norm and are written
+// directly either way. Grid: ((nq + 2 nkv) HD / 2 / GEMV_WARPS, token tiles).
+template <bool QK_NORM, typename Wait>
 __device__ void norm_qkv_rope_cache_block(
     int bx, int by, bf16* xs, Wait wait, const float* ACT_RESTRICT residual,
     const bf16* __restrict__ norm_w, const bf16* __restrict__ W, const bf16* __restrict__ bias,
-    const float2* __restrict__ cos_sin, const int* __restrict__ positions,
-    const int* __restrict__ slots, float* ACT_RESTRICT qkv, bf16* ACT_RESTRICT k_cache,
-    bf16* ACT_RESTRICT v_cache, int T, int nq,
-    int nkv, float eps) {
+    const bf16* __restrict__ q_norm, const bf16* __restrict__ k_norm,
+    int* __restrict__ head_counters, const float2* __restrict__ cos_sin,
+    const int* __restrict__ positions, const int* __restrict__ slots, float* ACT_RESTRICT qkv,
+    bf16* ACT_RESTRICT k_cache, bf16* ACT_RESTRICT v_cache, int T, int nq, int nkv, float eps) {
     constexpr int K = DYNO_HIDDEN;
     constexpr int HD = DYNO_HEAD_DIM;
     static_assert(GEMV_ROWS == 2, "one rotation pair per warp");
@@ -227,6 +233,12 @@ __device__ void norm_qkv_rope_cache_block(
     const int heads = nq + 2 * nkv;
     const int rows[GEMV_ROWS] = {head * HD + i, head * HD + i + HD / 2};
     const bool ok[GEMV_ROWS] = {head < heads, head < heads};
+    const bool rotated = head < nq + nkv;
+    // Block-uniform: the head's last block normalizes and rotates it. Only
+    // where a block's warps are pairs of one head (runner.rs launches the
+    // two kernels for models with q/k norms otherwise).
+    constexpr bool HEAD_BLOCKS = (HD / 2) % GEMV_WARPS == 0;
+    const bool head_norm = QK_NORM && HEAD_BLOCKS && rotated;
     // The epilogue's inputs come from the weights, the host's step inputs
     // and the RoPE table, none from the previous kernel: lane 0 loads them
     // before the wait, so that no memory round trip follows the products.
@@ -234,7 +246,6 @@ __device__ void norm_qkv_rope_cache_block(
     float b0 = 0.0f, b1 = 0.0f;
     float2 rope[GEMV_EARLY_T];
     int slot[GEMV_EARLY_T];
-    const bool rotated = head < nq + nkv;
     if (lane == 0 && head < heads) {
         if (bias) {
             b0 = __bfloat162float(bias[rows[0]]);
@@ -244,15 +255,68 @@ __device__ void norm_qkv_rope_cache_block(
         for (int t = 0; t < GEMV_EARLY_T; t++) {
             const bool on = t < T;
             slot[t] = on ? slots[t] : 0;
-            rope[t] = on && rotated ? cos_sin[(long)positions[t] * (HD / 2) + i]
-                                    : make_float2(1.0f, 0.0f);
+            rope[t] = on && rotated && !head_norm ? cos_sin[(long)positions[t] * (HD / 2) + i]
+                                                  : make_float2(1.0f, 0.0f);
         }
+    }
+    // With q/k norms, every lane loads what it would need if its block
+    // turns out to be the head's last: for the warp's first token (warp),
+    // its slot and the RoPE pairs lane + 32 j, so that only the head's
+    // values are read after the count.
+    constexpr int HEAD_PAIRS = (HD / 2 + 31) / 32;
+    float2 head_cs[HEAD_PAIRS];
+    long head_slot = 0;
+    if (head_norm && warp < T) {
+        const float2* row = cos_sin + (long)positions[warp] * (HD / 2);
+#pragma unroll
+        for (int j = 0; j < HEAD_PAIRS; j++)
+            head_cs[j] = lane + 32 * j < HD / 2 ? row[lane + 32 * j] : make_float2(1.0f, 0.0f);
+        head_slot = slots[warp];
     }
     float acc[GEMV_ROWS][GEMV_MAX_T];
     gemv_rows<K>(W, rows, ok, xs, T, acc, wait,
                  [&] { norm_rows_to_shared<K>(residual, norm_w, T, eps, xs); });
-    if (lane != 0 || head >= heads) return;
     const int width = heads * HD;
+    if (head_norm) {
+        if (lane == 0) {
+#pragma unroll
+            for (int t = 0; t < GEMV_MAX_T; t++) {
+                if (t >= T) break;
+                qkv[(long)t * width + rows[0]] = acc[0][t] + b0;
+                qkv[(long)t * width + rows[1]] = acc[1][t] + b1;
+            }
+            __threadfence();
+        }
+        // Visible before the count (threadFenceReduction's pattern); the
+        // last block's reads go through L2 (rope_cache_head<.., true>).
+        __shared__ int last_block;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int* count = head_counters + (long)by * (nq + nkv) + head;
+            const int before = atomicAdd(count, 1);
+            last_block = before == HD / 2 / GEMV_WARPS - 1;
+            if (last_block) {
+                *count = 0;
+                __threadfence();
+            }
+        }
+        __syncthreads();
+        if (!last_block) return;
+        // The last block: warp w takes tokens w, w + GEMV_WARPS, ...
+        const bool is_q = head < nq;
+        for (int t = warp; t < T; t += GEMV_WARPS) {
+            const bool first = t == warp;
+            const long s_t = first ? head_slot : slots[t];
+            const float2* row = cos_sin + (long)positions[t] * (HD / 2);
+            rope_cache_head<HD, true>(
+                qkv + (long)t * width + head * HD, nullptr, is_q ? q_norm : k_norm,
+                is_q ? HEAD_Q : HEAD_K,
+                [&](int j) { return first ? head_cs[j] : row[lane + 32 * j]; },
+                is_q ? nullptr : k_cache + (s_t * nkv + head - nq) * HD, eps);
+        }
+        return;
+    }
+    if (lane != 0 || head >= heads) return;
 #pragma unroll
     for (int t = 0; t < GEMV_MAX_T; t++) {
         if (t >= T) break;
@@ -287,8 +351,26 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
                         bf16* __restrict__ k_cache, bf16* __restrict__ v_cache, int T, int nq,
                         int nkv, float eps) {
     __shared__ __align__(16) bf16 xs[GEMV_MAX_T * GEMV_SMEM_K];
-    norm_qkv_rope_cache_block(blockIdx.x, blockIdx.y, xs, PdlWait{}, residual, norm_w, W, bias,
-                              cos_sin, positions, slots, qkv, k_cache, v_cache, T, nq, nkv, eps);
+    norm_qkv_rope_cache_block<false>(blockIdx.x, blockIdx.y, xs, PdlWait{}, residual, norm_w, W,
+                                     bias, nullptr, nullptr, nullptr, cos_sin, positions, slots,
+                                     qkv, k_cache, v_cache, T, nq, nkv, eps);
+}
+
+// The same with q/k norms (Qwen3): a kernel of its own, so that the norm
+// path's registers do not cost the other models' kernel any.
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
+    norm_qkv_qk_norm_rope_cache(const float* __restrict__ residual,
+                                const bf16* __restrict__ norm_w, const bf16* __restrict__ W,
+                                const bf16* __restrict__ bias, const bf16* __restrict__ q_norm,
+                                const bf16* __restrict__ k_norm, int* __restrict__ head_counters,
+                                const float2* __restrict__ cos_sin,
+                                const int* __restrict__ positions, const int* __restrict__ slots,
+                                float* __restrict__ qkv, bf16* __restrict__ k_cache,
+                                bf16* __restrict__ v_cache, int T, int nq, int nkv, float eps) {
+    __shared__ __align__(16) bf16 xs[GEMV_MAX_T * GEMV_SMEM_K];
+    norm_qkv_rope_cache_block<true>(blockIdx.x, blockIdx.y, xs, PdlWait{}, residual, norm_w, W,
+                                    bias, q_norm, k_norm, head_counters, cos_sin, positions, slots,
+                                    qkv, k_cache, v_cache, T, nq, nkv, eps);
 }
 
 // act[t, j] = SiLU(gate_j · x_t) · (up_j · x_t), x_t = rmsnorm(residual[t]);

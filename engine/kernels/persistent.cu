@@ -167,9 +167,11 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, PERSIST_MIN_BLOCKS
         bf16* k_layer = k_cache + li * kv_layer;
         bf16* v_layer = v_cache + li * kv_layer;
         phase(barrier, li > 0, cdiv(qkv_pairs, GEMV_WARPS), [&](int vb, PhaseWait wait) {
-            norm_qkv_rope_cache_block(vb, 0, xs, wait, residual, input_norm, w_qkv, bias,
-                                      cos_sin, positions, slots, qkv, k_layer, v_layer, T, nq,
-                                      nkv, eps);
+            // No q/k norms here (persistent::unsupported), so no head counters.
+            norm_qkv_rope_cache_block<false>(vb, 0, xs, wait, residual, input_norm, w_qkv,
+                                             bias, nullptr, nullptr, nullptr, cos_sin,
+                                             positions, slots, qkv, k_layer, v_layer, T, nq,
+                                             nkv, eps);
         });
         phase(barrier, true, T * head_blocks * nsplit, [&](int vb, PhaseWait wait) {
             const int per_split = T * head_blocks;

@@ -1,12 +1,14 @@
-//! GPU test of the persistent decode kernel (`decode_layers`,
-//! `DYNO_CUDA_PERSISTENT`): small steps through it give the five-kernel
-//! path's logits and tokens bit for bit, in far fewer launches. Needs an
-//! NVIDIA GPU, so `#[ignore]`d; `engine/scripts/gpu_tests.sh` runs it, or
-//! `cargo test --release -p engine --test cuda_persistent -- --ignored`.
+//! GPU tests of the small-batch path's alternative kernels, each against
+//! the kernels it replaces, bit for bit: the persistent decode kernel
+//! (`decode_layers`, `DYNO_CUDA_PERSISTENT`) against five kernels per
+//! layer, and the QKV kernel that applies Qwen3's q/k norms
+//! (`DYNO_CUDA_QK_NORM_FUSED`) against `norm_qkv` + `qkv_rope_cache`.
+//! Needs an NVIDIA GPU, so `#[ignore]`d; `engine/scripts/gpu_tests.sh`
+//! runs it, or `cargo test --release -p engine --test cuda_persistent --
+//! --ignored`.
 //!
-//! One test function on purpose: it sets `DYNO_CUDA_PERSISTENT` around each
-//! backend's construction (where the backend reads it), which must not race
-//! with another test of this binary.
+//! The tests set a variable around each backend's construction (where the
+//! backend reads it); `ENV` keeps them from racing.
 
 mod cuda_support;
 
@@ -26,13 +28,31 @@ fn engine_config(eager: bool) -> EngineConfig {
     }
 }
 
-fn backend(c: &ModelConfig, t: &Tensors, eager: bool, persistent: &str) -> CudaBackend {
-    std::env::set_var("DYNO_CUDA_PERSISTENT", persistent);
+static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A backend built with `var=value` set.
+fn backend_with(c: &ModelConfig, t: &Tensors, eager: bool, var: &str, value: &str) -> CudaBackend {
+    let guard = ENV.lock().unwrap_or_else(|e| e.into_inner());
+    std::env::set_var(var, value);
     let b = CudaBackend::with_loader(c, &engine_config(eager), &loader(t));
-    std::env::remove_var("DYNO_CUDA_PERSISTENT");
-    let mut b = b.unwrap_or_else(|e| panic!("backend with DYNO_CUDA_PERSISTENT={persistent}: {e}"));
+    std::env::remove_var(var);
+    drop(guard);
+    let mut b = b.unwrap_or_else(|e| panic!("backend with {var}={value}: {e}"));
     b.allocate_kv_cache(128, 16).unwrap();
     b
+}
+
+fn backend(c: &ModelConfig, t: &Tensors, eager: bool, persistent: &str) -> CudaBackend {
+    backend_with(c, t, eager, "DYNO_CUDA_PERSISTENT", persistent)
+}
+
+/// Both runs' logits bit for bit, and their greedy tokens.
+fn assert_same(tag: &str, a: &Outputs, b: &Outputs) {
+    for (i, (x, y)) in a.logits.iter().zip(&b.logits).enumerate() {
+        let same = x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(same, "{tag}: logits of one-token step {i} differ");
+    }
+    assert_eq!(a.tokens, b.tokens, "{tag}: greedy tokens differ");
 }
 
 /// What a backend computes: the logits of one-token steps at a long
@@ -123,11 +143,7 @@ fn persistent_decode_matches_the_five_kernels_bit_for_bit() {
             let tag = format!("{name} eager={eager}");
             let five = run(&mut backend(c, &t, eager, "0"), c.vocab_size as u32);
             let one = run(&mut backend(c, &t, eager, "1"), c.vocab_size as u32);
-            for (i, (a, b)) in five.logits.iter().zip(&one.logits).enumerate() {
-                let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-                assert!(same, "{tag}: logits of one-token step {i} differ");
-            }
-            assert_eq!(five.tokens, one.tokens, "{tag}: greedy tokens differ");
+            assert_same(&tag, &five, &one);
             println!(
                 "{tag}: {} logit rows and {} greedy sequences identical; launches per decode \
                  step {:?} (five kernels per layer) -> {:?} (decode_layers)",
@@ -148,9 +164,11 @@ fn persistent_decode_matches_the_five_kernels_bit_for_bit() {
     // Asked for where it cannot run (q/k norms): an error naming why.
     let c = tiny_config(Architecture::Qwen3);
     let t = random_tensors(&c, 11);
+    let guard = ENV.lock().unwrap_or_else(|e| e.into_inner());
     std::env::set_var("DYNO_CUDA_PERSISTENT", "1");
     let e = CudaBackend::with_loader(&c, &engine_config(true), &loader(&t));
     std::env::remove_var("DYNO_CUDA_PERSISTENT");
+    drop(guard);
     let e = e
         .err()
         .expect("qwen3 with DYNO_CUDA_PERSISTENT=1 must be refused")
@@ -160,4 +178,57 @@ fn persistent_decode_matches_the_five_kernels_bit_for_bit() {
         "{e}"
     );
     println!("qwen3 refused: {e}");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn qk_norms_in_the_qkv_kernel_match_the_two_kernels_bit_for_bit() {
+    // Qwen3 as the tiny preset has it, and qwen3-0.6b's head shape: head
+    // dim 128 (16 blocks per head), 16 q / 8 kv heads, hidden 1024.
+    let mut geometries = vec![("qwen3", tiny_config(Architecture::Qwen3))];
+    let mut qwen3_like = tiny_config(Architecture::Qwen3);
+    qwen3_like.hidden_size = 1024;
+    qwen3_like.head_dim = 128;
+    qwen3_like.num_attention_heads = 16;
+    qwen3_like.num_key_value_heads = 8;
+    qwen3_like.intermediate_size = 3072;
+    qwen3_like.num_hidden_layers = 3;
+    geometries.push(("head dim 128, 16 q / 8 kv heads", qwen3_like));
+    // Head dim 64: 8 blocks per head.
+    let mut hd64 = tiny_config(Architecture::Qwen3);
+    hd64.head_dim = 64;
+    hd64.num_attention_heads = 8;
+    hd64.num_key_value_heads = 2;
+    geometries.push(("head dim 64, 8 q / 2 kv heads", hd64));
+    for (name, c) in &geometries {
+        let t = random_tensors(c, 13);
+        for eager in [true, false] {
+            let tag = format!("{name} eager={eager}");
+            let two = run(
+                &mut backend_with(c, &t, eager, "DYNO_CUDA_QK_NORM_FUSED", "0"),
+                c.vocab_size as u32,
+            );
+            let one = run(
+                &mut backend_with(c, &t, eager, "DYNO_CUDA_QK_NORM_FUSED", "1"),
+                c.vocab_size as u32,
+            );
+            assert_same(&tag, &two, &one);
+            println!(
+                "{tag}: {} logit rows and {} greedy sequences identical; launches per decode \
+                 step {:?} (norm_qkv + qkv_rope_cache) -> {:?} (one QKV kernel)",
+                two.logits.len(),
+                two.tokens.len(),
+                two.launches,
+                one.launches
+            );
+            if eager {
+                let (a, b) = (two.launches.unwrap(), one.launches.unwrap());
+                assert_eq!(
+                    b + c.num_hidden_layers as u64,
+                    a,
+                    "{tag}: {a} -> {b} launches"
+                );
+            }
+        }
+    }
 }

@@ -8,7 +8,7 @@ use cudarc::driver::CudaStream;
 
 use super::super::BackendError;
 use super::buffer::DeviceBuffer;
-use super::kernels::{attention_group_chunks, GEMV_MAX_HIDDEN};
+use super::kernels::{attention_group_chunks, GEMV_MAX_HIDDEN, GEMV_MAX_T, GEMV_WARPS};
 use super::nvrtc::KernelShape;
 use super::step_meta::MetaLayout;
 
@@ -48,6 +48,14 @@ impl Dims {
         }
     }
 
+    /// Whether `norm_qkv_rope_cache` can apply q/k norms itself: each of
+    /// its blocks must hold rotation pairs of one head only (a head's last
+    /// block normalizes it), i.e. half the head dim a multiple of
+    /// `GEMV_WARPS`.
+    pub fn qk_norm_in_qkv_kernel(&self) -> bool {
+        (self.head_dim / 2).is_multiple_of(GEMV_WARPS)
+    }
+
     /// Whether steps of at most `GEMV_MAX_T` tokens can use the fused
     /// small-batch kernels: every product's input must split into 16-byte
     /// chunks and the normalized input must fit their shared memory.
@@ -76,6 +84,9 @@ pub struct Arena {
     pub part_ml: DeviceBuffer,
     /// One counter per (token, kv head): splits finished (reset by the last).
     pub split_counters: DeviceBuffer,
+    /// One counter per (token tile, q/k head) of `norm_qkv_rope_cache`:
+    /// blocks finished with the head (reset by the last).
+    pub head_counters: DeviceBuffer,
     pub selected: DeviceBuffer,
     pub logits: DeviceBuffer,
     pub sampled: DeviceBuffer,
@@ -86,6 +97,14 @@ pub struct Arena {
 /// Rows of logits computed at once for `max_seqs` sequences.
 pub fn logits_rows(max_seqs: usize) -> usize {
     max_seqs.max(64)
+}
+
+/// Bytes of `norm_qkv_rope_cache`'s head counters for steps of up to
+/// `max_tokens` tokens: an i32 per q/k head per tile of `GEMV_MAX_T`
+/// tokens (a step of more than one tile runs these kernels only under
+/// `batch_invariant` with the gemv products).
+pub fn head_counter_bytes(d: &Dims, max_tokens: usize) -> usize {
+    max_tokens.div_ceil(GEMV_MAX_T).max(1) * (d.nq + d.nkv) * 4
 }
 
 /// (token, split) pairs the partial buffers hold by default (the
@@ -133,6 +152,7 @@ impl Arena {
                 t * d.attention_head_blocks() * 4,
                 "attention split counters",
             )?,
+            head_counters: mb(head_counter_bytes(d, t), "QKV head counters")?,
             selected: mb(logits_rows * d.hidden * bf, "selected rows")?,
             logits: mb(logits_rows * d.vocab * f, "logits")?,
             sampled: mb(logits_rows * 4, "sampled tokens")?,
@@ -153,6 +173,7 @@ impl Arena {
             &self.part_acc,
             &self.part_ml,
             &self.split_counters,
+            &self.head_counters,
             &self.selected,
             &self.logits,
             &self.sampled,

@@ -435,6 +435,14 @@ kernels! {
         residual: Ptr, norm_w: Ptr, w: Ptr, bias: Ptr, cos_sin: Ptr, positions: Ptr,
         slots: Ptr, qkv: Ptr, k_cache: Ptr, v_cache: Ptr, t: I32, nq: I32, nkv: I32, eps: F32,
     }
+    /// The same with q/k norms: each head's last block normalizes and
+    /// rotates it, counted in `head_counters` (zeroed once,
+    /// `arena::head_counter_bytes`) (gemv.cu).
+    norm_qkv_qk_norm_rope_cache => NormQkvQkNormRopeCache {
+        residual: Ptr, norm_w: Ptr, w: Ptr, bias: Ptr, q_norm: Ptr, k_norm: Ptr,
+        head_counters: Ptr, cos_sin: Ptr, positions: Ptr, slots: Ptr, qkv: Ptr, k_cache: Ptr,
+        v_cache: Ptr, t: I32, nq: I32, nkv: I32, eps: F32,
+    }
     /// RMSNorm prologue + gate and up products + SiLU·mul (gemv.cu).
     norm_gate_up_silu => NormGateUpSilu {
         residual: Ptr, norm_w: Ptr, w: Ptr, act: Ptr, t: I32, eps: F32,

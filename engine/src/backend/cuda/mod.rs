@@ -216,6 +216,10 @@ impl CudaBackend {
                 arena::PARTIAL_ROWS,
             )
         };
+        let qk_norm_fused = runner::qk_norm_fused(
+            std::env::var("DYNO_CUDA_QK_NORM_FUSED").ok().as_deref(),
+            dims.qk_norm_in_qkv_kernel(),
+        )?;
         let cos_sin = DeviceBuffer::upload(
             &stream,
             &crate::backend::rope::Rope::new(config).cos_sin_table(dims.max_model_len),
@@ -246,6 +250,7 @@ impl CudaBackend {
                 invariant_one_block_from,
                 invariant_products,
                 persistent,
+                qk_norm_fused,
             },
             kv: None,
             graphs: DecodeGraphs::default(),

@@ -38,8 +38,9 @@ use super::gemm::Gemm;
 use super::gemm_lt::InvariantGemm;
 use super::kernels::{
     AddRmsnorm, Attention, DecodeLayers, DownProjResidual, EmbedRmsnorm, FinalRmsnormRows, Kernels,
-    NormGateUpSilu, NormQkv, NormQkvRopeCache, OProjResidual, QkvRopeCache, SampleRows, SiluMul,
-    ADD_RMSNORM_WARPS, ATTN_MAX_SPLITS, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS, ROPE_CACHE_THREADS,
+    NormGateUpSilu, NormQkv, NormQkvQkNormRopeCache, NormQkvRopeCache, OProjResidual, QkvRopeCache,
+    SampleRows, SiluMul, ADD_RMSNORM_WARPS, ATTN_MAX_SPLITS, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS,
+    ROPE_CACHE_THREADS,
 };
 use super::kv_pool::KvPool;
 use super::persistent::PersistentDecode;
@@ -173,6 +174,24 @@ pub struct Runner {
     pub invariant_products: InvariantProducts,
     /// `decode_layers` for small steps, where built (`persistent.rs`).
     pub persistent: Option<PersistentDecode>,
+    /// Small steps of models with q/k norms run `norm_qkv_rope_cache`
+    /// (the norms applied by each head's last block) instead of
+    /// `norm_qkv` then `qkv_rope_cache`: [`qk_norm_fused`].
+    pub qk_norm_fused: bool,
+}
+
+/// Whether small steps of a model with q/k norms fuse them into the QKV
+/// kernel: where the head dim allows (`Dims::qk_norm_in_qkv_kernel`) unless
+/// `DYNO_CUDA_QK_NORM_FUSED=0` (the two kernels, which give the same bits:
+/// the GPU test `cuda_persistent` compares them).
+pub fn qk_norm_fused(setting: Option<&str>, head_dim_allows: bool) -> Result<bool, BackendError> {
+    match setting.map(str::trim) {
+        None | Some("1") => Ok(head_dim_allows),
+        Some("0") => Ok(false),
+        Some(other) => Err(BackendError::Cuda(format!(
+            "DYNO_CUDA_QK_NORM_FUSED={other}: expected 0 or 1"
+        ))),
+    }
 }
 
 /// How `batch_invariant` computes the layers' products. Both give each
@@ -439,19 +458,48 @@ impl Runner {
         let hidden = d.hidden as i32;
         self.embed_small_batch(layout, tokens)?;
         for (li, w) in self.weights.layers.iter().enumerate() {
-            if w.q_norm.is_none() && w.k_norm.is_none() {
-                // One warp per RoPE pair (rows i and i + head_dim/2).
+            let qk_norm = w.q_norm.is_some() || w.k_norm.is_some();
+            // One warp per RoPE pair (rows i and i + head_dim/2).
+            let pair_grid = ((d.qkv_width() / 2).div_ceil(GEMV_WARPS) as u32, tiles, 1);
+            let bias = w.qkv_bias.as_ref().map_or(0, |b| b.ptr);
+            let positions = self.meta(layout, layout.positions());
+            let slots = self.meta(layout, layout.slots());
+            if !qk_norm {
                 k.norm_qkv_rope_cache(
-                    ((d.qkv_width() / 2).div_ceil(GEMV_WARPS) as u32, tiles, 1),
+                    pair_grid,
                     threads,
                     NormQkvRopeCache {
                         residual: a.residual.ptr,
                         norm_w: w.input_norm.ptr,
                         w: w.qkv.ptr,
-                        bias: w.qkv_bias.as_ref().map_or(0, |b| b.ptr),
+                        bias,
                         cos_sin: self.cos_sin.ptr,
-                        positions: self.meta(layout, layout.positions()),
-                        slots: self.meta(layout, layout.slots()),
+                        positions,
+                        slots,
+                        qkv: a.qkv.ptr,
+                        k_cache: kv.k(li),
+                        v_cache: kv.v(li),
+                        t,
+                        nq: d.nq as i32,
+                        nkv: d.nkv as i32,
+                        eps: d.eps,
+                    },
+                )?;
+            } else if self.qk_norm_fused {
+                k.norm_qkv_qk_norm_rope_cache(
+                    pair_grid,
+                    threads,
+                    NormQkvQkNormRopeCache {
+                        residual: a.residual.ptr,
+                        norm_w: w.input_norm.ptr,
+                        w: w.qkv.ptr,
+                        bias,
+                        q_norm: w.q_norm.as_ref().map_or(0, |b| b.ptr),
+                        k_norm: w.k_norm.as_ref().map_or(0, |b| b.ptr),
+                        head_counters: a.head_counters.ptr,
+                        cos_sin: self.cos_sin.ptr,
+                        positions,
+                        slots,
                         qkv: a.qkv.ptr,
                         k_cache: kv.k(li),
                         v_cache: kv.v(li),
@@ -753,6 +801,31 @@ mod tests {
         let s = attention_splits(64, 8, 132, 4096);
         assert!(s >= 2 && 64 * s <= 4096, "{s}");
         assert!(attention_splits(4000, 1, 132, 4096) == 1);
+    }
+
+    #[test]
+    fn qk_norm_fusion_follows_the_head_dim_unless_switched_off() {
+        assert!(qk_norm_fused(None, true).unwrap());
+        assert!(qk_norm_fused(Some(" 1"), true).unwrap());
+        // Half the head dim not a multiple of GEMV_WARPS: the two kernels.
+        assert!(!qk_norm_fused(None, false).unwrap());
+        assert!(!qk_norm_fused(Some("1"), false).unwrap());
+        assert!(!qk_norm_fused(Some("0"), true).unwrap());
+        let err = qk_norm_fused(Some("yes"), true).unwrap_err().to_string();
+        assert!(err.contains("DYNO_CUDA_QK_NORM_FUSED=yes"), "{err}");
+        let d = |head_dim| Dims {
+            hidden: 1024,
+            inter: 3072,
+            nq: 16,
+            nkv: 8,
+            head_dim,
+            vocab: 1000,
+            layers: 1,
+            eps: 1e-6,
+            max_model_len: 512,
+        };
+        assert!(d(128).qk_norm_in_qkv_kernel() && d(64).qk_norm_in_qkv_kernel());
+        assert!(!d(36).qk_norm_in_qkv_kernel());
     }
 
     #[test]
