@@ -19,7 +19,8 @@
 #     with transformers f32 at batch 1 and 64 — bf16 noise alone can fail it
 #     on flat logits (see the NUMERICS_FLOOR lines).
 # With DYNO_GPU_PERSISTENT_BIN (the `cuda_persistent` test executable) it also
-# checks the persistent decode kernel against the five small-batch kernels,
+# checks the persistent decode kernel against the five small-batch kernels
+# and Qwen3's fused q/k-norm QKV kernel against norm_qkv + qkv_rope_cache,
 # bit for bit, as part of the implementation check.
 # Full logs go to OUT_DIR (default /tmp/dyno-gpu-tests).
 set -uo pipefail
@@ -50,10 +51,11 @@ if [ "${DYNO_GPU_SKIP_TINY:-0}" != 1 ]; then
   grep -q "test result: ok" "$OUT/tiny.log" || impl_fail="$impl_fail tiny"
 fi
 
-# decode_layers against the five small-batch kernels, bit for bit (the
-# binary of `cargo test --release -p engine --test cuda_persistent --no-run`).
+# decode_layers against the five small-batch kernels, and the fused q/k-norm
+# QKV kernel against its two, bit for bit (the binary of `cargo test
+# --release -p engine --test cuda_persistent --no-run`).
 if [ -n "${DYNO_GPU_PERSISTENT_BIN:-}" ]; then
-  echo "== persistent decode kernel vs the five kernels, bit for bit"
+  echo "== persistent decode kernel vs the five kernels, fused q/k norms vs two kernels, bit for bit"
   "$DYNO_GPU_PERSISTENT_BIN" --ignored --nocapture --test-threads 1 2>&1 | tee "$OUT/persistent.log" | grep -E "identical|refused|test result|panicked"
   grep -q "test result: ok" "$OUT/persistent.log" || impl_fail="$impl_fail persistent"
 fi
