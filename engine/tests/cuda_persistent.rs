@@ -42,17 +42,58 @@ fn backend_with(c: &ModelConfig, t: &Tensors, eager: bool, var: &str, value: &st
     b
 }
 
-fn backend(c: &ModelConfig, t: &Tensors, eager: bool, persistent: &str) -> CudaBackend {
-    backend_with(c, t, eager, "DYNO_CUDA_PERSISTENT", persistent)
+/// `arch`'s tiny config reshaped: hidden size, head dim, q / kv heads,
+/// intermediate size, layers.
+fn shaped(arch: Architecture, shape: [usize; 6]) -> ModelConfig {
+    let [hidden, head_dim, nq, nkv, inter, layers] = shape;
+    ModelConfig {
+        hidden_size: hidden,
+        head_dim,
+        num_attention_heads: nq,
+        num_key_value_heads: nkv,
+        intermediate_size: inter,
+        num_hidden_layers: layers,
+        ..tiny_config(arch)
+    }
 }
 
-/// Both runs' logits bit for bit, and their greedy tokens.
-fn assert_same(tag: &str, a: &Outputs, b: &Outputs) {
-    for (i, (x, y)) in a.logits.iter().zip(&b.logits).enumerate() {
-        let same = x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
-        assert!(same, "{tag}: logits of one-token step {i} differ");
+/// Runs `c` (weights seeded with `seed`) through a backend with `var=0`
+/// and one with `var=1`, eager and with graphs, and asserts that their
+/// logits and greedy tokens agree bit for bit. Returns the launches per
+/// eager decode step with `0` and with `1`.
+fn compare(name: &str, c: &ModelConfig, seed: u64, var: &str, labels: [&str; 2]) -> (u64, u64) {
+    let t = random_tensors(c, seed);
+    let mut eager_launches = (0, 0);
+    for eager in [true, false] {
+        let tag = format!("{name} eager={eager}");
+        let off = run(
+            &mut backend_with(c, &t, eager, var, "0"),
+            c.vocab_size as u32,
+        );
+        let on = run(
+            &mut backend_with(c, &t, eager, var, "1"),
+            c.vocab_size as u32,
+        );
+        for (i, (x, y)) in off.logits.iter().zip(&on.logits).enumerate() {
+            let same = x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(same, "{tag}: logits of one-token step {i} differ");
+        }
+        assert_eq!(off.tokens, on.tokens, "{tag}: greedy tokens differ");
+        println!(
+            "{tag}: {} logit rows and {} greedy sequences identical; launches per decode \
+             step {:?} ({}) -> {:?} ({})",
+            off.logits.len(),
+            off.tokens.len(),
+            off.launches,
+            labels[0],
+            on.launches,
+            labels[1]
+        );
+        if eager {
+            eager_launches = (off.launches.unwrap(), on.launches.unwrap());
+        }
     }
-    assert_eq!(a.tokens, b.tokens, "{tag}: greedy tokens differ");
+    eager_launches
 }
 
 /// What a backend computes: the logits of one-token steps at a long
@@ -123,43 +164,23 @@ fn run(b: &mut CudaBackend, vocab: u32) -> Outputs {
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn persistent_decode_matches_the_five_kernels_bit_for_bit() {
-    let mut geometries = vec![
+    let geometries = [
         ("llama", tiny_config(Architecture::Llama)),
         ("qwen2 (QKV bias)", tiny_config(Architecture::Qwen2)),
+        // smollm2-135m's attention shape: head dim 64, 9 query heads on 3
+        // KV heads (the tensor-core loop), hidden 576.
+        (
+            "head dim 64, 9 q / 3 kv heads",
+            shaped(Architecture::Llama, [576, 64, 9, 3, 1536, 4]),
+        ),
     ];
-    // smollm2-135m's attention shape: head dim 64, 9 query heads on 3 KV
-    // heads (the tensor-core loop), hidden 576.
-    let mut smollm2_like = tiny_config(Architecture::Llama);
-    smollm2_like.hidden_size = 576;
-    smollm2_like.head_dim = 64;
-    smollm2_like.num_attention_heads = 9;
-    smollm2_like.num_key_value_heads = 3;
-    smollm2_like.intermediate_size = 1536;
-    smollm2_like.num_hidden_layers = 4;
-    geometries.push(("head dim 64, 9 q / 3 kv heads", smollm2_like));
     for (name, c) in &geometries {
-        let t = random_tensors(c, 11);
-        for eager in [true, false] {
-            let tag = format!("{name} eager={eager}");
-            let five = run(&mut backend(c, &t, eager, "0"), c.vocab_size as u32);
-            let one = run(&mut backend(c, &t, eager, "1"), c.vocab_size as u32);
-            assert_same(&tag, &five, &one);
-            println!(
-                "{tag}: {} logit rows and {} greedy sequences identical; launches per decode \
-                 step {:?} (five kernels per layer) -> {:?} (decode_layers)",
-                five.logits.len(),
-                five.tokens.len(),
-                five.launches,
-                one.launches
-            );
-            if eager {
-                let (a, b) = (five.launches.unwrap(), one.launches.unwrap());
-                assert!(
-                    b + 4 * c.num_hidden_layers as u64 <= a,
-                    "{tag}: {a} -> {b} launches"
-                );
-            }
-        }
+        let labels = ["five kernels per layer", "decode_layers"];
+        let (five, one) = compare(name, c, 11, "DYNO_CUDA_PERSISTENT", labels);
+        assert!(
+            one + 4 * c.num_hidden_layers as u64 <= five,
+            "{name}: {five} -> {one} launches"
+        );
     }
     // Asked for where it cannot run (q/k norms): an error naming why.
     let c = tiny_config(Architecture::Qwen3);
@@ -183,52 +204,27 @@ fn persistent_decode_matches_the_five_kernels_bit_for_bit() {
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn qk_norms_in_the_qkv_kernel_match_the_two_kernels_bit_for_bit() {
-    // Qwen3 as the tiny preset has it, and qwen3-0.6b's head shape: head
-    // dim 128 (16 blocks per head), 16 q / 8 kv heads, hidden 1024.
-    let mut geometries = vec![("qwen3", tiny_config(Architecture::Qwen3))];
-    let mut qwen3_like = tiny_config(Architecture::Qwen3);
-    qwen3_like.hidden_size = 1024;
-    qwen3_like.head_dim = 128;
-    qwen3_like.num_attention_heads = 16;
-    qwen3_like.num_key_value_heads = 8;
-    qwen3_like.intermediate_size = 3072;
-    qwen3_like.num_hidden_layers = 3;
-    geometries.push(("head dim 128, 16 q / 8 kv heads", qwen3_like));
-    // Head dim 64: 8 blocks per head.
-    let mut hd64 = tiny_config(Architecture::Qwen3);
-    hd64.head_dim = 64;
-    hd64.num_attention_heads = 8;
-    hd64.num_key_value_heads = 2;
-    geometries.push(("head dim 64, 8 q / 2 kv heads", hd64));
+    let geometries = [
+        // Tiny Qwen3: head dim 128 (16 blocks per head), 4 q / 1 kv heads.
+        ("qwen3", tiny_config(Architecture::Qwen3)),
+        // qwen3-0.6b's head shape.
+        (
+            "head dim 128, 16 q / 8 kv heads",
+            shaped(Architecture::Qwen3, [1024, 128, 16, 8, 3072, 3]),
+        ),
+        // 8 blocks per head.
+        (
+            "head dim 64, 8 q / 2 kv heads",
+            shaped(Architecture::Qwen3, [256, 64, 8, 2, 512, 2]),
+        ),
+    ];
     for (name, c) in &geometries {
-        let t = random_tensors(c, 13);
-        for eager in [true, false] {
-            let tag = format!("{name} eager={eager}");
-            let two = run(
-                &mut backend_with(c, &t, eager, "DYNO_CUDA_QK_NORM_FUSED", "0"),
-                c.vocab_size as u32,
-            );
-            let one = run(
-                &mut backend_with(c, &t, eager, "DYNO_CUDA_QK_NORM_FUSED", "1"),
-                c.vocab_size as u32,
-            );
-            assert_same(&tag, &two, &one);
-            println!(
-                "{tag}: {} logit rows and {} greedy sequences identical; launches per decode \
-                 step {:?} (norm_qkv + qkv_rope_cache) -> {:?} (one QKV kernel)",
-                two.logits.len(),
-                two.tokens.len(),
-                two.launches,
-                one.launches
-            );
-            if eager {
-                let (a, b) = (two.launches.unwrap(), one.launches.unwrap());
-                assert_eq!(
-                    b + c.num_hidden_layers as u64,
-                    a,
-                    "{tag}: {a} -> {b} launches"
-                );
-            }
-        }
+        let labels = ["norm_qkv + qkv_rope_cache", "one QKV kernel"];
+        let (two, one) = compare(name, c, 13, "DYNO_CUDA_QK_NORM_FUSED", labels);
+        assert_eq!(
+            one + c.num_hidden_layers as u64,
+            two,
+            "{name}: {two} -> {one} launches"
+        );
     }
 }

@@ -465,6 +465,37 @@ kernels! {
     }
 }
 
+impl NormQkvRopeCache {
+    /// The same launch for `norm_qkv_qk_norm_rope_cache`: q/k norm weights
+    /// (0 where a model has none of that kind) and the head counters.
+    pub fn with_qk_norms(
+        &self,
+        q_norm: u64,
+        k_norm: u64,
+        head_counters: u64,
+    ) -> NormQkvQkNormRopeCache {
+        NormQkvQkNormRopeCache {
+            residual: self.residual,
+            norm_w: self.norm_w,
+            w: self.w,
+            bias: self.bias,
+            q_norm,
+            k_norm,
+            head_counters,
+            cos_sin: self.cos_sin,
+            positions: self.positions,
+            slots: self.slots,
+            qkv: self.qkv,
+            k_cache: self.k_cache,
+            v_cache: self.v_cache,
+            t: self.t,
+            nq: self.nq,
+            nkv: self.nkv,
+            eps: self.eps,
+        }
+    }
+}
+
 impl Attention {
     /// The same launch for `attention_units`, which takes no split
     /// buffers (its grid has one split).

@@ -38,9 +38,8 @@ use super::gemm::Gemm;
 use super::gemm_lt::InvariantGemm;
 use super::kernels::{
     AddRmsnorm, Attention, DecodeLayers, DownProjResidual, EmbedRmsnorm, FinalRmsnormRows, Kernels,
-    NormGateUpSilu, NormQkv, NormQkvQkNormRopeCache, NormQkvRopeCache, OProjResidual, QkvRopeCache,
-    SampleRows, SiluMul, ADD_RMSNORM_WARPS, ATTN_MAX_SPLITS, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS,
-    ROPE_CACHE_THREADS,
+    NormGateUpSilu, NormQkv, NormQkvRopeCache, OProjResidual, QkvRopeCache, SampleRows, SiluMul,
+    ADD_RMSNORM_WARPS, ATTN_MAX_SPLITS, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS, ROPE_CACHE_THREADS,
 };
 use super::kv_pool::KvPool;
 use super::persistent::PersistentDecode;
@@ -458,56 +457,35 @@ impl Runner {
         let hidden = d.hidden as i32;
         self.embed_small_batch(layout, tokens)?;
         for (li, w) in self.weights.layers.iter().enumerate() {
-            let qk_norm = w.q_norm.is_some() || w.k_norm.is_some();
             // One warp per RoPE pair (rows i and i + head_dim/2).
             let pair_grid = ((d.qkv_width() / 2).div_ceil(GEMV_WARPS) as u32, tiles, 1);
-            let bias = w.qkv_bias.as_ref().map_or(0, |b| b.ptr);
-            let positions = self.meta(layout, layout.positions());
-            let slots = self.meta(layout, layout.slots());
-            if !qk_norm {
-                k.norm_qkv_rope_cache(
-                    pair_grid,
-                    threads,
-                    NormQkvRopeCache {
-                        residual: a.residual.ptr,
-                        norm_w: w.input_norm.ptr,
-                        w: w.qkv.ptr,
-                        bias,
-                        cos_sin: self.cos_sin.ptr,
-                        positions,
-                        slots,
-                        qkv: a.qkv.ptr,
-                        k_cache: kv.k(li),
-                        v_cache: kv.v(li),
-                        t,
-                        nq: d.nq as i32,
-                        nkv: d.nkv as i32,
-                        eps: d.eps,
-                    },
-                )?;
+            let qkv_args = NormQkvRopeCache {
+                residual: a.residual.ptr,
+                norm_w: w.input_norm.ptr,
+                w: w.qkv.ptr,
+                bias: w.qkv_bias.as_ref().map_or(0, |b| b.ptr),
+                cos_sin: self.cos_sin.ptr,
+                positions: self.meta(layout, layout.positions()),
+                slots: self.meta(layout, layout.slots()),
+                qkv: a.qkv.ptr,
+                k_cache: kv.k(li),
+                v_cache: kv.v(li),
+                t,
+                nq: d.nq as i32,
+                nkv: d.nkv as i32,
+                eps: d.eps,
+            };
+            if w.q_norm.is_none() && w.k_norm.is_none() {
+                k.norm_qkv_rope_cache(pair_grid, threads, qkv_args)?;
             } else if self.qk_norm_fused {
                 k.norm_qkv_qk_norm_rope_cache(
                     pair_grid,
                     threads,
-                    NormQkvQkNormRopeCache {
-                        residual: a.residual.ptr,
-                        norm_w: w.input_norm.ptr,
-                        w: w.qkv.ptr,
-                        bias,
-                        q_norm: w.q_norm.as_ref().map_or(0, |b| b.ptr),
-                        k_norm: w.k_norm.as_ref().map_or(0, |b| b.ptr),
-                        head_counters: a.head_counters.ptr,
-                        cos_sin: self.cos_sin.ptr,
-                        positions,
-                        slots,
-                        qkv: a.qkv.ptr,
-                        k_cache: kv.k(li),
-                        v_cache: kv.v(li),
-                        t,
-                        nq: d.nq as i32,
-                        nkv: d.nkv as i32,
-                        eps: d.eps,
-                    },
+                    qkv_args.with_qk_norms(
+                        w.q_norm.as_ref().map_or(0, |b| b.ptr),
+                        w.k_norm.as_ref().map_or(0, |b| b.ptr),
+                        a.head_counters.ptr,
+                    ),
                 )?;
             } else {
                 k.norm_qkv(
