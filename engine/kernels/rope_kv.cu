@@ -15,9 +15,8 @@
 // `norm_w` its q/k norm or null, `kind` Q (rotated in place), K or V
 // (written, rounded to bf16, to `dst`: the head's row in the token's cache
 // slot), `cs(j)` the RoPE table's (cos, sin) for the lane's j-th pair
-// (i = lane + 32 j) at the token's position. norm_qkv_rope_cache
-// (gemv.cu) runs it too, for models with q/k norms, so both paths give the
-// same bits.
+// (i = lane + 32 j) at the token's position. norm_qkv_qk_norm_rope_cache
+// (gemv.cu) runs it too, so both paths give the same bits.
 enum HeadKind { HEAD_Q = 0, HEAD_K = 1, HEAD_V = 2 };
 
 template <int HD, bool L2_LOADS, typename CosSin>
@@ -54,7 +53,7 @@ __device__ __forceinline__ void rope_cache_head(float* head, const bf16* __restr
     if (norm_w) {
         // Every product and sum rounded as written (no FMA contraction),
         // so the norm gives the same bits wherever ptxas inlines it: here,
-        // and in norm_qkv_rope_cache's last block of a head.
+        // and in norm_qkv_qk_norm_rope_cache's last block of a head.
         float ss = 0.0f;
 #pragma unroll
         for (int j = 0; j < P; j++)

@@ -48,7 +48,7 @@ impl Dims {
         }
     }
 
-    /// Whether `norm_qkv_rope_cache` can apply q/k norms itself: each of
+    /// Whether `norm_qkv_qk_norm_rope_cache` can apply q/k norms: each of
     /// its blocks must hold rotation pairs of one head only (a head's last
     /// block normalizes it), i.e. half the head dim a multiple of
     /// `GEMV_WARPS`.
@@ -84,7 +84,7 @@ pub struct Arena {
     pub part_ml: DeviceBuffer,
     /// One counter per (token, kv head): splits finished (reset by the last).
     pub split_counters: DeviceBuffer,
-    /// One counter per (token tile, q/k head) of `norm_qkv_rope_cache`:
+    /// One counter per (token tile, q/k head) of `norm_qkv_qk_norm_rope_cache`:
     /// blocks finished with the head (reset by the last).
     pub head_counters: DeviceBuffer,
     pub selected: DeviceBuffer,
@@ -99,7 +99,7 @@ pub fn logits_rows(max_seqs: usize) -> usize {
     max_seqs.max(64)
 }
 
-/// Bytes of `norm_qkv_rope_cache`'s head counters for steps of up to
+/// Bytes of `norm_qkv_qk_norm_rope_cache`'s head counters for steps of up to
 /// `max_tokens` tokens: an i32 per q/k head per tile of `GEMV_MAX_T`
 /// tokens (a step of more than one tile runs these kernels only under
 /// `batch_invariant` with the gemv products).

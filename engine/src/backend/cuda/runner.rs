@@ -173,7 +173,7 @@ pub struct Runner {
     pub invariant_products: InvariantProducts,
     /// `decode_layers` for small steps, where built (`persistent.rs`).
     pub persistent: Option<PersistentDecode>,
-    /// Small steps of models with q/k norms run `norm_qkv_rope_cache`
+    /// Small steps of models with q/k norms run `norm_qkv_qk_norm_rope_cache`
     /// (the norms applied by each head's last block) instead of
     /// `norm_qkv` then `qkv_rope_cache`: [`qk_norm_fused`].
     pub qk_norm_fused: bool,
