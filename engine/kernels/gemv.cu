@@ -86,12 +86,14 @@ __device__ void norm_rows_to_shared(const float* ACT_RESTRICT residual,
 }
 
 // The warp's partial sums acc[r][t] for rows `rows[r]` of W ([N][K]) against
-// x ([T][K], bf16, row stride K; shared or global memory). The first batch of
+// x ([T][K], bf16, row stride K; shared or global memory); with STRIDE > K,
+// over K columns of rows STRIDE wide (W and x point at the first column: a
+// slice of the reduction, gemv_residual_split_block). The first batch of
 // weight loads is issued before `wait` (PdlWait, or decode_layers' grid
 // barrier), i.e. possibly while the previous kernel or phase still runs:
 // weights never depend on it. `prologue` runs after the wait (it may read
 // the previous kernel's output) and before x is read.
-template <int K, typename Wait, typename Prologue>
+template <int K, int STRIDE = K, typename Wait, typename Prologue>
 __device__ void gemv_rows(const bf16* __restrict__ W, const int (&rows)[GEMV_ROWS],
                           const bool (&ok)[GEMV_ROWS], const bf16* x, int T,
                           float (&acc)[GEMV_ROWS][GEMV_MAX_T], Wait wait, Prologue prologue) {
@@ -111,7 +113,7 @@ __device__ void gemv_rows(const bf16* __restrict__ W, const int (&rows)[GEMV_ROW
             for (int i = 0; i < BATCH; i++) {
                 const int c = lane + 32 * (first + i);
                 w[r][i] = (ok[r] && c < CHUNKS)
-                              ? __ldg(reinterpret_cast<const uint4*>(W + (long)rows[r] * K) + c)
+                              ? __ldg(reinterpret_cast<const uint4*>(W + (long)rows[r] * STRIDE) + c)
                               : make_uint4(0, 0, 0, 0);
             }
     };
@@ -127,7 +129,7 @@ __device__ void gemv_rows(const bf16* __restrict__ W, const int (&rows)[GEMV_ROW
 #pragma unroll
             for (int t = 0; t < GEMV_MAX_T; t++) {
                 if (t >= T) break;
-                const uint4 xv = *reinterpret_cast<const uint4*>(x + (long)t * K + c * 8);
+                const uint4 xv = *reinterpret_cast<const uint4*>(x + (long)t * STRIDE + c * 8);
 #pragma unroll
                 for (int r = 0; r < GEMV_ROWS; r++) acc[r][t] += dot8(w[r][i], xv);
             }
@@ -456,6 +458,72 @@ __device__ void gemv_residual_block(int bx, int by, Wait wait, const bf16* ACT_R
             }
 }
 
+// gemv_residual_block with each row's K columns split into GEMV_WARPS
+// slices, one per warp of the block, for one GEMV_ROWS-row group per block:
+// GEMV_WARPS times the blocks (the O and down products have hidden / 8
+// row groups of GEMV_WARPS warps otherwise: 72 blocks at smollm2-135m's
+// shape, fewer than the H200's 132 SMs) and a quarter of the loads per
+// lane; warp 0 adds the slices' sums in order, through shared memory.
+// Another summation order than gemv_residual_block, so other bits, but
+// still one order per token whatever shares the step. Off unless
+// DYNO_CUDA_GEMV_SPLIT_K=1 (runner.rs; docs/CUDA.md), which needs K a
+// multiple of 8 GEMV_WARPS (16-byte slices): other shapes compile to a
+// trap and are never launched. Grid: (N / GEMV_ROWS, token tiles).
+template <int K, typename Wait>
+__device__ void gemv_residual_split_block(int bx, int by, Wait wait, const bf16* ACT_RESTRICT x,
+                                          const bf16* __restrict__ W,
+                                          float* ACT_RESTRICT residual, int T, int N) {
+    if constexpr (K % (8 * GEMV_WARPS) != 0) {
+        __trap();
+    } else {
+        constexpr int KS = K / GEMV_WARPS;
+        const int t0 = tile_first_token(T, by);
+        if (t0 < 0) return;
+        x += (long)t0 * K;
+        residual += (long)t0 * N;
+        const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+        int rows[GEMV_ROWS];
+        bool ok[GEMV_ROWS];
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++) {
+            rows[r] = bx * GEMV_ROWS + r;
+            ok[r] = rows[r] < N;
+        }
+        // As in gemv_residual_block: the residual rows load before the wait.
+        const bool adds = warp == 0 && lane == 0;
+        float old[GEMV_ROWS][GEMV_EARLY_T];
+        if (adds) {
+#pragma unroll
+            for (int r = 0; r < GEMV_ROWS; r++)
+#pragma unroll
+                for (int t = 0; t < GEMV_EARLY_T; t++)
+                    old[r][t] = ok[r] && t < T ? residual[(long)t * N + rows[r]] : 0.0f;
+        }
+        float acc[GEMV_ROWS][GEMV_MAX_T];
+        gemv_rows<KS, K>(W + warp * KS, rows, ok, x + warp * KS, T, acc, wait, [] {});
+        __shared__ float slices[GEMV_WARPS][GEMV_ROWS][GEMV_MAX_T];
+        if (lane == 0) {
+#pragma unroll
+            for (int r = 0; r < GEMV_ROWS; r++)
+#pragma unroll
+                for (int t = 0; t < GEMV_MAX_T; t++) slices[warp][r][t] = acc[r][t];
+        }
+        __syncthreads();
+        if (!adds) return;
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++)
+#pragma unroll
+            for (int t = 0; t < GEMV_MAX_T; t++)
+                if (ok[r] && t < T) {
+                    float sum = slices[0][r][t];
+#pragma unroll
+                    for (int w = 1; w < GEMV_WARPS; w++) sum += slices[w][r][t];
+                    float* dst = residual + (long)t * N + rows[r];
+                    *dst = (t < GEMV_EARLY_T ? old[r][t < GEMV_EARLY_T ? t : 0] : *dst) + sum;
+                }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
     o_proj_residual(const bf16* x, const bf16* W, float* residual, int T, int N) {
     gemv_residual_block<DYNO_QDIM>(blockIdx.x, blockIdx.y, PdlWait{}, x, W, residual, T, N);
@@ -464,4 +532,15 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
 extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
     down_proj_residual(const bf16* x, const bf16* W, float* residual, int T, int N) {
     gemv_residual_block<DYNO_INTER>(blockIdx.x, blockIdx.y, PdlWait{}, x, W, residual, T, N);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
+    o_proj_residual_split(const bf16* x, const bf16* W, float* residual, int T, int N) {
+    gemv_residual_split_block<DYNO_QDIM>(blockIdx.x, blockIdx.y, PdlWait{}, x, W, residual, T, N);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
+    down_proj_residual_split(const bf16* x, const bf16* W, float* residual, int T, int N) {
+    gemv_residual_split_block<DYNO_INTER>(blockIdx.x, blockIdx.y, PdlWait{}, x, W, residual, T,
+                                          N);
 }

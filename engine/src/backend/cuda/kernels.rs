@@ -451,6 +451,13 @@ kernels! {
     o_proj_residual => OProjResidual { x: Ptr, w: Ptr, residual: Ptr, t: I32, n: I32 }
     /// residual += x · W_downᵀ, small batches (gemv.cu).
     down_proj_residual => DownProjResidual { x: Ptr, w: Ptr, residual: Ptr, t: I32, n: I32 }
+    /// o_proj_residual with K split across a block's warps
+    /// (`DYNO_CUDA_GEMV_SPLIT_K`; gemv.cu).
+    o_proj_residual_split => OProjResidualSplit { x: Ptr, w: Ptr, residual: Ptr, t: I32, n: I32 }
+    /// down_proj_residual with K split across a block's warps (gemv.cu).
+    down_proj_residual_split => DownProjResidualSplit {
+        x: Ptr, w: Ptr, residual: Ptr, t: I32, n: I32,
+    }
     /// Every layer of a small decode step in one persistent launch: the
     /// five small-batch bodies as phases between grid barriers
     /// (persistent.cu). `layers`: the layer table

@@ -220,6 +220,10 @@ impl CudaBackend {
             std::env::var("DYNO_CUDA_QK_NORM_FUSED").ok().as_deref(),
             dims.qk_norm_in_qkv_kernel(),
         )?;
+        let gemv_split_k = runner::gemv_split_k(
+            std::env::var("DYNO_CUDA_GEMV_SPLIT_K").ok().as_deref(),
+            dims.gemv_split_k_fits(),
+        )?;
         let cos_sin = DeviceBuffer::upload(
             &stream,
             &crate::backend::rope::Rope::new(config).cos_sin_table(dims.max_model_len),
@@ -251,6 +255,7 @@ impl CudaBackend {
                 invariant_products,
                 persistent,
                 qk_norm_fused,
+                gemv_split_k,
             },
             kv: None,
             graphs: DecodeGraphs::default(),

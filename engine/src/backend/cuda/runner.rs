@@ -37,9 +37,10 @@ use super::buffer::DeviceBuffer;
 use super::gemm::Gemm;
 use super::gemm_lt::InvariantGemm;
 use super::kernels::{
-    AddRmsnorm, Attention, DecodeLayers, DownProjResidual, EmbedRmsnorm, FinalRmsnormRows, Kernels,
-    NormGateUpSilu, NormQkv, NormQkvRopeCache, OProjResidual, QkvRopeCache, SampleRows, SiluMul,
-    ADD_RMSNORM_WARPS, ATTN_MAX_SPLITS, GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS, ROPE_CACHE_THREADS,
+    AddRmsnorm, Attention, DecodeLayers, DownProjResidual, DownProjResidualSplit, EmbedRmsnorm,
+    FinalRmsnormRows, Kernels, NormGateUpSilu, NormQkv, NormQkvRopeCache, OProjResidual,
+    OProjResidualSplit, QkvRopeCache, SampleRows, SiluMul, ADD_RMSNORM_WARPS, ATTN_MAX_SPLITS,
+    GEMV_MAX_T, GEMV_ROWS, GEMV_WARPS, ROPE_CACHE_THREADS,
 };
 use super::kv_pool::KvPool;
 use super::persistent::PersistentDecode;
@@ -177,6 +178,39 @@ pub struct Runner {
     /// (the norms applied by each head's last block) instead of
     /// `norm_qkv` then `qkv_rope_cache`: [`qk_norm_fused`].
     pub qk_norm_fused: bool,
+    /// Small steps run the O and down products with K split across a
+    /// block's warps (`o_proj_residual_split`, `down_proj_residual_split`):
+    /// [`gemv_split_k`].
+    pub gemv_split_k: bool,
+}
+
+/// The small-batch path's products that add into the residual stream.
+#[derive(Debug, Clone, Copy)]
+enum ResidualProduct {
+    /// The attention output's projection (K = query width).
+    O,
+    /// The MLP's down projection (K = intermediate size).
+    Down,
+}
+
+/// Whether small steps split the O and down products' K across a block's
+/// warps: `DYNO_CUDA_GEMV_SPLIT_K=1` (unset or `0`: no, the default; not
+/// yet measured on a GPU, docs/CUDA.md). Asked for where the model's widths
+/// do not split into whole 16-byte slices (`Dims::gemv_split_k_fits`), an
+/// error that says so.
+pub fn gemv_split_k(setting: Option<&str>, fits: bool) -> Result<bool, BackendError> {
+    match setting.map(str::trim) {
+        None | Some("0") => Ok(false),
+        Some("1") if fits => Ok(true),
+        Some("1") => Err(BackendError::Cuda(format!(
+            "DYNO_CUDA_GEMV_SPLIT_K=1: the query width and the intermediate size must be \
+             multiples of {} to split across {GEMV_WARPS} warps",
+            8 * GEMV_WARPS
+        ))),
+        Some(other) => Err(BackendError::Cuda(format!(
+            "DYNO_CUDA_GEMV_SPLIT_K={other}: expected 0 or 1"
+        ))),
+    }
 }
 
 /// Whether small steps of a model with q/k norms fuse them into the QKV
@@ -451,10 +485,6 @@ impl Runner {
         let tiles = tokens.div_ceil(GEMV_MAX_T).max(1) as u32;
         let grid = |rows: usize| (rows.div_ceil(rows_per_block) as u32, tiles, 1);
         let threads = (GEMV_WARPS * 32) as u32;
-        // residual += x · Wᵀ (the O and down products): one warp per
-        // GEMV_ROWS output rows of the hidden size.
-        let residual_grid = grid(d.hidden);
-        let hidden = d.hidden as i32;
         self.embed_small_batch(layout, tokens)?;
         for (li, w) in self.weights.layers.iter().enumerate() {
             // One warp per RoPE pair (rows i and i + head_dim/2).
@@ -504,17 +534,7 @@ impl Runner {
                 self.rope_cache(kv, layout, li, tokens)?;
             }
             self.attention(kv, layout, li, tokens, nsplit)?;
-            k.o_proj_residual(
-                residual_grid,
-                threads,
-                OProjResidual {
-                    x: a.attn.ptr,
-                    w: w.o_proj.ptr,
-                    residual: a.residual.ptr,
-                    t,
-                    n: hidden,
-                },
-            )?;
+            self.residual_product(ResidualProduct::O, a.attn.ptr, w.o_proj.ptr, tokens)?;
             // One warp per (gate row, up row) pair.
             k.norm_gate_up_silu(
                 (d.inter.div_ceil(GEMV_WARPS) as u32, tiles, 1),
@@ -528,19 +548,80 @@ impl Runner {
                     eps: d.eps,
                 },
             )?;
-            k.down_proj_residual(
-                residual_grid,
-                threads,
-                DownProjResidual {
-                    x: a.act.ptr,
-                    w: w.down.ptr,
-                    residual: a.residual.ptr,
-                    t,
-                    n: hidden,
-                },
-            )?;
+            self.residual_product(ResidualProduct::Down, a.act.ptr, w.down.ptr, tokens)?;
         }
         Ok(())
+    }
+
+    /// residual += x · Wᵀ for a small step's O or down product: a warp per
+    /// `GEMV_ROWS` rows, or with `gemv_split_k` a block per `GEMV_ROWS`
+    /// rows whose warps split K.
+    fn residual_product(
+        &self,
+        product: ResidualProduct,
+        x: u64,
+        w: u64,
+        tokens: usize,
+    ) -> Result<(), BackendError> {
+        let k = &self.kernels;
+        let tiles = tokens.div_ceil(GEMV_MAX_T).max(1) as u32;
+        let threads = (GEMV_WARPS * 32) as u32;
+        let hidden = self.dims.hidden;
+        let residual = self.arena.residual.ptr;
+        let (t, n) = (tokens as i32, hidden as i32);
+        if self.gemv_split_k {
+            let grid = (hidden.div_ceil(GEMV_ROWS) as u32, tiles, 1);
+            match product {
+                ResidualProduct::O => k.o_proj_residual_split(
+                    grid,
+                    threads,
+                    OProjResidualSplit {
+                        x,
+                        w,
+                        residual,
+                        t,
+                        n,
+                    },
+                ),
+                ResidualProduct::Down => k.down_proj_residual_split(
+                    grid,
+                    threads,
+                    DownProjResidualSplit {
+                        x,
+                        w,
+                        residual,
+                        t,
+                        n,
+                    },
+                ),
+            }
+        } else {
+            let grid = (hidden.div_ceil(GEMV_WARPS * GEMV_ROWS) as u32, tiles, 1);
+            match product {
+                ResidualProduct::O => k.o_proj_residual(
+                    grid,
+                    threads,
+                    OProjResidual {
+                        x,
+                        w,
+                        residual,
+                        t,
+                        n,
+                    },
+                ),
+                ResidualProduct::Down => k.down_proj_residual(
+                    grid,
+                    threads,
+                    DownProjResidual {
+                        x,
+                        w,
+                        residual,
+                        t,
+                        n,
+                    },
+                ),
+            }
+        }
     }
 
     /// The embedding of a small-batch step. Only the residual is needed
@@ -804,6 +885,38 @@ mod tests {
         };
         assert!(d(128).qk_norm_in_qkv_kernel() && d(64).qk_norm_in_qkv_kernel());
         assert!(!d(36).qk_norm_in_qkv_kernel());
+    }
+
+    #[test]
+    fn gemv_split_k_is_off_unless_asked_and_refused_where_the_widths_do_not_split() {
+        assert!(!gemv_split_k(None, true).unwrap());
+        assert!(!gemv_split_k(Some("0"), true).unwrap());
+        assert!(gemv_split_k(Some(" 1 "), true).unwrap());
+        let err = gemv_split_k(Some("1"), false).unwrap_err().to_string();
+        assert!(
+            err.contains("DYNO_CUDA_GEMV_SPLIT_K=1") && err.contains("multiples of 32"),
+            "{err}"
+        );
+        let err = gemv_split_k(Some("2"), true).unwrap_err().to_string();
+        assert!(err.contains("DYNO_CUDA_GEMV_SPLIT_K=2"), "{err}");
+        let dims = |nq: usize, head_dim: usize, inter: usize| Dims {
+            hidden: 576,
+            inter,
+            nq,
+            nkv: 3,
+            head_dim,
+            vocab: 1000,
+            layers: 1,
+            eps: 1e-5,
+            max_model_len: 512,
+        };
+        // smollm2-135m (query width 576, intermediate 1,536), qwen3-0.6b
+        // (2,048, 3,072), qwen2.5-0.5b (896, 4,864): whole 32-value slices.
+        assert!(dims(9, 64, 1536).gemv_split_k_fits());
+        assert!(dims(16, 128, 3072).gemv_split_k_fits());
+        assert!(dims(14, 64, 4864).gemv_split_k_fits());
+        assert!(!dims(9, 64, 1544).gemv_split_k_fits());
+        assert!(!dims(9, 40, 1536).gemv_split_k_fits());
     }
 
     #[test]
