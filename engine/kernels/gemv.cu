@@ -415,6 +415,41 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
                             eps);
 }
 
+// The residual rows rows[r] of the first GEMV_EARLY_T tokens, which a
+// residual product adds to. They were last written two kernels back (the O
+// product's by the previous layer's down product, the down product's by the
+// O product), which completed before the previous kernel could start, so
+// they load before the wait and no memory round trip follows the products.
+// (In decode_layers a barrier lies between those phases too.)
+__device__ __forceinline__ void early_residual_rows(const float* ACT_RESTRICT residual,
+                                                    const int (&rows)[GEMV_ROWS],
+                                                    const bool (&ok)[GEMV_ROWS], int T, int N,
+                                                    float (&old)[GEMV_ROWS][GEMV_EARLY_T]) {
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++)
+#pragma unroll
+        for (int t = 0; t < GEMV_EARLY_T; t++)
+            old[r][t] = ok[r] && t < T ? residual[(long)t * N + rows[r]] : 0.0f;
+}
+
+// residual[t, rows[r]] += sum(r, t), from `old` for the first GEMV_EARLY_T
+// tokens (early_residual_rows), reloaded for the others.
+template <typename Sum>
+__device__ __forceinline__ void add_to_residual_rows(float* ACT_RESTRICT residual,
+                                                     const int (&rows)[GEMV_ROWS],
+                                                     const bool (&ok)[GEMV_ROWS], int T, int N,
+                                                     const float (&old)[GEMV_ROWS][GEMV_EARLY_T],
+                                                     Sum sum) {
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++)
+#pragma unroll
+        for (int t = 0; t < GEMV_MAX_T; t++)
+            if (ok[r] && t < T) {
+                float* dst = residual + (long)t * N + rows[r];
+                *dst = (t < GEMV_EARLY_T ? old[r][t < GEMV_EARLY_T ? t : 0] : *dst) + sum(r, t);
+            }
+}
+
 // residual[t, n] += x[t] · W[n] with x bf16 ([T][K]): the O projection
 // (K = query width) and the down projection (K = intermediate size). Grid:
 // (N / (GEMV_WARPS GEMV_ROWS), token tiles).
@@ -430,32 +465,13 @@ __device__ void gemv_residual_block(int bx, int by, Wait wait, const bf16* ACT_R
     int rows[GEMV_ROWS];
     bool ok[GEMV_ROWS];
     consecutive_rows(N, bx, rows, ok);
-    // The residual rows this warp adds to were last written two kernels
-    // back (the O product's by the previous layer's down product, the down
-    // product's by the O product), which completed before the previous
-    // kernel could start: lane 0 loads them before the wait, so that no
-    // memory round trip follows the products. (In decode_layers a barrier
-    // lies between those phases too.)
-    // Registers hold the first GEMV_EARLY_T tokens' (the others load after).
+    // Lane 0 adds the warp's rows: it loads them before the wait.
     float old[GEMV_ROWS][GEMV_EARLY_T];
-    if (lane == 0) {
-#pragma unroll
-        for (int r = 0; r < GEMV_ROWS; r++)
-#pragma unroll
-            for (int t = 0; t < GEMV_EARLY_T; t++)
-                old[r][t] = ok[r] && t < T ? residual[(long)t * N + rows[r]] : 0.0f;
-    }
+    if (lane == 0) early_residual_rows(residual, rows, ok, T, N, old);
     float acc[GEMV_ROWS][GEMV_MAX_T];
     gemv_rows<K>(W, rows, ok, x, T, acc, wait, [] {});
     if (lane != 0) return;
-#pragma unroll
-    for (int r = 0; r < GEMV_ROWS; r++)
-#pragma unroll
-        for (int t = 0; t < GEMV_MAX_T; t++)
-            if (ok[r] && t < T) {
-                float* dst = residual + (long)t * N + rows[r];
-                *dst = (t < GEMV_EARLY_T ? old[r][t < GEMV_EARLY_T ? t : 0] : *dst) + acc[r][t];
-            }
+    add_to_residual_rows(residual, rows, ok, T, N, old, [&](int r, int t) { return acc[r][t]; });
 }
 
 // gemv_residual_block with each row's K columns split into GEMV_WARPS
@@ -489,16 +505,10 @@ __device__ void gemv_residual_split_block(int bx, int by, Wait wait, const bf16*
             rows[r] = bx * GEMV_ROWS + r;
             ok[r] = rows[r] < N;
         }
-        // As in gemv_residual_block: the residual rows load before the wait.
+        // Warp 0's lane 0 adds the block's rows: it loads them before the wait.
         const bool adds = warp == 0 && lane == 0;
         float old[GEMV_ROWS][GEMV_EARLY_T];
-        if (adds) {
-#pragma unroll
-            for (int r = 0; r < GEMV_ROWS; r++)
-#pragma unroll
-                for (int t = 0; t < GEMV_EARLY_T; t++)
-                    old[r][t] = ok[r] && t < T ? residual[(long)t * N + rows[r]] : 0.0f;
-        }
+        if (adds) early_residual_rows(residual, rows, ok, T, N, old);
         float acc[GEMV_ROWS][GEMV_MAX_T];
         gemv_rows<KS, K>(W + warp * KS, rows, ok, x + warp * KS, T, acc, wait, [] {});
         __shared__ float slices[GEMV_WARPS][GEMV_ROWS][GEMV_MAX_T];
@@ -510,17 +520,12 @@ __device__ void gemv_residual_split_block(int bx, int by, Wait wait, const bf16*
         }
         __syncthreads();
         if (!adds) return;
+        add_to_residual_rows(residual, rows, ok, T, N, old, [&](int r, int t) {
+            float sum = slices[0][r][t];
 #pragma unroll
-        for (int r = 0; r < GEMV_ROWS; r++)
-#pragma unroll
-            for (int t = 0; t < GEMV_MAX_T; t++)
-                if (ok[r] && t < T) {
-                    float sum = slices[0][r][t];
-#pragma unroll
-                    for (int w = 1; w < GEMV_WARPS; w++) sum += slices[w][r][t];
-                    float* dst = residual + (long)t * N + rows[r];
-                    *dst = (t < GEMV_EARLY_T ? old[r][t < GEMV_EARLY_T ? t : 0] : *dst) + sum;
-                }
+            for (int w = 1; w < GEMV_WARPS; w++) sum += slices[w][r][t];
+            return sum;
+        });
     }
 }
 
