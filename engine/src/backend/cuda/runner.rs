@@ -569,57 +569,35 @@ impl Runner {
         let hidden = self.dims.hidden;
         let residual = self.arena.residual.ptr;
         let (t, n) = (tokens as i32, hidden as i32);
-        if self.gemv_split_k {
-            let grid = (hidden.div_ceil(GEMV_ROWS) as u32, tiles, 1);
-            match product {
-                ResidualProduct::O => k.o_proj_residual_split(
-                    grid,
-                    threads,
-                    OProjResidualSplit {
-                        x,
-                        w,
-                        residual,
-                        t,
-                        n,
-                    },
-                ),
-                ResidualProduct::Down => k.down_proj_residual_split(
-                    grid,
-                    threads,
-                    DownProjResidualSplit {
-                        x,
-                        w,
-                        residual,
-                        t,
-                        n,
-                    },
-                ),
-            }
+        // Split: a block per GEMV_ROWS rows; else a warp per GEMV_ROWS rows.
+        let rows_per_block = if self.gemv_split_k {
+            GEMV_ROWS
         } else {
-            let grid = (hidden.div_ceil(GEMV_WARPS * GEMV_ROWS) as u32, tiles, 1);
-            match product {
-                ResidualProduct::O => k.o_proj_residual(
+            GEMV_WARPS * GEMV_ROWS
+        };
+        let grid = (hidden.div_ceil(rows_per_block) as u32, tiles, 1);
+        // The four kernels take the same arguments.
+        macro_rules! launch {
+            ($kernel:ident, $args:ident) => {
+                k.$kernel(
                     grid,
                     threads,
-                    OProjResidual {
+                    $args {
                         x,
                         w,
                         residual,
                         t,
                         n,
                     },
-                ),
-                ResidualProduct::Down => k.down_proj_residual(
-                    grid,
-                    threads,
-                    DownProjResidual {
-                        x,
-                        w,
-                        residual,
-                        t,
-                        n,
-                    },
-                ),
+                )
+            };
+        }
+        match (product, self.gemv_split_k) {
+            (ResidualProduct::O, false) => launch!(o_proj_residual, OProjResidual),
+            (ResidualProduct::Down, false) => launch!(down_proj_residual, DownProjResidual),
+            (ResidualProduct::O, true) => launch!(o_proj_residual_split, OProjResidualSplit),
+            (ResidualProduct::Down, true) => {
+                launch!(down_proj_residual_split, DownProjResidualSplit)
             }
         }
     }
