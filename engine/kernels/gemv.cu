@@ -481,10 +481,11 @@ __device__ void gemv_residual_block(int bx, int by, Wait wait, const bf16* ACT_R
 // shape, fewer than the H200's 132 SMs) and a quarter of the loads per
 // lane; warp 0 adds the slices' sums in order, through shared memory.
 // Another summation order than gemv_residual_block, so other bits, but
-// still one order per token whatever shares the step. Off unless
-// DYNO_CUDA_GEMV_SPLIT_K=1 (runner.rs; docs/CUDA.md), which needs K a
-// multiple of 8 GEMV_WARPS (16-byte slices): other shapes compile to a
-// trap and are never launched. Grid: (N / GEMV_ROWS, token tiles).
+// still one order per token whatever shares the step. Launched for a
+// product whose K is at least 2,048 unless DYNO_CUDA_GEMV_SPLIT_K says
+// otherwise (runner.rs gemv_split_k; docs/CUDA.md); K must be a multiple
+// of 8 GEMV_WARPS (16-byte slices): other shapes compile to a trap and are
+// never launched. Grid: (N / GEMV_ROWS, token tiles).
 template <int K, typename Wait>
 __device__ void gemv_residual_split_block(int bx, int by, Wait wait, const bf16* ACT_RESTRICT x,
                                           const bf16* __restrict__ W,

@@ -56,15 +56,6 @@ impl Dims {
         (self.head_dim / 2).is_multiple_of(GEMV_WARPS)
     }
 
-    /// Whether the O and down products can split K across a block's warps
-    /// (`o_proj_residual_split`, `down_proj_residual_split`): each warp's
-    /// slice of the query width and of the intermediate size must be whole
-    /// 16-byte chunks.
-    pub fn gemv_split_k_fits(&self) -> bool {
-        let slice = 8 * GEMV_WARPS;
-        (self.nq * self.head_dim).is_multiple_of(slice) && self.inter.is_multiple_of(slice)
-    }
-
     /// Whether steps of at most `GEMV_MAX_T` tokens can use the fused
     /// small-batch kernels: every product's input must split into 16-byte
     /// chunks and the normalized input must fit their shared memory.

@@ -222,7 +222,8 @@ impl CudaBackend {
         )?;
         let gemv_split_k = runner::gemv_split_k(
             std::env::var("DYNO_CUDA_GEMV_SPLIT_K").ok().as_deref(),
-            dims.gemv_split_k_fits(),
+            dims.nq * dims.head_dim,
+            dims.inter,
         )?;
         let cos_sin = DeviceBuffer::upload(
             &stream,

@@ -178,10 +178,10 @@ pub struct Runner {
     /// (the norms applied by each head's last block) instead of
     /// `norm_qkv` then `qkv_rope_cache`: [`qk_norm_fused`].
     pub qk_norm_fused: bool,
-    /// Small steps run the O and down products with K split across a
+    /// Which of the small steps' O and down products split K across a
     /// block's warps (`o_proj_residual_split`, `down_proj_residual_split`):
     /// [`gemv_split_k`].
-    pub gemv_split_k: bool,
+    pub gemv_split_k: GemvSplitK,
 }
 
 /// The small-batch path's products that add into the residual stream.
@@ -193,22 +193,58 @@ enum ResidualProduct {
     Down,
 }
 
-/// Whether small steps split the O and down products' K across a block's
-/// warps: `DYNO_CUDA_GEMV_SPLIT_K=1` (unset or `0`: no, the default; not
-/// yet measured on a GPU, docs/CUDA.md). Asked for where the model's widths
-/// do not split into whole 16-byte slices (`Dims::gemv_split_k_fits`), an
-/// error that says so.
-pub fn gemv_split_k(setting: Option<&str>, fits: bool) -> Result<bool, BackendError> {
+/// Which small-step residual products split their K across a block's
+/// warps (`o_proj_residual_split`, `down_proj_residual_split`) instead of a
+/// warp per `GEMV_ROWS` rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GemvSplitK {
+    /// The O product (K = the query width).
+    pub o: bool,
+    /// The down product (K = the intermediate size).
+    pub down: bool,
+}
+
+/// The smallest K the default splits. The H200 measured the split kernels
+/// at batch 1 (docs/BENCHMARKS.md, "Splitting the O and down products'
+/// K"): qwen3-0.6b (K 2,048 and 3,072) −3.5 % TPOT, smollm2-135m (576 and
+/// 1,536) +4.1 %: a warp's quarter of a short row is too little work to
+/// pay for the block's shared-memory sum.
+pub const GEMV_SPLIT_K_MIN_K: usize = 2048;
+
+/// Whether a product of inner size `k` can split: each warp's slice must
+/// be whole 16-byte chunks.
+pub fn gemv_split_k_fits(k: usize) -> bool {
+    k.is_multiple_of(8 * GEMV_WARPS)
+}
+
+/// Which of the O (K = `q_width`) and down (K = `inter`) products split
+/// their K: `DYNO_CUDA_GEMV_SPLIT_K` unset, each product whose K is at
+/// least [`GEMV_SPLIT_K_MIN_K`] and fits; `1`, both (an error that says so
+/// where a width does not fit); `0`, neither.
+pub fn gemv_split_k(
+    setting: Option<&str>,
+    q_width: usize,
+    inter: usize,
+) -> Result<GemvSplitK, BackendError> {
+    let auto = |k: usize| k >= GEMV_SPLIT_K_MIN_K && gemv_split_k_fits(k);
     match setting.map(str::trim) {
-        None | Some("0") => Ok(false),
-        Some("1") if fits => Ok(true),
+        None => Ok(GemvSplitK {
+            o: auto(q_width),
+            down: auto(inter),
+        }),
+        Some("0") => Ok(GemvSplitK::default()),
+        Some("1") if gemv_split_k_fits(q_width) && gemv_split_k_fits(inter) => Ok(GemvSplitK {
+            o: true,
+            down: true,
+        }),
         Some("1") => Err(BackendError::Cuda(format!(
-            "DYNO_CUDA_GEMV_SPLIT_K=1: the query width and the intermediate size must be \
-             multiples of {} to split across {GEMV_WARPS} warps",
+            "DYNO_CUDA_GEMV_SPLIT_K=1: the query width ({q_width}) and the intermediate size \
+             ({inter}) must be multiples of {} to split across {GEMV_WARPS} warps",
             8 * GEMV_WARPS
         ))),
         Some(other) => Err(BackendError::Cuda(format!(
-            "DYNO_CUDA_GEMV_SPLIT_K={other}: expected 0 or 1"
+            "DYNO_CUDA_GEMV_SPLIT_K={other}: expected 0 or 1 (unset: split where K is at \
+             least {GEMV_SPLIT_K_MIN_K})"
         ))),
     }
 }
@@ -554,8 +590,8 @@ impl Runner {
     }
 
     /// residual += x · Wᵀ for a small step's O or down product: a warp per
-    /// `GEMV_ROWS` rows, or with `gemv_split_k` a block per `GEMV_ROWS`
-    /// rows whose warps split K.
+    /// `GEMV_ROWS` rows, or where `gemv_split_k` says so for the product a
+    /// block per `GEMV_ROWS` rows whose warps split K.
     fn residual_product(
         &self,
         product: ResidualProduct,
@@ -569,8 +605,12 @@ impl Runner {
         let hidden = self.dims.hidden;
         let residual = self.arena.residual.ptr;
         let (t, n) = (tokens as i32, hidden as i32);
+        let split = match product {
+            ResidualProduct::O => self.gemv_split_k.o,
+            ResidualProduct::Down => self.gemv_split_k.down,
+        };
         // Split: a block per GEMV_ROWS rows; else a warp per GEMV_ROWS rows.
-        let rows_per_block = if self.gemv_split_k {
+        let rows_per_block = if split {
             GEMV_ROWS
         } else {
             GEMV_WARPS * GEMV_ROWS
@@ -592,7 +632,7 @@ impl Runner {
                 )
             };
         }
-        match (product, self.gemv_split_k) {
+        match (product, split) {
             (ResidualProduct::O, false) => launch!(o_proj_residual, OProjResidual),
             (ResidualProduct::Down, false) => launch!(down_proj_residual, DownProjResidual),
             (ResidualProduct::O, true) => launch!(o_proj_residual_split, OProjResidualSplit),
@@ -866,35 +906,37 @@ mod tests {
     }
 
     #[test]
-    fn gemv_split_k_is_off_unless_asked_and_refused_where_the_widths_do_not_split() {
-        assert!(!gemv_split_k(None, true).unwrap());
-        assert!(!gemv_split_k(Some("0"), true).unwrap());
-        assert!(gemv_split_k(Some(" 1 "), true).unwrap());
-        let err = gemv_split_k(Some("1"), false).unwrap_err().to_string();
+    fn gemv_split_k_splits_long_rows_by_default_and_refuses_widths_that_do_not_split() {
+        let both = GemvSplitK {
+            o: true,
+            down: true,
+        };
+        let neither = GemvSplitK::default();
+        // smollm2-135m (query width 576, intermediate 1,536): neither;
+        // qwen3-0.6b (2,048, 3,072): both; qwen2.5-0.5b (896, 4,864): down.
+        assert_eq!(gemv_split_k(None, 576, 1536).unwrap(), neither);
+        assert_eq!(gemv_split_k(None, 2048, 3072).unwrap(), both);
+        assert_eq!(
+            gemv_split_k(None, 896, 4864).unwrap(),
+            GemvSplitK {
+                o: false,
+                down: true
+            }
+        );
+        // Long but not whole 32-value slices: not split by default.
+        assert_eq!(gemv_split_k(None, 2056, 3080).unwrap(), neither);
+        assert_eq!(gemv_split_k(Some("0"), 2048, 3072).unwrap(), neither);
+        assert_eq!(gemv_split_k(Some(" 1 "), 576, 1536).unwrap(), both);
+        let err = gemv_split_k(Some("1"), 576, 1544).unwrap_err().to_string();
         assert!(
-            err.contains("DYNO_CUDA_GEMV_SPLIT_K=1") && err.contains("multiples of 32"),
+            err.contains("DYNO_CUDA_GEMV_SPLIT_K=1")
+                && err.contains("1544")
+                && err.contains("multiples of 32"),
             "{err}"
         );
-        let err = gemv_split_k(Some("2"), true).unwrap_err().to_string();
+        let err = gemv_split_k(Some("2"), 576, 1536).unwrap_err().to_string();
         assert!(err.contains("DYNO_CUDA_GEMV_SPLIT_K=2"), "{err}");
-        let dims = |nq: usize, head_dim: usize, inter: usize| Dims {
-            hidden: 576,
-            inter,
-            nq,
-            nkv: 3,
-            head_dim,
-            vocab: 1000,
-            layers: 1,
-            eps: 1e-5,
-            max_model_len: 512,
-        };
-        // smollm2-135m (query width 576, intermediate 1,536), qwen3-0.6b
-        // (2,048, 3,072), qwen2.5-0.5b (896, 4,864): whole 32-value slices.
-        assert!(dims(9, 64, 1536).gemv_split_k_fits());
-        assert!(dims(16, 128, 3072).gemv_split_k_fits());
-        assert!(dims(14, 64, 4864).gemv_split_k_fits());
-        assert!(!dims(9, 64, 1544).gemv_split_k_fits());
-        assert!(!dims(9, 40, 1536).gemv_split_k_fits());
+        assert!(gemv_split_k_fits(4864) && !gemv_split_k_fits(40 * 9));
     }
 
     #[test]
