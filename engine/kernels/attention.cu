@@ -351,11 +351,10 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gy, int gz
             __syncthreads();
         }
 #else
-        // The loop bound is uniform across the warp (shuffles need every lane).
-        for (int wbase = ub + warp * WARP_KEYS; wbase < ue; wbase += ATTN_WARPS * WARP_KEYS) {
+        // This lane's K and V rows of the iteration at warp base `wbase`.
+        auto load_keys = [&](int wbase, uint4 (&kraw)[KEYS_PER_ITER], uint4 (&vraw)[KEYS_PER_ITER],
+                             bool (&valid)[KEYS_PER_ITER]) {
             const int base = wbase + sub_in_warp * KEYS_PER_ITER;
-            uint4 kraw[KEYS_PER_ITER], vraw[KEYS_PER_ITER];
-            bool valid[KEYS_PER_ITER];
 #pragma unroll
             for (int v = 0; v < KEYS_PER_ITER; v++) {
                 const int pos = base + v;
@@ -366,8 +365,37 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gy, int gz
                 kraw[v] = lane_on ? *reinterpret_cast<const uint4*>(k_cache + off) : make_uint4(0, 0, 0, 0);
                 vraw[v] = lane_on ? *reinterpret_cast<const uint4*>(v_cache + off) : make_uint4(0, 0, 0, 0);
             }
+        };
+        constexpr int WARP_STRIDE = ATTN_WARPS * WARP_KEYS;
+        // The loop bound is uniform across the warp (shuffles need every lane).
+#if ATTN_PIPELINE
+        // The next iteration's rows are loaded before this one's keys are
+        // folded in, so a warp's loads stay in flight while it computes
+        // (twice the K/V registers). The same keys in the same order.
+        uint4 kraw[KEYS_PER_ITER], vraw[KEYS_PER_ITER];
+        bool valid[KEYS_PER_ITER];
+        int wbase = ub + warp * WARP_KEYS;
+        if (wbase < ue) load_keys(wbase, kraw, vraw, valid);
+        for (; wbase < ue; wbase += WARP_STRIDE) {
+            uint4 knext[KEYS_PER_ITER], vnext[KEYS_PER_ITER];
+            bool valid_next[KEYS_PER_ITER];
+            if (wbase + WARP_STRIDE < ue) load_keys(wbase + WARP_STRIDE, knext, vnext, valid_next);
+            attend_keys<G, LPT>(q, kraw, vraw, valid, m, l, acc);
+#pragma unroll
+            for (int v = 0; v < KEYS_PER_ITER; v++) {
+                kraw[v] = knext[v];
+                vraw[v] = vnext[v];
+                valid[v] = valid_next[v];
+            }
+        }
+#else
+        for (int wbase = ub + warp * WARP_KEYS; wbase < ue; wbase += WARP_STRIDE) {
+            uint4 kraw[KEYS_PER_ITER], vraw[KEYS_PER_ITER];
+            bool valid[KEYS_PER_ITER];
+            load_keys(wbase, kraw, vraw, valid);
             attend_keys<G, LPT>(q, kraw, vraw, valid, m, l, acc);
         }
+#endif
         if constexpr (UNITS) {
             // The rows this lane loads first in the next unit, on their way
             // to L2 while the block merges this one.

@@ -33,6 +33,17 @@
 #define ATTN_STAGED 2
 #endif
 
+// ATTN_PIPELINE (-D from kernels.rs; DYNO_CUDA_ATTN_PIPELINE there): the
+// unstaged sub-warp loop loads the next iteration's K and V rows into
+// registers before it folds in the current ones, so the loads overlap the
+// softmax (twice the K/V registers: at qwen3-0.6b's shape 113 instead of
+// 96, 4 blocks per SM instead of 5, and still +1.9 % offline on the H200).
+// Same keys, same order, same bits. Ignored by the tensor-core and staged
+// loops. 1 (the default) or 0.
+#ifndef ATTN_PIPELINE
+#define ATTN_PIPELINE 1
+#endif
+
 // 16 bytes global -> shared without passing through registers; `valid`
 // false zero-fills (no bytes read).
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {

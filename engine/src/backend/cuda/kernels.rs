@@ -63,6 +63,13 @@ pub struct AttentionTuning {
     /// it can run; `Some(false)` (0): never. Not bit-identical to the
     /// sub-warp loop (another summation order), within the same tolerances.
     pub mma: Option<bool>,
+    /// `DYNO_CUDA_ATTN_PIPELINE`: the unstaged sub-warp loop loads the next
+    /// iteration's K and V rows before it folds in the current ones (the
+    /// kernel's `ATTN_PIPELINE`): loads overlap the softmax, for twice the
+    /// K/V registers. The same keys in the same order, so the same bits.
+    /// `true` (unset or 1, the default: qwen3-0.6b offline +1.9 % on the
+    /// H200, docs/CUDA.md) or `false` (0).
+    pub pipeline: bool,
     /// The `attention_units` kernel's `__launch_bounds__` minimum blocks
     /// per SM (the kernel's `ATTN_UNITS_MIN_BLOCKS`). Not from the
     /// environment: `None` compiles it with `attention`'s bound, and the
@@ -78,6 +85,7 @@ impl Default for AttentionTuning {
             min_blocks: None,
             staged: None,
             mma: None,
+            pipeline: true,
             units_min_blocks: None,
         }
     }
@@ -92,6 +100,7 @@ impl AttentionTuning {
             std::env::var("DYNO_CUDA_ATTN_MIN_BLOCKS").ok().as_deref(),
             std::env::var("DYNO_CUDA_ATTN_STAGED").ok().as_deref(),
             std::env::var("DYNO_CUDA_ATTN_MMA").ok().as_deref(),
+            std::env::var("DYNO_CUDA_ATTN_PIPELINE").ok().as_deref(),
         )
     }
 
@@ -100,6 +109,7 @@ impl AttentionTuning {
         min_blocks: Option<&str>,
         staged: Option<&str>,
         mma: Option<&str>,
+        pipeline: Option<&str>,
     ) -> Result<Self, BackendError> {
         let mut t = AttentionTuning::default();
         let switch = |name: &str, text: &str| match text.trim() {
@@ -114,6 +124,9 @@ impl AttentionTuning {
         }
         if let Some(text) = mma {
             t.mma = Some(switch("DYNO_CUDA_ATTN_MMA", text)?);
+        }
+        if let Some(text) = pipeline {
+            t.pipeline = switch("DYNO_CUDA_ATTN_PIPELINE", text)?;
         }
         if let Some(text) = keys {
             t.keys_per_iter = match text.trim().parse::<usize>() {
@@ -139,12 +152,13 @@ impl AttentionTuning {
     }
 
     /// The `-D` options the kernel is compiled with.
-    pub fn defines(&self) -> [String; 5] {
+    pub fn defines(&self) -> [String; 6] {
         [
             format!("-DATTN_KEYS_PER_ITER={}", self.keys_per_iter),
             format!("-DATTN_MIN_BLOCKS={}", self.min_blocks.unwrap_or(0)),
             format!("-DATTN_STAGED={}", self.staged.map_or(2, u8::from)),
             format!("-DATTN_MMA={}", self.mma.map_or(2, u8::from)),
+            format!("-DATTN_PIPELINE={}", u8::from(self.pipeline)),
             format!(
                 "-DATTN_UNITS_MIN_BLOCKS={}",
                 self.units_min_blocks.unwrap_or(0)
@@ -530,7 +544,7 @@ mod tests {
 
     #[test]
     fn attention_tuning_comes_from_the_environment_and_bad_values_are_named() {
-        let d = AttentionTuning::from_values(None, None, None, None).unwrap();
+        let d = AttentionTuning::from_values(None, None, None, None, None).unwrap();
         assert_eq!(d, AttentionTuning::default());
         assert_eq!(
             d.defines(),
@@ -539,28 +553,62 @@ mod tests {
                 "-DATTN_MIN_BLOCKS=0",
                 "-DATTN_STAGED=2",
                 "-DATTN_MMA=2",
+                "-DATTN_PIPELINE=1",
                 "-DATTN_UNITS_MIN_BLOCKS=0"
             ]
         );
-        let t = AttentionTuning::from_values(Some("1"), Some(" 5 "), Some("1"), Some("0")).unwrap();
+        let t =
+            AttentionTuning::from_values(Some("1"), Some(" 5 "), Some("1"), Some("0"), Some("0"))
+                .unwrap();
         assert_eq!(
             (t.keys_per_iter, t.min_blocks, t.staged, t.mma),
             (1, Some(5), Some(true), Some(false))
         );
         assert_eq!(t.defines()[2], "-DATTN_STAGED=1");
         assert_eq!(t.defines()[3], "-DATTN_MMA=0");
-        let t = AttentionTuning::from_values(None, None, None, Some(" 1")).unwrap();
+        assert!(!t.pipeline);
+        assert_eq!(t.defines()[4], "-DATTN_PIPELINE=0");
+        let t = AttentionTuning::from_values(None, None, None, Some(" 1"), None).unwrap();
         assert_eq!(t.mma, Some(true));
         assert_eq!(t.defines()[3], "-DATTN_MMA=1");
-        for (keys, blocks, staged, mma, var) in [
-            (Some("3"), None, None, None, "DYNO_CUDA_ATTN_KEYS=3"),
-            (Some("x"), None, None, None, "DYNO_CUDA_ATTN_KEYS=x"),
-            (None, Some("0"), None, None, "DYNO_CUDA_ATTN_MIN_BLOCKS=0"),
-            (None, Some("17"), None, None, "DYNO_CUDA_ATTN_MIN_BLOCKS=17"),
-            (None, None, Some("yes"), None, "DYNO_CUDA_ATTN_STAGED=yes"),
-            (None, None, None, Some("2"), "DYNO_CUDA_ATTN_MMA=2"),
+        for (keys, blocks, staged, mma, pipeline, var) in [
+            (Some("3"), None, None, None, None, "DYNO_CUDA_ATTN_KEYS=3"),
+            (Some("x"), None, None, None, None, "DYNO_CUDA_ATTN_KEYS=x"),
+            (
+                None,
+                Some("0"),
+                None,
+                None,
+                None,
+                "DYNO_CUDA_ATTN_MIN_BLOCKS=0",
+            ),
+            (
+                None,
+                Some("17"),
+                None,
+                None,
+                None,
+                "DYNO_CUDA_ATTN_MIN_BLOCKS=17",
+            ),
+            (
+                None,
+                None,
+                Some("yes"),
+                None,
+                None,
+                "DYNO_CUDA_ATTN_STAGED=yes",
+            ),
+            (None, None, None, Some("2"), None, "DYNO_CUDA_ATTN_MMA=2"),
+            (
+                None,
+                None,
+                None,
+                None,
+                Some("on"),
+                "DYNO_CUDA_ATTN_PIPELINE=on",
+            ),
         ] {
-            let e = AttentionTuning::from_values(keys, blocks, staged, mma)
+            let e = AttentionTuning::from_values(keys, blocks, staged, mma, pipeline)
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(var), "{e}");

@@ -333,7 +333,12 @@ mod tests {
             min_blocks: Some(min_blocks),
             staged: Some(staged),
             mma: Some(false),
+            pipeline: true,
             units_min_blocks: None,
+        };
+        let unpipelined = |keys| AttentionTuning {
+            pipeline: false,
+            ..tuned(keys, 1, false)
         };
         // Staged sub-warp loop: two iterations of K and V rows (4 warps of
         // 32 / lanes-per-key sub-warps, keys_per_iter keys each) past the
@@ -380,6 +385,12 @@ mod tests {
                 (128, 2, tuned(2, 1, true)),
                 (80, 13, tuned(2, 1, true)),
                 (256, 8, tuned(2, 1, true)),
+                // The sub-warp loop without its pipelining at qwen3's and
+                // smollm2's head dims, and the widest.
+                (128, 2, unpipelined(1)),
+                (128, 2, unpipelined(2)),
+                (64, 3, unpipelined(2)),
+                (256, 8, unpipelined(2)),
             ]
             .map(|(hd, g, attention)| subwarp(hd, g, attention)),
         );
