@@ -137,7 +137,7 @@ __device__ __forceinline__ void prefetch_rows_l2(const bf16* k_cache, const bf16
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         const int rest = i >> 1, key = begin + rest / LINES, line = rest % LINES;
         const long slot = (long)table[key / block_size] * block_size + key % block_size;
-        const bf16* row = ((i & 1) ? v_cache : k_cache) + (slot * nkv + kvh) * HD;
+        const bf16* row = ((i & 1) ? v_cache : k_cache) + kv_row(slot, kvh, nkv, HD);
         asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(row) +
                                                       line * 128));
     }
@@ -317,7 +317,7 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gy, int gz
                 const bool ok = pos < ue;
                 const int p = ok ? pos : ub;
                 const long slot = (long)table[p / block_size] * block_size + (p % block_size);
-                const long off = (slot * nkv + kvh) * HD + piece * 8;
+                const long off = kv_row(slot, kvh, nkv, HD) + piece * 8;
                 cp_async16(dst + r * HD + piece * 8, k_cache + off, ok);
                 cp_async16(dst + STAGE_ELEMS + r * HD + piece * 8, v_cache + off, ok);
             }
@@ -361,7 +361,7 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gy, int gz
                 valid[v] = pos < ue;
                 const int p = valid[v] ? pos : ub;
                 const long slot = (long)table[p / block_size] * block_size + (p % block_size);
-                const long off = (slot * nkv + kvh) * HD + sl * 8;
+                const long off = kv_row(slot, kvh, nkv, HD) + sl * 8;
                 kraw[v] = lane_on ? *reinterpret_cast<const uint4*>(k_cache + off) : make_uint4(0, 0, 0, 0);
                 vraw[v] = lane_on ? *reinterpret_cast<const uint4*>(v_cache + off) : make_uint4(0, 0, 0, 0);
             }
@@ -404,7 +404,7 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gy, int gz
                 const int pos = ue + warp * WARP_KEYS + sub_in_warp * KEYS_PER_ITER + v;
                 if (lane_on && pos < end) {
                     const long slot = (long)table[pos / block_size] * block_size + (pos % block_size);
-                    const long off = (slot * nkv + kvh) * HD + sl * 8;
+                    const long off = kv_row(slot, kvh, nkv, HD) + sl * 8;
                     asm volatile("prefetch.global.L2 [%0];\n" ::"l"(k_cache + off));
                     asm volatile("prefetch.global.L2 [%0];\n" ::"l"(v_cache + off));
                 }

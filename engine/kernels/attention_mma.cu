@@ -171,7 +171,7 @@ __device__ __forceinline__ void attend_split_mma(
         for (int q = lane; q < Stage::ROWS * PIECES; q += 32) {
             const int r = q / PIECES, piece = q % PIECES;
             const int pos = tile_base + r;
-            const long off = (slot_of(pos) * nkv + kvh) * HD + piece * 8;
+            const long off = kv_row(slot_of(pos), kvh, nkv, HD) + piece * 8;
             cp_async16(dst + r * Stage::ROW + piece * 8, k_cache + off, pos < stage_end);
             cp_async16(dst + (Stage::ROWS + r) * Stage::ROW + piece * 8, v_cache + off,
                        pos < stage_end);
@@ -201,8 +201,8 @@ __device__ __forceinline__ void attend_split_mma(
         // Spelled out rather than through a lambda, so that the loads
         // keep the read-only path (ld.global.nc) that the restrict
         // pointers give.
-#define ATTN_K_ROW(key) (k_cache + (slot_of(key) * nkv + kvh) * HD)
-#define ATTN_V_ROW(key) (v_cache + (slot_of(key) * nkv + kvh) * HD)
+#define ATTN_K_ROW(key) (k_cache + kv_row(slot_of(key), kvh, nkv, HD))
+#define ATTN_V_ROW(key) (v_cache + kv_row(slot_of(key), kvh, nkv, HD))
 #endif
         // K: B operand of n-tile j, key base + 8j + g (n-slot g).
         unsigned kw[KT][KW];

@@ -38,6 +38,31 @@ __device__ __forceinline__ void pdl_launch() {
 #endif
 }
 
+// The KV cache's layout (-DKV_HEAD_MAJOR, -DKV_BLOCK_SIZE from
+// kernels.rs's KvLayout; DYNO_CUDA_KV_LAYOUT there): the element offset of
+// KV head kvh's row for cache slot `slot` (slot = block * block size +
+// position in the block), in one layer's K (or V) array. Slot-major (the
+// default): [slot][kv head][head dim], a slot's heads side by side, so
+// consecutive keys of one head lie nkv rows apart. Head-major: [block][kv
+// head][position][head dim], so one head's rows of a block are contiguous
+// (block size x head dim x 2 bytes) and attention reads them in one run.
+// Every kernel that reads or writes the cache computes its rows here.
+#ifndef KV_HEAD_MAJOR
+#define KV_HEAD_MAJOR 0
+#endif
+#if KV_HEAD_MAJOR && !defined(KV_BLOCK_SIZE)
+#error "the head-major KV layout needs -DKV_BLOCK_SIZE"
+#endif
+__device__ __forceinline__ long kv_row(long slot, int kvh, int nkv, int hd) {
+#if KV_HEAD_MAJOR
+    const long block = slot / KV_BLOCK_SIZE;
+    const long pos = slot - block * KV_BLOCK_SIZE;
+    return ((block * nkv + kvh) * KV_BLOCK_SIZE + pos) * hd;
+#else
+    return (slot * nkv + kvh) * hd;
+#endif
+}
+
 // Activations (residual, q/k/v, the KV cache, product inputs) are read
 // through ACT_RESTRICT pointers: __restrict__ in kernels of their own, so
 // the compiler may load them through the read-only cache; nothing in

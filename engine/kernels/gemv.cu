@@ -314,7 +314,7 @@ __device__ void norm_qkv_rope_cache_block(
                 qkv + (long)t * width + head * HD, nullptr, is_q ? q_norm : k_norm,
                 is_q ? HEAD_Q : HEAD_K,
                 [&](int j) { return first ? head_cs[j] : row[lane + 32 * j]; },
-                is_q ? nullptr : k_cache + (s_t * nkv + head - nq) * HD, eps);
+                is_q ? nullptr : k_cache + kv_row(s_t, head - nq, nkv, HD), eps);
         }
         return;
     }
@@ -338,7 +338,7 @@ __device__ void norm_qkv_rope_cache_block(
             bf16* cache = is_k ? k_cache : v_cache;
             const int kvh = is_k ? head - nq : head - nq - nkv;
             const int s_t = t < GEMV_EARLY_T ? slot[t < GEMV_EARLY_T ? t : 0] : slots[t];
-            bf16* dst = cache + ((long)s_t * nkv + kvh) * HD + i;
+            bf16* dst = cache + kv_row(s_t, kvh, nkv, HD) + i;
             dst[0] = __float2bfloat16(x0);
             dst[HD / 2] = __float2bfloat16(x1);
         }

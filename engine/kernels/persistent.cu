@@ -152,7 +152,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, PERSIST_MIN_BLOCKS
     const int residual_blocks = cdiv(hidden, GEMV_WARPS * GEMV_ROWS);
     // Layer li's K (V) is layer 0's plus li times the distance from layer
     // 0's K to layer 1's, which is twice the distance from K to V
-    // (kv_pool.rs: [layer][K | V][slot][kv head][head dim]).
+    // (kv_pool.rs: [layer][K | V], each array laid out by kv_row).
     const long kv_layer = 2 * (v_cache - k_cache);
     pdl_wait();  // the embedding kernel's residual
     for (int li = 0; li < nlayers; li++) {

@@ -100,8 +100,8 @@ __device__ void qkv_rope_cache_impl(float* __restrict__ qkv, const bf16* __restr
     const auto cs = [&](int j) { return cs_row[lane + 32 * j]; };
     for (int hd = warp; hd < heads; hd += warps) {
         const int kind = hd < nq ? HEAD_Q : hd < nq + nkv ? HEAD_K : HEAD_V;
-        bf16* dst = kind == HEAD_K   ? k_cache + (slot * nkv + (hd - nq)) * HD
-                    : kind == HEAD_V ? v_cache + (slot * nkv + (hd - nq - nkv)) * HD
+        bf16* dst = kind == HEAD_K   ? k_cache + kv_row(slot, hd - nq, nkv, HD)
+                    : kind == HEAD_V ? v_cache + kv_row(slot, hd - nq - nkv, nkv, HD)
                                      : nullptr;
         rope_cache_head<HD, false>(qkv + ((long)t * heads + hd) * HD, bias ? bias + hd * HD : nullptr,
                                    kind == HEAD_Q ? q_norm : kind == HEAD_K ? k_norm : nullptr,

@@ -37,9 +37,14 @@ impl Dims {
         self.nkv * attention_group_chunks(self.nq / self.nkv)
     }
 
-    pub fn kernel_shape(&self, attention: super::kernels::AttentionTuning) -> KernelShape {
+    pub fn kernel_shape(
+        &self,
+        attention: super::kernels::AttentionTuning,
+        kv_layout: super::kernels::KvLayout,
+    ) -> KernelShape {
         KernelShape {
             attention,
+            kv_layout,
             head_dim: self.head_dim,
             group: self.nq / self.nkv,
             hidden: self.hidden,

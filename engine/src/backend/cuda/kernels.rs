@@ -167,6 +167,64 @@ impl AttentionTuning {
     }
 }
 
+/// How the KV cache lays out one layer's K (or V) rows (`kv_row` in
+/// common.cuh): `DYNO_CUDA_KV_LAYOUT=slot` (unset, the default) or `head`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvLayout {
+    /// `[slot][kv head][head dim]`: a slot's heads side by side, so one
+    /// head's consecutive keys lie `nkv` rows apart.
+    #[default]
+    SlotMajor,
+    /// `[block][kv head][position][head dim]`: one head's rows of a block
+    /// contiguous, so attention reads a head's keys in runs of
+    /// `block_size` rows. The block size is compiled in.
+    HeadMajor { block_size: usize },
+}
+
+impl KvLayout {
+    /// The layout `DYNO_CUDA_KV_LAYOUT` names for blocks of `block_size`
+    /// tokens; another value is an error naming the variable.
+    pub fn from_env(block_size: usize) -> Result<Self, BackendError> {
+        Self::parse(
+            std::env::var("DYNO_CUDA_KV_LAYOUT").ok().as_deref(),
+            block_size,
+        )
+    }
+
+    fn parse(text: Option<&str>, block_size: usize) -> Result<Self, BackendError> {
+        match text.map(str::trim) {
+            None | Some("slot") => Ok(KvLayout::SlotMajor),
+            Some("head") if block_size.is_power_of_two() => Ok(KvLayout::HeadMajor { block_size }),
+            Some("head") => Err(BackendError::Cuda(format!(
+                "DYNO_CUDA_KV_LAYOUT=head: the block size ({block_size}) must be a power of two"
+            ))),
+            Some(other) => Err(BackendError::Cuda(format!(
+                "DYNO_CUDA_KV_LAYOUT={other}: expected slot or head"
+            ))),
+        }
+    }
+
+    /// Whether a KV cache of blocks of `block_size` tokens can use this
+    /// layout's kernels (head-major compiles the block size in).
+    pub fn fits_block_size(&self, block_size: usize) -> bool {
+        match self {
+            KvLayout::SlotMajor => true,
+            KvLayout::HeadMajor { block_size: b } => *b == block_size,
+        }
+    }
+
+    /// The `-D` options the kernels are compiled with.
+    pub fn defines(&self) -> Vec<String> {
+        match self {
+            KvLayout::SlotMajor => vec!["-DKV_HEAD_MAJOR=0".into()],
+            KvLayout::HeadMajor { block_size } => vec![
+                "-DKV_HEAD_MAJOR=1".into(),
+                format!("-DKV_BLOCK_SIZE={block_size}"),
+            ],
+        }
+    }
+}
+
 /// Widest head dim the kernels support (any multiple of 8 up to it: 64,
 /// 80, 96, 128, 256 ...): the attention kernel gives a key at most one warp.
 pub const MAX_HEAD_DIM: usize = 256;
@@ -541,6 +599,28 @@ impl Attention {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kv_layout_is_slot_major_unless_asked_and_bad_values_are_named() {
+        assert_eq!(KvLayout::parse(None, 16).unwrap(), KvLayout::SlotMajor);
+        assert_eq!(
+            KvLayout::parse(Some("slot"), 16).unwrap(),
+            KvLayout::SlotMajor
+        );
+        let head = KvLayout::parse(Some(" head "), 16).unwrap();
+        assert_eq!(head, KvLayout::HeadMajor { block_size: 16 });
+        assert_eq!(head.defines(), ["-DKV_HEAD_MAJOR=1", "-DKV_BLOCK_SIZE=16"]);
+        assert_eq!(KvLayout::SlotMajor.defines(), ["-DKV_HEAD_MAJOR=0"]);
+        assert!(head.fits_block_size(16) && !head.fits_block_size(32));
+        assert!(KvLayout::SlotMajor.fits_block_size(32));
+        let e = KvLayout::parse(Some("head"), 24).unwrap_err().to_string();
+        assert!(
+            e.contains("DYNO_CUDA_KV_LAYOUT=head") && e.contains("24"),
+            "{e}"
+        );
+        let e = KvLayout::parse(Some("hnd"), 16).unwrap_err().to_string();
+        assert!(e.contains("DYNO_CUDA_KV_LAYOUT=hnd"), "{e}");
+    }
 
     #[test]
     fn attention_tuning_comes_from_the_environment_and_bad_values_are_named() {

@@ -1,7 +1,10 @@
-//! The paged KV cache: one allocation made once, laid out
-//! `[layer][K | V][slot][kv_head][head_dim]` in bf16, where a slot is
-//! `block * block_size + offset`. One extra block at the end is the trash
-//! block that padded graph entries write into; the scheduler never sees it.
+//! The paged KV cache: one allocation made once, `[layer][K | V]` arrays
+//! of bf16 whose rows the kernels place by `kernels::KvLayout` (`kv_row`
+//! in common.cuh): `[slot][kv_head][head_dim]` by default, where a slot is
+//! `block * block_size + offset`, or `[block][kv_head][offset][head_dim]`.
+//! Either way a layer's array is `(num_blocks + 1) * block_size` rows of
+//! every head. One extra block at the end is the trash block that padded
+//! graph entries write into; the scheduler never sees it.
 
 use std::sync::Arc;
 

@@ -69,6 +69,8 @@ pub struct CudaBackend {
     meta_host: PinnedBuffer<u32>,
     sampled_host: PinnedBuffer<u32>,
     enforce_eager: bool,
+    /// The KV cache layout the kernels were compiled for.
+    kv_layout: kernels::KvLayout,
     max_num_seqs: usize,
     /// `max_num_seqs` for configs that leave it at 0, on this GPU.
     auto_max_num_seqs: usize,
@@ -107,7 +109,8 @@ impl CudaBackend {
         let max_num_seqs = cfg.effective_max_num_seqs(auto_max_num_seqs);
         let dims = dims_of(config, cfg)?;
         let tuning = kernels::AttentionTuning::from_env()?;
-        let mut module = nvrtc::load(&ctx, dims.kernel_shape(tuning), &[])?;
+        let kv_layout = kernels::KvLayout::from_env(cfg.block_size)?;
+        let mut module = nvrtc::load(&ctx, dims.kernel_shape(tuning, kv_layout), &[])?;
         if cfg.batch_invariant {
             // attention_units (the knob's large steps) loops over units and
             // may need more registers than attention; where that costs
@@ -124,7 +127,7 @@ impl CudaBackend {
                     units_min_blocks: Some(split as usize),
                     ..tuning
                 };
-                module = nvrtc::load(&ctx, dims.kernel_shape(bounded), &[])?;
+                module = nvrtc::load(&ctx, dims.kernel_shape(bounded, kv_layout), &[])?;
             }
         }
         // Programmatic dependent launch needs Hopper (sm_90) or newer;
@@ -149,7 +152,7 @@ impl CudaBackend {
             (true, None) => match persistent::PersistentDecode::build(
                 &ctx,
                 &stream,
-                dims.kernel_shape(tuning),
+                dims.kernel_shape(tuning, kv_layout),
                 &weights,
                 sm_count,
                 persistent_settings.blocks_per_sm,
@@ -263,6 +266,7 @@ impl CudaBackend {
             meta_host,
             sampled_host,
             enforce_eager: cfg.enforce_eager,
+            kv_layout,
             max_num_seqs,
             auto_max_num_seqs,
             device_name: props.name,
@@ -578,6 +582,13 @@ impl Backend for CudaBackend {
         if num_blocks == 0 || !block_size.is_power_of_two() {
             return Err(BackendError::InvalidBatch(format!(
                 "KV cache of {num_blocks} blocks of {block_size} tokens"
+            )));
+        }
+        if !self.kv_layout.fits_block_size(block_size) {
+            return Err(BackendError::InvalidBatch(format!(
+                "KV cache of blocks of {block_size} tokens, but the kernels were built for \
+                 {:?} (DYNO_CUDA_KV_LAYOUT=head compiles the engine's block_size in)",
+                self.kv_layout
             )));
         }
         let d = self.runner.dims;

@@ -54,6 +54,8 @@ pub struct KernelShape {
     pub inter: usize,
     /// The attention kernel's register/work trade-off (`kernels::AttentionTuning`).
     pub attention: super::kernels::AttentionTuning,
+    /// The KV cache's layout (`kernels::KvLayout`).
+    pub kv_layout: super::kernels::KvLayout,
 }
 
 /// Folders that may hold `cuda_bf16.h`, in the order they are tried:
@@ -193,6 +195,7 @@ pub fn compile(
         ]
         .into_iter()
         .chain(shape.attention.defines())
+        .chain(shape.kv_layout.defines())
         .chain(launch_constants())
         .chain(extra_defines.iter().cloned())
         .collect(),
@@ -290,6 +293,7 @@ mod tests {
                 qdim,
                 inter,
                 attention: Default::default(),
+                kv_layout: Default::default(),
             };
             let src = compile(&include, (9, 0), shape, &[]).unwrap().to_src();
             use super::super::kernels::{KERNEL_NAMES, PERSISTENT_KERNEL};
@@ -424,6 +428,7 @@ mod tests {
                 qdim: hd * g,
                 inter: 1536,
                 attention,
+                kv_layout: Default::default(),
             };
             match error {
                 None => {
@@ -439,6 +444,24 @@ mod tests {
                         .to_string();
                     assert!(e.contains(text), "hd {hd} g {g} {attention:?}: {e}");
                 }
+            }
+        }
+        // The head-major KV layout, with either attention loop (head dim 64:
+        // tensor cores, 128: sub-warps) and the persistent program.
+        use super::super::kernels::KvLayout;
+        for (hd, g) in [(64, 3), (128, 2)] {
+            let shape = KernelShape {
+                head_dim: hd,
+                group: g,
+                hidden: 576,
+                qdim: hd * g,
+                inter: 1536,
+                attention: Default::default(),
+                kv_layout: KvLayout::HeadMajor { block_size: 16 },
+            };
+            for extra in [vec![], super::super::persistent::defines()] {
+                let src = compile(&include, (9, 0), shape, &extra).unwrap().to_src();
+                assert!(!src.contains(".local"), "hd {hd} head-major: local memory");
             }
         }
     }
