@@ -322,6 +322,54 @@ mod tests {
         );
     }
 
+    /// Every `"DYNO_..."` name in the engine's sources (the variables it
+    /// reads; the kernels' `-D` options are spelled `-DDYNO_...`) is in the
+    /// contract, as a switch or as one of the listed non-switches, and
+    /// every listed name is still read somewhere.
+    #[test]
+    fn the_env_switch_contract_lists_every_variable_the_engine_reads() {
+        fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    rust_files(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push(path);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        rust_files(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        let mut read = std::collections::BTreeSet::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap();
+            // Spelled in two pieces so that this line is not a match.
+            for (at, _) in text.match_indices(concat!("\"DYNO", "_")) {
+                let name: String = text[at + 1..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                if text[at + 1 + name.len()..].starts_with('"') {
+                    read.insert(name);
+                }
+            }
+        }
+        use workloads::engine_knobs::{ENV_NOT_SWITCHES, ENV_SWITCHES};
+        let listed: std::collections::BTreeSet<String> = ENV_SWITCHES
+            .iter()
+            .chain(ENV_NOT_SWITCHES)
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            read, listed,
+            "update workloads::engine_knobs::ENV_SWITCHES (or ENV_NOT_SWITCHES)"
+        );
+        assert!(ENV_SWITCHES.iter().all(|s| !ENV_NOT_SWITCHES.contains(s)));
+    }
+
     #[test]
     fn validate_rejects_bad_values() {
         let cfg = EngineConfig {

@@ -71,6 +71,35 @@ pub fn is_default(knobs: &toml::Table) -> bool {
     effective(knobs) == defaults()
 }
 
+/// The engine's environment switches: variables it reads when it starts
+/// that change which kernels run, or how (docs/CUDA.md describes each).
+/// They are engine settings outside `engine.toml`, so the pipeline records
+/// the ones an engine process gets (the run fingerprint's `engine_env`),
+/// and a run made with one is judged only against runs made with the same.
+/// The engine's tests check this list against every `DYNO_` variable its
+/// sources name, less [`ENV_NOT_SWITCHES`].
+pub const ENV_SWITCHES: &[&str] = &[
+    "DYNO_CUDA_ATTN_KEYS",
+    "DYNO_CUDA_ATTN_MIN_BLOCKS",
+    "DYNO_CUDA_ATTN_MMA",
+    "DYNO_CUDA_ATTN_PIPELINE",
+    "DYNO_CUDA_ATTN_STAGED",
+    "DYNO_CUDA_GEMV_SPLIT_K",
+    "DYNO_CUDA_INVARIANT_ONE_BLOCK",
+    "DYNO_CUDA_KV_LAYOUT",
+    "DYNO_CUDA_PDL",
+    "DYNO_CUDA_PERSISTENT",
+    "DYNO_CUDA_PERSISTENT_BLOCKS_PER_SM",
+    "DYNO_CUDA_QK_NORM_FUSED",
+    "DYNO_CUDA_SPLIT_KEYS",
+    "DYNO_INVARIANT_PRODUCTS",
+    "DYNO_PROFILE_DECODE_STEPS",
+];
+
+/// `DYNO_` variables the engine reads that are not switches: the server's
+/// API key (a secret, never recorded) and the tests' demand for NVRTC.
+pub const ENV_NOT_SWITCHES: &[&str] = &["DYNO_API_KEY", "DYNO_REQUIRE_NVRTC"];
+
 /// Exit code of `engine bench` when the engine config is rejected (a knob
 /// out of range, a value of the wrong type, an unknown knob).
 pub const EXIT_INVALID_CONFIG: i32 = 3;

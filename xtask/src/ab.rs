@@ -26,7 +26,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::bench::{exit_code, store_partial, trial_line, TrialRunner};
 use crate::cli::BenchArgs;
 use crate::compare::verdict::Policy;
-use crate::compare::{compare_runs, report};
+use crate::compare::{compare_runs, report, varied_by_session};
 use crate::fingerprint::{self, BuildInfo};
 use crate::progress::Progress;
 use crate::run_record::{AbSide, Interleaved, RunRecord, SourceFingerprint};
@@ -322,6 +322,7 @@ pub(crate) fn run_session(
         if let Some(source) = &side.source {
             run.fingerprint.source = source.clone();
         }
+        run.fingerprint.engine_env = fingerprint::engine_env(&side.env);
         run.interleaved = Some(Interleaved {
             session: session.clone(),
             side: which,
@@ -403,15 +404,10 @@ pub(crate) fn run_session(
         short_id(&a_id),
         short_id(&b_id)
     );
-    let across: Vec<String> = if plan.a.overrides != plan.b.overrides {
-        vec!["engine_config".to_string()]
-    } else {
-        Vec::new()
-    };
     let comparison = compare_runs(
         (&a_id, &run_a),
         (&b_id, &run_b),
-        &across,
+        &varied_by_session(&run_a, &run_b),
         &Policy::default(),
     )?;
     println!();

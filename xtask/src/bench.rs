@@ -182,7 +182,7 @@ fn run_models(
         // Over HTTP: the trials drive the server, and the run's fingerprint
         // names it.
         runner.http = http.map(|h| &h.driver);
-        header.fingerprint.target = http.map(|h| h.fingerprint.clone());
+        name_the_target(&mut header, http);
         if let Some(plan) = setup.ab_plan {
             let ab = crate::ab::run_session(plan, &runner, header, &planned, store)?;
             code = code.max(ab.code);
@@ -287,6 +287,9 @@ pub struct BenchContext {
     pub gpus: Vec<GpuFingerprint>,
     pub source: SourceFingerprint,
     pub host: HostFingerprint,
+    /// The engine's environment switches this process passes on to every
+    /// engine it starts (`fingerprint::engine_env`).
+    pub engine_env: BTreeMap<String, String>,
     pub results: PathBuf,
     pub store: Store,
     pub timeout: Duration,
@@ -355,6 +358,12 @@ impl BenchContext {
         }
         let source = fingerprint::source(root, &engine, &build);
         let host = fingerprint::host();
+        let engine_env = fingerprint::engine_env(&BTreeMap::new());
+        if !engine_env.is_empty() {
+            warnings::emit(&Warning::EngineSwitchesInEnvironment {
+                switches: engine_env.clone(),
+            });
+        }
         let results = choice
             .results
             .clone()
@@ -379,6 +388,7 @@ impl BenchContext {
             gpus,
             source,
             host,
+            engine_env,
             results,
             store,
             timeout: Duration::from_secs_f64(choice.timeout_s.max(0.001)),
@@ -434,6 +444,7 @@ impl BenchContext {
             model: resolved.model.name.clone(),
             model_hash: resolved.hash.clone(),
             target: None,
+            engine_env: self.engine_env.clone(),
         };
         let created_at = chrono::Utc::now();
         let runner = TrialRunner {
@@ -486,9 +497,21 @@ impl BenchContext {
     ) -> anyhow::Result<BenchOutcome> {
         let mut run = self.prepare_run(model_name, specs, options)?;
         run.runner.http = http.map(|h| &h.driver);
-        run.header.fingerprint.target = http.map(|h| h.fingerprint.clone());
+        name_the_target(&mut run.header, http);
         run.runner
             .run_all(run.header, &run.planned, &self.store, progress)
+    }
+}
+
+/// Over HTTP the run's fingerprint names the server. One the pipeline did
+/// not start itself (`--target`, with or without `--launch`) is described
+/// by its own answers and launch command, not by the engine switches of
+/// this environment, which reach it only when it happens to be this
+/// engine started by `--launch`.
+fn name_the_target(header: &mut RunRecord, http: Option<&HttpSetup>) {
+    header.fingerprint.target = http.map(|h| h.fingerprint.clone());
+    if http.is_some_and(|h| h.driver.fixed.is_some()) {
+        header.fingerprint.engine_env.clear();
     }
 }
 

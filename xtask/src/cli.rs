@@ -301,7 +301,8 @@ pub struct CompareArgs {
     #[arg(long)]
     pub no_step_summary: bool,
     /// Compare two runs although this class field differs (repeatable; e.g.
-    /// `engine_config` to measure a config change). Never for baselines.
+    /// `engine_config` to measure a config change, `engine_env` an engine
+    /// environment switch). Never for baselines.
     #[arg(long, value_name = "FIELD", requires = "candidate")]
     pub across: Vec<String>,
 }

@@ -2,6 +2,7 @@
 //! toolchain, host, GPUs. What cannot be read is recorded as "unknown" rather
 //! than guessed (a GPU machine without cargo has no rustc to ask).
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
@@ -43,6 +44,29 @@ impl BuildInfo {
         }
         build
     }
+}
+
+/// The engine's environment switches its processes get: each of
+/// `workloads::engine_knobs::ENV_SWITCHES` that `explicit` (an A/B side's
+/// `--a-env`/`--b-env`) sets, else that this process's environment
+/// (inherited by every engine it starts) sets.
+pub fn engine_env(explicit: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    engine_env_from(explicit, |name| {
+        std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+    })
+}
+
+fn engine_env_from(
+    explicit: &BTreeMap<String, String>,
+    inherited: impl Fn(&str) -> Option<String>,
+) -> BTreeMap<String, String> {
+    workloads::engine_knobs::ENV_SWITCHES
+        .iter()
+        .filter_map(|name| {
+            let value = explicit.get(*name).cloned().or_else(|| inherited(name))?;
+            Some((name.to_string(), value))
+        })
+        .collect()
 }
 
 pub fn source(repo_root: &Path, engine_bin: &Path, build: &BuildInfo) -> SourceFingerprint {
@@ -200,6 +224,33 @@ fn os_name(os_release: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engine_env_keeps_the_switches_an_explicit_value_wins() {
+        let inherited = |name: &str| match name {
+            "DYNO_CUDA_ATTN_MMA" => Some("0".to_string()),
+            "DYNO_CUDA_PDL" => Some("0".to_string()),
+            "DYNO_API_KEY" => Some("secret".to_string()),
+            _ => None,
+        };
+        let explicit: BTreeMap<String, String> = [
+            ("DYNO_CUDA_PDL".to_string(), "1".to_string()),
+            ("DYNO_CUDA_KV_LAYOUT".to_string(), "head".to_string()),
+            ("RUST_LOG".to_string(), "debug".to_string()),
+        ]
+        .into();
+        let env = engine_env_from(&explicit, inherited);
+        let expected: BTreeMap<String, String> = [
+            ("DYNO_CUDA_ATTN_MMA", "0"),
+            ("DYNO_CUDA_KV_LAYOUT", "head"),
+            ("DYNO_CUDA_PDL", "1"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+        // Not the API key (not a switch, and a secret), not RUST_LOG.
+        assert_eq!(env, expected);
+        assert!(engine_env_from(&BTreeMap::new(), |_| None).is_empty());
+    }
 
     #[test]
     fn parses_proc_files() {

@@ -33,6 +33,7 @@ pub fn cpu_fingerprint() -> Fingerprint {
         model: "tiny".into(),
         model_hash: "m1".into(),
         target: None,
+        engine_env: BTreeMap::new(),
     }
 }
 

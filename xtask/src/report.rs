@@ -191,6 +191,14 @@ pub fn print_summary(run: &RunRecord, run_id: &str) {
             .unwrap_or("none"),
         if f.source.git_dirty { " (dirty)" } else { "" }
     );
+    if !f.engine_env.is_empty() {
+        let switches: Vec<String> = f
+            .engine_env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!("engine switches: {}", switches.join(" "));
+    }
     for w in &run.workloads {
         let ok = w
             .trials

@@ -64,6 +64,12 @@ pub struct Fingerprint {
     /// (`--target` / `--serve`); absent for in-process `engine bench` runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<TargetFingerprint>,
+    /// The engine's environment switches (`workloads::engine_knobs::
+    /// ENV_SWITCHES`, e.g. `DYNO_CUDA_ATTN_MMA=0`) its processes ran with:
+    /// inherited from the shell or set for an A/B side. Absent when none
+    /// was set, and for a server the pipeline did not start.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub engine_env: BTreeMap<String, String>,
 }
 
 /// An OpenAI-compatible server as the client saw it. No credentials: the

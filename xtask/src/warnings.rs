@@ -129,6 +129,11 @@ pub enum Warning {
     TargetUnhealthy {
         url: String,
     },
+    /// Engine environment switches (`DYNO_CUDA_*`, ...) are set in this
+    /// process's environment, so every engine it starts gets them.
+    EngineSwitchesInEnvironment {
+        switches: std::collections::BTreeMap<String, String>,
+    },
 }
 
 impl fmt::Display for Warning {
@@ -297,6 +302,14 @@ impl fmt::Display for Warning {
                 f,
                 "{url}/health did not answer 200; running anyway (use --launch to start the server and wait for it)"
             ),
+            Warning::EngineSwitchesInEnvironment { switches } => {
+                let list: Vec<String> = switches.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                write!(
+                    f,
+                    "engine switches set in this environment: {}; every engine this command starts runs with them, and its runs are judged only against runs made with the same switches (fingerprint field engine_env); unset them to measure the engine's defaults, or use --b-env to measure one against the defaults",
+                    list.join(" ")
+                )
+            }
         }
     }
 }
@@ -319,5 +332,11 @@ mod tests {
         let text = w.to_string();
         assert!(text.contains("output_throughput 18.4%"), "{text}");
         assert!(text.contains("--trials"), "{text}");
+        let w = Warning::EngineSwitchesInEnvironment {
+            switches: [("DYNO_CUDA_ATTN_MMA".into(), "0".into())].into(),
+        };
+        let text = w.to_string();
+        assert!(text.contains("DYNO_CUDA_ATTN_MMA=0"), "{text}");
+        assert!(text.contains("unset them"), "{text}");
     }
 }

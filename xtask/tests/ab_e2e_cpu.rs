@@ -173,4 +173,35 @@ fn same_engine_is_not_flagged_and_a_slower_side_b_is_regressed() {
     // (TPOT/ITL may well improve: one sequence at a time decodes each token
     // faster; the regression is in queueing, TTFT and throughput.)
     assert_eq!(code, 1, "the bench's own verdict");
+
+    // side B with an engine switch (one the CPU backend does not read, so
+    // the engines are the same): recorded in B's fingerprint, set aside by
+    // the session's own comparison, and a class difference anywhere else.
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, (a_id, a), (b_id, b)) = ab_bench(
+        tmp.path(),
+        &engine,
+        &["--b-env", "DYNO_CUDA_PDL=0", "--b-env", "RUST_BACKTRACE=1"],
+    );
+    assert!(a.fingerprint.engine_env.is_empty(), "{:?}", a.fingerprint);
+    assert_eq!(
+        b.fingerprint.engine_env,
+        [("DYNO_CUDA_PDL".to_string(), "0".to_string())].into(),
+        "only the switch, not RUST_BACKTRACE"
+    );
+    let across = xtask::compare::varied_by_session(&a, &b);
+    assert_eq!(across, ["engine_env"]);
+    let c = compare_runs((&a_id, &a), (&b_id, &b), &across, &Policy::default()).unwrap();
+    assert_eq!(c.design, Design::Paired);
+    assert!(c.workloads[0].no_verdict.is_none(), "{:?}", c.workloads[0]);
+    assert!(!c.workloads[0].metrics.is_empty());
+    let c = compare_runs((&a_id, &a), (&b_id, &b), &[], &Policy::default()).unwrap();
+    let w = &c.workloads[0];
+    assert!(w.no_verdict.is_some(), "{w:?}");
+    let fields: Vec<&str> = w
+        .class_differences
+        .iter()
+        .map(|d| d.field.as_str())
+        .collect();
+    assert_eq!(fields, ["engine_env"]);
 }

@@ -36,6 +36,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 n=$(cat "$here/count" 2>/dev/null || echo 0); n=$((n + 1)); echo "$n" > "$here/count"
+# What an engine switch reached this trial (the environment test reads it).
+echo "${DYNO_CUDA_ATTN_MMA-unset}" >> "$here/attn_mma"
 mode=$(sed -n "${n}p" "$here/plan")
 bad=""
 case "$mode" in
@@ -524,6 +526,10 @@ fn nonfinite_logits_fail_the_trial() {
 
 /// `cargo xtask bench` as a separate process, for signals.
 fn spawn_xtask(fx: &Fixture, extra: &[&str]) -> std::process::Child {
+    spawn_xtask_with_env(fx, extra, &[])
+}
+
+fn spawn_xtask_with_env(fx: &Fixture, extra: &[&str], env: &[(&str, &str)]) -> std::process::Child {
     let p = |rel: &str| fx.path(rel).to_string_lossy().into_owned();
     let mut argv: Vec<String> = vec!["bench".into()];
     for (flag, value) in [
@@ -542,6 +548,7 @@ fn spawn_xtask(fx: &Fixture, extra: &[&str]) -> std::process::Child {
         .current_dir(fx.root())
         .env("DYNO_ROOT", fx.root())
         .env_remove("CARGO_TARGET_DIR")
+        .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -614,4 +621,72 @@ fn ctrl_c_stops_the_run_and_keeps_the_finished_trials() {
     let (_, run) = store.resolve_run("latest").unwrap();
     assert_eq!(run.workloads[0].trials.len(), 1);
     assert_eq!(run.workloads[0].trials[0].status, TrialStatus::Ok);
+}
+
+#[test]
+fn engine_switches_in_the_environment_are_recorded_warned_and_split_the_class() {
+    let fx = Fixture::new(&["ok", "ok", "ok", "ok"]);
+    let bench = |env: &[(&str, &str)]| {
+        let out = spawn_xtask_with_env(&fx, &["--workload", "fake", "--trials", "2"], env)
+            .wait_with_output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let store = Store::open(&fx.path("results")).unwrap();
+        let (id, run) = store.resolve_run("latest").unwrap();
+        (id, run, stdout, stderr)
+    };
+    let (switched_id, switched, stdout, stderr) = bench(&[
+        ("DYNO_CUDA_ATTN_MMA", "0"),
+        ("DYNO_API_KEY", "do-not-record-me"),
+    ]);
+    assert!(
+        stderr.contains("warning: engine switches set in this environment: DYNO_CUDA_ATTN_MMA=0"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("engine switches: DYNO_CUDA_ATTN_MMA=0"),
+        "{stdout}"
+    );
+    assert_eq!(
+        switched.fingerprint.engine_env,
+        [("DYNO_CUDA_ATTN_MMA".to_string(), "0".to_string())].into()
+    );
+    let stored = serde_json::to_string(&switched).unwrap();
+    assert!(!stored.contains("do-not-record-me"), "{stored}");
+
+    let (plain_id, plain, _, stderr) = bench(&[]);
+    assert!(!stderr.contains("engine switches"), "{stderr}");
+    assert!(plain.fingerprint.engine_env.is_empty());
+    // Every trial's engine got the switch of its run.
+    let seen = std::fs::read_to_string(fx.path("fake/attn_mma")).unwrap();
+    assert_eq!(
+        seen.lines().collect::<Vec<_>>(),
+        ["0", "0", "unset", "unset"]
+    );
+
+    // Not judged against each other unless asked to.
+    let policy = xtask::compare::verdict::Policy::default();
+    let c =
+        xtask::compare::compare_runs((&plain_id, &plain), (&switched_id, &switched), &[], &policy)
+            .unwrap();
+    let w = &c.workloads[0];
+    assert!(w.no_verdict.is_some(), "{w:?}");
+    let fields: Vec<&str> = w
+        .class_differences
+        .iter()
+        .map(|d| d.field.as_str())
+        .collect();
+    assert_eq!(fields, ["engine_env"]);
+    let c = xtask::compare::compare_runs(
+        (&plain_id, &plain),
+        (&switched_id, &switched),
+        &["engine_env".to_string()],
+        &policy,
+    )
+    .unwrap();
+    assert!(c.workloads[0].no_verdict.is_none(), "{:?}", c.workloads[0]);
 }

@@ -44,6 +44,7 @@ fn run_record(created_at: &str, suite: &str, trials: Vec<TrialSummary>) -> RunRe
             model: "tiny".to_string(),
             model_hash: "ef".repeat(32),
             target: None,
+            engine_env: BTreeMap::new(),
         },
         workloads: vec![WorkloadRun {
             name: "offline".to_string(),

@@ -3,7 +3,7 @@
 //!
 //! It keeps what changes speed by design (GPU model, driver major, CUDA
 //! version, host CPU for CPU runs, the model and workload bytes, the engine
-//! config, the build profile) and leaves out what changes on every run or is
+//! config and environment switches, the build profile) and leaves out what changes on every run or is
 //! the thing under test (commit, binary hash, clocks, GPU UUID).
 
 use std::collections::BTreeMap;
@@ -31,6 +31,10 @@ pub struct FingerprintClass {
     /// runs have none (and so keep their class hashes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// The engine's environment switches (absent when none: classes of
+    /// runs made without any keep their hashes).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub engine_env: BTreeMap<String, String>,
 }
 
 impl FingerprintClass {
@@ -64,6 +68,7 @@ impl FingerprintClass {
                 };
                 format!("http {} {mode}{prompts}", t.server_kind)
             }),
+            engine_env: fingerprint.engine_env.clone(),
         }
     }
 
@@ -89,13 +94,20 @@ impl FingerprintClass {
 
     /// Names of the fields that differ between two classes, with both values.
     pub fn differences(&self, other: &FingerprintClass) -> Vec<FieldDifference> {
+        // Over both sides' fields: an optional field is absent from a class
+        // that has none (`target`, `engine_env`), and "none" then.
         let (a, b) = (flat(self), flat(other));
-        a.iter()
-            .filter(|(k, v)| b.get(*k) != Some(*v))
-            .map(|(k, v)| FieldDifference {
+        let fields: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        let text = |side: &BTreeMap<String, String>, k: &String| {
+            side.get(k).cloned().unwrap_or_else(|| "none".to_string())
+        };
+        fields
+            .into_iter()
+            .filter(|k| a.get(*k) != b.get(*k))
+            .map(|k| FieldDifference {
                 field: k.clone(),
-                left: v.clone(),
-                right: b.get(k).cloned().unwrap_or_default(),
+                left: text(&a, k),
+                right: text(&b, k),
             })
             .collect()
     }
@@ -211,5 +223,50 @@ mod tests {
         assert_ne!(c1.hash(), c2.hash());
         assert_eq!(c1.differences(&c2)[0].field, "engine_config");
         assert_eq!(c1.hash().len(), 16);
+    }
+
+    #[test]
+    fn environment_switches_are_part_of_the_class_and_absent_when_none() {
+        let w = workload("chat", vec![]);
+        let plain = gpu_fingerprint();
+        let mut switched = gpu_fingerprint();
+        switched
+            .engine_env
+            .insert("DYNO_CUDA_ATTN_MMA".into(), "0".into());
+        let (c_plain, c_switched) = (
+            FingerprintClass::of(&plain, &w),
+            FingerprintClass::of(&switched, &w),
+        );
+        // A class without switches serializes as it did before the field
+        // existed, so stored baselines keep their class hashes.
+        let json = serde_json::to_string(&c_plain).unwrap();
+        assert!(!json.contains("engine_env"), "{json}");
+        assert_ne!(c_plain.hash(), c_switched.hash());
+        // Named whichever side lacks the field.
+        for (a, b, left, right) in [
+            (
+                &c_plain,
+                &c_switched,
+                "none",
+                r#"{"DYNO_CUDA_ATTN_MMA":"0"}"#,
+            ),
+            (
+                &c_switched,
+                &c_plain,
+                r#"{"DYNO_CUDA_ATTN_MMA":"0"}"#,
+                "none",
+            ),
+        ] {
+            let diff = a.differences(b);
+            assert_eq!(diff.len(), 1, "{diff:?}");
+            assert_eq!(
+                (
+                    diff[0].field.as_str(),
+                    diff[0].left.as_str(),
+                    diff[0].right.as_str()
+                ),
+                ("engine_env", left, right)
+            );
+        }
     }
 }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use crate::cli::{CompareArgs, Format};
 use crate::compare::report::{self, print_out};
 use crate::compare::verdict::Policy;
-use crate::compare::{compare_runs, compare_with_baselines, Comparison};
+use crate::compare::{compare_runs, compare_with_baselines, varied_by_session, Comparison};
 use crate::run_record::{AbSide, RunRecord};
 use crate::store::Store;
 
@@ -47,13 +47,8 @@ fn compare(args: &CompareArgs, results_root: &Path, repo_root: &Path) -> anyhow:
             } else {
                 ((a_id, a_run), (p_id, p_run))
             };
-            let overrides =
-                |r: &RunRecord| r.interleaved.as_ref().map(|i| i.engine_overrides.clone());
-            let across: Vec<String> = if overrides(&b_run) != overrides(&c_run) {
-                vec!["engine_config".into()]
-            } else {
-                args.across.clone()
-            };
+            let mut across = varied_by_session(&b_run, &c_run);
+            across.extend(args.across.iter().cloned());
             compare_runs((&b_id, &b_run), (&c_id, &c_run), &across, &policy)?
         }
         None => compare_with_baselines(repo_root, &a_id, &a_run, &policy)?,

@@ -141,6 +141,14 @@ fn print_fingerprint(id: &str, run: &RunRecord) {
         short(&src.engine_binary_hash, 12),
         src.cargo_lock_hash.as_deref().map_or("-", |h| short(h, 12))
     );
+    if !fp.engine_env.is_empty() {
+        let switches: Vec<String> = fp
+            .engine_env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!("switches {}", switches.join(" "));
+    }
     let host = &fp.host;
     println!(
         "host     {}, {} cores, {}, {} {}",

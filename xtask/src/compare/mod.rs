@@ -224,7 +224,7 @@ fn finish(title: String, design: Design, slots: Vec<Slot>, policy: &Policy) -> C
 
 /// Class fields that `--across` may set aside (not `workload`: workloads
 /// are matched by name).
-pub const ACROSS_FIELDS: [&str; 9] = [
+pub const ACROSS_FIELDS: [&str; 10] = [
     "device",
     "gpu_model",
     "driver_major",
@@ -234,7 +234,24 @@ pub const ACROSS_FIELDS: [&str; 9] = [
     "workload_hash",
     "engine_config",
     "build_profile",
+    "engine_env",
 ];
+
+/// The class fields the two sides of one A/B session differ in on
+/// purpose, which their comparison sets aside: `engine_config` when the
+/// sides set different knobs (`--a-set`/`--b-set`), `engine_env` when their
+/// engines got different environment switches (`--a-env`/`--b-env`).
+pub fn varied_by_session(a: &RunRecord, b: &RunRecord) -> Vec<String> {
+    let overrides = |r: &RunRecord| r.interleaved.as_ref().map(|i| i.engine_overrides.clone());
+    let mut fields = Vec::new();
+    if overrides(a) != overrides(b) {
+        fields.push("engine_config".to_string());
+    }
+    if a.fingerprint.engine_env != b.fingerprint.engine_env {
+        fields.push("engine_env".to_string());
+    }
+    fields
+}
 
 /// Run `b` (candidate) against run `a` (baseline), workload by workload
 /// (matched by name; a verdict only where the classes match, apart from the
