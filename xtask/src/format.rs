@@ -59,6 +59,12 @@ pub fn cv(v: f64) -> String {
     format!("{:.1}%", v * 100.0)
 }
 
+/// Environment variables as a shell would set them: `K=V K=V`, by name.
+pub fn env_assignments(vars: &std::collections::BTreeMap<String, String>) -> String {
+    let list: Vec<String> = vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    list.join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -192,12 +192,10 @@ pub fn print_summary(run: &RunRecord, run_id: &str) {
         if f.source.git_dirty { " (dirty)" } else { "" }
     );
     if !f.engine_env.is_empty() {
-        let switches: Vec<String> = f
-            .engine_env
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        println!("engine switches: {}", switches.join(" "));
+        println!(
+            "engine switches: {}",
+            format::env_assignments(&f.engine_env)
+        );
     }
     for w in &run.workloads {
         let ok = w

@@ -302,14 +302,11 @@ impl fmt::Display for Warning {
                 f,
                 "{url}/health did not answer 200; running anyway (use --launch to start the server and wait for it)"
             ),
-            Warning::EngineSwitchesInEnvironment { switches } => {
-                let list: Vec<String> = switches.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                write!(
-                    f,
-                    "engine switches set in this environment: {}; every engine this command starts runs with them, and its runs are judged only against runs made with the same switches (fingerprint field engine_env); unset them to measure the engine's defaults, or use --b-env to measure one against the defaults",
-                    list.join(" ")
-                )
-            }
+            Warning::EngineSwitchesInEnvironment { switches } => write!(
+                f,
+                "engine switches set in this environment: {}; every engine this command starts runs with them, and its runs are judged only against runs made with the same switches (fingerprint field engine_env); unset them to measure the engine's defaults, or use --b-env to measure one against the defaults",
+                crate::format::env_assignments(switches)
+            ),
         }
     }
 }

@@ -142,12 +142,10 @@ fn print_fingerprint(id: &str, run: &RunRecord) {
         src.cargo_lock_hash.as_deref().map_or("-", |h| short(h, 12))
     );
     if !fp.engine_env.is_empty() {
-        let switches: Vec<String> = fp
-            .engine_env
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        println!("switches {}", switches.join(" "));
+        println!(
+            "switches {}",
+            crate::format::env_assignments(&fp.engine_env)
+        );
     }
     let host = &fp.host;
     println!(
