@@ -420,16 +420,18 @@ mod tests {
             // says how to measure them.
             (64, 3, keys_at_default, Some("add DYNO_CUDA_ATTN_MMA=0")),
         ]);
+        // smollm2-135m's hidden and intermediate sizes at any head geometry.
+        let shape_of = |hd: usize, g: usize, attention, kv_layout| KernelShape {
+            head_dim: hd,
+            group: g,
+            hidden: 576,
+            qdim: hd * g,
+            inter: 1536,
+            attention,
+            kv_layout,
+        };
         for (hd, g, attention, error) in cases {
-            let shape = KernelShape {
-                head_dim: hd,
-                group: g,
-                hidden: 576,
-                qdim: hd * g,
-                inter: 1536,
-                attention,
-                kv_layout: Default::default(),
-            };
+            let shape = shape_of(hd, g, attention, Default::default());
             match error {
                 None => {
                     let src = compile(&include, (9, 0), shape, &[]).unwrap().to_src();
@@ -450,15 +452,8 @@ mod tests {
         // tensor cores, 128: sub-warps) and the persistent program.
         use super::super::kernels::KvLayout;
         for (hd, g) in [(64, 3), (128, 2)] {
-            let shape = KernelShape {
-                head_dim: hd,
-                group: g,
-                hidden: 576,
-                qdim: hd * g,
-                inter: 1536,
-                attention: Default::default(),
-                kv_layout: KvLayout::HeadMajor { block_size: 16 },
-            };
+            let head_major = KvLayout::HeadMajor { block_size: 16 };
+            let shape = shape_of(hd, g, Default::default(), head_major);
             for extra in [vec![], super::super::persistent::defines()] {
                 let src = compile(&include, (9, 0), shape, &extra).unwrap().to_src();
                 assert!(!src.contains(".local"), "hd {hd} head-major: local memory");
