@@ -322,7 +322,11 @@ pub(crate) fn run_session(
         if let Some(source) = &side.source {
             run.fingerprint.source = source.clone();
         }
-        run.fingerprint.engine_env = fingerprint::engine_env(&side.env);
+        // The side's own switches over those the header recorded as
+        // inherited from this process's environment.
+        run.fingerprint.engine_env = fingerprint::engine_env_from(&side.env, |name| {
+            header.fingerprint.engine_env.get(name).cloned()
+        });
         run.interleaved = Some(Interleaved {
             session: session.clone(),
             side: which,

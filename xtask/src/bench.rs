@@ -288,7 +288,7 @@ pub struct BenchContext {
     pub source: SourceFingerprint,
     pub host: HostFingerprint,
     /// The engine's environment switches this process passes on to every
-    /// engine it starts (`fingerprint::engine_env`).
+    /// engine it starts (`fingerprint::inherited_engine_env`).
     pub engine_env: BTreeMap<String, String>,
     pub results: PathBuf,
     pub store: Store,
@@ -358,7 +358,7 @@ impl BenchContext {
         }
         let source = fingerprint::source(root, &engine, &build);
         let host = fingerprint::host();
-        let engine_env = fingerprint::engine_env(&BTreeMap::new());
+        let engine_env = fingerprint::inherited_engine_env();
         if !engine_env.is_empty() {
             warnings::emit(&Warning::EngineSwitchesInEnvironment {
                 switches: engine_env.clone(),

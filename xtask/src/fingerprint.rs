@@ -46,17 +46,18 @@ impl BuildInfo {
     }
 }
 
-/// The engine's environment switches its processes get: each of
-/// `workloads::engine_knobs::ENV_SWITCHES` that `explicit` (an A/B side's
-/// `--a-env`/`--b-env`) sets, else that this process's environment
-/// (inherited by every engine it starts) sets.
-pub fn engine_env(explicit: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    engine_env_from(explicit, |name| {
+/// The engine's environment switches (`workloads::engine_knobs::
+/// ENV_SWITCHES`) set in this process's environment, which every engine it
+/// starts inherits.
+pub fn inherited_engine_env() -> BTreeMap<String, String> {
+    engine_env_from(&BTreeMap::new(), |name| {
         std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
     })
 }
 
-fn engine_env_from(
+/// The switches an engine gets: each one `explicit` (an A/B side's
+/// `--a-env`/`--b-env`) sets, else the value `inherited` gives for it.
+pub fn engine_env_from(
     explicit: &BTreeMap<String, String>,
     inherited: impl Fn(&str) -> Option<String>,
 ) -> BTreeMap<String, String> {

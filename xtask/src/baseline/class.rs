@@ -3,8 +3,9 @@
 //!
 //! It keeps what changes speed by design (GPU model, driver major, CUDA
 //! version, host CPU for CPU runs, the model and workload bytes, the engine
-//! config and environment switches, the build profile) and leaves out what changes on every run or is
-//! the thing under test (commit, binary hash, clocks, GPU UUID).
+//! config and environment switches, the build profile) and leaves out what
+//! changes on every run or is the thing under test (commit, binary hash,
+//! clocks, GPU UUID).
 
 use std::collections::BTreeMap;
 
