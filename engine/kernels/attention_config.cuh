@@ -58,31 +58,8 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-// ATTN_MMA (-D from kernels.rs; DYNO_CUDA_ATTN_MMA there): each warp
-// takes 16 keys per iteration and computes its scores and its weighted sum
-// of V with tensor-core products (mma.sync m16n8k16, bf16 in, f32
-// accumulate; 8 keys above head dim 64) instead of one sub-warp per key with shuffle reductions. The
-// rows of the product are the block's G query heads (G <= 8, rows 8..15
-// zero), so most of each product is padding, which costs little: the kernel
-// is bound by the K/V bytes it reads, and the products replace ~25 warp
-// instructions per key with ~2. Q and the softmax weights P enter the
-// products as bf16 pairs hi + lo (x = hi + lo, |lo| <= 2^-9 |x|), so the
-// scores and sums keep close to f32 precision although the operands are
-// bf16; K and V are bf16 in the cache, exact. Needs sm_80+ and a head dim
-// that is a multiple of 16; otherwise the sub-warp loop below runs.
-// ATTN_MMA 2 (the default) takes it for head dims up to 64, where the H200
-// measured it faster (smollm2-135m offline +16 %); at 128 (qwen3-0.6b) the
-// fragments cost so many registers that it was slower (docs/CUDA.md).
-// 1 forces it wherever it can run, 0 never.
-#ifndef ATTN_MMA
-#define ATTN_MMA 2
-#endif
-#if (ATTN_MMA == 1 || (ATTN_MMA == 2 && DYNO_HEAD_DIM <= 64)) && (DYNO_HEAD_DIM % 16 == 0) && \
-    (!defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800)
-#define ATTN_USE_MMA 1
-#else
-#define ATTN_USE_MMA 0
-#endif
+// ATTN_MMA and ATTN_USE_MMA, which attention loop runs, are resolved in
+// common.cuh: the KV cache's default layout follows them.
 // The default staging: the tensor-core loop's (each warp its own rows, no
 // block barrier in the loop: smollm2-135m offline +7.6 % on the H200) where
 // its two buffers fit (head dims up to 128), never the sub-warp loop's

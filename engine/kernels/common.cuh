@@ -38,17 +38,52 @@ __device__ __forceinline__ void pdl_launch() {
 #endif
 }
 
+// Which attention loop runs (attention_config.cuh, attention.cu), resolved
+// here because the KV cache's default layout below follows it.
+// ATTN_MMA (-D from kernels.rs; DYNO_CUDA_ATTN_MMA there): each warp
+// takes 16 keys per iteration and computes its scores and its weighted sum
+// of V with tensor-core products (mma.sync m16n8k16, bf16 in, f32
+// accumulate; 8 keys above head dim 64) instead of one sub-warp per key with shuffle reductions. The
+// rows of the product are the block's G query heads (G <= 8, rows 8..15
+// zero), so most of each product is padding, which costs little: the kernel
+// is bound by the K/V bytes it reads, and the products replace ~25 warp
+// instructions per key with ~2. Q and the softmax weights P enter the
+// products as bf16 pairs hi + lo (x = hi + lo, |lo| <= 2^-9 |x|), so the
+// scores and sums keep close to f32 precision although the operands are
+// bf16; K and V are bf16 in the cache, exact. Needs sm_80+ and a head dim
+// that is a multiple of 16; otherwise the sub-warp loop runs.
+// ATTN_MMA 2 (the default) takes it for head dims up to 64, where the H200
+// measured it faster (smollm2-135m offline +16 %); at 128 (qwen3-0.6b) the
+// fragments cost so many registers that it was slower (docs/CUDA.md).
+// 1 forces it wherever it can run, 0 never.
+#ifndef ATTN_MMA
+#define ATTN_MMA 2
+#endif
+#if (ATTN_MMA == 1 || (ATTN_MMA == 2 && DYNO_HEAD_DIM <= 64)) && (DYNO_HEAD_DIM % 16 == 0) && \
+    (!defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800)
+#define ATTN_USE_MMA 1
+#else
+#define ATTN_USE_MMA 0
+#endif
+
 // The KV cache's layout (-DKV_HEAD_MAJOR, -DKV_BLOCK_SIZE from
 // kernels.rs's KvLayout; DYNO_CUDA_KV_LAYOUT there): the element offset of
 // KV head kvh's row for cache slot `slot` (slot = block * block size +
-// position in the block), in one layer's K (or V) array. Slot-major (the
-// default): [slot][kv head][head dim], a slot's heads side by side, so
-// consecutive keys of one head lie nkv rows apart. Head-major: [block][kv
+// position in the block), in one layer's K (or V) array. Slot-major (0):
+// [slot][kv head][head dim], a slot's heads side by side, so consecutive
+// keys of one head lie nkv rows apart. Head-major (1): [block][kv
 // head][position][head dim], so one head's rows of a block are contiguous
 // (block size x head dim x 2 bytes) and attention reads them in one run.
+// 2 (the default) takes head-major where the tensor-core loop runs
+// (smollm2-135m offline +1.7 % on the H200) and slot-major where the
+// sub-warp loop does (qwen3-0.6b offline -1.9 % head-major; docs/CUDA.md).
 // Every kernel that reads or writes the cache computes its rows here.
 #ifndef KV_HEAD_MAJOR
 #define KV_HEAD_MAJOR 0
+#endif
+#if KV_HEAD_MAJOR == 2
+#undef KV_HEAD_MAJOR
+#define KV_HEAD_MAJOR ATTN_USE_MMA
 #endif
 #if KV_HEAD_MAJOR && !defined(KV_BLOCK_SIZE)
 #error "the head-major KV layout needs -DKV_BLOCK_SIZE"

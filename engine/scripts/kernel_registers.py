@@ -89,12 +89,19 @@ def blocks_per_sm(registers, threads):
     return min(by_registers, MAX_THREADS_PER_SM // threads)
 
 
+# kernels.rs KvLayout::default_for(16), the engine's default block size:
+# the KV layout follows the attention loop. A -D of the same name replaces it.
+DEFAULT_DEFINES = {"KV_HEAD_MAJOR": 2, "KV_BLOCK_SIZE": 16}
+
+
 def defines(shape, extra):
     hd, group, hidden, qdim, inter = shape
     chunks = -(-group // ATTN_MAX_GROUP_TILE)
     d = [f"-DDYNO_HEAD_DIM={hd}", f"-DDYNO_GROUP={group}", f"-DDYNO_GROUP_CHUNKS={chunks}",
          f"-DDYNO_HIDDEN={hidden}", f"-DDYNO_QDIM={qdim}", f"-DDYNO_INTER={inter}"]
     d += [f"-D{k}={v}" for k, v in LAUNCH_CONSTANTS.items()]
+    named = {x.split("=", 1)[0] for x in extra}
+    d += [f"-D{k}={v}" for k, v in DEFAULT_DEFINES.items() if k not in named]
     return d + [f"-D{x}" for x in extra]
 
 

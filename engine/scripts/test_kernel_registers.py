@@ -75,6 +75,25 @@ class Defines(unittest.TestCase):
         self.assertIn("-DATTN_MAX_SPLITS=32", d)
         self.assertEqual(d[-1], "-DATTN_MIN_BLOCKS=5")
 
+    def test_the_engine_default_kv_layout_unless_one_is_named(self):
+        d = kr.defines([64, 3, 576, 576, 1536], [])
+        self.assertIn("-DKV_HEAD_MAJOR=2", d)
+        self.assertIn("-DKV_BLOCK_SIZE=16", d)
+        d = kr.defines([64, 3, 576, 576, 1536], ["KV_HEAD_MAJOR=0"])
+        self.assertEqual([x for x in d if x.startswith("-DKV_HEAD_MAJOR")], ["-DKV_HEAD_MAJOR=0"])
+        self.assertIn("-DKV_BLOCK_SIZE=16", d)
+
+    def test_default_defines_match_the_engine_defaults(self):
+        src = os.path.join(HERE, "..", "src")
+        with open(os.path.join(src, "engine_config.rs")) as f:
+            engine_config_rs = f.read()
+        self.assertIn(f"block_size: {kr.DEFAULT_DEFINES['KV_BLOCK_SIZE']},", engine_config_rs)
+        with open(os.path.join(src, "backend", "cuda", "kernels.rs")) as f:
+            kernels_rs = f.read()
+        mode = re.search(r"KvLayout::FollowAttention \{ block_size \} => \((\d+), block_size\)",
+                         kernels_rs)
+        self.assertIsNotNone(mode, "kernels.rs KvLayout::defines changed shape")
+        self.assertEqual(int(mode.group(1)), kr.DEFAULT_DEFINES["KV_HEAD_MAJOR"])
 
 if __name__ == "__main__":
     unittest.main()

@@ -587,7 +587,8 @@ impl Backend for CudaBackend {
         if !self.kv_layout.fits_block_size(block_size) {
             return Err(BackendError::InvalidBatch(format!(
                 "KV cache of blocks of {block_size} tokens, but the kernels were built for \
-                 {:?} (DYNO_CUDA_KV_LAYOUT=head compiles the engine's block_size in)",
+                 {:?}: a head-major layout compiles the engine's block_size in \
+                 (DYNO_CUDA_KV_LAYOUT=slot does not)",
                 self.kv_layout
             )));
         }

@@ -293,7 +293,7 @@ mod tests {
                 qdim,
                 inter,
                 attention: Default::default(),
-                kv_layout: Default::default(),
+                kv_layout: super::super::kernels::KvLayout::default_for(16),
             };
             let src = compile(&include, (9, 0), shape, &[]).unwrap().to_src();
             use super::super::kernels::{KERNEL_NAMES, PERSISTENT_KERNEL};
@@ -420,6 +420,7 @@ mod tests {
             // says how to measure them.
             (64, 3, keys_at_default, Some("add DYNO_CUDA_ATTN_MMA=0")),
         ]);
+        use super::super::kernels::KvLayout;
         // smollm2-135m's hidden and intermediate sizes at any head geometry.
         let shape_of = |hd: usize, g: usize, attention, kv_layout| KernelShape {
             head_dim: hd,
@@ -431,7 +432,7 @@ mod tests {
             kv_layout,
         };
         for (hd, g, attention, error) in cases {
-            let shape = shape_of(hd, g, attention, Default::default());
+            let shape = shape_of(hd, g, attention, KvLayout::default_for(16));
             match error {
                 None => {
                     let src = compile(&include, (9, 0), shape, &[]).unwrap().to_src();
@@ -449,15 +450,32 @@ mod tests {
             }
         }
         // The head-major KV layout, with either attention loop (head dim 64:
-        // tensor cores, 128: sub-warps) and the persistent program.
-        use super::super::kernels::KvLayout;
-        for (hd, g) in [(64, 3), (128, 2)] {
+        // tensor cores, 128: sub-warps) and the persistent program. The
+        // default follows the loop: head-major with tensor cores, else
+        // slot-major, the same PTX as asking for that layout.
+        for (hd, g, followed) in [
+            (64, 3, KvLayout::HeadMajor { block_size: 16 }),
+            (128, 2, KvLayout::SlotMajor),
+        ] {
+            let ptx = |kv_layout, extra: &[String]| {
+                let shape = shape_of(hd, g, Default::default(), kv_layout);
+                compile(&include, (9, 0), shape, extra).unwrap().to_src()
+            };
             let head_major = KvLayout::HeadMajor { block_size: 16 };
-            let shape = shape_of(hd, g, Default::default(), head_major);
-            for extra in [vec![], super::super::persistent::defines()] {
-                let src = compile(&include, (9, 0), shape, &extra).unwrap().to_src();
+            let head = ptx(head_major, &[]);
+            let persistent = ptx(head_major, &super::super::persistent::defines());
+            for src in [&head, &persistent] {
                 assert!(!src.contains(".local"), "hd {hd} head-major: local memory");
             }
+            let expected = if followed == head_major {
+                head
+            } else {
+                ptx(followed, &[])
+            };
+            assert!(
+                ptx(KvLayout::default_for(16), &[]) == expected,
+                "hd {hd}: the default KV layout does not compile as {followed:?}"
+            );
         }
     }
 }
