@@ -380,6 +380,23 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gy, int gz
             uint4 knext[KEYS_PER_ITER], vnext[KEYS_PER_ITER];
             bool valid_next[KEYS_PER_ITER];
             if (wbase + WARP_STRIDE < ue) load_keys(wbase + WARP_STRIDE, knext, vnext, valid_next);
+#if ATTN_L2_AHEAD > 0
+            // This lane's rows ATTN_L2_AHEAD iterations past the next,
+            // into L2: one lane per 128-byte line of a row.
+            if (lane_on && (sl & 7) == 0) {
+                const int ahead = wbase + (1 + ATTN_L2_AHEAD) * WARP_STRIDE + sub_in_warp * KEYS_PER_ITER;
+#pragma unroll
+                for (int v = 0; v < KEYS_PER_ITER; v++) {
+                    const int pos = ahead + v;
+                    if (pos < ue) {
+                        const long slot = (long)table[pos / block_size] * block_size + (pos % block_size);
+                        const long off = kv_row(slot, kvh, nkv, HD) + sl * 8;
+                        asm volatile("prefetch.global.L2 [%0];\n" ::"l"(k_cache + off));
+                        asm volatile("prefetch.global.L2 [%0];\n" ::"l"(v_cache + off));
+                    }
+                }
+            }
+#endif
             attend_keys<G, LPT>(q, kraw, vraw, valid, m, l, acc);
 #pragma unroll
             for (int v = 0; v < KEYS_PER_ITER; v++) {

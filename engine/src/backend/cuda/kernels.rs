@@ -30,6 +30,8 @@ pub const ATTN_KEYS_PER_ITER_CHOICES: [usize; 4] = [1, 2, 4, 8];
 /// Most blocks per SM `DYNO_CUDA_ATTN_MIN_BLOCKS` may ask the register
 /// allocation to allow (16 blocks of 128 threads fill an SM's 2,048).
 pub const ATTN_MAX_MIN_BLOCKS: usize = 16;
+/// Most iterations ahead `DYNO_CUDA_ATTN_L2_AHEAD` may prefetch K/V rows.
+pub const ATTN_MAX_L2_AHEAD: usize = 4;
 
 /// Compile-time choices of the attention kernel that trade registers for
 /// work per thread. The defaults are what the engine runs; the environment
@@ -70,6 +72,12 @@ pub struct AttentionTuning {
     /// `true` (unset or 1, the default: qwen3-0.6b offline +1.9 % on the
     /// H200, docs/CUDA.md) or `false` (0).
     pub pipeline: bool,
+    /// `DYNO_CUDA_ATTN_L2_AHEAD` (0 to `ATTN_MAX_L2_AHEAD`): as a warp
+    /// issues an iteration's K/V loads (the staged tensor-core loop, the
+    /// pipelined sub-warp loop), it prefetches into L2 the rows this many
+    /// iterations further on (the kernel's `ATTN_L2_AHEAD`). Reads nothing
+    /// into the kernel, so the same bits. 0 (unset, the default): none.
+    pub l2_ahead: usize,
     /// The `attention_units` kernel's `__launch_bounds__` minimum blocks
     /// per SM (the kernel's `ATTN_UNITS_MIN_BLOCKS`). Not from the
     /// environment: `None` compiles it with `attention`'s bound, and the
@@ -86,79 +94,85 @@ impl Default for AttentionTuning {
             staged: None,
             mma: None,
             pipeline: true,
+            l2_ahead: 0,
             units_min_blocks: None,
         }
     }
 }
 
 impl AttentionTuning {
-    /// The defaults, with `DYNO_CUDA_ATTN_KEYS` / `DYNO_CUDA_ATTN_MIN_BLOCKS`
-    /// where set; a value out of range is an error naming the variable.
+    /// The defaults, with the `DYNO_CUDA_ATTN_*` variables where set; a
+    /// value out of range is an error naming the variable.
     pub fn from_env() -> Result<Self, BackendError> {
-        Self::from_values(
-            std::env::var("DYNO_CUDA_ATTN_KEYS").ok().as_deref(),
-            std::env::var("DYNO_CUDA_ATTN_MIN_BLOCKS").ok().as_deref(),
-            std::env::var("DYNO_CUDA_ATTN_STAGED").ok().as_deref(),
-            std::env::var("DYNO_CUDA_ATTN_MMA").ok().as_deref(),
-            std::env::var("DYNO_CUDA_ATTN_PIPELINE").ok().as_deref(),
-        )
+        Self::from_lookup(|name| std::env::var(name).ok())
     }
 
-    fn from_values(
-        keys: Option<&str>,
-        min_blocks: Option<&str>,
-        staged: Option<&str>,
-        mma: Option<&str>,
-        pipeline: Option<&str>,
-    ) -> Result<Self, BackendError> {
+    /// The defaults, with the values `var` gives for the variables' names.
+    fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self, BackendError> {
         let mut t = AttentionTuning::default();
-        let switch = |name: &str, text: &str| match text.trim() {
-            "0" => Ok(false),
-            "1" => Ok(true),
-            _ => Err(BackendError::Cuda(format!(
-                "{name}={text}: expected 0 or 1"
-            ))),
+        let switch = |name: &str| -> Result<Option<bool>, BackendError> {
+            match var(name) {
+                None => Ok(None),
+                Some(text) => match text.trim() {
+                    "0" => Ok(Some(false)),
+                    "1" => Ok(Some(true)),
+                    _ => Err(BackendError::Cuda(format!(
+                        "{name}={text}: expected 0 or 1"
+                    ))),
+                },
+            }
         };
-        if let Some(text) = staged {
-            t.staged = Some(switch("DYNO_CUDA_ATTN_STAGED", text)?);
+        // A whole number in `range`, or None where the variable is unset.
+        let number = |name: &str,
+                      ok: &dyn Fn(usize) -> bool,
+                      expected: &str|
+         -> Result<Option<usize>, BackendError> {
+            match var(name) {
+                None => Ok(None),
+                Some(text) => match text.trim().parse::<usize>() {
+                    Ok(n) if ok(n) => Ok(Some(n)),
+                    _ => Err(BackendError::Cuda(format!(
+                        "{name}={text}: expected {expected}"
+                    ))),
+                },
+            }
+        };
+        t.staged = switch("DYNO_CUDA_ATTN_STAGED")?;
+        t.mma = switch("DYNO_CUDA_ATTN_MMA")?;
+        if let Some(on) = switch("DYNO_CUDA_ATTN_PIPELINE")? {
+            t.pipeline = on;
         }
-        if let Some(text) = mma {
-            t.mma = Some(switch("DYNO_CUDA_ATTN_MMA", text)?);
+        if let Some(n) = number(
+            "DYNO_CUDA_ATTN_KEYS",
+            &|n| ATTN_KEYS_PER_ITER_CHOICES.contains(&n),
+            &format!("one of {ATTN_KEYS_PER_ITER_CHOICES:?}"),
+        )? {
+            t.keys_per_iter = n;
         }
-        if let Some(text) = pipeline {
-            t.pipeline = switch("DYNO_CUDA_ATTN_PIPELINE", text)?;
-        }
-        if let Some(text) = keys {
-            t.keys_per_iter = match text.trim().parse::<usize>() {
-                Ok(n) if ATTN_KEYS_PER_ITER_CHOICES.contains(&n) => n,
-                _ => {
-                    return Err(BackendError::Cuda(format!(
-                        "DYNO_CUDA_ATTN_KEYS={text}: expected one of {ATTN_KEYS_PER_ITER_CHOICES:?}"
-                    )))
-                }
-            };
-        }
-        if let Some(text) = min_blocks {
-            t.min_blocks = match text.trim().parse::<usize>() {
-                Ok(n) if (1..=ATTN_MAX_MIN_BLOCKS).contains(&n) => Some(n),
-                _ => {
-                    return Err(BackendError::Cuda(format!(
-                        "DYNO_CUDA_ATTN_MIN_BLOCKS={text}: expected 1 to {ATTN_MAX_MIN_BLOCKS}"
-                    )))
-                }
-            };
+        t.min_blocks = number(
+            "DYNO_CUDA_ATTN_MIN_BLOCKS",
+            &|n| (1..=ATTN_MAX_MIN_BLOCKS).contains(&n),
+            &format!("1 to {ATTN_MAX_MIN_BLOCKS}"),
+        )?;
+        if let Some(n) = number(
+            "DYNO_CUDA_ATTN_L2_AHEAD",
+            &|n| n <= ATTN_MAX_L2_AHEAD,
+            &format!("0 to {ATTN_MAX_L2_AHEAD}"),
+        )? {
+            t.l2_ahead = n;
         }
         Ok(t)
     }
 
     /// The `-D` options the kernel is compiled with.
-    pub fn defines(&self) -> [String; 6] {
+    pub fn defines(&self) -> [String; 7] {
         [
             format!("-DATTN_KEYS_PER_ITER={}", self.keys_per_iter),
             format!("-DATTN_MIN_BLOCKS={}", self.min_blocks.unwrap_or(0)),
             format!("-DATTN_STAGED={}", self.staged.map_or(2, u8::from)),
             format!("-DATTN_MMA={}", self.mma.map_or(2, u8::from)),
             format!("-DATTN_PIPELINE={}", u8::from(self.pipeline)),
+            format!("-DATTN_L2_AHEAD={}", self.l2_ahead),
             format!(
                 "-DATTN_UNITS_MIN_BLOCKS={}",
                 self.units_min_blocks.unwrap_or(0)
@@ -654,9 +668,18 @@ mod tests {
         );
     }
 
+    /// The tuning `vars` (name, value) give, as if they were the environment.
+    fn tuning(vars: &[(&str, &str)]) -> Result<AttentionTuning, BackendError> {
+        AttentionTuning::from_lookup(|name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
     #[test]
     fn attention_tuning_comes_from_the_environment_and_bad_values_are_named() {
-        let d = AttentionTuning::from_values(None, None, None, None, None).unwrap();
+        let d = tuning(&[]).unwrap();
         assert_eq!(d, AttentionTuning::default());
         assert_eq!(
             d.defines(),
@@ -666,64 +689,44 @@ mod tests {
                 "-DATTN_STAGED=2",
                 "-DATTN_MMA=2",
                 "-DATTN_PIPELINE=1",
+                "-DATTN_L2_AHEAD=0",
                 "-DATTN_UNITS_MIN_BLOCKS=0"
             ]
         );
-        let t =
-            AttentionTuning::from_values(Some("1"), Some(" 5 "), Some("1"), Some("0"), Some("0"))
-                .unwrap();
+        let t = tuning(&[
+            ("DYNO_CUDA_ATTN_KEYS", "1"),
+            ("DYNO_CUDA_ATTN_MIN_BLOCKS", " 5 "),
+            ("DYNO_CUDA_ATTN_STAGED", "1"),
+            ("DYNO_CUDA_ATTN_MMA", "0"),
+            ("DYNO_CUDA_ATTN_PIPELINE", "0"),
+            ("DYNO_CUDA_ATTN_L2_AHEAD", "2"),
+        ])
+        .unwrap();
         assert_eq!(
-            (t.keys_per_iter, t.min_blocks, t.staged, t.mma),
-            (1, Some(5), Some(true), Some(false))
+            (t.keys_per_iter, t.min_blocks, t.staged, t.mma, t.l2_ahead),
+            (1, Some(5), Some(true), Some(false), 2)
         );
         assert_eq!(t.defines()[2], "-DATTN_STAGED=1");
         assert_eq!(t.defines()[3], "-DATTN_MMA=0");
         assert!(!t.pipeline);
         assert_eq!(t.defines()[4], "-DATTN_PIPELINE=0");
-        let t = AttentionTuning::from_values(None, None, None, Some(" 1"), None).unwrap();
+        assert_eq!(t.defines()[5], "-DATTN_L2_AHEAD=2");
+        let t = tuning(&[("DYNO_CUDA_ATTN_MMA", " 1")]).unwrap();
         assert_eq!(t.mma, Some(true));
         assert_eq!(t.defines()[3], "-DATTN_MMA=1");
-        for (keys, blocks, staged, mma, pipeline, var) in [
-            (Some("3"), None, None, None, None, "DYNO_CUDA_ATTN_KEYS=3"),
-            (Some("x"), None, None, None, None, "DYNO_CUDA_ATTN_KEYS=x"),
-            (
-                None,
-                Some("0"),
-                None,
-                None,
-                None,
-                "DYNO_CUDA_ATTN_MIN_BLOCKS=0",
-            ),
-            (
-                None,
-                Some("17"),
-                None,
-                None,
-                None,
-                "DYNO_CUDA_ATTN_MIN_BLOCKS=17",
-            ),
-            (
-                None,
-                None,
-                Some("yes"),
-                None,
-                None,
-                "DYNO_CUDA_ATTN_STAGED=yes",
-            ),
-            (None, None, None, Some("2"), None, "DYNO_CUDA_ATTN_MMA=2"),
-            (
-                None,
-                None,
-                None,
-                None,
-                Some("on"),
-                "DYNO_CUDA_ATTN_PIPELINE=on",
-            ),
+        for (var, value) in [
+            ("DYNO_CUDA_ATTN_KEYS", "3"),
+            ("DYNO_CUDA_ATTN_KEYS", "x"),
+            ("DYNO_CUDA_ATTN_MIN_BLOCKS", "0"),
+            ("DYNO_CUDA_ATTN_MIN_BLOCKS", "17"),
+            ("DYNO_CUDA_ATTN_STAGED", "yes"),
+            ("DYNO_CUDA_ATTN_MMA", "2"),
+            ("DYNO_CUDA_ATTN_PIPELINE", "on"),
+            ("DYNO_CUDA_ATTN_L2_AHEAD", "5"),
+            ("DYNO_CUDA_ATTN_L2_AHEAD", "-1"),
         ] {
-            let e = AttentionTuning::from_values(keys, blocks, staged, mma, pipeline)
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains(var), "{e}");
+            let e = tuning(&[(var, value)]).unwrap_err().to_string();
+            assert!(e.contains(&format!("{var}={value}")), "{e}");
         }
     }
 
