@@ -28,10 +28,15 @@
 #      per decode step: launches, µs, DRAM bytes, GB/s, % of 4.3 TB/s; the
 #      weights + KV floor at 4.3 TB/s against the measured step; the time
 #      between kernels = measured step − sum of kernel durations.
+#   4. With DYNO_PROFILE_DETAIL_KERNEL=REGEX (e.g. "^attention$"): one more
+#      run under `ncu --set full` of the first launch in the window whose
+#      name matches, and ncu's own details page for it (occupancy, warp
+#      stall reasons, memory and L2 traffic: why a kernel sits below the
+#      bandwidth) in OUT/profile.md and the case's detail_*.txt.
 # Knobs: DYNO_PROFILE_SKIP (16), DYNO_PROFILE_STEPS (4 profiled decode steps),
 # DYNO_PROFILE_TIMED_STEPS (64), DYNO_PROFILE_REPEATS (3), NCU (path to ncu),
 # DYNO_PROFILE_ENGINE_TOML (lines added to every run's engine.toml, e.g.
-# "batch_invariant = true").
+# "batch_invariant = true"), DYNO_PROFILE_DETAIL_KERNEL (above).
 # Writes OUT/profile.md (every case's tables) and OUT/gpu_profile.tar.gz
 # (per case: profile_PRESET_bBATCH.md, the raw ncu CSV, the .ncu-rep report,
 # the step logs and every log). Exits non-zero if ncu is missing or a case
@@ -197,6 +202,25 @@ for p in $PRESETS; do
       || { fail "$case_name: ncu_summary.py failed: $(tail -1 "$w/summary.log")" "$case_name"; continue; }
     cat "$w/summary.log" >&2
     tee -a "$OUT/profile.md" < "$w/profile_${case_name}.md"
+    if [ -n "${DYNO_PROFILE_DETAIL_KERNEL:-}" ]; then
+      detail="$w/detail_${case_name}.txt"
+      rm -f "$w/ncu-detail.ncu-rep"
+      DYNO_PROFILE_DECODE_STEPS="$SKIP:$STEPS" bench "$profiled" ncu-detail \
+        "$NCU" --target-processes all --profile-from-start off --set full \
+        --kernel-name "regex:$DYNO_PROFILE_DETAIL_KERNEL" --launch-count 1 \
+        --clock-control none --cache-control all --graph-profiling node \
+        --export "$w/ncu-detail" --force-overwrite --
+      if [ -s "$w/ncu-detail.ncu-rep" ] \
+        && "$NCU" --import "$w/ncu-detail.ncu-rep" --page details > "$detail" 2>> "$w/ncu-import.log" \
+        && [ -s "$detail" ]; then
+        { printf '\n### Nsight Compute details: the first launch matching `%s` (--set full)\n\n```\n' \
+            "$DYNO_PROFILE_DETAIL_KERNEL"
+          cat "$detail"
+          printf '```\n'; } >> "$OUT/profile.md"
+      else
+        fail "$case_name: no ncu details for a kernel matching '$DYNO_PROFILE_DETAIL_KERNEL' (no such launch in decode steps $SKIP..$((SKIP + STEPS - 1))?); log: gpu_profile/$case_name/ncu-detail.log" "$case_name"
+      fi
+    fi
     # Keep what explains the numbers; the records are large and not needed.
     rm -f "$w"/*.records.jsonl
     echo "($case_name took $((SECONDS - case_start)) s)"
