@@ -366,6 +366,20 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gy, int gz
                 vraw[v] = lane_on ? *reinterpret_cast<const uint4*>(v_cache + off) : make_uint4(0, 0, 0, 0);
             }
         };
+        // This lane's K and V pieces of keys base .. base + KEYS_PER_ITER - 1
+        // (those below `limit`) into L2.
+        auto prefetch_keys_l2 = [&](int base, int limit) {
+#pragma unroll
+            for (int v = 0; v < KEYS_PER_ITER; v++) {
+                const int pos = base + v;
+                if (pos < limit) {
+                    const long slot = (long)table[pos / block_size] * block_size + (pos % block_size);
+                    const long off = kv_row(slot, kvh, nkv, HD) + sl * 8;
+                    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(k_cache + off));
+                    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(v_cache + off));
+                }
+            }
+        };
         constexpr int WARP_STRIDE = ATTN_WARPS * WARP_KEYS;
         // The loop bound is uniform across the warp (shuffles need every lane).
 #if ATTN_PIPELINE
@@ -383,19 +397,9 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gy, int gz
 #if ATTN_L2_AHEAD > 0
             // This lane's rows ATTN_L2_AHEAD iterations past the next,
             // into L2: one lane per 128-byte line of a row.
-            if (lane_on && (sl & 7) == 0) {
-                const int ahead = wbase + (1 + ATTN_L2_AHEAD) * WARP_STRIDE + sub_in_warp * KEYS_PER_ITER;
-#pragma unroll
-                for (int v = 0; v < KEYS_PER_ITER; v++) {
-                    const int pos = ahead + v;
-                    if (pos < ue) {
-                        const long slot = (long)table[pos / block_size] * block_size + (pos % block_size);
-                        const long off = kv_row(slot, kvh, nkv, HD) + sl * 8;
-                        asm volatile("prefetch.global.L2 [%0];\n" ::"l"(k_cache + off));
-                        asm volatile("prefetch.global.L2 [%0];\n" ::"l"(v_cache + off));
-                    }
-                }
-            }
+            if (lane_on && (sl & 7) == 0)
+                prefetch_keys_l2(wbase + (1 + ATTN_L2_AHEAD) * WARP_STRIDE + sub_in_warp * KEYS_PER_ITER,
+                                 ue);
 #endif
             attend_keys<G, LPT>(q, kraw, vraw, valid, m, l, acc);
 #pragma unroll
@@ -416,16 +420,7 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gy, int gz
         if constexpr (UNITS) {
             // The rows this lane loads first in the next unit, on their way
             // to L2 while the block merges this one.
-#pragma unroll
-            for (int v = 0; v < KEYS_PER_ITER; v++) {
-                const int pos = ue + warp * WARP_KEYS + sub_in_warp * KEYS_PER_ITER + v;
-                if (lane_on && pos < end) {
-                    const long slot = (long)table[pos / block_size] * block_size + (pos % block_size);
-                    const long off = kv_row(slot, kvh, nkv, HD) + sl * 8;
-                    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(k_cache + off));
-                    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(v_cache + off));
-                }
-            }
+            if (lane_on) prefetch_keys_l2(ue + warp * WARP_KEYS + sub_in_warp * KEYS_PER_ITER, end);
         }
 #endif
 

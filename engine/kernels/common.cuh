@@ -75,7 +75,7 @@ __device__ __forceinline__ void pdl_launch() {
 // head][position][head dim], so one head's rows of a block are contiguous
 // (block size x head dim x 2 bytes) and attention reads them in one run.
 // 2 (the default) takes head-major where the tensor-core loop runs
-// (smollm2-135m offline +1.7 % on the H200) and slot-major where the
+// (smollm2-135m offline +2.0 % on the H200) and slot-major where the
 // sub-warp loop does (qwen3-0.6b offline -1.9 % head-major; docs/CUDA.md).
 // Every kernel that reads or writes the cache computes its rows here.
 #ifndef KV_HEAD_MAJOR

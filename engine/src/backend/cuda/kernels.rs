@@ -122,7 +122,7 @@ impl AttentionTuning {
                 },
             }
         };
-        // A whole number in `range`, or None where the variable is unset.
+        // A whole number `ok` accepts, or None where the variable is unset.
         let number = |name: &str,
                       ok: &dyn Fn(usize) -> bool,
                       expected: &str|
@@ -194,7 +194,7 @@ pub enum KvLayout {
     /// `block_size` rows. The block size is compiled in.
     HeadMajor { block_size: usize },
     /// Head-major where the tensor-core attention loop runs (head dims up
-    /// to 64 by default: smollm2-135m offline +1.7 % on the H200),
+    /// to 64 by default: smollm2-135m offline +2.0 % on the H200),
     /// slot-major where the sub-warp loop does (qwen3-0.6b: −1.9 %
     /// head-major). The kernels resolve it with the loop (`KV_HEAD_MAJOR`
     /// 2 in common.cuh), so the rule lives in one place.
