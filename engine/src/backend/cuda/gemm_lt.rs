@@ -14,8 +14,9 @@
 //! shape is multiplied on the device with the same input rows at the largest
 //! row count and at several small ones, and a candidate is pinned only when
 //! the shared rows agree bit for bit (and a repeat of the largest call does
-//! too). Candidates are tried fastest first (timed at load at 1 row, a full
-//! decode step and the largest step), since one algorithm serves them all.
+//! too). Candidates are tried fastest first (timed on the device at load,
+//! in a CUDA graph, at 1 row, a full decode step and the largest step),
+//! since one algorithm serves them all.
 //! A shape with no passing candidate fails the load, naming the shape.
 //! Other candidates that are faster somewhere and give the pinned one's
 //! bits (the same check, plus equality with it at the largest call) join
@@ -30,7 +31,7 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 use cudarc::cublaslt::{result as lt, sys};
-use cudarc::driver::{result as driver, CudaStream};
+use cudarc::driver::{result as driver, sys as sys_driver, CudaStream};
 
 use super::super::BackendError;
 use super::buffer::DeviceBuffer;
@@ -344,9 +345,9 @@ impl InvariantGemm {
         .map_err(|e| BackendError::Cuda(format!("cublasLtMatmul ({rows}x{}x{}): {e}", p.n, p.k)))
     }
 
-    /// Chooses the algorithm of one shape: the heuristic's candidates at the
-    /// largest row count, then at one row (those without a split-K
-    /// reduction first), each forced to split-K 1 without a reduction
+    /// Chooses the algorithm of one shape: the heuristic's candidates at a
+    /// busy decode step's row count, the largest and one row (those without
+    /// a split-K reduction first, `heuristic_asks`), each forced to split-K 1 without a reduction
     /// scheme and accepted by `cublasLtMatmulAlgoCheck` at 1 and `max_rows`
     /// rows; then, fastest first, the first that passes the self-check.
     /// "Fastest" is timed here, at 1 row (batch-1 decode), `typical_rows`
@@ -371,13 +372,13 @@ impl InvariantGemm {
         let mut candidates: Vec<sys::cublasLtMatmulAlgo_t> = Vec::new();
         let mut rejected = Vec::new();
         // Configurations without split-K reduction first; then the rest,
-        // forced to split-K 1 below (in case the mask leaves none).
-        for (rows, restrict) in [
-            (s.max_rows, true),
-            (1, true),
-            (s.max_rows, false),
-            (1, false),
-        ] {
+        // forced to split-K 1 below (in case the mask leaves none). The
+        // heuristic is asked at a busy decode step's row count first: that
+        // is where a served or offline workload spends its products' time,
+        // and its picks there (other tiles, cooperative schedules) need not
+        // be among its picks for a full prefill step or for one row.
+        let typical = s.typical_rows.clamp(1, s.max_rows);
+        for (rows, restrict) in heuristic_asks(typical, s.max_rows) {
             match self.heuristic(&p, rows, restrict) {
                 Ok(found) => {
                     for mut algo in found {
@@ -390,7 +391,7 @@ impl InvariantGemm {
                 Err(e) => rejected.push(format!("heuristic at {rows} rows: {e}")),
             }
         }
-        let mut timing_rows = vec![1, s.typical_rows.clamp(1, s.max_rows), s.max_rows];
+        let mut timing_rows = vec![1, typical, s.max_rows];
         timing_rows.dedup();
         // (algorithm, seconds per call at each of timing_rows)
         let mut timed: Vec<(sys::cublasLtMatmulAlgo_t, Vec<f64>)> = Vec::new();
@@ -664,8 +665,13 @@ impl InvariantGemm {
         Ok(())
     }
 
-    /// Mean seconds per call of `algo` at `rows` rows (after one warm-up
-    /// call), host-timed over a synchronized batch of calls.
+    /// Mean seconds per call of `algo` at `rows` rows on the device:
+    /// `TIMED_CALLS` calls captured in a CUDA graph (as a decode step runs
+    /// them), replayed once to warm up and once between two events. Timing
+    /// calls launched one by one from the host measures the host instead:
+    /// a cuBLASLt launch takes about as long as a product of a few thousand
+    /// rows, so the ranking of candidates came out as noise (measured on
+    /// the H200: every candidate at 6.6–9.5 µs from 1 to 2,048 rows).
     fn seconds_per_call(
         &self,
         p: &Pinned,
@@ -674,22 +680,21 @@ impl InvariantGemm {
         s: &Scratch,
         rows: usize,
     ) -> Result<f64, String> {
-        const CALLS: u32 = 10;
-        let sync = |what: &str| {
-            self.stream
-                .synchronize()
-                .map_err(|e| format!("{what} at {rows} rows: {e}"))
+        const TIMED_CALLS: u32 = 20;
+        let cuda = |what: &'static str| {
+            move |e: driver::DriverError| format!("{what} at {rows} rows: {e}")
         };
-        self.run(p, algo, s.x, weight, s.y, rows)
-            .map_err(|e| e.to_string())?;
-        sync("warm-up")?;
-        let start = std::time::Instant::now();
-        for _ in 0..CALLS {
-            self.run(p, algo, s.x, weight, s.y, rows)
-                .map_err(|e| e.to_string())?;
-        }
-        sync("timing")?;
-        Ok(start.elapsed().as_secs_f64() / f64::from(CALLS))
+        let graph = super::graphs::capture(&self.stream, || {
+            (0..TIMED_CALLS).try_for_each(|_| self.run(p, algo, s.x, weight, s.y, rows))
+        })
+        .map_err(|e| format!("capturing at {rows} rows: {e}"))?;
+        graph.graph.launch().map_err(cuda("warm-up replay"))?;
+        let timing = Some(sys_driver::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self.stream.record_event(timing).map_err(cuda("start event"))?;
+        graph.graph.launch().map_err(cuda("timed replay"))?;
+        let end = self.stream.record_event(timing).map_err(cuda("end event"))?;
+        let ms = start.elapsed_ms(&end).map_err(cuda("timing"))?;
+        Ok(f64::from(ms) * 1e-3 / f64::from(TIMED_CALLS))
     }
 
     /// The self-check input's first `rows` rows times the weight with
@@ -829,6 +834,22 @@ struct Scratch {
     y: u64,
 }
 
+/// The (row count, without split-K reduction only) pairs the heuristic is
+/// asked for candidates at, in order: the busy decode step's count, the
+/// largest and one row, first restricted to configurations without a
+/// split-K reduction, then unrestricted; repeats dropped.
+fn heuristic_asks(typical_rows: usize, max_rows: usize) -> Vec<(usize, bool)> {
+    let mut asks = Vec::new();
+    for restrict in [true, false] {
+        for rows in [typical_rows, max_rows, 1] {
+            if !asks.contains(&(rows, restrict)) {
+                asks.push((rows, restrict));
+            }
+        }
+    }
+    asks
+}
+
 /// Candidate indices ordered by the sum over row counts of each
 /// candidate's time relative to the best time at that row count (ties keep
 /// the heuristic's order). `times[c][r]`: seconds of candidate `c` at row
@@ -964,6 +985,28 @@ mod tests {
         assert!(distinct.len() > 200, "{}", distinct.len());
         assert!(a.iter().any(|v| v.to_f32() < 0.0) && a.iter().any(|v| v.to_f32() > 0.0));
         assert!(a.iter().all(|v| v.to_f32().abs() <= 1.0));
+    }
+
+    #[test]
+    fn the_heuristic_is_asked_at_the_decode_batch_first() {
+        assert_eq!(
+            heuristic_asks(1024, 8192),
+            vec![
+                (1024, true),
+                (8192, true),
+                (1, true),
+                (1024, false),
+                (8192, false),
+                (1, false)
+            ]
+        );
+        // A shape whose busy step is its largest call (the LM head) or
+        // one row is asked once per count.
+        assert_eq!(
+            heuristic_asks(64, 64),
+            vec![(64, true), (1, true), (64, false), (1, false)]
+        );
+        assert_eq!(heuristic_asks(1, 1), vec![(1, true), (1, false)]);
     }
 
     #[test]

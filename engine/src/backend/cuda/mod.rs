@@ -202,8 +202,14 @@ impl CudaBackend {
                 max_num_seqs,
                 logits_rows,
             );
+            let pinned = gemm_lt::InvariantGemm::new(&stream, &shapes)?;
+            // What was pinned and how fast it measured at load: the knob's
+            // throughput cost is mostly these choices (docs/CUDA.md).
+            for line in pinned.describe() {
+                eprintln!("batch_invariant: pinned GEMM {line}");
+            }
             (
-                runner::Products::Invariant(gemm_lt::InvariantGemm::new(&stream, &shapes)?),
+                runner::Products::Invariant(pinned),
                 split_keys,
                 arena::PARTIAL_ROWS.max(runner::invariant_partial_rows(
                     cfg.max_num_batched_tokens.max(max_num_seqs),
