@@ -394,13 +394,6 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gy, int gz
             uint4 knext[KEYS_PER_ITER], vnext[KEYS_PER_ITER];
             bool valid_next[KEYS_PER_ITER];
             if (wbase + WARP_STRIDE < ue) load_keys(wbase + WARP_STRIDE, knext, vnext, valid_next);
-#if ATTN_L2_AHEAD > 0
-            // This lane's rows ATTN_L2_AHEAD iterations past the next,
-            // into L2: one lane per 128-byte line of a row.
-            if (lane_on && (sl & 7) == 0)
-                prefetch_keys_l2(wbase + (1 + ATTN_L2_AHEAD) * WARP_STRIDE + sub_in_warp * KEYS_PER_ITER,
-                                 ue);
-#endif
             attend_keys<G, LPT>(q, kraw, vraw, valid, m, l, acc);
 #pragma unroll
             for (int v = 0; v < KEYS_PER_ITER; v++) {

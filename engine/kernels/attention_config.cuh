@@ -44,18 +44,6 @@
 #define ATTN_PIPELINE 1
 #endif
 
-// ATTN_L2_AHEAD (-D from kernels.rs; DYNO_CUDA_ATTN_L2_AHEAD there): when a
-// warp issues the loads of an iteration's K and V rows (the staged
-// tensor-core loop's copies, the pipelined sub-warp loop's next rows), it
-// also prefetches into L2 the rows of the iteration ATTN_L2_AHEAD further
-// on (prefetch.global.L2: no register or shared memory waits on it), so
-// that those loads find L2 rather than DRAM and more of the cache's bytes
-// are in flight. Reads nothing into the kernel, so the same bits. 0 (the
-// default) prefetches nothing; docs/CUDA.md has its status.
-#ifndef ATTN_L2_AHEAD
-#define ATTN_L2_AHEAD 0
-#endif
-
 // 16 bytes global -> shared without passing through registers; `valid`
 // false zero-fills (no bytes read).
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {

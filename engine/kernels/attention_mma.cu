@@ -177,20 +177,6 @@ __device__ __forceinline__ void attend_split_mma(
                        pos < stage_end);
         }
         cp_async_commit();
-#if ATTN_L2_AHEAD > 0
-        // The rows ATTN_L2_AHEAD iterations further on, into L2: a lane
-        // per 128-byte line of their K or V rows.
-        constexpr int LINES = (HD * 2 + 127) / 128;  // 128-byte lines per row
-        const int ahead = tile_base + ATTN_L2_AHEAD * WARP_STRIDE;
-        for (int q = lane; q < Stage::ROWS * LINES * 2; q += 32) {
-            const int rest = q >> 1, pos = ahead + rest / LINES, line = rest % LINES;
-            if (pos < stage_end) {
-                const bf16* row = ((q & 1) ? v_cache : k_cache) + kv_row(slot_of(pos), kvh, nkv, HD);
-                asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(row) +
-                                                              line * 128));
-            }
-        }
-#endif
     };
     if (!prestaged && begin + warp * 8 * KT < end) stage_rows(begin + warp * 8 * KT, buffer);
 #endif

@@ -80,7 +80,6 @@ pub fn is_default(knobs: &toml::Table) -> bool {
 /// sources name, less [`ENV_NOT_SWITCHES`].
 pub const ENV_SWITCHES: &[&str] = &[
     "DYNO_CUDA_ATTN_KEYS",
-    "DYNO_CUDA_ATTN_L2_AHEAD",
     "DYNO_CUDA_ATTN_MIN_BLOCKS",
     "DYNO_CUDA_ATTN_MMA",
     "DYNO_CUDA_ATTN_PIPELINE",

@@ -30,8 +30,6 @@ pub const ATTN_KEYS_PER_ITER_CHOICES: [usize; 4] = [1, 2, 4, 8];
 /// Most blocks per SM `DYNO_CUDA_ATTN_MIN_BLOCKS` may ask the register
 /// allocation to allow (16 blocks of 128 threads fill an SM's 2,048).
 pub const ATTN_MAX_MIN_BLOCKS: usize = 16;
-/// Most iterations ahead `DYNO_CUDA_ATTN_L2_AHEAD` may prefetch K/V rows.
-pub const ATTN_MAX_L2_AHEAD: usize = 4;
 
 /// Compile-time choices of the attention kernel that trade registers for
 /// work per thread. The defaults are what the engine runs; the environment
@@ -72,12 +70,6 @@ pub struct AttentionTuning {
     /// `true` (unset or 1, the default: qwen3-0.6b offline +1.9 % on the
     /// H200, docs/CUDA.md) or `false` (0).
     pub pipeline: bool,
-    /// `DYNO_CUDA_ATTN_L2_AHEAD` (0 to `ATTN_MAX_L2_AHEAD`): as a warp
-    /// issues an iteration's K/V loads (the staged tensor-core loop, the
-    /// pipelined sub-warp loop), it prefetches into L2 the rows this many
-    /// iterations further on (the kernel's `ATTN_L2_AHEAD`). Reads nothing
-    /// into the kernel, so the same bits. 0 (unset, the default): none.
-    pub l2_ahead: usize,
     /// The `attention_units` kernel's `__launch_bounds__` minimum blocks
     /// per SM (the kernel's `ATTN_UNITS_MIN_BLOCKS`). Not from the
     /// environment: `None` compiles it with `attention`'s bound, and the
@@ -94,7 +86,6 @@ impl Default for AttentionTuning {
             staged: None,
             mma: None,
             pipeline: true,
-            l2_ahead: 0,
             units_min_blocks: None,
         }
     }
@@ -154,25 +145,17 @@ impl AttentionTuning {
             &|n| (1..=ATTN_MAX_MIN_BLOCKS).contains(&n),
             &format!("1 to {ATTN_MAX_MIN_BLOCKS}"),
         )?;
-        if let Some(n) = number(
-            "DYNO_CUDA_ATTN_L2_AHEAD",
-            &|n| n <= ATTN_MAX_L2_AHEAD,
-            &format!("0 to {ATTN_MAX_L2_AHEAD}"),
-        )? {
-            t.l2_ahead = n;
-        }
         Ok(t)
     }
 
     /// The `-D` options the kernel is compiled with.
-    pub fn defines(&self) -> [String; 7] {
+    pub fn defines(&self) -> [String; 6] {
         [
             format!("-DATTN_KEYS_PER_ITER={}", self.keys_per_iter),
             format!("-DATTN_MIN_BLOCKS={}", self.min_blocks.unwrap_or(0)),
             format!("-DATTN_STAGED={}", self.staged.map_or(2, u8::from)),
             format!("-DATTN_MMA={}", self.mma.map_or(2, u8::from)),
             format!("-DATTN_PIPELINE={}", u8::from(self.pipeline)),
-            format!("-DATTN_L2_AHEAD={}", self.l2_ahead),
             format!(
                 "-DATTN_UNITS_MIN_BLOCKS={}",
                 self.units_min_blocks.unwrap_or(0)
@@ -689,7 +672,6 @@ mod tests {
                 "-DATTN_STAGED=2",
                 "-DATTN_MMA=2",
                 "-DATTN_PIPELINE=1",
-                "-DATTN_L2_AHEAD=0",
                 "-DATTN_UNITS_MIN_BLOCKS=0"
             ]
         );
@@ -699,18 +681,16 @@ mod tests {
             ("DYNO_CUDA_ATTN_STAGED", "1"),
             ("DYNO_CUDA_ATTN_MMA", "0"),
             ("DYNO_CUDA_ATTN_PIPELINE", "0"),
-            ("DYNO_CUDA_ATTN_L2_AHEAD", "2"),
         ])
         .unwrap();
         assert_eq!(
-            (t.keys_per_iter, t.min_blocks, t.staged, t.mma, t.l2_ahead),
-            (1, Some(5), Some(true), Some(false), 2)
+            (t.keys_per_iter, t.min_blocks, t.staged, t.mma),
+            (1, Some(5), Some(true), Some(false))
         );
         assert_eq!(t.defines()[2], "-DATTN_STAGED=1");
         assert_eq!(t.defines()[3], "-DATTN_MMA=0");
         assert!(!t.pipeline);
         assert_eq!(t.defines()[4], "-DATTN_PIPELINE=0");
-        assert_eq!(t.defines()[5], "-DATTN_L2_AHEAD=2");
         let t = tuning(&[("DYNO_CUDA_ATTN_MMA", " 1")]).unwrap();
         assert_eq!(t.mma, Some(true));
         assert_eq!(t.defines()[3], "-DATTN_MMA=1");
@@ -722,8 +702,6 @@ mod tests {
             ("DYNO_CUDA_ATTN_STAGED", "yes"),
             ("DYNO_CUDA_ATTN_MMA", "2"),
             ("DYNO_CUDA_ATTN_PIPELINE", "on"),
-            ("DYNO_CUDA_ATTN_L2_AHEAD", "5"),
-            ("DYNO_CUDA_ATTN_L2_AHEAD", "-1"),
         ] {
             let e = tuning(&[(var, value)]).unwrap_err().to_string();
             assert!(e.contains(&format!("{var}={value}")), "{e}");

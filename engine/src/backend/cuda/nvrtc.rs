@@ -338,7 +338,6 @@ mod tests {
             staged: Some(staged),
             mma: Some(false),
             pipeline: true,
-            l2_ahead: 0,
             units_min_blocks: None,
         };
         let unpipelined = |keys| AttentionTuning {
@@ -476,35 +475,6 @@ mod tests {
             assert!(
                 ptx(KvLayout::default_for(16), &[]) == expected,
                 "hd {hd}: the default KV layout does not compile as {followed:?}"
-            );
-        }
-        // L2 prefetches ahead of the loads, in the staged tensor-core loop
-        // (head dim 64) and the pipelined sub-warp loop (128): more
-        // prefetch instructions than the default's, no local memory.
-        for (hd, g) in [(64, 3), (128, 2)] {
-            let prefetches = |l2_ahead| {
-                let attention = AttentionTuning {
-                    l2_ahead,
-                    ..Default::default()
-                };
-                let src = compile(
-                    &include,
-                    (9, 0),
-                    shape_of(hd, g, attention, KvLayout::default_for(16)),
-                    &[],
-                )
-                .unwrap()
-                .to_src();
-                assert!(
-                    !src.contains(".local"),
-                    "hd {hd} l2_ahead {l2_ahead}: local memory"
-                );
-                src.matches("prefetch.global.L2").count()
-            };
-            let (off, on) = (prefetches(0), prefetches(2));
-            assert!(
-                on > off,
-                "hd {hd}: {on} L2 prefetches with l2_ahead 2, {off} without"
             );
         }
     }
