@@ -251,12 +251,7 @@ impl InvariantGemm {
         let x_host: Vec<half::bf16> = pseudo_random(x_len);
         let x = DeviceBuffer::upload(stream, &x_host, "GEMM self-check input")?;
         let y = DeviceBuffer::zeroed(stream, y_len * 4, "GEMM self-check output")?;
-        let fence = DeviceBuffer::zeroed(stream, FENCE_BYTES, "GEMM timing fence")?;
-        let scratch = Scratch {
-            x: x.ptr,
-            y: y.ptr,
-            fence: fence.ptr,
-        };
+        let scratch = Scratch { x: x.ptr, y: y.ptr };
         for s in merged {
             let pinned = gemm.pin(s, &scratch)?;
             gemm.pinned.push(pinned);
@@ -670,21 +665,13 @@ impl InvariantGemm {
         Ok(())
     }
 
-    /// Mean seconds per call of `algo` at `rows` rows on the device, each
-    /// call on its own: `TIMED_CALLS` calls captured in a CUDA graph, each
-    /// followed by a 4-byte memset of another buffer, replayed once to warm
-    /// up and once between two events. Why each piece:
-    /// - Calls launched one by one from the host time the host: a cuBLASLt
-    ///   launch takes about as long as a product of a few thousand rows
-    ///   (on the H200 every candidate timed 6.6–9.5 µs from 1 to 2,048 rows).
-    /// - Calls back to back in a graph overlap: replayed so, a 1,024 × 576 ×
-    ///   576 product on 18 thread blocks timed 3.7 µs, more than those 18
-    ///   SMs can compute, so candidates with few blocks won, and under
-    ///   Nsight the pinned products of a 1,024-row step took 1.49 ms
-    ///   against cuBLAS's 1.00 ms. In a forward pass the next kernel waits
-    ///   for a product's result, so a product's own latency is its cost. A
-    ///   memset node waits for the whole product before the next starts; it
-    ///   adds the same small time to every candidate.
+    /// Mean seconds per call of `algo` at `rows` rows on the device:
+    /// `TIMED_CALLS` calls captured in a CUDA graph (as a decode step runs
+    /// them), replayed once to warm up and once between two events. Timing
+    /// calls launched one by one from the host measures the host instead:
+    /// a cuBLASLt launch takes about as long as a product of a few thousand
+    /// rows, so the ranking of candidates came out as noise (measured on
+    /// the H200: every candidate at 6.6–9.5 µs from 1 to 2,048 rows).
     fn seconds_per_call(
         &self,
         p: &Pinned,
@@ -698,25 +685,14 @@ impl InvariantGemm {
             move |e: driver::DriverError| format!("{what} at {rows} rows: {e}")
         };
         let graph = super::graphs::capture(&self.stream, || {
-            (0..TIMED_CALLS).try_for_each(|_| {
-                self.run(p, algo, s.x, weight, s.y, rows)?;
-                // SAFETY: `fence` is a live device buffer of FENCE_BYTES.
-                unsafe { driver::memset_d8_async(s.fence, 0, FENCE_BYTES, self.stream.cu_stream()) }
-                    .map_err(|e| BackendError::Cuda(format!("fence between timed calls: {e}")))
-            })
+            (0..TIMED_CALLS).try_for_each(|_| self.run(p, algo, s.x, weight, s.y, rows))
         })
         .map_err(|e| format!("capturing at {rows} rows: {e}"))?;
         graph.graph.launch().map_err(cuda("warm-up replay"))?;
         let timing = Some(sys_driver::CUevent_flags::CU_EVENT_DEFAULT);
-        let start = self
-            .stream
-            .record_event(timing)
-            .map_err(cuda("start event"))?;
+        let start = self.stream.record_event(timing).map_err(cuda("start event"))?;
         graph.graph.launch().map_err(cuda("timed replay"))?;
-        let end = self
-            .stream
-            .record_event(timing)
-            .map_err(cuda("end event"))?;
+        let end = self.stream.record_event(timing).map_err(cuda("end event"))?;
         let ms = start.elapsed_ms(&end).map_err(cuda("timing"))?;
         Ok(f64::from(ms) * 1e-3 / f64::from(TIMED_CALLS))
     }
@@ -856,12 +832,7 @@ pub fn check_shape(
 struct Scratch {
     x: u64,
     y: u64,
-    /// `FENCE_BYTES` cleared between timed calls (`seconds_per_call`).
-    fence: u64,
 }
-
-/// The memset between two timed calls: the smallest write.
-const FENCE_BYTES: usize = 4;
 
 /// The (row count, without split-K reduction only) pairs the heuristic is
 /// asked for candidates at, in order: the busy decode step's count, the
