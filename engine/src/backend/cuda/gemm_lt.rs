@@ -672,6 +672,17 @@ impl InvariantGemm {
     /// a cuBLASLt launch takes about as long as a product of a few thousand
     /// rows, so the ranking of candidates came out as noise (measured on
     /// the H200: every candidate at 6.6–9.5 µs from 1 to 2,048 rows).
+    ///
+    /// What this measures is not a product's latency alone: back to back
+    /// in a graph the calls overlap (a 1,024 × 576 × 576 product on 18
+    /// thread blocks timed 3.7 µs, faster than 18 SMs compute it), which
+    /// favours algorithms of few blocks. Those are slower alone (under
+    /// Nsight, caches flushed, smollm2-135m's pinned products of a
+    /// 1,024-row step took 1.49 ms against 1.21 ms as host-timed picks),
+    /// yet the step they run in was faster (4.17 against 4.34 ms with
+    /// graphs, where the next kernel starts beside a product): the cost
+    /// that matters is the step's, and which proxy predicts it best is not
+    /// settled (docs/BENCHMARKS.md, "The knob's GEMMs timed on the device").
     fn seconds_per_call(
         &self,
         p: &Pinned,
