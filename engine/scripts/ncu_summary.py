@@ -83,6 +83,9 @@ class Launch:
     dram_write: float
     dram_pct: float
     sm_pct: float
+    # Thread blocks in the grid (ncu's "Grid Size" column), None where the
+    # export lacks it.
+    blocks: int = None
 
 
 @dataclass
@@ -121,6 +124,21 @@ def parse_number(text, where):
         return float(cleaned)
     except ValueError:
         raise InputError(f"{where}: {text!r} is not a number") from None
+
+
+def parse_grid(text, where):
+    """Thread blocks of ncu's grid text "(x, y, z)"."""
+    parts = text.strip().strip("()").split(",")
+    try:
+        dims = [int(p.strip()) for p in parts]
+    except ValueError:
+        raise InputError(f"{where}: {text!r} is not a grid \"(x, y, z)\"") from None
+    if not dims or any(d < 1 for d in dims):
+        raise InputError(f"{where}: {text!r} is not a grid \"(x, y, z)\"")
+    blocks = 1
+    for d in dims:
+        blocks *= d
+    return blocks
 
 
 def read_raw_csv(path):
@@ -166,10 +184,13 @@ def read_raw_csv(path):
             raise InputError(f"{path}:{line}: {len(row)} fields, the header has {len(header)}")
         values = {m: parse_number(row[col[m]], f"{path}:{line}: {m}") * factors[m]
                   for m in METRICS}
+        blocks = (parse_grid(row[col["Grid Size"]], f"{path}:{line}: Grid Size")
+                  if "Grid Size" in col else None)
         launches.append(Launch(kernel=row[col["Kernel Name"]], duration_s=values[METRIC_DURATION],
                                dram_read=values[METRIC_DRAM_READ],
                                dram_write=values[METRIC_DRAM_WRITE],
-                               dram_pct=values[METRIC_DRAM_PCT], sm_pct=values[METRIC_SM_PCT]))
+                               dram_pct=values[METRIC_DRAM_PCT], sm_pct=values[METRIC_SM_PCT],
+                               blocks=blocks))
     if not launches:
         raise InputError(f"{path}: no kernel launches after the units row")
     return launches
@@ -318,6 +339,59 @@ def fmt_ms(seconds):
     return f"{seconds * 1e3:.4f} ms"
 
 
+# The products a layer of the engine's forward pass multiplies through
+# cuBLAS, in launch order (backend/cuda/runner.rs), then the LM head once a
+# step. Steps of the small-batch path run the layers' products as the
+# engine's own kernels, so only the LM head is cuBLAS there.
+LAYER_PRODUCTS = ("QKV", "O", "gate/up", "down")
+LM_HEAD = "LM head"
+
+
+@dataclass
+class Place:
+    """The cuBLAS launches at one place in the step (e.g. every layer's O
+    product)."""
+    name: str
+    launches: int = 0
+    duration_s: float = 0.0
+    dram_bytes: float = 0.0
+    # (kernel, blocks) -> launches
+    kernels: dict = field(default_factory=dict)
+
+    def add(self, launch):
+        self.launches += 1
+        self.duration_s += launch.duration_s
+        self.dram_bytes += launch.dram_read + launch.dram_write
+        key = (launch.kernel, launch.blocks)
+        self.kernels[key] = self.kernels.get(key, 0) + 1
+
+
+def products_by_place(launches, own, steps, layers):
+    """The cuBLAS launches grouped by their place in the step: each of a
+    layer's products (summed over the layers) and the LM head. Returns
+    (places, None), or (None, why) where the launches do not split into
+    `layers` × k products plus one LM head per step."""
+    gemms = [launch for launch in launches if group_name(launch.kernel, own) == CUBLAS_GROUP]
+    if not gemms:
+        return None, "no cuBLAS launches"
+    if steps < 1 or len(gemms) % steps:
+        return None, f"{len(gemms)} cuBLAS launches do not divide into {steps} steps"
+    per_step = len(gemms) // steps
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+        return None, f"num_hidden_layers {layers!r} is not a layer count"
+    if (per_step - 1) % layers:
+        return None, (f"{per_step} cuBLAS launches per step are not {layers} layers × k "
+                      "products + the LM head")
+    k = (per_step - 1) // layers
+    names = (list(LAYER_PRODUCTS) if k == len(LAYER_PRODUCTS)
+             else [f"product {i + 1} of {k} in a layer" for i in range(k)])
+    places = [Place(n) for n in names] + [Place(LM_HEAD)]
+    for i, launch in enumerate(gemms):
+        at = i % per_step
+        places[len(places) - 1 if at == per_step - 1 else at % k].add(launch)
+    return places, None
+
+
 def fmt_us(seconds):
     return f"{seconds * 1e6:,.1f}"
 
@@ -327,7 +401,7 @@ def fmt_mb(nbytes):
 
 
 def summarize(launches, steps, batch, context, weight_bytes, kv_token_bytes, step_times, own,
-              title, step_kernel=STEP_KERNEL):
+              title, step_kernel=STEP_KERNEL, layers=None):
     if steps < 1:
         raise InputError("--steps must be at least 1")
     groups = group_launches(launches, own)
@@ -389,6 +463,27 @@ def summarize(launches, steps, batch, context, weight_bytes, kv_token_bytes, ste
         out.append("")
         out.append(f"`{CUBLAS_GROUP}` is {len(cublas.kernels)} cuBLAS kernel(s): "
                    + ", ".join(f"`{k}`" for k in sorted(cublas.kernels)) + ".")
+        places, why = products_by_place(launches, own, steps, layers)
+        out.append("")
+        if places is None:
+            out.append(f"cuBLAS launches by product: not split ({why}).")
+        else:
+            out.append("cuBLAS launches by product (each layer's products summed over the "
+                       f"{layers} layers; blocks = the launch's thread blocks):")
+            out.append("")
+            out.append("| product | launches/step | µs/step | µs/launch | GB/s (DRAM r+w) "
+                       "| kernel (blocks) × launches |")
+            out.append("| --- | ---: | ---: | ---: | ---: | --- |")
+            for pl in places:
+                bps = pl.dram_bytes / pl.duration_s if pl.duration_s > 0 else 0.0
+                kernels = ", ".join(
+                    f"`{name}` ({'?' if blocks is None else blocks}) × {n}"
+                    for (name, blocks), n in sorted(pl.kernels.items(),
+                                                    key=lambda kv: (-kv[1], kv[0][0])))
+                out.append(f"| {pl.name} | {pl.launches / steps:g} | "
+                           f"{fmt_us(pl.duration_s / steps)} | "
+                           f"{fmt_us(pl.duration_s / pl.launches)} | {bps / 1e9:,.0f} | "
+                           f"{kernels} |")
     out.append("")
     return "\n".join(out)
 
@@ -435,7 +530,8 @@ def main(argv=None):
         step_times = [StepTime(label, samples) for label, samples in pooled.items()]
         text = summarize(launches, args.steps, args.batch, args.context,
                          weight_bytes_per_step(args.model), kv_bytes_per_token(config),
-                         step_times, own, args.title)
+                         step_times, own, args.title,
+                         layers=config.get("num_hidden_layers"))
     except InputError as e:
         print(f"ncu_summary: {e}", file=sys.stderr)
         return 1

@@ -132,6 +132,95 @@ class Grouping(unittest.TestCase):
                                  "norm_qkv_rope_cache", "o_proj_residual"])
 
 
+def gemm_csv(rows):
+    """A raw export of (kernel, grid, duration ns, DRAM bytes read) launches."""
+    lines = ['"ID","Kernel Name","Grid Size","dram__bytes_read.sum","dram__bytes_write.sum",'
+             '"dram__throughput.avg.pct_of_peak_sustained_elapsed","gpu__time_duration.sum",'
+             '"sm__throughput.avg.pct_of_peak_sustained_elapsed"',
+             '"","","","byte","byte","%","nsecond","%"']
+    for i, (kernel, grid, ns_, read) in enumerate(rows):
+        lines.append(f'"{i}","{kernel}","{grid}","{read}","0","10","{ns_}","10"')
+    return "\n".join(lines) + "\n"
+
+
+class ProductsByPlace(unittest.TestCase):
+    def launches(self, rows):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "raw.csv")
+            with open(path, "w") as f:
+                f.write(gemm_csv(rows))
+            return ns.read_raw_csv(path)
+
+    def two_layer_step(self, o_kernel="nvjet_o", o_grid="(18, 1, 1)"):
+        """One decode step of 2 layers: QKV, attention, O, gate/up, down per
+        layer, then the LM head and sampling."""
+        rows = []
+        for layer in range(2):
+            rows += [("nvjet_qkv", "(120, 1, 1)", 1000, 1000),
+                     ("attention", "(3, 1, 32)", 9000, 0),
+                     (o_kernel, o_grid, 2000 + 1000 * layer, 2000),
+                     ("nvjet_gate_up", "(2, 66, 1)", 3000, 3000),
+                     ("nvjet_down", "(128, 1, 1)", 4000, 4000)]
+        return rows + [("nvjet_lm_head", "(132, 1, 1)", 5000, 5000),
+                       ("sample_rows", "(1, 1, 1)", 100, 0)]
+
+    def test_each_layer_product_is_summed_over_the_layers(self):
+        own = ns.own_kernel_names(KERNELS_DIR)
+        places, why = ns.products_by_place(self.launches(self.two_layer_step()), own, 1, 2)
+        self.assertIsNone(why)
+        self.assertEqual([p.name for p in places], ["QKV", "O", "gate/up", "down", "LM head"])
+        o = places[1]
+        self.assertEqual(o.launches, 2)
+        self.assertAlmostEqual(o.duration_s, 5000 * NS)
+        self.assertEqual(o.kernels, {("nvjet_o", 18): 2})
+        self.assertEqual(places[2].kernels, {("nvjet_gate_up", 132): 2})
+        self.assertEqual((places[4].launches, places[4].kernels),
+                         (1, {("nvjet_lm_head", 132): 1}))
+
+    def test_the_summary_shows_the_places_with_kernels_and_blocks(self):
+        own = ns.own_kernel_names(KERNELS_DIR)
+        text = ns.summarize(self.launches(self.two_layer_step()), steps=1, batch=1, context=1,
+                            weight_bytes=1000, kv_token_bytes=1, step_times=[], own=own,
+                            title="t", layers=2)
+        # O: 2 launches, 5 µs per step, 2.5 µs each, 4,000 B / 5 µs = 0.8 GB/s.
+        self.assertIn("| O | 2 | 5.0 | 2.5 | 1 | `nvjet_o` (18) × 2 |", text)
+        self.assertIn("| LM head | 1 | 5.0 | 5.0 | 1 | `nvjet_lm_head` (132) × 1 |", text)
+
+    def test_launches_that_do_not_split_are_said_so(self):
+        own = ns.own_kernel_names(KERNELS_DIR)
+        launches = self.launches(self.two_layer_step())
+        # 9 cuBLAS launches are not 3 layers × k + 1, nor 2 steps' worth.
+        self.assertIn("not 3 layers", ns.products_by_place(launches, own, 1, 3)[1])
+        self.assertIn("do not divide into 2 steps", ns.products_by_place(launches, own, 2, 2)[1])
+        for bad in (None, "x", 0, True):
+            self.assertIn(f"num_hidden_layers {bad!r} is not a layer count",
+                          ns.products_by_place(launches, own, 1, bad)[1])
+        text = ns.summarize(launches, steps=1, batch=1, context=1, weight_bytes=1000,
+                            kv_token_bytes=1, step_times=[], own=own, title="t", layers=3)
+        self.assertIn("cuBLAS launches by product: not split (9 cuBLAS launches per step are "
+                      "not 3 layers", text)
+
+    def test_a_small_batch_step_has_only_the_lm_head(self):
+        own = ns.own_kernel_names(KERNELS_DIR)
+        launches = self.launches([("norm_qkv_rope_cache", "(8, 1, 1)", 100, 0),
+                                  ("nvjet_lm_head", "(132, 1, 1)", 5000, 5000)])
+        places, _ = ns.products_by_place(launches, own, 1, 30)
+        self.assertEqual([p.name for p in places], ["LM head"])
+
+    def test_a_bad_grid_names_the_file_line_and_field(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "raw.csv")
+            with open(path, "w") as f:
+                f.write(gemm_csv([("k", "(1, x, 1)", 1, 1)]))
+            with self.assertRaises(ns.InputError) as e:
+                ns.read_raw_csv(path)
+        self.assertIn("raw.csv:3: Grid Size: '(1, x, 1)'", str(e.exception))
+
+    def test_the_fixture_reads_its_grids(self):
+        launches = ns.read_raw_csv(FIXTURE)
+        self.assertEqual([launch.blocks for launch in launches[:3]], [120, 96, 576])
+
+
 class Floors(unittest.TestCase):
     def test_weight_bytes_count_a_tied_embedding_once_and_skip_an_untied_one(self):
         for untied in (False, True):
