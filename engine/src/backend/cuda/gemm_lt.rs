@@ -701,9 +701,15 @@ impl InvariantGemm {
         .map_err(|e| format!("capturing at {rows} rows: {e}"))?;
         graph.graph.launch().map_err(cuda("warm-up replay"))?;
         let timing = Some(sys_driver::CUevent_flags::CU_EVENT_DEFAULT);
-        let start = self.stream.record_event(timing).map_err(cuda("start event"))?;
+        let start = self
+            .stream
+            .record_event(timing)
+            .map_err(cuda("start event"))?;
         graph.graph.launch().map_err(cuda("timed replay"))?;
-        let end = self.stream.record_event(timing).map_err(cuda("end event"))?;
+        let end = self
+            .stream
+            .record_event(timing)
+            .map_err(cuda("end event"))?;
         let ms = start.elapsed_ms(&end).map_err(cuda("timing"))?;
         Ok(f64::from(ms) * 1e-3 / f64::from(TIMED_CALLS))
     }
