@@ -346,10 +346,10 @@ impl InvariantGemm {
     }
 
     /// Chooses the algorithm of one shape: the heuristic's candidates at a
-    /// busy decode step's row count, the largest and one row (those without
-    /// a split-K reduction first, `heuristic_asks`), each forced to split-K 1 without a reduction
-    /// scheme and accepted by `cublasLtMatmulAlgoCheck` at 1 and `max_rows`
-    /// rows; then, fastest first, the first that passes the self-check.
+    /// busy decode step's row count, the largest and one row (those
+    /// without a split-K reduction first; `heuristic_asks`), each forced to
+    /// split-K 1 without a reduction scheme and accepted by
+    /// `cublasLtMatmulAlgoCheck` at 1 and `max_rows` rows; then, fastest first, the first that passes the self-check.
     /// "Fastest" is timed here, at 1 row (batch-1 decode), `typical_rows`
     /// (a busy decode step) and `max_rows` (a full prefill step), each
     /// relative to the best candidate at that count, summed: one algorithm
