@@ -98,6 +98,8 @@ class Group:
     dram_pct_time: float = 0.0
     sm_pct_time: float = 0.0
     kernels: set = field(default_factory=set)
+    # (kernel, thread blocks) -> launches
+    kernel_blocks: dict = field(default_factory=dict)
 
     def add(self, launch):
         self.launches += 1
@@ -106,6 +108,8 @@ class Group:
         self.dram_pct_time += launch.dram_pct * launch.duration_s
         self.sm_pct_time += launch.sm_pct * launch.duration_s
         self.kernels.add(launch.kernel)
+        key = (launch.kernel, launch.blocks)
+        self.kernel_blocks[key] = self.kernel_blocks.get(key, 0) + 1
 
     def bytes_per_s(self):
         return self.dram_bytes / self.duration_s if self.duration_s > 0 else 0.0
@@ -347,30 +351,11 @@ LAYER_PRODUCTS = ("QKV", "O", "gate/up", "down")
 LM_HEAD = "LM head"
 
 
-@dataclass
-class Place:
-    """The cuBLAS launches at one place in the step (e.g. every layer's O
-    product)."""
-    name: str
-    launches: int = 0
-    duration_s: float = 0.0
-    dram_bytes: float = 0.0
-    # (kernel, blocks) -> launches
-    kernels: dict = field(default_factory=dict)
-
-    def add(self, launch):
-        self.launches += 1
-        self.duration_s += launch.duration_s
-        self.dram_bytes += launch.dram_read + launch.dram_write
-        key = (launch.kernel, launch.blocks)
-        self.kernels[key] = self.kernels.get(key, 0) + 1
-
-
 def products_by_place(launches, own, steps, layers):
-    """The cuBLAS launches grouped by their place in the step: each of a
-    layer's products (summed over the layers) and the LM head. Returns
-    (places, None), or (None, why) where the launches do not split into
-    `layers` × k products plus one LM head per step."""
+    """The cuBLAS launches grouped by their place in the step: a Group for
+    each of a layer's products (summed over the layers) and one for the LM
+    head. Returns (places, None), or (None, why) where the launches do not
+    split into `layers` × k products plus one LM head per step."""
     gemms = [launch for launch in launches if group_name(launch.kernel, own) == CUBLAS_GROUP]
     if not gemms:
         return None, "no cuBLAS launches"
@@ -385,7 +370,7 @@ def products_by_place(launches, own, steps, layers):
     k = (per_step - 1) // layers
     names = (list(LAYER_PRODUCTS) if k == len(LAYER_PRODUCTS)
              else [f"product {i + 1} of {k} in a layer" for i in range(k)])
-    places = [Place(n) for n in names] + [Place(LM_HEAD)]
+    places = [Group(n) for n in names] + [Group(LM_HEAD)]
     for i, launch in enumerate(gemms):
         at = i % per_step
         places[len(places) - 1 if at == per_step - 1 else at % k].add(launch)
@@ -475,10 +460,10 @@ def summarize(launches, steps, batch, context, weight_bytes, kv_token_bytes, ste
                        "| kernel (blocks) × launches |")
             out.append("| --- | ---: | ---: | ---: | ---: | --- |")
             for pl in places:
-                bps = pl.dram_bytes / pl.duration_s if pl.duration_s > 0 else 0.0
+                bps = pl.bytes_per_s()
                 kernels = ", ".join(
                     f"`{name}` ({'?' if blocks is None else blocks}) × {n}"
-                    for (name, blocks), n in sorted(pl.kernels.items(),
+                    for (name, blocks), n in sorted(pl.kernel_blocks.items(),
                                                     key=lambda kv: (-kv[1], kv[0][0])))
                 out.append(f"| {pl.name} | {pl.launches / steps:g} | "
                            f"{fmt_us(pl.duration_s / steps)} | "

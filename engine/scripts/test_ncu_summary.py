@@ -172,9 +172,9 @@ class ProductsByPlace(unittest.TestCase):
         o = places[1]
         self.assertEqual(o.launches, 2)
         self.assertAlmostEqual(o.duration_s, 5000 * NS)
-        self.assertEqual(o.kernels, {("nvjet_o", 18): 2})
-        self.assertEqual(places[2].kernels, {("nvjet_gate_up", 132): 2})
-        self.assertEqual((places[4].launches, places[4].kernels),
+        self.assertEqual(o.kernel_blocks, {("nvjet_o", 18): 2})
+        self.assertEqual(places[2].kernel_blocks, {("nvjet_gate_up", 132): 2})
+        self.assertEqual((places[4].launches, places[4].kernel_blocks),
                          (1, {("nvjet_lm_head", 132): 1}))
 
     def test_the_summary_shows_the_places_with_kernels_and_blocks(self):
