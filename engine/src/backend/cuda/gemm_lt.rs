@@ -58,6 +58,50 @@ const FAMILY_MIN_GAIN: f64 = 0.9;
 /// counts): batch-1 decode, small decode batches, and steps in between.
 const FAMILY_ROWS: &[usize] = &[1, 8, 32, 128];
 
+/// How candidates are timed at load (`DYNO_CUDA_PIN_TIMING`). Which of
+/// these predicts a decode step's time is not settled (docs/BENCHMARKS.md,
+/// "The knob's GEMMs timed on the device"), so all three can be compared
+/// with one binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PinTiming {
+    /// `graph` (the default): `TIMED_CALLS` calls back to back in a CUDA
+    /// graph between two events. The calls may overlap, which favours
+    /// algorithms of few thread blocks; on the H200 those made
+    /// smollm2-135m's batch-1,024 step faster than `host`'s picks.
+    #[default]
+    Graph,
+    /// `alone`: the same graph with a 4-byte memset after each call, so
+    /// that each call starts when the last has finished: a product's own
+    /// latency.
+    Alone,
+    /// `host`: 10 calls launched one by one from the host between two
+    /// synchronizations (the timing before `5a3d26d`); for small products
+    /// it times the launches.
+    Host,
+}
+
+impl PinTiming {
+    /// From `DYNO_CUDA_PIN_TIMING` (`graph`, `alone` or `host`; unset =
+    /// `graph`); anything else is an error naming the variable.
+    pub fn parse(text: Option<&str>) -> Result<Self, BackendError> {
+        match text.map(str::trim) {
+            None | Some("graph") => Ok(PinTiming::Graph),
+            Some("alone") => Ok(PinTiming::Alone),
+            Some("host") => Ok(PinTiming::Host),
+            Some(other) => Err(BackendError::Cuda(format!(
+                "DYNO_CUDA_PIN_TIMING={other}: expected `graph`, `alone` or `host`"
+            ))),
+        }
+    }
+}
+
+/// Calls per timing of a candidate in a graph (`PinTiming::Graph`,
+/// `PinTiming::Alone`), and from the host (`PinTiming::Host`).
+const TIMED_CALLS: u32 = 20;
+const HOST_TIMED_CALLS: u32 = 10;
+/// The memset after each call of `PinTiming::Alone`: the smallest write.
+const FENCE_BYTES: usize = 4;
+
 /// cuBLAS's `CUBLAS_OP_N` / `CUBLAS_OP_T` (the matmul descriptor's
 /// TRANSA/TRANSB attributes are `int32_t`).
 const OP_N: i32 = 0;
@@ -154,6 +198,7 @@ pub struct InvariantGemm {
     pinned: Vec<Pinned>,
     stream: Arc<CudaStream>,
     workspace: DeviceBuffer,
+    timing: PinTiming,
 }
 
 impl Drop for InvariantGemm {
@@ -175,7 +220,11 @@ impl InvariantGemm {
     /// Picks and checks an algorithm for every shape (duplicates of one
     /// (n, k) merged, keeping the largest row count). Runs products on the
     /// device; returns an error naming the shape when no candidate passes.
-    pub fn new(stream: &Arc<CudaStream>, shapes: &[GemmShape]) -> Result<Self, BackendError> {
+    pub fn new(
+        stream: &Arc<CudaStream>,
+        shapes: &[GemmShape],
+        timing: PinTiming,
+    ) -> Result<Self, BackendError> {
         // SAFETY: only tries to dlopen libcublasLt by its usual names.
         if !unsafe { sys::is_culib_present() } {
             return Err(BackendError::Cuda(
@@ -208,6 +257,7 @@ impl InvariantGemm {
             pinned: Vec::new(),
             stream: stream.clone(),
             workspace,
+            timing,
         };
         for (attr, op) in [
             (
@@ -251,7 +301,12 @@ impl InvariantGemm {
         let x_host: Vec<half::bf16> = pseudo_random(x_len);
         let x = DeviceBuffer::upload(stream, &x_host, "GEMM self-check input")?;
         let y = DeviceBuffer::zeroed(stream, y_len * 4, "GEMM self-check output")?;
-        let scratch = Scratch { x: x.ptr, y: y.ptr };
+        let fence = DeviceBuffer::zeroed(stream, FENCE_BYTES, "GEMM timing fence")?;
+        let scratch = Scratch {
+            x: x.ptr,
+            y: y.ptr,
+            fence: fence.ptr,
+        };
         for s in merged {
             let pinned = gemm.pin(s, &scratch)?;
             gemm.pinned.push(pinned);
@@ -665,24 +720,17 @@ impl InvariantGemm {
         Ok(())
     }
 
-    /// Mean seconds per call of `algo` at `rows` rows on the device:
-    /// `TIMED_CALLS` calls captured in a CUDA graph (as a decode step runs
-    /// them), replayed once to warm up and once between two events. Timing
-    /// calls launched one by one from the host measures the host instead:
-    /// a cuBLASLt launch takes about as long as a product of a few thousand
-    /// rows, so the ranking of candidates came out as noise (measured on
-    /// the H200: every candidate at 6.6–9.5 µs from 1 to 2,048 rows).
-    ///
-    /// What this measures is not a product's latency alone: back to back
-    /// in a graph the calls overlap (a 1,024 × 576 × 576 product on 18
-    /// thread blocks timed 3.7 µs, faster than 18 SMs compute it), which
-    /// favours algorithms of few blocks. Those are slower alone (under
-    /// Nsight, caches flushed, smollm2-135m's pinned products of a
-    /// 1,024-row step took 1.49 ms against 1.21 ms as host-timed picks),
-    /// yet the step they run in was faster (4.17 against 4.34 ms with
-    /// graphs, where the next kernel starts beside a product): the cost
-    /// that matters is the step's, and which proxy predicts it best is not
-    /// settled (docs/BENCHMARKS.md, "The knob's GEMMs timed on the device").
+    /// Mean seconds per call of `algo` at `rows` rows, timed as
+    /// `self.timing` says (after one warm-up). Timing calls launched one by
+    /// one from the host measures the host: a cuBLASLt launch takes about
+    /// as long as a product of a few thousand rows (on the H200 every
+    /// candidate timed 6.6–9.5 µs from 1 to 2,048 rows). In a graph, back
+    /// to back, the calls overlap: a 1,024 × 576 × 576 product on 18
+    /// thread blocks timed 3.7 µs, faster than 18 SMs compute it. Those
+    /// few-block picks were slower alone under Nsight (smollm2-135m's
+    /// products of a 1,024-row step: 1.49 ms against 1.21 ms as host-timed
+    /// picks), yet the step they run in was faster (4.17 against 4.34 ms
+    /// with graphs, where the next kernel starts beside a product).
     fn seconds_per_call(
         &self,
         p: &Pinned,
@@ -691,24 +739,46 @@ impl InvariantGemm {
         s: &Scratch,
         rows: usize,
     ) -> Result<f64, String> {
-        const TIMED_CALLS: u32 = 20;
         let cuda = |what: &'static str| {
             move |e: driver::DriverError| format!("{what} at {rows} rows: {e}")
         };
+        if self.timing == PinTiming::Host {
+            self.run(p, algo, s.x, weight, s.y, rows)
+                .map_err(|e| e.to_string())?;
+            self.stream.synchronize().map_err(cuda("warm-up"))?;
+            let start = std::time::Instant::now();
+            for _ in 0..HOST_TIMED_CALLS {
+                self.run(p, algo, s.x, weight, s.y, rows)
+                    .map_err(|e| e.to_string())?;
+            }
+            self.stream.synchronize().map_err(cuda("timing"))?;
+            return Ok(start.elapsed().as_secs_f64() / f64::from(HOST_TIMED_CALLS));
+        }
+        let fenced = self.timing == PinTiming::Alone;
         let graph = super::graphs::capture(&self.stream, || {
-            (0..TIMED_CALLS).try_for_each(|_| self.run(p, algo, s.x, weight, s.y, rows))
+            (0..TIMED_CALLS).try_for_each(|_| {
+                self.run(p, algo, s.x, weight, s.y, rows)?;
+                if fenced {
+                    // SAFETY: `fence` is a live device buffer of FENCE_BYTES.
+                    unsafe {
+                        driver::memset_d8_async(s.fence, 0, FENCE_BYTES, self.stream.cu_stream())
+                    }
+                    .map_err(|e| BackendError::Cuda(format!("fence between timed calls: {e}")))?;
+                }
+                Ok(())
+            })
         })
         .map_err(|e| format!("capturing at {rows} rows: {e}"))?;
         graph.graph.launch().map_err(cuda("warm-up replay"))?;
-        let timing = Some(sys_driver::CUevent_flags::CU_EVENT_DEFAULT);
+        let events = Some(sys_driver::CUevent_flags::CU_EVENT_DEFAULT);
         let start = self
             .stream
-            .record_event(timing)
+            .record_event(events)
             .map_err(cuda("start event"))?;
         graph.graph.launch().map_err(cuda("timed replay"))?;
         let end = self
             .stream
-            .record_event(timing)
+            .record_event(events)
             .map_err(cuda("end event"))?;
         let ms = start.elapsed_ms(&end).map_err(cuda("timing"))?;
         Ok(f64::from(ms) * 1e-3 / f64::from(TIMED_CALLS))
@@ -809,7 +879,7 @@ pub fn check_shape(
         typical_rows: max_rows.min(256),
         weight: w.ptr,
     };
-    let gemm = InvariantGemm::new(stream, &[shape])?;
+    let gemm = InvariantGemm::new(stream, &[shape], PinTiming::default())?;
     // Another input than the self-check's (shifted sequence).
     let x = DeviceBuffer::upload(stream, &pseudo_random(max_rows * k + 3)[3..], "test input")?;
     let y = DeviceBuffer::zeroed(stream, max_rows * n * 4, "test output")?;
@@ -849,6 +919,8 @@ pub fn check_shape(
 struct Scratch {
     x: u64,
     y: u64,
+    /// `FENCE_BYTES` cleared between timed calls (`PinTiming::Alone`).
+    fence: u64,
 }
 
 /// The (row count, without split-K reduction only) pairs the heuristic is
@@ -1002,6 +1074,19 @@ mod tests {
         assert!(distinct.len() > 200, "{}", distinct.len());
         assert!(a.iter().any(|v| v.to_f32() < 0.0) && a.iter().any(|v| v.to_f32() > 0.0));
         assert!(a.iter().all(|v| v.to_f32().abs() <= 1.0));
+    }
+
+    #[test]
+    fn pin_timing_comes_from_its_variable_and_bad_values_are_named() {
+        assert_eq!(PinTiming::parse(None).unwrap(), PinTiming::Graph);
+        assert_eq!(PinTiming::parse(Some("graph")).unwrap(), PinTiming::Graph);
+        assert_eq!(PinTiming::parse(Some(" alone ")).unwrap(), PinTiming::Alone);
+        assert_eq!(PinTiming::parse(Some("host")).unwrap(), PinTiming::Host);
+        for bad in ["", "Graph", "fenced"] {
+            let e = PinTiming::parse(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains(&format!("DYNO_CUDA_PIN_TIMING={bad}:")), "{e}");
+            assert!(e.contains("`graph`, `alone` or `host`"), "{e}");
+        }
     }
 
     #[test]

@@ -202,7 +202,9 @@ impl CudaBackend {
                 max_num_seqs,
                 logits_rows,
             );
-            let pinned = gemm_lt::InvariantGemm::new(&stream, &shapes)?;
+            let timing =
+                gemm_lt::PinTiming::parse(std::env::var("DYNO_CUDA_PIN_TIMING").ok().as_deref())?;
+            let pinned = gemm_lt::InvariantGemm::new(&stream, &shapes, timing)?;
             // What was pinned and how fast it measured at load: the knob's
             // throughput cost is mostly these choices (docs/CUDA.md).
             for line in pinned.describe() {
