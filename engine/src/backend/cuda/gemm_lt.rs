@@ -870,6 +870,7 @@ pub fn check_shape(
     k: usize,
     max_rows: usize,
     rows: &[usize],
+    timing: PinTiming,
 ) -> Result<String, BackendError> {
     let w = DeviceBuffer::upload(stream, &pseudo_random(n * k + 7)[7..], "test weight")?;
     let shape = GemmShape {
@@ -879,7 +880,7 @@ pub fn check_shape(
         typical_rows: max_rows.min(256),
         weight: w.ptr,
     };
-    let gemm = InvariantGemm::new(stream, &[shape], PinTiming::default())?;
+    let gemm = InvariantGemm::new(stream, &[shape], timing)?;
     // Another input than the self-check's (shifted sequence).
     let x = DeviceBuffer::upload(stream, &pseudo_random(max_rows * k + 3)[3..], "test input")?;
     let y = DeviceBuffer::zeroed(stream, max_rows * n * 4, "test output")?;

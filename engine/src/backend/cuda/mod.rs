@@ -46,7 +46,8 @@ pub use device::{device_properties, is_available};
 /// GPU test hook: pins and self-checks the batch-invariant product of an
 /// `n × k` weight for up to `max_rows` rows on device 0, then compares
 /// `rows`-row products with the `max_rows` one bit for bit (see
-/// `gemm_lt::check_shape`). Returns the pinned algorithm.
+/// `gemm_lt::check_shape`), candidates timed as `DYNO_CUDA_PIN_TIMING`
+/// says, as at the engine's load. Returns the pinned algorithm.
 pub fn check_invariant_gemm(
     n: usize,
     k: usize,
@@ -54,7 +55,13 @@ pub fn check_invariant_gemm(
     rows: &[usize],
 ) -> Result<String, BackendError> {
     let (_ctx, stream) = device::open(0)?;
-    gemm_lt::check_shape(&stream, n, k, max_rows, rows)
+    gemm_lt::check_shape(&stream, n, k, max_rows, rows, pin_timing()?)
+}
+
+/// How the batch-invariant GEMMs' candidates are timed at load:
+/// `DYNO_CUDA_PIN_TIMING` (`gemm_lt::PinTiming`).
+fn pin_timing() -> Result<gemm_lt::PinTiming, BackendError> {
+    gemm_lt::PinTiming::parse(std::env::var("DYNO_CUDA_PIN_TIMING").ok().as_deref())
 }
 
 /// Device memory kept free beyond the KV pool for graphs and cuBLAS.
@@ -202,9 +209,7 @@ impl CudaBackend {
                 max_num_seqs,
                 logits_rows,
             );
-            let timing =
-                gemm_lt::PinTiming::parse(std::env::var("DYNO_CUDA_PIN_TIMING").ok().as_deref())?;
-            let pinned = gemm_lt::InvariantGemm::new(&stream, &shapes, timing)?;
+            let pinned = gemm_lt::InvariantGemm::new(&stream, &shapes, pin_timing()?)?;
             // What was pinned and how fast it measured at load: the knob's
             // throughput cost is mostly these choices (docs/CUDA.md).
             for line in pinned.describe() {
