@@ -25,6 +25,7 @@ mod nvrtc;
 mod persistent;
 mod profile_window;
 mod runner;
+mod step_gaps;
 mod step_meta;
 mod weights;
 
@@ -39,6 +40,7 @@ use graphs::DecodeGraphs;
 use kv_pool::KvPool;
 use profile_window::DecodeProfileWindow;
 use runner::Runner;
+use step_gaps::StepGaps;
 use step_meta::{MetaLayout, MetaLimits, Rows};
 
 pub use device::{device_properties, is_available};
@@ -88,6 +90,16 @@ pub struct CudaBackend {
     /// `DYNO_PROFILE_DECODE_STEPS`: decode steps bracketed by
     /// cuProfilerStart/Stop for `ncu --profile-from-start off`.
     profile_window: DecodeProfileWindow,
+    /// Host-clock spans of replayed decode steps, summarized on drop.
+    step_gaps: StepGaps,
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        for line in self.step_gaps.summary() {
+            eprintln!("cuda: {line}");
+        }
+    }
 }
 
 impl CudaBackend {
@@ -287,6 +299,7 @@ impl CudaBackend {
             min_free: free_at_start,
             last_decode_launches: None,
             profile_window,
+            step_gaps: StepGaps::default(),
         };
         backend.note_memory()?;
         Ok(backend)
@@ -625,6 +638,7 @@ impl Backend for CudaBackend {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        self.step_gaps.forward_begins();
         let kv = self
             .kv
             .as_ref()
@@ -674,6 +688,7 @@ impl Backend for CudaBackend {
                     .graphs
                     .get(b)
                     .ok_or_else(|| BackendError::Cuda(format!("no graph for bucket {b}")))?;
+                self.step_gaps.graph_launching(b);
                 g.graph
                     .launch()
                     .map_err(|e| BackendError::Cuda(format!("graph launch: {e}")))?;
@@ -685,6 +700,7 @@ impl Backend for CudaBackend {
                 self.runner.kernels.take_launch_count();
                 let sampled =
                     self.sample_in_chunks(kv, &layout, tokens, packed.samples, max_context);
+                self.step_gaps.forward_returns();
                 self.profile_window.step_ends()?;
                 return sampled;
             }
@@ -707,6 +723,7 @@ impl Backend for CudaBackend {
         }
         .map_err(|e| BackendError::Cuda(format!("downloading sampled tokens: {e}")))?;
         self.sync()?;
+        self.step_gaps.forward_returns();
         self.profile_window.step_ends()?;
         Ok(self.sampled_host.as_slice()[..samples].to_vec())
     }
