@@ -15,7 +15,9 @@
 //! this map holds, for every block with cached content, its hash, and for
 //! those no sequence references, their least-recently-freed order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 
 /// blake3 of a block's token chain.
 pub type BlockHash = [u8; 32];
@@ -34,9 +36,10 @@ pub fn block_hash(parent: Option<&BlockHash>, tokens: &[u32]) -> BlockHash {
             h.update(&[0]);
         }
     }
-    for t in tokens {
-        h.update(&t.to_le_bytes());
-    }
+    // One update of the whole block (the same bytes as one per token, so
+    // the same hash, at a fraction of the calls).
+    let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
+    h.update(&bytes);
     *h.finalize().as_bytes()
 }
 
@@ -54,15 +57,15 @@ pub fn extend_chain(hashes: &mut Vec<BlockHash>, tokens: &[u32], block_size: usi
 /// Cached blocks: hash ↔ block id, and the LRU order of the unreferenced.
 #[derive(Debug, Default)]
 pub struct PrefixCache {
-    by_hash: HashMap<BlockHash, u32>,
+    by_hash: FxHashMap<BlockHash, u32>,
     /// The chain hash each cached block holds (sparse: memory grows with
     /// the cached blocks, not the pool).
-    hash_of: HashMap<u32, BlockHash>,
+    hash_of: FxHashMap<u32, BlockHash>,
     /// Cached blocks no sequence references, by the time they were freed
     /// (oldest first): the eviction order.
     evictable: BTreeMap<u64, u32>,
     /// Each evictable block's key in `evictable`.
-    freed_at: HashMap<u32, u64>,
+    freed_at: FxHashMap<u32, u64>,
     clock: u64,
 }
 
@@ -153,6 +156,22 @@ mod tests {
         let mut again = ha[..1].to_vec();
         extend_chain(&mut again, &a, 4, 3);
         assert_eq!(again, ha);
+    }
+
+    #[test]
+    fn a_block_hash_is_blake3_of_the_domain_byte_parent_and_little_endian_tokens() {
+        let tokens = [1u32, 0x0102_0304, u32::MAX, 7];
+        let mut bytes = vec![0u8];
+        bytes.extend(tokens.iter().flat_map(|t| t.to_le_bytes()));
+        let first = block_hash(None, &tokens);
+        assert_eq!(first, *blake3::hash(&bytes).as_bytes());
+        let mut bytes = vec![1u8];
+        bytes.extend_from_slice(&first);
+        bytes.extend(tokens.iter().flat_map(|t| t.to_le_bytes()));
+        assert_eq!(
+            block_hash(Some(&first), &tokens),
+            *blake3::hash(&bytes).as_bytes()
+        );
     }
 
     #[test]

@@ -25,7 +25,9 @@
 //!   `spec_decode`) ride along with its token as far as the token budget
 //!   and the free KV blocks go; a draft never preempts anything.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 
 use crate::block_manager::BlockManager;
 use crate::sequence::Sequence;
@@ -94,7 +96,9 @@ impl SchedulerOutput {
 pub struct Scheduler {
     cfg: SchedulerConfig,
     blocks: BlockManager,
-    seqs: HashMap<u64, Sequence>,
+    /// Live sequences by id (Fx: ids are the engine's own counter, and a
+    /// step looks each running sequence up several times).
+    seqs: FxHashMap<u64, Sequence>,
     waiting: VecDeque<u64>,
     /// In admission order: the last is the most recently admitted.
     running: Vec<u64>,
@@ -105,7 +109,7 @@ impl Scheduler {
         Scheduler {
             cfg,
             blocks,
-            seqs: HashMap::new(),
+            seqs: FxHashMap::default(),
             waiting: VecDeque::new(),
             running: Vec::new(),
         }
@@ -207,8 +211,11 @@ impl Scheduler {
             if budget == 0 {
                 break;
             }
-            if !self.running.contains(&id) {
-                continue; // preempted earlier in this step
+            // Preempted earlier in this step (preemption takes sequences
+            // off `running`; a list of the few this step preempted is
+            // cheaper to search than `running` itself, once per sequence).
+            if out.preempted.contains(&id) {
+                continue;
             }
             let Some(n) = self.cfg.chunk_len(self.seqs[&id].num_uncomputed(), budget) else {
                 continue;
