@@ -30,9 +30,14 @@ pub struct StepGaps {
     entered: Option<Instant>,
     /// The running step's graph bucket and when it was launched.
     launched: Option<(usize, Instant)>,
-    /// Replayed steps by graph bucket.
-    by_bucket: BTreeMap<usize, Vec<StepSpans>>,
+    /// Replayed steps by graph bucket: the latest `KEPT` of each (a
+    /// ring, so that a long-lived server's memory stays bounded), and how
+    /// many there were.
+    by_bucket: BTreeMap<usize, (Vec<StepSpans>, u64)>,
 }
+
+/// Steps kept per bucket for the summary (48 bytes each).
+const KEPT: usize = 1 << 16;
 
 impl StepGaps {
     pub fn forward_begins(&mut self) {
@@ -51,11 +56,18 @@ impl StepGaps {
         if let (Some(prev), Some(entered), Some((bucket, launched))) =
             (self.last_return, self.entered, self.launched)
         {
-            self.by_bucket.entry(bucket).or_default().push(StepSpans {
+            let spans = StepSpans {
                 engine: entered.saturating_duration_since(prev),
                 pack: launched.saturating_duration_since(entered),
                 device: now.saturating_duration_since(launched),
-            });
+            };
+            let (kept, seen) = self.by_bucket.entry(bucket).or_default();
+            if kept.len() < KEPT {
+                kept.push(spans);
+            } else {
+                kept[(*seen % KEPT as u64) as usize] = spans;
+            }
+            *seen += 1;
         }
         self.last_return = Some(now);
         self.entered = None;
@@ -66,17 +78,21 @@ impl StepGaps {
     pub fn summary(&self) -> Vec<String> {
         self.by_bucket
             .iter()
-            .map(|(bucket, steps)| {
+            .map(|(bucket, (steps, seen))| {
                 let engine = Spans::of(steps.iter().map(|s| s.engine));
                 let pack = Spans::of(steps.iter().map(|s| s.pack));
                 let device = Spans::of(steps.iter().map(|s| s.device));
                 let idle = engine.mean_us + pack.mean_us;
                 let wall = idle + device.mean_us;
                 format!(
-                    "decode graph bucket {bucket}: {} steps; GPU idle {idle:.0} µs a step ({:.1} % \
-                     of {wall:.0} µs): engine {engine} + pack/upload {pack}; launch to sync {device} \
-                     (mean, p50 … p99)",
-                    steps.len(),
+                    "decode graph bucket {bucket}: {seen} steps{}; GPU idle {idle:.0} µs a step \
+                     ({:.1} % of {wall:.0} µs): engine {engine} + pack/upload {pack}; launch to \
+                     sync {device} (mean, p50 … p99)",
+                    if *seen > steps.len() as u64 {
+                        format!(" (the last {} of them below)", steps.len())
+                    } else {
+                        String::new()
+                    },
                     100.0 * idle / wall,
                 )
             })
