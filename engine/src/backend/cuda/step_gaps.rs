@@ -174,4 +174,26 @@ mod tests {
             "{lines:?}"
         );
     }
+
+    #[test]
+    fn a_bucket_keeps_its_latest_steps_and_counts_them_all() {
+        let mut g = StepGaps::default();
+        for _ in 0..=KEPT {
+            g.forward_begins();
+            g.graph_launching(4);
+            g.forward_returns();
+        }
+        // The first forward is not counted (no previous return).
+        let (kept, seen) = &g.by_bucket[&4];
+        assert_eq!((kept.len(), *seen), (KEPT, KEPT as u64));
+        g.forward_begins();
+        g.graph_launching(4);
+        g.forward_returns();
+        let lines = g.summary();
+        let want = format!(
+            "decode graph bucket 4: {} steps (the last {KEPT} of them below);",
+            KEPT + 1
+        );
+        assert!(lines[0].starts_with(&want), "{lines:?}");
+    }
 }
