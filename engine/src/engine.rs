@@ -12,7 +12,9 @@ use std::time::Instant;
 use workloads::record::hash_tokens;
 use workloads::{FinishReason, RecordStatus, Request, RequestRecord, StepLogEntry};
 
-use crate::backend::{Backend, BackendError, SampleSpec, SeqStep, NONFINITE_LOGITS};
+use crate::backend::{
+    pending_row, Backend, BackendError, SampleSpec, SeqStep, NONFINITE_LOGITS, PENDING_TOKEN,
+};
 use crate::block_manager::BlockManager;
 use crate::config::ModelConfig;
 use crate::engine_config::EngineConfig;
@@ -61,6 +63,18 @@ pub struct Engine {
     rejected: Vec<RequestRecord>,
     /// Speculative decoding's proposer, when it is on.
     ngram: Option<NgramConfig>,
+    /// Pipelined stepping (`async_scheduling` on a backend that offers
+    /// it, without speculative decoding): see [`Engine::step`].
+    pipelined: bool,
+    /// The launched step whose sampled tokens the host has not seen yet.
+    in_flight: Option<InFlight>,
+}
+
+/// A launched step not yet collected: the sequence of each sampled row.
+/// Each such sequence ends in a `PENDING_TOKEN | row` placeholder until the
+/// row is collected.
+struct InFlight {
+    rows: Vec<u64>,
 }
 
 impl Engine {
@@ -113,6 +127,7 @@ impl Engine {
             )));
         }
         backend.allocate_kv_cache(num_blocks, cfg.block_size)?;
+        let backend_pipelines = backend.supports_pipelining();
         let scheduler = Scheduler::new(
             SchedulerConfig {
                 max_num_seqs: cfg.effective_max_num_seqs(backend.auto_max_num_seqs()),
@@ -132,7 +147,9 @@ impl Engine {
             next_seq_id: 0,
             next_step: 0,
             rejected: Vec::new(),
+            pipelined: cfg.async_scheduling && backend_pipelines && ngram.is_none(),
             ngram,
+            in_flight: None,
         })
     }
 
@@ -257,7 +274,25 @@ impl Engine {
         self.scheduler.has_unfinished() || !self.rejected.is_empty()
     }
 
+    /// Whether steps are pipelined (see [`Engine::step`]).
+    pub fn is_pipelined(&self) -> bool {
+        self.pipelined
+    }
+
+    /// Runs one step. Pipelined (`async_scheduling`), a call schedules and
+    /// launches step N, then waits for step N-1 (launched by the previous
+    /// call) and hands out its tokens, so the GPU runs N while the host
+    /// finishes N-1 and, on the next call, schedules N+1. Step N's decode
+    /// tokens are N-1's samples, read on the GPU (`PENDING_TOKEN`). A
+    /// sequence that N-1 ends by EOS or a stop token has a row in N that
+    /// is dropped; one that N-1 ends by length is not scheduled in N.
+    /// Waiting requests are admitted only with every token known (their
+    /// prefix-cache lookups hash tokens), so a step that may admit one
+    /// waits for N-1 first.
     pub fn step(&mut self) -> Result<StepOutcome, EngineError> {
+        if self.pipelined {
+            return self.step_pipelined();
+        }
         let mut outcome = StepOutcome {
             finished: std::mem::take(&mut self.rejected),
             ..StepOutcome::default()
@@ -422,6 +457,152 @@ impl Engine {
         });
         self.next_step += 1;
         Ok(outcome)
+    }
+
+    fn step_pipelined(&mut self) -> Result<StepOutcome, EngineError> {
+        let mut outcome = StepOutcome {
+            finished: std::mem::take(&mut self.rejected),
+            ..StepOutcome::default()
+        };
+        let start_s = self.now_s();
+        let may_admit = self.scheduler.num_waiting() > 0
+            && self.scheduler.num_running() < self.scheduler.config().max_num_seqs;
+        if may_admit {
+            self.collect_in_flight(&mut outcome)?;
+        }
+        let mut batch = if self.in_flight.is_some() {
+            self.scheduler.schedule_before_tokens_known(start_s)
+        } else {
+            self.scheduler.schedule(start_s)
+        };
+        if batch.is_empty() {
+            // Nothing runs before the running step's tokens are known.
+            self.collect_in_flight(&mut outcome)?;
+            return Ok(outcome);
+        }
+        let steps: Vec<SeqStep<'_>> = batch
+            .seqs
+            .iter()
+            .map(|e| {
+                let seq = self
+                    .scheduler
+                    .seq(e.seq_id)
+                    .expect("scheduled ids are live");
+                SeqStep {
+                    seq_id: e.seq_id,
+                    tokens: &seq.tokens[e.start_pos..e.start_pos + e.num_tokens],
+                    start_pos: e.start_pos,
+                    block_table: &seq.block_table,
+                    sample: e.sample.then(|| SampleSpec {
+                        temperature: seq.sampling.temperature,
+                        top_k: seq.sampling.top_k,
+                        top_p: seq.sampling.top_p,
+                        seed: seq.sampling.seed,
+                        index: seq.output_len() as u32,
+                        num_drafts: 0,
+                    }),
+                }
+            })
+            .collect();
+        self.backend.launch(&steps)?;
+        drop(steps);
+        let rows: Vec<u64> = batch
+            .seqs
+            .iter()
+            .filter(|e| e.sample)
+            .map(|e| e.seq_id)
+            .collect();
+        // The previous step's tokens, while this one runs.
+        self.collect_in_flight(&mut outcome)?;
+        let decode_tokens = batch.seqs.iter().filter(|e| e.is_decode).count();
+        let prefill_tokens = batch.num_tokens() - decode_tokens;
+        let batch_size = batch.seqs.len();
+        // Sequences that step ended (EOS, a stop token) ran a row in this
+        // one that is dropped: nothing of it is committed.
+        batch
+            .seqs
+            .retain(|e| self.scheduler.seq(e.seq_id).is_some());
+        self.scheduler.commit(&batch);
+        for (row, &id) in rows.iter().enumerate() {
+            if let Some(seq) = self.scheduler.seq_mut(id) {
+                seq.tokens.push(PENDING_TOKEN | row as u32);
+            }
+        }
+        self.in_flight = Some(InFlight { rows });
+        let blocks = self.scheduler.block_manager();
+        outcome.log = Some(StepLogEntry {
+            step: self.next_step,
+            start_s,
+            duration_s: self.now_s() - start_s,
+            batch_size: batch_size as u32,
+            prefill_tokens: prefill_tokens as u32,
+            decode_tokens: decode_tokens as u32,
+            num_waiting: self.scheduler.num_waiting() as u32,
+            kv_blocks_used: blocks.blocks_in_use() as u32,
+            kv_blocks_total: blocks.num_blocks() as u32,
+            preempted: batch.preempted.len() as u32,
+            prefix_cache_queries: batch.prefix_cache_queries,
+            prefix_cache_hits: batch.prefix_cache_hits,
+            spec_draft_tokens: 0,
+            spec_accepted_tokens: 0,
+        });
+        self.next_step += 1;
+        Ok(outcome)
+    }
+
+    /// Waits for the launched step (if any), puts its sampled tokens in
+    /// place of their placeholders, and finishes the sequences they stop.
+    fn collect_in_flight(&mut self, outcome: &mut StepOutcome) -> Result<(), EngineError> {
+        let Some(flight) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let sampled = self.backend.collect()?;
+        let t = self.now_s();
+        if sampled.len() != flight.rows.len() {
+            return Err(BackendError::InvalidBatch(format!(
+                "backend returned {} tokens for {} sampling sequences",
+                sampled.len(),
+                flight.rows.len()
+            ))
+            .into());
+        }
+        for (row, (&seq_id, &token)) in flight.rows.iter().zip(&sampled).enumerate() {
+            // Gone: aborted while its row ran.
+            let Some(seq) = self.scheduler.seq_mut(seq_id) else {
+                continue;
+            };
+            if seq.tokens.last().copied().and_then(pending_row) != Some(row) {
+                return Err(BackendError::InvalidBatch(format!(
+                    "sequence {seq_id}: its pending token is not row {row}'s"
+                ))
+                .into());
+            }
+            seq.tokens.pop();
+            let stop = if token == NONFINITE_LOGITS {
+                Some(None)
+            } else {
+                seq.push_token(token, t);
+                outcome.tokens.push(TokenEvent {
+                    request_id: seq.request_id,
+                    token,
+                    time_s: t,
+                });
+                seq.stop_reason(&self.eos_token_ids).map(Some)
+            };
+            if let Some(reason) = stop {
+                if let Some(done) = self.scheduler.finish(seq_id, t) {
+                    outcome.finished.push(match reason {
+                        Some(reason) => finished_record(&done, reason),
+                        None => {
+                            let mut record = finished_record(&done, FinishReason::Error);
+                            record.status = RecordStatus::NonfiniteLogits;
+                            record
+                        }
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Gives every decoding sequence its n-gram draft for this step: at
@@ -599,6 +780,69 @@ mod tests {
         assert_eq!(records[1].finish_reason, FinishReason::Length);
         assert_eq!(records[1].output_token_ids, out);
         assert_eq!(records[2].finish_reason, FinishReason::StopToken);
+    }
+
+    #[test]
+    fn pipelined_steps_read_pending_tokens_and_match_sequential_ones() {
+        let mut e = engine(EngineConfig::default(), &[]);
+        e.add_request(request(1, vec![4, 5], SamplingParams::greedy(8)));
+        let out = run_all(&mut e).remove(0).output_token_ids;
+        let eos = out[2];
+        let run = |async_scheduling: bool| {
+            let model = mock_model_config(32, 64, &[eos]);
+            let backend = MockBackend::new(32);
+            let pending = backend.pending_tokens_read.clone();
+            let cfg = EngineConfig {
+                async_scheduling,
+                ..EngineConfig::default()
+            };
+            let mut e = Engine::new(Box::new(backend), &model, &cfg).unwrap();
+            assert_eq!(e.is_pipelined(), async_scheduling);
+            // Ends on EOS while the others run on (its next row is dropped),
+            // runs to its length, samples with a seed, arrives mid-run.
+            e.add_request(request(1, vec![4, 5], SamplingParams::greedy(8)));
+            let ignoring = SamplingParams {
+                ignore_eos: true,
+                ..SamplingParams::greedy(8)
+            };
+            e.add_request(request(2, vec![4, 5], ignoring));
+            let sampled = SamplingParams {
+                temperature: 0.8,
+                top_k: 5,
+                seed: 7,
+                ignore_eos: true,
+                ..SamplingParams::greedy(6)
+            };
+            e.add_request(request(3, vec![9, 1, 2], sampled.clone()));
+            let mut records = Vec::new();
+            for _ in 0..3 {
+                records.extend(e.step().unwrap().finished);
+            }
+            e.add_request(request(4, vec![3, 3, 3, 3], sampled));
+            records.extend(run_all(&mut e));
+            assert_eq!(e.kv_blocks_in_use(), 0);
+            records.sort_by_key(|r| r.id);
+            let got: Vec<_> = records
+                .iter()
+                .map(|r| {
+                    assert_eq!(r.token_times_s.len(), r.output_len as usize);
+                    (r.id, r.output_token_ids.clone(), r.finish_reason)
+                })
+                .collect();
+            (got, pending.get())
+        };
+        let (pipelined, pending) = run(true);
+        let (sequential, none) = run(false);
+        assert_eq!(pipelined, sequential);
+        assert_eq!(pipelined[0].2, FinishReason::Eos);
+        let first = out.iter().position(|&t| t == eos).unwrap();
+        assert_eq!(pipelined[0].1, &out[..=first]);
+        assert_eq!(pipelined[1].1, out);
+        assert!(
+            pending > 10,
+            "decode tokens came from the last step's rows: {pending}"
+        );
+        assert_eq!(none, 0);
     }
 
     #[test]

@@ -71,6 +71,15 @@ pub struct EngineConfig {
     /// costs throughput. The CPU backend is batch-invariant either way, so
     /// there the knob changes nothing.
     pub batch_invariant: bool,
+    /// Pipelined stepping (vLLM's `async_scheduling`): while a decode step
+    /// runs on the GPU the engine schedules and launches the next one, its
+    /// input tokens read on the GPU from the running step's samples, so the
+    /// host's per-step work (finishing the last step, scheduling, packing)
+    /// no longer leaves the GPU idle. The outputs are the same either way;
+    /// a sequence that stops on EOS or a stop token costs one wasted row.
+    /// Backends without it (CPU) and speculative decoding step one at a
+    /// time regardless.
+    pub async_scheduling: bool,
 }
 
 impl Default for EngineConfig {
@@ -93,6 +102,7 @@ impl Default for EngineConfig {
             prompt_lookup_min: 5,
             prompt_lookup_max: 5,
             batch_invariant: false,
+            async_scheduling: true,
         }
     }
 }

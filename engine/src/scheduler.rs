@@ -200,6 +200,19 @@ impl Scheduler {
 
     /// Builds the next step. `now` stamps first scheduling times.
     pub fn schedule(&mut self, now: f64) -> SchedulerOutput {
+        self.schedule_inner(now, true)
+    }
+
+    /// Builds the next step while the running step's sampled tokens are
+    /// still pending (pipelined stepping, `Engine::step`): the running
+    /// sequences only. Nothing is admitted and no block is registered in
+    /// the prefix cache here, because both hash tokens and the pending
+    /// ones are not known yet; `commit` registers the blocks once they are.
+    pub fn schedule_before_tokens_known(&mut self, now: f64) -> SchedulerOutput {
+        self.schedule_inner(now, false)
+    }
+
+    fn schedule_inner(&mut self, now: f64, tokens_known: bool) -> SchedulerOutput {
         let mut out = SchedulerOutput::default();
         let mut budget = self.cfg.max_num_batched_tokens;
 
@@ -210,6 +223,10 @@ impl Scheduler {
         for id in decoding.into_iter().chain(prefilling) {
             if budget == 0 {
                 break;
+            }
+            // Its pending token ends it (by length): nothing more to run.
+            if self.seqs[&id].awaits_final_token() {
+                continue;
             }
             // Preempted earlier in this step (preemption takes sequences
             // off `running`; a list of the few this step preempted is
@@ -227,7 +244,7 @@ impl Scheduler {
             }
         }
 
-        if out.preempted.is_empty() {
+        if tokens_known && out.preempted.is_empty() {
             // No chunk leaves this step any more: the full blocks its chunks
             // complete can serve sequences admitted below (see `register`).
             for i in 0..out.seqs.len() {

@@ -2,6 +2,7 @@
 
 use workloads::{FinishReason, Request, SamplingParams};
 
+use crate::backend::pending_row;
 use crate::prefix_cache::{self, BlockHash};
 use crate::spec_decode::SpecCounts;
 
@@ -108,6 +109,16 @@ impl Sequence {
 
     pub fn first_token_s(&self) -> Option<f64> {
         self.token_times_s.first().copied()
+    }
+
+    /// Pipelined stepping: its last token is still pending (a
+    /// `PENDING_TOKEN` placeholder) and is its last by length, so there is
+    /// nothing more to schedule for it.
+    pub fn awaits_final_token(&self) -> bool {
+        self.tokens
+            .last()
+            .is_some_and(|&t| pending_row(t).is_some())
+            && self.output_len() >= self.sampling.max_tokens as usize
     }
 
     /// Appends a sampled token at time `t`.

@@ -11,7 +11,9 @@
 //! missing recompute, a cache hit on the wrong content) changes the output
 //! or fails the step with `InvalidBatch`.
 
-use crate::backend::{Backend, BackendError, BackendInfo, SeqStep};
+use std::collections::VecDeque;
+
+use crate::backend::{pending_row, Backend, BackendError, BackendInfo, SeqStep, NONFINITE_LOGITS};
 use crate::config::{Architecture, DType, ModelConfig};
 use crate::engine_config::EngineConfig;
 use crate::sampler;
@@ -44,6 +46,14 @@ pub struct MockBackend {
     /// Sequences whose logits hold a NaN (a broken model, for tests of
     /// what the engine does with it).
     pub nan_seqs: std::collections::HashSet<u64>,
+    /// Whether `launch`/`collect` are offered (pipelined stepping).
+    pub pipelining: bool,
+    /// `PENDING_TOKEN`s read so far (tokens the host had not seen).
+    pub pending_tokens_read: std::rc::Rc<std::cell::Cell<u64>>,
+    /// Launched steps' sampled tokens, oldest first, not yet collected.
+    launched: VecDeque<Vec<u32>>,
+    /// The rows the last step sampled: what a `PENDING_TOKEN` refers to.
+    last_sampled: Vec<u32>,
 }
 
 impl MockBackend {
@@ -56,6 +66,10 @@ impl MockBackend {
             kv: std::collections::HashMap::new(),
             forward_calls: 0,
             nan_seqs: std::collections::HashSet::new(),
+            pipelining: true,
+            pending_tokens_read: Default::default(),
+            launched: VecDeque::new(),
+            last_sampled: Vec::new(),
         }
     }
 
@@ -171,6 +185,85 @@ impl Backend for MockBackend {
         Ok(())
     }
     fn forward(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<u32>, BackendError> {
+        if !self.launched.is_empty() {
+            return Err(BackendError::InvalidBatch(
+                "forward while launched steps are uncollected".into(),
+            ));
+        }
+        self.launch(batch)?;
+        self.collect()
+    }
+    fn supports_pipelining(&self) -> bool {
+        self.pipelining
+    }
+    fn launch(&mut self, batch: &[SeqStep<'_>]) -> Result<(), BackendError> {
+        if self.launched.len() >= 2 {
+            return Err(BackendError::InvalidBatch(
+                "a third step launched before the first was collected".into(),
+            ));
+        }
+        // Pending tokens read the last step's rows, as the GPU does.
+        let mut resolved = Vec::with_capacity(batch.len());
+        for s in batch {
+            let mut tokens = Vec::with_capacity(s.tokens.len());
+            for &t in s.tokens {
+                tokens.push(match pending_row(t) {
+                    Some(r) => match self.last_sampled.get(r).inspect(|_| {
+                        self.pending_tokens_read
+                            .set(self.pending_tokens_read.get() + 1)
+                    }) {
+                        Some(&NONFINITE_LOGITS) => 0,
+                        Some(&v) => v,
+                        None => {
+                            return Err(BackendError::InvalidBatch(format!(
+                                "seq {}: pending token of row {r}, the last step sampled {}",
+                                s.seq_id,
+                                self.last_sampled.len()
+                            )))
+                        }
+                    },
+                    None => t,
+                });
+            }
+            resolved.push(tokens);
+        }
+        let steps: Vec<SeqStep<'_>> = batch
+            .iter()
+            .zip(&resolved)
+            .map(|(s, tokens)| SeqStep {
+                tokens,
+                ..s.clone()
+            })
+            .collect();
+        let out = self.sample(&steps)?;
+        self.last_sampled = out.clone();
+        self.launched.push_back(out);
+        Ok(())
+    }
+    fn collect(&mut self) -> Result<Vec<u32>, BackendError> {
+        self.launched
+            .pop_front()
+            .ok_or_else(|| BackendError::InvalidBatch("nothing launched to collect".into()))
+    }
+    fn supports_draft_verification(&self) -> bool {
+        true
+    }
+    fn forward_logits(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>, BackendError> {
+        self.last_sampled.clear();
+        let prefixes = self.run(batch)?;
+        let mut out = Vec::new();
+        for (s, prefix) in batch.iter().zip(prefixes) {
+            for i in 0..s.tokens.len() {
+                out.push(self.logits(&prefix[..s.start_pos + i + 1]));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl MockBackend {
+    /// Runs `batch` (no pending tokens) and samples its rows.
+    fn sample(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<u32>, BackendError> {
         let prefixes = self.run(batch)?;
         let mut out = Vec::new();
         for (s, prefix) in batch.iter().zip(prefixes) {
@@ -191,19 +284,6 @@ impl Backend for MockBackend {
                     logits[0] = f32::NAN;
                 }
                 out.push(sampler::sample_checked(&logits, &spec.row(j)));
-            }
-        }
-        Ok(out)
-    }
-    fn supports_draft_verification(&self) -> bool {
-        true
-    }
-    fn forward_logits(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>, BackendError> {
-        let prefixes = self.run(batch)?;
-        let mut out = Vec::new();
-        for (s, prefix) in batch.iter().zip(prefixes) {
-            for i in 0..s.tokens.len() {
-                out.push(self.logits(&prefix[..s.start_pos + i + 1]));
             }
         }
         Ok(out)

@@ -22,6 +22,7 @@ pub const KNOBS: &[&str] = &[
     "prompt_lookup_min",
     "prompt_lookup_max",
     "batch_invariant",
+    "async_scheduling",
 ];
 
 pub fn is_knob(name: &str) -> bool {
@@ -50,6 +51,7 @@ num_speculative_tokens = 0
 prompt_lookup_min = 5
 prompt_lookup_max = 5
 batch_invariant = false
+async_scheduling = true
 "#;
 
 /// [`DEFAULTS_TOML`] as a table.

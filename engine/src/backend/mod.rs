@@ -29,6 +29,21 @@ use crate::weights::Checkpoint;
 /// would sample from is not all finite: no vocabulary is this large.
 pub const NONFINITE_LOGITS: u32 = u32::MAX;
 
+/// Pipelined stepping (`Backend::launch`): a token `PENDING_TOKEN | r` in a
+/// batch stands for the token the previously launched step sampled in its
+/// row `r` (in that step's batch order), which the host does not know yet.
+/// The backend reads it where the previous step left it (on the GPU), so
+/// the next step is launched before the host has seen the previous one's
+/// result. Row `r` holding [`NONFINITE_LOGITS`] reads as token 0: the
+/// engine drops what that sequence's row computes. No vocabulary reaches
+/// 2^31, so the bit is free.
+pub const PENDING_TOKEN: u32 = 1 << 31;
+
+/// The previous step's sample row a token refers to, if it is pending.
+pub fn pending_row(token: u32) -> Option<usize> {
+    (token & PENDING_TOKEN != 0).then_some((token & !PENDING_TOKEN) as usize)
+}
+
 /// What to sample after the last token of a chunk.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampleSpec {
@@ -124,6 +139,32 @@ pub trait Backend {
     /// position order, with [`NONFINITE_LOGITS`] for a row whose logits
     /// hold a NaN or an infinity (the request cannot go on).
     fn forward(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<u32>, BackendError>;
+    /// Whether `launch` and `collect` work (pipelined stepping: the engine
+    /// schedules and launches step N+1 while step N runs, vLLM's async
+    /// scheduling). Backends without it get `forward` only.
+    fn supports_pipelining(&self) -> bool {
+        false
+    }
+    /// Starts a step without waiting for it: what `forward` does, less the
+    /// wait. Its tokens may be [`PENDING_TOKEN`] references to the rows of
+    /// the previously launched step. At most two launched steps are
+    /// uncollected at a time (the one running and the one queued behind
+    /// it); a third `launch` is an error.
+    fn launch(&mut self, batch: &[SeqStep<'_>]) -> Result<(), BackendError> {
+        let _ = batch;
+        Err(BackendError::InvalidBatch(format!(
+            "the {} backend does not pipeline steps",
+            self.info().kind
+        )))
+    }
+    /// Waits for the oldest uncollected `launch` and returns what `forward`
+    /// would have returned for it.
+    fn collect(&mut self) -> Result<Vec<u32>, BackendError> {
+        Err(BackendError::InvalidBatch(format!(
+            "the {} backend does not pipeline steps",
+            self.info().kind
+        )))
+    }
     /// Like `forward` but returns the f32 logits of *every* token in the batch
     /// (in batch order, then position order); used by golden tests.
     fn forward_logits(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>, BackendError>;
