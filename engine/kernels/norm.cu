@@ -2,16 +2,27 @@
 // (one row per token); normalized activations are bf16 GEMM inputs.
 
 // residual[t] = emb[tokens[t]]; out[t] = rmsnorm(residual[t]) * w
-extern "C" __global__ void embed_rmsnorm(const int* __restrict__ tokens,
+// A token with the top bit set (PENDING_TOKEN, backend/mod.rs) is the one
+// the previous step sampled in row `token & 0x7fffffff` of `sampled`
+// (pipelined stepping: the host had not seen it when it packed this step);
+// a row past the vocabulary (the non-finite marker) reads as token 0, and
+// the engine drops that sequence's row.
+extern "C" __global__ void embed_rmsnorm(const unsigned* __restrict__ tokens,
                                          const bf16* __restrict__ emb,
                                          const bf16* __restrict__ w,
                                          float* __restrict__ residual,
-                                         bf16* __restrict__ out, int hidden, float eps) {
+                                         bf16* __restrict__ out, int hidden, float eps,
+                                         const unsigned* __restrict__ sampled, int vocab) {
     __shared__ float scratch[32];
     pdl_wait();
     pdl_launch();
     const long t = blockIdx.x;
-    const bf16* row = emb + (long)tokens[t] * hidden;
+    unsigned token = tokens[t];
+    if (token & 0x80000000u) {
+        token = sampled[token & 0x7fffffffu];
+        if (token >= (unsigned)vocab) token = 0;
+    }
+    const bf16* row = emb + (long)token * hidden;
     float* res = residual + t * hidden;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) {

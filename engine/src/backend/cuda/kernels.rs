@@ -478,9 +478,11 @@ macro_rules! kernels {
 }
 
 kernels! {
-    /// Embedding lookup + the first RMSNorm (norm.cu).
+    /// Embedding lookup + the first RMSNorm (norm.cu); pending tokens
+    /// (`PENDING_TOKEN`) read from `sampled`, the last step's rows.
     embed_rmsnorm => EmbedRmsnorm {
         tokens: Ptr, emb: Ptr, w: Ptr, residual: Ptr, out: Ptr, hidden: I32, eps: F32,
+        sampled: Ptr, vocab: I32,
     }
     /// residual += x, then RMSNorm (norm.cu).
     add_rmsnorm => AddRmsnorm {

@@ -29,9 +29,10 @@ mod step_gaps;
 mod step_meta;
 mod weights;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use cudarc::driver::{result, CudaContext, CudaStream};
+use cudarc::driver::{result, sys as sys_driver, CudaContext, CudaEvent, CudaStream};
 
 use super::*;
 use arena::{Arena, Dims};
@@ -75,8 +76,16 @@ pub struct CudaBackend {
     runner: Runner,
     kv: Option<KvPool>,
     graphs: DecodeGraphs,
-    meta_host: PinnedBuffer<u32>,
-    sampled_host: PinnedBuffer<u32>,
+    /// Host sides of steps not launched: two in all, less those launched.
+    idle_hosts: Vec<StepHost>,
+    /// Packed metadata of the steps that sync before returning (graph
+    /// capture, `forward_logits`).
+    sync_meta: PinnedBuffer<u32>,
+    /// Launched steps not yet collected, oldest first (at most two).
+    launched: VecDeque<Launched>,
+    /// Rows of `arena.sampled` the last step left, which the next step's
+    /// `PENDING_TOKEN`s may name (0 after a step that left none usable).
+    pending_rows: usize,
     enforce_eager: bool,
     /// The KV cache layout the kernels were compiled for.
     kv_layout: kernels::KvLayout,
@@ -92,6 +101,54 @@ pub struct CudaBackend {
     profile_window: DecodeProfileWindow,
     /// Host-clock spans of replayed decode steps, summarized on drop.
     step_gaps: StepGaps,
+}
+
+/// The host side of one step: its packed metadata (pinned; the upload
+/// reads it when the stream gets there), its sampled tokens (pinned; the
+/// download writes them) and two events around its work on the stream. The
+/// backend has two, so that step N+1 is packed and launched while step N
+/// runs and its download is still to land (`Backend::launch`).
+struct StepHost {
+    meta: PinnedBuffer<u32>,
+    sampled: PinnedBuffer<u32>,
+    /// Recorded before the step's upload and after its download.
+    start: CudaEvent,
+    done: CudaEvent,
+}
+
+impl StepHost {
+    fn new(ctx: &Arc<CudaContext>, meta_len: usize, rows: usize) -> Result<Self, BackendError> {
+        let event = || {
+            ctx.new_event(Some(sys_driver::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| BackendError::Cuda(format!("creating a step event: {e}")))
+        };
+        Ok(StepHost {
+            meta: PinnedBuffer::new(meta_len)?,
+            sampled: PinnedBuffer::new(rows)?,
+            start: event()?,
+            done: event()?,
+        })
+    }
+}
+
+/// A launched step not yet collected.
+struct Launched {
+    host: StepHost,
+    /// Sampled rows to read back.
+    samples: usize,
+    /// The graph bucket it replayed and its packing span (`step_gaps`).
+    replay: Option<(usize, std::time::Duration)>,
+}
+
+/// What `enqueue` did with a step.
+enum Enqueued {
+    /// On the stream; `collect` waits for it.
+    Queued {
+        samples: usize,
+        replay: Option<(usize, std::time::Duration)>,
+    },
+    /// Run to the end already (draft verification in chunks).
+    Done(Vec<u32>),
 }
 
 impl Drop for CudaBackend {
@@ -266,8 +323,11 @@ impl CudaBackend {
             cfg.block_size,
             partial_rows,
         )?;
-        let meta_host = PinnedBuffer::new(arena.meta_len)?;
-        let sampled_host = PinnedBuffer::new(arena.logits_rows)?;
+        let idle_hosts = vec![
+            StepHost::new(&ctx, arena.meta_len, arena.logits_rows)?,
+            StepHost::new(&ctx, arena.meta_len, arena.logits_rows)?,
+        ];
+        let sync_meta = PinnedBuffer::new(arena.meta_len)?;
         let mut backend = CudaBackend {
             ctx,
             stream,
@@ -288,8 +348,10 @@ impl CudaBackend {
             },
             kv: None,
             graphs: DecodeGraphs::default(),
-            meta_host,
-            sampled_host,
+            idle_hosts,
+            sync_meta,
+            launched: VecDeque::new(),
+            pending_rows: 0,
             enforce_eager: cfg.enforce_eager,
             kv_layout,
             max_num_seqs,
@@ -321,18 +383,18 @@ impl CudaBackend {
             trash_block: kv.trash_block(),
             vocab_size: self.runner.dims.vocab,
             max_model_len: self.runner.dims.max_model_len,
+            pending_rows: self.pending_rows,
         }
     }
 
-    fn upload_meta(&self, len: usize) -> Result<(), BackendError> {
-        // SAFETY: the arena's meta buffer holds meta_len ≥ len elements; the
-        // pinned source is not written again before the step's final sync.
+    /// Uploads `packed` (pinned) into the arena's meta buffer. The caller
+    /// keeps `packed` unwritten until the stream has passed the copy (a
+    /// sync, or the step's `done` event).
+    fn upload_meta(&self, packed: &[u32]) -> Result<(), BackendError> {
+        // SAFETY: the arena's meta buffer holds meta_len ≥ packed.len()
+        // elements; see above for the source.
         unsafe {
-            result::memcpy_htod_async(
-                self.runner.arena.meta.ptr,
-                &self.meta_host.as_slice()[..len],
-                self.stream.cu_stream(),
-            )
+            result::memcpy_htod_async(self.runner.arena.meta.ptr, packed, self.stream.cu_stream())
         }
         .map_err(|e| BackendError::Cuda(format!("uploading step metadata: {e}")))
     }
@@ -361,9 +423,9 @@ impl CudaBackend {
                 &limits,
                 Rows::Sampled,
                 bucket,
-                self.meta_host.as_mut_slice(),
+                self.sync_meta.as_mut_slice(),
             )?;
-            self.upload_meta(packed.len)?;
+            self.upload_meta(&self.sync_meta.as_slice()[..packed.len])?;
             // A graph replays decode steps of any context length.
             let max_context = self.runner.dims.max_model_len;
             self.runner.step(kv, &layout, bucket, bucket, max_context)?;
@@ -377,7 +439,144 @@ impl CudaBackend {
         self.sync()?;
         self.runner.kernels.take_launch_count();
         self.graphs = graphs;
+        self.pending_rows = 0;
         Ok(())
+    }
+
+    /// Packs `batch` into `host`, uploads it and puts the step on the
+    /// stream, its sampled rows downloaded into `host` at the end.
+    fn enqueue_into(
+        &mut self,
+        host: &mut StepHost,
+        batch: &[SeqStep<'_>],
+    ) -> Result<Enqueued, BackendError> {
+        self.step_gaps.step_begins();
+        let kv = self
+            .kv
+            .as_ref()
+            .ok_or_else(|| BackendError::InvalidBatch("allocate_kv_cache was not called".into()))?;
+        let limits = self.limits(kv);
+        let decode = batch
+            .iter()
+            .all(|s| s.tokens.len() == 1 && s.sample.is_some());
+        let bucket = if decode {
+            self.graphs.bucket_for(batch.len())
+        } else {
+            None
+        };
+        // A graph replays a step padded to its bucket; an eager step is
+        // packed to its exact size.
+        let tokens: usize = batch.iter().map(|s| s.tokens.len()).sum();
+        let max_context = longest_context(batch);
+        let (layout, pad_to) = match bucket {
+            Some(b) => (
+                MetaLayout {
+                    tokens_cap: b,
+                    samples_cap: b,
+                },
+                b,
+            ),
+            None => (
+                MetaLayout {
+                    tokens_cap: tokens,
+                    samples_cap: step_meta::sampled_rows(batch),
+                },
+                0,
+            ),
+        };
+        let packed = step_meta::pack(
+            batch,
+            layout,
+            &limits,
+            Rows::Sampled,
+            pad_to,
+            host.meta.as_mut_slice(),
+        )?;
+        host.start
+            .record(&self.stream)
+            .map_err(|e| BackendError::Cuda(format!("recording a step event: {e}")))?;
+        self.upload_meta(&host.meta.as_slice()[..packed.len])?;
+        self.profile_window.step_begins(decode)?;
+        let mut replay = None;
+        match bucket {
+            Some(b) => {
+                let g = self
+                    .graphs
+                    .get(b)
+                    .ok_or_else(|| BackendError::Cuda(format!("no graph for bucket {b}")))?;
+                replay = self.step_gaps.graph_launching(b);
+                g.graph
+                    .launch()
+                    .map_err(|e| BackendError::Cuda(format!("graph launch: {e}")))?;
+                self.last_decode_launches = Some(g.nodes);
+            }
+            None if packed.samples > self.runner.arena.logits_rows => {
+                // Draft verification can sample more rows than the logits
+                // buffer holds (max_num_seqs × (k + 1)): run them in chunks,
+                // to the end.
+                self.runner.kernels.take_launch_count();
+                let sampled =
+                    self.sample_in_chunks(kv, &layout, tokens, packed.samples, max_context);
+                // `sampled` holds the last chunk's rows only.
+                self.pending_rows = 0;
+                self.step_gaps.step_collected(None, None);
+                self.profile_window.step_ends()?;
+                return sampled.map(Enqueued::Done);
+            }
+            None => {
+                self.runner.kernels.take_launch_count();
+                self.runner
+                    .step(kv, &layout, tokens, packed.samples, max_context)?;
+                let launches = self.runner.kernels.take_launch_count();
+                if decode {
+                    self.last_decode_launches = Some(launches);
+                }
+            }
+        }
+        let samples = packed.samples;
+        let out = &mut host.sampled.as_mut_slice()[..samples];
+        // SAFETY: `sampled` holds logits_rows ≥ samples u32s; `collect`
+        // waits for `done`, recorded after the copy, before it reads `out`
+        // or hands the buffer to another step.
+        unsafe {
+            result::memcpy_dtoh_async(out, self.runner.arena.sampled.ptr, self.stream.cu_stream())
+        }
+        .map_err(|e| BackendError::Cuda(format!("downloading sampled tokens: {e}")))?;
+        host.done
+            .record(&self.stream)
+            .map_err(|e| BackendError::Cuda(format!("recording a step event: {e}")))?;
+        self.pending_rows = samples;
+        Ok(Enqueued::Queued { samples, replay })
+    }
+
+    /// Puts `batch` on the stream with one of the idle host sides: `None`
+    /// when it is queued for `collect`, or the tokens of a step that had to
+    /// run to the end. Refused while two steps are uncollected.
+    fn enqueue(&mut self, batch: &[SeqStep<'_>]) -> Result<Option<Vec<u32>>, BackendError> {
+        let mut host = self.idle_hosts.pop().ok_or_else(|| {
+            BackendError::InvalidBatch(
+                "a third step launched before the first was collected".into(),
+            )
+        })?;
+        let enqueued = self.enqueue_into(&mut host, batch);
+        match enqueued {
+            Ok(Enqueued::Queued { samples, replay }) => {
+                self.launched.push_back(Launched {
+                    host,
+                    samples,
+                    replay,
+                });
+                Ok(None)
+            }
+            Ok(Enqueued::Done(tokens)) => {
+                self.idle_hosts.push(host);
+                Ok(Some(tokens))
+            }
+            Err(e) => {
+                self.idle_hosts.push(host);
+                Err(e)
+            }
+        }
     }
 
     /// An eager step whose `samples` sampled rows exceed the logits buffer:
@@ -638,94 +837,52 @@ impl Backend for CudaBackend {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        self.step_gaps.forward_begins();
-        let kv = self
-            .kv
-            .as_ref()
-            .ok_or_else(|| BackendError::InvalidBatch("allocate_kv_cache was not called".into()))?;
-        let limits = self.limits(kv);
-        let decode = batch
-            .iter()
-            .all(|s| s.tokens.len() == 1 && s.sample.is_some());
-        let bucket = if decode {
-            self.graphs.bucket_for(batch.len())
-        } else {
-            None
-        };
-        // A graph replays a step padded to its bucket; an eager step is
-        // packed to its exact size.
-        let tokens: usize = batch.iter().map(|s| s.tokens.len()).sum();
-        let max_context = longest_context(batch);
-        let (layout, pad_to) = match bucket {
-            Some(b) => (
-                MetaLayout {
-                    tokens_cap: b,
-                    samples_cap: b,
-                },
-                b,
-            ),
-            None => (
-                MetaLayout {
-                    tokens_cap: tokens,
-                    samples_cap: step_meta::sampled_rows(batch),
-                },
-                0,
-            ),
-        };
-        let packed = step_meta::pack(
-            batch,
-            layout,
-            &limits,
-            Rows::Sampled,
-            pad_to,
-            self.meta_host.as_mut_slice(),
-        )?;
-        self.upload_meta(packed.len)?;
-        self.profile_window.step_begins(decode)?;
-        match bucket {
-            Some(b) => {
-                let g = self
-                    .graphs
-                    .get(b)
-                    .ok_or_else(|| BackendError::Cuda(format!("no graph for bucket {b}")))?;
-                self.step_gaps.graph_launching(b);
-                g.graph
-                    .launch()
-                    .map_err(|e| BackendError::Cuda(format!("graph launch: {e}")))?;
-                self.last_decode_launches = Some(g.nodes);
-            }
-            None if packed.samples > self.runner.arena.logits_rows => {
-                // Draft verification can sample more rows than the logits
-                // buffer holds (max_num_seqs × (k + 1)): run them in chunks.
-                self.runner.kernels.take_launch_count();
-                let sampled =
-                    self.sample_in_chunks(kv, &layout, tokens, packed.samples, max_context);
-                self.step_gaps.forward_returns();
-                self.profile_window.step_ends()?;
-                return sampled;
-            }
-            None => {
-                self.runner.kernels.take_launch_count();
-                self.runner
-                    .step(kv, &layout, tokens, packed.samples, max_context)?;
-                let launches = self.runner.kernels.take_launch_count();
-                if decode {
-                    self.last_decode_launches = Some(launches);
-                }
-            }
+        if !self.launched.is_empty() {
+            return Err(BackendError::InvalidBatch(
+                "forward while launched steps are uncollected".into(),
+            ));
         }
-        let samples = packed.samples;
-        let out = &mut self.sampled_host.as_mut_slice()[..samples];
-        // SAFETY: `sampled` holds logits_rows ≥ samples u32s; synced below
-        // before the host reads `out`.
-        unsafe {
-            result::memcpy_dtoh_async(out, self.runner.arena.sampled.ptr, self.stream.cu_stream())
+        match self.enqueue(batch)? {
+            Some(done) => Ok(done),
+            None => self.collect(),
         }
-        .map_err(|e| BackendError::Cuda(format!("downloading sampled tokens: {e}")))?;
-        self.sync()?;
-        self.step_gaps.forward_returns();
+    }
+
+    fn supports_pipelining(&self) -> bool {
+        true
+    }
+
+    fn launch(&mut self, batch: &[SeqStep<'_>]) -> Result<(), BackendError> {
+        if batch.is_empty() {
+            return Err(BackendError::InvalidBatch("launch of an empty step".into()));
+        }
+        match self.enqueue(batch)? {
+            None => Ok(()),
+            Some(_) => Err(BackendError::InvalidBatch(
+                "a launched step sampled more rows than the logits buffer holds (draft \
+                 verification runs one step at a time)"
+                    .into(),
+            )),
+        }
+    }
+
+    fn collect(&mut self) -> Result<Vec<u32>, BackendError> {
+        let step = self
+            .launched
+            .pop_front()
+            .ok_or_else(|| BackendError::InvalidBatch("nothing launched to collect".into()))?;
+        let waited = step
+            .host
+            .done
+            .synchronize()
+            .map_err(|e| BackendError::Cuda(format!("step failed: {e}")));
+        let busy = step.host.start.elapsed_ms(&step.host.done).ok();
+        let tokens = step.host.sampled.as_slice()[..step.samples].to_vec();
+        self.idle_hosts.push(step.host);
+        waited?;
+        self.step_gaps.step_collected(step.replay, busy);
         self.profile_window.step_ends()?;
-        Ok(self.sampled_host.as_slice()[..samples].to_vec())
+        Ok(tokens)
     }
 
     fn forward_logits(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Vec<f32>>, BackendError> {
@@ -742,15 +899,22 @@ impl Backend for CudaBackend {
             tokens_cap: tokens,
             samples_cap: tokens,
         };
+        if !self.launched.is_empty() {
+            return Err(BackendError::InvalidBatch(
+                "forward_logits while launched steps are uncollected".into(),
+            ));
+        }
+        // It syncs below, before the buffer is written again.
         let packed = step_meta::pack(
             batch,
             layout,
             &limits,
             Rows::All,
             0,
-            self.meta_host.as_mut_slice(),
+            self.sync_meta.as_mut_slice(),
         )?;
-        self.upload_meta(packed.len)?;
+        self.pending_rows = 0;
+        self.upload_meta(&self.sync_meta.as_slice()[..packed.len])?;
         let pending = self
             .runner
             .layers(kv, &layout, tokens, longest_context(batch))?;

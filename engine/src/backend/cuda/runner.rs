@@ -419,6 +419,8 @@ impl Runner {
                 out: a.hidden.ptr,
                 hidden: h,
                 eps: d.eps,
+                sampled: a.sampled.ptr,
+                vocab: d.vocab as i32,
             },
         )?;
         // add_rmsnorm: a warp per token.
@@ -657,6 +659,8 @@ impl Runner {
                 out: self.arena.hidden.ptr,
                 hidden: d.hidden as i32,
                 eps: d.eps,
+                sampled: self.arena.sampled.ptr,
+                vocab: d.vocab as i32,
             },
         )
     }

@@ -1,35 +1,33 @@
-//! Where the wall time of replayed decode steps goes, on the host's clock:
-//! the GPU is idle from the moment a step's sync returns until the next
-//! step's graph is launched (the engine finishes the step and schedules the
-//! next one; the backend packs and uploads its metadata), and busy from the
-//! launch until the sync returns. The split says whether the host's share
-//! is worth cutting or overlapping before anyone builds it. One line per
-//! graph bucket on stderr when the backend is dropped (a trial's
-//! `engine.log`), since the host's work grows with the batch.
+//! Where the wall time of replayed decode steps goes: from one step's
+//! result (collected on the host) to the next's, the GPU is busy for the
+//! span between the events the backend records around the step's work on
+//! the stream, and idle for the rest, waiting for the host (finishing a
+//! step, scheduling the next, packing and uploading its metadata). With
+//! pipelined stepping (`async_scheduling`) the host does that while the
+//! previous step runs, and the idle share is what it still fails to hide.
+//! One line per graph bucket on stderr when the backend is dropped (a
+//! trial's `engine.log`), since the host's work grows with the batch.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// Host-clock spans of one replayed decode step.
+/// Spans of one replayed decode step.
 #[derive(Debug, Clone, Copy)]
 struct StepSpans {
-    /// Previous forward's return → this forward's start (the engine:
-    /// finishing the last step, scheduling this one).
-    engine: Duration,
-    /// Forward's start → graph launch (pack and upload).
+    /// Host: the step's packing and upload, up to its graph launch.
     pack: Duration,
-    /// Graph launch → sync returned.
-    device: Duration,
+    /// Host clock: the previous step's result collected → this one's.
+    wall: Duration,
+    /// GPU clock: the step's events (upload to download).
+    busy: Duration,
 }
 
 #[derive(Debug, Default)]
 pub struct StepGaps {
-    /// When the previous forward pass returned (any kind of step).
-    last_return: Option<Instant>,
-    /// When the running step's forward pass began.
-    entered: Option<Instant>,
-    /// The running step's graph bucket and when it was launched.
-    launched: Option<(usize, Instant)>,
+    /// When the last step's result was collected (any kind of step).
+    last_collected: Option<Instant>,
+    /// When the most recently enqueued step began packing.
+    begun: Option<Instant>,
     /// Replayed steps by graph bucket: the latest `KEPT` of each (a
     /// ring, so that a long-lived server's memory stays bounded), and how
     /// many there were.
@@ -40,26 +38,30 @@ pub struct StepGaps {
 const KEPT: usize = 1 << 16;
 
 impl StepGaps {
-    pub fn forward_begins(&mut self) {
-        self.entered = Some(Instant::now());
-        self.launched = None;
+    /// A step begins packing.
+    pub fn step_begins(&mut self) {
+        self.begun = Some(Instant::now());
     }
 
-    pub fn graph_launching(&mut self, bucket: usize) {
-        self.launched = Some((bucket, Instant::now()));
+    /// The step that began last replays the graph of `bucket` now: its
+    /// bucket and packing span, for `step_collected`.
+    pub fn graph_launching(&mut self, bucket: usize) -> Option<(usize, Duration)> {
+        self.begun.take().map(|b| (bucket, b.elapsed()))
     }
 
-    /// The forward pass synced. Counted: steps that replayed a graph right
-    /// after another forward pass.
-    pub fn forward_returns(&mut self) {
+    /// A step's result is on the host. `replay`: what `graph_launching`
+    /// said for it (None: an eager step, not counted); `busy_ms`: the GPU
+    /// time between its events. Counted: replayed steps right after
+    /// another step.
+    pub fn step_collected(&mut self, replay: Option<(usize, Duration)>, busy_ms: Option<f32>) {
         let now = Instant::now();
-        if let (Some(prev), Some(entered), Some((bucket, launched))) =
-            (self.last_return, self.entered, self.launched)
+        if let (Some(prev), Some((bucket, pack)), Some(busy)) =
+            (self.last_collected, replay, busy_ms)
         {
             let spans = StepSpans {
-                engine: entered.saturating_duration_since(prev),
-                pack: launched.saturating_duration_since(entered),
-                device: now.saturating_duration_since(launched),
+                pack,
+                wall: now.saturating_duration_since(prev),
+                busy: Duration::from_secs_f64(f64::from(busy.max(0.0)) * 1e-3),
             };
             let (kept, seen) = self.by_bucket.entry(bucket).or_default();
             if kept.len() < KEPT {
@@ -69,9 +71,7 @@ impl StepGaps {
             }
             *seen += 1;
         }
-        self.last_return = Some(now);
-        self.entered = None;
-        self.launched = None;
+        self.last_collected = Some(now);
     }
 
     /// One line per bucket with counted steps, smallest bucket first.
@@ -79,21 +79,20 @@ impl StepGaps {
         self.by_bucket
             .iter()
             .map(|(bucket, (steps, seen))| {
-                let engine = Spans::of(steps.iter().map(|s| s.engine));
+                let idle = Spans::of(steps.iter().map(|s| s.wall.saturating_sub(s.busy)));
+                let wall = Spans::of(steps.iter().map(|s| s.wall));
+                let busy = Spans::of(steps.iter().map(|s| s.busy));
                 let pack = Spans::of(steps.iter().map(|s| s.pack));
-                let device = Spans::of(steps.iter().map(|s| s.device));
-                let idle = engine.mean_us + pack.mean_us;
-                let wall = idle + device.mean_us;
                 format!(
-                    "decode graph bucket {bucket}: {seen} steps{}; GPU idle {idle:.0} µs a step \
-                     ({:.1} % of {wall:.0} µs): engine {engine} + pack/upload {pack}; launch to \
-                     sync {device} (mean, p50 … p99)",
+                    "decode graph bucket {bucket}: {seen} steps{}; GPU idle {idle} a step ({:.1} % \
+                     of {wall} from one step's result to the next; busy {busy} by the GPU's \
+                     events); the host's packing and upload {pack} (mean, p50 … p99)",
                     if *seen > steps.len() as u64 {
                         format!(" (the last {} of them below)", steps.len())
                     } else {
                         String::new()
                     },
-                    100.0 * idle / wall,
+                    100.0 * idle.mean_us / wall.mean_us.max(1e-9),
                 )
             })
             .collect()
@@ -147,21 +146,24 @@ mod tests {
         assert_eq!(s.p99_us, 99.0);
     }
 
+    /// A replayed step of `bucket` whose GPU time is `busy_ms`.
+    fn replay(g: &mut StepGaps, bucket: usize, busy_ms: f32) {
+        g.step_begins();
+        let r = g.graph_launching(bucket);
+        g.step_collected(r, Some(busy_ms));
+    }
+
     #[test]
     fn only_replayed_steps_after_another_step_are_counted_per_bucket() {
         let mut g = StepGaps::default();
-        // First forward: no previous return, not counted.
-        g.forward_begins();
-        g.graph_launching(8);
-        g.forward_returns();
-        // An eager step (no launch): not counted.
-        g.forward_begins();
-        g.forward_returns();
+        // First step: no previous result, not counted.
+        replay(&mut g, 8, 0.1);
+        // An eager step (no graph launch): not counted.
+        g.step_begins();
+        g.step_collected(None, Some(0.1));
         assert!(g.summary().is_empty());
         for bucket in [8, 1024, 8] {
-            g.forward_begins();
-            g.graph_launching(bucket);
-            g.forward_returns();
+            replay(&mut g, bucket, 0.0);
         }
         let lines = g.summary();
         assert_eq!(lines.len(), 2, "{lines:?}");
@@ -176,19 +178,39 @@ mod tests {
     }
 
     #[test]
+    fn idle_is_the_wall_time_the_gpu_was_not_busy() {
+        let mut g = StepGaps::default();
+        replay(&mut g, 4, 0.0);
+        std::thread::sleep(Duration::from_millis(20));
+        // Busy longer than the wall (a pipelined step that began before
+        // the previous result was collected): no idle, not negative.
+        replay(&mut g, 4, 1e6);
+        let (kept, _) = &g.by_bucket[&4];
+        assert!(kept[0].wall >= Duration::from_millis(20));
+        assert!(
+            g.summary()[0].contains("GPU idle 0 µs (0 … 0)"),
+            "{:?}",
+            g.summary()
+        );
+        let mut g = StepGaps::default();
+        replay(&mut g, 4, 0.0);
+        std::thread::sleep(Duration::from_millis(20));
+        replay(&mut g, 4, 0.0);
+        let (kept, _) = &g.by_bucket[&4];
+        assert_eq!(kept[0].busy, Duration::ZERO);
+        assert!(g.summary()[0].contains("(100.0 % of"), "{:?}", g.summary());
+    }
+
+    #[test]
     fn a_bucket_keeps_its_latest_steps_and_counts_them_all() {
         let mut g = StepGaps::default();
         for _ in 0..=KEPT {
-            g.forward_begins();
-            g.graph_launching(4);
-            g.forward_returns();
+            replay(&mut g, 4, 0.0);
         }
-        // The first forward is not counted (no previous return).
+        // The first step is not counted (no previous result).
         let (kept, seen) = &g.by_bucket[&4];
         assert_eq!((kept.len(), *seen), (KEPT, KEPT as u64));
-        g.forward_begins();
-        g.graph_launching(4);
-        g.forward_returns();
+        replay(&mut g, 4, 0.0);
         let lines = g.summary();
         let want = format!(
             "decode graph bucket 4: {} steps (the last {KEPT} of them below);",

@@ -5,7 +5,7 @@
 //! bucket bakes in addresses that stay valid for every step of that bucket;
 //! the block-table stride is read by the kernels from device memory.
 
-use super::super::{BackendError, SeqStep};
+use super::super::{pending_row, BackendError, SeqStep};
 
 /// Offsets (in `u32` elements) of each array for given capacities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +69,9 @@ pub struct MetaLimits {
     pub trash_block: u32,
     pub vocab_size: usize,
     pub max_model_len: usize,
+    /// Rows the previously launched step sampled, which `PENDING_TOKEN`s
+    /// may name (0: no pending token is valid).
+    pub pending_rows: usize,
 }
 
 /// What was packed.
@@ -162,11 +165,23 @@ pub fn pack(
                 )));
             }
         }
-        if let Some(t) = s.tokens.iter().find(|&&t| t as usize >= limits.vocab_size) {
-            return Err(BackendError::InvalidBatch(format!(
-                "sequence {}: token {t} outside the vocabulary of {}",
-                s.seq_id, limits.vocab_size
-            )));
+        for &t in s.tokens {
+            match pending_row(t) {
+                Some(r) if r >= limits.pending_rows => {
+                    return Err(BackendError::InvalidBatch(format!(
+                        "sequence {}: pending token of row {r}, but the last step sampled {} rows",
+                        s.seq_id, limits.pending_rows
+                    )))
+                }
+                Some(_) => {}
+                None if t as usize >= limits.vocab_size => {
+                    return Err(BackendError::InvalidBatch(format!(
+                        "sequence {}: token {t} outside the vocabulary of {}",
+                        s.seq_id, limits.vocab_size
+                    )))
+                }
+                None => {}
+            }
         }
         stride = stride.max(needed);
     }
@@ -264,6 +279,7 @@ mod tests {
             trash_block: 10,
             vocab_size: 100,
             max_model_len: 64,
+            pending_rows: 2,
         }
     }
 
