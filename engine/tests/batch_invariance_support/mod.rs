@@ -151,8 +151,15 @@ pub fn check_scheduling_invariance(
         num_kv_blocks: 12,
         ..roomy.clone()
     };
+    // Pipelined stepping off (on by default): the same outputs, one step
+    // at a time.
+    let sequential = EngineConfig {
+        async_scheduling: false,
+        ..roomy.clone()
+    };
     for (scenario, cfg) in [
         ("batch of 64", &roomy),
+        ("steps one at a time", &sequential),
         ("chunked prefill", &chunked),
         ("no chunked prefill", &unchunked),
         ("tight KV", &tight),
