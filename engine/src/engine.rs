@@ -286,11 +286,9 @@ impl Engine {
     /// tokens are N-1's samples, read on the GPU (`PENDING_TOKEN`). A
     /// sequence that N-1 ends by EOS or a stop token has a row in N that
     /// is dropped; one that N-1 ends by length is not scheduled in N.
-    /// Blocks that hash a pending token enter the prefix cache once it is
-    /// known (`Scheduler::schedule_before_tokens_known`). A request that
-    /// arrives while N runs gets its first token from N+1 at the earliest
-    /// (sequentially: from the step after N), the price of pipelining in
-    /// TTFT at low load.
+    /// Waiting requests are admitted only with every token known (their
+    /// prefix-cache lookups hash tokens), so a step that may admit one
+    /// waits for N-1 first.
     pub fn step(&mut self) -> Result<StepOutcome, EngineError> {
         if self.pipelined {
             return self.step_pipelined();
@@ -467,6 +465,11 @@ impl Engine {
             ..StepOutcome::default()
         };
         let start_s = self.now_s();
+        let may_admit = self.scheduler.num_waiting() > 0
+            && self.scheduler.num_running() < self.scheduler.config().max_num_seqs;
+        if may_admit {
+            self.collect_in_flight(&mut outcome)?;
+        }
         let mut batch = if self.in_flight.is_some() {
             self.scheduler.schedule_before_tokens_known(start_s)
         } else {

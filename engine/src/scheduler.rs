@@ -29,7 +29,6 @@ use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
 
-use crate::backend::pending_row;
 use crate::block_manager::BlockManager;
 use crate::sequence::Sequence;
 
@@ -205,13 +204,10 @@ impl Scheduler {
     }
 
     /// Builds the next step while the running step's sampled tokens are
-    /// still pending (pipelined stepping, `Engine::step`). No block of a
-    /// running sequence is registered in the prefix cache here (a block
-    /// hashes its tokens, and the pending ones are not known yet; `commit`
-    /// registers them once they are), so a sequence admitted in the same
-    /// step does not find the blocks this step completes. A waiting
-    /// sequence whose last token is pending (preempted while it was being
-    /// sampled) waits, and the ones queued behind it with it.
+    /// still pending (pipelined stepping, `Engine::step`): the running
+    /// sequences only. Nothing is admitted and no block is registered in
+    /// the prefix cache here, because both hash tokens and the pending
+    /// ones are not known yet; `commit` registers the blocks once they are.
     pub fn schedule_before_tokens_known(&mut self, now: f64) -> SchedulerOutput {
         self.schedule_inner(now, false)
     }
@@ -248,17 +244,13 @@ impl Scheduler {
             }
         }
 
-        if out.preempted.is_empty() {
-            if tokens_known {
-                // No chunk leaves this step any more: the full blocks its
-                // chunks complete can serve sequences admitted below (see
-                // `register`).
-                for i in 0..out.seqs.len() {
-                    let e = &out.seqs[i];
-                    // Draft tokens are not the sequence's yet: never
-                    // registered.
-                    self.register(e.seq_id, e.start_pos + e.num_tokens - e.num_draft);
-                }
+        if tokens_known && out.preempted.is_empty() {
+            // No chunk leaves this step any more: the full blocks its chunks
+            // complete can serve sequences admitted below (see `register`).
+            for i in 0..out.seqs.len() {
+                let e = &out.seqs[i];
+                // Draft tokens are not the sequence's yet: never registered.
+                self.register(e.seq_id, e.start_pos + e.num_tokens - e.num_draft);
             }
             self.admit_waiting(now, &mut out, &mut budget);
         }
@@ -360,11 +352,6 @@ impl Scheduler {
             }
             let seq = self.seqs.get_mut(&id).expect("waiting ids are live");
             debug_assert!(seq.block_table.is_empty() && seq.num_computed == 0);
-            // Preempted while its last token was being sampled: its prefix
-            // hashes need that token (pipelined stepping).
-            if seq.tokens.last().is_some_and(|&t| pending_row(t).is_some()) {
-                break;
-            }
             // Never the whole sequence: its last token must run for logits.
             let cached = if self.blocks.prefix_caching() {
                 let lookup = (seq.len() - 1) / bs;
