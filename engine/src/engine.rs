@@ -3,7 +3,9 @@
 //! Each [`Engine::step`] asks the scheduler for a batch, runs it on the
 //! backend, stamps every token it produced with one monotonic time taken when
 //! the forward pass returned, and finishes sequences (length, EOS, stop
-//! token), freeing their KV blocks. With speculative decoding on, decoding
+//! token), freeing their KV blocks. Pipelined (`async_scheduling`, the
+//! default where the backend offers it), a step is launched before the
+//! previous one's tokens are collected (see [`Engine::step`]). With speculative decoding on, decoding
 //! sequences get n-gram drafts before scheduling and a step may emit several
 //! tokens per sequence (`spec_decode`).
 
@@ -269,9 +271,10 @@ impl Engine {
     }
 
     /// Whether any request is queued, running, or has a record not yet
-    /// handed out.
+    /// handed out, or a launched step is still to be collected (its rows
+    /// may all belong to requests that have ended).
     pub fn has_unfinished(&self) -> bool {
-        self.scheduler.has_unfinished() || !self.rejected.is_empty()
+        self.scheduler.has_unfinished() || !self.rejected.is_empty() || self.in_flight.is_some()
     }
 
     /// Whether steps are pipelined (see [`Engine::step`]).
@@ -843,6 +846,24 @@ mod tests {
             "decode tokens came from the last step's rows: {pending}"
         );
         assert_eq!(none, 0);
+    }
+
+    #[test]
+    fn an_aborted_request_in_a_launched_step_leaves_nothing_running_once_collected() {
+        let mut e = engine(EngineConfig::default(), &[]);
+        e.add_request(request(1, vec![1, 2, 3], SamplingParams::greedy(8)));
+        e.step().unwrap();
+        e.step().unwrap();
+        assert!(e.abort_request(1));
+        // Its last step is still to be collected.
+        assert!(e.has_unfinished());
+        let outcome = e.step().unwrap();
+        assert!(outcome.tokens.is_empty() && outcome.log.is_none());
+        assert!(!e.has_unfinished());
+        assert_eq!(e.kv_blocks_in_use(), 0);
+        // The engine goes on.
+        e.add_request(request(2, vec![1, 2, 3], SamplingParams::greedy(3)));
+        assert_eq!(run_all(&mut e)[0].output_len, 3);
     }
 
     #[test]

@@ -943,6 +943,8 @@ impl Backend for CudaBackend {
             out.extend(host[..rows * vocab].chunks(vocab).map(|r| r.to_vec()));
         }
         self.runner.kernels.take_launch_count();
+        // A step of its own: the next replayed step's wall starts here.
+        self.step_gaps.step_collected(None, None);
         Ok(out)
     }
 
