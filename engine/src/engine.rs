@@ -20,7 +20,7 @@ use crate::backend::{
 use crate::block_manager::BlockManager;
 use crate::config::ModelConfig;
 use crate::engine_config::EngineConfig;
-use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::scheduler::{ScheduledSeq, Scheduler, SchedulerConfig};
 use crate::sequence::Sequence;
 use crate::spec_decode::{self, NgramConfig};
 
@@ -341,20 +341,7 @@ impl Engine {
                 } else {
                     &seq.tokens[e.start_pos..e.start_pos + e.num_tokens]
                 };
-                SeqStep {
-                    seq_id: e.seq_id,
-                    tokens,
-                    start_pos: e.start_pos,
-                    block_table: &seq.block_table,
-                    sample: e.sample.then(|| SampleSpec {
-                        temperature: seq.sampling.temperature,
-                        top_k: seq.sampling.top_k,
-                        top_p: seq.sampling.top_p,
-                        seed: seq.sampling.seed,
-                        index: seq.output_len() as u32,
-                        num_drafts: e.num_draft as u32,
-                    }),
-                }
+                seq_step(seq, e, tokens)
             })
             .collect();
         let sampled = self.backend.forward(&steps)?;
@@ -423,15 +410,7 @@ impl Engine {
             match stop {
                 Some(reason) => {
                     if let Some(done) = self.scheduler.finish(seq_id, t) {
-                        let record = match reason {
-                            Some(reason) => finished_record(&done, reason),
-                            None => {
-                                let mut record = finished_record(&done, FinishReason::Error);
-                                record.status = RecordStatus::NonfiniteLogits;
-                                record
-                            }
-                        };
-                        outcome.finished.push(record);
+                        outcome.finished.push(stopped_record(&done, reason));
                     }
                 }
                 None if num_draft > 0 => self.scheduler.release_blocks_past_computed(seq_id),
@@ -491,20 +470,7 @@ impl Engine {
                     .scheduler
                     .seq(e.seq_id)
                     .expect("scheduled ids are live");
-                SeqStep {
-                    seq_id: e.seq_id,
-                    tokens: &seq.tokens[e.start_pos..e.start_pos + e.num_tokens],
-                    start_pos: e.start_pos,
-                    block_table: &seq.block_table,
-                    sample: e.sample.then(|| SampleSpec {
-                        temperature: seq.sampling.temperature,
-                        top_k: seq.sampling.top_k,
-                        top_p: seq.sampling.top_p,
-                        seed: seq.sampling.seed,
-                        index: seq.output_len() as u32,
-                        num_drafts: 0,
-                    }),
-                }
+                seq_step(seq, e, &seq.tokens[e.start_pos..e.start_pos + e.num_tokens])
             })
             .collect();
         self.backend.launch(&steps)?;
@@ -594,14 +560,7 @@ impl Engine {
             };
             if let Some(reason) = stop {
                 if let Some(done) = self.scheduler.finish(seq_id, t) {
-                    outcome.finished.push(match reason {
-                        Some(reason) => finished_record(&done, reason),
-                        None => {
-                            let mut record = finished_record(&done, FinishReason::Error);
-                            record.status = RecordStatus::NonfiniteLogits;
-                            record
-                        }
-                    });
+                    outcome.finished.push(stopped_record(&done, reason));
                 }
             }
         }
@@ -633,6 +592,38 @@ impl Engine {
             if let Some(seq) = self.scheduler.seq_mut(id) {
                 seq.draft.truncate(len);
             }
+        }
+    }
+}
+
+/// What the backend runs for `seq`'s entry `e` of a step: `tokens` (its
+/// slice of the sequence, or a verify chunk), sampled as the sequence asks.
+fn seq_step<'a>(seq: &'a Sequence, e: &ScheduledSeq, tokens: &'a [u32]) -> SeqStep<'a> {
+    SeqStep {
+        seq_id: e.seq_id,
+        tokens,
+        start_pos: e.start_pos,
+        block_table: &seq.block_table,
+        sample: e.sample.then(|| SampleSpec {
+            temperature: seq.sampling.temperature,
+            top_k: seq.sampling.top_k,
+            top_p: seq.sampling.top_p,
+            seed: seq.sampling.seed,
+            index: seq.output_len() as u32,
+            num_drafts: e.num_draft as u32,
+        }),
+    }
+}
+
+/// The record of a sequence that stopped: for `reason`, or (`None`) on a
+/// row of non-finite logits.
+fn stopped_record(seq: &Sequence, reason: Option<FinishReason>) -> RequestRecord {
+    match reason {
+        Some(reason) => finished_record(seq, reason),
+        None => {
+            let mut record = finished_record(seq, FinishReason::Error);
+            record.status = RecordStatus::NonfiniteLogits;
+            record
         }
     }
 }
