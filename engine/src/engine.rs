@@ -20,7 +20,7 @@ use crate::backend::{
 use crate::block_manager::BlockManager;
 use crate::config::ModelConfig;
 use crate::engine_config::EngineConfig;
-use crate::scheduler::{ScheduledSeq, Scheduler, SchedulerConfig};
+use crate::scheduler::{ScheduledSeq, Scheduler, SchedulerConfig, SchedulerOutput};
 use crate::sequence::Sequence;
 use crate::spec_decode::{self, NgramConfig};
 
@@ -70,6 +70,28 @@ pub struct Engine {
     pipelined: bool,
     /// The launched step whose sampled tokens the host has not seen yet.
     in_flight: Option<InFlight>,
+}
+
+/// What a step ran, for its log entry.
+#[derive(Debug, Clone, Copy)]
+struct StepSizes {
+    seqs: usize,
+    tokens: usize,
+    decode: usize,
+    drafts: usize,
+    accepted: usize,
+}
+
+impl StepSizes {
+    fn of(batch: &SchedulerOutput, accepted: usize) -> StepSizes {
+        StepSizes {
+            seqs: batch.seqs.len(),
+            tokens: batch.num_tokens(),
+            decode: batch.seqs.iter().filter(|e| e.is_decode).count(),
+            drafts: batch.seqs.iter().map(|e| e.num_draft).sum(),
+            accepted,
+        }
+    }
 }
 
 /// A launched step not yet collected: the sequence of each sampled row.
@@ -418,26 +440,8 @@ impl Engine {
             }
         }
 
-        let decode_tokens = batch.seqs.iter().filter(|e| e.is_decode).count();
-        let draft_tokens: usize = batch.seqs.iter().map(|e| e.num_draft).sum();
-        let blocks = self.scheduler.block_manager();
-        outcome.log = Some(StepLogEntry {
-            step: self.next_step,
-            start_s,
-            duration_s: t - start_s,
-            batch_size: batch.seqs.len() as u32,
-            prefill_tokens: (batch.num_tokens() - decode_tokens - draft_tokens) as u32,
-            decode_tokens: decode_tokens as u32,
-            num_waiting: self.scheduler.num_waiting() as u32,
-            kv_blocks_used: blocks.blocks_in_use() as u32,
-            kv_blocks_total: blocks.num_blocks() as u32,
-            preempted: batch.preempted.len() as u32,
-            prefix_cache_queries: batch.prefix_cache_queries,
-            prefix_cache_hits: batch.prefix_cache_hits,
-            spec_draft_tokens: draft_tokens as u32,
-            spec_accepted_tokens: accepted_in_step as u32,
-        });
-        self.next_step += 1;
+        let sizes = StepSizes::of(&batch, accepted_in_step);
+        outcome.log = Some(self.log_step(start_s, t, &batch, sizes));
         Ok(outcome)
     }
 
@@ -483,9 +487,7 @@ impl Engine {
             .collect();
         // The previous step's tokens, while this one runs.
         self.collect_in_flight(&mut outcome)?;
-        let decode_tokens = batch.seqs.iter().filter(|e| e.is_decode).count();
-        let prefill_tokens = batch.num_tokens() - decode_tokens;
-        let batch_size = batch.seqs.len();
+        let sizes = StepSizes::of(&batch, 0);
         // Sequences that step ended (EOS, a stop token) ran a row in this
         // one that is dropped: nothing of it is committed.
         batch
@@ -498,25 +500,39 @@ impl Engine {
             }
         }
         self.in_flight = Some(InFlight { rows });
+        let end_s = self.now_s();
+        outcome.log = Some(self.log_step(start_s, end_s, &batch, sizes));
+        Ok(outcome)
+    }
+
+    /// The next step's log entry: it ran `batch` (of `sizes`, counted
+    /// before any dropped row) from `start_s` to `end_s`.
+    fn log_step(
+        &mut self,
+        start_s: f64,
+        end_s: f64,
+        batch: &SchedulerOutput,
+        sizes: StepSizes,
+    ) -> StepLogEntry {
         let blocks = self.scheduler.block_manager();
-        outcome.log = Some(StepLogEntry {
+        let entry = StepLogEntry {
             step: self.next_step,
             start_s,
-            duration_s: self.now_s() - start_s,
-            batch_size: batch_size as u32,
-            prefill_tokens: prefill_tokens as u32,
-            decode_tokens: decode_tokens as u32,
+            duration_s: end_s - start_s,
+            batch_size: sizes.seqs as u32,
+            prefill_tokens: (sizes.tokens - sizes.decode - sizes.drafts) as u32,
+            decode_tokens: sizes.decode as u32,
             num_waiting: self.scheduler.num_waiting() as u32,
             kv_blocks_used: blocks.blocks_in_use() as u32,
             kv_blocks_total: blocks.num_blocks() as u32,
             preempted: batch.preempted.len() as u32,
             prefix_cache_queries: batch.prefix_cache_queries,
             prefix_cache_hits: batch.prefix_cache_hits,
-            spec_draft_tokens: 0,
-            spec_accepted_tokens: 0,
-        });
+            spec_draft_tokens: sizes.drafts as u32,
+            spec_accepted_tokens: sizes.accepted as u32,
+        };
         self.next_step += 1;
-        Ok(outcome)
+        entry
     }
 
     /// Waits for the launched step (if any), puts its sampled tokens in
