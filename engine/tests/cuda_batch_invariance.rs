@@ -16,8 +16,8 @@
 //!   close to the f32 reference (the invariant path is also right).
 //! - `engine_outputs_are_identical_alone_and_in_any_batch`: the scheduler-
 //!   level check of `batch_invariance_support` (64 requests alone, together,
-//!   chunked, preempted) on `tiny`, `tiny-qwen3` and `smollm2-135m`
-//!   checkpoints, graphs on and off.
+//!   chunked, preempted, with pipelined stepping on and off) on `tiny`,
+//!   `tiny-qwen3` and `smollm2-135m` checkpoints, graphs on and off.
 
 mod batch_invariance_support;
 mod cuda_support;
