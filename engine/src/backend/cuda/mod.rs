@@ -153,6 +153,11 @@ enum Enqueued {
 
 impl Drop for CudaBackend {
     fn drop(&mut self) {
+        // A launched step may still write its sampled tokens into a pinned
+        // buffer freed below: let the stream finish first.
+        if !self.launched.is_empty() {
+            let _ = self.stream.synchronize();
+        }
         for line in self.step_gaps.summary() {
             eprintln!("cuda: {line}");
         }
