@@ -5,9 +5,10 @@
 //! the forward pass returned, and finishes sequences (length, EOS, stop
 //! token), freeing their KV blocks. Pipelined (`async_scheduling`, the
 //! default where the backend offers it), a step is launched before the
-//! previous one's tokens are collected (see [`Engine::step`]). With speculative decoding on, decoding
-//! sequences get n-gram drafts before scheduling and a step may emit several
-//! tokens per sequence (`spec_decode`).
+//! previous one's tokens are collected (see [`Engine::step`]). With
+//! speculative decoding on, decoding sequences get n-gram drafts before
+//! scheduling and a step may emit several tokens per sequence
+//! (`spec_decode`).
 
 use std::time::Instant;
 
