@@ -203,30 +203,15 @@ impl Backend for MockBackend {
             ));
         }
         // Pending tokens read the last step's rows, as the GPU does.
-        let mut resolved = Vec::with_capacity(batch.len());
-        for s in batch {
-            let mut tokens = Vec::with_capacity(s.tokens.len());
-            for &t in s.tokens {
-                tokens.push(match pending_row(t) {
-                    Some(r) => match self.last_sampled.get(r).inspect(|_| {
-                        self.pending_tokens_read
-                            .set(self.pending_tokens_read.get() + 1)
-                    }) {
-                        Some(&NONFINITE_LOGITS) => 0,
-                        Some(&v) => v,
-                        None => {
-                            return Err(BackendError::InvalidBatch(format!(
-                                "seq {}: pending token of row {r}, the last step sampled {}",
-                                s.seq_id,
-                                self.last_sampled.len()
-                            )))
-                        }
-                    },
-                    None => t,
-                });
-            }
-            resolved.push(tokens);
-        }
+        let resolved = batch
+            .iter()
+            .map(|s| {
+                s.tokens
+                    .iter()
+                    .map(|&t| self.resolve_token(s.seq_id, t))
+                    .collect::<Result<Vec<u32>, _>>()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let steps: Vec<SeqStep<'_>> = batch
             .iter()
             .zip(&resolved)
@@ -262,6 +247,23 @@ impl Backend for MockBackend {
 }
 
 impl MockBackend {
+    /// `t`, or for a `PENDING_TOKEN` the token the last step sampled in
+    /// its row (a non-finite row reads as 0, as on the GPU).
+    fn resolve_token(&self, seq_id: u64, t: u32) -> Result<u32, BackendError> {
+        let Some(r) = pending_row(t) else {
+            return Ok(t);
+        };
+        let &v = self.last_sampled.get(r).ok_or_else(|| {
+            BackendError::InvalidBatch(format!(
+                "seq {seq_id}: pending token of row {r}, the last step sampled {}",
+                self.last_sampled.len()
+            ))
+        })?;
+        self.pending_tokens_read
+            .set(self.pending_tokens_read.get() + 1);
+        Ok(if v == NONFINITE_LOGITS { 0 } else { v })
+    }
+
     /// Runs `batch` (no pending tokens) and samples its rows.
     fn sample(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<u32>, BackendError> {
         let prefixes = self.run(batch)?;
