@@ -145,8 +145,8 @@ __device__ __forceinline__ void prefetch_rows_l2(const bf16* k_cache, const bf16
 
 // `wait` (PdlWait, or decode_layers' grid barrier) runs once the block knows
 // its keys and has prefetched the first of them, before it reads q.
-template <int HD, int GALL, int CHUNKS, bool UNITS, typename Wait>
-__device__ void attention_impl(Wait wait, int bx, int by, int bz, int gy, int gz,
+template <int HD, int GALL, int CHUNKS, bool UNITS, bool JOINED, typename Wait>
+__device__ void attention_impl(Wait wait, int bx, int by, int bz, int gx, int gy, int gz,
                                const float* ACT_RESTRICT qkv, const bf16* ACT_RESTRICT k_cache,
                                const bf16* ACT_RESTRICT v_cache,
                                const int* __restrict__ positions,
@@ -159,6 +159,13 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gy, int gz
     static_assert(HD % 8 == 0 && HD <= 256, "head dim: a multiple of 8, at most 256");
     constexpr int G = (GALL + CHUNKS - 1) / CHUNKS;  // query heads per block
     static_assert(G <= 8, "at most 8 query heads per block (shared memory)");
+    // Query tokens a block may take at once (JOINED: attention_prefill):
+    // the tensor-core loop's 8 product rows hold JOINT tokens' G heads
+    // each, so consecutive query tokens of one sequence (a prefill chunk)
+    // share every K/V load instead of each reading its own prefix. One
+    // where the rows hold a single token, and in the sub-warp loop.
+    constexpr int JOINT = JOINED && ATTN_USE_MMA && !UNITS ? 8 / G : 1;
+    constexpr int R = JOINT * G;  // partial rows per warp: (token, head) pairs
     constexpr int LPT = attn_lanes_per_key(HD);  // lanes per key
     constexpr int SUBS = 32 / LPT;              // sub-warps per warp
     constexpr int NSUB = ATTN_WARPS * SUBS;     // sub-warps per block
@@ -166,8 +173,8 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gy, int gz
     // Partial softmax states the block merges: one per warp on the
     // tensor-core path, one per sub-warp otherwise.
     constexpr int NMERGE = ATTN_USE_MMA ? ATTN_WARPS : NSUB;
-    __shared__ float s_m[NMERGE][G];
-    __shared__ float s_l[NMERGE][G];
+    __shared__ float s_m[NMERGE][R];
+    __shared__ float s_l[NMERGE][R];
     __shared__ bool s_last;
     constexpr int THREADS = ATTN_WARPS * 32;
 #if ATTN_USE_MMA && ATTN_STAGED
@@ -178,7 +185,7 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gy, int gz
     // stages the next unit's first rows before it merges the last one's,
     // so that its loads never stop.
     constexpr int MMA_STAGE_BYTES = ATTN_WARPS * MmaStage<HD>::WARP_ELEMS * 2;
-    constexpr int MMA_ACC_BYTES = NMERGE * G * HD * 4;
+    constexpr int MMA_ACC_BYTES = NMERGE * R * HD * 4;
     static_assert(MMA_STAGE_BYTES <= 40 * 1024,
                   "ATTN_STAGED with the tensor-core loop: two iterations of K and V rows per warp "
                   "do not fit in static shared memory at this head dim; add DYNO_CUDA_ATTN_MMA=0");
@@ -188,7 +195,7 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gy, int gz
                                     : (MMA_STAGE_BYTES > MMA_ACC_BYTES ? MMA_STAGE_BYTES : MMA_ACC_BYTES);
     __shared__ __align__(16) unsigned char s_raw[RAW_BYTES];
     bf16* s_stage = reinterpret_cast<bf16*>(s_raw);
-    float(*s_acc)[G][HD] = reinterpret_cast<float(*)[G][HD]>(s_raw + (CHAIN ? MMA_STAGE_BYTES : 0));
+    float(*s_acc)[R][HD] = reinterpret_cast<float(*)[R][HD]>(s_raw + (CHAIN ? MMA_STAGE_BYTES : 0));
     constexpr int EXTRA_BYTES = CHAIN ? MMA_ACC_BYTES : 0;
 #else
     constexpr bool CHAIN = false;
@@ -200,13 +207,13 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gy, int gz
     // rest (static shared memory: 48 KiB), else in registers.
     constexpr bool FOLD_SHARED =
         UNITS && attn_shared_bytes<HD, G, LPT>() + EXTRA_BYTES + G * HD * 4 <= 47 * 1024;
-    constexpr int FOLD_REGS = (G * HD + THREADS - 1) / THREADS;
+    constexpr int FOLD_REGS = (R * HD + THREADS - 1) / THREADS;
     __shared__ float s_fold_ml[UNITS ? 2 : 1][G][2];
     __shared__ float s_fold_acc[FOLD_SHARED ? G * HD : 1];
     float fold_acc_regs[FOLD_REGS];  // unused where FOLD_SHARED
 #if ATTN_USE_MMA && ATTN_STAGED
 #elif ATTN_USE_MMA
-    __shared__ float s_acc[NMERGE][G][HD];
+    __shared__ float s_acc[NMERGE][R][HD];
 #elif ATTN_STAGED
     // Two buffers of one iteration's K and V rows while the keys are read;
     // the same bytes hold the sub-warps' partials for the merge after.
@@ -230,7 +237,29 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gy, int gz
     const bool lane_on = sl * 8 < HD;  // lanes past the head dim hold zeros
     const int sub = warp * SUBS + sub_in_warp;
     const int nq = nkv * GALL;
-    const int ctx = positions[t] + 1;
+    // The block's query tokens t .. t + ntok - 1. Tokens are grouped in
+    // aligned windows of JOINT rows of the step; within a window, a run of
+    // tokens of one sequence at consecutive positions (a prefill chunk, or
+    // a draft being verified) is taken by the block of its first token,
+    // and the blocks of the others exit. Only without context splits (one
+    // split in the grid: large steps) and without batch_invariant's units,
+    // so that each token's keys are cut into the same iterations as when
+    // it is alone: every row's result is then bit-identical to a block of
+    // its own (a key past a row's context is masked, and an iteration
+    // with no key of the row leaves its softmax state exactly as it was).
+    int ntok = 1;
+    if constexpr (JOINT > 1) {
+        if (gz == 1 && split_keys == 0) {
+            auto continues = [&](int u) {
+                return seq_idx[u] == seq_idx[u - 1] && positions[u] == positions[u - 1] + 1;
+            };
+            const int lead = t - t % JOINT;
+            if (t > lead && continues(t)) return;  // an earlier block takes this token
+            const int window_end = min(lead + JOINT, gx);
+            while (t + ntok < window_end && continues(t + ntok)) ntok++;
+        }
+    }
+    const int ctx = positions[t] + ntok;  // the block's last token's (positions consecutive)
     constexpr int BLOCK_KEYS =
         ATTN_USE_MMA ? ATTN_WARPS * 8 * attn_mma_key_tiles(HD) : ATTN_WARPS * WARP_KEYS;
     // split_keys > 0 (batch_invariant): the context is cut into units of
@@ -274,8 +303,8 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gy, int gz
 #else
         bf16* stage_rows_of_block = nullptr;
 #endif
-        attend_split_mma<HD, G, GALL>(qkv, k_cache, v_cache, table, block_size, nkv, kvh, g0, t,
-                                      row_len, scale, ub, ue, CHAIN ? end : ue,
+        attend_split_mma<HD, G, GALL, R>(qkv, k_cache, v_cache, table, block_size, nkv, kvh, g0, t,
+                                      ntok, row_len, scale, ub, ue, CHAIN ? end : ue,
                                       CHAIN && ub > begin, mma_buffer, stage_rows_of_block,
                                       s_m[warp], s_l[warp], &s_acc[warp][0][0]);
 #else
@@ -441,11 +470,13 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gy, int gz
         // Element i = threadIdx.x + k * THREADS of the block's G x HD
         // outputs is this thread's k-th.
 #pragma unroll
-        for (int k = 0; k < (G * HD + THREADS - 1) / THREADS; k++) {
+        for (int k = 0; k < (R * HD + THREADS - 1) / THREADS; k++) {
             const int i = threadIdx.x + k * THREADS;
-            if (i >= G * HD) break;
-            const int g = i / HD, d = i - g * HD;
-            if (g0 + g >= GALL) break;  // the last chunk of an uneven group
+            if (i >= R * HD) break;
+            const int g = i / HD, d = i - g * HD;  // partial row g: token t + g / G, head g % G
+            const int tq = g / G, hg = g - tq * G;
+            if (tq >= ntok) break;
+            if (g0 + hg >= GALL) continue;  // the last chunk of an uneven group
             float mm = -INFINITY;
 #pragma unroll
             for (int w = 0; w < NMERGE; w++) mm = fmaxf(mm, s_m[w][g]);
@@ -480,9 +511,9 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gy, int gz
                 aa = fa;
                 if (u + 1 < units) continue;
             }
-            const int h = kvh * GALL + g0 + g;
+            const int h = kvh * GALL + g0 + hg;
             if (nsplit == 1) {
-                out[((long)t * nq + h) * HD + d] = __float2bfloat16(aa / ll);
+                out[((long)(t + tq) * nq + h) * HD + d] = __float2bfloat16(aa / ll);
             } else {
                 const long p = ((long)t * nq + h) * stride + split;
                 part_acc[p * HD + d] = aa;
@@ -575,9 +606,24 @@ extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32, ATTN_MIN_BLOCKS)
               const int* seq_idx, const int* block_tables, const int* bt_stride, int block_size,
               int nkv, float scale, bf16* out, float* part_acc, float* part_ml, int* counters,
               int split_keys) {
-    attention_impl<DYNO_HEAD_DIM, DYNO_GROUP, DYNO_GROUP_CHUNKS, false>(
-        PdlWait{}, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.y, gridDim.z, qkv, k_cache, v_cache, positions, seq_idx, block_tables, bt_stride, block_size, nkv, scale,
+    attention_impl<DYNO_HEAD_DIM, DYNO_GROUP, DYNO_GROUP_CHUNKS, false, false>(
+        PdlWait{}, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.x, gridDim.y, gridDim.z, qkv, k_cache, v_cache, positions, seq_idx, block_tables, bt_stride, block_size, nkv, scale,
         out, part_acc, part_ml, counters, split_keys);
+}
+
+// Steps with prefill chunks (or drafts to verify) and one split, without
+// batch_invariant: `attention` whose blocks may take several consecutive
+// query tokens of one sequence at once (JOINED; see attention_impl), each
+// token with the bits a block of its own gives it. A kernel of its own so
+// that decode steps, which have one token per sequence, keep `attention`'s
+// code and registers. Grid (query tokens, kv heads x group chunks, 1).
+extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32, ATTN_MIN_BLOCKS)
+    attention_prefill(const float* qkv, const bf16* k_cache, const bf16* v_cache,
+                      const int* positions, const int* seq_idx, const int* block_tables,
+                      const int* bt_stride, int block_size, int nkv, float scale, bf16* out) {
+    attention_impl<DYNO_HEAD_DIM, DYNO_GROUP, DYNO_GROUP_CHUNKS, false, true>(
+        PdlWait{}, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.x, gridDim.y, gridDim.z, qkv, k_cache, v_cache, positions, seq_idx, block_tables, bt_stride, block_size, nkv, scale,
+        out, nullptr, nullptr, nullptr, 0);
 }
 
 // Blocks per SM attention_units' registers must allow
@@ -600,7 +646,7 @@ extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32, ATTN_UNITS_MIN_BLO
                     const int* positions, const int* seq_idx, const int* block_tables,
                     const int* bt_stride, int block_size, int nkv, float scale, bf16* out,
                     int split_keys) {
-    attention_impl<DYNO_HEAD_DIM, DYNO_GROUP, DYNO_GROUP_CHUNKS, true>(
-        PdlWait{}, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.y, gridDim.z, qkv, k_cache, v_cache, positions, seq_idx, block_tables, bt_stride, block_size, nkv, scale,
+    attention_impl<DYNO_HEAD_DIM, DYNO_GROUP, DYNO_GROUP_CHUNKS, true, false>(
+        PdlWait{}, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.x, gridDim.y, gridDim.z, qkv, k_cache, v_cache, positions, seq_idx, block_tables, bt_stride, block_size, nkv, scale,
         out, nullptr, nullptr, nullptr, split_keys);
 }

@@ -76,19 +76,23 @@ struct MmaStage {
 
 // The tensor-core loop over keys [begin, end) of one split (ATTN_MMA): each
 // warp folds its iterations of keys into an online softmax for the block's
-// G query heads (g0 .. g0 + G - 1 of kv head kvh's group of GALL) and leaves
-// its state in s_m_warp[G], s_l_warp[G] and s_acc_warp[G][HD] for the
-// block's merge. Every thread of the block calls it (it may hold
+// rows, G query heads (g0 .. g0 + G - 1 of kv head kvh's group of GALL) of
+// each of its ntok query tokens t .. t + ntok - 1 (row r: token t + r / G,
+// head g0 + r % G; R rows at most), and leaves its state in s_m_warp[R],
+// s_l_warp[R] and s_acc_warp[R][HD] for the block's merge. With several
+// tokens (consecutive positions of one sequence, one split) token t + i
+// attends to keys below end - (ntok - 1) + i: later keys are masked in its
+// rows. Every thread of the block calls it (it may hold
 // __syncthreads). s_stage: the block's staged rows (ATTN_STAGED), else unused.
 // Keys below stage_end (end, or the context's end for a block folding units)
 // may be staged: a warp's last iteration stages its first rows of the next
 // unit, and the next call, `prestaged`, starts from them. `buffer`: the
 // staging buffer of the warp's next rows, kept across calls.
-template <int HD, int G, int GALL>
+template <int HD, int G, int GALL, int R>
 __device__ __forceinline__ void attend_split_mma(
     const float* ACT_RESTRICT qkv, const bf16* ACT_RESTRICT k_cache,
     const bf16* ACT_RESTRICT v_cache, const int* __restrict__ table, int block_size, int nkv,
-    int kvh, int g0, int t, int row_len, float scale, int begin, int end, int stage_end,
+    int kvh, int g0, int t, int ntok, int row_len, float scale, int begin, int end, int stage_end,
     bool prestaged, int& buffer, bf16* s_stage, float* s_m_warp, float* s_l_warp,
     float* s_acc_warp) {
     using Stage = MmaStage<HD>;
@@ -97,8 +101,12 @@ __device__ __forceinline__ void attend_split_mma(
     constexpr int NT = HD / 8;   // n-tiles of the value product
     constexpr int KW = HD / 8;   // words of a lane's K slice of a key (HD/4 dims)
     constexpr int VW = HD / 16;  // words of a lane's V slice of a key (HD/8 dims)
+    static_assert(R <= 8, "the products' rows 0..7 hold the block's (token, head) rows");
     const int g = lane >> 2, c = lane & 3;
-    const bool row_on = g < G && g0 + g < GALL;
+    const int tq = g / G, hg = g - tq * G;  // row g's token (t + tq) and head (g0 + hg)
+    const bool row_on = g < R && tq < ntok && g0 + hg < GALL;
+    // Keys at or past row_end are masked in row g (its token's context).
+    const int row_end = min(end, end - (ntok - 1) + tq);
     // The products sum over the head dim in any order the operands
     // agree on, so lane (g, c) gives k-step ks the dims c*HD/4 + 4ks ..
     // + 3 of Q and K: a lane's K slice of a key is then contiguous
@@ -112,7 +120,8 @@ __device__ __forceinline__ void attend_split_mma(
     __shared__ __align__(16) uint4 s_q[Q_SHARED ? 32 * KS : 1];
     unsigned qhi[Q_SHARED ? 1 : KS][2], qlo[Q_SHARED ? 1 : KS][2];
     if (!Q_SHARED || warp == 0) {
-        const float* qrow = qkv + (long)t * row_len + (kvh * GALL + g0 + g) * HD + c * (HD / 4);
+        const float* qrow =
+            qkv + (long)(t + tq) * row_len + (kvh * GALL + g0 + hg) * HD + c * (HD / 4);
 #pragma unroll
         for (int ks = 0; ks < KS; ks++) {
             const float4 v = row_on ? reinterpret_cast<const float4*>(qrow)[ks]
@@ -262,20 +271,23 @@ __device__ __forceinline__ void attend_split_mma(
         for (int j = 0; j < KT; j++)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
-                if (base + 8 * j + 2 * c + e >= end) s[j][e] = -INFINITY;
+                if (base + 8 * j + 2 * c + e >= row_end) s[j][e] = -INFINITY;
                 mx = fmaxf(mx, s[j][e]);
             }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        // Key `base` is valid, so m_new is finite.
+        // With one token, key `base` is valid, so mx is finite. A row of a
+        // later token's keys may have none here (mx -inf): its state must
+        // stay exactly as it was (corr 1, p 0), as if it skipped them.
+        const bool none = R > G && mx == -INFINITY;
         const float m_new = fmaxf(m, mx);
-        const float corr = __expf(m - m_new);
+        const float corr = none ? 1.0f : __expf(m - m_new);
         m = m_new;
         float p[KT][2];
 #pragma unroll
         for (int j = 0; j < KT; j++)
 #pragma unroll
-            for (int e = 0; e < 2; e++) p[j][e] = __expf(s[j][e] - m_new);
+            for (int e = 0; e < 2; e++) p[j][e] = none ? 0.0f : __expf(s[j][e] - m_new);
         if constexpr (KT == 2) {
             l = l * corr + (p[0][0] + p[0][1]) + (p[1][0] + p[1][1]);
         } else {
@@ -309,7 +321,7 @@ __device__ __forceinline__ void attend_split_mma(
 #endif
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
-    if (g < G) {
+    if (g < R) {
         if (c == 0) {
             s_m_warp[g] = m;
             s_l_warp[g] = l;

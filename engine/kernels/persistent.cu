@@ -176,8 +176,8 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, PERSIST_MIN_BLOCKS
         phase(barrier, true, T * head_blocks * nsplit, [&](int vb, PhaseWait wait) {
             const int per_split = T * head_blocks;
             const int z = vb / per_split, rest = vb - z * per_split;
-            attention_impl<HD, DYNO_GROUP, DYNO_GROUP_CHUNKS, false>(
-                wait, rest % T, rest / T, z, head_blocks, nsplit, qkv, k_layer, v_layer, positions,
+            attention_impl<HD, DYNO_GROUP, DYNO_GROUP_CHUNKS, false, false>(
+                wait, rest % T, rest / T, z, T, head_blocks, nsplit, qkv, k_layer, v_layer, positions,
                 seq_idx, block_tables, bt_stride, block_size, nkv, scale, attn, part_acc, part_ml,
                 counters, 0);
         });

@@ -506,6 +506,15 @@ kernels! {
         block_tables: Ptr, bt_stride: Ptr, block_size: I32, nkv: I32, scale: F32,
         out: Ptr, part_acc: Ptr, part_ml: Ptr, counters: Ptr, split_keys: I32,
     }
+    /// Paged attention for steps with prefill chunks (or drafts) and one
+    /// split, without `batch_invariant`: a block may take several
+    /// consecutive query tokens of one sequence, which then share its K/V
+    /// loads; every token gets `attention`'s bits (attention.cu).
+    attention_prefill => AttentionPrefill {
+        qkv: Ptr, k_cache: Ptr, v_cache: Ptr, positions: Ptr, seq_idx: Ptr,
+        block_tables: Ptr, bt_stride: Ptr, block_size: I32, nkv: I32, scale: F32,
+        out: Ptr,
+    }
     /// Paged attention under `batch_invariant` for steps of one split: each
     /// block folds its query's units of `split_keys` keys in order, the
     /// bits `attention` gives with one split per unit (attention.cu).
@@ -613,6 +622,23 @@ impl Attention {
             scale: self.scale,
             out: self.out,
             split_keys: self.split_keys,
+        }
+    }
+
+    /// The same launch for `attention_prefill` (one split, no units).
+    pub fn prefill(&self) -> AttentionPrefill {
+        AttentionPrefill {
+            qkv: self.qkv,
+            k_cache: self.k_cache,
+            v_cache: self.v_cache,
+            positions: self.positions,
+            seq_idx: self.seq_idx,
+            block_tables: self.block_tables,
+            bt_stride: self.bt_stride,
+            block_size: self.block_size,
+            nkv: self.nkv,
+            scale: self.scale,
+            out: self.out,
         }
     }
 }

@@ -433,11 +433,12 @@ impl CudaBackend {
             self.upload_meta(&self.sync_meta.as_slice()[..packed.len])?;
             // A graph replays decode steps of any context length.
             let max_context = self.runner.dims.max_model_len;
-            self.runner.step(kv, &layout, bucket, bucket, max_context)?;
+            self.runner
+                .step(kv, &layout, bucket, bucket, max_context, false)?;
             self.sync()?;
             let runner = &self.runner;
             let captured = graphs::capture(&self.stream, || {
-                runner.step(kv, &layout, bucket, bucket, max_context)
+                runner.step(kv, &layout, bucket, bucket, max_context, false)
             })?;
             graphs.insert(bucket, captured);
         }
@@ -473,6 +474,7 @@ impl CudaBackend {
         // packed to its exact size.
         let tokens: usize = batch.iter().map(|s| s.tokens.len()).sum();
         let max_context = longest_context(batch);
+        let joint = several_tokens_of_a_sequence(batch);
         let (layout, pad_to) = match bucket {
             Some(b) => (
                 MetaLayout {
@@ -521,7 +523,7 @@ impl CudaBackend {
                 // to the end.
                 self.runner.kernels.take_launch_count();
                 let sampled =
-                    self.sample_in_chunks(kv, &layout, tokens, packed.samples, max_context);
+                    self.sample_in_chunks(kv, &layout, tokens, packed.samples, max_context, joint);
                 // `sampled` holds the last chunk's rows only.
                 self.pending_rows = 0;
                 self.step_gaps.step_collected(None, None);
@@ -531,7 +533,7 @@ impl CudaBackend {
             None => {
                 self.runner.kernels.take_launch_count();
                 self.runner
-                    .step(kv, &layout, tokens, packed.samples, max_context)?;
+                    .step(kv, &layout, tokens, packed.samples, max_context, joint)?;
                 let launches = self.runner.kernels.take_launch_count();
                 if decode {
                     self.last_decode_launches = Some(launches);
@@ -594,8 +596,9 @@ impl CudaBackend {
         tokens: usize,
         samples: usize,
         max_context: usize,
+        joint: bool,
     ) -> Result<Vec<u32>, BackendError> {
-        let pending = self.runner.layers(kv, layout, tokens, max_context)?;
+        let pending = self.runner.layers(kv, layout, tokens, max_context, joint)?;
         let chunk = self.runner.arena.logits_rows;
         let mut out = vec![0u32; samples];
         for first in (0..samples).step_by(chunk) {
@@ -700,6 +703,13 @@ fn parse_one_block_from(text: Option<&str>, sm_count: usize) -> Result<usize, Ba
 }
 
 /// The longest context (keys attended to) of any token of the step.
+/// Whether a sequence has several query tokens in the step (a prefill
+/// chunk, a draft to verify): attention's blocks then take consecutive ones
+/// together (`Runner::layers`).
+fn several_tokens_of_a_sequence(batch: &[SeqStep<'_>]) -> bool {
+    batch.iter().any(|s| s.tokens.len() > 1)
+}
+
 fn longest_context(batch: &[SeqStep<'_>]) -> usize {
     batch
         .iter()
@@ -920,9 +930,13 @@ impl Backend for CudaBackend {
         )?;
         self.pending_rows = 0;
         self.upload_meta(&self.sync_meta.as_slice()[..packed.len])?;
-        let pending = self
-            .runner
-            .layers(kv, &layout, tokens, longest_context(batch))?;
+        let pending = self.runner.layers(
+            kv,
+            &layout,
+            tokens,
+            longest_context(batch),
+            several_tokens_of_a_sequence(batch),
+        )?;
         let vocab = self.runner.dims.vocab;
         let chunk = self.runner.arena.logits_rows;
         let mut out = Vec::with_capacity(tokens);

@@ -382,7 +382,9 @@ impl Runner {
 
     /// Runs every layer for `tokens` query tokens (padding included), whose
     /// longest context is `max_context` keys (at most `max_model_len`).
-    /// Returns the f32 buffer the final norm still has to add to the
+    /// `joint`: whether a sequence may have several query tokens in the step
+    /// (prefill chunks, drafts; attention then takes them together), false
+    /// for decode steps. Returns the f32 buffer the final norm still has to add to the
     /// residual (the last down projection's output), or 0 when the residual
     /// is complete.
     pub fn layers(
@@ -391,12 +393,13 @@ impl Runner {
         layout: &MetaLayout,
         tokens: usize,
         max_context: usize,
+        joint: bool,
     ) -> Result<u64, BackendError> {
         let nsplit = self.attention_grid_splits(tokens, max_context)?;
         if self.small_batch(tokens) {
             match &self.persistent {
                 Some(p) => self.layers_persistent(p, kv, layout, tokens, nsplit)?,
-                None => self.layers_small_batch(kv, layout, tokens, nsplit)?,
+                None => self.layers_small_batch(kv, layout, tokens, nsplit, joint)?,
             }
             return Ok(0);
         }
@@ -438,7 +441,7 @@ impl Runner {
             )?;
             k.count_external_launch();
             self.rope_cache(kv, layout, li, tokens)?;
-            self.attention(kv, layout, li, tokens, nsplit)?;
+            self.attention(kv, layout, li, tokens, nsplit, joint)?;
             self.gemm.linear(
                 a.attn.ptr,
                 w.o_proj.ptr,
@@ -512,6 +515,7 @@ impl Runner {
         layout: &MetaLayout,
         tokens: usize,
         nsplit: usize,
+        joint: bool,
     ) -> Result<(), BackendError> {
         let d = &self.dims;
         let a = &self.arena;
@@ -571,7 +575,7 @@ impl Runner {
                 )?;
                 self.rope_cache(kv, layout, li, tokens)?;
             }
-            self.attention(kv, layout, li, tokens, nsplit)?;
+            self.attention(kv, layout, li, tokens, nsplit, joint)?;
             self.residual_product(ResidualProduct::O, a.attn.ptr, w.o_proj.ptr, tokens)?;
             // One warp per (gate row, up row) pair.
             k.norm_gate_up_silu(
@@ -754,6 +758,7 @@ impl Runner {
         li: usize,
         tokens: usize,
         nsplit: usize,
+        joint: bool,
     ) -> Result<(), BackendError> {
         let d = &self.dims;
         let a = &self.arena;
@@ -782,6 +787,11 @@ impl Runner {
             return self
                 .kernels
                 .attention_units(grid, 128, args.without_splits());
+        }
+        if joint && nsplit == 1 && !self.batch_invariant() {
+            // Prefill chunks: a block takes consecutive query tokens of a
+            // sequence together (the bits `attention` gives each alone).
+            return self.kernels.attention_prefill(grid, 128, args.prefill());
         }
         self.kernels.attention(grid, 128, args)
     }
@@ -852,7 +862,7 @@ impl Runner {
     }
 
     /// One whole decode/prefill step up to sampled tokens in the arena
-    /// (`max_context` as for `layers`).
+    /// (`max_context` and `joint` as for `layers`).
     pub fn step(
         &self,
         kv: &KvPool,
@@ -860,8 +870,9 @@ impl Runner {
         tokens: usize,
         samples: usize,
         max_context: usize,
+        joint: bool,
     ) -> Result<(), BackendError> {
-        let pending = self.layers(kv, layout, tokens, max_context)?;
+        let pending = self.layers(kv, layout, tokens, max_context, joint)?;
         if samples > 0 {
             self.logits(self.meta(layout, layout.sample_rows()), samples, pending)?;
             self.sample(layout, 0, samples)?;
