@@ -996,7 +996,27 @@ pub use workloads::engine_info::GpuProperties;
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_one_block_from, parse_split_keys};
+    use super::{parse_one_block_from, parse_split_keys, several_tokens_of_a_sequence};
+    use crate::backend::SeqStep;
+
+    #[test]
+    fn only_steps_with_chunks_or_drafts_take_the_prefill_attention() {
+        let step = |tokens: &'static [u32]| SeqStep {
+            seq_id: 0,
+            tokens,
+            start_pos: 4,
+            block_table: &[0],
+            sample: None,
+        };
+        // A decode step: one token per sequence, however many sequences.
+        assert!(!several_tokens_of_a_sequence(&[step(&[7]), step(&[8])]));
+        assert!(!several_tokens_of_a_sequence(&[]));
+        // One prefill chunk among decode tokens is enough.
+        assert!(several_tokens_of_a_sequence(&[
+            step(&[7]),
+            step(&[7, 8, 9])
+        ]));
+    }
 
     #[test]
     fn one_block_threshold_defaults_to_the_heuristic_and_bad_overrides_are_named() {
