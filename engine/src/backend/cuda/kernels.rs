@@ -605,41 +605,30 @@ impl NormQkvRopeCache {
     }
 }
 
+/// One launcher's arguments as another's: the named fields copied over
+/// (the kernels that share a signature's first parameters).
+macro_rules! copy_fields {
+    ($from:expr => $To:ident { $($field:ident),* $(,)? }) => {
+        $To { $($field: $from.$field),* }
+    };
+}
+
 impl Attention {
     /// The same launch for `attention_units`, which takes no split
     /// buffers (its grid has one split).
     pub fn without_splits(&self) -> AttentionUnits {
-        AttentionUnits {
-            qkv: self.qkv,
-            k_cache: self.k_cache,
-            v_cache: self.v_cache,
-            positions: self.positions,
-            seq_idx: self.seq_idx,
-            block_tables: self.block_tables,
-            bt_stride: self.bt_stride,
-            block_size: self.block_size,
-            nkv: self.nkv,
-            scale: self.scale,
-            out: self.out,
-            split_keys: self.split_keys,
-        }
+        copy_fields!(self => AttentionUnits {
+            qkv, k_cache, v_cache, positions, seq_idx, block_tables, bt_stride, block_size, nkv,
+            scale, out, split_keys,
+        })
     }
 
     /// The same launch for `attention_prefill` (one split, no units).
     pub fn prefill(&self) -> AttentionPrefill {
-        AttentionPrefill {
-            qkv: self.qkv,
-            k_cache: self.k_cache,
-            v_cache: self.v_cache,
-            positions: self.positions,
-            seq_idx: self.seq_idx,
-            block_tables: self.block_tables,
-            bt_stride: self.bt_stride,
-            block_size: self.block_size,
-            nkv: self.nkv,
-            scale: self.scale,
-            out: self.out,
-        }
+        copy_fields!(self => AttentionPrefill {
+            qkv, k_cache, v_cache, positions, seq_idx, block_tables, bt_stride, block_size, nkv,
+            scale, out,
+        })
     }
 }
 
