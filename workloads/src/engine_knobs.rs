@@ -97,6 +97,7 @@ pub const ENV_SWITCHES: &[&str] = &[
     "DYNO_CUDA_SPLIT_KEYS",
     "DYNO_INVARIANT_PRODUCTS",
     "DYNO_PROFILE_DECODE_STEPS",
+    "DYNO_PROFILE_PREFILL_STEPS",
 ];
 
 /// `DYNO_` variables the engine reads that are not switches: the server's

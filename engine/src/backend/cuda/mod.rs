@@ -39,7 +39,7 @@ use arena::{Arena, Dims};
 use buffer::{DeviceBuffer, PinnedBuffer};
 use graphs::DecodeGraphs;
 use kv_pool::KvPool;
-use profile_window::DecodeProfileWindow;
+use profile_window::StepProfileWindow;
 use runner::Runner;
 use step_gaps::StepGaps;
 use step_meta::{MetaLayout, MetaLimits, Rows};
@@ -96,9 +96,9 @@ pub struct CudaBackend {
     free_at_start: u64,
     min_free: u64,
     last_decode_launches: Option<u64>,
-    /// `DYNO_PROFILE_DECODE_STEPS`: decode steps bracketed by
-    /// cuProfilerStart/Stop for `ncu --profile-from-start off`.
-    profile_window: DecodeProfileWindow,
+    /// `DYNO_PROFILE_DECODE_STEPS` / `DYNO_PROFILE_PREFILL_STEPS`: steps
+    /// bracketed by cuProfilerStart/Stop for `ncu --profile-from-start off`.
+    profile_window: StepProfileWindow,
     /// Host-clock spans of replayed decode steps, summarized on drop.
     step_gaps: StepGaps,
 }
@@ -215,7 +215,7 @@ impl CudaBackend {
         // DYNO_CUDA_PDL=0 turns it off to measure what it buys.
         let pdl = props.compute_capability.0 >= 9
             && std::env::var("DYNO_CUDA_PDL").map_or(true, |v| v != "0");
-        let profile_window = DecodeProfileWindow::from_env()?;
+        let profile_window = StepProfileWindow::from_env()?;
         let weights = weights::DeviceWeights::upload(&stream, config, load)?;
         let sm_count = props.sm_count.max(1) as usize;
         let persistent_settings = persistent::PersistentSettings::from_env()?;
