@@ -310,6 +310,8 @@ impl CudaBackend {
             std::env::var("DYNO_CUDA_QK_NORM_FUSED").ok().as_deref(),
             dims.qk_norm_in_qkv_kernel(),
         )?;
+        let attention_prefill =
+            runner::attention_prefill(std::env::var("DYNO_CUDA_ATTN_PREFILL").ok().as_deref())?;
         let gemv_split_k = runner::gemv_split_k(
             std::env::var("DYNO_CUDA_GEMV_SPLIT_K").ok().as_deref(),
             dims.nq * dims.head_dim,
@@ -350,6 +352,7 @@ impl CudaBackend {
                 persistent,
                 qk_norm_fused,
                 gemv_split_k,
+                attention_prefill,
             },
             kv: None,
             graphs: DecodeGraphs::default(),

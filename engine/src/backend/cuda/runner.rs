@@ -182,6 +182,9 @@ pub struct Runner {
     /// block's warps (`o_proj_residual_split`, `down_proj_residual_split`):
     /// [`gemv_split_k`].
     pub gemv_split_k: GemvSplitK,
+    /// Prefill steps of one split run `attention_prefill`:
+    /// [`attention_prefill`].
+    pub attention_prefill: bool,
 }
 
 /// The small-batch path's products that add into the residual stream.
@@ -259,6 +262,20 @@ pub fn qk_norm_fused(setting: Option<&str>, head_dim_allows: bool) -> Result<boo
         Some("0") => Ok(false),
         Some(other) => Err(BackendError::Cuda(format!(
             "DYNO_CUDA_QK_NORM_FUSED={other}: expected 0 or 1"
+        ))),
+    }
+}
+
+/// Whether prefill steps of one split run `attention_prefill` (a block
+/// takes consecutive query tokens of a sequence together): yes unless
+/// `DYNO_CUDA_ATTN_PREFILL=0` (`attention`, a block per token; the same
+/// bits, so one binary can A/B the two).
+pub fn attention_prefill(setting: Option<&str>) -> Result<bool, BackendError> {
+    match setting.map(str::trim) {
+        None | Some("1") => Ok(true),
+        Some("0") => Ok(false),
+        Some(other) => Err(BackendError::Cuda(format!(
+            "DYNO_CUDA_ATTN_PREFILL={other}: expected 0 or 1"
         ))),
     }
 }
@@ -788,7 +805,7 @@ impl Runner {
                 .kernels
                 .attention_units(grid, 128, args.without_splits());
         }
-        if joint && nsplit == 1 && !self.batch_invariant() {
+        if joint && nsplit == 1 && !self.batch_invariant() && self.attention_prefill {
             // Prefill chunks: a block takes consecutive query tokens of a
             // sequence together (the bits `attention` gives each alone).
             return self.kernels.attention_prefill(grid, 128, args.prefill());
@@ -893,6 +910,17 @@ mod tests {
         let s = attention_splits(64, 8, 132, 4096);
         assert!(s >= 2 && 64 * s <= 4096, "{s}");
         assert!(attention_splits(4000, 1, 132, 4096) == 1);
+    }
+
+    #[test]
+    fn prefill_attention_is_on_unless_switched_off_and_bad_values_are_named() {
+        assert!(attention_prefill(None).unwrap());
+        assert!(attention_prefill(Some(" 1 ")).unwrap());
+        assert!(!attention_prefill(Some("0")).unwrap());
+        for bad in ["2", "yes", ""] {
+            let e = attention_prefill(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains(&format!("DYNO_CUDA_ATTN_PREFILL={bad}")), "{e}");
+        }
     }
 
     #[test]
