@@ -467,8 +467,8 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gx, int gy
         // kept in shared memory (the maxima and sums per query head in two
         // buffers by unit parity, read from one while written to the other),
         // and writes the output after the last.
-        // Element i = threadIdx.x + k * THREADS of the block's G x HD
-        // outputs is this thread's k-th.
+        // Element i = threadIdx.x + k * THREADS of the block's R x HD
+        // outputs (R = its tokens x G heads) is this thread's k-th.
 #pragma unroll
         for (int k = 0; k < (R * HD + THREADS - 1) / THREADS; k++) {
             const int i = threadIdx.x + k * THREADS;
