@@ -160,11 +160,14 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gx, int gy
     constexpr int G = (GALL + CHUNKS - 1) / CHUNKS;  // query heads per block
     static_assert(G <= 8, "at most 8 query heads per block (shared memory)");
     // Query tokens a block may take at once (JOINED: attention_prefill):
-    // the tensor-core loop's 8 product rows hold JOINT tokens' G heads
-    // each, so consecutive query tokens of one sequence (a prefill chunk)
-    // share every K/V load instead of each reading its own prefix. One
-    // where the rows hold a single token, and in the sub-warp loop.
-    constexpr int JOINT = JOINED && ATTN_USE_MMA && !UNITS ? 8 / G : 1;
+    // the tensor-core loop's product rows (all 16 up to head dim 64; past
+    // it, where the value product's accumulators are twice as many, the 8
+    // a decode block fills) hold JOINT tokens' G heads each, so
+    // consecutive query tokens of one sequence (a prefill chunk) share
+    // every K/V load instead of each reading its own prefix. One where the
+    // rows hold a single token, and in the sub-warp loop.
+    constexpr int MMA_ROWS = HD <= 64 ? 16 : 8;
+    constexpr int JOINT = JOINED && ATTN_USE_MMA && !UNITS ? MMA_ROWS / G : 1;
     constexpr int R = JOINT * G;  // partial rows per warp: (token, head) pairs
     constexpr int LPT = attn_lanes_per_key(HD);  // lanes per key
     constexpr int SUBS = 32 / LPT;              // sub-warps per warp

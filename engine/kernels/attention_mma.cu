@@ -25,6 +25,22 @@ __device__ __forceinline__ void mma_rows8(float& d0, float& d1, unsigned a0, uns
 #endif
 }
 
+// d[0..3] += A·B for all 16 rows of an m16n8k16 product: a0, a2 as in
+// mma_rows8 for row lane/4, a1, a3 the same for row lane/4 + 8; d0, d1 are
+// row lane/4's (n 2c, 2c+1), d2, d3 row lane/4 + 8's. Each output element
+// is its own row's dot product: filling rows 8..15 changes no bit of rows
+// 0..7.
+__device__ __forceinline__ void mma_rows16(float& d0, float& d1, float& d2, float& d3,
+                                           unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                           unsigned b0, unsigned b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d0), "+f"(d1), "+f"(d2), "+f"(d3)
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
 __device__ __forceinline__ unsigned pack_bf16x2(bf16 lo, bf16 hi) {
     return static_cast<unsigned>(__bfloat16_as_ushort(lo)) |
            (static_cast<unsigned>(__bfloat16_as_ushort(hi)) << 16);
@@ -78,16 +94,20 @@ struct MmaStage {
 // warp folds its iterations of keys into an online softmax for the block's
 // rows, G query heads (g0 .. g0 + G - 1 of kv head kvh's group of GALL) of
 // each of its ntok query tokens t .. t + ntok - 1 (row r: token t + r / G,
-// head g0 + r % G; R rows at most), and leaves its state in s_m_warp[R],
-// s_l_warp[R] and s_acc_warp[R][HD] for the block's merge. With several
-// tokens (consecutive positions of one sequence, one split) token t + i
-// attends to keys below end - (ntok - 1) + i: later keys are masked in its
-// rows. Every thread of the block calls it (it may hold
-// __syncthreads). s_stage: the block's staged rows (ATTN_STAGED), else unused.
-// Keys below stage_end (end, or the context's end for a block folding units)
-// may be staged: a warp's last iteration stages its first rows of the next
-// unit, and the next call, `prestaged`, starts from them. `buffer`: the
-// staging buffer of the warp's next rows, kept across calls.
+// head g0 + r % G; R rows at most, 16), and leaves its state in
+// s_m_warp[R], s_l_warp[R] and s_acc_warp[R][HD] for the block's merge.
+// Rows 0..7 are the m16n8k16 products' rows 0..7; rows 8..15, where R > 8,
+// fill the products' rows 8..15, which are zero otherwise: the same
+// instructions then serve twice the rows, and each row's bits stay those
+// of a block of its own. With several tokens (consecutive positions of one
+// sequence, one split) token t + i attends to keys below
+// end - (ntok - 1) + i: later keys are masked in its rows. Every thread of
+// the block calls it (it may hold __syncthreads). s_stage: the block's
+// staged rows (ATTN_STAGED), else unused. Keys below stage_end (end, or
+// the context's end for a block folding units) may be staged: a warp's
+// last iteration stages its first rows of the next unit, and the next
+// call, `prestaged`, starts from them. `buffer`: the staging buffer of the
+// warp's next rows, kept across calls.
 template <int HD, int G, int GALL, int R>
 __device__ __forceinline__ void attend_split_mma(
     const float* ACT_RESTRICT qkv, const bf16* ACT_RESTRICT k_cache,
@@ -101,67 +121,87 @@ __device__ __forceinline__ void attend_split_mma(
     constexpr int NT = HD / 8;   // n-tiles of the value product
     constexpr int KW = HD / 8;   // words of a lane's K slice of a key (HD/4 dims)
     constexpr int VW = HD / 16;  // words of a lane's V slice of a key (HD/8 dims)
-    static_assert(R <= 8, "the products' rows 0..7 hold the block's (token, head) rows");
+    static_assert(R <= 16, "the products' 16 rows hold the block's (token, head) rows");
+    constexpr int H = R > 8 ? 2 : 1;  // row halves in use: rows g and g + 8
     const int g = lane >> 2, c = lane & 3;
-    const int tq = g / G, hg = g - tq * G;  // row g's token (t + tq) and head (g0 + hg)
-    const bool row_on = g < R && tq < ntok && g0 + hg < GALL;
-    // Keys at or past row_end are masked in row g (its token's context).
-    const int row_end = min(end, end - (ntok - 1) + tq);
+    // Row g + 8h's token (t + tq) and head (g0 + hg); keys at or past
+    // row_end are masked in it (its token's context).
+    int tq[H], hg[H], row_end[H];
+    bool row_on[H];
+#pragma unroll
+    for (int h = 0; h < H; h++) {
+        const int r = g + 8 * h;
+        tq[h] = r / G;
+        hg[h] = r - tq[h] * G;
+        row_on[h] = r < R && tq[h] < ntok && g0 + hg[h] < GALL;
+        row_end[h] = min(end, end - (ntok - 1) + tq[h]);
+    }
     // The products sum over the head dim in any order the operands
     // agree on, so lane (g, c) gives k-step ks the dims c*HD/4 + 4ks ..
     // + 3 of Q and K: a lane's K slice of a key is then contiguous
-    // (HD/4 dims, one or two 16-byte loads). Q: A operand, row g.
-    // Past a head dim of 64 the fragments (4 words per k-step) would
-    // cost more registers than the K/V loads in flight can spare (198
-    // per thread at 128: two blocks per SM), so they wait in shared
+    // (HD/4 dims, one or two 16-byte loads). Q: A operand, row g (and
+    // g + 8). Past a head dim of 64 the fragments (4 words per k-step)
+    // would cost more registers than the K/V loads in flight can spare
+    // (198 per thread at 128: two blocks per SM), so they wait in shared
     // memory, written once by warp 0 in the layout every warp reads
-    // (lane (g, c), k-step ks: hi0 hi1 lo0 lo1).
+    // (half h, lane (g, c), k-step ks: hi0 hi1 lo0 lo1).
     constexpr bool Q_SHARED = KS > 4;
-    __shared__ __align__(16) uint4 s_q[Q_SHARED ? 32 * KS : 1];
-    unsigned qhi[Q_SHARED ? 1 : KS][2], qlo[Q_SHARED ? 1 : KS][2];
+    __shared__ __align__(16) uint4 s_q[Q_SHARED ? H * 32 * KS : 1];
+    unsigned qhi[H][Q_SHARED ? 1 : KS][2], qlo[H][Q_SHARED ? 1 : KS][2];
     if (!Q_SHARED || warp == 0) {
-        const float* qrow =
-            qkv + (long)(t + tq) * row_len + (kvh * GALL + g0 + hg) * HD + c * (HD / 4);
 #pragma unroll
-        for (int ks = 0; ks < KS; ks++) {
-            const float4 v = row_on ? reinterpret_cast<const float4*>(qrow)[ks]
-                                    : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            unsigned h0, h1, l0, l1;
-            split_bf16x2(v.x * scale, v.y * scale, &h0, &l0);
-            split_bf16x2(v.z * scale, v.w * scale, &h1, &l1);
-            if constexpr (Q_SHARED) {
-                s_q[lane * KS + ks] = make_uint4(h0, h1, l0, l1);
-            } else {
-                qhi[Q_SHARED ? 0 : ks][0] = h0;
-                qhi[Q_SHARED ? 0 : ks][1] = h1;
-                qlo[Q_SHARED ? 0 : ks][0] = l0;
-                qlo[Q_SHARED ? 0 : ks][1] = l1;
+        for (int h = 0; h < H; h++) {
+            const float* qrow = qkv + (long)(t + tq[h]) * row_len +
+                                (kvh * GALL + g0 + hg[h]) * HD + c * (HD / 4);
+#pragma unroll
+            for (int ks = 0; ks < KS; ks++) {
+                const float4 v = row_on[h] ? reinterpret_cast<const float4*>(qrow)[ks]
+                                           : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                unsigned h0, h1, l0, l1;
+                split_bf16x2(v.x * scale, v.y * scale, &h0, &l0);
+                split_bf16x2(v.z * scale, v.w * scale, &h1, &l1);
+                if constexpr (Q_SHARED) {
+                    s_q[(h * 32 + lane) * KS + ks] = make_uint4(h0, h1, l0, l1);
+                } else {
+                    qhi[h][Q_SHARED ? 0 : ks][0] = h0;
+                    qhi[h][Q_SHARED ? 0 : ks][1] = h1;
+                    qlo[h][Q_SHARED ? 0 : ks][0] = l0;
+                    qlo[h][Q_SHARED ? 0 : ks][1] = l1;
+                }
             }
         }
     }
     if constexpr (Q_SHARED) __syncthreads();
-    // This lane's Q words of k-step ks (from shared memory with a
+    // This lane's Q words of half h, k-step ks (from shared memory with a
     // volatile load, so that the compiler does not hoist all of them
     // into registers out of the key loop).
-    auto q_words = [&](int ks) {
+    auto q_words = [&](int h, int ks) {
         if constexpr (Q_SHARED) {
             uint4 v;
-            const unsigned addr =
-                static_cast<unsigned>(__cvta_generic_to_shared(&s_q[lane * KS + ks]));
+            const unsigned addr = static_cast<unsigned>(
+                __cvta_generic_to_shared(&s_q[(h * 32 + lane) * KS + ks]));
             asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                          : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                          : "r"(addr));
             return v;
         } else {
-            return make_uint4(qhi[ks][0], qhi[ks][1], qlo[ks][0], qlo[ks][1]);
+            return make_uint4(qhi[h][ks][0], qhi[h][ks][1], qlo[h][ks][0], qlo[h][ks][1]);
         }
     };
-    // O: C fragments of the value product, rows 0..7 (n-slot n of
-    // n-tile j is dim n * NT + j, see the V loads).
-    float o[NT][2];
+    // O: C fragments of the value product, rows g (o[j][0..1]) and g + 8
+    // (o[j][2..3]); n-slot n of n-tile j is dim n * NT + j, see the V loads.
+    float o[NT][2 * H];
 #pragma unroll
-    for (int j = 0; j < NT; j++) o[j][0] = o[j][1] = 0.0f;
-    float m = -INFINITY, l = 0.0f;  // row g's running max, this lane's share of the sum
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+        for (int e = 0; e < 2 * H; e++) o[j][e] = 0.0f;
+    // Row g + 8h's running max, and this lane's share of its sum.
+    float m[H], l[H];
+#pragma unroll
+    for (int h = 0; h < H; h++) {
+        m[h] = -INFINITY;
+        l[h] = 0.0f;
+    }
     const int shift = __ffs(block_size) - 1;  // block_size: a power of two
     auto slot_of = [&](int pos) {
         const int p = pos < stage_end ? pos : begin;
@@ -253,61 +293,89 @@ __device__ __forceinline__ void attend_split_mma(
                 ATTN_V_ROW(base + (r >> 1) * 8 + 2 * c + (r & 1)) + g * NT, vw[r]);
 #undef ATTN_K_ROW
 #undef ATTN_V_ROW
-        // Scores of row g, keys base + 8j + 2c + e.
-        float s[KT][2];
+        // Scores of row g + 8h, keys base + 8j + 2c + e.
+        float s[H][KT][2];
 #pragma unroll
-        for (int j = 0; j < KT; j++) s[j][0] = s[j][1] = 0.0f;
+        for (int h = 0; h < H; h++)
+#pragma unroll
+            for (int j = 0; j < KT; j++) s[h][j][0] = s[h][j][1] = 0.0f;
 #pragma unroll
         for (int ks = 0; ks < KS; ks++) {
-            const uint4 qw = q_words(ks);  // hi0 hi1 lo0 lo1
+            const uint4 qw = q_words(0, ks);  // hi0 hi1 lo0 lo1
 #pragma unroll
             for (int j = 0; j < KT; j++) {
-                mma_rows8(s[j][0], s[j][1], qw.x, qw.y, kw[j][2 * ks], kw[j][2 * ks + 1]);
-                mma_rows8(s[j][0], s[j][1], qw.z, qw.w, kw[j][2 * ks], kw[j][2 * ks + 1]);
+                if constexpr (H == 1) {
+                    mma_rows8(s[0][j][0], s[0][j][1], qw.x, qw.y, kw[j][2 * ks], kw[j][2 * ks + 1]);
+                    mma_rows8(s[0][j][0], s[0][j][1], qw.z, qw.w, kw[j][2 * ks], kw[j][2 * ks + 1]);
+                } else {
+                    const uint4 qw8 = q_words(H - 1, ks);
+                    mma_rows16(s[0][j][0], s[0][j][1], s[H - 1][j][0], s[H - 1][j][1], qw.x,
+                               qw8.x, qw.y, qw8.y, kw[j][2 * ks], kw[j][2 * ks + 1]);
+                    mma_rows16(s[0][j][0], s[0][j][1], s[H - 1][j][0], s[H - 1][j][1], qw.z,
+                               qw8.z, qw.w, qw8.w, kw[j][2 * ks], kw[j][2 * ks + 1]);
+                }
             }
         }
-        float mx = -INFINITY;
+        float corr[H], p[H][KT][2];
 #pragma unroll
-        for (int j = 0; j < KT; j++)
+        for (int h = 0; h < H; h++) {
+            float mx = -INFINITY;
 #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                if (base + 8 * j + 2 * c + e >= row_end) s[j][e] = -INFINITY;
-                mx = fmaxf(mx, s[j][e]);
+            for (int j = 0; j < KT; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    if (base + 8 * j + 2 * c + e >= row_end[h]) s[h][j][e] = -INFINITY;
+                    mx = fmaxf(mx, s[h][j][e]);
+                }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            // With one token, key `base` is valid, so mx is finite. A row of
+            // a later token's keys may have none here (mx -inf): its state
+            // must stay exactly as it was (corr 1, p 0), as if it skipped
+            // them.
+            const bool none = R > G && mx == -INFINITY;
+            const float m_new = fmaxf(m[h], mx);
+            corr[h] = none ? 1.0f : __expf(m[h] - m_new);
+            m[h] = m_new;
+#pragma unroll
+            for (int j = 0; j < KT; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) p[h][j][e] = none ? 0.0f : __expf(s[h][j][e] - m_new);
+            if constexpr (KT == 2) {
+                l[h] = l[h] * corr[h] + (p[h][0][0] + p[h][0][1]) + (p[h][1][0] + p[h][1][1]);
+            } else {
+                l[h] = l[h] * corr[h] + (p[h][0][0] + p[h][0][1]);
             }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        // With one token, key `base` is valid, so mx is finite. A row of a
-        // later token's keys may have none here (mx -inf): its state must
-        // stay exactly as it was (corr 1, p 0), as if it skipped them.
-        const bool none = R > G && mx == -INFINITY;
-        const float m_new = fmaxf(m, mx);
-        const float corr = none ? 1.0f : __expf(m - m_new);
-        m = m_new;
-        float p[KT][2];
-#pragma unroll
-        for (int j = 0; j < KT; j++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) p[j][e] = none ? 0.0f : __expf(s[j][e] - m_new);
-        if constexpr (KT == 2) {
-            l = l * corr + (p[0][0] + p[0][1]) + (p[1][0] + p[1][1]);
-        } else {
-            l = l * corr + (p[0][0] + p[0][1]);
         }
         // P: A operand, k 2c, 2c+1 from n-tile 0, k 2c+8, 2c+9 from 1
-        // (zero with one tile).
-        unsigned phi0, plo0, phi1 = 0u, plo1 = 0u;
-        split_bf16x2(p[0][0], p[0][1], &phi0, &plo0);
-        if constexpr (KT == 2) split_bf16x2(p[1][0], p[1][1], &phi1, &plo1);
+        // (zero with one tile); rows g and g + 8.
+        unsigned phi0[H], plo0[H], phi1[H], plo1[H];
+#pragma unroll
+        for (int h = 0; h < H; h++) {
+            phi1[h] = plo1[h] = 0u;
+            split_bf16x2(p[h][0][0], p[h][0][1], &phi0[h], &plo0[h]);
+            if constexpr (KT == 2) split_bf16x2(p[h][1][0], p[h][1][1], &phi1[h], &plo1[h]);
+        }
 #pragma unroll
         for (int j = 0; j < NT; j++) {
             // Dim g * NT + j of the four keys: half j & 1 of word j / 2.
             const unsigned sel = (j & 1) ? 0x7632u : 0x5410u;
             const unsigned b0 = __byte_perm(vw[0][j / 2], vw[1][j / 2], sel);
             const unsigned b1 = KT == 2 ? __byte_perm(vw[KT == 2 ? 2 : 0][j / 2], vw[KT == 2 ? 3 : 1][j / 2], sel) : 0u;
-            o[j][0] *= corr;
-            o[j][1] *= corr;
-            mma_rows8(o[j][0], o[j][1], phi0, phi1, b0, b1);
-            mma_rows8(o[j][0], o[j][1], plo0, plo1, b0, b1);
+#pragma unroll
+            for (int h = 0; h < H; h++) {
+                o[j][2 * h] *= corr[h];
+                o[j][2 * h + 1] *= corr[h];
+            }
+            if constexpr (H == 1) {
+                mma_rows8(o[j][0], o[j][1], phi0[0], phi1[0], b0, b1);
+                mma_rows8(o[j][0], o[j][1], plo0[0], plo1[0], b0, b1);
+            } else {
+                mma_rows16(o[j][0], o[j][1], o[j][2 * H - 2], o[j][2 * H - 1], phi0[0],
+                           phi0[H - 1], phi1[0], phi1[H - 1], b0, b1);
+                mma_rows16(o[j][0], o[j][1], o[j][2 * H - 2], o[j][2 * H - 1], plo0[0],
+                           plo0[H - 1], plo1[0], plo1[H - 1], b0, b1);
+            }
         }
 #if ATTN_STAGED
         // Every lane has read this buffer before the next iteration's
@@ -319,17 +387,21 @@ __device__ __forceinline__ void attend_split_mma(
 #if ATTN_STAGED
     __syncthreads();  // the partials below overwrite other warps' staged rows
 #endif
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    if (g < R) {
-        if (c == 0) {
-            s_m_warp[g] = m;
-            s_l_warp[g] = l;
-        }
 #pragma unroll
-        for (int j = 0; j < NT; j++) {
-            s_acc_warp[g * HD + (2 * c) * NT + j] = o[j][0];
-            s_acc_warp[g * HD + (2 * c + 1) * NT + j] = o[j][1];
+    for (int h = 0; h < H; h++) {
+        l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+        l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+        const int r = g + 8 * h;
+        if (r < R) {
+            if (c == 0) {
+                s_m_warp[r] = m[h];
+                s_l_warp[r] = l[h];
+            }
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                s_acc_warp[r * HD + (2 * c) * NT + j] = o[j][2 * h];
+                s_acc_warp[r * HD + (2 * c + 1) * NT + j] = o[j][2 * h + 1];
+            }
         }
     }
 }
