@@ -159,7 +159,8 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gx, int gy
     static_assert(HD % 8 == 0 && HD <= 256, "head dim: a multiple of 8, at most 256");
     constexpr int G = (GALL + CHUNKS - 1) / CHUNKS;  // query heads per block
     static_assert(G <= 8, "at most 8 query heads per block (shared memory)");
-    // Query tokens a block may take at once (JOINED: attention_prefill):
+    // Query tokens a block may take at once (JOINED: attention_prefill,
+    // attention_units_prefill):
     // the tensor-core loop's product rows (all 16 up to head dim 64; past
     // it, where the value product's accumulators are twice as many, the 8
     // a decode block fills) hold JOINT tokens' G heads each, so
@@ -167,7 +168,7 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gx, int gy
     // every K/V load instead of each reading its own prefix. One where the
     // rows hold a single token, and in the sub-warp loop.
     constexpr int MMA_ROWS = HD <= 64 ? 16 : 8;
-    constexpr int JOINT = JOINED && ATTN_USE_MMA && !UNITS ? MMA_ROWS / G : 1;
+    constexpr int JOINT = JOINED && ATTN_USE_MMA ? MMA_ROWS / G : 1;
     constexpr int R = JOINT * G;  // partial rows per warp: (token, head) pairs
     constexpr int LPT = attn_lanes_per_key(HD);  // lanes per key
     constexpr int SUBS = 32 / LPT;              // sub-warps per warp
@@ -193,7 +194,7 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gx, int gy
                   "ATTN_STAGED with the tensor-core loop: two iterations of K and V rows per warp "
                   "do not fit in static shared memory at this head dim; add DYNO_CUDA_ATTN_MMA=0");
     constexpr bool CHAIN =
-        UNITS && attn_shared_bytes<HD, G, LPT>() + MMA_ACC_BYTES + G * HD * 4 <= 47 * 1024;
+        UNITS && attn_shared_bytes<HD, R, LPT>() + MMA_ACC_BYTES + R * HD * 4 <= 47 * 1024;
     constexpr int RAW_BYTES = CHAIN ? MMA_STAGE_BYTES + MMA_ACC_BYTES
                                     : (MMA_STAGE_BYTES > MMA_ACC_BYTES ? MMA_STAGE_BYTES : MMA_ACC_BYTES);
     __shared__ __align__(16) unsigned char s_raw[RAW_BYTES];
@@ -205,14 +206,14 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gx, int gy
     constexpr int EXTRA_BYTES = 0;
 #endif
     // A block folding several units (batch_invariant, large steps): its
-    // running partial, the maxima and sums per query head by unit parity,
+    // running partial, the maxima and sums per row by unit parity,
     // and the sums of values in shared memory where they fit next to the
     // rest (static shared memory: 48 KiB), else in registers.
     constexpr bool FOLD_SHARED =
-        UNITS && attn_shared_bytes<HD, G, LPT>() + EXTRA_BYTES + G * HD * 4 <= 47 * 1024;
+        UNITS && attn_shared_bytes<HD, R, LPT>() + EXTRA_BYTES + R * HD * 4 <= 47 * 1024;
     constexpr int FOLD_REGS = (R * HD + THREADS - 1) / THREADS;
-    __shared__ float s_fold_ml[UNITS ? 2 : 1][G][2];
-    __shared__ float s_fold_acc[FOLD_SHARED ? G * HD : 1];
+    __shared__ float s_fold_ml[UNITS ? 2 : 1][R][2];
+    __shared__ float s_fold_acc[FOLD_SHARED ? R * HD : 1];
     float fold_acc_regs[FOLD_REGS];  // unused where FOLD_SHARED
 #if ATTN_USE_MMA && ATTN_STAGED
 #elif ATTN_USE_MMA
@@ -245,14 +246,17 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gx, int gy
     // tokens of one sequence at consecutive positions (a prefill chunk, or
     // a draft being verified) is taken by the block of its first token,
     // and the blocks of the others exit. Only without context splits (one
-    // split in the grid: large steps) and without batch_invariant's units,
-    // so that each token's keys are cut into the same iterations as when
-    // it is alone: every row's result is then bit-identical to a block of
-    // its own (a key past a row's context is masked, and an iteration
-    // with no key of the row leaves its softmax state exactly as it was).
+    // split in the grid: large steps), where each token's keys are cut
+    // into the same iterations as when it is alone — also with
+    // batch_invariant's units (UNITS), whose bounds are multiples of
+    // split_keys for every token: every row's result is then bit-identical
+    // to a block of its own (a key past a row's context is masked, an
+    // iteration with no key of the row leaves its softmax state exactly as
+    // it was, and so does a unit past its context: fold_partial skips a
+    // partial without keys).
     int ntok = 1;
     if constexpr (JOINT > 1) {
-        if (gz == 1 && split_keys == 0) {
+        if (gz == 1 && (UNITS || split_keys == 0)) {
             auto continues = [&](int u) {
                 return seq_idx[u] == seq_idx[u - 1] && positions[u] == positions[u - 1] + 1;
             };
@@ -262,7 +266,8 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gx, int gy
             while (t + ntok < window_end && continues(t + ntok)) ntok++;
         }
     }
-    const int ctx = positions[t] + ntok;  // the block's last token's (positions consecutive)
+    const int ctx_first = positions[t] + 1;  // the block's first token's context
+    const int ctx = ctx_first + ntok - 1;   // its last token's (positions consecutive)
     constexpr int BLOCK_KEYS =
         ATTN_USE_MMA ? ATTN_WARPS * 8 * attn_mma_key_tiles(HD) : ATTN_WARPS * WARP_KEYS;
     // split_keys > 0 (batch_invariant): the context is cut into units of
@@ -307,7 +312,7 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gx, int gy
         bf16* stage_rows_of_block = nullptr;
 #endif
         attend_split_mma<HD, G, GALL, R>(qkv, k_cache, v_cache, table, block_size, nkv, kvh, g0, t,
-                                      ntok, row_len, scale, ub, ue, CHAIN ? end : ue,
+                                      ntok, ctx_first, row_len, scale, ub, ue, CHAIN ? end : ue,
                                       CHAIN && ub > begin, mma_buffer, stage_rows_of_block,
                                       s_m[warp], s_l[warp], &s_acc[warp][0][0]);
 #else
@@ -629,7 +634,7 @@ extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32, ATTN_MIN_BLOCKS)
         out, nullptr, nullptr, nullptr, 0);
 }
 
-// Blocks per SM attention_units' registers must allow
+// Blocks per SM the units kernels' registers must allow
 // (-DATTN_UNITS_MIN_BLOCKS from kernels.rs): 0, the default, takes
 // attention's bound; the backend asks for attention's occupancy where the
 // loop over units would cost a block per SM (qwen3-0.6b: 103 registers
@@ -650,6 +655,21 @@ extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32, ATTN_UNITS_MIN_BLO
                     const int* bt_stride, int block_size, int nkv, float scale, bf16* out,
                     int split_keys) {
     attention_impl<DYNO_HEAD_DIM, DYNO_GROUP, DYNO_GROUP_CHUNKS, true, false>(
+        PdlWait{}, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.x, gridDim.y, gridDim.z, qkv, k_cache, v_cache, positions, seq_idx, block_tables, bt_stride, block_size, nkv, scale,
+        out, nullptr, nullptr, nullptr, split_keys);
+}
+
+// attention_units for steps with prefill chunks (or drafts to verify): a
+// block may take several consecutive query tokens of one sequence at once
+// (JOINED; see attention_impl), each token with the bits a block of its
+// own gives it, so the knob's prefill steps share K/V loads as
+// attention_prefill's do. Grid (query tokens, kv heads x group chunks, 1).
+extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32, ATTN_UNITS_MIN_BLOCKS)
+    attention_units_prefill(const float* qkv, const bf16* k_cache, const bf16* v_cache,
+                            const int* positions, const int* seq_idx, const int* block_tables,
+                            const int* bt_stride, int block_size, int nkv, float scale,
+                            bf16* out, int split_keys) {
+    attention_impl<DYNO_HEAD_DIM, DYNO_GROUP, DYNO_GROUP_CHUNKS, true, true>(
         PdlWait{}, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.x, gridDim.y, gridDim.z, qkv, k_cache, v_cache, positions, seq_idx, block_tables, bt_stride, block_size, nkv, scale,
         out, nullptr, nullptr, nullptr, split_keys);
 }

@@ -100,8 +100,8 @@ struct MmaStage {
 // fill the products' rows 8..15, which are zero otherwise: the same
 // instructions then serve twice the rows, and each row's bits stay those
 // of a block of its own. With several tokens (consecutive positions of one
-// sequence, one split) token t + i attends to keys below
-// end - (ntok - 1) + i: later keys are masked in its rows. Every thread of
+// sequence, one split) token t + i attends to keys below ctx_first + i
+// (ctx_first: token t's context): later keys are masked in its rows. Every thread of
 // the block calls it (it may hold __syncthreads). s_stage: the block's
 // staged rows (ATTN_STAGED), else unused. Keys below stage_end (end, or
 // the context's end for a block folding units) may be staged: a warp's
@@ -112,7 +112,8 @@ template <int HD, int G, int GALL, int R>
 __device__ __forceinline__ void attend_split_mma(
     const float* ACT_RESTRICT qkv, const bf16* ACT_RESTRICT k_cache,
     const bf16* ACT_RESTRICT v_cache, const int* __restrict__ table, int block_size, int nkv,
-    int kvh, int g0, int t, int ntok, int row_len, float scale, int begin, int end, int stage_end,
+    int kvh, int g0, int t, int ntok, int ctx_first, int row_len, float scale, int begin, int end,
+    int stage_end,
     bool prestaged, int& buffer, bf16* s_stage, float* s_m_warp, float* s_l_warp,
     float* s_acc_warp) {
     using Stage = MmaStage<HD>;
@@ -134,7 +135,8 @@ __device__ __forceinline__ void attend_split_mma(
         tq[h] = r / G;
         hg[h] = r - tq[h] * G;
         row_on[h] = r < R && tq[h] < ntok && g0 + hg[h] < GALL;
-        row_end[h] = min(end, end - (ntok - 1) + tq[h]);
+        // One token per block (R == G): its context ends at or past `end`.
+        row_end[h] = R > G ? min(end, ctx_first + tq[h]) : end;
     }
     // The products sum over the head dim in any order the operands
     // agree on, so lane (g, c) gives k-step ks the dims c*HD/4 + 4ks ..

@@ -523,6 +523,14 @@ kernels! {
         block_tables: Ptr, bt_stride: Ptr, block_size: I32, nkv: I32, scale: F32,
         out: Ptr, split_keys: I32,
     }
+    /// `attention_units` for steps with prefill chunks (or drafts): a
+    /// block may take several consecutive query tokens of one sequence,
+    /// each with the bits `attention_units` gives it alone (attention.cu).
+    attention_units_prefill => AttentionUnitsPrefill {
+        qkv: Ptr, k_cache: Ptr, v_cache: Ptr, positions: Ptr, seq_idx: Ptr,
+        block_tables: Ptr, bt_stride: Ptr, block_size: I32, nkv: I32, scale: F32,
+        out: Ptr, split_keys: I32,
+    }
     /// One token per logits row: greedy, or seeded top-k/top-p sampling
     /// (sampling.cu).
     sample_rows => SampleRows {
@@ -618,6 +626,14 @@ impl Attention {
     /// buffers (its grid has one split).
     pub fn without_splits(&self) -> AttentionUnits {
         copy_fields!(self => AttentionUnits {
+            qkv, k_cache, v_cache, positions, seq_idx, block_tables, bt_stride, block_size, nkv,
+            scale, out, split_keys,
+        })
+    }
+
+    /// The same launch for `attention_units_prefill` (one split, units).
+    pub fn units_prefill(&self) -> AttentionUnitsPrefill {
+        copy_fields!(self => AttentionUnitsPrefill {
             qkv, k_cache, v_cache, positions, seq_idx, block_tables, bt_stride, block_size, nkv,
             scale, out, split_keys,
         })

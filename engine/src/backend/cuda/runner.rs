@@ -182,8 +182,8 @@ pub struct Runner {
     /// block's warps (`o_proj_residual_split`, `down_proj_residual_split`):
     /// [`gemv_split_k`].
     pub gemv_split_k: GemvSplitK,
-    /// Prefill steps of one split run `attention_prefill`:
-    /// [`attention_prefill`].
+    /// Prefill steps of one split run `attention_prefill` (under
+    /// `batch_invariant`, `attention_units_prefill`): [`attention_prefill`].
     pub attention_prefill: bool,
 }
 
@@ -266,10 +266,11 @@ pub fn qk_norm_fused(setting: Option<&str>, head_dim_allows: bool) -> Result<boo
     }
 }
 
-/// Whether prefill steps of one split run `attention_prefill` (a block
-/// takes consecutive query tokens of a sequence together): yes unless
-/// `DYNO_CUDA_ATTN_PREFILL=0` (`attention`, a block per token; the same
-/// bits, so one binary can A/B the two).
+/// Whether prefill steps of one split run `attention_prefill` (under
+/// `batch_invariant`, `attention_units_prefill`: a block takes consecutive
+/// query tokens of a sequence together): yes unless
+/// `DYNO_CUDA_ATTN_PREFILL=0` (`attention` or `attention_units`, a block
+/// per token; the same bits, so one binary can A/B the two).
 pub fn attention_prefill(setting: Option<&str>) -> Result<bool, BackendError> {
     match setting.map(str::trim) {
         None | Some("1") => Ok(true),
@@ -800,7 +801,14 @@ impl Runner {
         let grid = (t, d.attention_head_blocks() as u32, nsplit as u32);
         if self.batch_invariant() && nsplit == 1 {
             // Large steps under the knob: one block per query folds its
-            // units (the same bits as a block per unit).
+            // units (the same bits as a block per unit); with prefill
+            // chunks a block takes consecutive query tokens of a sequence
+            // together (each with the bits it gets alone).
+            if joint && self.attention_prefill {
+                return self
+                    .kernels
+                    .attention_units_prefill(grid, 128, args.units_prefill());
+            }
             return self
                 .kernels
                 .attention_units(grid, 128, args.without_splits());
