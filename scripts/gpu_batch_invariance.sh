@@ -26,7 +26,7 @@
 #           pr-smollm2-serving with it on both sides, 2 trials a side (~4 min)
 #   splits  not in the default: the knob on on both sides, side B with
 #           other attention splits (DYNO_CUDA_SPLIT_KEYS=$BI_SPLIT_KEYS,
-#           default 512; the engine's default is 256, and the least it
+#           default 256; the engine's default is 512, and the least it
 #           accepts is max_model_len / 32 rounded up to 64, i.e. 64 for
 #           these workloads' max_model_len 1536), smollm2 offline and
 #           batch 1, 2 trials a side (~3 min)
@@ -96,7 +96,7 @@ for part in "${PARTS[@]}"; do
         --b-env DYNO_INVARIANT_PRODUCTS=gemv --workload pr-smollm2-serving
       ;;
     splits)
-      ab cost-splitkeys-smollm2 true true 2 --b-env "DYNO_CUDA_SPLIT_KEYS=${BI_SPLIT_KEYS:-512}" \
+      ab cost-splitkeys-smollm2 true true 2 --b-env "DYNO_CUDA_SPLIT_KEYS=${BI_SPLIT_KEYS:-256}" \
         --workload nightly-smollm2-throughput --workload pr-smollm2-batch1
       ;;
     *) echo "unknown part $part (tests, hashes, cost, cost-smollm2, cost-qwen3, gemv, splits)" >&2; exit 2 ;;

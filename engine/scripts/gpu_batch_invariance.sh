@@ -14,13 +14,15 @@
 # (the default) and through the small-batch kernels in tiles
 # (DYNO_INVARIANT_PRODUCTS=gemv).
 # Then the logits test once more at the finest splits the knob allows
-# (DYNO_CUDA_SPLIT_KEYS=64: 5 splits of its 300-token context, against 2 at
-# the default 256), so the in-order merge of many splits stays covered.
-# And the logits and engine tests with DYNO_CUDA_INVARIANT_ONE_BLOCK=256:
-# attention takes one block per query (attention_units, folding the units
-# itself) from 256 blocks per split on instead of from 8 per SM, so that a
-# 300-token prefill takes that path and 117-token chunks and small decode
-# batches the split path, and their bits are compared.
+# (DYNO_CUDA_SPLIT_KEYS=64: 5 splits of its 300-token context, against 1 at
+# the default 512), so the in-order merge of many splits stays covered.
+# And the logits and engine tests with DYNO_CUDA_INVARIANT_ONE_BLOCK=256
+# and DYNO_CUDA_SPLIT_KEYS=256: attention takes one block per query
+# (attention_units, folding the units itself; attention_units_prefill in
+# prefill steps) from 256 blocks per split on instead of from 8 per SM, so
+# that a 300-token prefill takes that path, folding 2 units, and 117-token
+# chunks and small decode batches the split path, and their bits are
+# compared.
 # Prints the PASS/FAIL lines and one verdict for all; full logs in OUT_DIR
 # (default /tmp/dyno-gpu-batch-invariance): tests-cublaslt.log,
 # tests-gemv.log, tests-splits64.log, tests-oneblock.log.
@@ -51,7 +53,8 @@ for products in cublaslt gemv; do
   run "$products" DYNO_INVARIANT_PRODUCTS=$products --
 done
 run splits64 DYNO_CUDA_SPLIT_KEYS=64 -- logits_are_bit_identical_in_any_batch
-run oneblock DYNO_CUDA_INVARIANT_ONE_BLOCK=256 -- logits_are_bit_identical_in_any_batch \
+run oneblock DYNO_CUDA_INVARIANT_ONE_BLOCK=256 DYNO_CUDA_SPLIT_KEYS=256 -- \
+  logits_are_bit_identical_in_any_batch \
   engine_outputs_are_identical_alone_and_in_any_batch
 if [ -z "$failed" ]; then
   echo "gpu_batch_invariance: PASS"; exit 0

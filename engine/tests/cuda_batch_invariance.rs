@@ -71,10 +71,10 @@ fn invariant_config(eager: bool) -> EngineConfig {
     EngineConfig {
         max_num_seqs: 16,
         max_num_batched_tokens: 2048,
-        // Keys per attention split: the default 256 (512 / 32 needs only
-        // 64), so a 300-token context takes 2 splits; DYNO_CUDA_SPLIT_KEYS=64
-        // in the environment makes it 5 (engine/scripts/gpu_batch_invariance.sh
-        // runs this test that way too).
+        // Keys per attention split: the default 512 (512 / 32 needs only
+        // 64), so a 300-token context takes 1 split; DYNO_CUDA_SPLIT_KEYS=256
+        // or 64 in the environment makes it 2 or 5
+        // (engine/scripts/gpu_batch_invariance.sh runs this test both ways).
         max_model_len: 512,
         enforce_eager: eager,
         batch_invariant: true,

@@ -89,13 +89,13 @@ pub fn invariant_min_split_keys(max_model_len: usize) -> usize {
 }
 
 /// Keys per split `batch_invariant` takes unless the context limit asks
-/// for more. Each split of a query is a block whose setup, partial write
-/// and merge cost about as much as its keys at 64 keys: on the H200
-/// (docs/BENCHMARKS.md) smollm2-135m offline under the knob gave 62.7k
-/// output tok/s at 64 keys per split, 100.8k at 256 and 107.8k at 512
-/// (124.8k without the knob), while batch-1 decode, which needs the
-/// splits for parallelism, went from 1.26 ms to 1.38 ms per token at 256.
-pub const INVARIANT_SPLIT_KEYS: usize = 256;
+/// for more. Each unit of a query costs a merge of the block's warps and a
+/// fold (and, split, a block's setup and a partial write): on the H200
+/// (docs/BENCHMARKS.md, issue 15) the knob cost smollm2-135m offline
+/// 3.4 % at 256 keys and 1.7 % at 512, while batch-1 decode under the knob
+/// stayed at 0.922 ms per token either way (it had gone from 1.26 to
+/// 1.38 ms at 64 → 256 before the knob's small steps changed).
+pub const INVARIANT_SPLIT_KEYS: usize = 512;
 
 /// Keys per attention split under `batch_invariant`: fixed per process, so
 /// a query's splits depend on its context length only —
@@ -1085,15 +1085,15 @@ mod tests {
                 min == 64 || len.div_ceil(min - 64) > ATTN_MAX_SPLITS,
                 "{len}: {min}"
             );
-            // The default: the measured 256 keys, or the minimum above it.
+            // The default: the measured 512 keys, or the minimum above it.
             let keys = invariant_split_keys(len);
             assert_eq!(keys, min.max(INVARIANT_SPLIT_KEYS), "{len}");
             assert!(len.div_ceil(keys) <= ATTN_MAX_SPLITS, "{len}: {keys}");
         }
         assert_eq!(invariant_min_split_keys(1536), 64);
-        assert_eq!(invariant_split_keys(1536), 256);
-        assert_eq!(invariant_split_keys(8192), 256);
-        assert_eq!(invariant_split_keys(8193), 320);
+        assert_eq!(invariant_split_keys(1536), 512);
+        assert_eq!(invariant_split_keys(16_384), 512);
+        assert_eq!(invariant_split_keys(16_385), 576);
         assert_eq!(invariant_split_keys(131_072), 4096);
     }
 }
