@@ -1038,10 +1038,10 @@ mod tests {
 
     #[test]
     fn split_keys_default_to_the_measured_size_and_bad_overrides_are_named() {
-        // max_model_len 1536: at least 64 keys (48 rounded up), 256 unset.
-        assert_eq!(parse_split_keys(None, 1536).unwrap(), 256);
+        // max_model_len 1536: at least 64 keys (48 rounded up), 512 unset.
+        assert_eq!(parse_split_keys(None, 1536).unwrap(), 512);
         assert_eq!(parse_split_keys(Some("64"), 1536).unwrap(), 64);
-        assert_eq!(parse_split_keys(Some(" 512 "), 1536).unwrap(), 512);
+        assert_eq!(parse_split_keys(Some(" 256 "), 1536).unwrap(), 256);
         // A long context limit needs coarser splits than the default.
         assert_eq!(parse_split_keys(None, 131_072).unwrap(), 4096);
         for (text, len) in [("100", 1536), ("0", 1536), ("x", 1536), ("256", 131_072)] {
