@@ -168,7 +168,7 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gx, int gy
     // every K/V load instead of each reading its own prefix. One where the
     // rows hold a single token, and in the sub-warp loop.
     constexpr int MMA_ROWS = HD <= 64 ? 16 : 8;
-    constexpr int JOINT = JOINED && ATTN_USE_MMA ? MMA_ROWS / G : 1;
+    constexpr int JOINT = JOINED && ATTN_USE_MMA && !ATTN_MMA_T ? MMA_ROWS / G : 1;
     constexpr int R = JOINT * G;  // partial rows per warp: (token, head) pairs
     constexpr int LPT = attn_lanes_per_key(HD);  // lanes per key
     constexpr int SUBS = 32 / LPT;              // sub-warps per warp
@@ -268,8 +268,9 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gx, int gy
     }
     const int ctx_first = positions[t] + 1;  // the block's first token's context
     const int ctx = ctx_first + ntok - 1;   // its last token's (positions consecutive)
-    constexpr int BLOCK_KEYS =
-        ATTN_USE_MMA ? ATTN_WARPS * 8 * attn_mma_key_tiles(HD) : ATTN_WARPS * WARP_KEYS;
+    constexpr int BLOCK_KEYS = ATTN_MMA_T    ? ATTN_WARPS * MmaTStage<HD>::KEYS
+                               : ATTN_USE_MMA ? ATTN_WARPS * 8 * attn_mma_key_tiles(HD)
+                                              : ATTN_WARPS * WARP_KEYS;
     // split_keys > 0 (batch_invariant): the context is cut into units of
     // split_keys keys, and a query's result is defined as its units'
     // partials (each merged over the block's warps) folded in order with
@@ -305,7 +306,13 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gx, int gy
     // Attends to keys [ub, ue), leaving each warp's (or sub-warp's) softmax
     // state in s_m, s_l and s_acc for the merge.
     auto attend_unit = [&](int ub, int ue) {
-#if ATTN_USE_MMA
+#if ATTN_MMA_T
+        static_assert(MmaTStage<HD>::BLOCK_BYTES == ATTN_MMA_T_SHARED,
+                      "kernels.rs gives the attention kernels another dynamic shared memory size");
+        attend_split_mma_t<HD, G, GALL>(qkv, k_cache, v_cache, table, block_size, nkv, kvh, g0, t,
+                                        row_len, scale, ub, ue, s_m[warp], s_l[warp],
+                                        &s_acc[warp][0][0]);
+#elif ATTN_USE_MMA
 #if ATTN_STAGED
         bf16* stage_rows_of_block = s_stage;
 #else

@@ -65,6 +65,13 @@ __device__ __forceinline__ void cp_async_wait() {
 // its two buffers fit (head dims up to 128), never the sub-warp loop's
 // (qwen3-0.6b offline -7.5 %: the block barrier per iteration costs more
 // than the registers it frees).
+#if ATTN_MMA_T && ATTN_STAGED == 1
+#error "DYNO_CUDA_ATTN_STAGED=1 stages the other loops; the transposed tensor-core loop (DYNO_CUDA_ATTN_MMA_T) stages its own rows"
+#endif
+#if ATTN_MMA_T
+#undef ATTN_STAGED
+#define ATTN_STAGED 0
+#endif
 #if ATTN_STAGED == 2
 #undef ATTN_STAGED
 #if ATTN_USE_MMA && DYNO_HEAD_DIM <= 128

@@ -407,3 +407,236 @@ __device__ __forceinline__ void attend_split_mma(
         }
     }
 }
+
+// ---- The transposed tensor-core loop (ATTN_MMA_T) ----
+//
+// For head dims past 64 (qwen3-0.6b's 128), where the loop above holds a
+// product row per query head and pays for it in registers (its value
+// product's accumulators span the head dim) and in instructions (8 keys a
+// product, the other 8 zero), the products are turned around: the keys
+// are the rows. Per iteration a warp takes 16 keys:
+//   S^T (16 keys x 8 heads) = K (16 keys x HD) . Q^T (HD x 8 heads)
+//   O^T (HD x 8 heads)     += V^T (HD x 16 keys) . P^T (16 keys x 8 heads)
+// so every product's 16 rows are keys or dims, the query heads (G <= 8)
+// are the 8 columns, and a lane keeps HD/4 accumulators (32 at 128). K
+// and V^T come from this warp's rows in shared memory with ldmatrix (V^T
+// with .trans), staged there by cp.async one iteration ahead; P^T's
+// operand is S^T's accumulator layout transposed in registers
+// (movmatrix). Q and P enter as bf16 pairs hi + lo, as above. The keys a
+// warp takes, their order and the arithmetic depend on the split's keys
+// only, so batch invariance holds as for the other loops.
+
+// The warp's staging buffers in the kernel's dynamic shared memory: two
+// of 16 K rows then 16 V rows, a row padded by 16 bytes so that the 8
+// rows an ldmatrix reads hit distinct banks.
+template <int HD>
+struct MmaTStage {
+    static constexpr int KEYS = 16;
+    static constexpr int ROW = HD + 8;
+    static constexpr int BUFFER_ELEMS = 2 * KEYS * ROW;
+    static constexpr int WARP_ELEMS = 2 * BUFFER_ELEMS;
+    static constexpr int BLOCK_BYTES = ATTN_WARPS * WARP_ELEMS * 2;
+};
+
+// Four 8x8 b16 matrices from shared memory: lanes 8i .. 8i + 7 give matrix
+// i's row addresses; register i is matrix i's fragment (row lane/4,
+// columns 2(lane%4), +1), or its transpose's with TRANS.
+template <bool TRANS>
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const bf16* row) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+    if constexpr (TRANS) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    } else {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    }
+#endif
+}
+
+// The transpose of an 8x8 b16 matrix held as fragments (lane: row lane/4,
+// columns 2(lane%4), +1).
+__device__ __forceinline__ unsigned movmatrix_trans(unsigned x) {
+    unsigned y = x;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+#endif
+    return y;
+}
+
+// Keys [begin, end) of one split for one query token t and the block's G
+// query heads (g0 .. of kv head kvh's group of GALL): each warp folds its
+// 16-key iterations (warp w: keys begin + 16w, then every 64) into an
+// online softmax and leaves its state in s_m_warp[G], s_l_warp[G] and
+// s_acc_warp[G][HD] for the block's merge, as attend_split_mma does.
+template <int HD, int G, int GALL>
+__device__ __forceinline__ void attend_split_mma_t(
+    const float* ACT_RESTRICT qkv, const bf16* ACT_RESTRICT k_cache,
+    const bf16* ACT_RESTRICT v_cache, const int* __restrict__ table, int block_size, int nkv,
+    int kvh, int g0, int t, int row_len, float scale, int begin, int end, float* s_m_warp,
+    float* s_l_warp, float* s_acc_warp) {
+    static_assert(HD % 16 == 0 && G <= 8, "the transposed loop: head dim a multiple of 16, 8 heads");
+    using Stage = MmaTStage<HD>;
+    extern __shared__ __align__(16) unsigned char attn_dynamic_smem[];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, c = lane & 3;
+    constexpr int KS = HD / 16;  // k-steps of the score product = m-tiles of the value product
+    constexpr int ROW = Stage::ROW;
+    // Q^T, B operand of the score product: k-step ks holds dims 16ks + 2c,
+    // + 1 (word 0) and 16ks + 8 + 2c, + 1 (word 1) of head g (zero past G).
+    unsigned qhi[KS][2], qlo[KS][2];
+    {
+        const bool on = g < G && g0 + g < GALL;
+        const float* qrow = qkv + (long)t * row_len + (long)(kvh * GALL + g0 + (on ? g : 0)) * HD;
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++)
+#pragma unroll
+            for (int w = 0; w < 2; w++) {
+                const float2 v = on ? *reinterpret_cast<const float2*>(qrow + 16 * ks + 8 * w + 2 * c)
+                                    : make_float2(0.0f, 0.0f);
+                split_bf16x2(v.x * scale, v.y * scale, &qhi[ks][w], &qlo[ks][w]);
+            }
+    }
+    // O^T: m-tile mt's C fragment, dims 16mt + g (o[mt][0..1]) and + 8
+    // (o[mt][2..3]), heads 2c and 2c + 1.
+    float o[KS][4];
+#pragma unroll
+    for (int mt = 0; mt < KS; mt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[mt][e] = 0.0f;
+    // Heads 2c and 2c + 1: running max, and this lane's share of the sum.
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+
+    bf16* my_stage = reinterpret_cast<bf16*>(attn_dynamic_smem) + warp * Stage::WARP_ELEMS;
+    const int shift = __ffs(block_size) - 1;  // block_size: a power of two
+    // Keys tile_base .. + 15 into buffer `buffer` (zeros past `end`).
+    auto stage_rows = [&](int tile_base, int buffer) {
+        bf16* dst = my_stage + buffer * Stage::BUFFER_ELEMS;
+        constexpr int PIECES = HD / 8;  // 16-byte pieces of a row
+#if KV_HEAD_MAJOR
+        // All 16 keys valid and in one cache block, whose rows of this head
+        // are contiguous (head-major): one table read for every piece.
+        if (KV_BLOCK_SIZE % Stage::KEYS == 0 && tile_base % Stage::KEYS == 0 &&
+            tile_base + Stage::KEYS <= end) {
+            const long first =
+                (((long)table[tile_base / KV_BLOCK_SIZE] * nkv + kvh) * KV_BLOCK_SIZE +
+                 tile_base % KV_BLOCK_SIZE) * HD;
+#pragma unroll
+            for (int q = lane; q < Stage::KEYS * PIECES; q += 32) {
+                const int r = q / PIECES, piece = q % PIECES;
+                cp_async16(dst + r * ROW + piece * 8, k_cache + first + q * 8, true);
+                cp_async16(dst + (Stage::KEYS + r) * ROW + piece * 8, v_cache + first + q * 8, true);
+            }
+            cp_async_commit();
+            return;
+        }
+#endif
+        for (int q = lane; q < Stage::KEYS * PIECES; q += 32) {
+            const int r = q / PIECES, piece = q % PIECES;
+            const int pos = tile_base + r;
+            const bool ok = pos < end;
+            const int p = ok ? pos : begin;
+            const long slot = (long)table[p >> shift] * block_size + (p & (block_size - 1));
+            const long off = kv_row(slot, kvh, nkv, HD) + piece * 8;
+            cp_async16(dst + r * ROW + piece * 8, k_cache + off, ok);
+            cp_async16(dst + (Stage::KEYS + r) * ROW + piece * 8, v_cache + off, ok);
+        }
+        cp_async_commit();
+    };
+    constexpr int WARP_STRIDE = ATTN_WARPS * Stage::KEYS;
+    // ldmatrix row addresses: K (A operand, rows = keys): matrices (keys
+    // 0-7, dims 0-7), (keys 8-15, dims 0-7), (0-7, 8-15), (8-15, 8-15) of a
+    // k-step; V (A operand of V^T, transposed): (keys 0-7, dims 0-7), (keys
+    // 0-7, dims 8-15), (8-15, 0-7), (8-15, 8-15) of an m-tile.
+    const int k_row = (lane & 7) + ((lane >> 3) & 1) * 8, k_col = (lane >> 4) * 8;
+    const int v_row = (lane & 7) + ((lane >> 4) & 1) * 8, v_col = ((lane >> 3) & 1) * 8;
+    int buffer = 0;
+    if (begin + warp * Stage::KEYS < end) stage_rows(begin + warp * Stage::KEYS, 0);
+#pragma unroll 1
+    for (int base = begin + warp * Stage::KEYS; base < end; base += WARP_STRIDE) {
+        if (base + WARP_STRIDE < end) {
+            stage_rows(base + WARP_STRIDE, buffer ^ 1);
+            cp_async_wait<1>();  // this iteration's rows have landed
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncwarp();
+        const bf16* k_tile = my_stage + buffer * Stage::BUFFER_ELEMS;
+        const bf16* v_tile = k_tile + Stage::KEYS * ROW;
+        // S^T: rows keys base + g (s[0], s[1]) and + 8 (s[2], s[3]),
+        // columns heads 2c, 2c + 1; Q's hi and lo products summed apart.
+        float shi[4] = {0.0f, 0.0f, 0.0f, 0.0f}, slo[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++) {
+            unsigned a[4];
+            ldmatrix_x4<false>(a, k_tile + k_row * ROW + 16 * ks + k_col);
+            mma_rows16(shi[0], shi[1], shi[2], shi[3], a[0], a[1], a[2], a[3], qhi[ks][0], qhi[ks][1]);
+            mma_rows16(slo[0], slo[1], slo[2], slo[3], a[0], a[1], a[2], a[3], qlo[ks][0], qlo[ks][1]);
+        }
+        const bool on0 = base + g < end, on1 = base + g + 8 < end;
+        float s[4];
+        s[0] = on0 ? shi[0] + slo[0] : -INFINITY;
+        s[1] = on0 ? shi[1] + slo[1] : -INFINITY;
+        s[2] = on1 ? shi[2] + slo[2] : -INFINITY;
+        s[3] = on1 ? shi[3] + slo[3] : -INFINITY;
+        // Each head's max over the 16 keys (the 8 lanes of one c), then
+        // the online softmax; key `base` is valid, so the max is finite.
+        float mx[2] = {fmaxf(s[0], s[2]), fmaxf(s[1], s[3])};
+        float corr[2];
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+#pragma unroll
+            for (int off = 4; off < 32; off <<= 1)
+                mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], off));
+            const float m_new = fmaxf(m[j], mx[j]);
+            corr[j] = __expf(m[j] - m_new);
+            m[j] = m_new;
+        }
+        const float p0 = __expf(s[0] - m[0]), p1 = __expf(s[1] - m[1]);
+        const float p2 = __expf(s[2] - m[0]), p3 = __expf(s[3] - m[1]);
+        l[0] = l[0] * corr[0] + (p0 + p2);
+        l[1] = l[1] * corr[1] + (p1 + p3);
+        // P^T, B operand of the value product: keys 2c, 2c + 1 (word 0)
+        // and 8 + 2c, + 1 (word 1) of head g, from S^T's layout transposed.
+        unsigned hi0, lo0, hi1, lo1;
+        split_bf16x2(p0, p1, &hi0, &lo0);
+        split_bf16x2(p2, p3, &hi1, &lo1);
+        const unsigned bhi0 = movmatrix_trans(hi0), bhi1 = movmatrix_trans(hi1);
+        const unsigned blo0 = movmatrix_trans(lo0), blo1 = movmatrix_trans(lo1);
+#pragma unroll
+        for (int mt = 0; mt < KS; mt++) {
+            unsigned a[4];
+            ldmatrix_x4<true>(a, v_tile + v_row * ROW + 16 * mt + v_col);
+            o[mt][0] *= corr[0];
+            o[mt][1] *= corr[1];
+            o[mt][2] *= corr[0];
+            o[mt][3] *= corr[1];
+            mma_rows16(o[mt][0], o[mt][1], o[mt][2], o[mt][3], a[0], a[1], a[2], a[3], bhi0, bhi1);
+            mma_rows16(o[mt][0], o[mt][1], o[mt][2], o[mt][3], a[0], a[1], a[2], a[3], blo0, blo1);
+        }
+        // Every lane has read this buffer before the next iteration's
+        // copies go into the other one and the one after into this.
+        __syncwarp();
+        buffer ^= 1;
+    }
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+#pragma unroll
+        for (int off = 4; off < 32; off <<= 1) l[j] += __shfl_xor_sync(0xffffffffu, l[j], off);
+        const int head = 2 * c + j;
+        if (head < G) {
+            if (g == 0) {
+                s_m_warp[head] = m[j];
+                s_l_warp[head] = l[j];
+            }
+#pragma unroll
+            for (int mt = 0; mt < KS; mt++) {
+                s_acc_warp[head * HD + 16 * mt + g] = o[mt][j];
+                s_acc_warp[head * HD + 16 * mt + g + 8] = o[mt][2 + j];
+            }
+        }
+    }
+}

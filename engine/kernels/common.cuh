@@ -54,16 +54,36 @@ __device__ __forceinline__ void pdl_launch() {
 // that is a multiple of 16; otherwise the sub-warp loop runs.
 // ATTN_MMA 2 (the default) takes it for head dims up to 64, where the H200
 // measured it faster (smollm2-135m offline +16 %); at 128 (qwen3-0.6b) the
-// fragments cost so many registers that it was slower (docs/CUDA.md).
+// fragments cost so many registers that it was slower (docs/CUDA.md), and
+// the transposed loop below runs there by default.
 // 1 forces it wherever it can run, 0 never.
 #ifndef ATTN_MMA
 #define ATTN_MMA 2
 #endif
-#if (ATTN_MMA == 1 || (ATTN_MMA == 2 && DYNO_HEAD_DIM <= 64)) && (DYNO_HEAD_DIM % 16 == 0) && \
+// ATTN_MMA_T (-D from kernels.rs, which resolves DYNO_CUDA_ATTN_MMA_T and
+// the default for the head dim and the GPU): the tensor-core loop with the
+// products turned around (keys as rows; attend_split_mma_t in
+// attention_mma.cu), its rows staged in dynamic shared memory
+// (MmaTStage<HD>::BLOCK_BYTES per block, which kernels.rs gives every
+// attention launch: ATTN_MMA_T_SHARED must equal it). It is a tensor-core
+// loop, so ATTN_USE_MMA and the KV layout that follows it are those of the
+// other one. The persistent program (DYNO_PERSISTENT), whose dynamic
+// shared memory holds a layer's activations, keeps the other loop.
+#ifndef ATTN_MMA_T
+#define ATTN_MMA_T 0
+#endif
+#if ATTN_MMA_T && (DYNO_HEAD_DIM % 16 != 0 || !defined(ATTN_MMA_T_SHARED))
+#error "ATTN_MMA_T needs a head dim that is a multiple of 16 and -DATTN_MMA_T_SHARED"
+#endif
+#if (ATTN_MMA == 1 || ATTN_MMA_T || (ATTN_MMA == 2 && DYNO_HEAD_DIM <= 64)) && (DYNO_HEAD_DIM % 16 == 0) && \
     (!defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800)
 #define ATTN_USE_MMA 1
 #else
 #define ATTN_USE_MMA 0
+#endif
+#if defined(DYNO_PERSISTENT) || !ATTN_USE_MMA
+#undef ATTN_MMA_T
+#define ATTN_MMA_T 0
 #endif
 
 // The KV cache's layout (-DKV_HEAD_MAJOR, -DKV_BLOCK_SIZE from

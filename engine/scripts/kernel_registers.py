@@ -102,6 +102,9 @@ def defines(shape, extra):
     d += [f"-D{k}={v}" for k, v in LAUNCH_CONSTANTS.items()]
     named = {x.split("=", 1)[0] for x in extra}
     d += [f"-D{k}={v}" for k, v in DEFAULT_DEFINES.items() if k not in named]
+    # kernels.rs mma_t_shared_bytes: the transposed loop's staging per block.
+    if "ATTN_MMA_T_SHARED" not in named:
+        d.append(f"-DATTN_MMA_T_SHARED={4 * 2 * 2 * 16 * (hd + 8) * 2}")
     return d + [f"-D{x}" for x in extra]
 
 

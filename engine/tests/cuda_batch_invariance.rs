@@ -99,12 +99,21 @@ fn assert_bits(what: &str, got: &[f32], want: &[f32]) {
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn logits_are_bit_identical_in_any_batch() {
-    for arch in [
-        Architecture::Llama,
-        Architecture::Qwen2,
-        Architecture::Qwen3,
+    // (architecture, head dim and query / kv heads where not the tiny
+    // config's): head dim 128 with groups of 2 (qwen3-0.6b's geometry)
+    // runs the transposed tensor-core attention loop.
+    for (arch, heads) in [
+        (Architecture::Llama, None),
+        (Architecture::Qwen2, None),
+        (Architecture::Qwen3, None),
+        (Architecture::Qwen3, Some((128, 4, 2))),
     ] {
-        let c = tiny_config(arch);
+        let mut c = tiny_config(arch);
+        if let Some((head_dim, q, kv)) = heads {
+            c.head_dim = head_dim;
+            c.num_attention_heads = q;
+            c.num_key_value_heads = kv;
+        }
         let t = random_tensors(&c, 5);
         let load = loader(&t);
         let prompt: Vec<u32> = (0..300)
@@ -112,7 +121,7 @@ fn logits_are_bit_identical_in_any_batch() {
             .collect();
         let reference = reference_logits(&c, &t, &prompt);
         for eager in [true, false] {
-            let tag = format!("{arch:?} eager={eager}");
+            let tag = format!("{arch:?} head_dim {} eager={eager}", c.head_dim);
             let mut b = CudaBackend::with_loader(&c, &invariant_config(eager), &load).unwrap();
             println!("{tag}: pinned GEMMs {:?}", b.invariant_gemms());
             assert!(!b.invariant_gemms().is_empty());

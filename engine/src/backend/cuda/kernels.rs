@@ -70,6 +70,14 @@ pub struct AttentionTuning {
     /// `true` (unset or 1, the default: qwen3-0.6b offline +1.9 % on the
     /// H200, docs/CUDA.md) or `false` (0).
     pub pipeline: bool,
+    /// `DYNO_CUDA_ATTN_MMA_T`: the transposed tensor-core loop (keys as
+    /// the products' rows, the query heads as their 8 columns; the
+    /// kernel's `ATTN_MMA_T`), for head dims that are a multiple of 16 on
+    /// sm_80 or newer, its rows staged in [`mma_t_shared_bytes`] of dynamic
+    /// shared memory per block. `None` (unset): the default
+    /// [`AttentionTuning::resolve_mma_t`] gives; `Some(true)` (1) asks for
+    /// it (an error where it cannot run); `Some(false)` (0): never.
+    pub mma_t: Option<bool>,
     /// The `attention_units` kernel's `__launch_bounds__` minimum blocks
     /// per SM (the kernel's `ATTN_UNITS_MIN_BLOCKS`). Not from the
     /// environment: `None` compiles it with `attention`'s bound, and the
@@ -85,6 +93,7 @@ impl Default for AttentionTuning {
             min_blocks: None,
             staged: None,
             mma: None,
+            mma_t: None,
             pipeline: true,
             units_min_blocks: None,
         }
@@ -130,6 +139,7 @@ impl AttentionTuning {
         };
         t.staged = switch("DYNO_CUDA_ATTN_STAGED")?;
         t.mma = switch("DYNO_CUDA_ATTN_MMA")?;
+        t.mma_t = switch("DYNO_CUDA_ATTN_MMA_T")?;
         if let Some(on) = switch("DYNO_CUDA_ATTN_PIPELINE")? {
             t.pipeline = on;
         }
@@ -148,9 +158,58 @@ impl AttentionTuning {
         Ok(t)
     }
 
+    /// `mma_t` settled for a model's head dim on a GPU of compute
+    /// capability `major`.x: `Some(true)` where the transposed loop runs,
+    /// else `Some(false)`. Unset, it runs where the head dim is past 64 (the
+    /// other tensor-core loop's rows cost registers there), at most 128 (two
+    /// buffers of 16 rows per warp then fit three blocks per SM) and a
+    /// multiple of 16, on sm_80+, unless `DYNO_CUDA_ATTN_MMA=0`. Asked for
+    /// where it cannot run, an error naming the variable.
+    pub fn resolve_mma_t(self, head_dim: usize, major: i32) -> Result<Self, BackendError> {
+        let can = head_dim.is_multiple_of(16) && major >= 8 && self.mma != Some(false);
+        let on = match self.mma_t {
+            Some(true) if !can => {
+                return Err(BackendError::Cuda(format!(
+                    "DYNO_CUDA_ATTN_MMA_T=1: the transposed tensor-core loop needs a head dim \
+                     that is a multiple of 16 (this model's is {head_dim}), an sm_80 or newer GPU \
+                     (this one is sm_{major}x) and DYNO_CUDA_ATTN_MMA not 0"
+                )))
+            }
+            Some(true) if self.staged == Some(true) => {
+                return Err(BackendError::Cuda(
+                    "DYNO_CUDA_ATTN_MMA_T=1 with DYNO_CUDA_ATTN_STAGED=1: the transposed loop \
+                     stages its own rows; unset DYNO_CUDA_ATTN_STAGED"
+                        .into(),
+                ))
+            }
+            Some(on) => on,
+            None => {
+                MMA_T_BY_DEFAULT
+                    && can
+                    && head_dim > 64
+                    && head_dim <= 128
+                    && self.staged != Some(true)
+            }
+        };
+        Ok(AttentionTuning {
+            mma_t: Some(on),
+            ..self
+        })
+    }
+
+    /// Dynamic shared memory per attention block: [`mma_t_shared_bytes`]
+    /// where the transposed loop runs (after [`Self::resolve_mma_t`]), else 0.
+    pub fn dynamic_shared_bytes(&self, head_dim: usize) -> u32 {
+        if self.mma_t == Some(true) {
+            mma_t_shared_bytes(head_dim)
+        } else {
+            0
+        }
+    }
+
     /// The `-D` options the kernel is compiled with.
-    pub fn defines(&self) -> [String; 6] {
-        [
+    pub fn defines(&self) -> Vec<String> {
+        vec![
             format!("-DATTN_KEYS_PER_ITER={}", self.keys_per_iter),
             format!("-DATTN_MIN_BLOCKS={}", self.min_blocks.unwrap_or(0)),
             format!("-DATTN_STAGED={}", self.staged.map_or(2, u8::from)),
@@ -160,9 +219,34 @@ impl AttentionTuning {
                 "-DATTN_UNITS_MIN_BLOCKS={}",
                 self.units_min_blocks.unwrap_or(0)
             ),
+            format!("-DATTN_MMA_T={}", u8::from(self.mma_t == Some(true))),
         ]
     }
 }
+
+/// Whether an unset `DYNO_CUDA_ATTN_MMA_T` takes the transposed loop where
+/// it can run ([`AttentionTuning::resolve_mma_t`]).
+const MMA_T_BY_DEFAULT: bool = true;
+
+/// Warps per attention block (`ATTN_WARPS` in attention_config.cuh).
+pub const ATTN_WARPS: usize = 4;
+
+/// Bytes of dynamic shared memory an attention block of the transposed
+/// tensor-core loop stages its rows in (`MmaTStage<HD>::BLOCK_BYTES` in
+/// attention_mma.cu, which checks it against `-DATTN_MMA_T_SHARED`): per
+/// warp two buffers of 16 K rows and 16 V rows, each row padded by 16 bytes.
+pub fn mma_t_shared_bytes(head_dim: usize) -> u32 {
+    (ATTN_WARPS * 2 * 2 * 16 * (head_dim + 8) * 2) as u32
+}
+
+/// The attention kernels, which all take the block's dynamic shared memory
+/// where the transposed tensor-core loop runs.
+pub const ATTENTION_KERNELS: [&str; 4] = [
+    "attention",
+    "attention_prefill",
+    "attention_units",
+    "attention_units_prefill",
+];
 
 /// How the KV cache lays out one layer's K (or V) rows (`kv_row` in
 /// common.cuh): `DYNO_CUDA_KV_LAYOUT=auto` (unset, the default), `slot` or
@@ -176,10 +260,10 @@ pub enum KvLayout {
     /// contiguous, so attention reads a head's keys in runs of
     /// `block_size` rows. The block size is compiled in.
     HeadMajor { block_size: usize },
-    /// Head-major where the tensor-core attention loop runs (head dims up
-    /// to 64 by default: smollm2-135m offline +2.0 % on the H200),
-    /// slot-major where the sub-warp loop does (qwen3-0.6b: −1.9 %
-    /// head-major). The kernels resolve it with the loop (`KV_HEAD_MAJOR`
+    /// Head-major where a tensor-core attention loop runs (by default head
+    /// dims that are a multiple of 16 up to 128: smollm2-135m offline
+    /// +2.0 % on the H200), slot-major where the sub-warp loop does (it
+    /// measured −1.9 % head-major on qwen3-0.6b). The kernels resolve it with the loop (`KV_HEAD_MAJOR`
     /// 2 in common.cuh), so the rule lives in one place.
     FollowAttention { block_size: usize },
 }
@@ -291,15 +375,22 @@ pub struct Kernels {
 impl Kernels {
     /// The kernels of `module`, and `decode_layers` from `persistent` with
     /// its dynamic shared memory in bytes, where it was built (launching it
-    /// without is an error).
+    /// without is an error). `attention_shared`: the attention kernels'
+    /// dynamic shared memory ([`AttentionTuning::dynamic_shared_bytes`]).
     pub fn new(
         module: Arc<CudaModule>,
         persistent: Option<(Arc<CudaModule>, u32)>,
+        attention_shared: u32,
         stream: Arc<CudaStream>,
         pdl: bool,
     ) -> Result<Self, BackendError> {
         let mut functions = HashMap::new();
         let mut dynamic_shared = HashMap::new();
+        if attention_shared > 0 {
+            for name in ATTENTION_KERNELS {
+                dynamic_shared.insert(name, attention_shared);
+            }
+        }
         for &name in KERNEL_NAMES {
             let from = if name == PERSISTENT_KERNEL {
                 match &persistent {
@@ -705,7 +796,8 @@ mod tests {
                 "-DATTN_STAGED=2",
                 "-DATTN_MMA=2",
                 "-DATTN_PIPELINE=1",
-                "-DATTN_UNITS_MIN_BLOCKS=0"
+                "-DATTN_UNITS_MIN_BLOCKS=0",
+                "-DATTN_MMA_T=0"
             ]
         );
         let t = tuning(&[
@@ -724,6 +816,57 @@ mod tests {
         assert_eq!(t.defines()[3], "-DATTN_MMA=0");
         assert!(!t.pipeline);
         assert_eq!(t.defines()[4], "-DATTN_PIPELINE=0");
+        // The transposed tensor-core loop: settled per head dim and GPU.
+        let mma_t = |vars: &[(&str, &str)], hd, major| {
+            tuning(vars).and_then(|t| t.resolve_mma_t(hd, major))
+        };
+        let by_default = |hd| mma_t(&[], hd, 9).unwrap().mma_t == Some(true);
+        assert_eq!(by_default(128), MMA_T_BY_DEFAULT);
+        assert!(!by_default(64) && !by_default(72) && !by_default(256));
+        let on = mma_t(&[("DYNO_CUDA_ATTN_MMA_T", "1")], 128, 9).unwrap();
+        assert_eq!(on.mma_t, Some(true));
+        assert_eq!(on.defines()[6], "-DATTN_MMA_T=1");
+        assert_eq!(on.dynamic_shared_bytes(128), 4 * 2 * 2 * 16 * 136 * 2);
+        let off = mma_t(&[("DYNO_CUDA_ATTN_MMA_T", "0")], 128, 9).unwrap();
+        assert_eq!((off.mma_t, off.dynamic_shared_bytes(128)), (Some(false), 0));
+        assert_eq!(off.defines()[6], "-DATTN_MMA_T=0");
+        assert!(!mma_t(&[("DYNO_CUDA_ATTN_MMA", "0")], 128, 9)
+            .unwrap()
+            .mma_t
+            .unwrap());
+        for (vars, hd, major, text) in [
+            (
+                &[("DYNO_CUDA_ATTN_MMA_T", "1")][..],
+                72,
+                9,
+                "this model's is 72",
+            ),
+            (&[("DYNO_CUDA_ATTN_MMA_T", "1")][..], 128, 7, "sm_7x"),
+            (
+                &[("DYNO_CUDA_ATTN_MMA_T", "1"), ("DYNO_CUDA_ATTN_MMA", "0")][..],
+                128,
+                9,
+                "DYNO_CUDA_ATTN_MMA not 0",
+            ),
+            (
+                &[
+                    ("DYNO_CUDA_ATTN_MMA_T", "1"),
+                    ("DYNO_CUDA_ATTN_STAGED", "1"),
+                ][..],
+                128,
+                9,
+                "unset DYNO_CUDA_ATTN_STAGED",
+            ),
+            (
+                &[("DYNO_CUDA_ATTN_MMA_T", "yes")][..],
+                128,
+                9,
+                "DYNO_CUDA_ATTN_MMA_T=yes",
+            ),
+        ] {
+            let e = mma_t(vars, hd, major).unwrap_err().to_string();
+            assert!(e.contains(text), "{vars:?}: {e}");
+        }
         let t = tuning(&[("DYNO_CUDA_ATTN_MMA", " 1")]).unwrap();
         assert_eq!(t.mma, Some(true));
         assert_eq!(t.defines()[3], "-DATTN_MMA=1");

@@ -189,7 +189,9 @@ impl CudaBackend {
         )));
         let max_num_seqs = cfg.effective_max_num_seqs(auto_max_num_seqs);
         let dims = dims_of(config, cfg)?;
-        let tuning = kernels::AttentionTuning::from_env()?;
+        let tuning = kernels::AttentionTuning::from_env()?
+            .resolve_mma_t(dims.head_dim, props.compute_capability.0)?;
+        let attention_shared = tuning.dynamic_shared_bytes(dims.head_dim);
         let kv_layout = kernels::KvLayout::from_env(cfg.block_size)?;
         let mut module = nvrtc::load(&ctx, dims.kernel_shape(tuning, kv_layout), &[])?;
         if cfg.batch_invariant {
@@ -199,7 +201,13 @@ impl CudaBackend {
             let blocks = |name: &str| {
                 module
                     .load_function(name)
-                    .and_then(|f| f.occupancy_max_active_blocks_per_multiprocessor(128, 0, None))
+                    .and_then(|f| {
+                        f.occupancy_max_active_blocks_per_multiprocessor(
+                            128,
+                            attention_shared as usize,
+                            None,
+                        )
+                    })
                     .map_err(|e| cuda("attention occupancy", e))
             };
             let (split, units) = (blocks("attention")?, blocks("attention_units")?);
@@ -251,7 +259,13 @@ impl CudaBackend {
                 }
             },
         };
-        let kernels = kernels::Kernels::new(module, persistent_module, stream.clone(), pdl)?;
+        let kernels = kernels::Kernels::new(
+            module,
+            persistent_module,
+            attention_shared,
+            stream.clone(),
+            pdl,
+        )?;
         let logits_rows = arena::logits_rows(max_num_seqs);
         let invariant_products = runner::InvariantProducts::parse(
             std::env::var("DYNO_INVARIANT_PRODUCTS").ok().as_deref(),

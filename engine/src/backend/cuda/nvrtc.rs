@@ -195,6 +195,10 @@ pub fn compile(
         ]
         .into_iter()
         .chain(shape.attention.defines())
+        .chain(std::iter::once(format!(
+            "-DATTN_MMA_T_SHARED={}",
+            super::kernels::mma_t_shared_bytes(shape.head_dim)
+        )))
         .chain(shape.kv_layout.defines())
         .chain(launch_constants())
         .chain(extra_defines.iter().cloned())
@@ -337,6 +341,7 @@ mod tests {
             min_blocks: Some(min_blocks),
             staged: Some(staged),
             mma: Some(false),
+            mma_t: Some(false),
             pipeline: true,
             units_min_blocks: None,
         };
@@ -368,6 +373,17 @@ mod tests {
         let mma_default_staging = AttentionTuning {
             mma: Some(true),
             ..Default::default()
+        };
+        // The transposed tensor-core loop at every head dim it may run
+        // (multiples of 16) and group size, and with the other switches
+        // that conflict with it.
+        let mma_t = AttentionTuning {
+            mma_t: Some(true),
+            ..Default::default()
+        };
+        let mma_t_staged = AttentionTuning {
+            staged: Some(true),
+            ..mma_t
         };
         let keys_at_default = AttentionTuning {
             keys_per_iter: 4,
@@ -419,6 +435,15 @@ mod tests {
             // tensor-core loop (head dim 64, its default), the compile
             // says how to measure them.
             (64, 3, keys_at_default, Some("add DYNO_CUDA_ATTN_MMA=0")),
+            (128, 2, mma_t, None),
+            (128, 1, mma_t, None),
+            (128, 8, mma_t, None),
+            (128, 13, mma_t, None),
+            (96, 4, mma_t, None),
+            (80, 13, mma_t, None),
+            (64, 3, mma_t, None),
+            (256, 8, mma_t, None),
+            (128, 2, mma_t_staged, Some("stages its own rows")),
         ]);
         use super::super::kernels::KvLayout;
         // smollm2-135m's hidden and intermediate sizes at any head geometry.
@@ -450,15 +475,36 @@ mod tests {
             }
         }
         // The head-major KV layout, with either attention loop (head dim 64:
-        // tensor cores, 128: sub-warps) and the persistent program. The
-        // default follows the loop: head-major with tensor cores, else
-        // slot-major, the same PTX as asking for that layout.
-        for (hd, g, followed) in [
-            (64, 3, KvLayout::HeadMajor { block_size: 16 }),
-            (128, 2, KvLayout::SlotMajor),
+        // tensor cores, 128: the transposed tensor-core loop as the
+        // backend settles it on sm_90, and sub-warps with it off) and the
+        // persistent program. The default follows the loop: head-major with
+        // tensor cores, else slot-major, the same PTX as asking for that
+        // layout.
+        let settled = |mma_t| {
+            AttentionTuning {
+                mma_t,
+                ..Default::default()
+            }
+            .resolve_mma_t(128, 9)
+            .unwrap()
+        };
+        for (hd, g, attention, followed) in [
+            (
+                64,
+                3,
+                AttentionTuning::default(),
+                KvLayout::HeadMajor { block_size: 16 },
+            ),
+            (
+                128,
+                2,
+                settled(None),
+                KvLayout::HeadMajor { block_size: 16 },
+            ),
+            (128, 2, settled(Some(false)), KvLayout::SlotMajor),
         ] {
             let ptx = |kv_layout, extra: &[String]| {
-                let shape = shape_of(hd, g, Default::default(), kv_layout);
+                let shape = shape_of(hd, g, attention, kv_layout);
                 compile(&include, (9, 0), shape, extra).unwrap().to_src()
             };
             let head_major = KvLayout::HeadMajor { block_size: 16 };
