@@ -80,6 +80,52 @@ __device__ __forceinline__ void load_words(const bf16* src, unsigned (&w)[N]) {
     }
 }
 
+// One warp copies keys tile_base .. tile_base + ROWS - 1 of KV head kvh
+// into dst with cp.async as one commit group: ROWS K rows, then ROWS V
+// rows, ROW elements apart (a padded row). Keys at or past `limit` are
+// zeros (their addresses those of key `fallback`, which is valid).
+// block_size = 1 << shift.
+template <int HD, int ROWS, int ROW>
+__device__ __forceinline__ void stage_kv_rows(bf16* dst, const bf16* ACT_RESTRICT k_cache,
+                                              const bf16* ACT_RESTRICT v_cache,
+                                              const int* __restrict__ table, int block_size,
+                                              int shift, int nkv, int kvh, int tile_base,
+                                              int limit, int fallback, int lane) {
+    constexpr int PIECES = HD / 8;  // 16-byte pieces of a row
+#if KV_HEAD_MAJOR
+    // The common case: the tile's keys all valid and in one cache block,
+    // whose rows of this head are contiguous (head-major), so one
+    // block-table read gives every piece's address; piece q of the tile is
+    // q * 8 elements past the first row. The same bytes land in the same
+    // places as below, at a fraction of the instructions (one table read
+    // and no slot arithmetic per piece).
+    if (KV_BLOCK_SIZE % ROWS == 0 && tile_base % ROWS == 0 && tile_base + ROWS <= limit) {
+        const long first = (((long)table[tile_base / KV_BLOCK_SIZE] * nkv + kvh) * KV_BLOCK_SIZE +
+                            tile_base % KV_BLOCK_SIZE) * HD;
+        const bf16* k_src = k_cache + first;
+        const bf16* v_src = v_cache + first;
+#pragma unroll
+        for (int q = lane; q < ROWS * PIECES; q += 32) {
+            const int r = q / PIECES, piece = q % PIECES;
+            cp_async16(dst + r * ROW + piece * 8, k_src + q * 8, true);
+            cp_async16(dst + (ROWS + r) * ROW + piece * 8, v_src + q * 8, true);
+        }
+        cp_async_commit();
+        return;
+    }
+#endif
+    for (int q = lane; q < ROWS * PIECES; q += 32) {
+        const int r = q / PIECES, piece = q % PIECES;
+        const int pos = tile_base + r;
+        const int p = pos < limit ? pos : fallback;
+        const long slot = (long)table[p >> shift] * block_size + (p & (block_size - 1));
+        const long off = kv_row(slot, kvh, nkv, HD) + piece * 8;
+        cp_async16(dst + r * ROW + piece * 8, k_cache + off, pos < limit);
+        cp_async16(dst + (ROWS + r) * ROW + piece * 8, v_cache + off, pos < limit);
+    }
+    cp_async_commit();
+}
+
 // Staged rows of the tensor-core loop (ATTN_STAGED): per warp, two buffers
 // of K and V rows for one iteration's keys, each row padded by 16 bytes so
 // that the fragment reads hit distinct banks.
@@ -217,41 +263,9 @@ __device__ __forceinline__ void attend_split_mma(
     // fragments below are then read from there.
     bf16* my_stage = s_stage + warp * Stage::WARP_ELEMS;
     auto stage_rows = [&](int tile_base, int buffer) {
-        bf16* dst = my_stage + buffer * (2 * Stage::ROWS * Stage::ROW);
-        constexpr int PIECES = HD / 8;  // 16-byte pieces of a row
-#if KV_HEAD_MAJOR
-        // The common case: the iteration's keys all valid and in one
-        // cache block, whose rows of this head are contiguous (head-major),
-        // so one block-table read gives every piece's address; piece q of
-        // the tile is q * 8 elements past the first row. The same bytes
-        // land in the same places as below, at a fraction of the
-        // instructions (one table read and no slot arithmetic per piece).
-        if (KV_BLOCK_SIZE % Stage::ROWS == 0 && tile_base % Stage::ROWS == 0 &&
-            tile_base + Stage::ROWS <= stage_end) {
-            const long first =
-                (((long)table[tile_base / KV_BLOCK_SIZE] * nkv + kvh) * KV_BLOCK_SIZE +
-                 tile_base % KV_BLOCK_SIZE) * HD;
-            const bf16* k_src = k_cache + first;
-            const bf16* v_src = v_cache + first;
-#pragma unroll
-            for (int q = lane; q < Stage::ROWS * PIECES; q += 32) {
-                const int r = q / PIECES, piece = q % PIECES;
-                cp_async16(dst + r * Stage::ROW + piece * 8, k_src + q * 8, true);
-                cp_async16(dst + (Stage::ROWS + r) * Stage::ROW + piece * 8, v_src + q * 8, true);
-            }
-            cp_async_commit();
-            return;
-        }
-#endif
-        for (int q = lane; q < Stage::ROWS * PIECES; q += 32) {
-            const int r = q / PIECES, piece = q % PIECES;
-            const int pos = tile_base + r;
-            const long off = kv_row(slot_of(pos), kvh, nkv, HD) + piece * 8;
-            cp_async16(dst + r * Stage::ROW + piece * 8, k_cache + off, pos < stage_end);
-            cp_async16(dst + (Stage::ROWS + r) * Stage::ROW + piece * 8, v_cache + off,
-                       pos < stage_end);
-        }
-        cp_async_commit();
+        stage_kv_rows<HD, Stage::ROWS, Stage::ROW>(
+            my_stage + buffer * (2 * Stage::ROWS * Stage::ROW), k_cache, v_cache, table,
+            block_size, shift, nkv, kvh, tile_base, stage_end, begin, lane);
     };
     if (!prestaged && begin + warp * 8 * KT < end) stage_rows(begin + warp * 8 * KT, buffer);
 #endif
@@ -514,37 +528,9 @@ __device__ __forceinline__ void attend_split_mma_t(
     const int shift = __ffs(block_size) - 1;  // block_size: a power of two
     // Keys tile_base .. + 15 into buffer `buffer` (zeros past `end`).
     auto stage_rows = [&](int tile_base, int buffer) {
-        bf16* dst = my_stage + buffer * Stage::BUFFER_ELEMS;
-        constexpr int PIECES = HD / 8;  // 16-byte pieces of a row
-#if KV_HEAD_MAJOR
-        // All 16 keys valid and in one cache block, whose rows of this head
-        // are contiguous (head-major): one table read for every piece.
-        if (KV_BLOCK_SIZE % Stage::KEYS == 0 && tile_base % Stage::KEYS == 0 &&
-            tile_base + Stage::KEYS <= end) {
-            const long first =
-                (((long)table[tile_base / KV_BLOCK_SIZE] * nkv + kvh) * KV_BLOCK_SIZE +
-                 tile_base % KV_BLOCK_SIZE) * HD;
-#pragma unroll
-            for (int q = lane; q < Stage::KEYS * PIECES; q += 32) {
-                const int r = q / PIECES, piece = q % PIECES;
-                cp_async16(dst + r * ROW + piece * 8, k_cache + first + q * 8, true);
-                cp_async16(dst + (Stage::KEYS + r) * ROW + piece * 8, v_cache + first + q * 8, true);
-            }
-            cp_async_commit();
-            return;
-        }
-#endif
-        for (int q = lane; q < Stage::KEYS * PIECES; q += 32) {
-            const int r = q / PIECES, piece = q % PIECES;
-            const int pos = tile_base + r;
-            const bool ok = pos < end;
-            const int p = ok ? pos : begin;
-            const long slot = (long)table[p >> shift] * block_size + (p & (block_size - 1));
-            const long off = kv_row(slot, kvh, nkv, HD) + piece * 8;
-            cp_async16(dst + r * ROW + piece * 8, k_cache + off, ok);
-            cp_async16(dst + (Stage::KEYS + r) * ROW + piece * 8, v_cache + off, ok);
-        }
-        cp_async_commit();
+        stage_kv_rows<HD, Stage::KEYS, ROW>(my_stage + buffer * Stage::BUFFER_ELEMS, k_cache,
+                                            v_cache, table, block_size, shift, nkv, kvh,
+                                            tile_base, end, begin, lane);
     };
     constexpr int WARP_STRIDE = ATTN_WARPS * Stage::KEYS;
     // ldmatrix row addresses: K (A operand, rows = keys): matrices (keys
