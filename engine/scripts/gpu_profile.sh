@@ -36,7 +36,9 @@
 # Knobs: DYNO_PROFILE_SKIP (16), DYNO_PROFILE_STEPS (4 profiled decode steps),
 # DYNO_PROFILE_TIMED_STEPS (64), DYNO_PROFILE_REPEATS (3), NCU (path to ncu),
 # DYNO_PROFILE_ENGINE_TOML (lines added to every run's engine.toml, e.g.
-# "batch_invariant = true"), DYNO_PROFILE_DETAIL_KERNEL (above).
+# "batch_invariant = true"), DYNO_PROFILE_DETAIL_KERNEL (above),
+# DYNO_PROFILE_MAX_POOL_GIB (32: a case whose KV pool would be larger is
+# refused before it runs, since ncu copies the pool for every replayed kernel).
 # Writes OUT/profile.md (every case's tables) and OUT/gpu_profile.tar.gz
 # (per case: profile_PRESET_bBATCH.md, the raw ncu CSV, the .ncu-rep report,
 # the step logs and every log). Exits non-zero if ncu is missing or a case
@@ -60,7 +62,8 @@ STEPS=${DYNO_PROFILE_STEPS:-4}
 TIMED=${DYNO_PROFILE_TIMED_STEPS:-64}
 REPEATS=${DYNO_PROFILE_REPEATS:-3}
 MODELS=${DYNO_GPU_MODELS:-/tmp/dyno-gpu-models}
-for v in SKIP STEPS TIMED REPEATS; do
+MAX_POOL_GIB=${DYNO_PROFILE_MAX_POOL_GIB:-32}
+for v in SKIP STEPS TIMED REPEATS MAX_POOL_GIB; do
   [[ ${!v} =~ ^[0-9]+$ ]] || { echo "gpu_profile: DYNO_PROFILE_$v=${!v} is not a whole number" >&2; exit 2; }
 done
 if [ "$STEPS" -lt 1 ] || [ "$TIMED" -lt 1 ] || [ "$REPEATS" -lt 1 ]; then
@@ -157,6 +160,13 @@ for p in $PRESETS; do
     slack=$(( (b * prompt + 8191) / 8192 + 8 ))
     output=$(( SKIP + (TIMED > STEPS ? TIMED : STEPS) + slack ))
     blocks=$(( b * ((prompt + output + 15) / 16) + 16 ))
+    # ncu saves and restores the KV pool for every replayed kernel: a pool
+    # of tens of GiB makes the profile take hours, so refuse it up front.
+    too_big=$(python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); import ncu_summary as s
+print(s.replay_pool_problem(sys.argv[2], int(sys.argv[3]), 16, int(sys.argv[4])) or "")' \
+      "$HERE" "$d" "$blocks" "$MAX_POOL_GIB" 2>&1) \
+      || { fail "$case_name: sizing the KV pool failed: $too_big" "$case_name"; continue; }
+    [ -z "$too_big" ] || { fail "$case_name: $too_big" "$case_name"; continue; }
     write_requests "$d" "$b" "$prompt" "$output" "$w/requests.jsonl" \
       || { fail "$case_name: writing requests failed" "$case_name"; continue; }
     write_config "$w/graphs.toml" false "$blocks"

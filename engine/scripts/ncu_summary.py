@@ -291,6 +291,26 @@ def kv_bytes_per_token(config):
     return layers * 2 * kv_heads * head_dim * DEVICE_BYTES_PER_ELEMENT
 
 
+def replay_pool_problem(model_dir, blocks, block_size, max_gib):
+    """Why ncu's kernel replay would crawl through this run, or None.
+
+    Nsight Compute replays each profiled kernel once per pass, saving and
+    restoring the device memory the kernel may write first; with the KV
+    cache as large as the run needs (gpu_profile.sh sizes it so), every
+    replayed attention launch copies the whole pool. A qwen3-0.6b case at
+    batch 856 with a 500-step skip (a ~70 GiB pool) ran past nine minutes
+    without a report, so such runs are refused before they start (the
+    ~17-18 GiB pools of smollm2-135m at batch 1,024 and qwen3-0.6b at 512
+    were profiled)."""
+    pool = kv_bytes_per_token(load_config(model_dir)) * block_size * blocks
+    if pool <= max_gib * 2**30:
+        return None
+    return (f"the run's KV pool would be {pool / 2**30:.1f} GiB ({blocks} blocks of {block_size} "
+            f"tokens), over DYNO_PROFILE_MAX_POOL_GIB={max_gib:g}: ncu saves and restores it for "
+            f"every replayed kernel, which takes minutes a launch; profile a smaller batch or "
+            f"DYNO_PROFILE_SKIP, or raise DYNO_PROFILE_MAX_POOL_GIB")
+
+
 def parse_window(text):
     try:
         skip, count = (int(x) for x in text.split(":"))

@@ -239,6 +239,22 @@ class Floors(unittest.TestCase):
                                                 "head_dim": 128}), 512)
 
 
+    def test_a_kv_pool_too_large_to_replay_is_refused_with_the_way_out(self):
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "config.json"), "w") as f:
+                json.dump({"num_hidden_layers": 28, "num_attention_heads": 16,
+                           "num_key_value_heads": 8, "head_dim": 128, "hidden_size": 1024}, f)
+            # 112 KiB a token: 1,000 blocks of 16 tokens are 1.7 GiB.
+            self.assertIsNone(ns.replay_pool_problem(d, 1000, 16, 16))
+            why = ns.replay_pool_problem(d, 50_000, 16, 16)
+            self.assertIn("85.4 GiB (50000 blocks of 16 tokens)", why)
+            self.assertIn("DYNO_PROFILE_MAX_POOL_GIB=16", why)
+            self.assertIn("smaller batch", why)
+            self.assertIsNone(ns.replay_pool_problem(d, 50_000, 16, 100))
+            with self.assertRaises(ns.InputError):
+                ns.replay_pool_problem(os.path.join(d, "missing"), 1, 16, 16)
+
+
 class StepTimes(unittest.TestCase):
     def write_log(self, d):
         steps = [{"prefill_tokens": 128, "decode_tokens": 0, "batch_size": 1, "duration_s": 9e-3}]
