@@ -159,13 +159,21 @@ impl AttentionTuning {
     }
 
     /// `mma_t` settled for a model's head dim on a GPU of compute
-    /// capability `major`.x: `Some(true)` where the transposed loop runs,
-    /// else `Some(false)`. Unset, it runs where the head dim is past 64 (the
-    /// other tensor-core loop's rows cost registers there), at most 128 (two
-    /// buffers of 16 rows per warp then fit three blocks per SM) and a
-    /// multiple of 16, on sm_80+, unless `DYNO_CUDA_ATTN_MMA=0`. Asked for
-    /// where it cannot run, an error naming the variable.
-    pub fn resolve_mma_t(self, head_dim: usize, major: i32) -> Result<Self, BackendError> {
+    /// capability `major`.x with `shared_per_sm` bytes of shared memory per
+    /// SM: `Some(true)` where the transposed loop runs, else `Some(false)`.
+    /// Unset, it runs where the head dim is past 64 (the other tensor-core
+    /// loop's rows cost registers there), at most 128 and a multiple of 16,
+    /// on sm_80+, unless `DYNO_CUDA_ATTN_MMA=0`, and where an SM holds three
+    /// of its blocks, the configuration the H200 measured (GPUs with less
+    /// shared memory per SM, such as the A100 and the L40S at head dim 128,
+    /// keep the sub-warp loop until measured). Asked for where it cannot
+    /// run, an error naming the variable.
+    pub fn resolve_mma_t(
+        self,
+        head_dim: usize,
+        major: i32,
+        shared_per_sm: usize,
+    ) -> Result<Self, BackendError> {
         let can = head_dim.is_multiple_of(16) && major >= 8 && self.mma != Some(false);
         let on = match self.mma_t {
             Some(true) if !can => {
@@ -184,11 +192,13 @@ impl AttentionTuning {
             }
             Some(on) => on,
             None => {
+                let block = mma_t_shared_bytes(head_dim) as usize + MMA_T_STATIC_ALLOWANCE;
                 MMA_T_BY_DEFAULT
                     && can
                     && head_dim > 64
                     && head_dim <= 128
                     && self.staged != Some(true)
+                    && 3 * block <= shared_per_sm
             }
         };
         Ok(AttentionTuning {
@@ -227,6 +237,11 @@ impl AttentionTuning {
 /// Whether an unset `DYNO_CUDA_ATTN_MMA_T` takes the transposed loop where
 /// it can run ([`AttentionTuning::resolve_mma_t`]).
 const MMA_T_BY_DEFAULT: bool = true;
+
+/// Shared memory an attention block of the transposed loop takes besides
+/// its staging: its static arrays (4,176 bytes at head dim 128, 5,216 in
+/// the units kernels) and the 1 KiB the driver reserves per block.
+const MMA_T_STATIC_ALLOWANCE: usize = 6 * 1024;
 
 /// Warps per attention block (`ATTN_WARPS` in attention_config.cuh).
 pub const ATTN_WARPS: usize = 4;
@@ -817,12 +832,27 @@ mod tests {
         assert!(!t.pipeline);
         assert_eq!(t.defines()[4], "-DATTN_PIPELINE=0");
         // The transposed tensor-core loop: settled per head dim and GPU.
+        // Shared memory per SM: the H200's 228 KiB, the A100's 164 KiB.
+        const H200: usize = 228 * 1024;
+        const A100: usize = 164 * 1024;
         let mma_t = |vars: &[(&str, &str)], hd, major| {
-            tuning(vars).and_then(|t| t.resolve_mma_t(hd, major))
+            tuning(vars).and_then(|t| t.resolve_mma_t(hd, major, H200))
         };
         let by_default = |hd| mma_t(&[], hd, 9).unwrap().mma_t == Some(true);
         assert_eq!(by_default(128), MMA_T_BY_DEFAULT);
+        assert_eq!(by_default(80), MMA_T_BY_DEFAULT);
         assert!(!by_default(64) && !by_default(72) && !by_default(256));
+        // Two blocks per SM of the A100 at head dim 128: not by default,
+        // but when asked for; three at head dim 80.
+        let on_a100 = |vars: &[(&str, &str)], hd| {
+            tuning(vars)
+                .and_then(|t| t.resolve_mma_t(hd, 8, A100))
+                .unwrap()
+                .mma_t
+        };
+        assert_eq!(on_a100(&[], 128), Some(false));
+        assert_eq!(on_a100(&[], 80), Some(MMA_T_BY_DEFAULT));
+        assert_eq!(on_a100(&[("DYNO_CUDA_ATTN_MMA_T", "1")], 128), Some(true));
         let on = mma_t(&[("DYNO_CUDA_ATTN_MMA_T", "1")], 128, 9).unwrap();
         assert_eq!(on.mma_t, Some(true));
         assert_eq!(on.defines()[6], "-DATTN_MMA_T=1");

@@ -189,8 +189,16 @@ impl CudaBackend {
         )));
         let max_num_seqs = cfg.effective_max_num_seqs(auto_max_num_seqs);
         let dims = dims_of(config, cfg)?;
-        let tuning = kernels::AttentionTuning::from_env()?
-            .resolve_mma_t(dims.head_dim, props.compute_capability.0)?;
+        let shared_per_sm = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,
+            )
+            .map_err(|e| cuda("shared memory per SM", e))?;
+        let tuning = kernels::AttentionTuning::from_env()?.resolve_mma_t(
+            dims.head_dim,
+            props.compute_capability.0,
+            shared_per_sm.max(0) as usize,
+        )?;
         let attention_shared = tuning.dynamic_shared_bytes(dims.head_dim);
         let kv_layout = kernels::KvLayout::from_env(cfg.block_size)?;
         let mut module = nvrtc::load(&ctx, dims.kernel_shape(tuning, kv_layout), &[])?;

@@ -485,7 +485,7 @@ mod tests {
                 mma_t,
                 ..Default::default()
             }
-            .resolve_mma_t(128, 9)
+            .resolve_mma_t(128, 9, 228 * 1024)
             .unwrap()
         };
         for (hd, g, attention, followed) in [
