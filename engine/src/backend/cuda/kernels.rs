@@ -193,9 +193,7 @@ impl AttentionTuning {
             Some(on) => on,
             None => {
                 let block = mma_t_shared_bytes(head_dim) as usize + MMA_T_STATIC_ALLOWANCE;
-                MMA_T_BY_DEFAULT
-                    && can
-                    && head_dim > 64
+                can && head_dim > 64
                     && head_dim <= 128
                     && self.staged != Some(true)
                     && 3 * block <= shared_per_sm
@@ -233,10 +231,6 @@ impl AttentionTuning {
         ]
     }
 }
-
-/// Whether an unset `DYNO_CUDA_ATTN_MMA_T` takes the transposed loop where
-/// it can run ([`AttentionTuning::resolve_mma_t`]).
-const MMA_T_BY_DEFAULT: bool = true;
 
 /// Shared memory an attention block of the transposed loop takes besides
 /// its staging: its static arrays (4,176 bytes at head dim 128, 5,216 in
@@ -839,8 +833,7 @@ mod tests {
             tuning(vars).and_then(|t| t.resolve_mma_t(hd, major, H200))
         };
         let by_default = |hd| mma_t(&[], hd, 9).unwrap().mma_t == Some(true);
-        assert_eq!(by_default(128), MMA_T_BY_DEFAULT);
-        assert_eq!(by_default(80), MMA_T_BY_DEFAULT);
+        assert!(by_default(128) && by_default(80) && by_default(96));
         assert!(!by_default(64) && !by_default(72) && !by_default(256));
         // Two blocks per SM of the A100 at head dim 128: not by default,
         // but when asked for; three at head dim 80.
@@ -851,7 +844,7 @@ mod tests {
                 .mma_t
         };
         assert_eq!(on_a100(&[], 128), Some(false));
-        assert_eq!(on_a100(&[], 80), Some(MMA_T_BY_DEFAULT));
+        assert_eq!(on_a100(&[], 80), Some(true));
         assert_eq!(on_a100(&[("DYNO_CUDA_ATTN_MMA_T", "1")], 128), Some(true));
         let on = mma_t(&[("DYNO_CUDA_ATTN_MMA_T", "1")], 128, 9).unwrap();
         assert_eq!(on.mma_t, Some(true));
