@@ -163,12 +163,12 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gx, int gy
     // attention_units_prefill):
     // the tensor-core loop's product rows (all 16 up to head dim 64; past
     // it, where the value product's accumulators are twice as many, the 8
-    // a decode block fills) hold JOINT tokens' G heads each, so
-    // consecutive query tokens of one sequence (a prefill chunk) share
-    // every K/V load instead of each reading its own prefix. One where the
-    // rows hold a single token, and in the sub-warp loop.
-    constexpr int MMA_ROWS = HD <= 64 ? 16 : 8;
-    constexpr int JOINT = JOINED && ATTN_USE_MMA && !ATTN_MMA_T ? MMA_ROWS / G : 1;
+    // a decode block fills), or the transposed loop's 8 columns, hold
+    // JOINT tokens' G heads each, so consecutive query tokens of one
+    // sequence (a prefill chunk) share every K/V load instead of each
+    // reading its own prefix. One in the sub-warp loop.
+    constexpr int MMA_ROWS = HD <= 64 && !ATTN_MMA_T ? 16 : 8;
+    constexpr int JOINT = JOINED && ATTN_USE_MMA ? MMA_ROWS / G : 1;
     constexpr int R = JOINT * G;  // partial rows per warp: (token, head) pairs
     constexpr int LPT = attn_lanes_per_key(HD);  // lanes per key
     constexpr int SUBS = 32 / LPT;              // sub-warps per warp
@@ -309,8 +309,12 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gx, int gy
 #if ATTN_MMA_T
         static_assert(MmaTStage<HD>::BLOCK_BYTES == ATTN_MMA_T_SHARED,
                       "kernels.rs gives the attention kernels another dynamic shared memory size");
-        attend_split_mma_t<HD, G, GALL>(qkv, k_cache, v_cache, table, block_size, nkv, kvh, g0, t,
-                                        row_len, scale, ub, ue, s_m[warp], s_l[warp],
+        // A block folding units chains its copies across them (its staging
+        // buffers are apart from the merge's).
+        attend_split_mma_t<HD, G, GALL, R>(qkv, k_cache, v_cache, table, block_size, nkv, kvh, g0,
+                                           t, ntok, ctx_first, row_len, scale, ub, ue,
+                                           UNITS ? end : ue,
+                                        UNITS && ub > begin, mma_buffer, s_m[warp], s_l[warp],
                                         &s_acc[warp][0][0]);
 #elif ATTN_USE_MMA
 #if ATTN_STAGED

@@ -481,18 +481,37 @@ __device__ __forceinline__ unsigned movmatrix_trans(unsigned x) {
     return y;
 }
 
-// Keys [begin, end) of one split for one query token t and the block's G
-// query heads (g0 .. of kv head kvh's group of GALL): each warp folds its
-// 16-key iterations (warp w: keys begin + 16w, then every 64) into an
-// online softmax and leaves its state in s_m_warp[G], s_l_warp[G] and
-// s_acc_warp[G][HD] for the block's merge, as attend_split_mma does.
-template <int HD, int G, int GALL>
+// Keys [begin, end) of one split for the block's columns: G query heads
+// (g0 .. of kv head kvh's group of GALL) of each of its ntok query tokens
+// t .. t + ntok - 1 (column n: token t + n / G, head g0 + n % G; R columns
+// at most, 8): each warp folds its 16-key iterations (warp w: keys begin +
+// 16w, then every 64) into an online softmax and leaves its state in
+// s_m_warp[R], s_l_warp[R] and s_acc_warp[R][HD] for the block's merge, as
+// attend_split_mma does. With several tokens (consecutive positions of one
+// sequence: a prefill chunk) token t + i attends to keys below ctx_first +
+// i, later keys masked in its columns; a column with no key in an
+// iteration keeps its softmax state exactly, so each token gets the bits
+// of a block of its own (a product's column depends on its own operand
+// column only).
+// Keys below stage_end (end, or the context's end for a block folding
+// units, whose bounds are multiples of 64) may be staged: a warp's last
+// iteration then stages its first rows of the next unit, so that its
+// copies do not stop across the merge, and the next call, `prestaged`,
+// starts from them. `buffer`: the staging buffer of the warp's next rows,
+// kept across calls. The rows staged for a key are the same either way
+// (zeros past stage_end, and a unit's keys end at stage_end or at a
+// multiple of 64), so are the bits.
+template <int HD, int G, int GALL, int R>
 __device__ __forceinline__ void attend_split_mma_t(
     const float* ACT_RESTRICT qkv, const bf16* ACT_RESTRICT k_cache,
     const bf16* ACT_RESTRICT v_cache, const int* __restrict__ table, int block_size, int nkv,
-    int kvh, int g0, int t, int row_len, float scale, int begin, int end, float* s_m_warp,
-    float* s_l_warp, float* s_acc_warp) {
-    static_assert(HD % 16 == 0 && G <= 8, "the transposed loop: head dim a multiple of 16, 8 heads");
+    int kvh, int g0, int t, int ntok, int ctx_first, int row_len, float scale, int begin,
+    int end, int stage_end, bool prestaged, int& buffer, float* s_m_warp, float* s_l_warp,
+    float* s_acc_warp) {
+    static_assert(HD % 16 == 0 && R <= 8 && R % G == 0,
+                  "the transposed loop: head dim a multiple of 16, 8 columns of whole tokens");
+    // Several tokens: columns may have no key in an iteration (see above).
+    constexpr bool JOINT = R > G;
     using Stage = MmaTStage<HD>;
     extern __shared__ __align__(16) unsigned char attn_dynamic_smem[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -500,11 +519,14 @@ __device__ __forceinline__ void attend_split_mma_t(
     constexpr int KS = HD / 16;  // k-steps of the score product = m-tiles of the value product
     constexpr int ROW = Stage::ROW;
     // Q^T, B operand of the score product: k-step ks holds dims 16ks + 2c,
-    // + 1 (word 0) and 16ks + 8 + 2c, + 1 (word 1) of head g (zero past G).
+    // + 1 (word 0) and 16ks + 8 + 2c, + 1 (word 1) of column g (zero past
+    // the block's columns).
     unsigned qhi[KS][2], qlo[KS][2];
     {
-        const bool on = g < G && g0 + g < GALL;
-        const float* qrow = qkv + (long)t * row_len + (long)(kvh * GALL + g0 + (on ? g : 0)) * HD;
+        const int tq = g / G, hg = g - tq * G;
+        const bool on = g < R && tq < ntok && g0 + hg < GALL;
+        const float* qrow = qkv + (long)(t + (on ? tq : 0)) * row_len +
+                            (long)(kvh * GALL + g0 + (on ? hg : 0)) * HD;
 #pragma unroll
         for (int ks = 0; ks < KS; ks++)
 #pragma unroll
@@ -521,16 +543,21 @@ __device__ __forceinline__ void attend_split_mma_t(
     for (int mt = 0; mt < KS; mt++)
 #pragma unroll
         for (int e = 0; e < 4; e++) o[mt][e] = 0.0f;
-    // Heads 2c and 2c + 1: running max, and this lane's share of the sum.
+    // Columns 2c and 2c + 1: running max, and this lane's share of the
+    // sum; keys at or past col_end[j] are masked in column 2c + j (its
+    // token's context).
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    int col_end[2];
+#pragma unroll
+    for (int j = 0; j < 2; j++) col_end[j] = JOINT ? min(end, ctx_first + (2 * c + j) / G) : end;
 
     bf16* my_stage = reinterpret_cast<bf16*>(attn_dynamic_smem) + warp * Stage::WARP_ELEMS;
     const int shift = __ffs(block_size) - 1;  // block_size: a power of two
-    // Keys tile_base .. + 15 into buffer `buffer` (zeros past `end`).
-    auto stage_rows = [&](int tile_base, int buffer) {
-        stage_kv_rows<HD, Stage::KEYS, ROW>(my_stage + buffer * Stage::BUFFER_ELEMS, k_cache,
+    // Keys tile_base .. + 15 into buffer `into` (zeros past stage_end).
+    auto stage_rows = [&](int tile_base, int into) {
+        stage_kv_rows<HD, Stage::KEYS, ROW>(my_stage + into * Stage::BUFFER_ELEMS, k_cache,
                                             v_cache, table, block_size, shift, nkv, kvh,
-                                            tile_base, end, begin, lane);
+                                            tile_base, stage_end, begin, lane);
     };
     constexpr int WARP_STRIDE = ATTN_WARPS * Stage::KEYS;
     // ldmatrix row addresses: K (A operand, rows = keys): matrices (keys
@@ -539,11 +566,10 @@ __device__ __forceinline__ void attend_split_mma_t(
     // 0-7, dims 8-15), (8-15, 0-7), (8-15, 8-15) of an m-tile.
     const int k_row = (lane & 7) + ((lane >> 3) & 1) * 8, k_col = (lane >> 4) * 8;
     const int v_row = (lane & 7) + ((lane >> 4) & 1) * 8, v_col = ((lane >> 3) & 1) * 8;
-    int buffer = 0;
-    if (begin + warp * Stage::KEYS < end) stage_rows(begin + warp * Stage::KEYS, 0);
+    if (!prestaged && begin + warp * Stage::KEYS < end) stage_rows(begin + warp * Stage::KEYS, buffer);
 #pragma unroll 1
     for (int base = begin + warp * Stage::KEYS; base < end; base += WARP_STRIDE) {
-        if (base + WARP_STRIDE < end) {
+        if (base + WARP_STRIDE < stage_end) {
             stage_rows(base + WARP_STRIDE, buffer ^ 1);
             cp_async_wait<1>();  // this iteration's rows have landed
         } else {
@@ -562,27 +588,30 @@ __device__ __forceinline__ void attend_split_mma_t(
             mma_rows16(shi[0], shi[1], shi[2], shi[3], a[0], a[1], a[2], a[3], qhi[ks][0], qhi[ks][1]);
             mma_rows16(slo[0], slo[1], slo[2], slo[3], a[0], a[1], a[2], a[3], qlo[ks][0], qlo[ks][1]);
         }
-        const bool on0 = base + g < end, on1 = base + g + 8 < end;
         float s[4];
-        s[0] = on0 ? shi[0] + slo[0] : -INFINITY;
-        s[1] = on0 ? shi[1] + slo[1] : -INFINITY;
-        s[2] = on1 ? shi[2] + slo[2] : -INFINITY;
-        s[3] = on1 ? shi[3] + slo[3] : -INFINITY;
-        // Each head's max over the 16 keys (the 8 lanes of one c), then
-        // the online softmax; key `base` is valid, so the max is finite.
+        s[0] = base + g < col_end[0] ? shi[0] + slo[0] : -INFINITY;
+        s[1] = base + g < col_end[1] ? shi[1] + slo[1] : -INFINITY;
+        s[2] = base + g + 8 < col_end[0] ? shi[2] + slo[2] : -INFINITY;
+        s[3] = base + g + 8 < col_end[1] ? shi[3] + slo[3] : -INFINITY;
+        // Each column's max over the 16 keys (the 8 lanes of one c), then
+        // the online softmax. With one token, key `base` is valid, so the
+        // max is finite; with several, a column without keys so far
+        // subtracts 0 instead of its -inf maximum, so that its state stays
+        // zero (and a column with earlier keys keeps it: corr 1, p 0).
         float mx[2] = {fmaxf(s[0], s[2]), fmaxf(s[1], s[3])};
-        float corr[2];
+        float corr[2], m_sub[2];
 #pragma unroll
         for (int j = 0; j < 2; j++) {
 #pragma unroll
             for (int off = 4; off < 32; off <<= 1)
                 mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffffu, mx[j], off));
             const float m_new = fmaxf(m[j], mx[j]);
-            corr[j] = __expf(m[j] - m_new);
+            m_sub[j] = JOINT && m_new == -INFINITY ? 0.0f : m_new;
+            corr[j] = __expf(m[j] - m_sub[j]);
             m[j] = m_new;
         }
-        const float p0 = __expf(s[0] - m[0]), p1 = __expf(s[1] - m[1]);
-        const float p2 = __expf(s[2] - m[0]), p3 = __expf(s[3] - m[1]);
+        const float p0 = __expf(s[0] - m_sub[0]), p1 = __expf(s[1] - m_sub[1]);
+        const float p2 = __expf(s[2] - m_sub[0]), p3 = __expf(s[3] - m_sub[1]);
         l[0] = l[0] * corr[0] + (p0 + p2);
         l[1] = l[1] * corr[1] + (p1 + p3);
         // P^T, B operand of the value product: keys 2c, 2c + 1 (word 0)
@@ -612,16 +641,16 @@ __device__ __forceinline__ void attend_split_mma_t(
     for (int j = 0; j < 2; j++) {
 #pragma unroll
         for (int off = 4; off < 32; off <<= 1) l[j] += __shfl_xor_sync(0xffffffffu, l[j], off);
-        const int head = 2 * c + j;
-        if (head < G) {
+        const int col = 2 * c + j;
+        if (col < R) {
             if (g == 0) {
-                s_m_warp[head] = m[j];
-                s_l_warp[head] = l[j];
+                s_m_warp[col] = m[j];
+                s_l_warp[col] = l[j];
             }
 #pragma unroll
             for (int mt = 0; mt < KS; mt++) {
-                s_acc_warp[head * HD + 16 * mt + g] = o[mt][j];
-                s_acc_warp[head * HD + 16 * mt + g + 8] = o[mt][2 + j];
+                s_acc_warp[col * HD + 16 * mt + g] = o[mt][j];
+                s_acc_warp[col * HD + 16 * mt + g + 8] = o[mt][2 + j];
             }
         }
     }
