@@ -27,7 +27,8 @@
 #   3. ncu_summary.py: per kernel group (cuBLAS kernels as "cublas gemm") and
 #      per decode step: launches, µs, DRAM bytes, GB/s, % of 4.3 TB/s; the
 #      weights + KV floor at 4.3 TB/s against the measured step; the time
-#      between kernels = measured step − sum of kernel durations.
+#      between kernels = measured step − sum of kernel durations; the decode
+#      graph the timed steps replayed and its padded rows.
 #   4. With DYNO_PROFILE_DETAIL_KERNEL=REGEX (e.g. "^attention$"): one more
 #      run under `ncu --set full` of the first launch in the window whose
 #      name matches, and ncu's own details page for it (occupancy, warp
@@ -177,6 +178,8 @@ print(s.replay_pool_problem(sys.argv[2], int(sys.argv[3]), 16, int(sys.argv[4]))
       for r in $(seq 1 "$REPEATS"); do
         if bench "$mode" "$mode-$r"; then
           step_logs+=(--step-log "$mode=$w/$mode-$r.steps.jsonl")
+          # The graph the timed steps replayed, and its padded rows.
+          [ "$mode" = graphs ] && step_logs+=(--graph-log "$w/$mode-$r.log")
         else
           fail "$case_name: engine bench ($mode, run $r) failed: $(tail -1 "$w/$mode-$r.log")" "$case_name"
           ok=0

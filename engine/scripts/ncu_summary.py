@@ -5,6 +5,7 @@ only; engine/scripts/gpu_profile.sh runs it, and it runs on its own:
 
   ncu_summary.py --csv RAW.csv --steps N --batch B --context C --model DIR
                  [--step-log graphs=STEPS.jsonl ...] [--time-window SKIP:COUNT]
+                 [--graph-log RUN.log ...]
                  [--kernels-dir engine/kernels] [--title TEXT] [--out FILE.md]
 
 RAW.csv is `ncu --import R.ncu-rep --csv --page raw --print-units base` of a
@@ -14,7 +15,11 @@ gives launches, µs, DRAM bytes, achieved GB/s and % of the achievable peak;
 the step total; the weights- and KV-bound floor from the checkpoint's shapes;
 and, with step logs of runs without the profiler (`engine bench`
 --step-log), the measured step time and the time between kernels = measured
-step time − the sum of kernel durations.
+step time − the sum of kernel durations. With the stderr logs of the runs
+with graphs (--graph-log), also the graph those steps replayed: a batch
+between two buckets runs the larger one, padded, and the padded rows' work
+is part of the graphs' step time (qwen3-0.6b at 856 sequences ran the
+1,024-row graph, 0.56 ms a step more than eager on the H200).
 """
 import argparse
 import csv
@@ -349,6 +354,36 @@ def decode_step_times(path, batch, window):
     return times
 
 
+GRAPH_BUCKET_LINE = re.compile(r"^cuda: decode graph bucket (\d+): (\d+) steps")
+
+
+def graph_bucket(path, batch):
+    """The rows of the decode graph that ran steps of `batch` sequences in
+    the run whose stderr log is `path` (the backend prints a line per
+    bucket that ran steps, at exit): the smallest such bucket ≥ batch, or
+    None where no graph ran (an eager run)."""
+    buckets = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                m = GRAPH_BUCKET_LINE.match(line)
+                if m and int(m.group(2)) > 0:
+                    buckets.append(int(m.group(1)))
+    except OSError as e:
+        raise InputError(f"{path}: {e.strerror}") from None
+    fitting = [b for b in buckets if b >= batch]
+    return min(fitting) if fitting else None
+
+
+def graph_padding_row(graph_rows, batch):
+    if graph_rows == batch:
+        return f"| decode graph replayed, graphs | {graph_rows:,} rows: no padding |"
+    padded = graph_rows - batch
+    return (f"| decode graph replayed, graphs | {graph_rows:,} rows for {batch:,} sequences: "
+            f"{padded:,} padded rows ({100 * padded / graph_rows:.1f} % of its rows), whose "
+            "work is in the graphs' step time |")
+
+
 @dataclass
 class StepTime:
     label: str
@@ -406,7 +441,7 @@ def fmt_mb(nbytes):
 
 
 def summarize(launches, steps, batch, context, weight_bytes, kv_token_bytes, step_times, own,
-              title, step_kernel=STEP_KERNEL, layers=None):
+              title, step_kernel=STEP_KERNEL, layers=None, graph_rows=None):
     if steps < 1:
         raise InputError("--steps must be at least 1")
     groups = group_launches(launches, own)
@@ -448,6 +483,8 @@ def summarize(launches, steps, batch, context, weight_bytes, kv_token_bytes, ste
                    f"{fmt_ms(med)} ({med / floor_s:.1f}× the floor) |")
         out.append(f"| time between kernels, {st.label} (step − kernel sum) | "
                    f"{fmt_ms(med - kernel_s)} ({100 * (med - kernel_s) / med:.1f} % of the step) |")
+    if graph_rows is not None:
+        out.append(graph_padding_row(graph_rows, batch))
     out.append("")
     out.append("| kernel | launches/step | µs/step | % of kernel time | MB/step (DRAM r+w) "
                f"| GB/s | % of {peak / 1e12:.1f} TB/s | DRAM % of peak (ncu) "
@@ -511,6 +548,9 @@ def main(argv=None):
     p.add_argument("--step-log", action="append", default=[],
                    help="LABEL=STEPS.jsonl of a run without the profiler (repeatable; "
                         "the same label pools several runs)")
+    p.add_argument("--graph-log", action="append", default=[],
+                   help="stderr log of a run with graphs (repeatable): the decode graph "
+                        "its steps of --batch sequences replayed, and its padded rows")
     p.add_argument("--time-window", default="16:64",
                    help="SKIP:COUNT of the pure decode steps timed in each step log")
     p.add_argument("--kernels-dir", default=None,
@@ -533,10 +573,26 @@ def main(argv=None):
                                  f"decode steps {window[0]}..{window[0] + window[1] - 1}")
             pooled.setdefault(label, []).extend(times)
         step_times = [StepTime(label, samples) for label, samples in pooled.items()]
+        # The graph row is a diagnosis: where a log does not give one graph,
+        # say why on stderr and leave the row out rather than the report.
+        found = {}
+        for path in args.graph_log:
+            rows = graph_bucket(path, args.batch)
+            if rows is None:
+                print(f"ncu_summary: warning: {path}: no decode graph of at least {args.batch} "
+                      "rows ran (no `cuda: decode graph bucket` line; an eager run?)",
+                      file=sys.stderr)
+            else:
+                found.setdefault(rows, path)
+        if len(found) > 1:
+            print("ncu_summary: warning: the --graph-log runs replayed different graphs for "
+                  f"batch {args.batch}: " + ", ".join(f"{r} rows ({p})" for r, p in found.items()),
+                  file=sys.stderr)
+        graph_rows = next(iter(found)) if len(found) == 1 else None
         text = summarize(launches, args.steps, args.batch, args.context,
                          weight_bytes_per_step(args.model), kv_bytes_per_token(config),
                          step_times, own, args.title,
-                         layers=config.get("num_hidden_layers"))
+                         layers=config.get("num_hidden_layers"), graph_rows=graph_rows)
     except InputError as e:
         print(f"ncu_summary: {e}", file=sys.stderr)
         return 1

@@ -5,6 +5,8 @@ GEMV among the engine's kernels). No GPU. Run from the repository root:
 
   python3 -m unittest discover -s engine/scripts -p 'test_ncu_summary.py'
 """
+import contextlib
+import io
 import json
 import os
 import struct
@@ -307,6 +309,69 @@ class StepTimes(unittest.TestCase):
                             weight_bytes=1000, kv_token_bytes=1, step_times=[], own=set(),
                             title="t")
         self.assertIn("`sample_rows` (one launch per step) ran 2 times, not 3", text)
+
+
+class GraphBuckets(unittest.TestCase):
+    LOG = (
+        "856 records (0 rejected), 50504 output tokens in 2.1 s over 86 steps\n"
+        "cuda: decode graph bucket 256: 4 steps; GPU idle 1 µs (1 … 2) a step\n"
+        "cuda: decode graph bucket 512: 9 steps; GPU idle 1 µs (1 … 4) a step\n"
+        "cuda: decode graph bucket 1024: 40 steps; GPU idle 1 µs (1 … 5) a step\n"
+    )
+
+    def write(self, d, text, name="graphs-1.log"):
+        path = os.path.join(d, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    def test_the_smallest_bucket_that_ran_and_holds_the_batch(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = self.write(d, self.LOG)
+            self.assertEqual(ns.graph_bucket(path, 856), 1024)
+            self.assertEqual(ns.graph_bucket(path, 512), 512)
+            self.assertEqual(ns.graph_bucket(path, 300), 512)
+            self.assertIsNone(ns.graph_bucket(path, 2000))
+            self.assertIsNone(ns.graph_bucket(self.write(d, "no graphs\n", "eager.log"), 1))
+
+    def test_the_summary_names_the_padded_rows(self):
+        def text(rows, batch):
+            return ns.summarize(ns.read_raw_csv(FIXTURE), steps=2, batch=batch, context=1,
+                                weight_bytes=1000, kv_token_bytes=1, step_times=[], own=set(),
+                                title="t", graph_rows=rows)
+        self.assertIn("| decode graph replayed, graphs | 1,024 rows for 856 sequences: 168 "
+                      "padded rows (16.4 % of its rows)", text(1024, 856))
+        self.assertIn("| decode graph replayed, graphs | 864 rows: no padding |", text(864, 864))
+        self.assertNotIn("decode graph replayed", text(None, 856))
+
+    def test_graph_logs_without_one_graph_are_named_and_leave_the_row_out(self):
+        with tempfile.TemporaryDirectory() as d:
+            write_model(d, untied=False)
+            eager = self.write(d, "no graphs\n", "eager.log")
+            other = self.write(d, self.LOG.replace("1024", "864"), "graphs-2.log")
+            full = self.write(d, self.LOG)
+            common = ["--csv", FIXTURE, "--steps", "2", "--batch", "856", "--context", "1",
+                      "--model", d]
+
+            def run(logs):
+                err, out = io.StringIO(), io.StringIO()
+                with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+                    rc = ns.main(common + [a for p in logs for a in ("--graph-log", p)])
+                return rc, out.getvalue(), err.getvalue()
+
+            rc, _, err = run([os.path.join(d, "missing.log")])
+            self.assertEqual(rc, 1)
+            self.assertIn("missing.log", err)
+            for logs, want in [([eager], "eager.log: no decode graph of at least 856 rows"),
+                               ([full, other], "replayed different graphs for batch 856: "
+                                               "1024 rows")]:
+                rc, out, err = run(logs)
+                self.assertEqual(rc, 0)
+                self.assertIn(want, err)
+                self.assertNotIn("decode graph replayed", out)
+            rc, out, _ = run([full, full])
+            self.assertEqual(rc, 0)
+            self.assertIn("1,024 rows for 856 sequences: 168 padded rows", out)
 
 
 if __name__ == "__main__":
