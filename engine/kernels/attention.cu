@@ -313,9 +313,8 @@ __device__ void attention_impl(Wait wait, int bx, int by, int bz, int gx, int gy
         // buffers are apart from the merge's).
         attend_split_mma_t<HD, G, GALL, R>(qkv, k_cache, v_cache, table, block_size, nkv, kvh, g0,
                                            t, ntok, ctx_first, row_len, scale, ub, ue,
-                                           UNITS ? end : ue,
-                                        UNITS && ub > begin, mma_buffer, s_m[warp], s_l[warp],
-                                        &s_acc[warp][0][0]);
+                                           UNITS ? end : ue, UNITS && ub > begin, mma_buffer,
+                                           s_m[warp], s_l[warp], &s_acc[warp][0][0]);
 #elif ATTN_USE_MMA
 #if ATTN_STAGED
         bf16* stage_rows_of_block = s_stage;
